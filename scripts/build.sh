@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Builds the C helper (ffi/) and the WASM parsers (wasm/) from source into build/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+make -s -C ffi
+if [[ -f wasm/build.zig ]]; then
+  (cd wasm && ../.tools/zig/ziglang/zig build -Doptimize=ReleaseSafe --prefix ../build/wasm)
+fi

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One idempotent set-up step for a fresh Debian 12 machine: system packages, Bun (npm),
+# Zig (PyPI), then a build of the C helper and the WASM parsers from source.
+# Every step is skipped when its result is already present, so `npm test` stays fast.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Pinned toolchain versions. Bun's pin lives in package.json (devDependencies.bun).
+ZIG_VERSION="0.14.1"
+
+# Debian packages: the kernel tools the relay drives, and the real peers tests use.
+APT_PACKAGES=(build-essential nftables iproute2 dnsmasq knot-dnsutils dnsperf iperf3
+  ngtcp2-server ngtcp2-client python3-pip)
+
+say() { printf '[setup] %s\n' "$*"; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    say "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
+    exit 1
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # dnsmasq's Debian package starts a system-wide instance; tests run their own in namespaces.
+  if systemctl is-active --quiet dnsmasq 2>/dev/null; then systemctl disable --now dnsmasq >/dev/null 2>&1 || true; fi
+fi
+
+if [[ ! -x node_modules/.bin/bun ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
+  say "installing npm packages (Bun $(node -p 'require("./package.json").devDependencies.bun'))"
+  npm ci --no-audit --no-fund >/dev/null
+fi
+
+if [[ ! -x .tools/zig/ziglang/zig ]] || ! grep -qx "$ZIG_VERSION" .tools/zig/.version 2>/dev/null; then
+  say "installing Zig $ZIG_VERSION (PyPI ziglang)"
+  rm -rf .tools/zig
+  python3 -m pip install --quiet --disable-pip-version-check --target .tools/zig "ziglang==$ZIG_VERSION"
+  echo "$ZIG_VERSION" > .tools/zig/.version
+fi
+
+bash scripts/build.sh
