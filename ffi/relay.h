@@ -1,0 +1,128 @@
+/*
+ * relay.h: the C helper behind bun:ffi. It owns the syscalls of the data path and
+ * keeps no policy: socket set-up, batched receive/send with control messages, and one
+ * epoll thread that wakes JavaScript.
+ *
+ * Contract: every function returns n >= 0 on success or -errno on failure, captured
+ * right after the failing call. Nothing reads a global errno later.
+ *
+ * Addresses cross the boundary as 16 bytes: IPv6 as is, IPv4 as the v4-mapped form
+ * ::ffff:a.b.c.d, so one key layout serves both families. Ports are in host order.
+ * The record layouts below are mirrored in src/sys/layout.ts; rl_layout_check() lets
+ * TypeScript assert at start-up that both sides agree.
+ */
+#ifndef RELAY_H
+#define RELAY_H
+
+#include <stdint.h>
+
+#define RL_ABI_VERSION 1
+
+/* Largest batch one recv/send call handles: the static mmsghdr/iovec/cmsg arrays are
+ * sized by it. 256 follows the kernel selftest's drain budget. */
+#define RL_BATCH_COUNT_MAX 256
+
+/* rl_udp_socket() option flags. */
+#define RL_SOCK_TRANSPARENT   0x0001 /* IP_TRANSPARENT / IPV6_TRANSPARENT */
+#define RL_SOCK_RECVORIGDST   0x0002 /* IP_RECVORIGDSTADDR / IPV6_RECVORIGDSTADDR */
+#define RL_SOCK_REUSEADDR     0x0004 /* SO_REUSEADDR */
+#define RL_SOCK_REUSEPORT     0x0008 /* SO_REUSEPORT */
+#define RL_SOCK_FREEBIND      0x0010 /* IP_FREEBIND / IPV6_FREEBIND */
+#define RL_SOCK_RECVERR       0x0020 /* IP_RECVERR / IPV6_RECVERR: ICMP errors reach us */
+#define RL_SOCK_IPV6          0x0040 /* AF_INET6 socket (else AF_INET) */
+#define RL_SOCK_V6ONLY        0x0080 /* IPV6_V6ONLY */
+#define RL_SOCK_STREAM        0x0100 /* SOCK_STREAM (TCP listener) instead of SOCK_DGRAM */
+
+/* rl_udp_socket() failures are -(step << 16 | errno): the step names the option that
+ * was refused (see enum rl_step in relay.c, mirrored in src/sys/errno.ts). */
+
+/* rl_meta.flags */
+#define RL_META_TRUNCATED     0x0001 /* MSG_TRUNC: datagram larger than its slot */
+#define RL_META_CTRUNCATED    0x0002 /* MSG_CTRUNC: control data lost */
+#define RL_META_HAS_ORIGDST   0x0004 /* target_addr/target_port hold the original dst */
+
+/* One received datagram, written by rl_recv_batch() (64 bytes). */
+struct rl_meta {
+  uint8_t  source_addr[16]; /* 0: sender (v4-mapped for IPv4) */
+  uint8_t  target_addr[16]; /* 16: original destination, if RL_META_HAS_ORIGDST */
+  uint16_t source_port;     /* 32 */
+  uint16_t target_port;     /* 34 */
+  uint16_t flags;           /* 36: RL_META_* */
+  uint16_t reserved0;       /* 38 */
+  uint32_t length;          /* 40: bytes stored in the slot (<= slot size) */
+  uint32_t length_wire;     /* 44: datagram length on the wire (> length if truncated) */
+  uint32_t source_scope;    /* 48: IPv6 scope id of the sender */
+  uint32_t target_scope;    /* 52: IPv6 scope id of the original destination */
+  uint32_t reserved1[2];    /* 56 */
+};
+
+/* rl_send.flags */
+#define RL_SEND_SOURCE        0x0001 /* set the source address with IP_PKTINFO/IPV6_PKTINFO */
+
+/* One datagram to send, read (and result written) by rl_send_batch() (64 bytes). */
+struct rl_send {
+  uint8_t  target_addr[16]; /* 0: destination (v4-mapped for IPv4) */
+  uint8_t  source_addr[16]; /* 16: source address when RL_SEND_SOURCE */
+  uint16_t target_port;     /* 32 */
+  uint16_t flags;           /* 34: RL_SEND_* */
+  int32_t  fd;              /* 36: socket to send on */
+  uint32_t offset;          /* 40: payload offset from the slab base */
+  uint32_t length;          /* 44: payload bytes */
+  int32_t  result;          /* 48: out: bytes sent or -errno */
+  uint32_t target_scope;    /* 52: IPv6 scope id of the destination */
+  uint32_t reserved[2];     /* 56 */
+};
+
+int32_t rl_abi_version(void);
+/* Returns 0 when sizeof/offsetof of the records match the expected values passed in. */
+int32_t rl_layout_check(int32_t meta_bytes, int32_t send_bytes, int32_t meta_length_offset,
+                        int32_t send_result_offset);
+
+/* Raises RLIMIT_NOFILE soft limit to min(hard, want); returns the new soft limit. */
+int32_t rl_raise_nofile(int32_t want);
+
+/* Creates, configures and binds a socket (non-blocking, close-on-exec).
+ * addr: 16 bytes (v4-mapped for IPv4), port in host order. mark: SO_MARK (0: unset).
+ * Buffer sizes of 0 keep the kernel default; SO_*BUFFORCE is tried first (root). */
+int32_t rl_udp_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark,
+                      int32_t receive_bytes, int32_t send_bytes);
+int32_t rl_close(int32_t fd);
+/* listen(2) for a TCP listener made by rl_udp_socket(RL_SOCK_STREAM ...). */
+int32_t rl_listen(int32_t fd, int32_t backlog);
+/* Writes the bound address (16 bytes) into addr_out and returns the bound port. */
+int32_t rl_local_port(int32_t fd, uint8_t *addr_out);
+
+/* Receives up to count datagrams into slots slab[i * slot_bytes] and fills meta[i].
+ * Returns the number received, 0 when nothing is waiting, or -errno (an ICMP error
+ * queued by IP_RECVERR shows up here as -ECONNREFUSED, -EHOSTUNREACH, ...). */
+int32_t rl_recv_batch(int32_t fd, uint8_t *slab, int32_t slot_bytes, int32_t count,
+                      struct rl_meta *meta);
+
+/* Drains the socket's error queue (MSG_ERRQUEUE), at most count entries. Writes the
+ * offender (the address our datagram was sent to) into meta[i].source_* and the errno
+ * into meta[i].length. Returns the number drained. */
+int32_t rl_recv_errors(int32_t fd, int32_t count, struct rl_meta *meta);
+
+/* Sends sends[0..count): runs of consecutive entries with the same fd go out in one
+ * sendmmsg. A datagram that fails gets result = -errno and the rest still go. Returns
+ * the number of datagrams sent successfully. */
+int32_t rl_send_batch(uint8_t *slab, struct rl_send *sends, int32_t count);
+
+/* TCP helpers: original destination under REDIRECT/DNAT (SO_ORIGINAL_DST). */
+int32_t rl_original_dst(int32_t fd, uint8_t *addr_out);
+
+/* The epoll thread. rl_poll_open() returns a poller handle (>= 0). The thread calls
+ * wake(token) for every ready socket; sockets are armed EPOLLIN|EPOLLONESHOT, so JS
+ * must rl_poll_rearm() after draining. rl_poll_stop() joins the thread: only after it
+ * returns may JS close the callback. */
+typedef void (*rl_wake_fn)(int32_t token);
+int32_t rl_poll_open(void);
+int32_t rl_poll_add(int32_t poller, int32_t fd, int32_t token);
+int32_t rl_poll_rearm(int32_t poller, int32_t fd, int32_t token);
+int32_t rl_poll_del(int32_t poller, int32_t fd);
+int32_t rl_poll_start(int32_t poller, rl_wake_fn wake);
+int32_t rl_poll_stop(int32_t poller);
+/* Number of wake calls the thread has made (for metrics). */
+int32_t rl_poll_wakes(int32_t poller);
+
+#endif

@@ -1,0 +1,173 @@
+// Loads and validates the configuration: defaults, schema check (TypeBox, compiled
+// once), then the cross-field checks a schema cannot express. Every error names the
+// field and the reason: "config.udp.sessionsMax: must be >= 16 (got 3)".
+import { TypeCompiler } from "@sinclair/typebox/compiler";
+import { Value } from "@sinclair/typebox/value";
+import { readFileSync } from "node:fs";
+import { parseAddress, isV4Mapped } from "../sys/addr.ts";
+import { type ConfigInput, ConfigSchema } from "./schema.ts";
+import { TIMEOUT_CLASS_COUNT_MAX } from "../flow/table.ts";
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join("\n"));
+    this.name = "ConfigError";
+  }
+}
+
+export interface ListenerConfig {
+  name: string;
+  address: string;
+  addr: Uint8Array; // 16-byte form
+  ipv6: boolean;
+  port: number;
+  reply: "auto" | "pktinfo" | "socket";
+  reusePort: boolean;
+}
+
+export interface InterceptConfig {
+  listener: ListenerConfig;
+  portRanges: Array<[number, number]>;
+  interfaces: string[];
+}
+
+export type Config = Omit<ConfigInput, "listeners" | "intercept"> & {
+  listeners: ListenerConfig[];
+  intercept: InterceptConfig[];
+  upstreamAddr4: Uint8Array;
+  upstreamAddr6: Uint8Array;
+  /** Distinct idle timeouts; class 0 is the default. */
+  timeoutClassesMs: number[];
+  /** Timeout class per destination port (0 for ports without their own timeout). */
+  timeoutClassByPort: Uint8Array;
+};
+
+const checker = TypeCompiler.Compile(ConfigSchema);
+
+function pathToField(path: string): string {
+  // TypeBox paths are JSON pointers: /udp/sessionsMax, /listeners/0/port
+  if (path === "") return "config";
+  return "config" + path.split("/").slice(1).map((p) => (/^\d+$/.test(p) ? `[${p}]` : `.${p}`)).join("");
+}
+
+export function parseConfig(input: unknown): Config {
+  if (typeof input !== "object" || input === null || Array.isArray(input)) {
+    throw new ConfigError(["config: must be a JSON object"]);
+  }
+  const withDefaults = Value.Default(ConfigSchema, structuredClone(input)) as unknown;
+  const problems: string[] = [];
+  for (const e of checker.Errors(withDefaults)) {
+    problems.push(`${pathToField(e.path)}: ${e.message} (got ${JSON.stringify(e.value)})`);
+    if (problems.length >= 20) break;
+  }
+  if (problems.length) throw new ConfigError(problems);
+  const c = withDefaults as ConfigInput;
+
+  const listeners: ListenerConfig[] = [];
+  const seenNames = new Set<string>();
+  const seenBinds = new Set<string>();
+  c.listeners.forEach((l, i) => {
+    const field = `config.listeners[${i}]`;
+    const addr = parseAddress(l.address);
+    if (!addr) {
+      problems.push(`${field}.address: not an IPv4 or IPv6 address (got ${JSON.stringify(l.address)})`);
+      return;
+    }
+    if (seenNames.has(l.name)) problems.push(`${field}.name: duplicate listener name "${l.name}"`);
+    seenNames.add(l.name);
+    const bind = `${l.address}|${l.port}`;
+    if (seenBinds.has(bind)) problems.push(`${field}: another listener binds ${l.address} port ${l.port}`);
+    seenBinds.add(bind);
+    listeners.push({ ...l, addr, ipv6: !isV4Mapped(addr) });
+  });
+
+  const intercept: InterceptConfig[] = [];
+  c.intercept.forEach((r, i) => {
+    const field = `config.intercept[${i}]`;
+    const listener = listeners.find((l) => l.name === r.listener);
+    if (!listener) {
+      problems.push(`${field}.listener: no listener named "${r.listener}"`);
+      return;
+    }
+    const portRanges: Array<[number, number]> = [];
+    r.ports.forEach((p, k) => {
+      let low: number;
+      let high: number;
+      if (typeof p === "number") {
+        low = high = p;
+      } else {
+        const dash = p.indexOf("-");
+        low = Number(p.slice(0, dash));
+        high = Number(p.slice(dash + 1));
+      }
+      if (!(low >= 1 && high <= 65535 && low <= high)) {
+        problems.push(`${field}.ports[${k}]: range must be within 1-65535, low <= high (got ${p})`);
+      }
+      portRanges.push([low, high]);
+    });
+    intercept.push({ listener, portRanges, interfaces: r.interfaces });
+  });
+
+  const upstreamAddr4 = parseAddress(c.upstream.bindAddress4);
+  if (!upstreamAddr4 || !isV4Mapped(upstreamAddr4)) {
+    problems.push(`config.upstream.bindAddress4: not an IPv4 address (got ${JSON.stringify(c.upstream.bindAddress4)})`);
+  }
+  const upstreamAddr6 = parseAddress(c.upstream.bindAddress6);
+  if (!upstreamAddr6 || isV4Mapped(upstreamAddr6)) {
+    problems.push(`config.upstream.bindAddress6: not an IPv6 address (got ${JSON.stringify(c.upstream.bindAddress6)})`);
+  }
+  if (c.mark === c.tproxyMark) {
+    problems.push(`config.mark: must differ from config.tproxyMark (${c.tproxyMark}), or the relay's ` +
+      `own upstream traffic would be routed back into itself`);
+  }
+
+  const timeoutClassesMs = [c.udp.idleTimeoutMs];
+  const timeoutClassByPort = new Uint8Array(65536);
+  for (const [portText, timeoutMs] of Object.entries(c.udp.idleTimeoutMsByPort)) {
+    const port = Number(portText);
+    if (!(port >= 1 && port <= 65535)) {
+      problems.push(`config.udp.idleTimeoutMsByPort.${portText}: port must be 1-65535`);
+      continue;
+    }
+    let cls = timeoutClassesMs.indexOf(timeoutMs);
+    if (cls < 0) {
+      cls = timeoutClassesMs.length;
+      timeoutClassesMs.push(timeoutMs);
+    }
+    timeoutClassByPort[port] = cls;
+  }
+  if (timeoutClassesMs.length > TIMEOUT_CLASS_COUNT_MAX) {
+    problems.push(`config.udp.idleTimeoutMsByPort: at most ${TIMEOUT_CLASS_COUNT_MAX - 1} distinct ` +
+      `timeouts besides idleTimeoutMs (got ${timeoutClassesMs.length - 1})`);
+  }
+  if (c.udp.datagramBytesMax * c.udp.batchCountMax > 64 << 20) {
+    problems.push(`config.udp.datagramBytesMax: times batchCountMax must stay within 64 MiB`);
+  }
+  if (problems.length) throw new ConfigError(problems);
+
+  return {
+    ...c,
+    listeners,
+    intercept,
+    upstreamAddr4: upstreamAddr4!,
+    upstreamAddr6: upstreamAddr6!,
+    timeoutClassesMs,
+    timeoutClassByPort,
+  };
+}
+
+export function loadConfigFile(path: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw new ConfigError([`${path}: cannot read: ${(err as Error).message}`]);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError([`${path}: not valid JSON: ${(err as Error).message}`]);
+  }
+  return parseConfig(json);
+}

@@ -1,0 +1,125 @@
+// The configuration schema (TypeBox), compiled once at start-up. Every field has a
+// default, so `{}` is a valid configuration; see README "Configuration reference".
+import { type Static, Type } from "@sinclair/typebox";
+
+const Port = Type.Integer({ minimum: 1, maximum: 65535 });
+
+export const ListenerSchema = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 32, pattern: "^[A-Za-z0-9_.-]+$" }),
+    protocol: Type.Literal("udp", { default: "udp" }),
+    /** Address the TPROXY listener binds (nft: `tproxy to ADDRESS:PORT`). */
+    address: Type.String({ minLength: 2, maxLength: 45 }),
+    port: Port,
+    /**
+     * How replies leave from the original destination: "pktinfo" sends them on the
+     * listener with IP_PKTINFO (needs listener port == original port), "socket" uses
+     * the bounded pool of transparent reply sockets, "auto" picks per flow.
+     */
+    reply: Type.Union([Type.Literal("auto"), Type.Literal("pktinfo"), Type.Literal("socket")], {
+      default: "auto",
+    }),
+    reusePort: Type.Boolean({ default: false }),
+  },
+  { additionalProperties: false },
+);
+
+export const InterceptSchema = Type.Object(
+  {
+    /** Listener (by name) that receives this traffic. */
+    listener: Type.String({ minLength: 1 }),
+    /** Destination ports, as numbers or "low-high" ranges. */
+    ports: Type.Array(Type.Union([Port, Type.String({ pattern: "^[0-9]{1,5}-[0-9]{1,5}$" })]), {
+      minItems: 1,
+      maxItems: 64,
+    }),
+    /** Input interfaces to intercept on (gateway mode). Empty: all but loopback. */
+    interfaces: Type.Array(Type.String({ minLength: 1, maxLength: 15 }), {
+      default: [],
+      maxItems: 16,
+    }),
+  },
+  { additionalProperties: false },
+);
+
+export const UdpSchema = Type.Object(
+  {
+    /** Sessions (flows) the table holds; the least recently used is evicted beyond it. */
+    sessionsMax: Type.Integer({ minimum: 16, maximum: 1_048_576, default: 65_536 }),
+    /**
+     * RFC 4787 mapping: "endpoint-independent" uses one upstream port per client
+     * ip:port for every destination (full cone); "address-and-port-dependent" one per
+     * client ip:port and destination.
+     */
+    mapping: Type.Union(
+      [Type.Literal("endpoint-independent"), Type.Literal("address-and-port-dependent")],
+      { default: "endpoint-independent" },
+    ),
+    idleTimeoutMs: Type.Integer({ minimum: 100, maximum: 86_400_000, default: 60_000 }),
+    /**
+     * Per destination port. DNS answers come within seconds; QUIC connections idle for
+     * up to their max_idle_timeout (RFC 9000 §10.1; browsers use 30 s and ping).
+     */
+    idleTimeoutMsByPort: Type.Record(
+      Type.String({ pattern: "^[0-9]{1,5}$" }),
+      Type.Integer({ minimum: 100, maximum: 86_400_000 }),
+      { default: { "53": 10_000, "443": 120_000 } },
+    ),
+    /** Receive slot size: larger datagrams are counted and dropped (udp_oversized). */
+    datagramBytesMax: Type.Integer({ minimum: 512, maximum: 65_535, default: 4096 }),
+    /** Datagrams per recvmmsg/sendmmsg call. */
+    batchCountMax: Type.Integer({ minimum: 1, maximum: 256, default: 64 }),
+    /** Batches drained per wake-up before yielding to other sockets. */
+    drainBatchesMax: Type.Integer({ minimum: 1, maximum: 1024, default: 16 }),
+    /** Reply sockets (one per original destination ip:port, when "socket" replies). */
+    replySocketsMax: Type.Integer({ minimum: 1, maximum: 262_144, default: 4096 }),
+    replySocketIdleMs: Type.Integer({ minimum: 100, maximum: 86_400_000, default: 60_000 }),
+    /** After a reply socket fails to bind, don't retry that ip:port for this long. */
+    replyBindRetryMs: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 5_000 }),
+    /** SO_RCVBUF/SO_SNDBUF of listeners (0: kernel default). */
+    listenerReceiveBytes: Type.Integer({ minimum: 0, maximum: 1 << 30, default: 8 << 20 }),
+    listenerSendBytes: Type.Integer({ minimum: 0, maximum: 1 << 30, default: 8 << 20 }),
+    /** SO_RCVBUF/SO_SNDBUF of upstream and reply sockets (0: kernel default). */
+    socketReceiveBytes: Type.Integer({ minimum: 0, maximum: 1 << 30, default: 0 }),
+    socketSendBytes: Type.Integer({ minimum: 0, maximum: 1 << 30, default: 0 }),
+  },
+  { additionalProperties: false },
+);
+
+export const ConfigSchema = Type.Object(
+  {
+    listeners: Type.Array(ListenerSchema, {
+      minItems: 1,
+      maxItems: 64,
+      default: [
+        { name: "udp4", address: "127.0.0.1", port: 12345 },
+        { name: "udp6", address: "::1", port: 12345 },
+      ],
+    }),
+    intercept: Type.Array(InterceptSchema, { default: [], maxItems: 64 }),
+    udp: Type.Object(UdpSchema.properties, { additionalProperties: false, default: {} }),
+    /** SO_MARK on every upstream socket, so rules can exempt the relay's own traffic. */
+    mark: Type.Integer({ minimum: 1, maximum: 0x7fffffff, default: 0x1ee7 }),
+    /** fwmark that TPROXY sets and policy routing matches (ip rule fwmark MARK). */
+    tproxyMark: Type.Integer({ minimum: 1, maximum: 0x7fffffff, default: 1 }),
+    /** Routing table with `local default dev lo` for marked packets. */
+    routeTable: Type.Integer({ minimum: 1, maximum: 0x7ffffffe, default: 100 }),
+    upstream: Type.Object(
+      {
+        bindAddress4: Type.String({ default: "0.0.0.0" }),
+        bindAddress6: Type.String({ default: "::" }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    metrics: Type.Object(
+      {
+        /** Print a metrics line (JSON) this often; 0: only on SIGUSR1 and at exit. */
+        logIntervalMs: Type.Integer({ minimum: 0, maximum: 86_400_000, default: 0 }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export type ConfigInput = Static<typeof ConfigSchema>;

@@ -1,0 +1,208 @@
+// The UDP session table: one entry per flow (client endpoint -> original destination),
+// holding the return path. Fixed capacity, per-class idle timeouts, LRU eviction.
+//
+// Invariants (checked by invariants()):
+//   count <= capacity; every live session is in exactly one class list;
+//   within a class list, lastSeenMs never increases from head to tail.
+// So the oldest session of a class is its tail, expiry is O(expired), and the global
+// least recently used session is the oldest of the class tails (classes <= 16).
+
+import { HashIndex } from "./hash_index.ts";
+
+/** Key: client address (4 words), target address (4 words), ports (client << 16 | target). */
+export const SESSION_KEY_WORDS = 9;
+export const TIMEOUT_CLASS_COUNT_MAX = 16;
+
+export const enum EndReason {
+  Idle = 0,
+  Evicted = 1,
+  Closed = 2,
+}
+
+export interface SessionEnd {
+  (session: number, reason: EndReason): void;
+}
+
+export class SessionTable {
+  readonly capacity: number;
+  readonly index: HashIndex;
+  /** Fill with the key, then call find()/create(). */
+  readonly key: Uint32Array;
+  readonly timeoutsMs: Float64Array; // per class
+
+  // Per-session values, indexed by session slot.
+  readonly lastSeenMs: Float64Array;
+  readonly createdMs: Float64Array;
+  readonly timeoutClass: Uint8Array;
+  /** Index of the upstream socket record carrying this flow. */
+  readonly upstream: Int32Array;
+  /** Index of the reply-socket pool entry, or -1 when replies use the listener. */
+  readonly reply: Int32Array;
+  readonly listener: Int16Array;
+  /** Policy rule that decided this flow (-1: the default action). */
+  readonly rule: Int32Array;
+  readonly packetsToTarget: Float64Array;
+  readonly bytesToTarget: Float64Array;
+  readonly packetsToClient: Float64Array;
+  readonly bytesToClient: Float64Array;
+
+  private readonly prev: Int32Array;
+  private readonly next: Int32Array;
+  private readonly heads: Int32Array; // per class: most recently used
+  private readonly tails: Int32Array; // per class: least recently used
+
+  /** Called for every session that ends, before its slot is reused. */
+  onEnd: SessionEnd = () => {};
+
+  constructor(capacity: number, timeoutsMs: readonly number[]) {
+    if (timeoutsMs.length < 1 || timeoutsMs.length > TIMEOUT_CLASS_COUNT_MAX) {
+      throw new RangeError(`timeout classes: ${timeoutsMs.length}`);
+    }
+    this.capacity = capacity;
+    this.index = new HashIndex(SESSION_KEY_WORDS, capacity);
+    this.key = this.index.scratch;
+    this.timeoutsMs = Float64Array.from(timeoutsMs);
+    this.lastSeenMs = new Float64Array(capacity);
+    this.createdMs = new Float64Array(capacity);
+    this.timeoutClass = new Uint8Array(capacity);
+    this.upstream = new Int32Array(capacity).fill(-1);
+    this.reply = new Int32Array(capacity).fill(-1);
+    this.listener = new Int16Array(capacity).fill(-1);
+    this.rule = new Int32Array(capacity).fill(-1);
+    this.packetsToTarget = new Float64Array(capacity);
+    this.bytesToTarget = new Float64Array(capacity);
+    this.packetsToClient = new Float64Array(capacity);
+    this.bytesToClient = new Float64Array(capacity);
+    this.prev = new Int32Array(capacity).fill(-1);
+    this.next = new Int32Array(capacity).fill(-1);
+    this.heads = new Int32Array(timeoutsMs.length).fill(-1);
+    this.tails = new Int32Array(timeoutsMs.length).fill(-1);
+  }
+
+  get count(): number {
+    return this.index.count;
+  }
+
+  find(): number {
+    return this.index.find();
+  }
+
+  /**
+   * Creates a session for `key` (not present). When the table is full the least
+   * recently used session ends first (EndReason.Evicted). Returns the new slot.
+   */
+  create(nowMs: number, timeoutClass: number): number {
+    if (this.index.full) {
+      const victim = this.leastRecentlyUsed();
+      this.end(victim, EndReason.Evicted);
+    }
+    const slot = this.index.insert();
+    if (slot < 0) throw new Error("SessionTable.create: no slot after eviction");
+    this.timeoutClass[slot] = timeoutClass;
+    this.lastSeenMs[slot] = nowMs;
+    this.createdMs[slot] = nowMs;
+    this.upstream[slot] = -1;
+    this.reply[slot] = -1;
+    this.listener[slot] = -1;
+    this.rule[slot] = -1;
+    this.packetsToTarget[slot] = 0;
+    this.bytesToTarget[slot] = 0;
+    this.packetsToClient[slot] = 0;
+    this.bytesToClient[slot] = 0;
+    this.linkHead(slot);
+    return slot;
+  }
+
+  /** Marks a session as just used. */
+  touch(slot: number, nowMs: number): void {
+    this.lastSeenMs[slot] = nowMs;
+    const cls = this.timeoutClass[slot];
+    if (this.heads[cls] === slot) return;
+    this.unlink(slot);
+    this.linkHead(slot);
+  }
+
+  /** Ends sessions idle past their class timeout; at most `budget`. Returns how many. */
+  expire(nowMs: number, budget: number): number {
+    let ended = 0;
+    for (let cls = 0; cls < this.heads.length; cls++) {
+      const timeoutMs = this.timeoutsMs[cls];
+      while (ended < budget) {
+        const tail = this.tails[cls];
+        if (tail < 0 || nowMs - this.lastSeenMs[tail] < timeoutMs) break;
+        this.end(tail, EndReason.Idle);
+        ended++;
+      }
+    }
+    return ended;
+  }
+
+  /** Ends a session now (the caller's reason), running onEnd before the slot is freed. */
+  end(slot: number, reason: EndReason): void {
+    this.onEnd(slot, reason);
+    this.unlink(slot);
+    this.index.remove(slot);
+    this.upstream[slot] = -1;
+    this.reply[slot] = -1;
+  }
+
+  leastRecentlyUsed(): number {
+    let victim = -1;
+    for (let cls = 0; cls < this.tails.length; cls++) {
+      const tail = this.tails[cls];
+      if (tail >= 0 && (victim < 0 || this.lastSeenMs[tail] < this.lastSeenMs[victim])) {
+        victim = tail;
+      }
+    }
+    return victim;
+  }
+
+  /** Calls fn for each live session, most recently used first within each class. */
+  forEach(fn: (slot: number) => void): void {
+    for (let cls = 0; cls < this.heads.length; cls++) {
+      for (let s = this.heads[cls]; s >= 0; s = this.next[s]) fn(s);
+    }
+  }
+
+  private linkHead(slot: number): void {
+    const cls = this.timeoutClass[slot];
+    const head = this.heads[cls];
+    this.prev[slot] = -1;
+    this.next[slot] = head;
+    if (head >= 0) this.prev[head] = slot;
+    else this.tails[cls] = slot;
+    this.heads[cls] = slot;
+  }
+
+  private unlink(slot: number): void {
+    const cls = this.timeoutClass[slot];
+    const p = this.prev[slot];
+    const n = this.next[slot];
+    if (p >= 0) this.next[p] = n;
+    else this.heads[cls] = n;
+    if (n >= 0) this.prev[n] = p;
+    else this.tails[cls] = p;
+    this.prev[slot] = -1;
+    this.next[slot] = -1;
+  }
+
+  invariants(): void {
+    this.index.invariants();
+    let listed = 0;
+    for (let cls = 0; cls < this.heads.length; cls++) {
+      let previous = -1;
+      for (let s = this.heads[cls]; s >= 0; s = this.next[s]) {
+        if (++listed > this.capacity) throw new Error("class list cycle");
+        if (this.timeoutClass[s] !== cls) throw new Error(`session ${s} in wrong class list`);
+        if (this.prev[s] !== previous) throw new Error(`session ${s} prev link broken`);
+        if (previous >= 0 && this.lastSeenMs[s] > this.lastSeenMs[previous]) {
+          throw new Error(`class ${cls} list not ordered by lastSeenMs`);
+        }
+        previous = s;
+      }
+      if (this.tails[cls] !== previous) throw new Error(`class ${cls} tail broken`);
+    }
+    if (listed !== this.count) throw new Error(`listed ${listed} != count ${this.count}`);
+    if (this.count > this.capacity) throw new Error("count exceeds capacity");
+  }
+}

@@ -1,0 +1,58 @@
+// bun:ffi bindings for ffi/relay.c. Every symbol returns i32: n >= 0 or -errno
+// (DESIGN.md: a u64 return costs ~16 ns and a BigInt; an i32 costs ~2 ns).
+import { dlopen, FFIType } from "bun:ffi";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { ABI_VERSION, META_BYTES, META_LENGTH_OFFSET, SEND_BYTES, SEND_RESULT_OFFSET } from "./layout.ts";
+
+const { i32, ptr } = FFIType;
+
+const symbols = {
+  rl_abi_version: { args: [], returns: i32 },
+  rl_layout_check: { args: [i32, i32, i32, i32], returns: i32 },
+  rl_raise_nofile: { args: [i32], returns: i32 },
+  rl_udp_socket: { args: [i32, ptr, i32, i32, i32, i32], returns: i32 },
+  rl_close: { args: [i32], returns: i32 },
+  rl_listen: { args: [i32, i32], returns: i32 },
+  rl_local_port: { args: [i32, ptr], returns: i32 },
+  rl_recv_batch: { args: [i32, ptr, i32, i32, ptr], returns: i32 },
+  rl_recv_errors: { args: [i32, i32, ptr], returns: i32 },
+  rl_send_batch: { args: [ptr, ptr, i32], returns: i32 },
+  rl_original_dst: { args: [i32, ptr], returns: i32 },
+  rl_poll_open: { args: [], returns: i32 },
+  rl_poll_add: { args: [i32, i32, i32], returns: i32 },
+  rl_poll_rearm: { args: [i32, i32, i32], returns: i32 },
+  rl_poll_del: { args: [i32, i32], returns: i32 },
+  rl_poll_start: { args: [i32, FFIType.function], returns: i32 },
+  rl_poll_stop: { args: [i32], returns: i32 },
+  rl_poll_wakes: { args: [i32], returns: i32 },
+} as const;
+
+export type RelayLib = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
+
+/** Where the built library lives: build/librelay.so, or $RELAY_FFI_LIB (e.g. the ASan build). */
+export function libraryPath(): string {
+  const fromEnv = process.env.RELAY_FFI_LIB;
+  if (fromEnv) return fromEnv;
+  return join(import.meta.dir, "..", "..", "build", "librelay.so");
+}
+
+let loaded: RelayLib | null = null;
+
+/** Loads the helper once and checks that both sides agree on the ABI. */
+export function loadFfi(): RelayLib {
+  if (loaded) return loaded;
+  const path = libraryPath();
+  if (!existsSync(path)) {
+    throw new Error(`C helper not built: ${path} is missing (run: bash scripts/setup.sh)`);
+  }
+  const lib = dlopen(path, symbols).symbols;
+  const abi = lib.rl_abi_version();
+  if (abi !== ABI_VERSION) {
+    throw new Error(`C helper ABI ${abi} != ${ABI_VERSION}: rebuild it (bash scripts/build.sh)`);
+  }
+  const layout = lib.rl_layout_check(META_BYTES, SEND_BYTES, META_LENGTH_OFFSET, SEND_RESULT_OFFSET);
+  if (layout !== 0) throw new Error("C helper record layout differs from src/sys/layout.ts");
+  loaded = lib;
+  return lib;
+}
