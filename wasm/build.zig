@@ -10,7 +10,7 @@ const memory_bytes: u64 = 2 * 1024 * 1024;
 const stack_bytes: u64 = 128 * 1024;
 
 pub fn build(b: *std.Build) void {
-    const optimize = b.standardOptimizeOption(.{ .preferred_optimize_mode = .ReleaseSafe });
+    const optimize = b.standardOptimizeOption(.{});
     const target = b.resolveTargetQuery(.{ .cpu_arch = .wasm32, .os_tag = .freestanding });
 
     const exe = b.addExecutable(.{
@@ -18,6 +18,8 @@ pub fn build(b: *std.Build) void {
         .root_source_file = b.path("src/main.zig"),
         .target = target,
         .optimize = optimize,
+        // Debug sections are 90% of the module and unused at run time.
+        .strip = true,
     });
     exe.entry = .disabled;
     exe.rdynamic = true;
