@@ -512,7 +512,10 @@ static void *poll_main(void *arg) {
     for (int i = 0; i < n; i++) {
       if (events[i].data.u64 == POLL_STOP_TOKEN) return NULL;
       atomic_fetch_add_explicit(&p->wakes, 1, memory_order_relaxed);
-      p->wake((int32_t)(uint32_t)events[i].data.u64);
+      /* Bit 30 tells JS that EPOLLERR is set (an ICMP error is queued). */
+      uint32_t token = (uint32_t)events[i].data.u64;
+      if (events[i].events & EPOLLERR) token |= 0x40000000u;
+      p->wake((int32_t)token);
     }
   }
 }

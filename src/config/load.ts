@@ -44,6 +44,12 @@ export type Config = Omit<ConfigInput, "listeners" | "intercept"> & {
 
 const checker = TypeCompiler.Compile(ConfigSchema);
 
+/** DNS (RFC 1035) and QUIC/HTTP3 (RFC 9114 uses udp/443) on every non-loopback interface. */
+const DEFAULT_INTERCEPT = [
+  { listener: "udp4", ports: [53, 443] },
+  { listener: "udp6", ports: [53, 443] },
+];
+
 function pathToField(path: string): string {
   // TypeBox paths are JSON pointers: /udp/sessionsMax, /listeners/0/port
   if (path === "") return "config";
@@ -54,7 +60,11 @@ export function parseConfig(input: unknown): Config {
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
     throw new ConfigError(["config: must be a JSON object"]);
   }
-  const withDefaults = Value.Default(ConfigSchema, structuredClone(input)) as unknown;
+  const raw = structuredClone(input) as Record<string, unknown>;
+  // The built-in listeners come with built-in interception (DNS and QUIC); a config
+  // that names its own listeners says what to intercept too.
+  if (raw.listeners === undefined && raw.intercept === undefined) raw.intercept = DEFAULT_INTERCEPT;
+  const withDefaults = Value.Default(ConfigSchema, raw) as unknown;
   const problems: string[] = [];
   for (const e of checker.Errors(withDefaults)) {
     problems.push(`${pathToField(e.path)}: ${e.message} (got ${JSON.stringify(e.value)})`);

@@ -1,0 +1,150 @@
+// bun run relay [--config FILE] [--print-rules] [--check-config]
+// Wiring only: parse arguments, load config, check privileges, start the relay,
+// print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
+import { readFileSync } from "node:fs";
+import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
+import { UdpRelay } from "./relay/udp.ts";
+import { rulesScript } from "./rules/nft.ts";
+import { loadFfi } from "./sys/ffi.ts";
+
+const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-config]
+
+  --config FILE    JSON configuration (default: built-in: TPROXY listeners on
+                   127.0.0.1:12345 and [::1]:12345, relay to the original destination)
+  --print-rules    print the nftables rules and policy routing for this config, then exit
+  --check-config   validate the configuration, print it, then exit
+  --sessions N     with SIGUSR1: how many sessions to list (default 32)
+
+Signals: SIGUSR1 prints metrics and sessions as one JSON line on stdout;
+SIGINT/SIGTERM stop the relay (threads joined, sockets closed) and print final metrics.`;
+
+/** CAP_NET_ADMIN is bit 12 of CapEff (linux/capability.h). */
+const CAP_NET_ADMIN_BIT = 12n;
+
+function hasNetAdmin(): boolean {
+  try {
+    const status = readFileSync("/proc/self/status", "utf8");
+    const line = status.split("\n").find((l) => l.startsWith("CapEff:"));
+    if (!line) return false;
+    const caps = BigInt(`0x${line.slice(7).trim()}`);
+    return ((caps >> CAP_NET_ADMIN_BIT) & 1n) === 1n;
+  } catch {
+    return false;
+  }
+}
+
+function fail(message: string, code = 2): never {
+  console.error(`relay: ${message}`);
+  process.exit(code);
+}
+
+interface Args {
+  configPath: string | null;
+  printRules: boolean;
+  checkConfig: boolean;
+  sessionsListed: number;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { configPath: null, printRules: false, checkConfig: false, sessionsListed: 32 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--config") {
+      args.configPath = argv[++i] ?? fail("--config needs a file path");
+    } else if (a === "--print-rules") {
+      args.printRules = true;
+    } else if (a === "--check-config") {
+      args.checkConfig = true;
+    } else if (a === "--sessions") {
+      const n = Number(argv[++i]);
+      if (!Number.isInteger(n) || n < 0 || n > 100_000) fail("--sessions needs an integer 0-100000");
+      args.sessionsListed = n;
+    } else if (a === "--help" || a === "-h") {
+      console.log(USAGE);
+      process.exit(0);
+    } else {
+      fail(`unknown argument ${JSON.stringify(a)}\n${USAGE}`);
+    }
+  }
+  return args;
+}
+
+function snapshot(relay: UdpRelay, sessionsListed: number, event: string) {
+  return {
+    event,
+    timeMs: Date.now(),
+    uptimeMs: Math.round(performance.now() - relay.startedMs),
+    udp: {
+      ...relay.counters,
+      sessionsActive: relay.sessions.count,
+      sessionsMax: relay.sessions.capacity,
+      upstreamSockets: relay.upstreamSocketCount,
+      replySockets: relay.replies.count,
+      pollWakes: relay.wakeCount,
+    },
+    sessions: relay.sessionViews(sessionsListed),
+  };
+}
+
+function main(): void {
+  const args = parseArgs(process.argv.slice(2));
+  let config: Config;
+  try {
+    config = args.configPath ? loadConfigFile(args.configPath) : parseConfig({});
+  } catch (err) {
+    if (err instanceof ConfigError) fail(`invalid configuration:\n  ${err.problems.join("\n  ")}`);
+    throw err;
+  }
+  if (args.printRules) {
+    process.stdout.write(rulesScript(config));
+    return;
+  }
+  if (args.checkConfig) {
+    console.log(JSON.stringify({ ...config, timeoutClassByPort: undefined }, (_k, v) =>
+      v instanceof Uint8Array ? undefined : v, 2));
+    return;
+  }
+  if (process.getuid?.() !== 0 && !hasNetAdmin()) {
+    fail("missing privilege: TPROXY listeners need CAP_NET_ADMIN (IP_TRANSPARENT) and " +
+      "upstream sockets need it for SO_MARK. Run as root, or grant the capability " +
+      "(e.g. systemd AmbientCapabilities=CAP_NET_ADMIN).", 77);
+  }
+
+  const lib = loadFfi();
+  const relay = new UdpRelay(lib, config);
+  try {
+    relay.start();
+  } catch (err) {
+    fail((err as Error).message, 1);
+  }
+  for (const l of config.listeners) {
+    const where = l.ipv6 ? `[${l.address}]:${l.port}` : `${l.address}:${l.port}`;
+    console.error(`[relay] listening udp ${where} (${l.name}, reply ${l.reply})`);
+  }
+  console.error(`[relay] sessions max ${config.udp.sessionsMax}, mapping ${config.udp.mapping}, ` +
+    `upstream mark 0x${config.mark.toString(16)}`);
+
+  const print = (event: string) =>
+    process.stdout.write(JSON.stringify(snapshot(relay, args.sessionsListed, event)) + "\n");
+  process.on("SIGUSR1", () => print("metrics"));
+  let metricsTimer: ReturnType<typeof setInterval> | null = null;
+  if (config.metrics.logIntervalMs > 0) {
+    metricsTimer = setInterval(() => print("metrics"), config.metrics.logIntervalMs);
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    if (metricsTimer) clearInterval(metricsTimer);
+    print("final");
+    relay.stop();
+    console.error(`[relay] stopped (${signal})`);
+    process.exit(0);
+  };
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  // Ready marker for scripts and tests: printed once every listener is bound.
+  process.stdout.write(JSON.stringify({ event: "ready", pid: process.pid }) + "\n");
+}
+
+main();

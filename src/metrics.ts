@@ -1,0 +1,57 @@
+// Counters of the data plane: plain numbers, bumped per packet or per batch, read by
+// the control plane (metrics log, demo, tests). Every drop has its own reason.
+
+export class UdpCounters {
+  // Client -> relay -> original destination
+  packetsFromClients = 0;
+  bytesFromClients = 0;
+  packetsToTargets = 0;
+  bytesToTargets = 0;
+  // Original destination -> relay -> client
+  packetsFromTargets = 0;
+  bytesFromTargets = 0;
+  packetsToClients = 0;
+  bytesToClients = 0;
+
+  sessionsCreated = 0;
+  sessionsExpired = 0;
+  /** Sessions ended early because the table was full (least recently used first). */
+  sessionsEvicted = 0;
+
+  // Drops, each by reason.
+  /** Datagram larger than udp.datagramBytesMax (MSG_TRUNC). */
+  droppedOversized = 0;
+  /** No original destination in the control data (not TPROXY'd, or MSG_CTRUNC). */
+  droppedNoOriginalDst = 0;
+  /** A reply from an address the client never sent to (address-dependent filtering). */
+  droppedUnsolicitedReply = 0;
+  /** listener.reply = "pktinfo" but the original port differs from the listener port. */
+  droppedReplyModeMismatch = 0;
+  /** Reply socket could not bind the original destination (EADDRINUSE, EADDRNOTAVAIL...). */
+  replySocketBindFailed = 0;
+  /** Packets refused because a recent bind of that destination failed (negative cache). */
+  droppedReplyBindCached = 0;
+  /** Reply socket pool full of busy sockets. */
+  droppedReplyPoolFull = 0;
+  /** socket() failed for lack of descriptors (EMFILE/ENFILE) or memory. */
+  droppedNoDescriptors = 0;
+  /** Upstream socket could not be created for another reason. */
+  droppedUpstreamSocketFailed = 0;
+
+  // Send failures by kind (classifyIoErrno).
+  sendWouldBlock = 0;
+  sendUnreachable = 0;
+  sendTooLarge = 0;
+  sendResources = 0;
+  sendOther = 0;
+
+  // ICMP errors reported on upstream sockets (IP_RECVERR), by kind.
+  icmpPortUnreachable = 0;
+  icmpHostUnreachable = 0;
+  icmpNetUnreachable = 0;
+  icmpOther = 0;
+
+  receiveErrors = 0;
+  wakes = 0;
+  batches = 0;
+}

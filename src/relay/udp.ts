@@ -1,0 +1,696 @@
+// The UDP packet path:
+//
+//   listener (TPROXY) --recvmmsg--> session table --sendmmsg--> upstream socket --> target
+//   client <--sendmmsg-- listener (IP_PKTINFO) or reply socket <--recvmmsg-- upstream socket
+//
+// One thread. The C epoll thread wakes us with a socket token; we drain up to
+// drainBatchesMax batches from that socket, send what they produce in one
+// rl_send_batch per batch, and re-arm the socket in a `finally`.
+//
+// Memory: one receive slab (batchCountMax slots of datagramBytesMax), one metadata
+// table and one send table, allocated here once. Payloads are never copied: send
+// entries point into the receive slab, and each batch is sent before the next
+// receive reuses the slab.
+
+import { ptr } from "bun:ffi";
+import type { Config, ListenerConfig } from "../config/load.ts";
+import { HashIndex } from "../flow/hash_index.ts";
+import { EndReason, SessionTable } from "../flow/table.ts";
+import { ReplyPool } from "../egress/reply_pool.ts";
+import { UdpCounters } from "../metrics.ts";
+import { formatEndpoint } from "../sys/addr.ts";
+import {
+  classifyIoErrno,
+  decodeSocketError,
+  describeSocketError,
+  E,
+  errnoName,
+  IoOutcome,
+  unexpectedErrno,
+} from "../sys/errno.ts";
+import type { RelayLib } from "../sys/ffi.ts";
+import {
+  META,
+  META_FLAG_HAS_ORIGDST,
+  META_FLAG_TRUNCATED,
+  META_WORDS,
+  SEND,
+  SEND_FLAG_SOURCE,
+  SEND_WORDS,
+  SOCK,
+} from "../sys/layout.ts";
+import { Poller, WAKE_ERROR_FLAG, WAKE_TOKEN_MASK } from "../sys/poller.ts";
+
+const enum SocketKind {
+  Free = 0,
+  Listener = 1,
+  Upstream = 2,
+  Reply = 3,
+}
+
+/** Upstream key: client address (4 words), client port, session slot (or ALL_DESTINATIONS). */
+const UPSTREAM_KEY_WORDS = 6;
+/** Session slot word of an endpoint-independent upstream: one socket for every destination. */
+const ALL_DESTINATIONS = 0xffffffff;
+/** v4-mapped marker word: bytes 8..11 of ::ffff:a.b.c.d are 00 00 ff ff (little endian). */
+const V4_MAPPED_WORD = 0xffff0000;
+/** Sessions ended per timer tick at most, so a mass expiry cannot stall the data path. */
+const EXPIRE_BUDGET_PER_TICK = 8192;
+const REPLY_SWEEP_BUDGET_PER_TICK = 1024;
+/** ICMP errors drained per error wake-up (the kernel bounds the queue by rcvbuf anyway). */
+const ERRORS_DRAIN_MAX = 64;
+/** Rate limit for repeated log lines of the same reason. */
+const LOG_INTERVAL_MS = 10_000;
+
+export interface SessionView {
+  client: string;
+  target: string;
+  listener: string;
+  reply: "pktinfo" | "socket";
+  ageMs: number;
+  idleMs: number;
+  packetsToTarget: number;
+  bytesToTarget: number;
+  packetsToClient: number;
+  bytesToClient: number;
+}
+
+export class UdpRelay {
+  readonly counters = new UdpCounters();
+  readonly sessions: SessionTable;
+  readonly replies: ReplyPool;
+
+  private readonly lib: RelayLib;
+  private readonly config: Config;
+  private readonly poller: Poller;
+
+  // Receive side.
+  private readonly slotBytes: number;
+  private readonly batchCount: number;
+  private readonly slab: Uint8Array;
+  private readonly slabPtr: number;
+  private readonly meta: Uint8Array;
+  private readonly metaPtr: number;
+  private readonly meta32: Uint32Array;
+  private readonly meta16: Uint16Array;
+
+  // Send side.
+  private readonly sends: Uint8Array;
+  private readonly sendsPtr: number;
+  private readonly send32: Uint32Array;
+  private readonly sendI32: Int32Array;
+  private readonly send16: Uint16Array;
+  private sendCount = 0;
+  /** Metadata word of the datagram that opens a session (openSession reads its scope). */
+  private currentMetaWord = 0;
+
+  // Socket registry: token -> what the socket is.
+  private readonly socketKind: Uint8Array;
+  private readonly socketFd: Int32Array;
+  private readonly socketRef: Int32Array;
+  private readonly freeTokens: Int32Array;
+  private freeTokenCount: number;
+
+  // Listeners.
+  private readonly listenerFd: Int32Array;
+  private readonly listenerToken: Int32Array;
+  private readonly listenerPort: Uint16Array;
+
+  // Upstream sockets: one per client endpoint (endpoint-independent) or per session.
+  private readonly upstreams: HashIndex;
+  private readonly upstreamFd: Int32Array;
+  private readonly upstreamToken: Int32Array;
+  private readonly upstreamRefs: Int32Array;
+  private readonly upstreamSession: Int32Array; // address-and-port-dependent: its session
+  private readonly upstreamClientScope: Uint32Array; // IPv6 scope id of a link-local client
+  private readonly endpointIndependent: boolean;
+
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private readonly lastLogMs = new Map<string, number>();
+  private stopped = false;
+  /** Start time of the relay's monotonic clock (performance.now()). */
+  readonly startedMs = performance.now();
+
+  constructor(lib: RelayLib, config: Config) {
+    this.lib = lib;
+    this.config = config;
+    const udp = config.udp;
+    this.slotBytes = udp.datagramBytesMax;
+    this.batchCount = udp.batchCountMax;
+    this.endpointIndependent = udp.mapping === "endpoint-independent";
+
+    // slab: one slot per datagram of a batch; 64-byte aligned slots keep payloads on
+    // their own cache lines.
+    this.slotBytes = Math.ceil(udp.datagramBytesMax / 64) * 64;
+    this.slab = new Uint8Array(this.slotBytes * this.batchCount);
+    this.slabPtr = ptr(this.slab);
+    this.meta = new Uint8Array(META_WORDS * 4 * this.batchCount);
+    this.metaPtr = ptr(this.meta);
+    this.meta32 = new Uint32Array(this.meta.buffer);
+    this.meta16 = new Uint16Array(this.meta.buffer);
+    this.sends = new Uint8Array(SEND_WORDS * 4 * this.batchCount);
+    this.sendsPtr = ptr(this.sends);
+    this.send32 = new Uint32Array(this.sends.buffer);
+    this.sendI32 = new Int32Array(this.sends.buffer);
+    this.send16 = new Uint16Array(this.sends.buffer);
+
+    const listenerCount = config.listeners.length;
+    // Tokens: listeners + one upstream socket per session at most + reply sockets.
+    const tokensMax = listenerCount + udp.sessionsMax + udp.replySocketsMax;
+    this.socketKind = new Uint8Array(tokensMax);
+    this.socketFd = new Int32Array(tokensMax).fill(-1);
+    this.socketRef = new Int32Array(tokensMax).fill(-1);
+    this.freeTokens = new Int32Array(tokensMax);
+    for (let i = 0; i < tokensMax; i++) this.freeTokens[i] = tokensMax - 1 - i;
+    this.freeTokenCount = tokensMax;
+
+    this.listenerFd = new Int32Array(listenerCount).fill(-1);
+    this.listenerToken = new Int32Array(listenerCount).fill(-1);
+    this.listenerPort = new Uint16Array(listenerCount);
+
+    this.upstreams = new HashIndex(UPSTREAM_KEY_WORDS, udp.sessionsMax);
+    this.upstreamFd = new Int32Array(udp.sessionsMax).fill(-1);
+    this.upstreamToken = new Int32Array(udp.sessionsMax).fill(-1);
+    this.upstreamRefs = new Int32Array(udp.sessionsMax);
+    this.upstreamSession = new Int32Array(udp.sessionsMax).fill(-1);
+    this.upstreamClientScope = new Uint32Array(udp.sessionsMax);
+
+    this.sessions = new SessionTable(udp.sessionsMax, config.timeoutClassesMs);
+    this.sessions.onEnd = (slot, reason) => this.onSessionEnd(slot, reason);
+
+    this.poller = new Poller(lib, (token) => this.onWake(token));
+    this.replies = new ReplyPool(
+      lib,
+      {
+        socketsMax: udp.replySocketsMax,
+        idleMs: udp.replySocketIdleMs,
+        bindRetryMs: udp.replyBindRetryMs,
+        mark: config.mark,
+        receiveBytes: udp.socketReceiveBytes,
+        sendBytes: udp.socketSendBytes,
+      },
+      this.counters,
+      (fd, entry) => this.registerSocket(SocketKind.Reply, fd, entry),
+      (fd, token) => this.unregisterSocket(fd, token),
+    );
+  }
+
+  /** Opens the listeners and starts the poll thread. Throws with a clear message. */
+  start(): void {
+    // Each upstream/reply socket is a descriptor: ask for enough of them up front.
+    const wanted = this.config.udp.sessionsMax + this.config.udp.replySocketsMax + 256;
+    const limit = this.lib.rl_raise_nofile(wanted);
+    if (limit > 0 && limit < wanted) {
+      this.log("nofile", `RLIMIT_NOFILE is ${limit}, below the ${wanted} descriptors that ` +
+        `udp.sessionsMax + udp.replySocketsMax may need; new flows past it are dropped and counted`);
+    }
+    try {
+      this.config.listeners.forEach((l, i) => this.openListener(l, i));
+    } catch (err) {
+      this.closeListeners();
+      throw err;
+    }
+    this.poller.start();
+    // The timer expires sessions, closes idle reply sockets, and keeps the process
+    // alive (a threadsafe JSCallback does not). Its listener drain also recovers from
+    // a wake-up that never came.
+    this.timer = setInterval(() => this.tick(), 250);
+  }
+
+  /** Joins the poll thread, closes the callback, then every socket. */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.poller.stop();
+    const ended: number[] = [];
+    this.sessions.forEach((slot) => ended.push(slot));
+    for (const slot of ended) this.sessions.end(slot, EndReason.Closed);
+    this.replies.closeAll();
+    this.closeListeners();
+  }
+
+  get upstreamSocketCount(): number {
+    return this.upstreams.count;
+  }
+
+  get wakeCount(): number {
+    return this.poller.wakes;
+  }
+
+  /** Snapshot of live sessions for the control plane (bounded by `limit`). */
+  sessionViews(limit: number): SessionView[] {
+    const out: SessionView[] = [];
+    const now = performance.now();
+    const keyBytes = new Uint8Array(this.sessions.index.keys.buffer);
+    this.sessions.forEach((s) => {
+      if (out.length >= limit) return;
+      const base = s * 9 * 4;
+      const ports = this.sessions.index.keys[s * 9 + 8];
+      const listener = this.sessions.listener[s];
+      out.push({
+        client: formatEndpoint(keyBytes, base, ports >>> 16),
+        target: formatEndpoint(keyBytes, base + 16, ports & 0xffff),
+        listener: this.config.listeners[listener]?.name ?? "?",
+        reply: this.sessions.reply[s] >= 0 ? "socket" : "pktinfo",
+        ageMs: Math.round(now - this.sessions.createdMs[s]),
+        idleMs: Math.round(now - this.sessions.lastSeenMs[s]),
+        packetsToTarget: this.sessions.packetsToTarget[s],
+        bytesToTarget: this.sessions.bytesToTarget[s],
+        packetsToClient: this.sessions.packetsToClient[s],
+        bytesToClient: this.sessions.bytesToClient[s],
+      });
+    });
+    return out;
+  }
+
+  // ---- set-up ----
+
+  private openListener(l: ListenerConfig, index: number): void {
+    const udp = this.config.udp;
+    const flags = SOCK.transparent | SOCK.recvOrigDst | SOCK.reuseAddr | SOCK.freeBind |
+      (l.reusePort ? SOCK.reusePort : 0) | (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
+    const fd = this.lib.rl_udp_socket(flags, l.addr, l.port, 0, udp.listenerReceiveBytes,
+      udp.listenerSendBytes);
+    if (fd < 0) {
+      const err = decodeSocketError(fd);
+      throw new Error(`listener "${l.name}" (${l.address} port ${l.port}): ` +
+        describeSocketError(err, l.ipv6));
+    }
+    this.listenerFd[index] = fd;
+    this.listenerPort[index] = l.port;
+    this.listenerToken[index] = this.registerSocket(SocketKind.Listener, fd, index);
+  }
+
+  private closeListeners(): void {
+    for (let i = 0; i < this.listenerFd.length; i++) {
+      if (this.listenerFd[i] < 0) continue;
+      this.unregisterSocket(this.listenerFd[i], this.listenerToken[i]);
+      this.lib.rl_close(this.listenerFd[i]);
+      this.listenerFd[i] = -1;
+    }
+  }
+
+  private registerSocket(kind: SocketKind, fd: number, ref: number): number {
+    if (this.freeTokenCount === 0) throw new Error("socket registry full (bookkeeping bug)");
+    const token = this.freeTokens[--this.freeTokenCount];
+    this.socketKind[token] = kind;
+    this.socketFd[token] = fd;
+    this.socketRef[token] = ref;
+    const rc = this.poller.add(fd, token);
+    if (rc < 0) throw new Error(`epoll_ctl(ADD) fd ${fd}: ${errnoName(-rc)}`);
+    return token;
+  }
+
+  private unregisterSocket(fd: number, token: number): void {
+    // Remove from epoll before close so a queued wake-up for this token finds Free.
+    this.poller.remove(fd);
+    this.socketKind[token] = SocketKind.Free;
+    this.socketFd[token] = -1;
+    this.socketRef[token] = -1;
+    this.freeTokens[this.freeTokenCount++] = token;
+  }
+
+  // ---- the data path ----
+
+  private onWake(wake: number): void {
+    const token = wake & WAKE_TOKEN_MASK;
+    const kind = this.socketKind[token];
+    if (kind === SocketKind.Free) return; // closed since the wake-up was queued
+    const fd = this.socketFd[token];
+    this.counters.wakes++;
+    try {
+      if (wake & WAKE_ERROR_FLAG) this.drainErrors(fd);
+      this.drain(token, kind, fd);
+    } finally {
+      // Re-arm even if the drain threw; a socket closed during the drain is Free now.
+      if (this.socketKind[token] !== SocketKind.Free && this.socketFd[token] === fd) {
+        this.poller.rearm(fd, token);
+      }
+    }
+  }
+
+  private drain(token: number, kind: SocketKind, fd: number): void {
+    const now = performance.now();
+    const ref = this.socketRef[token];
+    for (let batch = 0; batch < this.config.udp.drainBatchesMax; batch++) {
+      const n = this.lib.rl_recv_batch(fd, this.slabPtr, this.slotBytes, this.batchCount,
+        this.metaPtr);
+      if (n < 0) {
+        this.onReceiveError(fd, -n);
+        continue; // the error is consumed; datagrams may still wait behind it
+      }
+      if (n === 0) return;
+      this.counters.batches++;
+      const toClients = kind === SocketKind.Upstream;
+      if (toClients) this.fromTargets(ref, n, now);
+      else this.fromClients(kind === SocketKind.Listener ? ref : this.replies.listener[ref], n, now);
+      this.flush(!toClients);
+      if (n < this.batchCount) return;
+      // A new flow may have closed this very socket (reply pool full): stop reading it.
+      if (this.socketFd[token] !== fd || this.socketKind[token] !== kind) return;
+    }
+  }
+
+  /** Datagrams from clients, on a listener (or a reply socket that caught them). */
+  private fromClients(listener: number, n: number, now: number): void {
+    const sessions = this.sessions;
+    const key = sessions.key;
+    const meta32 = this.meta32;
+    const meta16 = this.meta16;
+    const c = this.counters;
+    for (let i = 0; i < n; i++) {
+      const w = i * META_WORDS;
+      const h = w * 2;
+      const length = meta32[w + META.lengthWord];
+      c.packetsFromClients++;
+      c.bytesFromClients += meta32[w + META.lengthWireWord];
+      const flags = meta16[h + META.flagsHalf];
+      if (flags & META_FLAG_TRUNCATED) {
+        c.droppedOversized++;
+        continue;
+      }
+      if ((flags & META_FLAG_HAS_ORIGDST) === 0) {
+        c.droppedNoOriginalDst++;
+        continue;
+      }
+      const sourcePort = meta16[h + META.sourcePortHalf];
+      const targetPort = meta16[h + META.targetPortHalf];
+      key[0] = meta32[w];
+      key[1] = meta32[w + 1];
+      key[2] = meta32[w + 2];
+      key[3] = meta32[w + 3];
+      key[4] = meta32[w + 4];
+      key[5] = meta32[w + 5];
+      key[6] = meta32[w + 6];
+      key[7] = meta32[w + 7];
+      key[8] = (sourcePort << 16) | targetPort;
+      let s = sessions.find();
+      if (s < 0) {
+        this.currentMetaWord = w;
+        s = this.openSession(listener, targetPort, now);
+        if (s < 0) continue;
+      } else if (sessions.lastSeenMs[s] !== now) {
+        sessions.touch(s, now);
+      }
+      sessions.packetsToTarget[s]++;
+      sessions.bytesToTarget[s] += length;
+      // To the original destination, from the session's upstream socket.
+      const d = this.sendCount++ * SEND_WORDS;
+      const send32 = this.send32;
+      send32[d] = key[4];
+      send32[d + 1] = key[5];
+      send32[d + 2] = key[6];
+      send32[d + 3] = key[7];
+      this.send16[d * 2 + SEND.targetPortHalf] = targetPort;
+      this.send16[d * 2 + SEND.flagsHalf] = 0;
+      this.sendI32[d + SEND.fdWord] = this.upstreamFd[sessions.upstream[s]];
+      send32[d + SEND.offsetWord] = i * this.slotBytes;
+      send32[d + SEND.lengthWord] = length;
+      send32[d + SEND.targetScopeWord] = meta32[w + META.targetScopeWord];
+    }
+  }
+
+  /** Replies from original destinations, on an upstream socket. */
+  private fromTargets(upstream: number, n: number, now: number): void {
+    const sessions = this.sessions;
+    const key = sessions.key;
+    const meta32 = this.meta32;
+    const meta16 = this.meta16;
+    const c = this.counters;
+    const upKeys = this.upstreams.keys;
+    const u = upstream * UPSTREAM_KEY_WORDS;
+    const clientPort = upKeys[u + 4];
+    for (let i = 0; i < n; i++) {
+      const w = i * META_WORDS;
+      const h = w * 2;
+      const length = meta32[w + META.lengthWord];
+      c.packetsFromTargets++;
+      c.bytesFromTargets += meta32[w + META.lengthWireWord];
+      if (meta16[h + META.flagsHalf] & META_FLAG_TRUNCATED) {
+        c.droppedOversized++;
+        continue;
+      }
+      const sourcePort = meta16[h + META.sourcePortHalf];
+      // The session is (client endpoint, the address this reply came from).
+      key[0] = upKeys[u];
+      key[1] = upKeys[u + 1];
+      key[2] = upKeys[u + 2];
+      key[3] = upKeys[u + 3];
+      key[4] = meta32[w];
+      key[5] = meta32[w + 1];
+      key[6] = meta32[w + 2];
+      key[7] = meta32[w + 3];
+      key[8] = (clientPort << 16) | sourcePort;
+      const s = sessions.find();
+      if (s < 0 || sessions.upstream[s] !== upstream) {
+        c.droppedUnsolicitedReply++;
+        continue;
+      }
+      if (sessions.lastSeenMs[s] !== now) sessions.touch(s, now);
+      sessions.packetsToClient[s]++;
+      sessions.bytesToClient[s] += length;
+      // To the client, from the original destination: on the reply socket bound to
+      // it, or on the listener with the source set by IP_PKTINFO.
+      const d = this.sendCount++ * SEND_WORDS;
+      const send32 = this.send32;
+      send32[d] = key[0];
+      send32[d + 1] = key[1];
+      send32[d + 2] = key[2];
+      send32[d + 3] = key[3];
+      this.send16[d * 2 + SEND.targetPortHalf] = clientPort;
+      const reply = sessions.reply[s];
+      if (reply >= 0) {
+        this.send16[d * 2 + SEND.flagsHalf] = 0;
+        this.sendI32[d + SEND.fdWord] = this.replies.fd[reply];
+      } else {
+        this.send16[d * 2 + SEND.flagsHalf] = SEND_FLAG_SOURCE;
+        send32[d + SEND.sourceAddrWord] = key[4];
+        send32[d + SEND.sourceAddrWord + 1] = key[5];
+        send32[d + SEND.sourceAddrWord + 2] = key[6];
+        send32[d + SEND.sourceAddrWord + 3] = key[7];
+        this.sendI32[d + SEND.fdWord] = this.listenerFd[sessions.listener[s]];
+      }
+      send32[d + SEND.offsetWord] = i * this.slotBytes;
+      send32[d + SEND.lengthWord] = length;
+      send32[d + SEND.targetScopeWord] = this.upstreamClientScope[upstream];
+    }
+  }
+
+  /** Sends the queued batch. One drain reads one socket, so a batch goes one way. */
+  private flush(toTargets: boolean): void {
+    const count = this.sendCount;
+    if (count === 0) return;
+    this.sendCount = 0;
+    const sent = this.lib.rl_send_batch(this.slabPtr, this.sendsPtr, count);
+    const c = this.counters;
+    let bytes = 0;
+    for (let k = 0; k < count; k++) {
+      const result = this.sendI32[k * SEND_WORDS + SEND.resultWord];
+      if (result >= 0) {
+        bytes += result;
+        continue;
+      }
+      this.onSendError(k, -result);
+    }
+    if (toTargets) {
+      c.packetsToTargets += sent;
+      c.bytesToTargets += bytes;
+    } else {
+      c.packetsToClients += sent;
+      c.bytesToClients += bytes;
+    }
+  }
+
+  // ---- sessions ----
+
+  private openSession(listener: number, targetPort: number, now: number): number {
+    const sessions = this.sessions;
+    const key = sessions.key;
+    const ipv6 = !(key[4] === 0 && key[5] === 0 && key[6] === V4_MAPPED_WORD);
+    const mode = this.config.listeners[listener].reply;
+    const samePort = targetPort === this.listenerPort[listener];
+    if (mode === "pktinfo" && !samePort) {
+      this.counters.droppedReplyModeMismatch++;
+      return -1;
+    }
+    const usePktinfo = mode === "pktinfo" || (mode === "auto" && samePort);
+    // The upstream and reply lookups below use scratch keys of their own.
+    const clientWord0 = key[0];
+    const clientWord1 = key[1];
+    const clientWord2 = key[2];
+    const clientWord3 = key[3];
+    const clientPort = key[8] >>> 16;
+    const clientScope = this.meta32[this.currentMetaWord + META.sourceScopeWord];
+
+    let reply = -1;
+    if (!usePktinfo) {
+      const rk = this.replies.key;
+      rk[0] = key[4];
+      rk[1] = key[5];
+      rk[2] = key[6];
+      rk[3] = key[7];
+      rk[4] = targetPort;
+      reply = this.replies.acquire(listener, ipv6, now);
+      if (reply < 0) {
+        this.log(`reply-${this.replies.lastFailure}`, `no reply socket for ` +
+          `${this.describeKeyTarget(targetPort)}: ${this.replies.describeFailure()}`);
+        return -1;
+      }
+    }
+
+    // Evicting a session may close its upstream socket, whose fd can be in this batch's
+    // queued sends (and be reused by the next socket()): send them first.
+    if (sessions.index.full) this.flush(true);
+    const s = sessions.create(now, this.config.timeoutClassByPort[targetPort]);
+    sessions.listener[s] = listener;
+    sessions.reply[s] = reply;
+    const upstream = this.acquireUpstream(s, clientWord0, clientWord1, clientWord2, clientWord3,
+      clientPort, ipv6);
+    if (upstream >= 0) this.upstreamClientScope[upstream] = clientScope;
+    if (upstream < 0) {
+      sessions.end(s, EndReason.Closed);
+      return -1;
+    }
+    sessions.upstream[s] = upstream;
+    this.counters.sessionsCreated++;
+    return s;
+  }
+
+  private acquireUpstream(session: number, a0: number, a1: number, a2: number, a3: number,
+    clientPort: number, ipv6: boolean): number {
+    const uk = this.upstreams.scratch;
+    uk[0] = a0;
+    uk[1] = a1;
+    uk[2] = a2;
+    uk[3] = a3;
+    uk[4] = clientPort;
+    uk[5] = this.endpointIndependent ? ALL_DESTINATIONS : session;
+    let upstream = this.upstreams.find();
+    if (upstream >= 0) {
+      this.upstreamRefs[upstream]++;
+      return upstream;
+    }
+    const flags = SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
+    const bindAddr = ipv6 ? this.config.upstreamAddr6 : this.config.upstreamAddr4;
+    const fd = this.lib.rl_udp_socket(flags, bindAddr, 0, this.config.mark,
+      this.config.udp.socketReceiveBytes, this.config.udp.socketSendBytes);
+    if (fd < 0) {
+      const err = decodeSocketError(fd);
+      if (err.errno === E.EMFILE || err.errno === E.ENFILE || err.errno === E.ENOMEM) {
+        this.counters.droppedNoDescriptors++;
+      } else {
+        this.counters.droppedUpstreamSocketFailed++;
+      }
+      this.log(`upstream-${err.errno}`, `upstream socket: ${describeSocketError(err, ipv6)}`);
+      return -1;
+    }
+    upstream = this.upstreams.insert();
+    this.upstreamFd[upstream] = fd;
+    this.upstreamRefs[upstream] = 1;
+    this.upstreamSession[upstream] = this.endpointIndependent ? -1 : session;
+    this.upstreamToken[upstream] = this.registerSocket(SocketKind.Upstream, fd, upstream);
+    return upstream;
+  }
+
+  private onSessionEnd(slot: number, reason: EndReason): void {
+    const now = performance.now();
+    if (reason === EndReason.Idle) this.counters.sessionsExpired++;
+    else if (reason === EndReason.Evicted) this.counters.sessionsEvicted++;
+    const upstream = this.sessions.upstream[slot];
+    if (upstream >= 0 && --this.upstreamRefs[upstream] === 0) {
+      const fd = this.upstreamFd[upstream];
+      this.unregisterSocket(fd, this.upstreamToken[upstream]);
+      this.lib.rl_close(fd);
+      this.upstreamFd[upstream] = -1;
+      this.upstreamToken[upstream] = -1;
+      this.upstreams.remove(upstream);
+    }
+    const reply = this.sessions.reply[slot];
+    if (reply >= 0) this.replies.release(reply, now);
+  }
+
+  // ---- errors ----
+
+  private onReceiveError(fd: number, errno: number): void {
+    switch (errno) {
+      case E.ECONNREFUSED:
+      case E.EHOSTUNREACH:
+      case E.ENETUNREACH:
+      case E.EHOSTDOWN:
+      case E.ENETDOWN:
+      case E.EACCES:
+      case E.EPERM:
+        // sk_err from an ICMP error; the details wait in the error queue.
+        this.drainErrors(fd);
+        return;
+      default:
+        this.counters.receiveErrors++;
+        if (classifyIoErrno(errno) === IoOutcome.ProgrammerError) {
+          throw new Error(`recvmmsg on fd ${fd}: ${errnoName(errno)} (a bookkeeping bug)`);
+        }
+        unexpectedErrno("recvmmsg", errno);
+    }
+  }
+
+  private drainErrors(fd: number): void {
+    const n = this.lib.rl_recv_errors(fd, ERRORS_DRAIN_MAX, this.metaPtr);
+    if (n <= 0) return;
+    const c = this.counters;
+    for (let i = 0; i < n; i++) {
+      const errno = this.meta32[i * META_WORDS + META.lengthWord];
+      if (errno === E.ECONNREFUSED) c.icmpPortUnreachable++;
+      else if (errno === E.EHOSTUNREACH) c.icmpHostUnreachable++;
+      else if (errno === E.ENETUNREACH) c.icmpNetUnreachable++;
+      else c.icmpOther++;
+    }
+  }
+
+  private onSendError(k: number, errno: number): void {
+    const c = this.counters;
+    switch (classifyIoErrno(errno)) {
+      case IoOutcome.WouldBlock:
+        c.sendWouldBlock++;
+        return;
+      case IoOutcome.Unreachable:
+        c.sendUnreachable++;
+        return;
+      case IoOutcome.TooLarge:
+        c.sendTooLarge++;
+        return;
+      case IoOutcome.Resources:
+        c.sendResources++;
+        return;
+      case IoOutcome.ProgrammerError:
+        throw new Error(`sendmmsg entry ${k}: ${errnoName(errno)} (a bookkeeping bug)`);
+      default:
+        c.sendOther++;
+        this.log(`send-${errno}`, `sendmmsg: ${errnoName(errno)} (${errno})`);
+    }
+  }
+
+  // ---- control plane ----
+
+  private tick(): void {
+    const now = performance.now();
+    this.sessions.expire(now, EXPIRE_BUDGET_PER_TICK);
+    this.replies.sweep(now, REPLY_SWEEP_BUDGET_PER_TICK);
+    // Lost wake-up recovery: drain listeners directly (cheap: one recvmmsg each when idle).
+    for (let i = 0; i < this.listenerFd.length; i++) {
+      if (this.listenerFd[i] >= 0) this.onWake(this.listenerToken[i]);
+    }
+  }
+
+  private describeKeyTarget(port: number): string {
+    const bytes = new Uint8Array(this.sessions.key.buffer, 16, 16);
+    return formatEndpoint(bytes, 0, port);
+  }
+
+  log(reason: string, message: string): void {
+    const now = performance.now();
+    const last = this.lastLogMs.get(reason);
+    if (last !== undefined && now - last < LOG_INTERVAL_MS) return;
+    this.lastLogMs.set(reason, now);
+    console.error(`[relay] ${message}`);
+  }
+}
