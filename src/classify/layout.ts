@@ -86,6 +86,8 @@ export const Field = {
   initialContextIndex: 19,
   initialPacketNumber: 20,
   initialPacketsCount: 21,
+  initialHeaderBytes: 22,
+  initialPlainBytes: 23,
 
   streamBufferedBytes: 18,
   streamRecordCount: 19,

@@ -31,6 +31,9 @@ export interface ParsersExports {
   tls_stream_parse(contextIndex: number, offset: number, bytes: number): number;
   tls_stream_reset(contextIndex: number): number;
   quic_contexts_reset(): void;
+  quic_scratch_header_offset(): number;
+  quic_scratch_plain_offset(): number;
+  quic_client_keys_derive(version: number, offset: number, bytes: number): number;
   batch_parse(count: number): number;
 }
 

@@ -132,6 +132,10 @@ pub const initial_crypto_contiguous_bytes = 18;
 pub const initial_context_index = 19;
 pub const initial_packet_number = 20;
 pub const initial_packets_count = 21;
+/// The last opened packet's unprotected header and plaintext stay in scratch until the next
+/// Initial (quic_scratch_* exports); these give their lengths, for tests and debugging.
+pub const initial_header_bytes = 22;
+pub const initial_plain_bytes = 23;
 
 // TLS over TCP stream reassembly.
 pub const stream_buffered_bytes = 18;

@@ -176,6 +176,35 @@ export fn quic_contexts_reset() void {
     quic.reset_contexts();
 }
 
+/// Scratch holding the last opened Initial: its unprotected header and its plaintext
+/// (lengths in the record's initial_header_bytes / initial_plain_bytes fields).
+export fn quic_scratch_header_offset() u32 {
+    return @intCast(@intFromPtr(&quic.header_scratch));
+}
+export fn quic_scratch_plain_offset() u32 {
+    return @intCast(@intFromPtr(&quic.plain_scratch));
+}
+
+/// Derives the client Initial key (16), IV (12) and header protection key (16) for
+/// `version` and the DCID at (offset, bytes) in the packet area, into the single record's
+/// text slot name[0..44] (RFC 9001 5.2, RFC 9369 3.3). For tests against RFC vectors.
+export fn quic_client_keys_derive(version: u32, offset: u32, bytes: u32) u32 {
+    const result = begin(single_index, .quic_initial);
+    const dcid = packet_slice(offset, bytes) orelse return finish(result, .malformed);
+    if (dcid.len > 20) return finish(result, .malformed);
+    if (version != quic.version_1 and version != quic.version_2) {
+        return finish(result, .unsupported);
+    }
+    var keys: quic.Keys = undefined;
+    quic.derive_client_keys(version, dcid, &keys);
+    const out = &texts[single_index].name;
+    @memcpy(out[0..16], &keys.key);
+    @memcpy(out[16..28], &keys.iv);
+    @memcpy(out[28..44], &keys.hp);
+    result.name_bytes = 44;
+    return finish(result, .ok);
+}
+
 /// Parses descriptors[0..count] into results[0..count]. Returns how many were parsed:
 /// count, or batch_count_max when count is larger (the caller sees the shortfall).
 export fn batch_parse(count: u32) u32 {

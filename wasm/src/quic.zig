@@ -265,8 +265,8 @@ fn claim_context() usize {
 /// allow more, and 16 KiB covers any MTU in use. Larger ones are unsupported.
 const header_scratch_bytes_max = 4096;
 const plain_scratch_bytes_max = 16 * 1024;
-var header_scratch: [header_scratch_bytes_max]u8 = undefined;
-var plain_scratch: [plain_scratch_bytes_max]u8 = undefined;
+pub var header_scratch: [header_scratch_bytes_max]u8 = undefined;
+pub var plain_scratch: [plain_scratch_bytes_max]u8 = undefined;
 
 /// RFC 9001 5.3: AES-GCM's tag is 16 bytes; 5.4.2: the sample is 16 bytes taken 4 bytes
 /// after the start of the packet number.
@@ -364,6 +364,8 @@ fn open_initial(packet: []const u8, header: *const Header, result: *Result) Erro
     // RFC 9000 17.2: reserved bits must be 0 once protection is removed.
     if (first & 0x0c != 0) return error.Malformed;
     result.field[layout.initial_packet_number] = @truncate(packet_number);
+    result.field[layout.initial_header_bytes] = @intCast(header_bytes);
+    result.field[layout.initial_plain_bytes] = @intCast(plain.len);
 
     const context_index = cached orelse claim_context();
     const context = &contexts[context_index];
