@@ -185,7 +185,10 @@ export class UdpRelay {
         socketsMax: udp.replySocketsMax,
         idleMs: udp.replySocketIdleMs,
         bindRetryMs: udp.replyBindRetryMs,
-        mark: config.mark,
+        // No SO_MARK here: replies belong to the client's own conntrack entry (reply
+        // direction); the relay mark would tag that entry and exempt the client's next
+        // packets from interception.
+        mark: 0,
         receiveBytes: udp.socketReceiveBytes,
         sendBytes: udp.socketSendBytes,
       },

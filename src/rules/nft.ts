@@ -43,7 +43,8 @@ export function nftRuleset(config: Config): string {
   lines.push(`  }`);
   lines.push(`  chain output {`);
   lines.push(`    type route hook output priority mangle; policy accept;`);
-  lines.push(`    meta mark ${hex(config.mark)} ct mark set meta mark`);
+  // Only connections the relay opens (original direction); never a client's entry.
+  lines.push(`    meta mark ${hex(config.mark)} ct direction original ct state new ct mark set meta mark`);
   lines.push(`  }`);
   lines.push(`}`);
   return lines.join("\n") + "\n";

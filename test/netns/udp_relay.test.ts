@@ -1,0 +1,281 @@
+// End-to-end: real traffic through real kernel TPROXY in three namespaces.
+//
+//   client ns ──veth── router ns (relay + nft tproxy + ip rule fwmark) ──veth── server ns
+//   198.18.0.2          r0 198.18.0.1 | r1 198.18.1.1                    198.18.1.2..5
+//   2001:2:0:1::2       2001:2:0:1::1 | 2001:2:0:2::1                    2001:2:0:2::2..5
+//
+// Transparency is what we assert: the client gets every reply from the exact address
+// and port it sent to; the server sees the router (default mode).
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { LAB } from "../../src/lab/netns.ts";
+import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
+
+const S4 = LAB.server4;
+const S6 = `[${LAB.server6}]`;
+const stampTargets4 = [S4, ...LAB.serverExtra4].map((a) => `${a}:7001`);
+const stampTargets6 = [LAB.server6, ...LAB.serverExtra6].map((a) => `[${a}]:7001`);
+
+/** Intercepts on every interface, ephemeral ports included: only the relay's mark
+ * exemption keeps the server's replies to the relay from being intercepted again. */
+const RELAY_CONFIG = {
+  listeners: [
+    { name: "udp4", address: "127.0.0.1", port: 12345 },
+    { name: "udp6", address: "::1", port: 12345 },
+    { name: "echo4", address: "127.0.0.1", port: 7007 },
+    { name: "echo6", address: "::1", port: 7007 },
+    { name: "dns4", address: "127.0.0.1", port: 53 },
+    { name: "dns6", address: "::1", port: 53 },
+  ],
+  intercept: [
+    { listener: "echo4", ports: [7007] },
+    { listener: "echo6", ports: [7007] },
+    { listener: "dns4", ports: [53] },
+    { listener: "dns6", ports: [53] },
+    { listener: "udp4", ports: ["1024-7006", "7008-65535"] },
+    { listener: "udp6", ports: ["1024-7006", "7008-65535"] },
+  ],
+  udp: { sessionsMax: 2048, datagramBytesMax: 2048, replyBindRetryMs: 60_000 },
+};
+
+const skip = labSkipReason();
+if (!skip) {
+  describe("UDP relay through kernel TPROXY", () => {
+    let env: RelayLab;
+
+    beforeAll(async () => {
+      env = new RelayLab();
+      const { lab } = env;
+      const stamp = [...stampTargets4, `${S4}:7007`, ...stampTargets6, `${S6}:7007`];
+      env.spawn(lab.server, [BUN, join(ROOT, "src/lab/udp_echo.ts"), "--stamp", ...stamp]);
+      env.spawn(lab.server, [BUN, join(ROOT, "src/lab/udp_echo.ts"), `${S4}:7002`, `${S6}:7002`]);
+      env.spawn(lab.server, ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+        "--bind-interfaces", `--listen-address=${LAB.server4}`, `--listen-address=${LAB.server6}`,
+        "--port=53", "--user=root", "--pid-file", "--log-facility=-",
+        "--host-record=relay.test,198.18.1.77,2001:2:0:2::77"]);
+      // ICMP host unreachable for one port, so upstream errors can be provoked.
+      lab.exec(lab.server, ["nft", "-f", "-"], [
+        "table inet lab {",
+        "  chain input {",
+        "    type filter hook input priority 0; policy accept;",
+        "    udp dport 7998 reject with icmpx type host-unreachable",
+        "  }",
+        "}",
+      ].join("\n") + "\n");
+      await env.startRelay(RELAY_CONFIG);
+      await lab.waitForUdpPort(lab.server, 7001);
+      await lab.waitForUdpPort(lab.server, 7002);
+      await lab.waitForUdpPort(lab.server, 53);
+      // Neighbour discovery both ways before timing-sensitive probes.
+      lab.exec(lab.client, ["ping", "-c1", "-W1", LAB.routerClient4], undefined, true);
+      lab.exec(lab.client, ["ping", "-6", "-c1", "-W1", LAB.routerClient6], undefined, true);
+    }, 60_000);
+
+    afterAll(async () => {
+      await env?.close();
+    });
+
+    test("IPv4 echo: replies from the original destination (reply-socket pool)", () => {
+      const r = env.probe([`${S4}:7001`], { flows: 4, packets: 8, stamped: true });
+      expect(r).toMatchObject({ received: 32, lost: 0, wrongSource: 0, wrongFlow: 0 });
+      expect(r.serverSaw).toEqual([LAB.routerServer4]);
+    });
+
+    test("IPv4 echo: listener port = original port replies with IP_PKTINFO", async () => {
+      const r = env.probe([`${S4}:7007`], { flows: 4, packets: 8, stamped: true });
+      expect(r).toMatchObject({ received: 32, lost: 0, wrongSource: 0, wrongFlow: 0 });
+      const m = await env.relay!.metrics();
+      const viaEcho = m.sessions.filter((s: any) => s.target === `${S4}:7007`);
+      expect(viaEcho.length).toBe(4);
+      expect(viaEcho.every((s: any) => s.listener === "echo4" && s.reply === "pktinfo")).toBe(true);
+    });
+
+    test("IPv6 echo: replies from the original destination, pool and IP_PKTINFO", () => {
+      for (const target of [`${S6}:7001`, `${S6}:7007`]) {
+        const r = env.probe([target], { flows: 4, packets: 8, stamped: true });
+        expect(r).toMatchObject({ received: 32, lost: 0, wrongSource: 0, wrongFlow: 0 });
+        expect(r.serverSaw).toEqual([`[${LAB.routerServer6}]`]);
+      }
+    });
+
+    test("256 concurrent IPv4 flows over 4 destinations: no reply reaches the wrong flow", () => {
+      const r = env.probe(stampTargets4, { flows: 256, packets: 8, size: 200, stamped: true, timeoutMs: 8000 });
+      expect(r).toMatchObject({ sent: 2048, wrongSource: 0, wrongFlow: 0, duplicate: 0 });
+      expect(r.received).toBe(2048);
+    });
+
+    test("256 concurrent IPv6 flows over 4 destinations: no reply reaches the wrong flow", () => {
+      const r = env.probe(stampTargets6, { flows: 256, packets: 8, size: 200, stamped: true, timeoutMs: 8000 });
+      expect(r).toMatchObject({ sent: 2048, wrongSource: 0, wrongFlow: 0, duplicate: 0 });
+      expect(r.received).toBe(2048);
+    });
+
+    test("kdig through the relay to dnsmasq (IPv4 and IPv6, A and AAAA)", async () => {
+      const cases = [
+        [LAB.server4, "A", "198.18.1.77"],
+        [LAB.server4, "AAAA", "2001:2:0:2::77"],
+        [LAB.server6, "A", "198.18.1.77"],
+        [LAB.server6, "AAAA", "2001:2:0:2::77"],
+      ];
+      for (const [server, type, answer] of cases) {
+        const r = env.lab.exec(env.lab.client, ["kdig", `@${server}`, "relay.test", type,
+          "+notcp", "+timeout=2", "+retry=0"]);
+        expect(r.stdout).toContain("status: NOERROR");
+        expect(r.stdout).toContain(answer);
+        // kdig names the server that answered: the original destination.
+        expect(r.stdout).toContain(`;; From ${server}@53(UDP)`);
+      }
+      const m = await env.relay!.metrics();
+      const dns = m.sessions.filter((s: any) => s.target.endsWith(":53"));
+      expect(dns.length).toBeGreaterThanOrEqual(4);
+      expect(dns.every((s: any) => s.listener.startsWith("dns") && s.reply === "pktinfo")).toBe(true);
+    });
+
+    test("the relay's own upstream traffic is not intercepted again (no loop)", async () => {
+      const before = (await env.relay!.metrics()).udp;
+      const r = env.probe([`${S4}:7001`, `${S6}:7001`], { flows: 2, packets: 10, stamped: true });
+      expect(r).toMatchObject({ received: 20, lost: 0 });
+      const after = (await env.relay!.metrics()).udp;
+      // Exactly the client's datagrams entered the relay: the server's 20 replies to
+      // the relay's upstream sockets (ephemeral ports, inside the intercepted range)
+      // were exempted by the conntrack mark.
+      expect(after.packetsFromClients - before.packetsFromClients).toBe(20);
+      expect(after.packetsToClients - before.packetsToClients).toBe(20);
+
+      // Control: without the exemption rule the same rules do loop.
+      const { lab } = env;
+      const listing = lab.exec(lab.router, ["nft", "-a", "list", "chain", "inet", "transparent_relay", "prerouting"]).stdout;
+      const handle = /ct mark 0x0*1ee7 return # handle (\d+)/.exec(listing)?.[1];
+      expect(handle).toBeDefined();
+      lab.exec(lab.router, ["nft", "delete", "rule", "inet", "transparent_relay", "prerouting", "handle", handle!]);
+      try {
+        const looped = env.probe([`${S4}:7002`], { flows: 1, packets: 4, timeoutMs: 1000 });
+        const loopMetrics = (await env.relay!.metrics()).udp;
+        expect(looped.received).toBe(0);
+        expect(loopMetrics.packetsFromClients - after.packetsFromClients).toBeGreaterThan(4);
+      } finally {
+        await env.startRelay(RELAY_CONFIG); // reinstalls the full ruleset, fresh counters
+      }
+    }, 30_000);
+
+    test("oversized datagrams are counted and dropped; zero-length ones are relayed", async () => {
+      const before = (await env.relay!.metrics()).udp;
+      // 3000 bytes > udp.datagramBytesMax (2048): truncated by recvmmsg, so dropped.
+      env.python(env.lab.client, `import socket
+s = socket.socket(); s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"x" * 3000, ("${S4}", 7002))`);
+      // A zero-length datagram is valid UDP and comes back from the original destination.
+      const zero = env.python(env.lab.client, `import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.sendto(b"", ("${S4}", 7002)); d, a = s.recvfrom(100); print(len(d), a[0], a[1])`);
+      expect(zero.stdout.trim()).toBe(`0 ${S4} 7002`);
+      const ok = env.probe([`${S4}:7002`], { flows: 2, packets: 4 });
+      expect(ok).toMatchObject({ received: 8, wrongSource: 0 });
+      const after = (await env.relay!.metrics()).udp;
+      expect(after.droppedOversized - before.droppedOversized).toBe(1);
+    });
+
+    test("truncated datagrams (UDP length beyond the packet) never reach the relay", async () => {
+      const before = (await env.relay!.metrics()).udp;
+      // A raw UDP header that claims 100 more bytes than it carries. The kernel
+      // drops it (RFC 768 length check) after TPROXY matched it; the relay goes on.
+      env.python(env.lab.client, `import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+body = b"y" * 20
+for port in (7002, 7001):
+    s.sendto(struct.pack("!HHHH", 40000, port, 8 + len(body) + 100, 0) + body, ("${S4}", 0))`);
+      const ok = env.probe([`${S4}:7002`], { flows: 2, packets: 4 });
+      expect(ok).toMatchObject({ received: 8, wrongSource: 0 });
+      const after = (await env.relay!.metrics()).udp;
+      expect(after.packetsFromClients - before.packetsFromClients).toBe(8);
+    });
+
+    test("unreachable upstreams (ICMP errors) are counted; other flows go on", async () => {
+      const before = (await env.relay!.metrics()).udp;
+      // 7999: nothing listens (port unreachable); 7998: rejected (host unreachable).
+      const dead = env.probe([`${S4}:7999`, `${S4}:7998`, `${S6}:7999`], { flows: 3, packets: 3, timeoutMs: 800 });
+      expect(dead.received).toBe(0);
+      const ok = env.probe([`${S4}:7002`, `${S6}:7002`], { flows: 4, packets: 4 });
+      expect(ok).toMatchObject({ received: 16, wrongSource: 0 });
+      const after = (await env.relay!.metrics()).udp;
+      expect(after.icmpPortUnreachable - before.icmpPortUnreachable).toBeGreaterThanOrEqual(2);
+      expect(after.icmpHostUnreachable - before.icmpHostUnreachable).toBeGreaterThanOrEqual(1);
+    });
+
+    test("a reply socket that cannot bind is counted, cached, and harms no other flow", async () => {
+      const { lab } = env;
+      // Another transparent socket holds 198.18.1.3:7005 without SO_REUSEADDR.
+      const holder = env.spawn(lab.router, ["python3", "-c", `import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
+s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep(60)`]);
+      const reader = holder.stdout.getReader();
+      const first = await reader.read();
+      expect(new TextDecoder().decode(first.value)).toContain("bound");
+      try {
+        const before = (await env.relay!.metrics()).udp;
+        const blocked = env.probe([`${LAB.serverExtra4[0]}:7005`], { flows: 2, packets: 2, timeoutMs: 800 });
+        expect(blocked.received).toBe(0);
+        const ok = env.probe([`${S4}:7002`, `${S6}:7002`], { flows: 4, packets: 4 });
+        expect(ok).toMatchObject({ received: 16, wrongSource: 0 });
+        const after = (await env.relay!.metrics()).udp;
+        expect(after.replySocketBindFailed - before.replySocketBindFailed).toBe(1);
+        expect(after.droppedReplyBindCached - before.droppedReplyBindCached).toBe(3);
+      } finally {
+        holder.kill(9);
+      }
+    });
+  });
+
+  describe("UDP session limits through kernel TPROXY", () => {
+    let env: RelayLab;
+    const LIMITS_CONFIG = {
+      listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
+      intercept: [{ listener: "udp4", ports: ["7000-7010"], interfaces: ["r0"] }],
+      udp: { sessionsMax: 64, idleTimeoutMs: 1000, idleTimeoutMsByPort: { "7003": 4000, "7004": 60_000 } },
+    };
+
+    beforeAll(async () => {
+      env = new RelayLab();
+      env.spawn(env.lab.server, [BUN, join(ROOT, "src/lab/udp_echo.ts"), `${S4}:7002`, `${S4}:7003`, `${S4}:7004`]);
+      await env.startRelay(LIMITS_CONFIG);
+      await env.lab.waitForUdpPort(env.lab.server, 7003);
+      env.lab.exec(env.lab.client, ["ping", "-c1", "-W1", LAB.routerClient4], undefined, true);
+    }, 60_000);
+
+    afterAll(async () => {
+      await env?.close();
+    });
+
+    test("sessions expire after their idle timeout, per destination port", async () => {
+      const r = env.probe([`${S4}:7003`, `${S4}:7002`], { flows: 5, packets: 1 });
+      expect(r.received).toBe(5);
+      const base = (await env.relay!.metrics()).udp;
+      expect(base.sessionsActive).toBe(5);
+      await Bun.sleep(1600); // past idleTimeoutMs (1000) plus one 250 ms timer tick
+      const mid = (await env.relay!.metrics()).udp;
+      // The 2 port-7002 sessions (1000 ms) expired; the 3 port-7003 ones (4000 ms) live on.
+      expect(mid.sessionsExpired).toBe(2);
+      expect(mid.sessionsActive).toBe(3);
+      await Bun.sleep(3000);
+      const end = (await env.relay!.metrics()).udp;
+      expect(end.sessionsActive).toBe(0);
+      expect(end.sessionsExpired).toBe(5);
+      expect(end.upstreamSockets).toBe(0);
+    }, 20_000);
+
+    test("a flood of new flows beyond capacity: table stays at capacity, evictions counted", async () => {
+      const before = (await env.relay!.metrics()).udp;
+      const r = env.probe([`${S4}:7004`], { flows: 200, packets: 1, timeoutMs: 1000 });
+      const m = (await env.relay!.metrics()).udp;
+      expect(m.sessionsCreated - before.sessionsCreated).toBe(200);
+      expect(m.sessionsActive).toBe(64);
+      expect(m.sessionsEvicted - before.sessionsEvicted).toBe(136);
+      expect(m.upstreamSockets).toBe(64);
+      // A reply to an evicted flow meets a closed upstream socket (the kernel answers
+      // ICMP port unreachable); it is never delivered to another flow.
+      expect(r.wrongFlow).toBe(0);
+      expect(r.wrongSource).toBe(0);
+    });
+  });
+}
