@@ -88,6 +88,10 @@ export class Lab {
     const { client, router, server } = this;
     for (const ns of [client, router, server]) {
       run(["ip", "netns", "add", ns]);
+      // No duplicate address detection: a tentative link-local address delays the first
+      // neighbour solicitation by up to 2 s, which would look like relay latency.
+      this.exec(ns, ["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
+      this.exec(ns, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"]);
       this.exec(ns, ["ip", "link", "set", "lo", "up"]);
     }
     // veth pairs created straight into the namespaces: no names in the root namespace.
@@ -117,6 +121,16 @@ export class Lab {
     this.exec(server, ["ip", "-6", "route", "add", "default", "via", LAB.routerServer6]);
     this.exec(router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     this.exec(router, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+  }
+
+  /**
+   * One ICMP echo client -> server each family (forwarded by the kernel, never
+   * intercepted): fills the neighbour caches on every hop. Without it the first IPv6
+   * datagram waits ~1 s for neighbour discovery, with or without the relay.
+   */
+  warmNeighbours(): void {
+    this.exec(this.client, ["ping", "-c1", "-W2", LAB.server4], undefined, true);
+    this.exec(this.client, ["ping", "-6", "-c1", "-W2", LAB.server6], undefined, true);
   }
 
   exec(ns: string, argv: string[], input?: string, allowFail = false): RunResult {

@@ -14,8 +14,10 @@ export class RelayProcess {
   stderr = "";
   private constructor(readonly proc: Subprocess<"ignore", "pipe", "pipe">) {}
 
-  static async start(lab: Lab, configPath: string, timeoutMs = 10_000): Promise<RelayProcess> {
-    const proc = lab.spawn(lab.router, [BUN, RELAY_MAIN, "--config", configPath, "--sessions", "1000"]);
+  /** Starts the relay in the router namespace (configPath null: the built-in default). */
+  static async start(lab: Lab, configPath: string | null, timeoutMs = 10_000): Promise<RelayProcess> {
+    const config = configPath === null ? [] : ["--config", configPath];
+    const proc = lab.spawn(lab.router, [BUN, RELAY_MAIN, ...config, "--sessions", "1000"]);
     const relay = new RelayProcess(proc as Subprocess<"ignore", "pipe", "pipe">);
     relay.pump();
     await relay.waitFor((l) => l.event === "ready", timeoutMs);

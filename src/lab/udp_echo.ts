@@ -18,6 +18,24 @@ if (endpoints.length === 0) {
 }
 const encoder = new TextEncoder();
 let echoed = 0;
+let dropped = 0;
+/** Replies waiting for socket buffer space (send() returned false); bounded. */
+const PENDING_MAX = 4096;
+type Pending = { data: Uint8Array; port: number; address: string };
+const pending = new Map<unknown, Pending[]>();
+
+function reply(socket: { send(d: Uint8Array, p: number, a: string): boolean }, data: Uint8Array,
+  port: number, address: string) {
+  const queue = pending.get(socket);
+  if (queue && queue.length > 0) {
+    if (queue.length >= PENDING_MAX) dropped++;
+    else queue.push({ data: data.slice(), port, address });
+    return;
+  }
+  if (!socket.send(data, port, address)) {
+    pending.set(socket, [{ data: data.slice(), port, address }]);
+  }
+}
 for (const endpoint of endpoints) {
   const [hostname, port] = splitEndpoint(endpoint);
   await Bun.udpSocket({
@@ -27,7 +45,7 @@ for (const endpoint of endpoints) {
       data(socket, data, fromPort, fromAddress) {
         echoed++;
         if (!stamp) {
-          socket.send(data, fromPort, fromAddress);
+          reply(socket, data, fromPort, fromAddress);
           return;
         }
         const who = fromAddress.includes(":") ? `[${fromAddress}]:${fromPort}|` : `${fromAddress}:${fromPort}|`;
@@ -35,13 +53,19 @@ for (const endpoint of endpoints) {
         const out = new Uint8Array(prefix.length + data.length);
         out.set(prefix);
         out.set(data, prefix.length);
-        socket.send(out, fromPort, fromAddress);
+        reply(socket, out, fromPort, fromAddress);
+      },
+      drain(socket) {
+        const queue = pending.get(socket) ?? [];
+        while (queue.length > 0 && socket.send(queue[0].data, queue[0].port, queue[0].address)) {
+          queue.shift();
+        }
       },
     },
   });
 }
 console.log(JSON.stringify({ event: "ready", endpoints }));
 process.on("SIGTERM", () => {
-  console.log(JSON.stringify({ event: "final", echoed }));
+  console.log(JSON.stringify({ event: "final", echoed, dropped }));
   process.exit(0);
 });

@@ -66,9 +66,7 @@ if (!skip) {
       await lab.waitForUdpPort(lab.server, 7001);
       await lab.waitForUdpPort(lab.server, 7002);
       await lab.waitForUdpPort(lab.server, 53);
-      // Neighbour discovery both ways before timing-sensitive probes.
-      lab.exec(lab.client, ["ping", "-c1", "-W1", LAB.routerClient4], undefined, true);
-      lab.exec(lab.client, ["ping", "-6", "-c1", "-W1", LAB.routerClient6], undefined, true);
+      lab.warmNeighbours();
     }, 60_000);
 
     afterAll(async () => {
@@ -240,7 +238,7 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
       env.spawn(env.lab.server, [BUN, join(ROOT, "src/lab/udp_echo.ts"), `${S4}:7002`, `${S4}:7003`, `${S4}:7004`]);
       await env.startRelay(LIMITS_CONFIG);
       await env.lab.waitForUdpPort(env.lab.server, 7003);
-      env.lab.exec(env.lab.client, ["ping", "-c1", "-W1", LAB.routerClient4], undefined, true);
+      env.lab.warmNeighbours();
     }, 60_000);
 
     afterAll(async () => {

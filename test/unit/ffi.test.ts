@@ -1,0 +1,75 @@
+// The C helper through bun:ffi: ABI and layout agreement, batch limits exactly at and
+// one past RL_BATCH_COUNT_MAX, and errors as values (-errno, decoded with the step).
+import { describe, expect, test } from "bun:test";
+import { ptr } from "bun:ffi";
+import { loadFfi } from "../../src/sys/ffi.ts";
+import { BATCH_COUNT_MAX, META_BYTES, SEND_BYTES, SOCK } from "../../src/sys/layout.ts";
+import { decodeSocketError, describeSocketError, E } from "../../src/sys/errno.ts";
+import { mapIPv4, parseAddress } from "../../src/sys/addr.ts";
+
+const lib = loadFfi();
+const loopback4 = mapIPv4(new Uint8Array([127, 0, 0, 1]));
+
+describe("C helper", () => {
+  test("ABI version and record layout agree with src/sys/layout.ts", () => {
+    expect(lib.rl_abi_version()).toBe(1);
+    expect(lib.rl_layout_check(META_BYTES, SEND_BYTES, 40, 48)).toBe(0);
+    expect(lib.rl_layout_check(META_BYTES + 1, SEND_BYTES, 40, 48)).toBe(-E.EINVAL);
+  });
+
+  test("receive batch: 0 when empty, exactly BATCH_COUNT_MAX allowed, one past refused", () => {
+    const fd = lib.rl_udp_socket(0, loopback4, 0, 0, 0, 0);
+    expect(fd).toBeGreaterThan(2);
+    try {
+      const slab = new Uint8Array(64 * (BATCH_COUNT_MAX + 1));
+      const meta = new Uint8Array(META_BYTES * (BATCH_COUNT_MAX + 1));
+      expect(lib.rl_recv_batch(fd, ptr(slab), 64, BATCH_COUNT_MAX, ptr(meta))).toBe(0);
+      expect(lib.rl_recv_batch(fd, ptr(slab), 64, BATCH_COUNT_MAX + 1, ptr(meta))).toBe(-E.EINVAL);
+      expect(lib.rl_recv_batch(fd, ptr(slab), 64, 0, ptr(meta))).toBe(-E.EINVAL);
+      expect(lib.rl_recv_errors(fd, 1, ptr(meta))).toBe(0);
+      const sends = new Uint8Array(SEND_BYTES);
+      expect(lib.rl_send_batch(ptr(slab), ptr(sends), BATCH_COUNT_MAX + 1)).toBe(-E.EINVAL);
+      expect(lib.rl_send_batch(ptr(slab), ptr(sends), 0)).toBe(0);
+      const addr = new Uint8Array(16);
+      expect(lib.rl_local_port(fd, addr)).toBeGreaterThan(0);
+      expect([...addr]).toEqual([...loopback4]);
+    } finally {
+      expect(lib.rl_close(fd)).toBe(0);
+    }
+    expect(lib.rl_close(fd)).toBe(-E.EBADF);
+  });
+
+  test("socket failures come back as values naming the refused step", () => {
+    const fd = lib.rl_udp_socket(0, loopback4, 0, 0, 0, 0);
+    const port = lib.rl_local_port(fd, new Uint8Array(16));
+    // Binding the same port again without SO_REUSEADDR: bind() fails with EADDRINUSE.
+    const again = lib.rl_udp_socket(0, loopback4, port, 0, 0, 0);
+    expect(again).toBeLessThan(0);
+    expect(decodeSocketError(again)).toEqual({ step: "bind()", errno: E.EADDRINUSE });
+    lib.rl_close(fd);
+    // An IPv6 address on an IPv4 socket is refused before any syscall.
+    const wrong = lib.rl_udp_socket(0, parseAddress("::1")!, 0, 0, 0, 0);
+    expect(decodeSocketError(wrong)).toEqual({ step: "bind()", errno: E.EAFNOSUPPORT });
+    expect(decodeSocketError(lib.rl_udp_socket(0, loopback4, 70000, 0, 0, 0)).errno).toBe(E.EINVAL);
+    expect(describeSocketError({ step: "IP_TRANSPARENT", errno: E.EPERM }, true)).toStartWith(
+      "IPV6_TRANSPARENT: EPERM: needs CAP_NET_ADMIN");
+  });
+
+  test("transparent socket options are accepted (as root)", () => {
+    if (process.getuid?.() !== 0) return;
+    const flags = SOCK.transparent | SOCK.recvOrigDst | SOCK.reuseAddr | SOCK.freeBind | SOCK.recvErr;
+    // FREEBIND lets a listener bind an address this host does not have (198.18.0.0/15).
+    const fd = lib.rl_udp_socket(flags, mapIPv4(new Uint8Array([198, 18, 9, 9])), 0, 0x1ee7, 1 << 20, 1 << 20);
+    expect(fd).toBeGreaterThan(2);
+    lib.rl_close(fd);
+  });
+
+  test("the epoll poller opens, starts, stops and closes its callback", () => {
+    const { Poller } = require("../../src/sys/poller.ts");
+    const poller = new Poller(lib, () => {});
+    poller.start();
+    expect(poller.isRunning).toBe(true);
+    poller.stop();
+    expect(poller.isRunning).toBe(false);
+  });
+});
