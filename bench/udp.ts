@@ -1,0 +1,392 @@
+// End-to-end UDP benchmark (issue 2, acceptance point 4): request/response and one-way
+// throughput through the relay and through plain kernel forwarding, in the same run.
+//
+//   node_modules/.bin/bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-c-relay]
+//
+//   client ns (udp_gen) ── router ns (kernel forwarding | Bun relay | C relay) ── server ns
+//                                                                      (udp_sink_echo: echo + sink)
+//
+// The paths differ only by destination port, so nothing is reinstalled between runs:
+//   kernel forwarding  7507 (rr) / 7508 (oneway)   not intercepted: plain routing
+//   Bun relay          7007 (rr) / 7008 (oneway)   nft TPROXY -> listeners on 7007/7008
+//   C relay            7107 (rr) / 7108 (oneway)   nft TPROXY -> bench/c_relay on 7107/7108
+// Every listener port equals the original destination port, so both relays answer with
+// IP_PKTINFO from the listener (the cheapest reply path, DESIGN.md "UDP reply path" 1).
+// Flows take the four server addresses round-robin (several original destinations).
+//
+// For each cell {rr, oneway} x {64, 1200} B x {1, 256} flows (IPv4) and each repetition,
+// the paths run back to back in an order that rotates per repetition. The table shows
+// medians, min-max spread, the ratio relay/kernel, latency (rr) and loss (oneway).
+// Results also go to bench/results/udp-latest.md. See bench/udp_gen.c for the
+// "generator-bound" rule.
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { parseConfig } from "../src/config/load.ts";
+import { LAB, Lab, labUnavailableReason, run } from "../src/lab/netns.ts";
+import { RelayProcess } from "../src/lab/relay_process.ts";
+import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
+
+const ROOT = join(import.meta.dir, "..");
+const TOOLS = join(ROOT, "build", "bench");
+const GEN = join(TOOLS, "udp_gen");
+const SINK_ECHO = join(TOOLS, "udp_sink_echo");
+const C_RELAY = join(TOOLS, "c_relay");
+const RESULTS = join(import.meta.dir, "results", "udp-latest.md");
+
+type Mode = "rr" | "oneway";
+type PathName = "kernel" | "bun" | "c";
+const PATH_LABEL: Record<PathName, string> = { kernel: "kernel", bun: "Bun relay", c: "C relay" };
+const PORTS: Record<PathName, Record<Mode, number>> = {
+  kernel: { rr: 7507, oneway: 7508 },
+  bun: { rr: 7007, oneway: 7008 },
+  c: { rr: 7107, oneway: 7108 },
+};
+const TARGETS4 = [LAB.server4, ...LAB.serverExtra4];
+const MODES: Mode[] = ["rr", "oneway"];
+const SIZES_BYTES = [64, 1200];
+const FLOW_COUNTS = [1, 256];
+/** A oneway run counts as generator-bound only if the path delivered this much of it. */
+const DELIVERED_FRACTION_GENERATOR_BOUND = 0.99;
+/** Time the sink gets to drain queued datagrams after the generator stops. */
+const SINK_DRAIN_MS = 300;
+const REPS_MAX = 20;
+/** Target from the issue: C recvmmsg relay ~0.5 (1 flow) and ~0.6 (256 flows) of kernel, rr. */
+const RR_TARGET_RATIO: Record<number, number> = { 1: 0.5, 256: 0.6 };
+
+interface Args {
+  quick: boolean;
+  reps: number;
+  pin: boolean;
+  cRelay: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { quick: false, reps: 3, pin: false, cRelay: true };
+  let repsGiven = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--quick") args.quick = true;
+    else if (a === "--pin") args.pin = true;
+    else if (a === "--no-c-relay") args.cRelay = false;
+    else if (a === "--reps") {
+      const n = Number(argv[++i]);
+      if (!Number.isInteger(n) || n < 1 || n > REPS_MAX) throw new Error(`--reps: 1-${REPS_MAX}`);
+      args.reps = n;
+      repsGiven = true;
+    } else {
+      throw new Error(`unknown argument ${a}\nusage: bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-c-relay]`);
+    }
+  }
+  if (args.quick && !repsGiven) args.reps = 1;
+  return args;
+}
+
+/** A C tool in a namespace that prints JSON lines (ready, snapshot, final). */
+class ToolProcess {
+  readonly lines: any[] = [];
+  private waiters: Array<() => void> = [];
+  private stderr = "";
+  constructor(readonly name: string, readonly proc: Subprocess<any, "pipe", "pipe">) {
+    this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    const decoder = new TextDecoder();
+    (async () => {
+      for await (const chunk of this.proc.stderr) this.stderr += decoder.decode(chunk);
+    })();
+    let buffer = "";
+    for await (const chunk of this.proc.stdout) {
+      buffer += decoder.decode(chunk);
+      for (let nl = buffer.indexOf("\n"); nl >= 0; nl = buffer.indexOf("\n")) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        try {
+          this.lines.push(JSON.parse(line));
+        } catch {
+          this.stderr += `(stdout) ${line}\n`;
+        }
+      }
+      for (const w of this.waiters.splice(0)) w();
+    }
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  async waitFor(match: (line: any) => boolean, timeoutMs: number, from = 0): Promise<any> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      for (let i = from; i < this.lines.length; i++) if (match(this.lines[i])) return this.lines[i];
+      const left = deadline - performance.now();
+      if (left <= 0 || this.proc.exitCode !== null) {
+        throw new Error(`${this.name}: no matching line within ${timeoutMs} ms ` +
+          `(exit ${this.proc.exitCode})\n${this.stderr}`);
+      }
+      await Promise.race([new Promise<void>((r) => this.waiters.push(r)), Bun.sleep(Math.min(left, 100))]);
+    }
+  }
+
+  async snapshot(): Promise<any> {
+    const from = this.lines.length;
+    this.proc.kill("SIGUSR1");
+    return this.waitFor((l) => l.event === "snapshot", 5000, from);
+  }
+
+  async stop(): Promise<void> {
+    this.proc.kill("SIGTERM");
+    const code = await Promise.race([this.proc.exited, Bun.sleep(3000).then(() => null)]);
+    if (code === null) this.proc.kill("SIGKILL");
+  }
+}
+
+interface Sample {
+  value: number; // tps (rr) or received datagrams/s (oneway)
+  p50Us: number;
+  p99Us: number;
+  loss: number;
+  generatorBound: boolean;
+  gen: any;
+}
+
+interface Cell {
+  mode: Mode;
+  sizeBytes: number;
+  flows: number;
+}
+
+function cellName(c: Cell): string {
+  return `${c.mode} ${c.sizeBytes} B ${c.flows} flow${c.flows === 1 ? "" : "s"}`;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function fmtRate(x: number): string {
+  if (!Number.isFinite(x)) return "-";
+  return x >= 1e6 ? `${(x / 1e6).toFixed(2)}M` : x >= 1e3 ? `${(x / 1e3).toFixed(1)}k` : x.toFixed(0);
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const warmupMs = args.quick ? 300 : 1000;
+  const durationMs = args.quick ? 700 : 3000;
+
+  const unavailable = labUnavailableReason();
+  if (unavailable) {
+    console.error(`bench/udp.ts: cannot run: ${unavailable}`);
+    return 4;
+  }
+  run(["make", "-s", "-C", import.meta.dir]);
+  const cRelay = args.cRelay && (await Bun.file(C_RELAY).exists());
+  const paths: PathName[] = cRelay ? ["kernel", "bun", "c"] : ["kernel", "bun"];
+
+  const tmp = mkdtempSync(join(tmpdir(), "udp-bench-"));
+  const lab = Lab.create();
+  const tools: ToolProcess[] = [];
+  let relay: RelayProcess | null = null;
+  try {
+    // Listener port == original port for every relayed path: replies use IP_PKTINFO.
+    const bunRelay = {
+      listeners: [
+        { name: "rr4", address: "127.0.0.1", port: PORTS.bun.rr, reply: "pktinfo" },
+        { name: "oneway4", address: "127.0.0.1", port: PORTS.bun.oneway, reply: "pktinfo" },
+      ],
+      intercept: [
+        { listener: "rr4", ports: [PORTS.bun.rr], interfaces: [LAB.routerClientIf] },
+        { listener: "oneway4", ports: [PORTS.bun.oneway], interfaces: [LAB.routerClientIf] },
+      ],
+      // Each run uses fresh source ports (256 new sessions); let old ones go soon.
+      udp: { idleTimeoutMs: 10_000 },
+    };
+    // Rules for both relays in one table; the Bun relay only gets its own listeners.
+    const rules = parseConfig({
+      listeners: [
+        ...bunRelay.listeners,
+        { name: "c_rr4", address: "127.0.0.1", port: PORTS.c.rr },
+        { name: "c_oneway4", address: "127.0.0.1", port: PORTS.c.oneway },
+      ],
+      intercept: [
+        ...bunRelay.intercept,
+        { listener: "c_rr4", ports: [PORTS.c.rr], interfaces: [LAB.routerClientIf] },
+        { listener: "c_oneway4", ports: [PORTS.c.oneway], interfaces: [LAB.routerClientIf] },
+      ],
+    });
+    lab.installRules(nftRuleset(rules), policyRoutingCommands(rules));
+    const configPath = join(tmp, "relay.json");
+    writeFileSync(configPath, JSON.stringify(bunRelay));
+
+    const binds = (mode: Mode) =>
+      TARGETS4.flatMap((a) => paths.flatMap((p) => ["--bind", `${a}:${PORTS[p][mode]}`]));
+    const echo = new ToolProcess("echo", lab.spawn(lab.server, [SINK_ECHO, "--mode", "echo", ...binds("rr")]) as any);
+    const sink = new ToolProcess("sink", lab.spawn(lab.server, [SINK_ECHO, "--mode", "sink", ...binds("oneway")]) as any);
+    tools.push(echo, sink);
+    await echo.waitFor((l) => l.event === "ready", 5000);
+    await sink.waitFor((l) => l.event === "ready", 5000);
+
+    relay = await RelayProcess.start(lab, configPath);
+    if (cRelay) {
+      const c = new ToolProcess("c_relay", lab.spawn(lab.router, [C_RELAY, "--mark", `${rules.mark}`,
+        "--listen", `127.0.0.1:${PORTS.c.rr}`, "--listen", `127.0.0.1:${PORTS.c.oneway}`]) as any);
+      tools.push(c);
+      await c.waitFor((l) => l.event === "ready", 5000);
+    }
+    const pinning = args.pin ? pinProcesses(lab, relay, tools) : "none (scheduler's choice)";
+
+    const cells: Cell[] = [];
+    for (const mode of MODES) {
+      for (const sizeBytes of SIZES_BYTES) {
+        for (const flows of FLOW_COUNTS) cells.push({ mode, sizeBytes, flows });
+      }
+    }
+    const samples = new Map<string, Sample[]>();
+    let runId = 1;
+    const started = performance.now();
+    for (let rep = 0; rep < args.reps; rep++) {
+      for (const cell of cells) {
+        // Rotate the order per repetition, so no path always runs first (or last).
+        const order = paths.map((_, i) => paths[(i + rep) % paths.length]);
+        for (const path of order) {
+          const sample = await runOnce(lab, cell, path, runId++, { warmupMs, durationMs, pin: args.pin },
+            cell.mode === "rr" ? echo : sink);
+          const key = `${cellName(cell)}|${path}`;
+          if (!samples.has(key)) samples.set(key, []);
+          samples.get(key)!.push(sample);
+          process.stderr.write(`[bench] rep ${rep + 1}/${args.reps} ${cellName(cell).padEnd(24)} ` +
+            `${path.padEnd(6)} ${fmtRate(sample.value).padStart(7)}` +
+            `${cell.mode === "rr" ? ` p50 ${sample.p50Us} us p99 ${sample.p99Us} us` : ` loss ${(sample.loss * 100).toFixed(1)}%`}` +
+            `${sample.generatorBound ? " (generator-bound)" : ""}\n`);
+        }
+      }
+    }
+    const elapsedS = (performance.now() - started) / 1000;
+    const relayMetrics = await relay.metrics().catch(() => null);
+
+    const report = renderReport({ args, cells, paths, samples, pinning, warmupMs, durationMs, elapsedS, relayMetrics });
+    console.log(report);
+    mkdirSync(join(import.meta.dir, "results"), { recursive: true });
+    writeFileSync(RESULTS, report + "\n");
+    console.error(`[bench] written to ${RESULTS}`);
+    return 0;
+  } finally {
+    if (relay) await relay.stop().catch(() => undefined);
+    for (const t of tools) await t.stop().catch(() => undefined);
+    lab.destroy();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+/** --pin: generator on cpu0; relays, echo and sink on cpu1. */
+function pinProcesses(lab: Lab, relay: RelayProcess, tools: ToolProcess[]): string {
+  const pids = [relay.proc.pid, ...tools.map((t) => t.proc.pid)];
+  for (const pid of pids) run(["taskset", "-a", "-p", "-c", "1", `${pid}`]);
+  void lab;
+  return "udp_gen on cpu0; Bun relay (all threads), C relay, echo, sink on cpu1 (taskset)";
+}
+
+async function runOnce(lab: Lab, cell: Cell, path: PathName, runId: number,
+  opts: { warmupMs: number; durationMs: number; pin: boolean }, server: ToolProcess): Promise<Sample> {
+  const port = PORTS[path][cell.mode];
+  const targets = TARGETS4.flatMap((a) => ["--target", `${a}:${port}`]);
+  const argv = [GEN, "--mode", cell.mode, ...targets, "--flows", `${cell.flows}`,
+    "--size", `${cell.sizeBytes}`, "--duration-ms", `${opts.durationMs}`,
+    "--warmup-ms", `${opts.warmupMs}`, "--run-id", `${runId}`];
+  const before = cell.mode === "oneway" ? await server.snapshot() : null;
+  const proc = lab.spawn(lab.client, opts.pin ? ["taskset", "-c", "0", ...argv] : argv);
+  const limitMs = opts.warmupMs + opts.durationMs + 15_000;
+  const code = await Promise.race([proc.exited, Bun.sleep(limitMs).then(() => null)]);
+  if (code === null) {
+    proc.kill("SIGKILL");
+    throw new Error(`udp_gen did not finish within ${limitMs} ms`);
+  }
+  const out = await new Response(proc.stdout).text();
+  if (code !== 0) {
+    throw new Error(`udp_gen exit ${code}: ${await new Response(proc.stderr).text()}`);
+  }
+  const gen = JSON.parse(out.trim().split("\n").at(-1)!);
+  if (cell.mode === "rr") {
+    return { value: gen.tps, p50Us: gen.p50Us, p99Us: gen.p99Us, loss: gen.loss,
+      generatorBound: gen.generatorBound, gen };
+  }
+  await Bun.sleep(SINK_DRAIN_MS);
+  const after = await server.snapshot();
+  const received = after.measuredPackets - before.measuredPackets;
+  const delivered = gen.sent > 0 ? received / gen.sent : 0;
+  return {
+    value: received / gen.windowSeconds,
+    p50Us: NaN,
+    p99Us: NaN,
+    loss: Math.max(0, 1 - delivered),
+    generatorBound: gen.generatorBound && delivered >= DELIVERED_FRACTION_GENERATOR_BOUND,
+    gen: { ...gen, received },
+  };
+}
+
+function renderReport(r: {
+  args: Args; cells: Cell[]; paths: PathName[]; samples: Map<string, Sample[]>; pinning: string;
+  warmupMs: number; durationMs: number; elapsedS: number; relayMetrics: any;
+}): string {
+  const { paths } = r;
+  const lines: string[] = [];
+  const kernelVersion = run(["uname", "-r"], undefined, true).stdout.trim();
+  lines.push(`## UDP relay benchmark (bench/udp.ts${r.args.quick ? " --quick" : ""}${r.args.pin ? " --pin" : ""})`);
+  lines.push("");
+  lines.push(`- date ${new Date().toISOString()}, kernel ${kernelVersion}, ${cpus().length} CPUs ` +
+    `(${cpus()[0]?.model ?? "?"}), load average at end ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  lines.push(`- ${r.args.reps} repetition(s) per cell and path, warmup ${r.warmupMs} ms + measured ` +
+    `${r.durationMs} ms each, paths alternate within each cell; total ${r.elapsedS.toFixed(0)} s`);
+  lines.push(`- CPU pinning: ${r.pinning}`);
+  lines.push(`- IPv4, flows over 4 server addresses; both relays reply with IP_PKTINFO ` +
+    `(listener port = original port). rr: 1 request in flight per flow. ` +
+    `oneway: max rate, batches of 32 per sendmmsg, rate = datagrams/s received by the sink.`);
+  lines.push(`- rr value = transactions/s; oneway value = datagrams/s received. ` +
+    `"median [min-max]" over repetitions; ratio = relay median / kernel median. ` +
+    `gen-bound: runs where udp_gen was the limit (rule in bench/udp_gen.c), as count/reps.`);
+  lines.push("");
+  const header = ["cell", "kernel median [min-max]"];
+  for (const p of paths.slice(1)) header.push(`${PATH_LABEL[p]} median [min-max]`, `${PATH_LABEL[p]}/kernel`);
+  header.push(`p50/p99 us (${paths.map((p) => (p === "kernel" ? "k" : p === "bun" ? "bun" : "C")).join(" / ")})`);
+  header.push(`loss (${paths.map((p) => (p === "kernel" ? "k" : p === "bun" ? "bun" : "C")).join(" / ")})`);
+  header.push("gen-bound");
+  lines.push(`| ${header.join(" | ")} |`);
+  lines.push(`|${header.map(() => "---").join("|")}|`);
+  for (const cell of r.cells) {
+    const name = cellName(cell);
+    const get = (p: PathName) => r.samples.get(`${name}|${p}`) ?? [];
+    const med = (p: PathName) => median(get(p).map((s) => s.value));
+    const spread = (p: PathName) => {
+      const v = get(p).map((s) => s.value);
+      return `${fmtRate(med(p))} [${fmtRate(Math.min(...v))}-${fmtRate(Math.max(...v))}]`;
+    };
+    const row = [name + (cell.mode === "rr" ? " (tps)" : " (pps)"), spread("kernel")];
+    for (const p of paths.slice(1)) {
+      const ratio = med(p) / med("kernel");
+      const target = cell.mode === "rr" ? RR_TARGET_RATIO[cell.flows] : undefined;
+      const mark = target === undefined ? "" : ratio >= target ? ` (>= ${target})` : ` (< ${target})`;
+      row.push(spread(p), `**${ratio.toFixed(2)}**${mark}`);
+    }
+    row.push(cell.mode === "rr"
+      ? paths.map((p) => `${median(get(p).map((s) => s.p50Us)).toFixed(0)}/${median(get(p).map((s) => s.p99Us)).toFixed(0)}`).join(" / ")
+      : "-");
+    row.push(paths.map((p) => `${(median(get(p).map((s) => s.loss)) * 100).toFixed(1)}%`).join(" / "));
+    const bound = paths.map((p) => {
+      const n = get(p).filter((s) => s.generatorBound).length;
+      return n > 0 ? `${p === "kernel" ? "k" : p} ${n}/${get(p).length}` : "";
+    }).filter((x) => x).join(", ");
+    row.push(bound || "no");
+    lines.push(`| ${row.join(" | ")} |`);
+  }
+  if (r.relayMetrics) {
+    const u = r.relayMetrics.udp ?? {};
+    const drops = Object.entries(u).filter(([k, v]) => /drop|error|fail/i.test(k) && typeof v === "number" && v > 0);
+    lines.push("");
+    lines.push(`Bun relay counters at the end: ${drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(", ") : "no drops or errors"}` +
+      ` (sessionsCreated=${u.sessionsCreated ?? "?"}, pollWakes=${u.pollWakes ?? "?"}).`);
+  }
+  return lines.join("\n");
+}
+
+process.exit(await main());
