@@ -69,3 +69,5 @@ process.on("SIGTERM", () => {
   console.log(JSON.stringify({ event: "final", echoed, dropped }));
   process.exit(0);
 });
+
+export {};

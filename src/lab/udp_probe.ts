@@ -130,3 +130,5 @@ console.log(JSON.stringify({
   rttUsP99: pct(0.99),
 }));
 process.exit(0);
+
+export {};

@@ -12,7 +12,7 @@
 // entries point into the receive slab, and each batch is sent before the next
 // receive reuses the slab.
 
-import { ptr } from "bun:ffi";
+import { type Pointer, ptr } from "bun:ffi";
 import type { Config, ListenerConfig } from "../config/load.ts";
 import { HashIndex } from "../flow/hash_index.ts";
 import { EndReason, SessionTable } from "../flow/table.ts";
@@ -88,15 +88,15 @@ export class UdpRelay {
   private readonly slotBytes: number;
   private readonly batchCount: number;
   private readonly slab: Uint8Array;
-  private readonly slabPtr: number;
+  private readonly slabPtr: Pointer;
   private readonly meta: Uint8Array;
-  private readonly metaPtr: number;
+  private readonly metaPtr: Pointer;
   private readonly meta32: Uint32Array;
   private readonly meta16: Uint16Array;
 
   // Send side.
   private readonly sends: Uint8Array;
-  private readonly sendsPtr: number;
+  private readonly sendsPtr: Pointer;
   private readonly send32: Uint32Array;
   private readonly sendI32: Int32Array;
   private readonly send16: Uint16Array;
