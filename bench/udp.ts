@@ -234,7 +234,7 @@ async function main(): Promise<number> {
       tools.push(c);
       await c.waitFor((l) => l.event === "ready", 5000);
     }
-    const pinning = args.pin ? pinProcesses(lab, relay, tools) : "none (scheduler's choice)";
+    const pinning = args.pin ? pinProcesses(relay, tools) : "none (scheduler's choice)";
 
     const cells: Cell[] = [];
     for (const mode of MODES) {
@@ -264,8 +264,12 @@ async function main(): Promise<number> {
     }
     const elapsedS = (performance.now() - started) / 1000;
     const relayMetrics = await relay.metrics().catch(() => null);
+    const cTool = tools.find((t) => t.name === "c_relay");
+    const cMetrics = cTool ? await cTool.snapshot().catch(() => null) : null;
+    const rcvbufErrors = { router: udpRcvbufErrors(lab, lab.router), server: udpRcvbufErrors(lab, lab.server) };
 
-    const report = renderReport({ args, cells, paths, samples, pinning, warmupMs, durationMs, elapsedS, relayMetrics });
+    const report = renderReport({ args, cells, paths, samples, pinning, warmupMs, durationMs, elapsedS,
+      relayMetrics, cMetrics, rcvbufErrors });
     console.log(report);
     mkdirSync(join(import.meta.dir, "results"), { recursive: true });
     writeFileSync(RESULTS, report + "\n");
@@ -279,12 +283,20 @@ async function main(): Promise<number> {
   }
 }
 
-/** --pin: generator on cpu0; relays, echo and sink on cpu1. */
-function pinProcesses(lab: Lab, relay: RelayProcess, tools: ToolProcess[]): string {
-  const pids = [relay.proc.pid, ...tools.map((t) => t.proc.pid)];
-  for (const pid of pids) run(["taskset", "-a", "-p", "-c", "1", `${pid}`]);
-  void lab;
-  return "udp_gen on cpu0; Bun relay (all threads), C relay, echo, sink on cpu1 (taskset)";
+/** Udp RcvbufErrors of a namespace: datagrams dropped because a socket's queue was full. */
+function udpRcvbufErrors(lab: Lab, ns: string): number {
+  const lines = lab.exec(ns, ["cat", "/proc/net/snmp"]).stdout.split("\n").filter((l) => l.startsWith("Udp:"));
+  if (lines.length < 2) return NaN;
+  const names = lines[0].split(/\s+/);
+  const values = lines[1].split(/\s+/);
+  return Number(values[names.indexOf("RcvbufErrors")]);
+}
+
+/** --pin: generator on cpu0, both relays (all threads) on cpu1; echo and sink unpinned. */
+function pinProcesses(relay: RelayProcess, tools: ToolProcess[]): string {
+  const relays = [relay.proc.pid, ...tools.filter((t) => t.name === "c_relay").map((t) => t.proc.pid)];
+  for (const pid of relays) run(["taskset", "-a", "-p", "-c", "1", `${pid}`]);
+  return "udp_gen on cpu0; Bun relay (all threads) and C relay on cpu1; echo/sink unpinned (taskset)";
 }
 
 async function runOnce(lab: Lab, cell: Cell, path: PathName, runId: number,
@@ -327,13 +339,15 @@ async function runOnce(lab: Lab, cell: Cell, path: PathName, runId: number,
 
 function renderReport(r: {
   args: Args; cells: Cell[]; paths: PathName[]; samples: Map<string, Sample[]>; pinning: string;
-  warmupMs: number; durationMs: number; elapsedS: number; relayMetrics: any;
+  warmupMs: number; durationMs: number; elapsedS: number; relayMetrics: any; cMetrics: any;
+  rcvbufErrors: { router: number; server: number };
 }): string {
   const { paths } = r;
   const lines: string[] = [];
   const kernelVersion = run(["uname", "-r"], undefined, true).stdout.trim();
-  lines.push(`## UDP relay benchmark (bench/udp.ts${r.args.quick ? " --quick" : ""}${r.args.pin ? " --pin" : ""})`);
+  lines.push(`## UDP relay benchmark`);
   lines.push("");
+  lines.push(`- command: \`node_modules/.bin/bun bench/udp.ts ${process.argv.slice(2).join(" ")}\``.replace(/ \`$/, "`"));
   lines.push(`- date ${new Date().toISOString()}, kernel ${kernelVersion}, ${cpus().length} CPUs ` +
     `(${cpus()[0]?.model ?? "?"}), load average at end ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   lines.push(`- ${r.args.reps} repetition(s) per cell and path, warmup ${r.warmupMs} ms + measured ` +
@@ -366,7 +380,8 @@ function renderReport(r: {
       const ratio = med(p) / med("kernel");
       const target = cell.mode === "rr" ? RR_TARGET_RATIO[cell.flows] : undefined;
       const mark = target === undefined ? "" : ratio >= target ? ` (>= ${target})` : ` (< ${target})`;
-      row.push(spread(p), `**${ratio.toFixed(2)}**${mark}`);
+      const kernelBound = get("kernel").some((x) => x.generatorBound);
+      row.push(spread(p), `**${ratio.toFixed(2)}**${kernelBound ? "†" : ""}${mark}`);
     }
     row.push(cell.mode === "rr"
       ? paths.map((p) => `${median(get(p).map((s) => s.p50Us)).toFixed(0)}/${median(get(p).map((s) => s.p99Us)).toFixed(0)}`).join(" / ")
@@ -378,6 +393,37 @@ function renderReport(r: {
     }).filter((x) => x).join(", ");
     row.push(bound || "no");
     lines.push(`| ${row.join(" | ")} |`);
+  }
+  lines.push("");
+  lines.push(`† the kernel runs of this cell include generator-bound ones: the kernel number is then ` +
+    `a lower bound of what forwarding can do (veth forwarding runs in the sender's softirq, on ` +
+    `the generator's CPU), so the ratio is an upper bound.`);
+  lines.push("");
+  lines.push(`Generator detail (medians: busy = share of the window udp_gen did not wait; ` +
+    `cpu = its user+sys CPU / wall; sent = datagrams/s it sent):`);
+  lines.push("");
+  lines.push(`| cell | ${paths.map((p) => `${PATH_LABEL[p]} busy / cpu / sent`).join(" | ")} |`);
+  lines.push(`|---|${paths.map(() => "---").join("|")}|`);
+  for (const cell of r.cells) {
+    const name = cellName(cell);
+    const cols = paths.map((p) => {
+      const g = (r.samples.get(`${name}|${p}`) ?? []).map((x) => x.gen);
+      const m = (f: (x: any) => number) => median(g.map(f));
+      return `${m((x) => x.busyFraction).toFixed(2)} / ${m((x) => x.cpuFraction).toFixed(2)} / ` +
+        `${fmtRate(m((x) => x.sent / x.windowSeconds))}`;
+    });
+    lines.push(`| ${name} | ${cols.join(" | ")} |`);
+  }
+  lines.push("");
+  lines.push(`UDP receive-buffer overflows over the whole run (/proc/net/snmp Udp RcvbufErrors): ` +
+    `router ns ${r.rcvbufErrors.router} (relay listeners and upstream sockets), ` +
+    `server ns ${r.rcvbufErrors.server} (sink/echo).`);
+  if (r.cMetrics) {
+    const m = r.cMetrics;
+    const drops = Object.entries(m).filter(([k, v]) => /^dropped/.test(k) && typeof v === "number" && v > 0);
+    lines.push("");
+    lines.push(`C relay counters at the end: ${drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(", ") : "no drops"}` +
+      ` (sessionsCreated=${m.sessionsCreated}, fromClients=${m.fromClients}, toClients=${m.toClients}).`);
   }
   if (r.relayMetrics) {
     const u = r.relayMetrics.udp ?? {};
