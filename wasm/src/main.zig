@@ -84,6 +84,11 @@ fn finish(result: *Result, code: Code) u32 {
     return result.code;
 }
 
+fn code_of(outcome: layout.Error!void) Code {
+    outcome catch |err| return layout.code_from_error(err);
+    return .ok;
+}
+
 fn run(index: usize, kind: Kind, offset: u32, bytes: u32, argument: u32) u32 {
     const result = begin(index, kind);
     // A descriptor pointing outside the packet area is the caller's bug, but the parser
@@ -91,16 +96,14 @@ fn run(index: usize, kind: Kind, offset: u32, bytes: u32, argument: u32) u32 {
     const packet = packet_slice(offset, bytes) orelse return finish(result, .malformed);
     const text = &texts[index];
     const code: Code = switch (kind) {
-        .dns => if (dns.parse(packet, result, &text.name)) .ok else |err| layout.code_from_error(err),
+        .dns => code_of(dns.parse(packet, result, &text.name)),
         .quic_header => blk: {
             var header = quic.Header{};
-            const code = if (quic.parse_header(packet, argument, &header)) Code.ok else |err|
-                layout.code_from_error(err);
+            const code = code_of(quic.parse_header(packet, argument, &header));
             quic.write_header(&header, offset, result);
             break :blk code;
         },
-        .quic_initial => if (quic.parse_initial(packet, offset, result, text)) .ok else |err|
-            layout.code_from_error(err),
+        .quic_initial => code_of(quic.parse_initial(packet, offset, result, text)),
         .tls, .tls_stream => blk: {
             tls_contexts_init();
             const context_index = if (kind == .tls) tls_context_count else argument;

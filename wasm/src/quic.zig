@@ -280,8 +280,12 @@ const coalesced_count_max = 4;
 /// Parses a datagram from a client: every coalesced v1/v2 Initial packet in it is
 /// decrypted and its CRYPTO frames added to the connection's context. Returns ok once the
 /// whole ClientHello is present (SNI/ALPN written), short while more Initials are needed.
-pub fn parse_initial(datagram: []const u8, base_offset: u32, result: *Result,
-    text: *layout.Text) Error!void {
+pub fn parse_initial(
+    datagram: []const u8,
+    base_offset: u32,
+    result: *Result,
+    text: *layout.Text,
+) Error!void {
     if (!contexts_ready) reset_contexts();
     var header = Header{};
     try parse_header(datagram, 0, &header);
@@ -359,8 +363,8 @@ fn open_initial(packet: []const u8, header: *const Header, result: *Result) Erro
     // with no packet received yet).
     var nonce = keys.iv;
     for (0..8) |i| nonce[11 - i] ^= @truncate(packet_number >> @intCast(8 * i));
-    Aes128Gcm.decrypt(plain, cipher, packet[packet.len - tag_bytes ..][0..tag_bytes].*, ad,
-        nonce, keys.key) catch return error.Malformed;
+    const tag = packet[packet.len - tag_bytes ..][0..tag_bytes].*;
+    Aes128Gcm.decrypt(plain, cipher, tag, ad, nonce, keys.key) catch return error.Malformed;
     // RFC 9000 17.2: reserved bits must be 0 once protection is removed.
     if (first & 0x0c != 0) return error.Malformed;
     result.field[layout.initial_packet_number] = @truncate(packet_number);

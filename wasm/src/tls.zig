@@ -159,8 +159,12 @@ pub const StreamContext = struct {
 
     /// Feeds the next in-order bytes of the stream. Returns short until the ClientHello is
     /// complete; then parses it once and keeps that code.
-    pub fn feed(self: *StreamContext, segment: []const u8, result: *Result, text: *layout.Text)
-    layout.Code {
+    pub fn feed(
+        self: *StreamContext,
+        segment: []const u8,
+        result: *Result,
+        text: *layout.Text,
+    ) layout.Code {
         var code: layout.Code = undefined;
         if (self.final_code) |final_code| {
             code = final_code;
@@ -194,10 +198,10 @@ pub const StreamContext = struct {
         // Every pass consumes at least one byte of the segment.
         while (index < segment.len) {
             if (self.record_remaining_bytes == 0) {
-                const take = @min(record_header_bytes - self.record_header_bytes,
-                    segment.len - index);
-                @memcpy(self.record_header[self.record_header_bytes..][0..take],
-                    segment[index..][0..take]);
+                const header_missing_bytes = record_header_bytes - self.record_header_bytes;
+                const take = @min(header_missing_bytes, segment.len - index);
+                const header_target = self.record_header[self.record_header_bytes..];
+                @memcpy(header_target[0..take], segment[index..][0..take]);
                 self.record_header_bytes += take;
                 index += take;
                 self.consumed_bytes +%= @intCast(take);

@@ -12,7 +12,7 @@ import { dnsFixtures, quicHeaderFixtures, quicInitialFixtures, tlsFixtures }
   from "../../fixtures/classify/corpus.ts";
 import { refImpl, wasmImpl } from "./impls.ts";
 
-const NOT_OK = [Code.short, Code.malformed];
+const NOT_OK: number[] = [Code.short, Code.malformed];
 
 for (const make of [wasmImpl, refImpl]) {
   const impl = make(make === wasmImpl ? parsersInstantiate() : undefined);
