@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 ZIG_VERSION="0.14.1"
 
 # Debian packages: the kernel tools the relay drives, and the real peers tests use.
-APT_PACKAGES=(build-essential nftables iproute2 dnsmasq knot-dnsutils dnsperf iperf3
+APT_PACKAGES=(build-essential nftables iproute2 iputils-ping dnsmasq knot-dnsutils dnsperf iperf3
   ngtcp2-server ngtcp2-client python3-pip)
 
 say() { printf '[setup] %s\n' "$*"; }

@@ -43,7 +43,7 @@ async function main(): Promise<number> {
       `--listen-address=${LAB.server6}`, "--port=53", "--user=root", "--pid-file",
       "--log-facility=-", "--host-record=www.relay.test,198.18.1.80,2001:2:0:2::80"]);
     children.push(dnsmasq);
-    const echo = lab.spawn(lab.server, [BUN, join(ROOT, "src/lab/udp_echo.ts"), "--stamp",
+    const echo = lab.spawn(lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), "--stamp",
       `${LAB.server4}:443`, `[${LAB.server6}]:443`]);
     children.push(echo);
     await lab.waitForUdpPort(lab.server, 53);

@@ -129,8 +129,8 @@ export class Lab {
    * datagram waits ~1 s for neighbour discovery, with or without the relay.
    */
   warmNeighbours(): void {
-    this.exec(this.client, ["ping", "-c1", "-W2", LAB.server4], undefined, true);
-    this.exec(this.client, ["ping", "-6", "-c1", "-W2", LAB.server6], undefined, true);
+    this.exec(this.client, ["ping", "-c1", "-W2", LAB.server4]);
+    this.exec(this.client, ["ping", "-6", "-c1", "-W2", LAB.server6]);
   }
 
   exec(ns: string, argv: string[], input?: string, allowFail = false): RunResult {

@@ -69,13 +69,31 @@ export class RelayLab {
     return JSON.parse(r.stdout.trim().split("\n").pop()!);
   }
 
+  /** Where datagrams were lost: the relay's counters and each namespace's UDP drop counters. */
+  async diagnose(): Promise<string> {
+    const udp = this.relay ? (await this.relay.metrics()).udp : {};
+    const lines = [`relay: ${JSON.stringify(udp)}`];
+    for (const ns of [this.lab.client, this.lab.router, this.lab.server]) {
+      const r = this.lab.exec(ns, ["nstat", "-az"], undefined, true).stdout;
+      const drops = r.split("\n").filter((l) => /Udp6?(RcvbufErrors|SndbufErrors|InErrors|NoPorts)\s+[1-9]/.test(l));
+      lines.push(`${ns}: ${drops.map((l) => l.replace(/\s+/g, " ").trim()).join("; ") || "no UDP drops"}`);
+    }
+    return lines.join("\n");
+  }
+
   python(ns: string, code: string, allowFail = false) {
     return this.lab.exec(ns, ["python3", "-c", code], undefined, allowFail);
   }
 
+  /** Stops the relay (SIGTERM) and checks it exited cleanly with a final report. */
   async close(): Promise<void> {
     try {
-      if (this.relay) await this.relay.stop();
+      if (this.relay) {
+        const { final, exitCode } = await this.relay.stop();
+        if (exitCode !== 0 || !final) {
+          throw new Error(`relay did not stop cleanly: exit ${exitCode}\n${this.relay.stderr}`);
+        }
+      }
     } finally {
       for (const c of this.children) c.kill(9);
       this.lab.destroy();

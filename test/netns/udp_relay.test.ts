@@ -47,8 +47,8 @@ if (!skip) {
       env = new RelayLab();
       const { lab } = env;
       const stamp = [...stampTargets4, `${S4}:7007`, ...stampTargets6, `${S6}:7007`];
-      env.spawn(lab.server, [BUN, join(ROOT, "src/lab/udp_echo.ts"), "--stamp", ...stamp]);
-      env.spawn(lab.server, [BUN, join(ROOT, "src/lab/udp_echo.ts"), `${S4}:7002`, `${S6}:7002`]);
+      env.spawn(lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), "--stamp", ...stamp]);
+      env.spawn(lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), `${S4}:7002`, `${S6}:7002`]);
       env.spawn(lab.server, ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
         "--bind-interfaces", `--listen-address=${LAB.server4}`, `--listen-address=${LAB.server6}`,
         "--port=53", "--user=root", "--pid-file", "--log-facility=-",
@@ -96,16 +96,34 @@ if (!skip) {
       }
     });
 
-    test("256 concurrent IPv4 flows over 4 destinations: no reply reaches the wrong flow", () => {
+    test("256 concurrent IPv4 flows over 4 destinations: no reply reaches the wrong flow", async () => {
       const r = env.probe(stampTargets4, { flows: 256, packets: 8, size: 200, stamped: true, timeoutMs: 8000 });
       expect(r).toMatchObject({ sent: 2048, wrongSource: 0, wrongFlow: 0, duplicate: 0 });
+      if (r.received !== 2048) console.error(`lost ${r.lost}:\n${await env.diagnose()}`);
       expect(r.received).toBe(2048);
     });
 
-    test("256 concurrent IPv6 flows over 4 destinations: no reply reaches the wrong flow", () => {
+    test("256 concurrent IPv6 flows over 4 destinations: no reply reaches the wrong flow", async () => {
       const r = env.probe(stampTargets6, { flows: 256, packets: 8, size: 200, stamped: true, timeoutMs: 8000 });
       expect(r).toMatchObject({ sent: 2048, wrongSource: 0, wrongFlow: 0, duplicate: 0 });
+      if (r.received !== 2048) console.error(`lost ${r.lost}:\n${await env.diagnose()}`);
       expect(r.received).toBe(2048);
+    });
+
+    test("endpoint-independent mapping: one client port keeps one relay port for every destination", () => {
+      // One client socket talks to two servers; both see the same router address and port.
+      const r = env.python(env.lab.client, `import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+seen = []
+for target in (("${S4}", 7001), ("${LAB.serverExtra4[2]}", 7001)):
+    s.sendto(b"flow=0 seq=0 x", target)
+    data, src = s.recvfrom(2000)
+    assert src == target, (src, target)
+    seen.append(data.split(b"|")[0].decode())
+print(" ".join(seen))`);
+      const [first, second] = r.stdout.trim().split(" ");
+      expect(first).toStartWith(`${LAB.routerServer4}:`);
+      expect(second).toBe(first);
     });
 
     test("kdig through the relay to dnsmasq (IPv4 and IPv6, A and AAAA)", async () => {
@@ -225,6 +243,44 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
     });
   });
 
+  describe("address-and-port-dependent mapping", () => {
+    let env: RelayLab;
+    beforeAll(async () => {
+      env = new RelayLab();
+      env.spawn(env.lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), "--stamp", `${S4}:7001`,
+        `${LAB.serverExtra4[0]}:7001`]);
+      await env.startRelay({
+        listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
+        intercept: [{ listener: "udp4", ports: [7001], interfaces: ["r0"] }],
+        udp: { mapping: "address-and-port-dependent" },
+      });
+      await env.lab.waitForUdpPort(env.lab.server, 7001);
+      env.lab.warmNeighbours();
+    }, 60_000);
+    afterAll(async () => {
+      await env?.close();
+    });
+
+    test("one client port gets a separate relay port per destination", async () => {
+      const r = env.python(env.lab.client, `import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+seen = []
+for target in (("${S4}", 7001), ("${LAB.serverExtra4[0]}", 7001)):
+    s.sendto(b"flow=0 seq=0 x", target)
+    data, src = s.recvfrom(2000)
+    assert src == target, (src, target)
+    seen.append(data.split(b"|")[0].decode())
+print(" ".join(seen))`);
+      const [first, second] = r.stdout.trim().split(" ");
+      expect(first).toStartWith(`${LAB.routerServer4}:`);
+      expect(second).toStartWith(`${LAB.routerServer4}:`);
+      expect(second).not.toBe(first);
+      const m = (await env.relay!.metrics()).udp;
+      expect(m.upstreamSockets).toBe(2);
+      expect(m.sessionsActive).toBe(2);
+    });
+  });
+
   describe("UDP session limits through kernel TPROXY", () => {
     let env: RelayLab;
     const LIMITS_CONFIG = {
@@ -235,7 +291,7 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
 
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawn(env.lab.server, [BUN, join(ROOT, "src/lab/udp_echo.ts"), `${S4}:7002`, `${S4}:7003`, `${S4}:7004`]);
+      env.spawn(env.lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), `${S4}:7002`, `${S4}:7003`, `${S4}:7004`]);
       await env.startRelay(LIMITS_CONFIG);
       await env.lab.waitForUdpPort(env.lab.server, 7003);
       env.lab.warmNeighbours();
@@ -260,6 +316,19 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
       expect(end.sessionsActive).toBe(0);
       expect(end.sessionsExpired).toBe(5);
       expect(end.upstreamSockets).toBe(0);
+    }, 20_000);
+
+    test("no descriptor leaks: after every session expires the relay holds what it held at start", async () => {
+      const pid = env.relay!.proc.pid;
+      const fds = () => Number(env.lab.exec(env.lab.router, ["sh", "-c", `ls /proc/${pid}/fd | wc -l`]).stdout.trim());
+      const idle = fds();
+      const r = env.probe([`${S4}:7002`], { flows: 40, packets: 2 });
+      expect(r.received).toBe(80);
+      expect(fds()).toBeGreaterThanOrEqual(idle + 40);
+      await Bun.sleep(1600);
+      const m = (await env.relay!.metrics()).udp;
+      expect(m.sessionsActive).toBe(0);
+      expect(fds()).toBe(idle);
     }, 20_000);
 
     test("a flood of new flows beyond capacity: table stays at capacity, evictions counted", async () => {
