@@ -38,6 +38,25 @@ const RELAY_CONFIG = {
   udp: { sessionsMax: 2048, datagramBytesMax: 2048, replyBindRetryMs: 60_000 },
 };
 
+/**
+ * From ONE client socket, one datagram to port 7001 of each server address; returns
+ * the relay address:port each (stamping) server saw. Asserts every reply came from
+ * the address it was sent to.
+ */
+function relayPortsSeen(env: RelayLab, servers: string[]): string[] {
+  const targets = servers.map((a) => `("${a}", 7001)`).join(", ");
+  const r = env.python(env.lab.client, `import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+seen = []
+for target in (${targets},):
+    s.sendto(b"flow=0 seq=0 x", target)
+    data, src = s.recvfrom(2000)
+    assert src == target, (src, target)
+    seen.append(data.split(b"|")[0].decode())
+print(" ".join(seen))`);
+  return r.stdout.trim().split(" ");
+}
+
 const skip = labSkipReason();
 if (!skip) {
   describe("UDP relay through kernel TPROXY", () => {
@@ -112,16 +131,7 @@ if (!skip) {
 
     test("endpoint-independent mapping: one client port keeps one relay port for every destination", () => {
       // One client socket talks to two servers; both see the same router address and port.
-      const r = env.python(env.lab.client, `import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
-seen = []
-for target in (("${S4}", 7001), ("${LAB.serverExtra4[2]}", 7001)):
-    s.sendto(b"flow=0 seq=0 x", target)
-    data, src = s.recvfrom(2000)
-    assert src == target, (src, target)
-    seen.append(data.split(b"|")[0].decode())
-print(" ".join(seen))`);
-      const [first, second] = r.stdout.trim().split(" ");
+      const [first, second] = relayPortsSeen(env, [S4, LAB.serverExtra4[2]]);
       expect(first).toStartWith(`${LAB.routerServer4}:`);
       expect(second).toBe(first);
     });
@@ -262,16 +272,7 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
     });
 
     test("one client port gets a separate relay port per destination", async () => {
-      const r = env.python(env.lab.client, `import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
-seen = []
-for target in (("${S4}", 7001), ("${LAB.serverExtra4[0]}", 7001)):
-    s.sendto(b"flow=0 seq=0 x", target)
-    data, src = s.recvfrom(2000)
-    assert src == target, (src, target)
-    seen.append(data.split(b"|")[0].decode())
-print(" ".join(seen))`);
-      const [first, second] = r.stdout.trim().split(" ");
+      const [first, second] = relayPortsSeen(env, [S4, LAB.serverExtra4[0]]);
       expect(first).toStartWith(`${LAB.routerServer4}:`);
       expect(second).toStartWith(`${LAB.routerServer4}:`);
       expect(second).not.toBe(first);
