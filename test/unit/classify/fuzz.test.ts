@@ -95,6 +95,21 @@ function tally(counts: number[], code: number): void {
   counts[code] = (counts[code] ?? 0) + 1;
 }
 
+test("harness: a WASM trap throws in JS (so counting throws counts traps)", () => {
+  // A module whose one export executes `unreachable`, the instruction Zig's ReleaseSafe
+  // panics (failed bounds checks, overflow) compile to on wasm32-freestanding.
+  const bytes = Uint8Array.of(
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type section: () -> ()
+    0x03, 0x02, 0x01, 0x00, // function section
+    0x07, 0x08, 0x01, 0x04, 0x74, 0x72, 0x61, 0x70, 0x00, 0x00, // export "trap"
+    0x0a, 0x05, 0x01, 0x03, 0x00, 0x00, 0x0b, // code: unreachable; end
+  );
+  const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), {});
+  const trap = instance.exports.trap as () => void;
+  expect(() => trap()).toThrow(WebAssembly.RuntimeError);
+});
+
 describe("mutation fuzz", () => {
   const parsers = parsersInstantiate();
   const wasm = wasmImpl(parsers);
