@@ -2,8 +2,10 @@
 // grow, the batch entry point stops exactly at its limit, and descriptors outside the packet
 // area are rejected without reading there.
 import { expect, test } from "bun:test";
-import { Code, Kind, RESULT_WORDS, RESULT_WORDS_SHIFT, WORD_CODE, WORD_KIND }
-  from "../../../src/classify/layout.ts";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Code, Field, HELLO_FLAG_ALPN, HELLO_FLAG_ALPN_TRUNCATED, HELLO_FLAG_SNI, Kind,
+  RESULT_WORDS, RESULT_WORDS_SHIFT, WORD_CODE, WORD_KIND } from "../../../src/classify/layout.ts";
 import { DnsParser } from "../../../src/classify/dns.ts";
 import { QuicParser } from "../../../src/classify/quic.ts";
 import { TlsParser } from "../../../src/classify/tls.ts";
@@ -103,4 +105,27 @@ test("integer arguments at 0 and max do not trap", () => {
     expect(() => e.quic_client_keys_derive(value, parsers.packetArea.offset, 8)).not.toThrow();
     expect(() => e.tls_stream_parse(value, parsers.packetArea.offset, 64)).not.toThrow();
   }
+});
+
+test("every field index in src/classify/layout.ts equals wasm/src/layout.zig's", () => {
+  // The Zig file is the source of truth; snake_case there is camelCase here.
+  const zig = readFileSync(join(import.meta.dir, "../../../wasm/src/layout.zig"), "utf8");
+  const prefixes = ["dns_", "quic_", "hello_", "initial_", "stream_"];
+  let checked = 0;
+  for (const line of zig.split("\n")) {
+    const match = /^pub const ([a-z0-9_]+)(?:: u32)? = (\d+);/.exec(line);
+    if (match === null || !prefixes.some((p) => match[1].startsWith(p))) continue;
+    const name = match[1];
+    const value = Number(match[2]);
+    if (name.startsWith("hello_flag_")) {
+      const flags: Record<string, number> = { hello_flag_sni: HELLO_FLAG_SNI,
+        hello_flag_alpn: HELLO_FLAG_ALPN, hello_flag_alpn_truncated: HELLO_FLAG_ALPN_TRUNCATED };
+      expect(flags[name]).toBe(value);
+    } else {
+      const camel = name.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+      expect([camel, (Field as Record<string, number>)[camel]]).toEqual([camel, value]);
+    }
+    checked++;
+  }
+  expect(checked).toBe(Object.keys(Field).length + 3);
 });
