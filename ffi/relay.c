@@ -553,3 +553,672 @@ int32_t rl_poll_wakes(int32_t index) {
   if (p == NULL) return -EBADF;
   return (int32_t)(atomic_load_explicit(&p->wakes, memory_order_relaxed) & 0x7fffffff);
 }
+
+/* ---- TCP (see relay.h): accept, connect, and the splice engine ---- */
+
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <time.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+_Static_assert(sizeof(struct rl_tcp_event) == 32, "rl_tcp_event is 32 bytes");
+_Static_assert(offsetof(struct rl_tcp_event, error) == 8, "rl_tcp_event.error at 8");
+_Static_assert(offsetof(struct rl_tcp_event, bytes_up) == 16, "rl_tcp_event.bytes_up at 16");
+
+/* rl_tcp_connect() failure step for connect() itself (after RL_STEP_BIND = 12). */
+#define TCP_STEP_CONNECT 13
+
+int32_t rl_tcp_accept(int32_t listener_fd, struct rl_meta *meta) {
+  struct sockaddr_storage peer;
+  socklen_t peer_len = sizeof(peer);
+  int fd = accept4(listener_fd, (struct sockaddr *)&peer, &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    return -(err == EWOULDBLOCK ? EAGAIN : err);
+  }
+  memset(meta, 0, sizeof(*meta));
+  struct sockaddr_storage local;
+  socklen_t local_len = sizeof(local);
+  if (getsockname(fd, (struct sockaddr *)&local, &local_len) != 0) {
+    int err = errno;
+    close(fd);
+    return -err;
+  }
+  int sport = sockaddr_to_addr((struct sockaddr *)&peer, meta->source_addr, &meta->source_scope);
+  int tport = sockaddr_to_addr((struct sockaddr *)&local, meta->target_addr, &meta->target_scope);
+  if (sport < 0 || tport < 0) {
+    close(fd);
+    return -EAFNOSUPPORT;
+  }
+  meta->source_port = (uint16_t)sport;
+  meta->target_port = (uint16_t)tport;
+  meta->flags = RL_META_HAS_ORIGDST;
+  /* The relay adds no delay of its own: each side's writes keep their timing. */
+  (void)set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  return fd;
+}
+
+int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t target_scope,
+                       const uint8_t *source_addr, int32_t flags, int32_t mark) {
+  if (target_port <= 0 || target_port > 65535) return -((TCP_STEP_CONNECT << 16) | EINVAL);
+  struct sockaddr_storage target;
+  socklen_t target_len =
+      addr_to_sockaddr(target_addr, (uint16_t)target_port, (uint32_t)target_scope, &target);
+  const int v6 = target.ss_family == AF_INET6;
+  int fd = socket(target.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -((RL_STEP_SOCKET << 16) | errno);
+  if (flags & RL_TCP_TRANSPARENT) {
+    int rc = v6 ? set_int(fd, SOL_IPV6, IPV6_TRANSPARENT, 1)
+                : set_int(fd, SOL_IP, IP_TRANSPARENT, 1);
+    if (rc != 0) STEP_FAIL(RL_STEP_TRANSPARENT);
+  }
+  if (mark != 0 && set_int(fd, SOL_SOCKET, SO_MARK, mark) != 0) STEP_FAIL(RL_STEP_MARK);
+  (void)set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  if (flags & RL_TCP_SOURCE_BIND) {
+    struct sockaddr_storage source;
+    socklen_t source_len = addr_to_sockaddr(source_addr, 0, 0, &source);
+    if (source.ss_family != target.ss_family) {
+      close(fd);
+      return -((RL_STEP_BIND << 16) | EAFNOSUPPORT);
+    }
+    /* The port is chosen at connect() with the whole 4-tuple known, so one source
+     * address can carry more than 64k connections to different targets. */
+    (void)set_int(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+    if (bind(fd, (struct sockaddr *)&source, source_len) != 0) STEP_FAIL(RL_STEP_BIND);
+  }
+  if (connect(fd, (struct sockaddr *)&target, target_len) != 0 && errno != EINPROGRESS)
+    STEP_FAIL(TCP_STEP_CONNECT);
+  return fd;
+}
+
+static void close_with_reset(int fd) {
+  struct linger lin = {.l_onoff = 1, .l_linger = 0};
+  (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lin, sizeof(lin));
+  close(fd);
+}
+
+int32_t rl_tcp_abort(int32_t fd) {
+  if (fd < 0) return -EBADF;
+  close_with_reset(fd);
+  return 0;
+}
+
+#define TCP_ENGINES_MAX 4
+/* Pump rounds (each: splice in + splice out, both directions) one connection gets per
+ * turn; with more work left it goes to the back of the ready queue (fairness). */
+#define TCP_ROUNDS_MAX 16
+#define TCP_EPOLL_EVENTS_MAX 256
+/* Timeout sweeps run at most this far apart (and at least 10 ms apart). */
+#define TCP_SWEEP_MS_MAX 250
+#define TCP_SWEEP_MS_MIN 10
+/* Pipes kept for reuse at most (each is two fds). */
+#define TCP_PIPE_POOL_MAX 1024
+#define TCP_CMD_TOKEN UINT64_MAX
+
+enum tcp_state { TCP_FREE = 0, TCP_CONNECTING = 1, TCP_OPEN = 2 };
+
+/* One direction: source socket -> pipe -> target socket.
+ * Invariant: 0 <= used <= cap; dst_shut implies src_eof and used == 0. */
+struct tcp_dir {
+  int pipe_r;
+  int pipe_w;
+  uint32_t used; /* bytes in the pipe: read from the source, not yet delivered */
+  uint32_t cap;  /* pipe capacity (F_GETPIPE_SZ) */
+  uint8_t src_eof;
+  uint8_t dst_shut;
+  uint64_t bytes; /* delivered to the target */
+};
+
+struct tcp_conn {
+  int32_t state;
+  int fd[2]; /* 0: client, 1: upstream */
+  struct tcp_dir dir[2]; /* 0: client -> upstream, 1: upstream -> client */
+  int64_t start_ms;
+  int64_t active_ms;
+  uint8_t queued; /* in the ready queue exactly once while set */
+};
+
+struct tcp_cmd {
+  int32_t id;
+  int32_t client_fd;
+  int32_t upstream_fd;
+};
+
+struct tcp_engine {
+  int epfd;
+  int cmdfd; /* JS -> engine: commands wait */
+  int evfd;  /* engine -> JS: events wait */
+  pthread_t thread;
+  int started;
+  int32_t slots;
+  int32_t pipe_bytes;
+  int32_t connect_timeout_ms;
+  int32_t idle_timeout_ms;
+  int32_t sweep_ms;
+  struct tcp_conn *conns;
+  /* Guarded by lock: the command ring (JS -> engine) and the event ring (engine -> JS). */
+  pthread_mutex_t lock;
+  struct tcp_cmd *cmds;
+  int32_t cmd_head;
+  int32_t cmd_count; /* <= slots: one add per free id */
+  struct rl_tcp_event *events;
+  int32_t ev_head;
+  int32_t ev_count;
+  int32_t ev_cap; /* 2 * slots: connected + closed per id, ids reused after closed is read */
+  atomic_int abort_all;
+  atomic_int stop;
+  /* Engine thread only. */
+  int *pool; /* pipe fds, pairs */
+  int32_t pool_count;
+  int32_t *ready; /* ring of ids */
+  int32_t ready_head;
+  int32_t ready_count;
+  /* Read by JS at any time. */
+  _Atomic uint64_t bytes_up;
+  _Atomic uint64_t bytes_down;
+  atomic_int open_count;
+  atomic_int pipes_in_use;
+  atomic_int events_lost;
+};
+
+static struct tcp_engine *tcp_engines[TCP_ENGINES_MAX];
+static pthread_mutex_t tcp_engines_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct tcp_engine *engine_get(int32_t index) {
+  if (index < 0 || index >= TCP_ENGINES_MAX) return NULL;
+  return tcp_engines[index];
+}
+
+static void engine_push_event(struct tcp_engine *e, uint32_t id, uint16_t kind, uint16_t reason,
+                              int32_t error, int64_t duration_ms, uint64_t up, uint64_t down) {
+  pthread_mutex_lock(&e->lock);
+  int was_empty = e->ev_count == 0;
+  if (e->ev_count == e->ev_cap) {
+    atomic_fetch_add(&e->events_lost, 1);
+    pthread_mutex_unlock(&e->lock);
+    return;
+  }
+  struct rl_tcp_event *ev = &e->events[(e->ev_head + e->ev_count) % e->ev_cap];
+  ev->id = id;
+  ev->kind = kind;
+  ev->reason = reason;
+  ev->error = error;
+  ev->duration_ms = (uint32_t)(duration_ms < 0 ? 0 : duration_ms > UINT32_MAX ? UINT32_MAX
+                                                                              : duration_ms);
+  ev->bytes_up = (double)up;
+  ev->bytes_down = (double)down;
+  e->ev_count++;
+  pthread_mutex_unlock(&e->lock);
+  if (was_empty) {
+    uint64_t one = 1;
+    (void)!write(e->evfd, &one, sizeof(one));
+  }
+}
+
+/* A pipe from the pool or a new one; returns 0 or -errno. */
+static int pipe_acquire(struct tcp_engine *e, struct tcp_dir *d) {
+  if (e->pool_count > 0) {
+    e->pool_count--;
+    d->pipe_r = e->pool[e->pool_count * 2];
+    d->pipe_w = e->pool[e->pool_count * 2 + 1];
+  } else {
+    int p[2];
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return -errno;
+    /* Best effort: without the privilege for larger pipes the default (64 KiB) stays. */
+    (void)fcntl(p[1], F_SETPIPE_SZ, e->pipe_bytes);
+    d->pipe_r = p[0];
+    d->pipe_w = p[1];
+  }
+  int cap = fcntl(d->pipe_w, F_GETPIPE_SZ);
+  d->cap = cap > 0 ? (uint32_t)cap : 65536u;
+  d->used = 0;
+  atomic_fetch_add(&e->pipes_in_use, 1);
+  return 0;
+}
+
+static void pipe_release(struct tcp_engine *e, struct tcp_dir *d) {
+  if (d->pipe_r < 0) return;
+  /* Only an empty pipe is reusable; one holding bytes of a reset connection is closed. */
+  if (d->used == 0 && e->pool_count < TCP_PIPE_POOL_MAX) {
+    e->pool[e->pool_count * 2] = d->pipe_r;
+    e->pool[e->pool_count * 2 + 1] = d->pipe_w;
+    e->pool_count++;
+  } else {
+    close(d->pipe_r);
+    close(d->pipe_w);
+  }
+  d->pipe_r = d->pipe_w = -1;
+  atomic_fetch_sub(&e->pipes_in_use, 1);
+}
+
+/* Ends a connection: RST where the reason calls for it, FIN (plain close) elsewhere. */
+static void conn_end(struct tcp_engine *e, int32_t id, uint16_t reason, int32_t error,
+                     int64_t now) {
+  struct tcp_conn *c = &e->conns[id];
+  if (c->state == TCP_FREE) return;
+  int reset_client = 0;
+  int reset_upstream = 0;
+  switch (reason) {
+  case RL_TCP_END_CLOSED: break;
+  case RL_TCP_END_CLIENT_RESET: reset_upstream = 1; break;
+  case RL_TCP_END_UPSTREAM_RESET: reset_client = 1; break;
+  case RL_TCP_END_CONNECT_REFUSED:
+  case RL_TCP_END_CONNECT_TIMEOUT:
+  case RL_TCP_END_CONNECT_FAILED: reset_client = 1; break;
+  default: reset_client = reset_upstream = 1; break;
+  }
+  if (reset_client) close_with_reset(c->fd[0]);
+  else close(c->fd[0]);
+  if (reset_upstream) close_with_reset(c->fd[1]);
+  else close(c->fd[1]);
+  c->fd[0] = c->fd[1] = -1;
+  pipe_release(e, &c->dir[0]);
+  pipe_release(e, &c->dir[1]);
+  c->state = TCP_FREE;
+  atomic_fetch_sub(&e->open_count, 1);
+  engine_push_event(e, (uint32_t)id, RL_TCP_EVENT_CLOSED, reason, error, now - c->start_ms,
+                    c->dir[0].bytes, c->dir[1].bytes);
+}
+
+static void conn_queue(struct tcp_engine *e, int32_t id) {
+  struct tcp_conn *c = &e->conns[id];
+  if (c->queued) return;
+  c->queued = 1;
+  e->ready[(e->ready_head + e->ready_count) % e->slots] = id;
+  e->ready_count++;
+}
+
+/* One step of one direction. Returns 1 on progress, 0 without, -1 when the connection
+ * ended (the failing side decides the reason). */
+static int dir_step(struct tcp_engine *e, int32_t id, int d, int64_t now) {
+  struct tcp_conn *c = &e->conns[id];
+  struct tcp_dir *dir = &c->dir[d];
+  const int src = c->fd[d];
+  const int dst = c->fd[1 - d];
+  int progress = 0;
+  if (!dir->src_eof && dir->used < dir->cap) {
+    ssize_t n = splice(src, NULL, dir->pipe_w, NULL, dir->cap - dir->used,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      dir->used += (uint32_t)n;
+      progress = 1;
+    } else if (n == 0) {
+      dir->src_eof = 1;
+      progress = 1;
+    } else if (errno != EAGAIN && errno != EINTR) {
+      int err = errno;
+      conn_end(e, id, d == 0 ? RL_TCP_END_CLIENT_RESET : RL_TCP_END_UPSTREAM_RESET, err, now);
+      return -1;
+    }
+  }
+  if (dir->used > 0) {
+    ssize_t n = splice(dir->pipe_r, NULL, dst, NULL, dir->used, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      dir->used -= (uint32_t)n;
+      dir->bytes += (uint64_t)n;
+      atomic_fetch_add_explicit(d == 0 ? &e->bytes_up : &e->bytes_down, (uint64_t)n,
+                                memory_order_relaxed);
+      progress = 1;
+    } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+      int err = errno;
+      conn_end(e, id, d == 0 ? RL_TCP_END_UPSTREAM_RESET : RL_TCP_END_CLIENT_RESET, err, now);
+      return -1;
+    }
+  }
+  if (dir->src_eof && dir->used == 0 && !dir->dst_shut) {
+    /* Half-close: the source's FIN goes on once every byte before it has. */
+    if (shutdown(dst, SHUT_WR) != 0 && errno != ENOTCONN) {
+      int err = errno;
+      conn_end(e, id, d == 0 ? RL_TCP_END_UPSTREAM_RESET : RL_TCP_END_CLIENT_RESET, err, now);
+      return -1;
+    }
+    dir->dst_shut = 1;
+    progress = 1;
+  }
+  return progress;
+}
+
+static void conn_pump(struct tcp_engine *e, int32_t id, int64_t now) {
+  struct tcp_conn *c = &e->conns[id];
+  if (c->state != TCP_OPEN) return;
+  int round = 0;
+  for (; round < TCP_ROUNDS_MAX; round++) {
+    int progress = 0;
+    for (int d = 0; d < 2; d++) {
+      int r = dir_step(e, id, d, now);
+      if (r < 0) return;
+      progress |= r;
+    }
+    if (!progress) break;
+    c->active_ms = now;
+  }
+  if (c->dir[0].dst_shut && c->dir[1].dst_shut) {
+    conn_end(e, id, RL_TCP_END_CLOSED, 0, now);
+    return;
+  }
+  if (round == TCP_ROUNDS_MAX) conn_queue(e, id);
+}
+
+static int socket_error(int fd) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return errno;
+  return err;
+}
+
+static void conn_event(struct tcp_engine *e, int32_t id, int side, uint32_t events, int64_t now) {
+  struct tcp_conn *c = &e->conns[id];
+  if (c->state == TCP_FREE) return; /* a late event of a connection ended in this batch */
+  if (c->state == TCP_CONNECTING) {
+    if (side != 1 || !(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+    int err = socket_error(c->fd[1]);
+    if (err == 0 && (events & (EPOLLERR | EPOLLHUP))) err = ECONNREFUSED;
+    if (err != 0) {
+      uint16_t reason = err == ECONNREFUSED ? RL_TCP_END_CONNECT_REFUSED
+                        : err == ETIMEDOUT  ? RL_TCP_END_CONNECT_TIMEOUT
+                                            : RL_TCP_END_CONNECT_FAILED;
+      conn_end(e, id, reason, err, now);
+      return;
+    }
+    c->state = TCP_OPEN;
+    c->active_ms = now;
+    engine_push_event(e, (uint32_t)id, RL_TCP_EVENT_CONNECTED, 0, 0, now - c->start_ms, 0, 0);
+  } else if (events & EPOLLERR) {
+    int err = socket_error(c->fd[side]);
+    if (err != 0) {
+      conn_end(e, id, side == 0 ? RL_TCP_END_CLIENT_RESET : RL_TCP_END_UPSTREAM_RESET, err, now);
+      return;
+    }
+  }
+  conn_pump(e, id, now);
+}
+
+static void conn_add(struct tcp_engine *e, const struct tcp_cmd *cmd, int64_t now) {
+  struct tcp_conn *c = &e->conns[cmd->id];
+  if (c->state != TCP_FREE) {
+    /* The caller reused a busy id: a bookkeeping bug on its side. Refuse the pair. */
+    close_with_reset(cmd->client_fd);
+    close_with_reset(cmd->upstream_fd);
+    atomic_fetch_add(&e->events_lost, 1);
+    return;
+  }
+  c->state = TCP_CONNECTING;
+  c->fd[0] = cmd->client_fd;
+  c->fd[1] = cmd->upstream_fd;
+  c->start_ms = c->active_ms = now;
+  for (int d = 0; d < 2; d++) {
+    c->dir[d] = (struct tcp_dir){.pipe_r = -1, .pipe_w = -1};
+  }
+  atomic_fetch_add(&e->open_count, 1);
+  for (int d = 0; d < 2; d++) {
+    int rc = pipe_acquire(e, &c->dir[d]);
+    if (rc < 0) {
+      conn_end(e, cmd->id, RL_TCP_END_RESOURCES, -rc, now);
+      return;
+    }
+  }
+  for (int side = 0; side < 2; side++) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                             .data.u64 = ((uint64_t)cmd->id << 1) | (uint64_t)side};
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, c->fd[side], &ev) != 0) {
+      conn_end(e, cmd->id, RL_TCP_END_RESOURCES, errno, now);
+      return;
+    }
+  }
+}
+
+static void engine_commands(struct tcp_engine *e, int64_t now) {
+  uint64_t count;
+  (void)!read(e->cmdfd, &count, sizeof(count));
+  /* Bounded: at most slots commands can wait (one per free id). */
+  for (;;) {
+    pthread_mutex_lock(&e->lock);
+    if (e->cmd_count == 0) {
+      pthread_mutex_unlock(&e->lock);
+      break;
+    }
+    struct tcp_cmd cmd = e->cmds[e->cmd_head];
+    e->cmd_head = (e->cmd_head + 1) % e->slots;
+    e->cmd_count--;
+    pthread_mutex_unlock(&e->lock);
+    conn_add(e, &cmd, now);
+  }
+  if (atomic_exchange(&e->abort_all, 0)) {
+    for (int32_t id = 0; id < e->slots; id++) conn_end(e, id, RL_TCP_END_ABORTED, 0, now);
+  }
+}
+
+static void engine_sweep(struct tcp_engine *e, int64_t now) {
+  for (int32_t id = 0; id < e->slots; id++) {
+    struct tcp_conn *c = &e->conns[id];
+    if (c->state == TCP_CONNECTING && now - c->start_ms >= e->connect_timeout_ms) {
+      conn_end(e, id, RL_TCP_END_CONNECT_TIMEOUT, ETIMEDOUT, now);
+    } else if (c->state == TCP_OPEN && e->idle_timeout_ms > 0 &&
+               now - c->active_ms >= e->idle_timeout_ms) {
+      conn_end(e, id, RL_TCP_END_IDLE_TIMEOUT, ETIMEDOUT, now);
+    }
+  }
+}
+
+static void *engine_main(void *arg) {
+  struct tcp_engine *e = arg;
+  struct epoll_event events[TCP_EPOLL_EVENTS_MAX];
+  int64_t next_sweep = now_ms() + e->sweep_ms;
+  while (!atomic_load(&e->stop)) {
+    int64_t before = now_ms();
+    int timeout = e->ready_count > 0 ? 0 : (int)(next_sweep > before ? next_sweep - before : 0);
+    int n = epoll_wait(e->epfd, events, TCP_EPOLL_EVENTS_MAX, timeout);
+    if (n < 0 && errno != EINTR) break;
+    int64_t now = now_ms();
+    for (int i = 0; i < n; i++) {
+      uint64_t token = events[i].data.u64;
+      if (token == TCP_CMD_TOKEN) {
+        engine_commands(e, now);
+        continue;
+      }
+      conn_event(e, (int32_t)(token >> 1), (int)(token & 1), events[i].events, now);
+    }
+    /* Connections that used their rounds: one more turn each, in order. */
+    int32_t queued = e->ready_count;
+    for (int32_t k = 0; k < queued; k++) {
+      int32_t id = e->ready[e->ready_head];
+      e->ready_head = (e->ready_head + 1) % e->slots;
+      e->ready_count--;
+      e->conns[id].queued = 0;
+      conn_pump(e, id, now);
+    }
+    if (now >= next_sweep) {
+      engine_sweep(e, now);
+      next_sweep = now + e->sweep_ms;
+    }
+  }
+  return NULL;
+}
+
+static void engine_free(struct tcp_engine *e) {
+  if (e->epfd >= 0) close(e->epfd);
+  if (e->cmdfd >= 0) close(e->cmdfd);
+  if (e->evfd >= 0) close(e->evfd);
+  for (int32_t i = 0; i < e->pool_count * 2; i++) close(e->pool[i]);
+  pthread_mutex_destroy(&e->lock);
+  free(e->conns);
+  free(e->cmds);
+  free(e->events);
+  free(e->pool);
+  free(e->ready);
+  free(e);
+}
+
+int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_timeout_ms,
+                           int32_t idle_timeout_ms) {
+  if (slots <= 0 || slots > (1 << 24) || pipe_bytes < 4096 || connect_timeout_ms <= 0 ||
+      idle_timeout_ms < 0)
+    return -EINVAL;
+  struct tcp_engine *e = calloc(1, sizeof(*e));
+  if (e == NULL) return -ENOMEM;
+  e->epfd = e->cmdfd = e->evfd = -1;
+  pthread_mutex_init(&e->lock, NULL);
+  e->slots = slots;
+  e->pipe_bytes = pipe_bytes;
+  e->connect_timeout_ms = connect_timeout_ms;
+  e->idle_timeout_ms = idle_timeout_ms;
+  int32_t sweep = TCP_SWEEP_MS_MAX;
+  if (connect_timeout_ms / 4 < sweep) sweep = connect_timeout_ms / 4;
+  if (idle_timeout_ms > 0 && idle_timeout_ms / 4 < sweep) sweep = idle_timeout_ms / 4;
+  e->sweep_ms = sweep < TCP_SWEEP_MS_MIN ? TCP_SWEEP_MS_MIN : sweep;
+  e->ev_cap = slots * 2;
+  e->conns = calloc((size_t)slots, sizeof(*e->conns));
+  e->cmds = calloc((size_t)slots, sizeof(*e->cmds));
+  e->events = calloc((size_t)e->ev_cap, sizeof(*e->events));
+  e->pool = calloc(TCP_PIPE_POOL_MAX * 2, sizeof(int));
+  e->ready = calloc((size_t)slots, sizeof(int32_t));
+  int err = ENOMEM;
+  if (!e->conns || !e->cmds || !e->events || !e->pool || !e->ready) goto fail;
+  for (int32_t i = 0; i < slots; i++) e->conns[i].fd[0] = e->conns[i].fd[1] = -1;
+  e->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (e->epfd < 0) goto fail_errno;
+  e->cmdfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (e->cmdfd < 0) goto fail_errno;
+  e->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (e->evfd < 0) goto fail_errno;
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TCP_CMD_TOKEN};
+  if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->cmdfd, &ev) != 0) goto fail_errno;
+
+  pthread_mutex_lock(&tcp_engines_lock);
+  int index = -1;
+  for (int i = 0; i < TCP_ENGINES_MAX; i++) {
+    if (tcp_engines[i] == NULL) {
+      index = i;
+      break;
+    }
+  }
+  if (index < 0) {
+    pthread_mutex_unlock(&tcp_engines_lock);
+    err = EMFILE;
+    goto fail;
+  }
+  int rc = pthread_create(&e->thread, NULL, engine_main, e);
+  if (rc != 0) {
+    pthread_mutex_unlock(&tcp_engines_lock);
+    err = rc;
+    goto fail;
+  }
+  e->started = 1;
+  tcp_engines[index] = e;
+  pthread_mutex_unlock(&tcp_engines_lock);
+  return index;
+
+fail_errno:
+  err = errno;
+fail:
+  engine_free(e);
+  return -err;
+}
+
+int32_t rl_tcp_engine_event_fd(int32_t engine) {
+  struct tcp_engine *e = engine_get(engine);
+  return e == NULL ? -EBADF : e->evfd;
+}
+
+int32_t rl_tcp_engine_add(int32_t engine, int32_t id, int32_t client_fd, int32_t upstream_fd) {
+  struct tcp_engine *e = engine_get(engine);
+  int32_t result = 0;
+  if (e == NULL) result = -EBADF;
+  else if (id < 0 || id >= e->slots || client_fd < 0 || upstream_fd < 0) result = -EINVAL;
+  if (result == 0) {
+    pthread_mutex_lock(&e->lock);
+    if (e->cmd_count == e->slots) {
+      result = -ENOBUFS;
+    } else {
+      e->cmds[(e->cmd_head + e->cmd_count) % e->slots] =
+          (struct tcp_cmd){.id = id, .client_fd = client_fd, .upstream_fd = upstream_fd};
+      e->cmd_count++;
+    }
+    pthread_mutex_unlock(&e->lock);
+  }
+  if (result != 0) {
+    if (client_fd >= 0) close_with_reset(client_fd);
+    if (upstream_fd >= 0) close_with_reset(upstream_fd);
+    return result;
+  }
+  uint64_t one = 1;
+  if (write(e->cmdfd, &one, sizeof(one)) != sizeof(one)) return -errno;
+  return 0;
+}
+
+int32_t rl_tcp_engine_events(int32_t engine, struct rl_tcp_event *out, int32_t count) {
+  struct tcp_engine *e = engine_get(engine);
+  if (e == NULL) return -EBADF;
+  if (count <= 0) return -EINVAL;
+  uint64_t value;
+  (void)!read(e->evfd, &value, sizeof(value)); /* reset before copying: no lost wake-up */
+  pthread_mutex_lock(&e->lock);
+  int32_t n = e->ev_count < count ? e->ev_count : count;
+  for (int32_t i = 0; i < n; i++) out[i] = e->events[(e->ev_head + i) % e->ev_cap];
+  e->ev_head = (e->ev_head + n) % e->ev_cap;
+  e->ev_count -= n;
+  int left = e->ev_count > 0;
+  pthread_mutex_unlock(&e->lock);
+  if (left) {
+    uint64_t one = 1;
+    (void)!write(e->evfd, &one, sizeof(one));
+  }
+  return n;
+}
+
+int32_t rl_tcp_engine_abort_all(int32_t engine) {
+  struct tcp_engine *e = engine_get(engine);
+  if (e == NULL) return -EBADF;
+  atomic_store(&e->abort_all, 1);
+  uint64_t one = 1;
+  return write(e->cmdfd, &one, sizeof(one)) == sizeof(one) ? 0 : -errno;
+}
+
+int32_t rl_tcp_engine_stats(int32_t engine, double *out) {
+  struct tcp_engine *e = engine_get(engine);
+  if (e == NULL) return -EBADF;
+  out[0] = (double)atomic_load_explicit(&e->bytes_up, memory_order_relaxed);
+  out[1] = (double)atomic_load_explicit(&e->bytes_down, memory_order_relaxed);
+  out[2] = (double)atomic_load(&e->open_count);
+  out[3] = (double)atomic_load(&e->pipes_in_use);
+  out[4] = (double)e->pool_count; /* engine-thread field: a racy read is fine for a gauge */
+  out[5] = (double)atomic_load(&e->events_lost);
+  return 0;
+}
+
+int32_t rl_tcp_engine_close(int32_t engine) {
+  pthread_mutex_lock(&tcp_engines_lock);
+  struct tcp_engine *e = engine_get(engine);
+  if (e == NULL) {
+    pthread_mutex_unlock(&tcp_engines_lock);
+    return -EBADF;
+  }
+  tcp_engines[engine] = NULL;
+  pthread_mutex_unlock(&tcp_engines_lock);
+  if (e->started) {
+    atomic_store(&e->stop, 1);
+    uint64_t one = 1;
+    (void)!write(e->cmdfd, &one, sizeof(one));
+    pthread_join(e->thread, NULL);
+  }
+  /* The thread is gone: hand-offs still queued and open connections are reset here. */
+  int64_t now = now_ms();
+  for (int32_t k = 0; k < e->cmd_count; k++) {
+    struct tcp_cmd *cmd = &e->cmds[(e->cmd_head + k) % e->slots];
+    close_with_reset(cmd->client_fd);
+    close_with_reset(cmd->upstream_fd);
+  }
+  e->cmd_count = 0;
+  for (int32_t id = 0; id < e->slots; id++) conn_end(e, id, RL_TCP_END_ABORTED, 0, now);
+  engine_free(e);
+  return 0;
+}

@@ -125,4 +125,78 @@ int32_t rl_poll_stop(int32_t poller);
 /* Number of wake calls the thread has made (for metrics). */
 int32_t rl_poll_wakes(int32_t poller);
 
+/* ---- TCP (issue 4) ----
+ * Bun decides, C copies. Accepting, the original destination and the upstream
+ * connect are separate calls so TypeScript decides per connection (limit, mode,
+ * source address). A connected pair is then handed to a splice engine: one thread
+ * with its own epoll that moves bytes socket -> pipe -> socket (splice(2), no copy
+ * through user space), forwards half-closes and resets, and enforces the connect and
+ * idle timeouts. It reports to TypeScript through an event ring and an eventfd that
+ * JS watches with its own poller. */
+
+/* rl_tcp_connect() flags */
+#define RL_TCP_SOURCE_BIND    0x0001 /* bind source_addr (port 0) before connecting */
+#define RL_TCP_TRANSPARENT    0x0002 /* IP_TRANSPARENT: source_addr need not be local
+                                        (HAProxy "usesrc clientip") */
+
+/* One engine event (32 bytes), read by rl_tcp_engine_events(). */
+struct rl_tcp_event {
+  uint32_t id;          /* 0: the caller's connection id given to rl_tcp_engine_add() */
+  uint16_t kind;        /* 4: RL_TCP_EVENT_* */
+  uint16_t reason;      /* 6: RL_TCP_END_* (closed events) */
+  int32_t  error;       /* 8: errno behind the reason, 0 if none */
+  uint32_t duration_ms; /* 12: connected: connect time; closed: lifetime */
+  double   bytes_up;    /* 16: client -> upstream bytes delivered */
+  double   bytes_down;  /* 24: upstream -> client bytes delivered */
+};
+
+#define RL_TCP_EVENT_CONNECTED 1
+#define RL_TCP_EVENT_CLOSED    2
+
+/* Why a connection ended. Resets and aborts are forwarded as RST (SO_LINGER 0). */
+#define RL_TCP_END_CLOSED          1 /* both directions ended with FIN, all bytes delivered */
+#define RL_TCP_END_CLIENT_RESET    2 /* client reset or vanished (read/write error); RST upstream */
+#define RL_TCP_END_UPSTREAM_RESET  3 /* upstream reset or vanished; RST to the client */
+#define RL_TCP_END_CONNECT_REFUSED 4 /* upstream answered RST to the SYN; RST to the client */
+#define RL_TCP_END_CONNECT_TIMEOUT 5 /* no answer within connect_timeout_ms; RST to the client */
+#define RL_TCP_END_CONNECT_FAILED  6 /* other connect error (unreachable...); RST to the client */
+#define RL_TCP_END_IDLE_TIMEOUT    7 /* no byte either way for idle_timeout_ms; RST both */
+#define RL_TCP_END_ABORTED         8 /* rl_tcp_engine_abort_all() (end of shutdown grace) */
+#define RL_TCP_END_RESOURCES       9 /* no pipe could be made (EMFILE/ENFILE/ENOMEM) */
+
+/* Accepts one connection (non-blocking, close-on-exec, TCP_NODELAY). Fills
+ * meta->source_* with the peer and meta->target_* with the local address, which is
+ * the original destination under TPROXY. Returns the fd, or -EAGAIN when none wait. */
+int32_t rl_tcp_accept(int32_t listener_fd, struct rl_meta *meta);
+
+/* Opens a non-blocking TCP connection to target (SO_MARK mark unless 0,
+ * TCP_NODELAY), optionally bound to source_addr first (see flags). Returns the fd
+ * with the connect in progress, or -(step << 16 | errno) like rl_udp_socket() with
+ * step 13 for connect(). */
+int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t target_scope,
+                       const uint8_t *source_addr, int32_t flags, int32_t mark);
+
+/* Closes with SO_LINGER 0: the peer gets a RST (refusing a connection at the limit). */
+int32_t rl_tcp_abort(int32_t fd);
+
+/* Starts an engine for ids 0..slots-1 with pipes of pipe_bytes per direction (the
+ * bound on what the relay holds per direction). Returns a handle >= 0. */
+int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_timeout_ms,
+                           int32_t idle_timeout_ms);
+/* The eventfd that becomes readable when events wait (register it with rl_poll_add). */
+int32_t rl_tcp_engine_event_fd(int32_t engine);
+/* Hands a pair to the engine, which owns both fds from now on (also on failure,
+ * where it closes them). id must be free: ids are reused only after their closed
+ * event was read. upstream_fd's connect may still be in progress. */
+int32_t rl_tcp_engine_add(int32_t engine, int32_t id, int32_t client_fd, int32_t upstream_fd);
+/* Copies up to count waiting events to out; returns how many. */
+int32_t rl_tcp_engine_events(int32_t engine, struct rl_tcp_event *out, int32_t count);
+/* Resets every open connection (each gets a closed event, RL_TCP_END_ABORTED). */
+int32_t rl_tcp_engine_abort_all(int32_t engine);
+/* out[0..5]: bytes up, bytes down (delivered, all time), open connections, pipes in
+ * use, pipes pooled, events lost (must stay 0). */
+int32_t rl_tcp_engine_stats(int32_t engine, double *out);
+/* Joins the thread and closes every fd it still holds (RST to open peers). */
+int32_t rl_tcp_engine_close(int32_t engine);
+
 #endif

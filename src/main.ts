@@ -3,6 +3,7 @@
 // print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
+import { TcpRelay } from "./relay/tcp.ts";
 import { UdpRelay } from "./relay/udp.ts";
 import { rulesScript } from "./rules/nft.ts";
 import { loadFfi } from "./sys/ffi.ts";
@@ -69,7 +70,7 @@ function parseArgs(argv: string[]): Args {
   return args;
 }
 
-function snapshot(relay: UdpRelay, sessionsListed: number, event: string) {
+function snapshot(relay: UdpRelay, tcp: TcpRelay | null, sessionsListed: number, event: string) {
   return {
     event,
     timeMs: Date.now(),
@@ -83,6 +84,8 @@ function snapshot(relay: UdpRelay, sessionsListed: number, event: string) {
       pollWakes: relay.wakeCount,
     },
     sessions: relay.sessionViews(sessionsListed),
+    // null without TCP listeners; connections: the first `--sessions N` open ones.
+    tcp: tcp ? { ...tcp.snapshot(), connections: tcp.connectionViews(sessionsListed) } : null,
   };
 }
 
@@ -111,21 +114,25 @@ function main(): void {
   }
 
   const lib = loadFfi();
-  const relay = new UdpRelay(lib, config);
+  // Each relay gets the listeners of its protocol (listener indexes are per relay).
+  const relay = new UdpRelay(lib, { ...config, listeners: config.listeners.filter((l) => l.protocol === "udp") });
+  const tcp = config.listeners.some((l) => l.protocol === "tcp") ? new TcpRelay(lib, config) : null;
   try {
     relay.start();
+    tcp?.start();
   } catch (err) {
     fail((err as Error).message, 1);
   }
   for (const l of config.listeners) {
     const where = l.ipv6 ? `[${l.address}]:${l.port}` : `${l.address}:${l.port}`;
-    console.error(`[relay] listening udp ${where} (${l.name}, reply ${l.reply})`);
+    const how = l.protocol === "udp" ? `reply ${l.reply}` : `${l.mode}, source ${l.source}`;
+    console.error(`[relay] listening ${l.protocol} ${where} (${l.name}, ${how})`);
   }
   console.error(`[relay] sessions max ${config.udp.sessionsMax}, mapping ${config.udp.mapping}, ` +
     `upstream mark 0x${config.mark.toString(16)}`);
 
   const print = (event: string) =>
-    process.stdout.write(JSON.stringify(snapshot(relay, args.sessionsListed, event)) + "\n");
+    process.stdout.write(JSON.stringify(snapshot(relay, tcp, args.sessionsListed, event)) + "\n");
   process.on("SIGUSR1", () => print("metrics"));
   let metricsTimer: ReturnType<typeof setInterval> | null = null;
   if (config.metrics.logIntervalMs > 0) {
@@ -135,11 +142,14 @@ function main(): void {
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    if (metricsTimer) clearInterval(metricsTimer);
-    print("final");
-    relay.stop();
-    console.error(`[relay] stopped (${signal})`);
-    process.exit(0);
+    // TCP first: no new connections, open ones get tcp.shutdownGraceMs to finish.
+    void (tcp ? tcp.stop(config.tcp.shutdownGraceMs) : Promise.resolve()).finally(() => {
+      if (metricsTimer) clearInterval(metricsTimer);
+      print("final");
+      relay.stop();
+      console.error(`[relay] stopped (${signal})`);
+      process.exit(0);
+    });
   };
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGTERM", () => stop("SIGTERM"));

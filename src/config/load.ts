@@ -21,6 +21,11 @@ export interface ListenerConfig {
   addr: Uint8Array; // 16-byte form
   ipv6: boolean;
   port: number;
+  protocol: "udp" | "tcp";
+  /** TCP: how traffic reaches the listener (TPROXY, or REDIRECT/DNAT). */
+  mode: "tproxy" | "redirect";
+  /** TCP: upstream source address, the relay's or the client's. */
+  source: "relay" | "client";
   reply: "auto" | "pktinfo" | "socket";
   reusePort: boolean;
 }
@@ -85,8 +90,17 @@ export function parseConfig(input: unknown): Config {
     }
     if (seenNames.has(l.name)) problems.push(`${field}.name: duplicate listener name "${l.name}"`);
     seenNames.add(l.name);
-    const bind = `${l.address}|${l.port}`;
-    if (seenBinds.has(bind)) problems.push(`${field}: another listener binds ${l.address} port ${l.port}`);
+    const bind = `${l.protocol}|${l.address}|${l.port}`;
+    if (seenBinds.has(bind)) {
+      problems.push(`${field}: another listener binds ${l.address} port ${l.port}`);
+    }
+    if (l.protocol === "udp" && l.mode !== "tproxy") {
+      problems.push(`${field}.mode: "${l.mode}" is for TCP listeners only (REDIRECT loses a ` +
+        `UDP datagram's original destination)`);
+    }
+    if (l.protocol === "udp" && l.source !== "relay") {
+      problems.push(`${field}.source: "${l.source}" is for TCP listeners only`);
+    }
     seenBinds.add(bind);
     listeners.push({ ...l, addr, ipv6: !isV4Mapped(addr) });
   });
@@ -149,6 +163,10 @@ export function parseConfig(input: unknown): Config {
   if (timeoutClassesMs.length > TIMEOUT_CLASS_COUNT_MAX) {
     problems.push(`config.udp.idleTimeoutMsByPort: at most ${TIMEOUT_CLASS_COUNT_MAX - 1} distinct ` +
       `timeouts besides idleTimeoutMs (got ${timeoutClassesMs.length - 1})`);
+  }
+  if ((c.tcp.bufferBytesMax & (c.tcp.bufferBytesMax - 1)) !== 0) {
+    problems.push(`config.tcp.bufferBytesMax: must be a power of two, as pipe sizes are ` +
+      `(got ${c.tcp.bufferBytesMax})`);
   }
   if (c.udp.datagramBytesMax * c.udp.batchCountMax > 64 << 20) {
     problems.push(`config.udp.datagramBytesMax: times batchCountMax must stay within 64 MiB`);

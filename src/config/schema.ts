@@ -7,7 +7,19 @@ const Port = Type.Integer({ minimum: 1, maximum: 65535 });
 export const ListenerSchema = Type.Object(
   {
     name: Type.String({ minLength: 1, maxLength: 32, pattern: "^[A-Za-z0-9_.-]+$" }),
-    protocol: Type.Literal("udp", { default: "udp" }),
+    protocol: Type.Union([Type.Literal("udp"), Type.Literal("tcp")], { default: "udp" }),
+    /**
+     * TCP only. "tproxy": nft TPROXY, the accepted socket's local address is the original
+     * destination. "redirect": nft REDIRECT/DNAT to this listener, the original
+     * destination comes from SO_ORIGINAL_DST (conntrack).
+     */
+    mode: Type.Union([Type.Literal("tproxy"), Type.Literal("redirect")], { default: "tproxy" }),
+    /**
+     * TCP only. Source address of upstream connections: "relay" (upstream.bindAddress4/6)
+     * or "client" (the client's own address, IP_TRANSPARENT: HAProxy `usesrc clientip`;
+     * needs the return-path rules, see README "TCP").
+     */
+    source: Type.Union([Type.Literal("relay"), Type.Literal("client")], { default: "relay" }),
     /** Address the TPROXY listener binds (nft: `tproxy to ADDRESS:PORT`). */
     address: Type.String({ minLength: 2, maxLength: 45 }),
     port: Port,
@@ -86,6 +98,27 @@ export const UdpSchema = Type.Object(
   { additionalProperties: false },
 );
 
+export const TcpSchema = Type.Object(
+  {
+    /** Upstream connect must complete within this, or the client gets a RST. */
+    connectTimeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 5_000 }),
+    /** A connection with no byte either way for this long is reset (0: never). */
+    idleTimeoutMs: Type.Integer({ minimum: 0, maximum: 86_400_000, default: 300_000 }),
+    /** Open connections at most; beyond it new clients are reset at once (counted). */
+    connectionsMax: Type.Integer({ minimum: 1, maximum: 1_048_576, default: 4096 }),
+    /**
+     * Bytes the relay holds per direction per connection (the splice pipe; a power of
+     * two): a slow reader stalls its writer instead of growing a buffer.
+     */
+    bufferBytesMax: Type.Integer({ minimum: 4096, maximum: 16 << 20, default: 256 << 10 }),
+    /** On SIGTERM: open connections get this long to finish, then they are reset. */
+    shutdownGraceMs: Type.Integer({ minimum: 0, maximum: 600_000, default: 5_000 }),
+    /** listen(2) backlog of TCP listeners. */
+    listenBacklog: Type.Integer({ minimum: 1, maximum: 65_535, default: 1024 }),
+  },
+  { additionalProperties: false },
+);
+
 export const ConfigSchema = Type.Object(
   {
     listeners: Type.Array(ListenerSchema, {
@@ -98,6 +131,7 @@ export const ConfigSchema = Type.Object(
     }),
     intercept: Type.Array(InterceptSchema, { default: [], maxItems: 64 }),
     udp: Type.Object(UdpSchema.properties, { additionalProperties: false, default: {} }),
+    tcp: Type.Object(TcpSchema.properties, { additionalProperties: false, default: {} }),
     /** SO_MARK on every upstream socket, so rules can exempt the relay's own traffic. */
     mark: Type.Integer({ minimum: 1, maximum: 0x7fffffff, default: 0x1ee7 }),
     /** fwmark that TPROXY sets and policy routing matches (ip rule fwmark MARK). */

@@ -28,19 +28,43 @@ export function nftRuleset(config: Config): string {
   lines.push(`table inet ${TABLE_NAME} {`);
   lines.push(`  chain prerouting {`);
   lines.push(`    type filter hook prerouting priority mangle; policy accept;`);
+  const tcp = config.listeners.filter((l) => l.protocol === "tcp");
+  if (tcp.some((l) => l.mode === "tproxy" || l.source === "client")) {
+    // Before anything else: a TCP packet for a transparent socket that exists here (a
+    // client connection the relay accepted, or the server's reply to an upstream
+    // connection made from the client's address) is delivered to it locally. Without
+    // it, replies to client-source connections would be forwarded to the real client.
+    lines.push(`    # packets of established transparent TCP sockets (accepted clients; replies`);
+    lines.push(`    # to upstream connections made from the client's address): deliver locally`);
+    lines.push(`    meta l4proto tcp socket transparent 1 meta mark set ${hex(config.tproxyMark)} accept`);
+  }
   lines.push(`    # replies to the relay's own upstream sockets: never intercept (no loop)`);
   lines.push(`    ct mark ${hex(config.mark)} return`);
+  const redirects: string[] = [];
   for (const rule of config.intercept) {
     const l = rule.listener;
     const iif = rule.interfaces.length === 0
       ? `iifname != "lo"`
       : `iifname { ${rule.interfaces.map((i) => `"${i}"`).join(", ")} }`;
     const family = l.ipv6 ? "ipv6" : "ipv4";
+    const match = `${iif} meta nfproto ${family} ${l.protocol} dport ${portSet(rule.portRanges)}`;
+    if (l.protocol === "tcp" && l.mode === "redirect") {
+      // REDIRECT rewrites the destination to the input interface's address; conntrack
+      // keeps the original (SO_ORIGINAL_DST). The listener binds 0.0.0.0 / ::.
+      redirects.push(`    ${match} redirect to :${l.port} comment "${l.name}"`);
+      continue;
+    }
     const to = l.ipv6 ? `ip6 to [${l.address}]:${l.port}` : `ip to ${l.address}:${l.port}`;
-    lines.push(`    ${iif} meta nfproto ${family} udp dport ${portSet(rule.portRanges)} ` +
-      `tproxy ${to} meta mark set ${hex(config.tproxyMark)} accept comment "${l.name}"`);
+    lines.push(`    ${match} tproxy ${to} meta mark set ${hex(config.tproxyMark)} accept ` +
+      `comment "${l.name}"`);
   }
   lines.push(`  }`);
+  if (redirects.length > 0) {
+    lines.push(`  chain prerouting_nat {`);
+    lines.push(`    type nat hook prerouting priority dstnat; policy accept;`);
+    lines.push(...redirects);
+    lines.push(`  }`);
+  }
   lines.push(`  chain output {`);
   lines.push(`    type route hook output priority mangle; policy accept;`);
   // Only connections the relay opens (original direction); never a client's entry.

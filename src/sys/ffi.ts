@@ -26,6 +26,17 @@ const symbols = {
   rl_poll_start: { args: [i32, FFIType.function], returns: i32 },
   rl_poll_stop: { args: [i32], returns: i32 },
   rl_poll_wakes: { args: [i32], returns: i32 },
+  // TCP (issue 4): accept/connect for TypeScript's decisions, a splice engine for bytes.
+  rl_tcp_accept: { args: [i32, ptr], returns: i32 },
+  rl_tcp_connect: { args: [ptr, i32, i32, ptr, i32, i32], returns: i32 },
+  rl_tcp_abort: { args: [i32], returns: i32 },
+  rl_tcp_engine_open: { args: [i32, i32, i32, i32], returns: i32 },
+  rl_tcp_engine_event_fd: { args: [i32], returns: i32 },
+  rl_tcp_engine_add: { args: [i32, i32, i32, i32], returns: i32 },
+  rl_tcp_engine_events: { args: [i32, ptr, i32], returns: i32 },
+  rl_tcp_engine_abort_all: { args: [i32], returns: i32 },
+  rl_tcp_engine_stats: { args: [i32, ptr], returns: i32 },
+  rl_tcp_engine_close: { args: [i32], returns: i32 },
 } as const;
 
 export type RelayLib = ReturnType<typeof dlopen<typeof symbols>>["symbols"];

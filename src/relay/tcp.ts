@@ -1,0 +1,572 @@
+// The TCP path:
+//
+//   listener (TPROXY or REDIRECT) --accept--> decide: limit, original destination, source
+//     --connect (SO_MARK; optionally IP_TRANSPARENT from the client's address)-->
+//   splice engine (C thread): client <-> pipe <-> upstream, both directions
+//     --events (connected, closed + reason + bytes)--> counters, free the id
+//
+// TypeScript decides, C copies. Accepting is cheap and rare next to copying bytes, so
+// it stays here where policy lives; the bytes never enter JavaScript: the engine in
+// ffi/relay.c moves them with splice(2) through one pipe per direction, which is also
+// the per-direction bound (tcp.bufferBytesMax): a slow reader stalls its writer
+// through TCP flow control instead of growing a buffer. A pure-Bun relay
+// (Bun.listen({fd}) + Bun.connect, backpressure by pause/resume) reached ~0.35 of
+// kernel forwarding on iperf3 in the lab; see README "TCP" for the numbers.
+//
+// Wake-ups: the listeners and the engine's event fd sit in one Poller (the C epoll
+// thread, EPOLLONESHOT); each is drained, bounded, and re-armed in a `finally`.
+
+import { type Pointer, ptr } from "bun:ffi";
+import type { Config, ListenerConfig } from "../config/load.ts";
+import { formatEndpoint, isV4Mapped } from "../sys/addr.ts";
+import { decodeSocketError, describeSocketError, E, errnoName } from "../sys/errno.ts";
+import type { RelayLib } from "../sys/ffi.ts";
+import { META, META_WORDS, SOCK } from "../sys/layout.ts";
+import { Poller, WAKE_TOKEN_MASK } from "../sys/poller.ts";
+import {
+  TCP_CONNECT,
+  TCP_EVENT,
+  TCP_EVENT_BYTES,
+  TCP_EVENT_CLOSED,
+  TCP_EVENT_CONNECTED,
+  TCP_STATS,
+  TCP_STEP_CONNECT,
+  TcpEnd,
+} from "./tcp_layout.ts";
+
+/** Connections accepted per listener wake-up before yielding to other sockets. */
+const ACCEPT_BUDGET = 64;
+/** Engine events read per call, and calls per wake-up. */
+const EVENTS_BATCH = 256;
+const EVENTS_BATCHES_MAX = 16;
+/** Timer period: drains events (lost wake-up recovery), re-arms paused listeners. */
+const TICK_MS = 100;
+/** After the grace period, how long the engine gets to report the resets. */
+const ABORT_WAIT_MS = 2000;
+const LOG_INTERVAL_MS = 10_000;
+/** Descriptors per connection: two sockets and two pipes (two fds each). */
+const FDS_PER_CONNECTION = 6;
+/** The engine's pipe pool (TCP_PIPE_POOL_MAX in relay.c), two fds per pipe. */
+const PIPE_POOL_FDS = 2 * 1024;
+
+// errno values of accept(2) not in src/sys/errno.ts.
+const ECONNABORTED = 103;
+const EPROTO = 71;
+
+const enum ConnState {
+  Free = 0,
+  Connecting = 1,
+  Open = 2,
+}
+
+export class TcpCounters {
+  /** Connections accepted from clients (before any decision). */
+  accepted = 0;
+  /** Accepted at tcp.connectionsMax open connections: reset at once. */
+  rejectedLimit = 0;
+  /** Reached the listener without TPROXY/REDIRECT (no original destination): reset. */
+  droppedNoOriginalDst = 0;
+  /** accept() found no descriptor (EMFILE/ENFILE) or memory; the listener pauses a tick. */
+  acceptNoDescriptors = 0;
+  /** accept() errors of a connection that died in the backlog (ECONNABORTED...). */
+  acceptErrors = 0;
+  /** The upstream socket could not be made (descriptors): client reset. */
+  upstreamNoDescriptors = 0;
+  /** socket/bind/connect failed at once (e.g. EADDRNOTAVAIL, ENETUNREACH): client reset. */
+  upstreamSocketFailed = 0;
+
+  /** Upstream connections established. */
+  connected = 0;
+  /** Sum of connect times (ms), for the mean: connectMsTotal / connected. */
+  connectMsTotal = 0;
+  connectRefused = 0;
+  connectTimeouts = 0;
+  connectFailed = 0;
+
+  /** Ended with FIN both ways, all bytes delivered. */
+  closed = 0;
+  /** The client reset or vanished mid-connection; RST sent upstream. */
+  clientResets = 0;
+  /** The upstream reset or vanished; RST sent to the client. */
+  upstreamResets = 0;
+  idleTimeouts = 0;
+  /** Reset when the shutdown grace period ran out. */
+  abortedAtShutdown = 0;
+  /** No pipe (descriptors/memory) or the engine refused the hand-off. */
+  resourceFailures = 0;
+
+  /** Bytes of connections that ended, each way (live totals: see snapshot()). */
+  bytesToUpstreamClosed = 0;
+  bytesToClientsClosed = 0;
+
+  wakes = 0;
+}
+
+export interface TcpConnectionView {
+  client: string;
+  target: string;
+  listener: string;
+  state: "connecting" | "open";
+  ageMs: number;
+}
+
+export class TcpRelay {
+  readonly counters = new TcpCounters();
+  /** Start time of the relay's monotonic clock (performance.now()). */
+  readonly startedMs = performance.now();
+
+  private readonly lib: RelayLib;
+  private readonly config: Config;
+  private readonly listeners: ListenerConfig[];
+  private readonly poller: Poller;
+  private engine = -1;
+  private eventsFd = -1;
+  private readonly eventsToken: number;
+
+  private readonly listenerFd: Int32Array;
+  /** Set while a listener waits for descriptors (EMFILE): the tick re-arms it. */
+  private readonly listenerPaused: Uint8Array;
+
+  // accept() metadata (one rl_meta) and the original-destination scratch (16 bytes).
+  // Every array C writes is built on its own ArrayBuffer before ptr(): JSC moves a
+  // small typed array's storage when .buffer is first read, which would leave C
+  // writing through a stale pointer.
+  private readonly meta = new Uint8Array(new ArrayBuffer(META_WORDS * 4));
+  private readonly metaPtr: Pointer;
+  private readonly meta16: Uint16Array;
+  private readonly meta32: Uint32Array;
+  private readonly origDst = new Uint8Array(new ArrayBuffer(16));
+  private readonly upstream4 = new Uint8Array(new ArrayBuffer(16));
+  private readonly upstream6 = new Uint8Array(new ArrayBuffer(16));
+  private readonly origDstPtr: Pointer;
+  private readonly upstream4Ptr: Pointer;
+  private readonly upstream6Ptr: Pointer;
+  private readonly upstream4Any: boolean;
+  private readonly upstream6Any: boolean;
+
+  // Engine events.
+  private readonly events = new Uint8Array(new ArrayBuffer(TCP_EVENT_BYTES * EVENTS_BATCH));
+  private readonly eventsPtr: Pointer;
+  private readonly event32: Uint32Array;
+  private readonly eventI32: Int32Array;
+  private readonly event16: Uint16Array;
+  private readonly event64: Float64Array;
+  private readonly stats = new Float64Array(new ArrayBuffer(TCP_STATS.count * 8));
+  private readonly statsPtr: Pointer;
+
+  // Connections by id (the engine slot): what the control plane may list.
+  private readonly connectionsMax: number;
+  private readonly freeIds: Int32Array;
+  private freeIdCount: number;
+  private readonly connState: Uint8Array;
+  private readonly connListener: Int16Array;
+  private readonly connStartMs: Float64Array;
+  private readonly connAddrs: Uint8Array; // 32 bytes each: client, target
+  private readonly connPorts: Uint32Array; // client port << 16 | target port
+  private active = 0;
+
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private readonly lastLogMs = new Map<string, number>();
+  private stopping = false;
+  private closed = false;
+
+  constructor(lib: RelayLib, config: Config) {
+    this.lib = lib;
+    this.config = config;
+    this.listeners = config.listeners.filter((l) => l.protocol === "tcp");
+    this.eventsToken = this.listeners.length;
+    this.listenerFd = new Int32Array(this.listeners.length).fill(-1);
+    this.listenerPaused = new Uint8Array(this.listeners.length);
+
+    this.metaPtr = ptr(this.meta);
+    this.meta16 = new Uint16Array(this.meta.buffer);
+    this.meta32 = new Uint32Array(this.meta.buffer);
+    this.origDstPtr = ptr(this.origDst);
+    this.upstream4.set(config.upstreamAddr4);
+    this.upstream6.set(config.upstreamAddr6);
+    this.upstream4Ptr = ptr(this.upstream4);
+    this.upstream6Ptr = ptr(this.upstream6);
+    this.upstream4Any = config.upstreamAddr4.subarray(12).every((b) => b === 0);
+    this.upstream6Any = config.upstreamAddr6.every((b) => b === 0);
+
+    this.eventsPtr = ptr(this.events);
+    this.event32 = new Uint32Array(this.events.buffer);
+    this.eventI32 = new Int32Array(this.events.buffer);
+    this.event16 = new Uint16Array(this.events.buffer);
+    this.event64 = new Float64Array(this.events.buffer);
+    this.statsPtr = ptr(this.stats);
+
+    const n = config.tcp.connectionsMax;
+    this.connectionsMax = n;
+    this.freeIds = new Int32Array(n);
+    for (let i = 0; i < n; i++) this.freeIds[i] = n - 1 - i;
+    this.freeIdCount = n;
+    this.connState = new Uint8Array(n);
+    this.connListener = new Int16Array(n).fill(-1);
+    this.connStartMs = new Float64Array(n);
+    this.connAddrs = new Uint8Array(n * 32);
+    this.connPorts = new Uint32Array(n);
+
+    this.poller = new Poller(lib, (token) => this.onWake(token));
+  }
+
+  /** Opens the listeners, the splice engine and the poll thread. Throws with a clear message. */
+  start(): void {
+    const tcp = this.config.tcp;
+    const wanted = tcp.connectionsMax * FDS_PER_CONNECTION + PIPE_POOL_FDS + 256;
+    const limit = this.lib.rl_raise_nofile(wanted);
+    if (limit > 0 && limit < wanted) {
+      this.log("nofile", `RLIMIT_NOFILE is ${limit}, below the ${wanted} descriptors that ` +
+        `tcp.connectionsMax may need; connections past it are reset and counted`);
+    }
+    const engine = this.lib.rl_tcp_engine_open(tcp.connectionsMax, tcp.bufferBytesMax,
+      tcp.connectTimeoutMs, tcp.idleTimeoutMs);
+    if (engine < 0) throw new Error(`TCP splice engine did not start: ${errnoName(-engine)}`);
+    this.engine = engine;
+    this.eventsFd = this.lib.rl_tcp_engine_event_fd(engine);
+    try {
+      this.listeners.forEach((l, i) => this.openListener(l, i));
+      const rc = this.poller.add(this.eventsFd, this.eventsToken);
+      if (rc < 0) throw new Error(`epoll_ctl(ADD) engine events: ${errnoName(-rc)}`);
+    } catch (err) {
+      this.closeListeners();
+      this.lib.rl_tcp_engine_close(this.engine);
+      this.engine = -1;
+      throw err;
+    }
+    this.poller.start();
+    this.timer = setInterval(() => this.tick(), TICK_MS);
+  }
+
+  /**
+   * Clean shutdown: stop accepting (listeners closed; connections still in the
+   * backlog are reset by the kernel), let open connections finish for up to graceMs,
+   * then reset the rest. Resolves once every connection is accounted for.
+   */
+  async stop(graceMs: number): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.closeListeners();
+    if (this.engine < 0) return this.close();
+    const graceEnd = performance.now() + graceMs;
+    while (this.active > 0 && performance.now() < graceEnd) {
+      this.drainEvents();
+      await Bun.sleep(Math.min(20, Math.max(1, graceEnd - performance.now())));
+    }
+    if (this.active > 0) {
+      this.lib.rl_tcp_engine_abort_all(this.engine);
+      const abortEnd = performance.now() + ABORT_WAIT_MS;
+      while (this.active > 0 && performance.now() < abortEnd) {
+        this.drainEvents();
+        await Bun.sleep(5);
+      }
+    }
+    this.close();
+  }
+
+  /** Joins the threads and closes every descriptor (anything still open is reset). */
+  private close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    this.poller.stop();
+    if (this.engine >= 0) {
+      this.drainEvents();
+      this.lib.rl_tcp_engine_close(this.engine);
+      this.engine = -1;
+    }
+  }
+
+  get activeCount(): number {
+    return this.active;
+  }
+
+  /** The `tcp` object of the metrics line. */
+  snapshot() {
+    if (this.engine >= 0) this.lib.rl_tcp_engine_stats(this.engine, this.statsPtr);
+    return {
+      ...this.counters,
+      connectionsActive: this.active,
+      connectionsMax: this.connectionsMax,
+      // Delivered bytes of all connections, open ones included (engine totals).
+      bytesToUpstream: this.stats[TCP_STATS.bytesUp],
+      bytesToClients: this.stats[TCP_STATS.bytesDown],
+      pipesInUse: this.stats[TCP_STATS.pipesInUse],
+      pipesPooled: this.stats[TCP_STATS.pipesPooled],
+      eventsLost: this.stats[TCP_STATS.eventsLost],
+      pollWakes: this.closed ? 0 : this.poller.wakes,
+    };
+  }
+
+  /** Open connections for the control plane (bounded by `limit`). */
+  connectionViews(limit: number): TcpConnectionView[] {
+    const out: TcpConnectionView[] = [];
+    const now = performance.now();
+    for (let id = 0; id < this.connectionsMax && out.length < limit; id++) {
+      const state = this.connState[id];
+      if (state === ConnState.Free) continue;
+      const ports = this.connPorts[id];
+      out.push({
+        client: formatEndpoint(this.connAddrs, id * 32, ports >>> 16),
+        target: formatEndpoint(this.connAddrs, id * 32 + 16, ports & 0xffff),
+        listener: this.listeners[this.connListener[id]]?.name ?? "?",
+        state: state === ConnState.Open ? "open" : "connecting",
+        ageMs: Math.round(now - this.connStartMs[id]),
+      });
+    }
+    return out;
+  }
+
+  // ---- set-up ----
+
+  private openListener(l: ListenerConfig, index: number): void {
+    const flags = SOCK.stream | SOCK.reuseAddr |
+      (l.mode === "tproxy" ? SOCK.transparent | SOCK.freeBind : 0) |
+      (l.reusePort ? SOCK.reusePort : 0) | (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
+    const fd = this.lib.rl_udp_socket(flags, l.addr, l.port, 0, 0, 0);
+    if (fd < 0) {
+      throw new Error(`listener "${l.name}" (tcp ${l.address} port ${l.port}): ` +
+        describeSocketError(decodeSocketError(fd), l.ipv6));
+    }
+    this.listenerFd[index] = fd;
+    const rc = this.lib.rl_listen(fd, this.config.tcp.listenBacklog);
+    if (rc < 0) throw new Error(`listener "${l.name}": listen(): ${errnoName(-rc)}`);
+    const added = this.poller.add(fd, index);
+    if (added < 0) throw new Error(`listener "${l.name}": epoll_ctl(ADD): ${errnoName(-added)}`);
+  }
+
+  private closeListeners(): void {
+    for (let i = 0; i < this.listenerFd.length; i++) {
+      const fd = this.listenerFd[i];
+      if (fd < 0) continue;
+      this.listenerFd[i] = -1;
+      this.poller.remove(fd);
+      this.lib.rl_close(fd);
+    }
+  }
+
+  // ---- wake-ups ----
+
+  private onWake(wake: number): void {
+    const token = wake & WAKE_TOKEN_MASK;
+    this.counters.wakes++;
+    if (token === this.eventsToken) {
+      try {
+        this.drainEvents();
+      } finally {
+        if (!this.closed) this.poller.rearm(this.eventsFd, token);
+      }
+      return;
+    }
+    const fd = this.listenerFd[token];
+    if (fd === undefined || fd < 0) return; // closed since the wake-up was queued
+    try {
+      this.acceptFrom(token, fd);
+    } finally {
+      // A paused listener (no descriptors) is re-armed by the tick instead.
+      if (this.listenerFd[token] === fd && !this.listenerPaused[token]) {
+        this.poller.rearm(fd, token);
+      }
+    }
+  }
+
+  private tick(): void {
+    this.drainEvents();
+    for (let i = 0; i < this.listenerFd.length; i++) {
+      if (!this.listenerPaused[i] || this.listenerFd[i] < 0) continue;
+      this.listenerPaused[i] = 0;
+      this.poller.rearm(this.listenerFd[i], i);
+    }
+  }
+
+  // ---- accept: the decisions ----
+
+  private acceptFrom(index: number, listenerFd: number): void {
+    for (let k = 0; k < ACCEPT_BUDGET; k++) {
+      const fd = this.lib.rl_tcp_accept(listenerFd, this.metaPtr);
+      if (fd < 0) {
+        const err = -fd;
+        if (err === E.EAGAIN) return;
+        if (err === E.EMFILE || err === E.ENFILE || err === E.ENOBUFS || err === E.ENOMEM) {
+          this.counters.acceptNoDescriptors++;
+          this.listenerPaused[index] = 1;
+          this.log("accept-fds", `accept(): ${errnoName(err)}: pausing listener ` +
+            `"${this.listeners[index].name}" for ${TICK_MS} ms`);
+          return;
+        }
+        this.counters.acceptErrors++;
+        if (err !== ECONNABORTED && err !== EPROTO) {
+          this.log(`accept-${err}`, `accept() on "${this.listeners[index].name}": ${errnoName(err)}`);
+          return;
+        }
+        continue;
+      }
+      this.counters.accepted++;
+      this.admit(index, fd);
+    }
+  }
+
+  /** One accepted client: refuse it (RST, counted) or connect upstream and hand off. */
+  private admit(index: number, clientFd: number): void {
+    const l = this.listeners[index];
+    if (this.active >= this.connectionsMax || this.freeIdCount === 0) {
+      // Defined behaviour at the limit: the client learns at once (RST), instead of
+      // waiting in a backlog that would hide the overload.
+      this.counters.rejectedLimit++;
+      this.lib.rl_tcp_abort(clientFd);
+      return;
+    }
+    const meta = this.meta;
+    const localPort = this.meta16[META.targetPortHalf];
+    let targetPtr = (this.metaPtr + META.targetAddrWord * 4) as Pointer;
+    let targetBytes = meta.subarray(16, 32);
+    let targetPort = localPort;
+    if (l.mode === "redirect") {
+      const port = this.lib.rl_original_dst(clientFd, this.origDstPtr);
+      if (port <= 0) {
+        this.counters.droppedNoOriginalDst++;
+        this.log("no-origdst", `listener "${l.name}": no original destination ` +
+          `(SO_ORIGINAL_DST: ${port < 0 ? errnoName(-port) : "port 0"})`);
+        this.lib.rl_tcp_abort(clientFd);
+        return;
+      }
+      targetPtr = this.origDstPtr;
+      targetBytes = this.origDst;
+      targetPort = port;
+    }
+    if (this.reachedDirectly(l, targetBytes, targetPort, localPort)) {
+      // Sent to the listener itself (no TPROXY/REDIRECT on the way): relaying it to
+      // "the original destination" would connect the relay to itself.
+      this.counters.droppedNoOriginalDst++;
+      this.lib.rl_tcp_abort(clientFd);
+      return;
+    }
+
+    let flags = 0;
+    let sourcePtr: Pointer;
+    if (l.source === "client") {
+      flags = TCP_CONNECT.transparent | TCP_CONNECT.sourceBind;
+      sourcePtr = (this.metaPtr + META.sourceAddrWord * 4) as Pointer;
+    } else if (l.ipv6) {
+      sourcePtr = this.upstream6Ptr;
+      if (!this.upstream6Any) flags = TCP_CONNECT.sourceBind;
+    } else {
+      sourcePtr = this.upstream4Ptr;
+      if (!this.upstream4Any) flags = TCP_CONNECT.sourceBind;
+    }
+    const scope = this.meta32[META.targetScopeWord];
+    const upstreamFd = this.lib.rl_tcp_connect(targetPtr, targetPort, scope, sourcePtr, flags,
+      this.config.mark);
+    if (upstreamFd < 0) {
+      const err = decodeSocketError(upstreamFd);
+      if (err.errno === E.EMFILE || err.errno === E.ENFILE || err.errno === E.ENOBUFS ||
+        err.errno === E.ENOMEM) {
+        this.counters.upstreamNoDescriptors++;
+      } else {
+        this.counters.upstreamSocketFailed++;
+      }
+      const step = upstreamFd === -((TCP_STEP_CONNECT << 16) | err.errno) ? "connect()" : err.step;
+      this.log(`upstream-${step}-${err.errno}`, `upstream for "${l.name}" to ` +
+        `${formatEndpoint(targetBytes, 0, targetPort)}: ${step}: ${errnoName(err.errno)}`);
+      this.lib.rl_tcp_abort(clientFd);
+      return;
+    }
+
+    const id = this.freeIds[--this.freeIdCount];
+    this.connState[id] = ConnState.Connecting;
+    this.connListener[id] = index;
+    this.connStartMs[id] = performance.now();
+    this.connAddrs.set(meta.subarray(0, 16), id * 32);
+    this.connAddrs.set(targetBytes.subarray(0, 16), id * 32 + 16);
+    this.connPorts[id] = (this.meta16[META.sourcePortHalf] << 16 | targetPort) >>> 0;
+    this.active++;
+    const rc = this.lib.rl_tcp_engine_add(this.engine, id, clientFd, upstreamFd);
+    if (rc < 0) {
+      // The engine closed (reset) both sockets.
+      this.counters.resourceFailures++;
+      this.log("engine-add", `splice engine refused a connection: ${errnoName(-rc)}`);
+      this.release(id);
+    }
+  }
+
+  private reachedDirectly(l: ListenerConfig, target: Uint8Array, targetPort: number,
+    localPort: number): boolean {
+    if (targetPort !== l.port) return false;
+    if (l.mode === "redirect") {
+      // No NAT happened: conntrack's original destination is the local address itself.
+      if (localPort !== targetPort) return false;
+      for (let i = 0; i < 16; i++) if (target[i] !== this.meta[16 + i]) return false;
+      return true;
+    }
+    const unspecified = l.ipv6 ? l.addr.every((b) => b === 0)
+      : isV4Mapped(l.addr) && l.addr[12] === 0 && l.addr[13] === 0 && l.addr[14] === 0 &&
+        l.addr[15] === 0;
+    if (unspecified) return true;
+    for (let i = 0; i < 16; i++) if (target[i] !== l.addr[i]) return false;
+    return true;
+  }
+
+  private release(id: number): void {
+    this.connState[id] = ConnState.Free;
+    this.connListener[id] = -1;
+    this.freeIds[this.freeIdCount++] = id;
+    this.active--;
+  }
+
+  // ---- engine events ----
+
+  private drainEvents(): void {
+    if (this.engine < 0) return;
+    const c = this.counters;
+    for (let batch = 0; batch < EVENTS_BATCHES_MAX; batch++) {
+      const n = this.lib.rl_tcp_engine_events(this.engine, this.eventsPtr, EVENTS_BATCH);
+      if (n <= 0) return;
+      for (let i = 0; i < n; i++) {
+        const id = this.event32[i * 8 + TCP_EVENT.idWord];
+        const kind = this.event16[i * 16 + TCP_EVENT.kindHalf];
+        const durationMs = this.event32[i * 8 + TCP_EVENT.durationWord];
+        if (this.connState[id] === ConnState.Free) {
+          this.log("event-free", `engine event ${kind} for free connection ${id} (bookkeeping bug)`);
+          continue;
+        }
+        if (kind === TCP_EVENT_CONNECTED) {
+          this.connState[id] = ConnState.Open;
+          c.connected++;
+          c.connectMsTotal += durationMs;
+          continue;
+        }
+        if (kind !== TCP_EVENT_CLOSED) continue;
+        const reason = this.event16[i * 16 + TCP_EVENT.reasonHalf] as TcpEnd;
+        c.bytesToUpstreamClosed += this.event64[i * 4 + TCP_EVENT.bytesUpDouble];
+        c.bytesToClientsClosed += this.event64[i * 4 + TCP_EVENT.bytesDownDouble];
+        switch (reason) {
+          case TcpEnd.Closed: c.closed++; break;
+          case TcpEnd.ClientReset: c.clientResets++; break;
+          case TcpEnd.UpstreamReset: c.upstreamResets++; break;
+          case TcpEnd.ConnectRefused: c.connectRefused++; break;
+          case TcpEnd.ConnectTimeout: c.connectTimeouts++; break;
+          case TcpEnd.ConnectFailed:
+            c.connectFailed++;
+            this.log(`connect-${this.eventI32[i * 8 + TCP_EVENT.errorWord]}`, `upstream connect: ` +
+              errnoName(this.eventI32[i * 8 + TCP_EVENT.errorWord]));
+            break;
+          case TcpEnd.IdleTimeout: c.idleTimeouts++; break;
+          case TcpEnd.Aborted: c.abortedAtShutdown++; break;
+          case TcpEnd.Resources: c.resourceFailures++; break;
+          default:
+            this.log(`reason-${reason}`, `engine: unknown end reason ${reason}`);
+        }
+        this.release(id);
+      }
+      if (n < EVENTS_BATCH) return;
+    }
+  }
+
+  private log(reason: string, message: string): void {
+    const now = performance.now();
+    const last = this.lastLogMs.get(reason);
+    if (last !== undefined && now - last < LOG_INTERVAL_MS) return;
+    this.lastLogMs.set(reason, now);
+    console.error(`[relay] ${message}`);
+  }
+}
