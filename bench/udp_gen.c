@@ -411,6 +411,7 @@ int main(int argc, char **argv) {
            "\"mbitPerSecond\":%.3f,\"lost\":%llu,\"loss\":%.6f,\"late\":%llu,"
            "\"foreign\":%llu,\"p50Us\":%.1f,\"p99Us\":%.1f,\"sendBlocked\":%llu,"
            "\"sendCalls\":%llu,\"recvCalls\":%llu,\"cpuFraction\":%.3f,\"busyFraction\":%.3f,"
+           "\"cpuSecondsTotal\":%.3f,"
            "\"generatorBound\":%s}\n",
            cfg.flow_count, cfg.size_bytes, cfg.window, cfg.target_count, window_s,
            (unsigned long long)st.sent_measured, (unsigned long long)st.transactions,
@@ -421,18 +422,19 @@ int main(int argc, char **argv) {
            (unsigned long long)st.foreign, percentile_us(st.transactions, 0.50),
            percentile_us(st.transactions, 0.99), (unsigned long long)st.send_blocked,
            (unsigned long long)st.send_calls, (unsigned long long)st.recv_calls, cpu_fraction,
-           busy_fraction,
+           busy_fraction, cpu_at_end,
            saturated ? "true" : "false");
   } else {
     double pps = (double)st.sent_measured / window_s;
     printf("{\"mode\":\"oneway\",\"flows\":%d,\"sizeBytes\":%d,\"batch\":%d,\"ratePps\":%ld,"
            "\"targets\":%d,\"windowSeconds\":%.6f,\"sent\":%llu,\"sentTotal\":%llu,"
            "\"pps\":%.1f,\"mbitPerSecond\":%.3f,\"sendBlocked\":%llu,\"sendCalls\":%llu,"
-           "\"cpuFraction\":%.3f,\"busyFraction\":%.3f,\"generatorBound\":%s}\n",
+           "\"cpuFraction\":%.3f,\"busyFraction\":%.3f,\"cpuSecondsTotal\":%.3f,"
+           "\"generatorBound\":%s}\n",
            cfg.flow_count, cfg.size_bytes, cfg.batch_count, cfg.rate_pps, cfg.target_count,
            window_s, (unsigned long long)st.sent_measured, (unsigned long long)st.sent_total,
            pps, pps * bits_per_datagram / 1e6, (unsigned long long)st.send_blocked,
-           (unsigned long long)st.send_calls, cpu_fraction, busy_fraction,
+           (unsigned long long)st.send_calls, cpu_fraction, busy_fraction, cpu_at_end,
            saturated ? "true" : "false");
   }
   return 0;
