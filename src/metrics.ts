@@ -51,6 +51,16 @@ export class UdpCounters {
   icmpNetUnreachable = 0;
   icmpOther = 0;
 
+  // Classification of first datagrams (src/classify, WASM).
+  /** DNS queries whose name was recorded. */
+  sniffedDns = 0;
+  /** QUIC flows whose ClientHello SNI was recorded (possibly across several Initials). */
+  sniffedQuic = 0;
+  /** First datagrams on a DNS/QUIC port that did not parse (malformed or not that protocol). */
+  sniffMalformed = 0;
+  /** QUIC flows whose ClientHello was still incomplete after udp.sniffPacketsMax datagrams. */
+  sniffIncomplete = 0;
+
   receiveErrors = 0;
   wakes = 0;
   batches = 0;

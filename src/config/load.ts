@@ -8,6 +8,9 @@ import { parseAddress, isV4Mapped } from "../sys/addr.ts";
 import { type ConfigInput, ConfigSchema } from "./schema.ts";
 import { TIMEOUT_CLASS_COUNT_MAX } from "../flow/table.ts";
 
+/** Size of the WASM packet area (wasm/src/main.zig packet_area_bytes); UdpRelay asserts it. */
+export const PACKET_AREA_BYTES = 512 * 1024;
+
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(problems.join("\n"));
@@ -168,8 +171,11 @@ export function parseConfig(input: unknown): Config {
     problems.push(`config.tcp.bufferBytesMax: must be a power of two, as pipe sizes are ` +
       `(got ${c.tcp.bufferBytesMax})`);
   }
-  if (c.udp.datagramBytesMax * c.udp.batchCountMax > 64 << 20) {
-    problems.push(`config.udp.datagramBytesMax: times batchCountMax must stay within 64 MiB`);
+  // The receive slab lives in the WASM parsers' packet area (parsed in place, no copy).
+  const slabBytes = Math.ceil(c.udp.datagramBytesMax / 64) * 64 * c.udp.batchCountMax;
+  if (slabBytes > PACKET_AREA_BYTES) {
+    problems.push(`config.udp.datagramBytesMax: times udp.batchCountMax (${slabBytes} bytes with ` +
+      `64-byte slots) must fit the ${PACKET_AREA_BYTES}-byte packet area; lower one of them`);
   }
   if (problems.length) throw new ConfigError(problems);
 

@@ -13,6 +13,12 @@ import { HashIndex } from "./hash_index.ts";
 export const SESSION_KEY_WORDS = 9;
 export const TIMEOUT_CLASS_COUNT_MAX = 16;
 
+/** Session protocol codes (what parsing found). */
+export const PROTOCOL_UNKNOWN = 0;
+export const PROTOCOL_DNS = 1;
+export const PROTOCOL_QUIC = 2;
+export const PROTOCOL_NAMES = ["udp", "dns", "quic"] as const;
+
 export const enum EndReason {
   Idle = 0,
   Evicted = 1,
@@ -41,6 +47,11 @@ export class SessionTable {
   readonly listener: Int16Array;
   /** Policy rule that decided this flow (-1: the default action). */
   readonly rule: Int32Array;
+  /** What the flow carries, learned by parsing (PROTOCOL_*), and the name it asked for. */
+  readonly protocol: Uint8Array;
+  readonly name: Array<string | null>;
+  /** Datagrams still to offer to the parser (0: done). */
+  readonly sniffLeft: Uint8Array;
   readonly packetsToTarget: Float64Array;
   readonly bytesToTarget: Float64Array;
   readonly packetsToClient: Float64Array;
@@ -69,6 +80,9 @@ export class SessionTable {
     this.reply = new Int32Array(capacity).fill(-1);
     this.listener = new Int16Array(capacity).fill(-1);
     this.rule = new Int32Array(capacity).fill(-1);
+    this.protocol = new Uint8Array(capacity);
+    this.name = new Array<string | null>(capacity).fill(null);
+    this.sniffLeft = new Uint8Array(capacity);
     this.packetsToTarget = new Float64Array(capacity);
     this.bytesToTarget = new Float64Array(capacity);
     this.packetsToClient = new Float64Array(capacity);
@@ -105,6 +119,9 @@ export class SessionTable {
     this.reply[slot] = -1;
     this.listener[slot] = -1;
     this.rule[slot] = -1;
+    this.protocol[slot] = PROTOCOL_UNKNOWN;
+    this.name[slot] = null;
+    this.sniffLeft[slot] = 0;
     this.packetsToTarget[slot] = 0;
     this.bytesToTarget[slot] = 0;
     this.packetsToClient[slot] = 0;

@@ -15,7 +15,19 @@
 import { type Pointer, ptr } from "bun:ffi";
 import type { Config, ListenerConfig } from "../config/load.ts";
 import { HashIndex } from "../flow/hash_index.ts";
-import { EndReason, SessionTable } from "../flow/table.ts";
+import {
+  EndReason,
+  PROTOCOL_DNS,
+  PROTOCOL_NAMES,
+  PROTOCOL_QUIC,
+  PROTOCOL_UNKNOWN,
+  SessionTable,
+} from "../flow/table.ts";
+import { DnsParser } from "../classify/dns.ts";
+import { Code } from "../classify/layout.ts";
+import { QuicParser } from "../classify/quic.ts";
+import { type Parsers, parsersLoad } from "../classify/wasm.ts";
+import { PACKET_AREA_BYTES } from "../config/load.ts";
 import { ReplyPool } from "../egress/reply_pool.ts";
 import { UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
@@ -67,6 +79,9 @@ export interface SessionView {
   target: string;
   listener: string;
   reply: "pktinfo" | "socket";
+  /** "dns", "quic" or "udp" (not recognised), and the DNS name or QUIC SNI. */
+  protocol: string;
+  name: string | null;
   ageMs: number;
   idleMs: number;
   packetsToTarget: number;
@@ -84,7 +99,15 @@ export class UdpRelay {
   private readonly config: Config;
   private readonly poller: Poller;
 
-  // Receive side.
+  // Receive side. The slab is the WASM parsers' packet area: recvmmsg writes there and
+  // the parsers read the same bytes in place.
+  private readonly parsers: Parsers;
+  private readonly dns: DnsParser;
+  private readonly quic: QuicParser;
+  /** Memory offset of slot 0 inside the WASM memory (what the parsers take). */
+  private readonly slabWasmOffset: number;
+  /** Per destination port: PROTOCOL_DNS / PROTOCOL_QUIC when its first datagrams are parsed. */
+  private readonly sniffByPort: Uint8Array;
   private readonly slotBytes: number;
   private readonly batchCount: number;
   private readonly slab: Uint8Array;
@@ -142,8 +165,20 @@ export class UdpRelay {
     // slab: one slot per datagram of a batch; 64-byte aligned slots keep payloads on
     // their own cache lines.
     this.slotBytes = Math.ceil(udp.datagramBytesMax / 64) * 64;
-    this.slab = new Uint8Array(this.slotBytes * this.batchCount);
+    this.parsers = parsersLoad();
+    if (this.parsers.packetArea.bytesMax !== PACKET_AREA_BYTES) {
+      throw new Error(`WASM packet area is ${this.parsers.packetArea.bytesMax} bytes, ` +
+        `config assumes ${PACKET_AREA_BYTES}: rebuild (bash scripts/build.sh)`);
+    }
+    this.dns = new DnsParser(this.parsers);
+    this.quic = new QuicParser(this.parsers);
+    this.slabWasmOffset = this.parsers.packetArea.offset;
+    this.slab = new Uint8Array(this.parsers.memory.buffer, this.slabWasmOffset,
+      this.slotBytes * this.batchCount);
     this.slabPtr = ptr(this.slab);
+    this.sniffByPort = new Uint8Array(65536);
+    for (const port of udp.quicPorts) this.sniffByPort[port] = PROTOCOL_QUIC;
+    for (const port of udp.dnsPorts) this.sniffByPort[port] = PROTOCOL_DNS;
     this.meta = new Uint8Array(META_WORDS * 4 * this.batchCount);
     this.metaPtr = ptr(this.meta);
     this.meta32 = new Uint32Array(this.meta.buffer);
@@ -256,6 +291,8 @@ export class UdpRelay {
         target: formatEndpoint(keyBytes, base + 16, ports & 0xffff),
         listener: this.config.listeners[listener]?.name ?? "?",
         reply: this.sessions.reply[s] >= 0 ? "socket" : "pktinfo",
+        protocol: PROTOCOL_NAMES[this.sessions.protocol[s]],
+        name: this.sessions.name[s],
         ageMs: Math.round(now - this.sessions.createdMs[s]),
         idleMs: Math.round(now - this.sessions.lastSeenMs[s]),
         packetsToTarget: this.sessions.packetsToTarget[s],
@@ -396,6 +433,7 @@ export class UdpRelay {
       } else if (sessions.lastSeenMs[s] !== now) {
         sessions.touch(s, now);
       }
+      if (sessions.sniffLeft[s] !== 0) this.sniff(s, i, length);
       sessions.packetsToTarget[s]++;
       sessions.bytesToTarget[s] += length;
       // To the original destination, from the session's upstream socket.
@@ -548,6 +586,11 @@ export class UdpRelay {
     const s = sessions.create(now, this.config.timeoutClassByPort[targetPort]);
     sessions.listener[s] = listener;
     sessions.reply[s] = reply;
+    const sniff = this.sniffByPort[targetPort];
+    if (sniff !== PROTOCOL_UNKNOWN) {
+      sessions.protocol[s] = sniff;
+      sessions.sniffLeft[s] = sniff === PROTOCOL_DNS ? 1 : this.config.udp.sniffPacketsMax;
+    }
     const upstream = this.acquireUpstream(s, clientWord0, clientWord1, clientWord2, clientWord3,
       clientPort, ipv6);
     if (upstream >= 0) this.upstreamClientScope[upstream] = clientScope;
@@ -611,6 +654,42 @@ export class UdpRelay {
     }
     const reply = this.sessions.reply[slot];
     if (reply >= 0) this.replies.release(reply, now);
+  }
+
+  // ---- classification ----
+
+  /**
+   * Parses datagram i (in place, in the WASM packet area) as the protocol its session's
+   * port promises, and records the name. Runs only for a flow's first datagrams.
+   */
+  private sniff(s: number, i: number, length: number): void {
+    const sessions = this.sessions;
+    const offset = this.slabWasmOffset + i * this.slotBytes;
+    sessions.sniffLeft[s]--;
+    if (sessions.protocol[s] === PROTOCOL_DNS) {
+      const r = this.dns.parse(offset, length);
+      if (r.code === Code.ok && r.qr === 0) {
+        sessions.name[s] = r.name();
+        this.counters.sniffedDns++;
+      } else {
+        sessions.protocol[s] = PROTOCOL_UNKNOWN;
+        this.counters.sniffMalformed++;
+      }
+      return;
+    }
+    const r = this.quic.parseInitial(offset, length);
+    if (r.code === Code.ok) {
+      sessions.name[s] = r.sni();
+      sessions.sniffLeft[s] = 0;
+      this.counters.sniffedQuic++;
+    } else if (r.code === Code.short) {
+      // More Initials of this connection to come (a hello over several packets).
+      if (sessions.sniffLeft[s] === 0) this.counters.sniffIncomplete++;
+    } else {
+      sessions.protocol[s] = PROTOCOL_UNKNOWN;
+      sessions.sniffLeft[s] = 0;
+      this.counters.sniffMalformed++;
+    }
   }
 
   // ---- errors ----

@@ -155,6 +155,9 @@ if (!skip) {
       const dns = m.sessions.filter((s: any) => s.target.endsWith(":53"));
       expect(dns.length).toBeGreaterThanOrEqual(4);
       expect(dns.every((s: any) => s.listener.startsWith("dns") && s.reply === "pktinfo")).toBe(true);
+      // The relay parsed each query in place (WASM) and recorded the name asked.
+      expect(dns.every((s: any) => s.protocol === "dns" && s.name === "relay.test")).toBe(true);
+      expect(m.udp.sniffedDns).toBeGreaterThanOrEqual(4);
     });
 
     test("the relay's own upstream traffic is not intercepted again (no loop)", async () => {
