@@ -2,11 +2,13 @@
 // Builds a throwaway lab (client, router, server namespaces), runs the relay in the
 // router with its BUILT-IN DEFAULT configuration (TPROXY listeners on 127.0.0.1:12345
 // and [::1]:12345, intercepting DNS udp/53 and QUIC udp/443), sends DNS queries from the
-// client to a real DNS server (dnsmasq) and QUIC-sized UDP traffic to a UDP/443 echo
+// client to a real DNS server (dnsmasq), downloads a file over real QUIC (ngtcp2's
+// gtlsclient -> gtlsserver, HTTP/3), pushes QUIC-sized datagrams through a UDP/443 echo
 // server, shows what the client and the relay saw, and tears everything down.
 import { join } from "node:path";
 import { parseConfig } from "../config/load.ts";
 import { Lab, LAB, labUnavailableReason } from "../lab/netns.ts";
+import { QuicPeers } from "../lab/quic_peers.ts";
 import { BUN, RelayProcess } from "../lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../rules/nft.ts";
 
@@ -30,6 +32,9 @@ async function main(): Promise<number> {
   const lab = Lab.create();
   const children: Array<{ kill(signal?: number): void }> = [];
   let relay: RelayProcess | null = null;
+  let quic: QuicPeers | null = null;
+  const echo4 = LAB.serverExtra4[0];
+  const echo6 = LAB.serverExtra6[0];
   try {
     console.log(`  namespaces ${lab.client}, ${lab.router}, ${lab.server}`);
     console.log(`  client ${LAB.client4} / ${LAB.client6}   server ${LAB.server4} / ${LAB.server6}`);
@@ -43,13 +48,17 @@ async function main(): Promise<number> {
       `--listen-address=${LAB.server6}`, "--port=53", "--user=root", "--pid-file",
       "--log-facility=-", "--host-record=www.relay.test,198.18.1.80,2001:2:0:2::80"]);
     children.push(dnsmasq);
+    quic = new QuicPeers(lab);
+    children.push(quic.serve(LAB.server4, 443), quic.serve(LAB.server6, 443));
+    lab.setHosts(lab.client, [[LAB.server4, "quic.relay.test"], [LAB.server6, "quic6.relay.test"]]);
     const echo = lab.spawn(lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), "--stamp",
-      `${LAB.server4}:443`, `[${LAB.server6}]:443`]);
+      `${echo4}:443`, `[${echo6}]:443`]);
     children.push(echo);
     await lab.waitForUdpPort(lab.server, 53);
     await lab.waitForUdpPort(lab.server, 443);
     console.log(`  dnsmasq on ${LAB.server4}:53 and [${LAB.server6}]:53 (www.relay.test)`);
-    console.log(`  UDP echo on ${LAB.server4}:443 and [${LAB.server6}]:443 (QUIC-sized datagrams)`);
+    console.log(`  gtlsserver (QUIC, HTTP/3) on ${LAB.server4}:443 and [${LAB.server6}]:443`);
+    console.log(`  UDP echo on ${echo4}:443 and [${echo6}]:443 (QUIC-sized datagrams)`);
 
     step("Starting the relay in the router namespace: bun run relay (built-in default)");
     relay = await RelayProcess.start(lab, null);
@@ -66,7 +75,12 @@ async function main(): Promise<number> {
       console.log(`    answer: ${answer.replace(/\s+/g, " ")}`);
       console.log(`    ${from.trim()}   <- the reply came from the original destination`);
     }
-    for (const target of [`${LAB.server4}:443`, `[${LAB.server6}]:443`]) {
+    for (const host of ["quic.relay.test", "quic6.relay.test"]) {
+      const body = quic.fetch(host, 443);
+      console.log(`  gtlsclient https://${host}/index.html (QUIC, HTTP/3): ${JSON.stringify(body)}`);
+      console.log("    QUIC completes only if every reply comes from the address the client sent to");
+    }
+    for (const target of [`${echo4}:443`, `[${echo6}]:443`]) {
       const r = lab.exec(lab.client, [BUN, join(ROOT, "src/lab/udp_probe.ts"), "--targets", target,
         "--flows", "8", "--packets", "25", "--size", "1200", "--stamped", "--timeout-ms", "4000"]);
       const p = JSON.parse(r.stdout.trim());
@@ -78,16 +92,19 @@ async function main(): Promise<number> {
 
     step("What the relay saw");
     const m = await relay.metrics();
-    const rows = [["client", "original destination", "listener", "reply via", "pkts ->", "bytes ->", "pkts <-", "bytes <-"]];
+    const rows = [["client", "original destination", "proto", "name (DNS/SNI)", "reply via",
+      "pkts ->", "bytes ->", "pkts <-", "bytes <-"]];
     for (const s of m.sessions) {
-      rows.push([s.client, s.target, s.listener, s.reply, `${s.packetsToTarget}`, `${s.bytesToTarget}`,
-        `${s.packetsToClient}`, `${s.bytesToClient}`]);
+      rows.push([s.client, s.target, s.protocol, s.name ?? "-", s.reply, `${s.packetsToTarget}`,
+        `${s.bytesToTarget}`, `${s.packetsToClient}`, `${s.bytesToClient}`]);
     }
     console.log(table(rows));
     const u = m.udp;
     console.log(`\n  flows ${u.sessionsCreated}, packets from clients ${u.packetsFromClients}, ` +
       `to targets ${u.packetsToTargets} (${u.bytesToTargets} B), from targets ${u.packetsFromTargets}, ` +
       `to clients ${u.packetsToClients} (${u.bytesToClients} B)`);
+    console.log(`  parsed in place (WASM): ${u.sniffedDns} DNS names, ${u.sniffedQuic} QUIC SNIs; ` +
+      `${u.sniffMalformed} first datagrams on 53/443 were not DNS/QUIC (the echo traffic)`);
     console.log(`  upstream sockets ${u.upstreamSockets}, reply sockets ${u.replySockets}, ` +
       `drops: oversized ${u.droppedOversized}, unsolicited ${u.droppedUnsolicitedReply}, ` +
       `send errors ${u.sendWouldBlock + u.sendUnreachable + u.sendTooLarge + u.sendResources + u.sendOther}`);
@@ -100,6 +117,7 @@ async function main(): Promise<number> {
   } finally {
     if (relay) await relay.stop();
     for (const c of children) c.kill(9);
+    quic?.close();
     lab.destroy();
     console.log("\n  lab torn down (namespaces, veths, rules removed)");
   }

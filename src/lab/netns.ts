@@ -9,6 +9,8 @@
 // callers run it in `finally`.
 import { randomBytes } from "node:crypto";
 import { spawnSync } from "node:child_process";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 
 export const LAB = {
   client4: "198.18.0.2",
@@ -133,6 +135,17 @@ export class Lab {
     this.exec(this.client, ["ping", "-6", "-c1", "-W2", LAB.server6]);
   }
 
+  /**
+   * Gives a namespace its own /etc/hosts (`ip netns exec` bind-mounts /etc/netns/NS/hosts),
+   * e.g. so gtlsclient sends a real SNI: it sends "localhost" for a literal address.
+   */
+  setHosts(ns: string, entries: Array<[address: string, name: string]>): void {
+    const dir = `/etc/netns/${ns}`;
+    mkdirSync(dir, { recursive: true });
+    const lines = ["127.0.0.1 localhost", ...entries.map(([a, n]) => `${a} ${n}`)];
+    writeFileSync(join(dir, "hosts"), lines.join("\n") + "\n");
+  }
+
   exec(ns: string, argv: string[], input?: string, allowFail = false): RunResult {
     return run(["ip", "netns", "exec", ns, ...argv], input, allowFail);
   }
@@ -171,6 +184,7 @@ export class Lab {
       const pids = run(["ip", "netns", "pids", ns], undefined, true).stdout.trim();
       if (pids) run(["kill", "-9", ...pids.split(/\s+/)], undefined, true);
       run(["ip", "netns", "del", ns], undefined, true);
+      rmSync(`/etc/netns/${ns}`, { recursive: true, force: true });
     }
   }
 }

@@ -54,7 +54,11 @@ export class RelayLab {
 
   /** Starts a process in a namespace; it is killed in close(). */
   spawn(ns: string, argv: string[]) {
-    const proc = this.lab.spawn(ns, argv);
+    return this.track(this.lab.spawn(ns, argv));
+  }
+
+  /** Kills `proc` in close(). */
+  track<T extends { kill(signal?: number | string): void }>(proc: T): T {
     this.children.push(proc);
     return proc;
   }

@@ -7,44 +7,27 @@
 //
 //   client ns (gtlsclient) ── router ns (relay, tproxy udp/443) ── server ns (gtlsserver)
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { LAB } from "../../src/lab/netns.ts";
+import { QUIC_BODY, QuicPeers } from "../../src/lab/quic_peers.ts";
 import { labSkipReason, RelayLab } from "./harness.ts";
 
 const skip = labSkipReason();
 if (!skip) {
   describe("QUIC through the relay (gtlsclient -> gtlsserver)", () => {
     let env: RelayLab;
-    let dir: string;
-    let hostsDir: string;
+    let peers: QuicPeers;
 
     beforeAll(async () => {
       env = new RelayLab();
       const { lab } = env;
-      dir = mkdtempSync(join(tmpdir(), "relay-quic-"));
-      mkdirSync(join(dir, "htdocs"));
-      mkdirSync(join(dir, "download"));
-      writeFileSync(join(dir, "htdocs", "index.html"), "hello through a transparent relay\n");
-      const cert = spawnSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt",
-        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", join(dir, "key.pem"), "-out",
-        join(dir, "cert.pem"), "-subj", "/CN=quic.relay.test", "-days", "2"], { encoding: "utf8" });
-      if (cert.status !== 0) throw new Error(`openssl: ${cert.stderr}`);
-      // gtlsclient sends the host it was given as SNI, but "localhost" for a literal
-      // address: a hosts file for the client namespace (ip netns exec bind-mounts it).
-      hostsDir = `/etc/netns/${lab.client}`;
-      mkdirSync(hostsDir, { recursive: true });
-      writeFileSync(join(hostsDir, "hosts"), [
-        "127.0.0.1 localhost",
-        `${LAB.server4} quic.relay.test`,
-        `${LAB.server6} quic6.relay.test`,
-        `${LAB.serverExtra4[0]} big.relay.test`,
-      ].join("\n") + "\n");
+      peers = new QuicPeers(lab);
+      lab.setHosts(lab.client, [
+        [LAB.server4, "quic.relay.test"],
+        [LAB.server6, "quic6.relay.test"],
+        [LAB.serverExtra4[0], "big.relay.test"],
+      ]);
       for (const address of [LAB.server4, LAB.server6, LAB.serverExtra4[0]]) {
-        env.spawn(lab.server, ["gtlsserver", "-q", "-d", join(dir, "htdocs"), address, "443",
-          join(dir, "key.pem"), join(dir, "cert.pem")]);
+        env.track(peers.serve(address, 443));
       }
       await env.startRelay({
         listeners: [
@@ -64,22 +47,15 @@ if (!skip) {
       try {
         await env?.close();
       } finally {
-        if (hostsDir) rmSync(hostsDir, { recursive: true, force: true });
-        if (dir) rmSync(dir, { recursive: true, force: true });
+        peers?.close();
       }
     });
 
-    function fetch(host: string, extra: string[] = []): string {
-      const out = join(dir, "download", host);
-      mkdirSync(out, { recursive: true });
-      env.lab.exec(env.lab.client, ["gtlsclient", "-q", "--timeout=3s", "--exit-on-all-streams-close",
-        `--download=${out}`, ...extra, host, "443", `https://${host}/index.html`]);
-      return readFileSync(join(out, "index.html"), "utf8");
-    }
+    const fetch = (host: string, extra: string[] = []) => peers.fetch(host, 443, extra);
 
     test("an HTTP/3 download completes over IPv4 and IPv6; the relay recorded each SNI", async () => {
-      expect(fetch("quic.relay.test")).toBe("hello through a transparent relay\n");
-      expect(fetch("quic6.relay.test")).toBe("hello through a transparent relay\n");
+      expect(fetch("quic.relay.test")).toBe(QUIC_BODY);
+      expect(fetch("quic6.relay.test")).toBe(QUIC_BODY);
       const m = await env.relay!.metrics();
       const quic = m.sessions.filter((s: any) => s.protocol === "quic");
       expect(quic.map((s: any) => `${s.target} ${s.name}`).sort()).toEqual([
@@ -93,7 +69,7 @@ if (!skip) {
     test("a ClientHello spanning two Initial packets is reassembled for the SNI", async () => {
       const before = (await env.relay!.metrics()).udp;
       const body = fetch("big.relay.test", ["--groups=-GROUP-ALL:+GROUP-FFDHE8192:+GROUP-X25519"]);
-      expect(body).toBe("hello through a transparent relay\n");
+      expect(body).toBe(QUIC_BODY);
       const m = await env.relay!.metrics();
       const big = m.sessions.find((s: any) => s.target === `${LAB.serverExtra4[0]}:443`);
       expect(big).toMatchObject({ protocol: "quic", name: "big.relay.test" });
