@@ -10,7 +10,7 @@ ZIG_VERSION="0.14.1"
 
 # Debian packages: the kernel tools the relay drives, and the real peers tests use.
 APT_PACKAGES=(build-essential nftables iproute2 iputils-ping dnsmasq knot-dnsutils dnsperf iperf3
-  ngtcp2-server ngtcp2-client python3-pip)
+  ngtcp2-server ngtcp2-client python3-pip curl haproxy)
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -29,6 +29,8 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # dnsmasq's Debian package starts a system-wide instance; tests run their own in namespaces.
   if systemctl is-active --quiet dnsmasq 2>/dev/null; then systemctl disable --now dnsmasq >/dev/null 2>&1 || true; fi
+  # Likewise haproxy: bench/tcp.ts runs its own instance in the lab's router namespace.
+  if systemctl is-active --quiet haproxy 2>/dev/null; then systemctl disable --now haproxy >/dev/null 2>&1 || true; fi
 fi
 
 if [[ ! -x node_modules/.bin/bun ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
