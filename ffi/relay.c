@@ -564,7 +564,8 @@ int32_t rl_poll_wakes(int32_t index) {
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
-_Static_assert(sizeof(struct rl_tcp_event) == 32, "rl_tcp_event is 32 bytes");
+_Static_assert(sizeof(struct rl_tcp_event) == 40, "rl_tcp_event is 40 bytes");
+_Static_assert(offsetof(struct rl_tcp_event, connect_ms) == 32, "rl_tcp_event.connect_ms at 32");
 _Static_assert(offsetof(struct rl_tcp_event, error) == 8, "rl_tcp_event.error at 8");
 _Static_assert(offsetof(struct rl_tcp_event, bytes_up) == 16, "rl_tcp_event.bytes_up at 16");
 
@@ -678,6 +679,7 @@ struct tcp_conn {
   struct tcp_dir dir[2]; /* 0: client -> upstream, 1: upstream -> client */
   int64_t start_ms;
   int64_t active_ms;
+  uint32_t connect_ms; /* UINT32_MAX until connected */
   uint8_t queued; /* in the ready queue exactly once while set */
 };
 
@@ -707,7 +709,7 @@ struct tcp_engine {
   struct rl_tcp_event *events;
   int32_t ev_head;
   int32_t ev_count;
-  int32_t ev_cap; /* 2 * slots: connected + closed per id, ids reused after closed is read */
+  int32_t ev_cap; /* slots: one event per id, ids reused after it is read */
   atomic_int abort_all;
   atomic_int stop;
   /* Engine thread only. */
@@ -738,8 +740,13 @@ static struct tcp_engine *engine_get(int32_t index) {
   return tcp_engines[index];
 }
 
+static uint32_t clamp_ms(int64_t ms) {
+  return (uint32_t)(ms < 0 ? 0 : ms >= UINT32_MAX ? UINT32_MAX - 1 : ms);
+}
+
 static void engine_push_event(struct tcp_engine *e, uint32_t id, uint16_t kind, uint16_t reason,
-                              int32_t error, int64_t duration_ms, uint64_t up, uint64_t down) {
+                              int32_t error, int64_t duration_ms, uint64_t up, uint64_t down,
+                              uint32_t connect_ms) {
   pthread_mutex_lock(&e->lock);
   int was_empty = e->ev_count == 0;
   if (e->ev_count == e->ev_cap) {
@@ -752,8 +759,9 @@ static void engine_push_event(struct tcp_engine *e, uint32_t id, uint16_t kind, 
   ev->kind = kind;
   ev->reason = reason;
   ev->error = error;
-  ev->duration_ms = (uint32_t)(duration_ms < 0 ? 0 : duration_ms > UINT32_MAX ? UINT32_MAX
-                                                                              : duration_ms);
+  ev->duration_ms = clamp_ms(duration_ms);
+  ev->connect_ms = connect_ms;
+  ev->reserved = 0;
   ev->bytes_up = (double)up;
   ev->bytes_down = (double)down;
   e->ev_count++;
@@ -826,7 +834,7 @@ static void conn_end(struct tcp_engine *e, int32_t id, uint16_t reason, int32_t 
   c->state = TCP_FREE;
   atomic_fetch_sub(&e->open_count, 1);
   engine_push_event(e, (uint32_t)id, RL_TCP_EVENT_CLOSED, reason, error, now - c->start_ms,
-                    c->dir[0].bytes, c->dir[1].bytes);
+                    c->dir[0].bytes, c->dir[1].bytes, c->connect_ms);
 }
 
 static void conn_queue(struct tcp_engine *e, int32_t id) {
@@ -931,7 +939,7 @@ static void conn_event(struct tcp_engine *e, int32_t id, int side, uint32_t even
     }
     c->state = TCP_OPEN;
     c->active_ms = now;
-    engine_push_event(e, (uint32_t)id, RL_TCP_EVENT_CONNECTED, 0, 0, now - c->start_ms, 0, 0);
+    c->connect_ms = clamp_ms(now - c->start_ms);
   } else if (events & EPOLLERR) {
     int err = socket_error(c->fd[side]);
     if (err != 0) {
@@ -955,6 +963,7 @@ static void conn_add(struct tcp_engine *e, const struct tcp_cmd *cmd, int64_t no
   c->fd[0] = cmd->client_fd;
   c->fd[1] = cmd->upstream_fd;
   c->start_ms = c->active_ms = now;
+  c->connect_ms = UINT32_MAX;
   for (int d = 0; d < 2; d++) {
     c->dir[d] = (struct tcp_dir){.pipe_r = -1, .pipe_w = -1};
   }
@@ -1075,7 +1084,7 @@ int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_ti
   if (connect_timeout_ms / 4 < sweep) sweep = connect_timeout_ms / 4;
   if (idle_timeout_ms > 0 && idle_timeout_ms / 4 < sweep) sweep = idle_timeout_ms / 4;
   e->sweep_ms = sweep < TCP_SWEEP_MS_MIN ? TCP_SWEEP_MS_MIN : sweep;
-  e->ev_cap = slots * 2;
+  e->ev_cap = slots;
   e->conns = calloc((size_t)slots, sizeof(*e->conns));
   e->cmds = calloc((size_t)slots, sizeof(*e->cmds));
   e->events = calloc((size_t)e->ev_cap, sizeof(*e->events));

@@ -139,18 +139,21 @@ int32_t rl_poll_wakes(int32_t poller);
 #define RL_TCP_TRANSPARENT    0x0002 /* IP_TRANSPARENT: source_addr need not be local
                                         (HAProxy "usesrc clientip") */
 
-/* One engine event (32 bytes), read by rl_tcp_engine_events(). */
+/* One engine event (40 bytes), read by rl_tcp_engine_events(). A connection makes
+ * exactly one, when it ends (a separate "connected" event would double the wake-ups
+ * of short connections for no decision). */
 struct rl_tcp_event {
   uint32_t id;          /* 0: the caller's connection id given to rl_tcp_engine_add() */
   uint16_t kind;        /* 4: RL_TCP_EVENT_* */
-  uint16_t reason;      /* 6: RL_TCP_END_* (closed events) */
+  uint16_t reason;      /* 6: RL_TCP_END_* */
   int32_t  error;       /* 8: errno behind the reason, 0 if none */
-  uint32_t duration_ms; /* 12: connected: connect time; closed: lifetime */
+  uint32_t duration_ms; /* 12: lifetime, from rl_tcp_engine_add() */
   double   bytes_up;    /* 16: client -> upstream bytes delivered */
   double   bytes_down;  /* 24: upstream -> client bytes delivered */
+  uint32_t connect_ms;  /* 32: upstream connect time; UINT32_MAX: never connected */
+  uint32_t reserved;    /* 36 */
 };
 
-#define RL_TCP_EVENT_CONNECTED 1
 #define RL_TCP_EVENT_CLOSED    2
 
 /* Why a connection ended. Resets and aborts are forwarded as RST (SO_LINGER 0). */

@@ -3,7 +3,7 @@
 //   listener (TPROXY or REDIRECT) --accept--> decide: limit, original destination, source
 //     --connect (SO_MARK; optionally IP_TRANSPARENT from the client's address)-->
 //   splice engine (C thread): client <-> pipe <-> upstream, both directions
-//     --events (connected, closed + reason + bytes)--> counters, free the id
+//     --one event per connection (reason, bytes, connect time)--> counters, free the id
 //
 // TypeScript decides, C copies. Accepting is cheap and rare next to copying bytes, so
 // it stays here where policy lives; the bytes never enter JavaScript: the engine in
@@ -28,7 +28,10 @@ import {
   TCP_EVENT,
   TCP_EVENT_BYTES,
   TCP_EVENT_CLOSED,
-  TCP_EVENT_CONNECTED,
+  TCP_EVENT_DOUBLES,
+  TCP_EVENT_HALVES,
+  TCP_EVENT_WORDS,
+  TCP_NEVER_CONNECTED,
   TCP_STATS,
   TCP_STEP_CONNECT,
   TcpEnd,
@@ -55,8 +58,8 @@ const EPROTO = 71;
 
 const enum ConnState {
   Free = 0,
-  Connecting = 1,
-  Open = 2,
+  /** Handed to the engine (connecting or open: the engine reports only the end). */
+  Busy = 1,
 }
 
 export class TcpCounters {
@@ -75,7 +78,7 @@ export class TcpCounters {
   /** socket/bind/connect failed at once (e.g. EADDRNOTAVAIL, ENETUNREACH): client reset. */
   upstreamSocketFailed = 0;
 
-  /** Upstream connections established. */
+  /** Upstream connections that were established (counted when they end). */
   connected = 0;
   /** Sum of connect times (ms), for the mean: connectMsTotal / connected. */
   connectMsTotal = 0;
@@ -106,7 +109,6 @@ export interface TcpConnectionView {
   client: string;
   target: string;
   listener: string;
-  state: "connecting" | "open";
   ageMs: number;
 }
 
@@ -303,14 +305,12 @@ export class TcpRelay {
     const out: TcpConnectionView[] = [];
     const now = performance.now();
     for (let id = 0; id < this.connectionsMax && out.length < limit; id++) {
-      const state = this.connState[id];
-      if (state === ConnState.Free) continue;
+      if (this.connState[id] === ConnState.Free) continue;
       const ports = this.connPorts[id];
       out.push({
         client: formatEndpoint(this.connAddrs, id * 32, ports >>> 16),
         target: formatEndpoint(this.connAddrs, id * 32 + 16, ports & 0xffff),
         listener: this.listeners[this.connListener[id]]?.name ?? "?",
-        state: state === ConnState.Open ? "open" : "connecting",
         ageMs: Math.round(now - this.connStartMs[id]),
       });
     }
@@ -473,7 +473,7 @@ export class TcpRelay {
     }
 
     const id = this.freeIds[--this.freeIdCount];
-    this.connState[id] = ConnState.Connecting;
+    this.connState[id] = ConnState.Busy;
     this.connListener[id] = index;
     this.connStartMs[id] = performance.now();
     this.connAddrs.set(meta.subarray(0, 16), id * 32);
@@ -522,23 +522,21 @@ export class TcpRelay {
       const n = this.lib.rl_tcp_engine_events(this.engine, this.eventsPtr, EVENTS_BATCH);
       if (n <= 0) return;
       for (let i = 0; i < n; i++) {
-        const id = this.event32[i * 8 + TCP_EVENT.idWord];
-        const kind = this.event16[i * 16 + TCP_EVENT.kindHalf];
-        const durationMs = this.event32[i * 8 + TCP_EVENT.durationWord];
-        if (this.connState[id] === ConnState.Free) {
-          this.log("event-free", `engine event ${kind} for free connection ${id} (bookkeeping bug)`);
+        const w = i * TCP_EVENT_WORDS;
+        const id = this.event32[w + TCP_EVENT.idWord];
+        const kind = this.event16[i * TCP_EVENT_HALVES + TCP_EVENT.kindHalf];
+        if (this.connState[id] === ConnState.Free || kind !== TCP_EVENT_CLOSED) {
+          this.log("event-free", `engine event ${kind} for connection ${id} (bookkeeping bug)`);
           continue;
         }
-        if (kind === TCP_EVENT_CONNECTED) {
-          this.connState[id] = ConnState.Open;
+        const connectMs = this.event32[w + TCP_EVENT.connectWord];
+        if (connectMs !== TCP_NEVER_CONNECTED) {
           c.connected++;
-          c.connectMsTotal += durationMs;
-          continue;
+          c.connectMsTotal += connectMs;
         }
-        if (kind !== TCP_EVENT_CLOSED) continue;
-        const reason = this.event16[i * 16 + TCP_EVENT.reasonHalf] as TcpEnd;
-        c.bytesToUpstreamClosed += this.event64[i * 4 + TCP_EVENT.bytesUpDouble];
-        c.bytesToClientsClosed += this.event64[i * 4 + TCP_EVENT.bytesDownDouble];
+        const reason = this.event16[i * TCP_EVENT_HALVES + TCP_EVENT.reasonHalf] as TcpEnd;
+        c.bytesToUpstreamClosed += this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesUpDouble];
+        c.bytesToClientsClosed += this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesDownDouble];
         switch (reason) {
           case TcpEnd.Closed: c.closed++; break;
           case TcpEnd.ClientReset: c.clientResets++; break;
@@ -547,8 +545,8 @@ export class TcpRelay {
           case TcpEnd.ConnectTimeout: c.connectTimeouts++; break;
           case TcpEnd.ConnectFailed:
             c.connectFailed++;
-            this.log(`connect-${this.eventI32[i * 8 + TCP_EVENT.errorWord]}`, `upstream connect: ` +
-              errnoName(this.eventI32[i * 8 + TCP_EVENT.errorWord]));
+            this.log(`connect-${this.eventI32[w + TCP_EVENT.errorWord]}`, `upstream connect: ` +
+              errnoName(this.eventI32[w + TCP_EVENT.errorWord]));
             break;
           case TcpEnd.IdleTimeout: c.idleTimeouts++; break;
           case TcpEnd.Aborted: c.abortedAtShutdown++; break;

@@ -1,19 +1,24 @@
 // TCP records and constants shared with ffi/relay.h (the rl_tcp_* functions).
 
-/** struct rl_tcp_event (32 bytes): one engine event. */
-export const TCP_EVENT_BYTES = 32;
+/** struct rl_tcp_event (40 bytes): one per connection, when it ends. */
+export const TCP_EVENT_BYTES = 40;
+export const TCP_EVENT_WORDS = TCP_EVENT_BYTES / 4;
+export const TCP_EVENT_HALVES = TCP_EVENT_BYTES / 2;
+export const TCP_EVENT_DOUBLES = TCP_EVENT_BYTES / 8;
 export const TCP_EVENT = {
   idWord: 0, // u32 index of id
   kindHalf: 2, // u16 index of kind (byte 4)
   reasonHalf: 3, // u16 index of reason (byte 6)
   errorWord: 2, // i32 index of error (byte 8)
   durationWord: 3, // u32 index of duration_ms (byte 12)
-  bytesUpDouble: 2, // f64 index of bytes_up (byte 16)
+  bytesUpDouble: 2, // f64 index of bytes_up (byte 16; the 40-byte stride is 5 doubles)
   bytesDownDouble: 3, // f64 index of bytes_down (byte 24)
+  connectWord: 8, // u32 index of connect_ms (byte 32)
 } as const;
 
-export const TCP_EVENT_CONNECTED = 1;
 export const TCP_EVENT_CLOSED = 2;
+/** connect_ms of a connection whose upstream never connected. */
+export const TCP_NEVER_CONNECTED = 0xffffffff;
 
 /** RL_TCP_END_*: why a connection ended (the engine sends RST where noted). */
 export const enum TcpEnd {
