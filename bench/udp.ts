@@ -457,7 +457,8 @@ function renderReport(r: {
     `(listener port = original port). rr: 1 request in flight per flow. ` +
     `oneway: max rate, batches of 32 per sendmmsg, rate = datagrams/s received by the sink.`);
   lines.push(`- rr value = transactions/s; oneway value = datagrams/s received. ` +
-    `"median [min-max]" over repetitions; ratio = relay median / kernel median. ` +
+    `"median [min-max]" over repetitions; ratio = relay median / kernel median, ` +
+    `[min-max] of the per-repetition ratios (relay run / kernel run of the same repetition). ` +
     `gen-bound: runs where udp_gen was the limit (rule in bench/udp_gen.c), as count/reps.`);
   lines.push("");
   const header = ["cell", "kernel median [min-max]"];
@@ -481,7 +482,12 @@ function renderReport(r: {
       const target = cell.mode === "rr" ? RR_TARGET_RATIO[cell.flows] : undefined;
       const mark = target === undefined ? "" : ratio >= target ? ` (>= ${target})` : ` (< ${target})`;
       const kernelBound = get("kernel").some((x) => x.generatorBound);
-      row.push(spread(p), `**${ratio.toFixed(2)}**${kernelBound ? "†" : ""}${mark}`);
+      // Paired per repetition (the paths ran back to back): how stable the ratio is.
+      const paired = get(p).map((x, i) => x.value / (get("kernel")[i]?.value ?? NaN));
+      const pairedText = paired.length > 1
+        ? ` [${Math.min(...paired).toFixed(2)}-${Math.max(...paired).toFixed(2)}]`
+        : "";
+      row.push(spread(p), `**${ratio.toFixed(2)}**${kernelBound ? "†" : ""}${pairedText}${mark}`);
     }
     row.push(cell.mode === "rr"
       ? paths.map((p) => `${median(get(p).map((s) => s.p50Us)).toFixed(0)}/${median(get(p).map((s) => s.p99Us)).toFixed(0)}`).join(" / ")
