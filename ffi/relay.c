@@ -680,6 +680,10 @@ struct tcp_conn {
   int64_t start_ms;
   int64_t active_ms;
   uint32_t connect_ms; /* UINT32_MAX until connected */
+  /* Edge-triggered readiness per socket, set by epoll events and cleared by EAGAIN, so
+   * a pump does not spend syscalls on a side that has nothing to give or take. */
+  uint8_t readable[2];
+  uint8_t writable[2];
   uint8_t queued; /* in the ready queue exactly once while set */
 };
 
@@ -713,7 +717,7 @@ struct tcp_engine {
   atomic_int abort_all;
   atomic_int stop;
   /* Engine thread only. */
-  int *pool; /* pipe fds, pairs */
+  int *pool; /* pooled pipes: read fd, write fd, capacity (3 ints each) */
   int32_t pool_count;
   int32_t *ready; /* ring of ids */
   int32_t ready_head;
@@ -776,8 +780,9 @@ static void engine_push_event(struct tcp_engine *e, uint32_t id, uint16_t kind, 
 static int pipe_acquire(struct tcp_engine *e, struct tcp_dir *d) {
   if (e->pool_count > 0) {
     e->pool_count--;
-    d->pipe_r = e->pool[e->pool_count * 2];
-    d->pipe_w = e->pool[e->pool_count * 2 + 1];
+    d->pipe_r = e->pool[e->pool_count * 3];
+    d->pipe_w = e->pool[e->pool_count * 3 + 1];
+    d->cap = (uint32_t)e->pool[e->pool_count * 3 + 2];
   } else {
     int p[2];
     if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return -errno;
@@ -785,9 +790,9 @@ static int pipe_acquire(struct tcp_engine *e, struct tcp_dir *d) {
     (void)fcntl(p[1], F_SETPIPE_SZ, e->pipe_bytes);
     d->pipe_r = p[0];
     d->pipe_w = p[1];
+    int cap = fcntl(d->pipe_w, F_GETPIPE_SZ);
+    d->cap = cap > 0 ? (uint32_t)cap : 65536u;
   }
-  int cap = fcntl(d->pipe_w, F_GETPIPE_SZ);
-  d->cap = cap > 0 ? (uint32_t)cap : 65536u;
   d->used = 0;
   atomic_fetch_add(&e->pipes_in_use, 1);
   return 0;
@@ -797,8 +802,9 @@ static void pipe_release(struct tcp_engine *e, struct tcp_dir *d) {
   if (d->pipe_r < 0) return;
   /* Only an empty pipe is reusable; one holding bytes of a reset connection is closed. */
   if (d->used == 0 && e->pool_count < TCP_PIPE_POOL_MAX) {
-    e->pool[e->pool_count * 2] = d->pipe_r;
-    e->pool[e->pool_count * 2 + 1] = d->pipe_w;
+    e->pool[e->pool_count * 3] = d->pipe_r;
+    e->pool[e->pool_count * 3 + 1] = d->pipe_w;
+    e->pool[e->pool_count * 3 + 2] = (int)d->cap;
     e->pool_count++;
   } else {
     close(d->pipe_r);
@@ -853,7 +859,7 @@ static int dir_step(struct tcp_engine *e, int32_t id, int d, int64_t now) {
   const int src = c->fd[d];
   const int dst = c->fd[1 - d];
   int progress = 0;
-  if (!dir->src_eof && dir->used < dir->cap) {
+  if (!dir->src_eof && dir->used < dir->cap && c->readable[d]) {
     ssize_t n = splice(src, NULL, dir->pipe_w, NULL, dir->cap - dir->used,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
@@ -862,13 +868,17 @@ static int dir_step(struct tcp_engine *e, int32_t id, int d, int64_t now) {
     } else if (n == 0) {
       dir->src_eof = 1;
       progress = 1;
-    } else if (errno != EAGAIN && errno != EINTR) {
+    } else if (errno == EAGAIN) {
+      /* With bytes in the pipe, EAGAIN may mean "pipe slots full" rather than "socket
+       * empty": keep the flag, the next round retries once the pipe drained. */
+      if (dir->used == 0) c->readable[d] = 0;
+    } else if (errno != EINTR) {
       int err = errno;
       conn_end(e, id, d == 0 ? RL_TCP_END_CLIENT_RESET : RL_TCP_END_UPSTREAM_RESET, err, now);
       return -1;
     }
   }
-  if (dir->used > 0) {
+  if (dir->used > 0 && c->writable[1 - d]) {
     ssize_t n = splice(dir->pipe_r, NULL, dst, NULL, dir->used, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       dir->used -= (uint32_t)n;
@@ -876,7 +886,9 @@ static int dir_step(struct tcp_engine *e, int32_t id, int d, int64_t now) {
       atomic_fetch_add_explicit(d == 0 ? &e->bytes_up : &e->bytes_down, (uint64_t)n,
                                 memory_order_relaxed);
       progress = 1;
-    } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+    } else if (n < 0 && errno == EAGAIN) {
+      c->writable[1 - d] = 0;
+    } else if (n < 0 && errno != EINTR) {
       int err = errno;
       conn_end(e, id, d == 0 ? RL_TCP_END_UPSTREAM_RESET : RL_TCP_END_CLIENT_RESET, err, now);
       return -1;
@@ -926,6 +938,8 @@ static int socket_error(int fd) {
 static void conn_event(struct tcp_engine *e, int32_t id, int side, uint32_t events, int64_t now) {
   struct tcp_conn *c = &e->conns[id];
   if (c->state == TCP_FREE) return; /* a late event of a connection ended in this batch */
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->readable[side] = 1;
+  if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->writable[side] = 1;
   if (c->state == TCP_CONNECTING) {
     if (side != 1 || !(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
     int err = socket_error(c->fd[1]);
@@ -964,6 +978,9 @@ static void conn_add(struct tcp_engine *e, const struct tcp_cmd *cmd, int64_t no
   c->fd[1] = cmd->upstream_fd;
   c->start_ms = c->active_ms = now;
   c->connect_ms = UINT32_MAX;
+  /* epoll reports the current state on ADD (edge-triggered too); start optimistic. */
+  c->readable[0] = c->readable[1] = 1;
+  c->writable[0] = c->writable[1] = 1;
   for (int d = 0; d < 2; d++) {
     c->dir[d] = (struct tcp_dir){.pipe_r = -1, .pipe_w = -1};
   }
@@ -1057,7 +1074,10 @@ static void engine_free(struct tcp_engine *e) {
   if (e->epfd >= 0) close(e->epfd);
   if (e->cmdfd >= 0) close(e->cmdfd);
   if (e->evfd >= 0) close(e->evfd);
-  for (int32_t i = 0; i < e->pool_count * 2; i++) close(e->pool[i]);
+  for (int32_t i = 0; i < e->pool_count; i++) {
+    close(e->pool[i * 3]);
+    close(e->pool[i * 3 + 1]);
+  }
   pthread_mutex_destroy(&e->lock);
   free(e->conns);
   free(e->cmds);
@@ -1088,7 +1108,7 @@ int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_ti
   e->conns = calloc((size_t)slots, sizeof(*e->conns));
   e->cmds = calloc((size_t)slots, sizeof(*e->cmds));
   e->events = calloc((size_t)e->ev_cap, sizeof(*e->events));
-  e->pool = calloc(TCP_PIPE_POOL_MAX * 2, sizeof(int));
+  e->pool = calloc(TCP_PIPE_POOL_MAX * 3, sizeof(int));
   e->ready = calloc((size_t)slots, sizeof(int32_t));
   int err = ENOMEM;
   if (!e->conns || !e->cmds || !e->events || !e->pool || !e->ready) goto fail;
