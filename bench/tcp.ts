@@ -2,7 +2,7 @@
 // throughput and connections per second through the relay, through HAProxy 2.6 and
 // through plain kernel forwarding, in one lab run.
 //
-//   node_modules/.bin/bun bench/tcp.ts [--quick] [--reps N] [--no-haproxy]
+//   node_modules/.bin/bun bench/tcp.ts [--quick] [--reps N] [--no-haproxy] [--no-bun-stream]
 //
 //   client ns (iperf3 -c | tcp_load client) ── router ns ── server ns (iperf3 -s | tcp_load server)
 //
@@ -10,6 +10,8 @@
 //   kernel forwarding  5201 (iperf3) / 7201 (cps)   not intercepted: plain routing
 //   relay              5202 / 7202                  nft TPROXY -> relay listener 127.0.0.1:12346
 //   HAProxy 2.6        5203 / 7203                  nft TPROXY -> haproxy `bind ... transparent`
+//   pure-Bun relay     5204 / 7204                  nft TPROXY -> bench/tcp_bun_stream.ts (the
+//                                                   baseline the C splice engine replaced)
 // Both proxies connect upstream from the router's address (the default source) and
 // HAProxy runs with its default settings (no splice options, nbthread = CPUs).
 //
@@ -18,7 +20,7 @@
 // Each repetition runs the paths back to back in an order that rotates per repetition;
 // the table shows medians with min-max and the ratios to kernel forwarding. Results
 // also go to bench/results/tcp-latest.md.
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../src/config/load.ts";
@@ -31,12 +33,19 @@ const LOAD_SOURCE = join(import.meta.dir, "tcp_load.c");
 const LOAD = join(ROOT, "build", "bench", "tcp_load");
 const RESULTS = join(import.meta.dir, "results", "tcp-latest.md");
 
-type PathName = "kernel" | "relay" | "haproxy";
-const PATH_LABEL: Record<PathName, string> = { kernel: "kernel", relay: "relay", haproxy: "HAProxy 2.6" };
-const IPERF_PORT: Record<PathName, number> = { kernel: 5201, relay: 5202, haproxy: 5203 };
-const CPS_PORT: Record<PathName, number> = { kernel: 7201, relay: 7202, haproxy: 7203 };
+type PathName = "kernel" | "relay" | "haproxy" | "bunstream";
+const PATH_LABEL: Record<PathName, string> = {
+  kernel: "kernel",
+  relay: "relay",
+  haproxy: "HAProxy 2.6",
+  bunstream: "pure-Bun relay",
+};
+const IPERF_PORT: Record<PathName, number> = { kernel: 5201, relay: 5202, haproxy: 5203, bunstream: 5204 };
+const CPS_PORT: Record<PathName, number> = { kernel: 7201, relay: 7202, haproxy: 7203, bunstream: 7204 };
 const RELAY_LISTENER_PORT = 12346;
 const HAPROXY_LISTENER_PORT = 12350;
+const BUN_STREAM_LISTENER_PORT = 12351;
+const BUN_STREAM = join(import.meta.dir, "tcp_bun_stream.ts");
 const CPS_CONCURRENCY = 64;
 const REPS_MAX = 20;
 /** Targets from the issue: HAProxy 2.6 reaches about these shares of kernel forwarding. */
@@ -46,22 +55,25 @@ interface Args {
   quick: boolean;
   reps: number;
   haproxy: boolean;
+  bunStream: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, reps: 3, haproxy: true };
+  const args: Args = { quick: false, reps: 3, haproxy: true, bunStream: true };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--quick") args.quick = true;
     else if (a === "--no-haproxy") args.haproxy = false;
+    else if (a === "--no-bun-stream") args.bunStream = false;
     else if (a === "--reps") {
       const n = Number(argv[++i]);
       if (!Number.isInteger(n) || n < 1 || n > REPS_MAX) throw new Error(`--reps: 1-${REPS_MAX}`);
       args.reps = n;
       repsGiven = true;
     } else {
-      throw new Error(`unknown argument ${a}\nusage: bun bench/tcp.ts [--quick] [--reps N] [--no-haproxy]`);
+      throw new Error(`unknown argument ${a}\nusage: bun bench/tcp.ts [--quick] [--reps N] ` +
+        `[--no-haproxy] [--no-bun-stream]`);
     }
   }
   if (args.quick && !repsGiven) args.reps = 1;
@@ -98,11 +110,25 @@ async function waitForTcpPort(lab: Lab, ns: string, port: number, timeoutMs = 50
   throw new Error(`nothing listens on tcp port ${port} in ${ns} within ${timeoutMs} ms`);
 }
 
-function iperf(lab: Lab, port: number, seconds: number): number {
+/** User + system CPU seconds of a process, all threads (/proc/PID/task/TID/stat). */
+function cpuSeconds(pid: number, ticksPerSecond: number): number {
+  let ticks = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    ticks += Number(fields[11]) + Number(fields[12]); // utime, stime (man 5 proc: 14, 15)
+  }
+  return ticks / ticksPerSecond;
+}
+
+function iperf(lab: Lab, port: number, seconds: number): { gbps: number; bytes: number } {
   const r = lab.exec(lab.client, ["iperf3", "-c", LAB.server4, "-p", `${port}`, "-t", `${seconds}`,
     "-O", "1", "-J"]);
   const report = JSON.parse(r.stdout);
-  return report.end.sum_received.bits_per_second / 1e9;
+  // The whole run's bytes (the omitted first second included), for CPU per byte.
+  const bytes = report.end.sum_sent.bytes + (report.intervals as any[])
+    .filter((i) => i.sum.omitted).reduce((n, i) => n + i.sum.bytes, 0);
+  return { gbps: report.end.sum_received.bits_per_second / 1e9, bytes };
 }
 
 function cps(lab: Lab, port: number, warmupMs: number, measureMs: number) {
@@ -110,6 +136,7 @@ function cps(lab: Lab, port: number, warmupMs: number, measureMs: number) {
     `${warmupMs}`, `${measureMs}`]);
   return JSON.parse(r.stdout.trim().split("\n").pop()!) as {
     cps: number;
+    completed: number;
     failedSocket: number;
     failedReset: number;
     failedShort: number;
@@ -146,7 +173,10 @@ async function main(): Promise<void> {
   const iperfSeconds = args.quick ? 2 : 5;
   const cpsWarmupMs = args.quick ? 300 : 500;
   const cpsMeasureMs = args.quick ? 1500 : 3000;
-  const paths: PathName[] = args.haproxy ? ["kernel", "relay", "haproxy"] : ["kernel", "relay"];
+  const paths: PathName[] = ["kernel", "relay"];
+  if (args.haproxy) paths.push("haproxy");
+  if (args.bunStream) paths.push("bunstream");
+  const others = paths.filter((p) => p !== "kernel" && p !== "relay");
 
   const dir = mkdtempSync(join(tmpdir(), "relay-bench-tcp-"));
   const lab = Lab.create();
@@ -164,15 +194,19 @@ async function main(): Promise<void> {
     };
     const config = parseConfig(raw);
     lab.installRules(nftRuleset(config), policyRoutingCommands(config));
-    // HAProxy's interception in its own table; the relay's table already delivers packets
-    // of established transparent sockets (HAProxy's accepted ones included) locally.
+    // The other proxies' interception in their own table; the relay's table already
+    // delivers packets of established transparent sockets (theirs included) locally.
+    const listenerOf: Partial<Record<PathName, number>> = {
+      haproxy: HAPROXY_LISTENER_PORT,
+      bunstream: BUN_STREAM_LISTENER_PORT,
+    };
     lab.exec(lab.router, ["nft", "-f", "-"], [
-      "table inet bench_haproxy {",
+      "table inet bench_others {",
       "  chain prerouting {",
       "    type filter hook prerouting priority mangle; policy accept;",
-      `    iifname "${LAB.routerClientIf}" meta nfproto ipv4 tcp dport { ${IPERF_PORT.haproxy}, ` +
-        `${CPS_PORT.haproxy} } tproxy ip to 127.0.0.1:${HAPROXY_LISTENER_PORT} ` +
-        `meta mark set ${config.tproxyMark} accept`,
+      ...others.map((p) => `    iifname "${LAB.routerClientIf}" meta nfproto ipv4 tcp dport ` +
+        `{ ${IPERF_PORT[p]}, ${CPS_PORT[p]} } tproxy ip to 127.0.0.1:${listenerOf[p]} ` +
+        `meta mark set ${config.tproxyMark} accept`),
       "  }",
       "}",
     ].join("\n") + "\n");
@@ -182,12 +216,21 @@ async function main(): Promise<void> {
     const configPath = join(dir, "relay.json");
     writeFileSync(configPath, JSON.stringify(raw));
     relay = await RelayProcess.start(lab, configPath);
+    // `ip netns exec` execs its command: each spawned pid is the proxy's own.
+    const proxyPid: Partial<Record<PathName, number>> = { relay: relay.proc.pid };
     if (args.haproxy) {
       const haproxyPath = join(dir, "haproxy.cfg");
       writeFileSync(haproxyPath, HAPROXY_CONFIG);
-      lab.spawn(lab.router, ["haproxy", "-f", haproxyPath, "-db"]);
+      proxyPid.haproxy = lab.spawn(lab.router, ["haproxy", "-f", haproxyPath, "-db"]).pid;
       await waitForTcpPort(lab, lab.router, HAPROXY_LISTENER_PORT);
     }
+    if (args.bunStream) {
+      proxyPid.bunstream = lab.spawn(lab.router, [process.execPath, BUN_STREAM, "127.0.0.1",
+        `${BUN_STREAM_LISTENER_PORT}`]).pid;
+      await waitForTcpPort(lab, lab.router, BUN_STREAM_LISTENER_PORT);
+    }
+    const ticksPerSecond = Number(run(["getconf", "CLK_TCK"]).stdout.trim()) || 100;
+    const cpuOf = (p: PathName) => (proxyPid[p] ? cpuSeconds(proxyPid[p]!, ticksPerSecond) : 0);
     for (const p of paths) {
       await waitForTcpPort(lab, lab.server, IPERF_PORT[p]);
       await waitForTcpPort(lab, lab.server, CPS_PORT[p]);
@@ -196,18 +239,31 @@ async function main(): Promise<void> {
 
     const gbps: Record<string, number[]> = {};
     const rate: Record<string, number[]> = {};
+    /** Proxy CPU seconds per GB relayed (iperf3) and CPU microseconds per connection. */
+    const cpuPerGb: Record<string, number[]> = {};
+    const cpuPerConnUs: Record<string, number[]> = {};
     const failures: Record<string, number> = {};
     for (const p of paths) {
       gbps[p] = [];
       rate[p] = [];
+      cpuPerGb[p] = [];
+      cpuPerConnUs[p] = [];
       failures[p] = 0;
     }
     for (let rep = 0; rep < args.reps; rep++) {
       const order = paths.map((_, i) => paths[(i + rep) % paths.length]);
       for (const p of order) {
-        gbps[p].push(iperf(lab, IPERF_PORT[p], iperfSeconds));
+        const cpu0 = cpuOf(p);
+        const t = iperf(lab, IPERF_PORT[p], iperfSeconds);
+        const cpu1 = cpuOf(p);
+        gbps[p].push(t.gbps);
+        cpuPerGb[p].push((cpu1 - cpu0) / (t.bytes / 1e9));
         const c = cps(lab, CPS_PORT[p], cpsWarmupMs, cpsMeasureMs);
+        const cpu2 = cpuOf(p);
         rate[p].push(c.cps);
+        // Warmup connections included: CPU over the whole run / every connection in it.
+        const conns = c.completed * (cpsWarmupMs + cpsMeasureMs) / cpsMeasureMs;
+        cpuPerConnUs[p].push((cpu2 - cpu1) * 1e6 / conns);
         failures[p] += c.failedSocket + c.failedReset + c.failedShort;
         console.error(`[bench] rep ${rep + 1}/${args.reps} ${PATH_LABEL[p]}: ` +
           `${gbps[p].at(-1)!.toFixed(2)} Gbit/s, ${Math.round(c.cps)} conn/s`);
@@ -222,16 +278,26 @@ async function main(): Promise<void> {
       return `**${r.toFixed(2)}** (${r >= target ? ">=" : "<"} ${target})`;
     };
     const header = ["metric", ...paths.map((p) => `${PATH_LABEL[p]} median [min-max]`),
-      "relay/kernel", ...(args.haproxy ? ["HAProxy/kernel", "relay/HAProxy"] : [])];
+      "relay/kernel", ...others.map((p) => `${PATH_LABEL[p]}/kernel`),
+      ...(args.haproxy ? ["relay/HAProxy"] : [])];
     const row = (name: string, v: Record<string, number[]>, digits: number, target: number) => [
       name, ...paths.map((p) => fmtRange(v[p], digits)), ratio("relay", v, target),
-      ...(args.haproxy ? [ratio("haproxy", v, target), (median(v.relay) / median(v.haproxy)).toFixed(2)] : []),
+      ...others.map((p) => ratio(p, v, target)),
+      ...(args.haproxy ? [(median(v.relay) / median(v.haproxy)).toFixed(2)] : []),
     ];
     const table = [
       `| ${header.join(" | ")} |`,
       `|${header.map(() => "---").join("|")}|`,
       `| ${row("iperf3 1 stream (Gbit/s)", gbps, 2, TARGET_RATIO.iperf).join(" | ")} |`,
       `| ${row(`conn/s (${CPS_CONCURRENCY} in flight, 64 B each way)`, rate, 0, TARGET_RATIO.cps).join(" | ")} |`,
+    ];
+    const cpuRow = (name: string, v: Record<string, number[]>, digits: number) =>
+      `| ${name} | ${paths.map((p) => (p === "kernel" ? "-" : fmtRange(v[p], digits))).join(" | ")} |`;
+    const cpuTable = [
+      `| proxy CPU (user+sys, all threads) | ${paths.map((p) => PATH_LABEL[p]).join(" | ")} |`,
+      `|${["", ...paths].map(() => "---").join("|")}|`,
+      cpuRow("iperf3: CPU s per GB relayed", cpuPerGb, 3),
+      cpuRow("conn/s: CPU us per connection", cpuPerConnUs, 0),
     ];
     const report = [
       "## TCP relay benchmark",
@@ -244,9 +310,15 @@ async function main(): Promise<void> {
         `${Math.round((performance.now() - started) / 1000)} s`,
       `- targets (ratio to kernel forwarding): iperf3 >= ${TARGET_RATIO.iperf}, conn/s >= ${TARGET_RATIO.cps}`,
       `- relay: TCP splice engine (C thread), tcp.bufferBytesMax ${config.tcp.bufferBytesMax} B per ` +
-        `direction; HAProxy 2.6 default settings`,
+        `direction; HAProxy 2.6 default settings; pure-Bun relay: bench/tcp_bun_stream.ts ` +
+        `(Bun.listen({fd}) + Bun.connect, bytes through JavaScript)`,
       "",
       ...table,
+      "",
+      "Proxy CPU during the same runs (the kernel's own forwarding work is not attributed to a process;",
+      "softirq work done while a proxy thread sends is charged to that proxy):",
+      "",
+      ...cpuTable,
       "",
       `Failed transactions (socket/reset/short, all reps): ` +
         paths.map((p) => `${PATH_LABEL[p]} ${failures[p]}`).join(", "),

@@ -9,9 +9,14 @@
 // it stays here where policy lives; the bytes never enter JavaScript: the engine in
 // ffi/relay.c moves them with splice(2) through one pipe per direction, which is also
 // the per-direction bound (tcp.bufferBytesMax): a slow reader stalls its writer
-// through TCP flow control instead of growing a buffer. A pure-Bun relay
-// (Bun.listen({fd}) + Bun.connect, backpressure by pause/resume) reached ~0.35 of
-// kernel forwarding on iperf3 in the lab; see README "TCP" for the numbers.
+// through TCP flow control instead of growing a buffer.
+//
+// Why not Bun sockets for the bytes (bench/tcp_bun_stream.ts, measured by
+// bench/tcp.ts beside this relay): a pure-Bun stream relay reaches similar single-
+// stream throughput here but spends about twice the CPU per byte (~0.5 vs ~0.25 s/GB),
+// all of it on the one JavaScript thread that also runs the UDP data path and every
+// decision; and Bun.connect() offers no SO_MARK, no IP_TRANSPARENT bind to the
+// client's address and no way to forward a RST, which this relay needs.
 //
 // Wake-ups: the listeners and the engine's event fd sit in one Poller (the C epoll
 // thread, EPOLLONESHOT); each is drained, bounded, and re-armed in a `finally`.
@@ -209,7 +214,8 @@ export class TcpRelay {
     this.connAddrs = new Uint8Array(n * 32);
     this.connPorts = new Uint32Array(n);
 
-    this.poller = new Poller(lib, (token) => this.onWake(token));
+    // Listeners and the engine event fd only: a handful of tokens.
+    this.poller = new Poller(lib, (token) => this.onWake(token), { tokensMax: 1024 });
   }
 
   /** Opens the listeners, the splice engine and the poll thread. Throws with a clear message. */
