@@ -15,8 +15,10 @@
 // bench/tcp.ts beside this relay): a pure-Bun stream relay reaches similar single-
 // stream throughput here but spends about twice the CPU per byte (~0.5 vs ~0.25 s/GB),
 // all of it on the one JavaScript thread that also runs the UDP data path and every
-// decision; and Bun.connect() offers no SO_MARK, no IP_TRANSPARENT bind to the
-// client's address and no way to forward a RST, which this relay needs.
+// decision. (Bun.connect({fd}) does adopt a socket made in C, so SO_MARK and the
+// client-address bind would be reachable that way; net.Socket({fd}) does not work in
+// Bun 1.4.5. Forwarding a RST needs SO_LINGER 0 on the peer socket, which the engine
+// sets directly.)
 //
 // Wake-ups: the listeners and the engine's event fd sit in one Poller (the C epoll
 // thread, EPOLLONESHOT); each is drained, bounded, and re-armed in a `finally`.
