@@ -111,19 +111,24 @@ int32_t rl_send_batch(uint8_t *slab, struct rl_send *sends, int32_t count);
 /* TCP helpers: original destination under REDIRECT/DNAT (SO_ORIGINAL_DST). */
 int32_t rl_original_dst(int32_t fd, uint8_t *addr_out);
 
-/* The epoll thread. rl_poll_open() returns a poller handle (>= 0). The thread calls
- * wake(token) for every ready socket; sockets are armed EPOLLIN|EPOLLONESHOT, so JS
- * must rl_poll_rearm() after draining. rl_poll_stop() joins the thread: only after it
- * returns may JS close the callback. */
-typedef void (*rl_wake_fn)(int32_t token);
-int32_t rl_poll_open(void);
+/* The epoll thread. rl_poll_open(tokens_max) returns a poller handle (>= 0). Sockets
+ * are armed EPOLLIN|EPOLLONESHOT with a token (< 2^30). The thread pushes each ready
+ * token (bit 30 set when EPOLLERR) into a ring and calls wake(count) only when JS is
+ * idle. JS then loops: rl_poll_take() tokens, drain each socket, rl_poll_rearm() it;
+ * when rl_poll_take() returns 0, rl_poll_sleep(): 0 means idle (a wake call will come),
+ * 1 means more arrived meanwhile (keep going). rl_poll_stop() joins the thread: only
+ * after it returns may JS close the callback. */
+typedef void (*rl_wake_fn)(int32_t count);
+int32_t rl_poll_open(int32_t tokens_max);
 int32_t rl_poll_add(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_rearm(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_del(int32_t poller, int32_t fd);
 int32_t rl_poll_start(int32_t poller, rl_wake_fn wake);
+int32_t rl_poll_take(int32_t poller, uint32_t *out, int32_t count);
+int32_t rl_poll_sleep(int32_t poller);
 int32_t rl_poll_stop(int32_t poller);
-/* Number of wake calls the thread has made (for metrics). */
-int32_t rl_poll_wakes(int32_t poller);
+/* Counters: 0 wake calls, 1 ready events, 2 ring overflows (must stay 0). */
+int32_t rl_poll_stat(int32_t poller, int32_t which);
 
 /* ---- TCP (issue 4) ----
  * Bun decides, C copies. Accepting, the original destination and the upstream

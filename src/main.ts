@@ -82,6 +82,8 @@ function snapshot(relay: UdpRelay, tcp: TcpRelay | null, sessionsListed: number,
       upstreamSockets: relay.upstreamSocketCount,
       replySockets: relay.replies.count,
       pollWakes: relay.wakeCount,
+      pollEvents: relay.readyEventCount,
+      pollRingOverflows: relay.pollRingOverflows,
     },
     sessions: relay.sessionViews(sessionsListed),
     // null without TCP listeners; connections: the first `--sessions N` open ones.

@@ -3,14 +3,16 @@
 //   listener (TPROXY) --recvmmsg--> session table --sendmmsg--> upstream socket --> target
 //   client <--sendmmsg-- listener (IP_PKTINFO) or reply socket <--recvmmsg-- upstream socket
 //
-// One thread. The C epoll thread wakes us with a socket token; we drain up to
-// drainBatchesMax batches from that socket, send what they produce in one
-// rl_send_batch per batch, and re-arm the socket in a `finally`.
+// One thread. The C epoll thread hands us ready sockets in rounds (src/sys/poller.ts):
+// for each we receive up to drainBatchesMax batches into the free part of the slab,
+// queue one send per datagram, and re-arm the socket in a `finally`. At the end of the
+// round, or when the slab is full, everything queued goes out in one rl_send_batch
+// (runs per socket become one sendmmsg each): 256 flows' replies through one listener
+// leave in a handful of syscalls instead of one per flow.
 //
 // Memory: one receive slab (batchCountMax slots of datagramBytesMax), one metadata
 // table and one send table, allocated here once. Payloads are never copied: send
-// entries point into the receive slab, and each batch is sent before the next
-// receive reuses the slab.
+// entries point into the slab, and slots are reused only after their sends went out.
 
 import { type Pointer, ptr } from "bun:ffi";
 import type { Config, ListenerConfig } from "../config/load.ts";
@@ -43,6 +45,7 @@ import {
 import type { RelayLib } from "../sys/ffi.ts";
 import {
   META,
+  META_BYTES,
   META_FLAG_HAS_ORIGDST,
   META_FLAG_TRUNCATED,
   META_WORDS,
@@ -123,7 +126,15 @@ export class UdpRelay {
   private readonly send32: Uint32Array;
   private readonly sendI32: Int32Array;
   private readonly send16: Uint16Array;
+  /** Per queued send: 1 to a target, 0 to a client (for the counters). */
+  private readonly sendToTarget: Uint8Array;
   private sendCount = 0;
+  /** Slab slots (and metadata records) holding datagrams of this round. */
+  private slotsUsed = 0;
+  /** Scratch metadata for the error queue, apart from the slots of the round. */
+  private readonly errorMeta: Uint8Array;
+  private readonly errorMetaPtr: Pointer;
+  private readonly errorMeta32: Uint32Array;
   /** Metadata word of the datagram that opens a session (openSession reads its scope). */
   private currentMetaWord = 0;
 
@@ -188,6 +199,10 @@ export class UdpRelay {
     this.send32 = new Uint32Array(this.sends.buffer);
     this.sendI32 = new Int32Array(this.sends.buffer);
     this.send16 = new Uint16Array(this.sends.buffer);
+    this.sendToTarget = new Uint8Array(this.batchCount);
+    this.errorMeta = new Uint8Array(META_WORDS * 4 * ERRORS_DRAIN_MAX);
+    this.errorMetaPtr = ptr(this.errorMeta);
+    this.errorMeta32 = new Uint32Array(this.errorMeta.buffer);
 
     const listenerCount = config.listeners.length;
     // Tokens: listeners + one upstream socket per session at most + reply sockets.
@@ -213,7 +228,11 @@ export class UdpRelay {
     this.sessions = new SessionTable(udp.sessionsMax, config.timeoutClassesMs);
     this.sessions.onEnd = (slot, reason) => this.onSessionEnd(slot, reason);
 
-    this.poller = new Poller(lib, (token) => this.onWake(token));
+    this.poller = new Poller(lib, (token) => this.onToken(token), {
+      tokensMax,
+      onRoundEnd: () => this.endRound(),
+      onError: (err) => this.log("poller", `data path error: ${(err as Error).stack ?? err}`),
+    });
     this.replies = new ReplyPool(
       lib,
       {
@@ -274,6 +293,15 @@ export class UdpRelay {
 
   get wakeCount(): number {
     return this.poller.wakes;
+  }
+
+  /** Ready events the epoll thread reported (one wake call carries many). */
+  get readyEventCount(): number {
+    return this.poller.events;
+  }
+
+  get pollRingOverflows(): number {
+    return this.poller.overflows;
   }
 
   /** Snapshot of live sessions for the control plane (bounded by `limit`). */
@@ -353,7 +381,7 @@ export class UdpRelay {
 
   // ---- the data path ----
 
-  private onWake(wake: number): void {
+  private onToken(wake: number): void {
     const token = wake & WAKE_TOKEN_MASK;
     const kind = this.socketKind[token];
     if (kind === SocketKind.Free) return; // closed since the wake-up was queued
@@ -374,32 +402,40 @@ export class UdpRelay {
     const now = performance.now();
     const ref = this.socketRef[token];
     for (let batch = 0; batch < this.config.udp.drainBatchesMax; batch++) {
-      const n = this.lib.rl_recv_batch(fd, this.slabPtr, this.slotBytes, this.batchCount,
-        this.metaPtr);
+      if (this.slotsUsed === this.batchCount) this.endRound();
+      const first = this.slotsUsed;
+      const room = this.batchCount - first;
+      const n = this.lib.rl_recv_batch(fd, (this.slabPtr + first * this.slotBytes) as Pointer,
+        this.slotBytes, room, (this.metaPtr + first * META_BYTES) as Pointer);
       if (n < 0) {
         this.onReceiveError(fd, -n);
         continue; // the error is consumed; datagrams may still wait behind it
       }
       if (n === 0) return;
       this.counters.batches++;
-      const toClients = kind === SocketKind.Upstream;
-      if (toClients) this.fromTargets(ref, n, now);
-      else this.fromClients(kind === SocketKind.Listener ? ref : this.replies.listener[ref], n, now);
-      this.flush(!toClients);
-      if (n < this.batchCount) return;
+      this.slotsUsed += n;
+      if (kind === SocketKind.Upstream) this.fromTargets(ref, first, n, now);
+      else this.fromClients(kind === SocketKind.Listener ? ref : this.replies.listener[ref], first, n, now);
+      if (n < room) return; // drained: the socket had no more
       // A new flow may have closed this very socket (reply pool full): stop reading it.
       if (this.socketFd[token] !== fd || this.socketKind[token] !== kind) return;
     }
   }
 
+  /** Sends everything queued this round and frees the slab for the next. */
+  private endRound(): void {
+    this.flush();
+    this.slotsUsed = 0;
+  }
+
   /** Datagrams from clients, on a listener (or a reply socket that caught them). */
-  private fromClients(listener: number, n: number, now: number): void {
+  private fromClients(listener: number, first: number, n: number, now: number): void {
     const sessions = this.sessions;
     const key = sessions.key;
     const meta32 = this.meta32;
     const meta16 = this.meta16;
     const c = this.counters;
-    for (let i = 0; i < n; i++) {
+    for (let i = first; i < first + n; i++) {
       const w = i * META_WORDS;
       const h = w * 2;
       const length = meta32[w + META.lengthWord];
@@ -437,6 +473,7 @@ export class UdpRelay {
       sessions.packetsToTarget[s]++;
       sessions.bytesToTarget[s] += length;
       // To the original destination, from the session's upstream socket.
+      this.sendToTarget[this.sendCount] = 1;
       const d = this.sendCount++ * SEND_WORDS;
       const send32 = this.send32;
       send32[d] = key[4];
@@ -453,7 +490,7 @@ export class UdpRelay {
   }
 
   /** Replies from original destinations, on an upstream socket. */
-  private fromTargets(upstream: number, n: number, now: number): void {
+  private fromTargets(upstream: number, first: number, n: number, now: number): void {
     const sessions = this.sessions;
     const key = sessions.key;
     const meta32 = this.meta32;
@@ -462,7 +499,7 @@ export class UdpRelay {
     const upKeys = this.upstreams.keys;
     const u = upstream * UPSTREAM_KEY_WORDS;
     const clientPort = upKeys[u + 4];
-    for (let i = 0; i < n; i++) {
+    for (let i = first; i < first + n; i++) {
       const w = i * META_WORDS;
       const h = w * 2;
       const length = meta32[w + META.lengthWord];
@@ -493,6 +530,7 @@ export class UdpRelay {
       sessions.bytesToClient[s] += length;
       // To the client, from the original destination: on the reply socket bound to
       // it, or on the listener with the source set by IP_PKTINFO.
+      this.sendToTarget[this.sendCount] = 0;
       const d = this.sendCount++ * SEND_WORDS;
       const send32 = this.send32;
       send32[d] = key[0];
@@ -518,28 +556,24 @@ export class UdpRelay {
     }
   }
 
-  /** Sends the queued batch. One drain reads one socket, so a batch goes one way. */
-  private flush(toTargets: boolean): void {
+  /** Sends every queued datagram (both directions; rl_send_batch groups them by socket). */
+  private flush(): void {
     const count = this.sendCount;
     if (count === 0) return;
     this.sendCount = 0;
-    const sent = this.lib.rl_send_batch(this.slabPtr, this.sendsPtr, count);
+    this.lib.rl_send_batch(this.slabPtr, this.sendsPtr, count);
     const c = this.counters;
-    let bytes = 0;
     for (let k = 0; k < count; k++) {
       const result = this.sendI32[k * SEND_WORDS + SEND.resultWord];
-      if (result >= 0) {
-        bytes += result;
-        continue;
+      if (result < 0) {
+        this.onSendError(k, -result);
+      } else if (this.sendToTarget[k] === 1) {
+        c.packetsToTargets++;
+        c.bytesToTargets += result;
+      } else {
+        c.packetsToClients++;
+        c.bytesToClients += result;
       }
-      this.onSendError(k, -result);
-    }
-    if (toTargets) {
-      c.packetsToTargets += sent;
-      c.bytesToTargets += bytes;
-    } else {
-      c.packetsToClients += sent;
-      c.bytesToClients += bytes;
     }
   }
 
@@ -582,7 +616,7 @@ export class UdpRelay {
 
     // Evicting a session may close its upstream socket, whose fd can be in this batch's
     // queued sends (and be reused by the next socket()): send them first.
-    if (sessions.index.full) this.flush(true);
+    if (sessions.index.full) this.flush();
     const s = sessions.create(now, this.config.timeoutClassByPort[targetPort]);
     sessions.listener[s] = listener;
     sessions.reply[s] = reply;
@@ -716,11 +750,11 @@ export class UdpRelay {
   }
 
   private drainErrors(fd: number): void {
-    const n = this.lib.rl_recv_errors(fd, ERRORS_DRAIN_MAX, this.metaPtr);
+    const n = this.lib.rl_recv_errors(fd, ERRORS_DRAIN_MAX, this.errorMetaPtr);
     if (n <= 0) return;
     const c = this.counters;
     for (let i = 0; i < n; i++) {
-      const errno = this.meta32[i * META_WORDS + META.lengthWord];
+      const errno = this.errorMeta32[i * META_WORDS + META.lengthWord];
       if (errno === E.ECONNREFUSED) c.icmpPortUnreachable++;
       else if (errno === E.EHOSTUNREACH) c.icmpHostUnreachable++;
       else if (errno === E.ENETUNREACH) c.icmpNetUnreachable++;
@@ -759,8 +793,9 @@ export class UdpRelay {
     this.replies.sweep(now, REPLY_SWEEP_BUDGET_PER_TICK);
     // Lost wake-up recovery: drain listeners directly (cheap: one recvmmsg each when idle).
     for (let i = 0; i < this.listenerFd.length; i++) {
-      if (this.listenerFd[i] >= 0) this.onWake(this.listenerToken[i]);
+      if (this.listenerFd[i] >= 0) this.onToken(this.listenerToken[i]);
     }
+    this.endRound();
   }
 
   private describeKeyTarget(port: number): string {

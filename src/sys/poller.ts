@@ -1,27 +1,58 @@
-// The epoll thread's bridge to JavaScript. C runs epoll_wait on every data socket
-// (EPOLLONESHOT) and calls one threadsafe JSCallback with the socket's token; the
-// handler drains the socket and re-arms it in a `finally` (DESIGN.md: a handler that
-// throws before re-arming would stall that socket forever).
-import { JSCallback, FFIType } from "bun:ffi";
+// The epoll thread's bridge to JavaScript (ffi/relay.c "The epoll thread").
+//
+// C runs epoll_wait on every data socket (EPOLLONESHOT), pushes each ready socket's
+// token into a ring, and calls one threadsafe JSCallback only when we said we are
+// idle. run() then takes tokens in rounds: for each, onToken() drains the socket and
+// re-arms it (in its own `finally`: a socket not re-armed would stall forever);
+// onRoundEnd() lets the caller send what the round produced in one batch. When the
+// ring is empty we tell C we are going idle (rl_poll_sleep), closing the race with a
+// token pushed meanwhile.
+import { FFIType, JSCallback, type Pointer, ptr } from "bun:ffi";
 import type { RelayLib } from "./ffi.ts";
 
 /** Set on the token by the C thread when epoll reported EPOLLERR (ICMP error queued). */
 export const WAKE_ERROR_FLAG = 0x40000000;
 export const WAKE_TOKEN_MASK = 0x3fffffff;
 
+/** Tokens taken from the ring per call. */
+const TAKE_COUNT_MAX = 256;
+/** Rounds per callback before yielding to the event loop (timers, signals, TCP). */
+const ROUNDS_MAX = 64;
+
+export interface PollerOptions {
+  /** Sockets registered at most (sizes the C ring). */
+  tokensMax: number;
+  /** Called after each round of tokens. */
+  onRoundEnd?: () => void;
+  /** An exception from onToken/onRoundEnd: reported, never allowed to stop the loop. */
+  onError?: (err: unknown) => void;
+}
+
 export class Poller {
   private readonly lib: RelayLib;
   private readonly handle: number;
   private readonly callback: JSCallback;
+  private readonly ready = new Uint32Array(TAKE_COUNT_MAX);
+  private readonly readyPtr: Pointer;
+  private readonly onToken: (token: number) => void;
+  private readonly onRoundEnd: () => void;
+  private readonly onError: (err: unknown) => void;
+  private readonly runBound = () => this.run();
   private running = false;
   private closed = false;
+  /** A run() is scheduled with setImmediate (busy, or after an error). */
+  private scheduled = false;
 
-  constructor(lib: RelayLib, onWake: (token: number) => void) {
+  constructor(lib: RelayLib, onToken: (token: number) => void, options: PollerOptions) {
     this.lib = lib;
-    const handle = lib.rl_poll_open();
+    this.onToken = onToken;
+    this.onRoundEnd = options.onRoundEnd ?? (() => {});
+    this.onError = options.onError ?? ((err) => console.error("[relay] poller:", err));
+    this.readyPtr = ptr(this.ready);
+    const handle = lib.rl_poll_open(options.tokensMax);
     if (handle < 0) throw new Error(`epoll_create1/eventfd failed: ${-handle}`);
     this.handle = handle;
-    this.callback = new JSCallback(onWake, {
+    this.callback = new JSCallback(this.runBound, {
       args: [FFIType.i32],
       returns: FFIType.void,
       threadsafe: true,
@@ -40,14 +71,54 @@ export class Poller {
     return this.lib.rl_poll_del(this.handle, fd);
   }
 
+  /** Wake calls from the C thread (each may carry many ready sockets). */
   get wakes(): number {
-    return this.lib.rl_poll_wakes(this.handle);
+    return this.lib.rl_poll_stat(this.handle, 0);
+  }
+
+  /** Ready events the C thread reported. */
+  get events(): number {
+    return this.lib.rl_poll_stat(this.handle, 1);
+  }
+
+  /** Ring overflows: an invariant says 0. */
+  get overflows(): number {
+    return this.lib.rl_poll_stat(this.handle, 2);
   }
 
   start(): void {
     const rc = this.lib.rl_poll_start(this.handle, this.callback.ptr!);
     if (rc < 0) throw new Error(`poll thread did not start: ${-rc}`);
     this.running = true;
+  }
+
+  /** Takes ready tokens in rounds until the ring is empty, then goes idle. */
+  private run(): void {
+    this.scheduled = false;
+    if (this.closed) return;
+    for (let round = 0; round < ROUNDS_MAX; round++) {
+      const n = this.lib.rl_poll_take(this.handle, this.readyPtr, TAKE_COUNT_MAX);
+      if (n <= 0) {
+        if (this.lib.rl_poll_sleep(this.handle) === 0) return; // idle: C will call us
+        continue;
+      }
+      for (let k = 0; k < n; k++) {
+        try {
+          this.onToken(this.ready[k]);
+        } catch (err) {
+          this.onError(err);
+        }
+      }
+      try {
+        this.onRoundEnd();
+      } catch (err) {
+        this.onError(err);
+      }
+    }
+    // Still busy: let the event loop turn (timers, signals), then go on. We hold the
+    // "awake" flag, so C does not call us meanwhile.
+    this.scheduled = true;
+    setImmediate(this.runBound);
   }
 
   /** Joins the thread, then closes the callback (calling it after close() segfaults). */

@@ -66,7 +66,7 @@ describe("C helper", () => {
 
   test("the epoll poller opens, starts, stops and closes its callback", () => {
     const { Poller } = require("../../src/sys/poller.ts");
-    const poller = new Poller(lib, () => {});
+    const poller = new Poller(lib, () => {}, { tokensMax: 16 });
     poller.start();
     expect(poller.isRunning).toBe(true);
     poller.stop();
