@@ -34,9 +34,14 @@ export function nftRuleset(config: Config): string {
     // client connection the relay accepted, or the server's reply to an upstream
     // connection made from the client's address) is delivered to it locally. Without
     // it, replies to client-source connections would be forwarded to the real client.
+    // A bare SYN opens a new connection and is left to the tproxy rule, which retires a
+    // TIME_WAIT socket left on the same 4-tuple by an earlier connection (the relay
+    // closed first) in favour of the listener (nf_tproxy_handle_time_wait4/6), instead
+    // of delivering the SYN to that leftover socket.
     lines.push(`    # packets of established transparent TCP sockets (accepted clients; replies`);
     lines.push(`    # to upstream connections made from the client's address): deliver locally`);
-    lines.push(`    meta l4proto tcp socket transparent 1 meta mark set ${hex(config.tproxyMark)} accept`);
+    lines.push(`    meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 ` +
+      `meta mark set ${hex(config.tproxyMark)} accept`);
   }
   lines.push(`    # replies to the relay's own upstream sockets: never intercept (no loop)`);
   lines.push(`    ct mark ${hex(config.mark)} return`);

@@ -199,7 +199,31 @@ def case_grace(host, port, arg):
     return {"lateAnswer": answer, "idleError": idle_error}
 
 
+def case_reuse(host, port, arg):
+    """Two connections from the same client port, one after the other, to a server that
+    closes first: the relay then closes first towards the client and keeps the 4-tuple
+    in TIME_WAIT. The second SYN must still reach the relay's listener at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    source_port = int(arg)
+    times = []
+    hellos = []
+    for _ in range(2):
+        start = time.monotonic()
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(TIMEOUT_S)
+        s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", source_port))
+        s.connect((host, port))
+        hellos.append(read_all(s).decode().strip())  # HELLO, then the server's FIN
+        s.shutdown(socket.SHUT_WR)
+        read_all(s)
+        s.close()
+        times.append(round((time.monotonic() - start) * 1000))
+    return {"hellos": hellos, "elapsedMs": times}
+
+
 CASES = {
+    "reuse": case_reuse,
     "peer": case_peer,
     "reset": case_reset,
     "halfclose": case_halfclose,

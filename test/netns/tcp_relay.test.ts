@@ -198,6 +198,14 @@ if (!skip) {
         expect(after.upstreamResets - before.upstreamResets).toBe(1);
       });
 
+      test(`${f.name}: a client port reused at once after the relay closed first (TIME_WAIT)`, () => {
+        // The relay holds the first connection's 4-tuple in TIME_WAIT; a SYN that went
+        // astray would be retransmitted after >= 1 s and show as a slow second connection.
+        const r = client("reuse", f.server, PORT.halfclose, f.name === "IPv4" ? 40111 : 40112);
+        expect(r.hellos).toEqual(["HELLO", "HELLO"]);
+        expect(r.elapsedMs[1]).toBeLessThan(900);
+      });
+
       test(`${f.name}: a slow reader stalls the writer (bounded buffering), then gets every byte`, () => {
         const r = client("slow", f.server, PORT.slow, 1.0);
         expect(r.doneOk).toBe(true);

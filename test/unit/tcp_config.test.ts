@@ -75,7 +75,8 @@ describe("TCP config", () => {
 describe("TCP rules", () => {
   test("socket-transparent delivery first, then the loop exemption, tproxy and redirect rules", () => {
     const lines = nftRuleset(config).split("\n").map((l) => l.trim());
-    const socket = lines.indexOf("meta l4proto tcp socket transparent 1 meta mark set 0x1 accept");
+    const socket = lines.indexOf("meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 " +
+      "meta mark set 0x1 accept");
     const exempt = lines.indexOf("ct mark 0x1ee7 return");
     const tcp4 = lines.findIndex((l) => l.includes("tproxy ip to 127.0.0.1:12346"));
     expect(socket).toBeGreaterThan(0);
