@@ -178,6 +178,7 @@ export class TcpRelay {
   private readonly lastLogMs = new Map<string, number>();
   private stopping = false;
   private closed = false;
+  private pollWakesFinal = 0;
 
   constructor(lib: RelayLib, config: Config) {
     this.lib = lib;
@@ -279,9 +280,12 @@ export class TcpRelay {
     if (this.closed) return;
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
+    this.pollWakesFinal = this.poller.wakes;
     this.poller.stop();
     if (this.engine >= 0) {
       this.drainEvents();
+      // Keep the engine's last totals for the final metrics line.
+      this.lib.rl_tcp_engine_stats(this.engine, this.statsPtr);
       this.lib.rl_tcp_engine_close(this.engine);
       this.engine = -1;
     }
@@ -304,7 +308,7 @@ export class TcpRelay {
       pipesInUse: this.stats[TCP_STATS.pipesInUse],
       pipesPooled: this.stats[TCP_STATS.pipesPooled],
       eventsLost: this.stats[TCP_STATS.eventsLost],
-      pollWakes: this.closed ? 0 : this.poller.wakes,
+      pollWakes: this.closed ? this.pollWakesFinal : this.poller.wakes,
     };
   }
 

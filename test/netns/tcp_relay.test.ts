@@ -302,6 +302,14 @@ if (!skip) {
       expect(final.tcp.abortedAtShutdown).toBe(1);
       expect(final.tcp.connectionsActive).toBe(0);
       expect(final.tcp.eventsLost).toBe(0);
+      // Every connection of the whole file is accounted for exactly once.
+      const t = final.tcp;
+      expect(t.accepted).toBe(t.rejectedLimit + t.droppedNoOriginalDst + t.upstreamNoDescriptors +
+        t.upstreamSocketFailed + t.closed + t.clientResets + t.upstreamResets + t.connectRefused +
+        t.connectTimeouts + t.connectFailed + t.idleTimeouts + t.abortedAtShutdown + t.resourceFailures);
+      expect(t.bytesToUpstream).toBe(t.bytesToUpstreamClosed);
+      expect(t.bytesToClients).toBe(t.bytesToClientsClosed);
+      expect(t.pipesInUse).toBe(0);
       env.relay = null;
     });
   });
