@@ -1,12 +1,25 @@
 // Runs the relay as a child process in a namespace and talks to it through its JSON
 // lines on stdout (ready, metrics on SIGUSR1, final on SIGTERM).
 import type { Subprocess } from "bun";
+import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import type { Lab } from "./netns.ts";
 
 const ROOT = join(import.meta.dir, "..", "..");
 export const BUN = join(ROOT, "node_modules", ".bin", "bun");
 export const RELAY_MAIN = join(ROOT, "src", "main.ts");
+
+/**
+ * RELAY_SANITIZE=1 runs the relay (and only the relay: peers are not instrumented) with
+ * the ASan/UBSan build of the C helper (`make -C ffi sanitize`), so the end-to-end tests
+ * double as a memory-safety run of the data path.
+ */
+function sanitizerPrefix(): string[] {
+  if (process.env.RELAY_SANITIZE !== "1") return [];
+  const asan = spawnSync("gcc", ["-print-file-name=libasan.so"], { encoding: "utf8" }).stdout.trim();
+  return ["env", `LD_PRELOAD=${asan}`, `RELAY_FFI_LIB=${join(ROOT, "build", "librelay-asan.so")}`,
+    "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1"];
+}
 
 export class RelayProcess {
   private readonly lines: any[] = [];
@@ -17,7 +30,8 @@ export class RelayProcess {
   /** Starts the relay in the router namespace (configPath null: the built-in default). */
   static async start(lab: Lab, configPath: string | null, timeoutMs = 10_000): Promise<RelayProcess> {
     const config = configPath === null ? [] : ["--config", configPath];
-    const proc = lab.spawn(lab.router, [BUN, RELAY_MAIN, ...config, "--sessions", "1000"]);
+    const proc = lab.spawn(lab.router, [...sanitizerPrefix(), BUN, RELAY_MAIN, ...config,
+      "--sessions", "1000"]);
     const relay = new RelayProcess(proc as Subprocess<"ignore", "pipe", "pipe">);
     relay.pump();
     await relay.waitFor((l) => l.event === "ready", timeoutMs);
