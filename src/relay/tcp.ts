@@ -513,8 +513,20 @@ export class TcpRelay {
     const unspecified = l.ipv6 ? l.addr.every((b) => b === 0)
       : isV4Mapped(l.addr) && l.addr[12] === 0 && l.addr[13] === 0 && l.addr[14] === 0 &&
         l.addr[15] === 0;
-    if (unspecified) return true;
+    // A wildcard listener also accepts intercepted connections to its own port (e.g.
+    // `tproxy to :80` for port 80): only a target that is one of this host's addresses
+    // means "sent to the listener itself".
+    if (unspecified) return this.isLocalAddress(target, l.ipv6);
     for (let i = 0; i < 16; i++) if (target[i] !== l.addr[i]) return false;
+    return true;
+  }
+
+  /** Whether addr is an address of this host: a plain bind (no IP_FREEBIND) succeeds. */
+  private isLocalAddress(addr: Uint8Array, ipv6: boolean): boolean {
+    this.origDst.set(addr.subarray(0, 16)); // (addr may be origDst itself: same bytes)
+    const fd = this.lib.rl_udp_socket(ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0, this.origDstPtr, 0, 0, 0, 0);
+    if (fd < 0) return false;
+    this.lib.rl_close(fd);
     return true;
   }
 

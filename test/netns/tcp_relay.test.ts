@@ -28,6 +28,7 @@ const PORT = {
   closed: 8999, // nothing listens: connect refused
   clientSource: 8101, // a "peer" behind listeners with source "client"
   redirect: 9001, // a "peer" behind REDIRECT listeners
+  wildcard: 8009, // a "peer" behind a TPROXY listener on 0.0.0.0 with the same port
 } as const;
 
 const TCP = { connectTimeoutMs: 1000, idleTimeoutMs: 3000, connectionsMax: 16, shutdownGraceMs: 2500,
@@ -40,6 +41,7 @@ const RELAY_CONFIG = {
     { name: "csrc6", protocol: "tcp", address: "::1", port: 12348, source: "client" },
     { name: "redir4", protocol: "tcp", address: "0.0.0.0", port: 12347, mode: "redirect" },
     { name: "redir6", protocol: "tcp", address: "::", port: 12347, mode: "redirect" },
+    { name: "wild4", protocol: "tcp", address: "0.0.0.0", port: 8009 },
   ],
   intercept: [
     ...["tcp4", "tcp6"].map((listener) => ({ listener, ports: [PORT.iperf, "8001-8006", PORT.http,
@@ -48,6 +50,7 @@ const RELAY_CONFIG = {
     { listener: "csrc6", ports: [PORT.clientSource] },
     { listener: "redir4", ports: [PORT.redirect] },
     { listener: "redir6", ports: [PORT.redirect] },
+    { listener: "wild4", ports: [PORT.wildcard] },
   ],
   tcp: TCP,
 };
@@ -115,7 +118,8 @@ if (!skip) {
       blobSha = new Bun.CryptoHasher("sha256").update(blob).digest("hex");
 
       const peers = env.spawn(lab.server, ["python3", PEERS, `${PORT.peer}:peer`,
-        `${PORT.clientSource}:peer`, `${PORT.redirect}:peer`, `${PORT.reset}:reset`,
+        `${PORT.clientSource}:peer`, `${PORT.redirect}:peer`, `${PORT.wildcard}:peer`,
+        `${PORT.reset}:reset`,
         `${PORT.halfclose}:halfclose`, `${PORT.slow}:slow`, `${PORT.firehose}:firehose`,
         `${PORT.late}:late`]);
       (async () => {
@@ -263,6 +267,11 @@ if (!skip) {
       expect(after.idleTimeouts - before.idleTimeouts).toBe(1);
     });
 
+    test("wildcard TPROXY listener on the intercepted port relays (not mistaken for a direct hit)", () => {
+      const r = client("peer", LAB.serverExtra4[2], PORT.wildcard, 1000);
+      expect(r).toMatchObject({ peer: LAB.routerServer4, local: LAB.serverExtra4[2], echoOk: true });
+    });
+
     test("listener reached without interception: reset, counted, no loop", async () => {
       const before = await metrics();
       // From the router itself straight to the listener: no TPROXY, no original destination.
@@ -275,8 +284,18 @@ if (!skip) {
         "    print(type(e).__name__)",
       ].join("\n")]);
       expect(r.stdout.trim()).toBe("ConnectionResetError");
+      // The wildcard listener, reached at one of the router's own addresses.
+      const wild = env.lab.exec(env.lab.client, ["python3", "-c", [
+        "import socket",
+        "try:",
+        `    s = socket.create_connection(('${LAB.routerClient4}', ${PORT.wildcard}), timeout=3)`,
+        "    print(s.recv(10))",
+        "except OSError as e:",
+        "    print(type(e).__name__)",
+      ].join("\n")]);
+      expect(wild.stdout.trim()).toBe("ConnectionResetError");
       const after = await settle();
-      expect(after.droppedNoOriginalDst - before.droppedNoOriginalDst).toBe(1);
+      expect(after.droppedNoOriginalDst - before.droppedNoOriginalDst).toBe(2);
       expect(after.connected - before.connected).toBe(0);
     });
 
