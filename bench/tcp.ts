@@ -326,7 +326,9 @@ async function main(): Promise<void> {
       `Relay counters at the end: accepted ${relayMetrics.accepted}, connected ${relayMetrics.connected}, ` +
         `closed ${relayMetrics.closed}, clientResets ${relayMetrics.clientResets}, upstreamResets ` +
         `${relayMetrics.upstreamResets}, rejectedLimit ${relayMetrics.rejectedLimit}, connectRefused ` +
-        `${relayMetrics.connectRefused}, eventsLost ${relayMetrics.eventsLost}`,
+        `${relayMetrics.connectRefused}, eventsLost ${relayMetrics.eventsLost}. (tcp_load exits with its ` +
+        `${CPS_CONCURRENCY} transactions in flight when its window ends; the kernel resets those with ` +
+        `unread data, which the relay counts as clientResets.)`,
       "",
     ].join("\n");
     console.log(report);

@@ -13,7 +13,7 @@
 //
 // Why not Bun sockets for the bytes (bench/tcp_bun_stream.ts, measured by
 // bench/tcp.ts beside this relay): a pure-Bun stream relay reaches similar single-
-// stream throughput here but spends about twice the CPU per byte (~0.5 vs ~0.25 s/GB),
+// stream throughput here but spends 2-3x the CPU per byte (0.5-0.7 vs ~0.25 s/GB),
 // all of it on the one JavaScript thread that also runs the UDP data path and every
 // decision. (Bun.connect({fd}) does adopt a socket made in C, so SO_MARK and the
 // client-address bind would be reachable that way; net.Socket({fd}) does not work in
