@@ -117,7 +117,8 @@ function main(): void {
 
   const lib = loadFfi();
   // Each relay gets the listeners of its protocol (listener indexes are per relay).
-  const relay = new UdpRelay(lib, { ...config, listeners: config.listeners.filter((l) => l.protocol === "udp") });
+  const udpListeners = config.listeners.filter((l) => l.protocol === "udp");
+  const relay = new UdpRelay(lib, { ...config, listeners: udpListeners });
   const tcp = config.listeners.some((l) => l.protocol === "tcp") ? new TcpRelay(lib, config) : null;
   try {
     relay.start();

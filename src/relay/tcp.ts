@@ -408,7 +408,8 @@ export class TcpRelay {
         }
         this.counters.acceptErrors++;
         if (err !== ECONNABORTED && err !== EPROTO) {
-          this.log(`accept-${err}`, `accept() on "${this.listeners[index].name}": ${errnoName(err)}`);
+          this.log(`accept-${err}`,
+            `accept() on "${this.listeners[index].name}": ${errnoName(err)}`);
           return;
         }
         continue;
@@ -524,7 +525,8 @@ export class TcpRelay {
   /** Whether addr is an address of this host: a plain bind (no IP_FREEBIND) succeeds. */
   private isLocalAddress(addr: Uint8Array, ipv6: boolean): boolean {
     this.origDst.set(addr.subarray(0, 16)); // (addr may be origDst itself: same bytes)
-    const fd = this.lib.rl_udp_socket(ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0, this.origDstPtr, 0, 0, 0, 0);
+    const flags = ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0;
+    const fd = this.lib.rl_udp_socket(flags, this.origDstPtr, 0, 0, 0, 0);
     if (fd < 0) return false;
     this.lib.rl_close(fd);
     return true;
