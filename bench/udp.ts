@@ -201,6 +201,14 @@ async function main(): Promise<number> {
 
   const tmp = mkdtempSync(join(tmpdir(), "udp-bench-"));
   const lab = Lab.create();
+  // Ctrl-C skips `finally`: remove the namespaces (and everything running in them) here too.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.on(signal, () => {
+      lab.destroy();
+      rmSync(tmp, { recursive: true, force: true });
+      process.exit(130);
+    });
+  }
   const tools: ToolProcess[] = [];
   let relay: RelayProcess | null = null;
   try {
