@@ -3,8 +3,9 @@
 //
 //   node_modules/.bin/bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-c-relay]
 //
-//   client ns (udp_gen) ── router ns (kernel forwarding | Bun relay | C relay) ── server ns
-//                                                                      (udp_sink_echo: echo + sink)
+//   client ns            router ns                                   server ns
+//   udp_gen  ── c0/r0 ── kernel forwarding | Bun relay | C relay ── r1/s0 ── udp_sink_echo
+//                                                                          (echo + sink)
 //
 // The paths differ only by destination port, so nothing is reinstalled between runs:
 //   kernel forwarding  7507 (rr) / 7508 (oneway)   not intercepted: plain routing
@@ -17,7 +18,7 @@
 // For each cell {rr, oneway} x {64, 1200} B x {1, 256} flows (IPv4) and each repetition,
 // the paths run back to back in an order that rotates per repetition. The table shows
 // medians, min-max spread, the ratio relay/kernel, latency (rr) and loss (oneway).
-// Results also go to bench/results/udp-latest.md. See bench/udp_gen.c for the
+// Results also go to bench/results/udp-latest.md. bench/udp_gen.c defines the
 // "generator-bound" rule.
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -34,10 +35,12 @@ const GEN = join(TOOLS, "udp_gen");
 const SINK_ECHO = join(TOOLS, "udp_sink_echo");
 const C_RELAY = join(TOOLS, "c_relay");
 const RESULTS = join(import.meta.dir, "results", "udp-latest.md");
+const USAGE = "usage: bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-c-relay]";
 
 type Mode = "rr" | "oneway";
 type PathName = "kernel" | "bun" | "c";
 const PATH_LABEL: Record<PathName, string> = { kernel: "kernel", bun: "Bun relay", c: "C relay" };
+const PATH_SHORT: Record<PathName, string> = { kernel: "k", bun: "bun", c: "C" };
 const PORTS: Record<PathName, Record<Mode, number>> = {
   kernel: { rr: 7507, oneway: 7508 },
   bun: { rr: 7007, oneway: 7008 },
@@ -47,24 +50,31 @@ const TARGETS4 = [LAB.server4, ...LAB.serverExtra4];
 const MODES: Mode[] = ["rr", "oneway"];
 const SIZES_BYTES = [64, 1200];
 const FLOW_COUNTS = [1, 256];
+/** Full runs and --quick runs (TigerBeetle style: the small value keeps the bench alive). */
+const WARMUP_MS = { full: 1000, quick: 300 };
+const DURATION_MS = { full: 3000, quick: 700 };
+const REPS = { full: 3, quick: 1, max: 20 };
 /** A oneway run counts as generator-bound only if the path delivered this much of it. */
 const DELIVERED_FRACTION_GENERATOR_BOUND = 0.99;
 /** Time the sink gets to drain queued datagrams after the generator stops. */
 const SINK_DRAIN_MS = 300;
-const REPS_MAX = 20;
+/** udp_gen gets its own run time plus this before it is killed. */
+const GEN_GRACE_MS = 15_000;
+const READY_TIMEOUT_MS = 5000;
 // Other engineers may run tests on this 2-CPU machine at the same time. "Other CPU" is
 // the machine's busy time (/proc/stat, steal included) minus what this benchmark's
 // processes and the ksoftirqd threads used, in CPUs. Before each run we wait (bounded)
-// for a quiet machine; a run with more than CONTENDED_OTHER_CPUS is retried, and the
-// least contended try is kept and marked.
+// for a quiet machine; a run with more than CONTENDED_OTHER_CPUS is retried, the least
+// contended try is kept, and the table leaves contended runs out of its medians.
 const QUIET_OTHER_CPUS_MAX = 0.2;
 const QUIET_SAMPLE_MS = 300;
-const QUIET_WAIT_STEPS_MAX = 20; // x (QUIET_SAMPLE_MS + 700 ms): at most ~20 s per run
+const QUIET_PAUSE_MS = 700;
+const QUIET_WAIT_STEPS_MAX = 20; // x (QUIET_SAMPLE_MS + QUIET_PAUSE_MS): <= ~20 s per run
 const CONTENDED_OTHER_CPUS = 0.3;
 const CONTENDED_RETRIES_MAX = 2;
 /** USER_HZ: /proc/stat and /proc/PID/stat count in 1/100 s on Linux. */
 const TICKS_PER_SECOND = 100;
-/** Target from the issue: C recvmmsg relay ~0.5 (1 flow) and ~0.6 (256 flows) of kernel, rr. */
+/** The issue's target, measured for a C recvmmsg relay: ~0.5 (1 flow), ~0.6 (256), rr. */
 const RR_TARGET_RATIO: Record<number, number> = { 1: 0.5, 256: 0.6 };
 
 interface Args {
@@ -75,23 +85,26 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, reps: 3, pin: false, cRelay: true };
+  const args: Args = { quick: false, reps: REPS.full, pin: false, cRelay: true };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    if (a === "--quick") args.quick = true;
-    else if (a === "--pin") args.pin = true;
-    else if (a === "--no-c-relay") args.cRelay = false;
-    else if (a === "--reps") {
+    if (a === "--quick") {
+      args.quick = true;
+    } else if (a === "--pin") {
+      args.pin = true;
+    } else if (a === "--no-c-relay") {
+      args.cRelay = false;
+    } else if (a === "--reps") {
       const n = Number(argv[++i]);
-      if (!Number.isInteger(n) || n < 1 || n > REPS_MAX) throw new Error(`--reps: 1-${REPS_MAX}`);
+      if (!Number.isInteger(n) || n < 1 || n > REPS.max) throw new Error(`--reps: 1-${REPS.max}`);
       args.reps = n;
       repsGiven = true;
     } else {
-      throw new Error(`unknown argument ${a}\nusage: bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-c-relay]`);
+      throw new Error(`unknown argument ${a}\n${USAGE}`);
     }
   }
-  if (args.quick && !repsGiven) args.reps = 1;
+  if (args.quick && !repsGiven) args.reps = REPS.quick;
   return args;
 }
 
@@ -135,14 +148,15 @@ class ToolProcess {
         throw new Error(`${this.name}: no matching line within ${timeoutMs} ms ` +
           `(exit ${this.proc.exitCode})\n${this.stderr}`);
       }
-      await Promise.race([new Promise<void>((r) => this.waiters.push(r)), Bun.sleep(Math.min(left, 100))]);
+      const woken = new Promise<void>((r) => this.waiters.push(r));
+      await Promise.race([woken, Bun.sleep(Math.min(left, 100))]);
     }
   }
 
   async snapshot(): Promise<any> {
     const from = this.lines.length;
     this.proc.kill("SIGUSR1");
-    return this.waitFor((l) => l.event === "snapshot", 5000, from);
+    return this.waitFor((l) => l.event === "snapshot", READY_TIMEOUT_MS, from);
   }
 
   async stop(): Promise<void> {
@@ -152,17 +166,93 @@ class ToolProcess {
   }
 }
 
-interface Sample {
-  value: number; // tps (rr) or received datagrams/s (oneway)
-  otherCpus: number; // CPU used by others during the run (see CONTENDED_OTHER_CPUS)
-  quietWaitMs: number;
-  tries: number;
-  p50Us: number;
-  p99Us: number;
-  loss: number;
-  generatorBound: boolean;
-  gen: any;
+function startTool(lab: Lab, ns: string, name: string, argv: string[]): ToolProcess {
+  return new ToolProcess(name, lab.spawn(ns, argv) as Subprocess<any, "pipe", "pipe">);
 }
+
+// ---- Other CPU load ------------------------------------------------------------------
+
+/** Busy ticks of the whole machine (user, nice, system, irq, softirq, steal). */
+function machineBusyTicks(): number {
+  // "cpu  user nice system idle iowait irq softirq steal ..."
+  const f = readFileSync("/proc/stat", "utf8").split("\n", 1)[0].trim().split(/\s+/);
+  return Number(f[1]) + Number(f[2]) + Number(f[3]) + Number(f[6]) + Number(f[7]) + Number(f[8]);
+}
+
+/** utime + stime of a process (all its threads), in ticks; 0 once it is gone. */
+function processTicks(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return Number(f[11]) + Number(f[12]); // fields 14 and 15 of proc(5)
+  } catch {
+    return 0;
+  }
+}
+
+/** Our long-lived processes plus the ksoftirqd threads (they carry our packets under load). */
+function ownPids(daemons: number[]): number[] {
+  const pids = [...daemons];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, "utf8").startsWith("ksoftirqd/")) {
+        pids.push(Number(entry));
+      }
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+class CpuWatch {
+  private busy = 0;
+  private own = 0;
+  private startMs = 0;
+  constructor(private readonly pids: number[]) {}
+
+  private ownTicks(): number {
+    return this.pids.reduce((a, p) => a + processTicks(p), 0);
+  }
+
+  start(): void {
+    this.busy = machineBusyTicks();
+    this.own = this.ownTicks();
+    this.startMs = performance.now();
+  }
+
+  /** CPUs used by anything else since start(); `extraOwnSeconds`: CPU of exited children. */
+  otherCpus(extraOwnSeconds = 0): number {
+    const wallS = Math.max((performance.now() - this.startMs) / 1000, 1e-3);
+    const busyS = (machineBusyTicks() - this.busy) / TICKS_PER_SECOND;
+    const ownS = (this.ownTicks() - this.own) / TICKS_PER_SECOND;
+    return Math.max(0, (busyS - ownS - extraOwnSeconds) / wallS);
+  }
+}
+
+/** Waits, bounded, until others use less than QUIET_OTHER_CPUS_MAX; returns the time waited. */
+async function waitForQuiet(watch: CpuWatch): Promise<number> {
+  const started = performance.now();
+  for (let step = 0; step < QUIET_WAIT_STEPS_MAX; step++) {
+    watch.start();
+    await Bun.sleep(QUIET_SAMPLE_MS);
+    if (watch.otherCpus() < QUIET_OTHER_CPUS_MAX) break;
+    await Bun.sleep(QUIET_PAUSE_MS);
+  }
+  return Math.round(performance.now() - started);
+}
+
+/** Udp RcvbufErrors of a namespace: datagrams dropped because a socket's queue was full. */
+function udpRcvbufErrors(lab: Lab, ns: string): number {
+  const snmp = lab.exec(ns, ["cat", "/proc/net/snmp"]).stdout.split("\n");
+  const lines = snmp.filter((l) => l.startsWith("Udp:"));
+  if (lines.length < 2) return NaN;
+  const names = lines[0].split(/\s+/);
+  return Number(lines[1].split(/\s+/)[names.indexOf("RcvbufErrors")]);
+}
+
+// ---- Runs ------------------------------------------------------------------------------
 
 interface Cell {
   mode: Mode;
@@ -170,25 +260,106 @@ interface Cell {
   flows: number;
 }
 
+interface Sample {
+  value: number; // tps (rr) or received datagrams/s (oneway)
+  p50Us: number;
+  p99Us: number;
+  loss: number;
+  generatorBound: boolean;
+  otherCpus: number; // CPUs used by others during the run
+  tries: number;
+  gen: any; // udp_gen's JSON line
+}
+
+interface RunContext {
+  lab: Lab;
+  warmupMs: number;
+  durationMs: number;
+  pin: boolean;
+  echo: ToolProcess;
+  sink: ToolProcess;
+  watch: CpuWatch;
+}
+
 function cellName(c: Cell): string {
   return `${c.mode} ${c.sizeBytes} B ${c.flows} flow${c.flows === 1 ? "" : "s"}`;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+async function runOnce(ctx: RunContext, cell: Cell, path: PathName, runId: number,
+  tries: number): Promise<Sample> {
+  const port = PORTS[path][cell.mode];
+  const argv = [GEN, "--mode", cell.mode, ...TARGETS4.flatMap((a) => ["--target", `${a}:${port}`]),
+    "--flows", `${cell.flows}`, "--size", `${cell.sizeBytes}`,
+    "--duration-ms", `${ctx.durationMs}`, "--warmup-ms", `${ctx.warmupMs}`, "--run-id", `${runId}`];
+  const before = cell.mode === "oneway" ? await ctx.sink.snapshot() : null;
+  ctx.watch.start();
+  const proc = ctx.lab.spawn(ctx.lab.client, ctx.pin ? ["taskset", "-c", "0", ...argv] : argv);
+  const limitMs = ctx.warmupMs + ctx.durationMs + GEN_GRACE_MS;
+  const code = await Promise.race([proc.exited, Bun.sleep(limitMs).then(() => null)]);
+  if (code === null) {
+    proc.kill("SIGKILL");
+    throw new Error(`udp_gen did not finish within ${limitMs} ms`);
+  }
+  const out = await new Response(proc.stdout).text();
+  if (code !== 0) {
+    throw new Error(`udp_gen exit ${code}: ${await new Response(proc.stderr).text()}`);
+  }
+  const gen = JSON.parse(out.trim().split("\n").at(-1)!);
+  const otherCpus = ctx.watch.otherCpus(gen.cpuSecondsTotal);
+  if (cell.mode === "rr") {
+    return { value: gen.tps, p50Us: gen.p50Us, p99Us: gen.p99Us, loss: gen.loss,
+      generatorBound: gen.generatorBound, otherCpus, tries, gen };
+  }
+  await Bun.sleep(SINK_DRAIN_MS);
+  const after = await ctx.sink.snapshot();
+  const received = after.measuredPackets - before.measuredPackets;
+  const delivered = gen.sent > 0 ? received / gen.sent : 0;
+  return {
+    value: received / gen.windowSeconds,
+    p50Us: NaN,
+    p99Us: NaN,
+    loss: Math.max(0, 1 - delivered),
+    generatorBound: gen.generatorBound && delivered >= DELIVERED_FRACTION_GENERATOR_BOUND,
+    otherCpus,
+    tries,
+    gen: { ...gen, received },
+  };
 }
 
-function fmtRate(x: number): string {
-  if (!Number.isFinite(x)) return "-";
-  return x >= 1e6 ? `${(x / 1e6).toFixed(2)}M` : x >= 1e3 ? `${(x / 1e3).toFixed(1)}k` : x.toFixed(0);
+/** One sample: waits for a quiet machine, retries contended runs, keeps the least contended. */
+async function measure(ctx: RunContext, cell: Cell, path: PathName, nextRunId: () => number) {
+  let best: Sample | null = null;
+  // Bounded: 1 + CONTENDED_RETRIES_MAX tries.
+  for (let tries = 1; tries <= 1 + CONTENDED_RETRIES_MAX; tries++) {
+    await waitForQuiet(ctx.watch);
+    const s = await runOnce(ctx, cell, path, nextRunId(), tries);
+    if (best === null || s.otherCpus < best.otherCpus) best = s;
+    if (s.otherCpus <= CONTENDED_OTHER_CPUS) break;
+  }
+  return best!;
+}
+
+function logSample(rep: number, reps: number, cell: Cell, path: PathName, s: Sample): void {
+  const detail = cell.mode === "rr"
+    ? `p50 ${s.p50Us} us p99 ${s.p99Us} us`
+    : `loss ${(s.loss * 100).toFixed(1)}%`;
+  process.stderr.write(`[bench] rep ${rep + 1}/${reps} ${cellName(cell).padEnd(24)} ` +
+    `${path.padEnd(6)} ${fmtRate(s.value).padStart(7)} ${detail}` +
+    `${s.generatorBound ? " (generator-bound)" : ""} other CPU ${s.otherCpus.toFixed(2)}` +
+    `${s.tries > 1 ? ` (try ${s.tries})` : ""}\n`);
+}
+
+/** --pin: generator on cpu0, both relays (all threads) on cpu1; echo and sink unpinned. */
+function pinRelays(relayPids: number[]): string {
+  for (const pid of relayPids) run(["taskset", "-a", "-p", "-c", "1", `${pid}`]);
+  return "udp_gen on cpu0; Bun relay (all threads) and C relay on cpu1; " +
+    "echo/sink unpinned (taskset)";
 }
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
-  const warmupMs = args.quick ? 300 : 1000;
-  const durationMs = args.quick ? 700 : 3000;
+  const warmupMs = args.quick ? WARMUP_MS.quick : WARMUP_MS.full;
+  const durationMs = args.quick ? DURATION_MS.quick : DURATION_MS.full;
 
   const unavailable = labUnavailableReason();
   if (unavailable) {
@@ -213,14 +384,15 @@ async function main(): Promise<number> {
   let relay: RelayProcess | null = null;
   try {
     // Listener port == original port for every relayed path: replies use IP_PKTINFO.
+    const iface = [LAB.routerClientIf];
     const bunRelay = {
       listeners: [
         { name: "rr4", address: "127.0.0.1", port: PORTS.bun.rr, reply: "pktinfo" },
         { name: "oneway4", address: "127.0.0.1", port: PORTS.bun.oneway, reply: "pktinfo" },
       ],
       intercept: [
-        { listener: "rr4", ports: [PORTS.bun.rr], interfaces: [LAB.routerClientIf] },
-        { listener: "oneway4", ports: [PORTS.bun.oneway], interfaces: [LAB.routerClientIf] },
+        { listener: "rr4", ports: [PORTS.bun.rr], interfaces: iface },
+        { listener: "oneway4", ports: [PORTS.bun.oneway], interfaces: iface },
       ],
       // Each run uses fresh source ports (256 new sessions); let old ones go soon.
       udp: { idleTimeoutMs: 10_000 },
@@ -234,8 +406,8 @@ async function main(): Promise<number> {
       ],
       intercept: [
         ...bunRelay.intercept,
-        { listener: "c_rr4", ports: [PORTS.c.rr], interfaces: [LAB.routerClientIf] },
-        { listener: "c_oneway4", ports: [PORTS.c.oneway], interfaces: [LAB.routerClientIf] },
+        { listener: "c_rr4", ports: [PORTS.c.rr], interfaces: iface },
+        { listener: "c_oneway4", ports: [PORTS.c.oneway], interfaces: iface },
       ],
     });
     lab.installRules(nftRuleset(rules), policyRoutingCommands(rules));
@@ -244,20 +416,23 @@ async function main(): Promise<number> {
 
     const binds = (mode: Mode) =>
       TARGETS4.flatMap((a) => paths.flatMap((p) => ["--bind", `${a}:${PORTS[p][mode]}`]));
-    const echo = new ToolProcess("echo", lab.spawn(lab.server, [SINK_ECHO, "--mode", "echo", ...binds("rr")]) as any);
-    const sink = new ToolProcess("sink", lab.spawn(lab.server, [SINK_ECHO, "--mode", "sink", ...binds("oneway")]) as any);
+    const echo = startTool(lab, lab.server, "echo", [SINK_ECHO, "--mode", "echo", ...binds("rr")]);
+    const sink = startTool(lab, lab.server, "sink",
+      [SINK_ECHO, "--mode", "sink", ...binds("oneway")]);
     tools.push(echo, sink);
-    await echo.waitFor((l) => l.event === "ready", 5000);
-    await sink.waitFor((l) => l.event === "ready", 5000);
+    await echo.waitFor((l) => l.event === "ready", READY_TIMEOUT_MS);
+    await sink.waitFor((l) => l.event === "ready", READY_TIMEOUT_MS);
 
     relay = await RelayProcess.start(lab, configPath);
+    let cTool: ToolProcess | null = null;
     if (cRelay) {
-      const c = new ToolProcess("c_relay", lab.spawn(lab.router, [C_RELAY, "--mark", `${rules.mark}`,
-        "--listen", `127.0.0.1:${PORTS.c.rr}`, "--listen", `127.0.0.1:${PORTS.c.oneway}`]) as any);
-      tools.push(c);
-      await c.waitFor((l) => l.event === "ready", 5000);
+      cTool = startTool(lab, lab.router, "c_relay", [C_RELAY, "--mark", `${rules.mark}`,
+        "--listen", `127.0.0.1:${PORTS.c.rr}`, "--listen", `127.0.0.1:${PORTS.c.oneway}`]);
+      tools.push(cTool);
+      await cTool.waitFor((l) => l.event === "ready", READY_TIMEOUT_MS);
     }
-    const pinning = args.pin ? pinProcesses(relay, tools) : "none (scheduler's choice)";
+    const relayPids = [relay.proc.pid, ...(cTool ? [cTool.proc.pid] : [])];
+    const pinning = args.pin ? pinRelays(relayPids) : "none (scheduler's choice)";
 
     const cells: Cell[] = [];
     for (const mode of MODES) {
@@ -265,46 +440,36 @@ async function main(): Promise<number> {
         for (const flows of FLOW_COUNTS) cells.push({ mode, sizeBytes, flows });
       }
     }
+    const daemonPids = [process.pid, ...relayPids, echo.proc.pid, sink.proc.pid];
+    const ctx: RunContext = { lab, warmupMs, durationMs, pin: args.pin, echo, sink,
+      watch: new CpuWatch(ownPids(daemonPids)) };
+    let runId = 0;
+    const nextRunId = () => ++runId;
     const samples = new Map<string, Sample[]>();
-    const watch = new CpuWatch(ownPids([process.pid, relay.proc.pid, ...tools.map((t) => t.proc.pid)]));
-    let runId = 1;
     const started = performance.now();
     for (let rep = 0; rep < args.reps; rep++) {
       for (const cell of cells) {
         // Rotate the order per repetition, so no path always runs first (or last).
         const order = paths.map((_, i) => paths[(i + rep) % paths.length]);
         for (const path of order) {
-          let sample: Sample | null = null;
-          // Bounded: 1 + CONTENDED_RETRIES_MAX tries; keep the least contended.
-          for (let tries = 1; tries <= 1 + CONTENDED_RETRIES_MAX; tries++) {
-            const quietWaitMs = await waitForQuiet(watch);
-            const s = await runOnce(lab, cell, path, runId++, { warmupMs, durationMs, pin: args.pin },
-              cell.mode === "rr" ? echo : sink, watch);
-            s.quietWaitMs = quietWaitMs;
-            s.tries = tries;
-            if (sample === null || s.otherCpus < sample.otherCpus) sample = s;
-            if (s.otherCpus <= CONTENDED_OTHER_CPUS) break;
-          }
-          sample = sample!;
+          const sample = await measure(ctx, cell, path, nextRunId);
           const key = `${cellName(cell)}|${path}`;
-          if (!samples.has(key)) samples.set(key, []);
-          samples.get(key)!.push(sample);
-          process.stderr.write(`[bench] rep ${rep + 1}/${args.reps} ${cellName(cell).padEnd(24)} ` +
-            `${path.padEnd(6)} ${fmtRate(sample.value).padStart(7)}` +
-            `${cell.mode === "rr" ? ` p50 ${sample.p50Us} us p99 ${sample.p99Us} us` : ` loss ${(sample.loss * 100).toFixed(1)}%`}` +
-            `${sample.generatorBound ? " (generator-bound)" : ""}` +
-            ` other CPU ${sample.otherCpus.toFixed(2)}${sample.tries > 1 ? ` (try ${sample.tries})` : ""}\n`);
+          samples.set(key, [...(samples.get(key) ?? []), sample]);
+          logSample(rep, args.reps, cell, path, sample);
         }
       }
     }
     const elapsedS = (performance.now() - started) / 1000;
-    const relayMetrics = await relay.metrics().catch(() => null);
-    const cTool = tools.find((t) => t.name === "c_relay");
-    const cMetrics = cTool ? await cTool.snapshot().catch(() => null) : null;
-    const rcvbufErrors = { router: udpRcvbufErrors(lab, lab.router), server: udpRcvbufErrors(lab, lab.server) };
 
-    const report = renderReport({ args, cells, paths, samples, pinning, warmupMs, durationMs, elapsedS,
-      relayMetrics, cMetrics, rcvbufErrors });
+    const report = renderReport({
+      args, cells, paths, samples, pinning, warmupMs, durationMs, elapsedS,
+      bunMetrics: await relay.metrics().catch(() => null),
+      cMetrics: cTool ? await cTool.snapshot().catch(() => null) : null,
+      rcvbufErrors: {
+        router: udpRcvbufErrors(lab, lab.router),
+        server: udpRcvbufErrors(lab, lab.server),
+      },
+    });
     console.log(report);
     mkdirSync(join(import.meta.dir, "results"), { recursive: true });
     writeFileSync(RESULTS, report + "\n");
@@ -318,240 +483,158 @@ async function main(): Promise<number> {
   }
 }
 
-/** Busy ticks of the whole machine (user, nice, system, irq, softirq, steal). */
-function machineBusyTicks(): number {
-  const f = readFileSync("/proc/stat", "utf8").split("\n", 1)[0].trim().split(/\s+/);
-  // cpu user nice system idle iowait irq softirq steal
-  return Number(f[1]) + Number(f[2]) + Number(f[3]) + Number(f[6]) + Number(f[7]) + Number(f[8]);
+// ---- Report ----------------------------------------------------------------------------
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
-/** utime + stime of a process (all its threads), in ticks; 0 once it is gone. */
-function processTicks(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8") as string;
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return Number(f[11]) + Number(f[12]); // fields 14 and 15 of proc(5)
-  } catch {
-    return 0;
-  }
+function fmtRate(x: number): string {
+  if (!Number.isFinite(x)) return "-";
+  if (x >= 1e6) return `${(x / 1e6).toFixed(2)}M`;
+  return x >= 1e3 ? `${(x / 1e3).toFixed(1)}k` : x.toFixed(0);
 }
 
-/** Our long-lived processes plus the ksoftirqd threads (they carry our packets under load). */
-function ownPids(daemons: number[]): number[] {
-  const pids = [...daemons];
-  for (const entry of readdirSync("/proc") as string[]) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const comm = readFileSync(`/proc/${entry}/comm`, "utf8");
-      if (comm.startsWith("ksoftirqd/")) pids.push(Number(entry));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return pids;
+function isClean(s: Sample): boolean {
+  return s.otherCpus <= CONTENDED_OTHER_CPUS;
 }
 
-class CpuWatch {
-  private busy = 0;
-  private own = 0;
-  private startMs = 0;
-  constructor(private readonly pids: number[]) {}
-  start(): void {
-    this.busy = machineBusyTicks();
-    this.own = this.pids.reduce((a, p) => a + processTicks(p), 0);
-    this.startMs = performance.now();
-  }
-  /** CPUs used by anything else since start(); `extraOwnSeconds` is CPU of exited children. */
-  otherCpus(extraOwnSeconds = 0): number {
-    const wallS = (performance.now() - this.startMs) / 1000;
-    const busyS = (machineBusyTicks() - this.busy) / TICKS_PER_SECOND;
-    const ownS = (this.pids.reduce((a, p) => a + processTicks(p), 0) - this.own) / TICKS_PER_SECOND;
-    return Math.max(0, (busyS - ownS - extraOwnSeconds) / Math.max(wallS, 1e-3));
-  }
+/** "k 2/3, bun 1/3" for the runs of each path that match, or "no". */
+function countByPath(paths: PathName[], all: (p: PathName) => Sample[],
+  match: (s: Sample) => boolean): string {
+  const parts = paths.map((p) => {
+    const n = all(p).filter(match).length;
+    return n > 0 ? `${PATH_SHORT[p]} ${n}/${all(p).length}` : "";
+  });
+  return parts.filter((x) => x).join(", ") || "no";
 }
 
-/** Waits, bounded, until others use less than QUIET_OTHER_CPUS_MAX; returns the time waited. */
-async function waitForQuiet(watch: CpuWatch): Promise<number> {
-  const started = performance.now();
-  for (let step = 0; step < QUIET_WAIT_STEPS_MAX; step++) {
-    watch.start();
-    await Bun.sleep(QUIET_SAMPLE_MS);
-    if (watch.otherCpus() < QUIET_OTHER_CPUS_MAX) break;
-    await Bun.sleep(700);
-  }
-  return Math.round(performance.now() - started);
+function counterLine(label: string, counters: any, dropPattern: RegExp, extra: string[]): string {
+  const drops = Object.entries(counters ?? {})
+    .filter(([k, v]) => dropPattern.test(k) && typeof v === "number" && v > 0)
+    .map(([k, v]) => `${k}=${v}`);
+  const context = extra.map((k) => `${k}=${counters?.[k] ?? "?"}`).join(", ");
+  return `${label} counters at the end: ${drops.length ? drops.join(", ") : "no drops or errors"}` +
+    ` (${context}).`;
 }
 
-/** Udp RcvbufErrors of a namespace: datagrams dropped because a socket's queue was full. */
-function udpRcvbufErrors(lab: Lab, ns: string): number {
-  const lines = lab.exec(ns, ["cat", "/proc/net/snmp"]).stdout.split("\n").filter((l) => l.startsWith("Udp:"));
-  if (lines.length < 2) return NaN;
-  const names = lines[0].split(/\s+/);
-  const values = lines[1].split(/\s+/);
-  return Number(values[names.indexOf("RcvbufErrors")]);
-}
-
-/** --pin: generator on cpu0, both relays (all threads) on cpu1; echo and sink unpinned. */
-function pinProcesses(relay: RelayProcess, tools: ToolProcess[]): string {
-  const relays = [relay.proc.pid, ...tools.filter((t) => t.name === "c_relay").map((t) => t.proc.pid)];
-  for (const pid of relays) run(["taskset", "-a", "-p", "-c", "1", `${pid}`]);
-  return "udp_gen on cpu0; Bun relay (all threads) and C relay on cpu1; echo/sink unpinned (taskset)";
-}
-
-async function runOnce(lab: Lab, cell: Cell, path: PathName, runId: number,
-  opts: { warmupMs: number; durationMs: number; pin: boolean }, server: ToolProcess,
-  watch: CpuWatch): Promise<Sample> {
-  const port = PORTS[path][cell.mode];
-  const targets = TARGETS4.flatMap((a) => ["--target", `${a}:${port}`]);
-  const argv = [GEN, "--mode", cell.mode, ...targets, "--flows", `${cell.flows}`,
-    "--size", `${cell.sizeBytes}`, "--duration-ms", `${opts.durationMs}`,
-    "--warmup-ms", `${opts.warmupMs}`, "--run-id", `${runId}`];
-  const before = cell.mode === "oneway" ? await server.snapshot() : null;
-  watch.start();
-  const proc = lab.spawn(lab.client, opts.pin ? ["taskset", "-c", "0", ...argv] : argv);
-  const limitMs = opts.warmupMs + opts.durationMs + 15_000;
-  const code = await Promise.race([proc.exited, Bun.sleep(limitMs).then(() => null)]);
-  if (code === null) {
-    proc.kill("SIGKILL");
-    throw new Error(`udp_gen did not finish within ${limitMs} ms`);
-  }
-  const out = await new Response(proc.stdout).text();
-  if (code !== 0) {
-    throw new Error(`udp_gen exit ${code}: ${await new Response(proc.stderr).text()}`);
-  }
-  const gen = JSON.parse(out.trim().split("\n").at(-1)!);
-  const otherCpus = watch.otherCpus(gen.cpuSecondsTotal);
-  const common = { otherCpus, quietWaitMs: 0, tries: 1 };
-  if (cell.mode === "rr") {
-    return { ...common, value: gen.tps, p50Us: gen.p50Us, p99Us: gen.p99Us, loss: gen.loss,
-      generatorBound: gen.generatorBound, gen };
-  }
-  await Bun.sleep(SINK_DRAIN_MS);
-  const after = await server.snapshot();
-  const received = after.measuredPackets - before.measuredPackets;
-  const delivered = gen.sent > 0 ? received / gen.sent : 0;
-  return {
-    ...common,
-    value: received / gen.windowSeconds,
-    p50Us: NaN,
-    p99Us: NaN,
-    loss: Math.max(0, 1 - delivered),
-    generatorBound: gen.generatorBound && delivered >= DELIVERED_FRACTION_GENERATOR_BOUND,
-    gen: { ...gen, received },
-  };
-}
-
-function renderReport(r: {
-  args: Args; cells: Cell[]; paths: PathName[]; samples: Map<string, Sample[]>; pinning: string;
-  warmupMs: number; durationMs: number; elapsedS: number; relayMetrics: any; cMetrics: any;
+interface ReportInput {
+  args: Args;
+  cells: Cell[];
+  paths: PathName[];
+  samples: Map<string, Sample[]>;
+  pinning: string;
+  warmupMs: number;
+  durationMs: number;
+  elapsedS: number;
+  bunMetrics: any;
+  cMetrics: any;
   rcvbufErrors: { router: number; server: number };
-}): string {
+}
+
+function renderReport(r: ReportInput): string {
   const { paths } = r;
-  const lines: string[] = [];
-  const kernelVersion = run(["uname", "-r"], undefined, true).stdout.trim();
-  lines.push(`## UDP relay benchmark`);
-  lines.push("");
-  lines.push(`- command: \`node_modules/.bin/bun bench/udp.ts ${process.argv.slice(2).join(" ")}\``.replace(/ \`$/, "`"));
-  lines.push(`- date ${new Date().toISOString()}, kernel ${kernelVersion}, ${cpus().length} CPUs ` +
-    `(${cpus()[0]?.model ?? "?"}), load average at end ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
-  lines.push(`- ${r.args.reps} repetition(s) per cell and path, warmup ${r.warmupMs} ms + measured ` +
-    `${r.durationMs} ms each, paths alternate within each cell; total ${r.elapsedS.toFixed(0)} s`);
-  lines.push(`- CPU pinning: ${r.pinning}`);
-  lines.push(`- machine sharing: before each run the bench waits (<= ~20 s) until other processes use ` +
-    `< ${QUIET_OTHER_CPUS_MAX} CPU; a run during which they used > ${CONTENDED_OTHER_CPUS} CPU is ` +
-    `retried (<= ${CONTENDED_RETRIES_MAX} times, least contended kept); "contended" counts the runs ` +
-    `that stayed above it. Other engineers' tests share these 2 CPUs.`);
-  lines.push(`- IPv4, flows over 4 server addresses; both relays reply with IP_PKTINFO ` +
-    `(listener port = original port). rr: 1 request in flight per flow. ` +
-    `oneway: max rate, batches of 32 per sendmmsg, rate = datagrams/s received by the sink.`);
-  lines.push(`- rr value = transactions/s; oneway value = datagrams/s received. ` +
-    `"median [min-max]" over repetitions; ratio = relay median / kernel median, ` +
-    `[min-max] of the per-repetition ratios (relay run / kernel run of the same repetition). ` +
-    `gen-bound: runs where udp_gen was the limit (rule in bench/udp_gen.c), as count/reps.`);
-  lines.push("");
+  const short = paths.map((p) => PATH_SHORT[p]).join(" / ");
+  const command = ["node_modules/.bin/bun bench/udp.ts", ...process.argv.slice(2)].join(" ");
+  const lines: string[] = [
+    "## UDP relay benchmark",
+    "",
+    `- command: \`${command}\``,
+    `- date ${new Date().toISOString()}, kernel ${run(["uname", "-r"]).stdout.trim()}, ` +
+      `${cpus().length} CPUs (${cpus()[0]?.model ?? "?"}), load average at end ` +
+      `${loadavg().map((x) => x.toFixed(2)).join(" ")}`,
+    `- ${r.args.reps} repetition(s) per cell and path, warmup ${r.warmupMs} ms + measured ` +
+      `${r.durationMs} ms each, paths alternate within each cell; total ${r.elapsedS.toFixed(0)} s`,
+    `- CPU pinning: ${r.pinning}`,
+    `- machine sharing: before each run the bench waits (<= ~20 s) until other processes use ` +
+      `< ${QUIET_OTHER_CPUS_MAX} CPU; a run during which they used > ${CONTENDED_OTHER_CPUS} CPU ` +
+      `is retried (<= ${CONTENDED_RETRIES_MAX} times, least contended kept); "contended" counts ` +
+      `the runs that stayed above it. Other engineers' tests share these 2 CPUs.`,
+    `- IPv4, flows over 4 server addresses; both relays reply with IP_PKTINFO ` +
+      `(listener port = original port). rr: 1 request in flight per flow. ` +
+      `oneway: max rate, batches of 32 per sendmmsg, rate = datagrams/s received by the sink.`,
+    `- rr value = transactions/s; oneway value = datagrams/s received. ` +
+      `"median [min-max]" over repetitions; ratio = relay median / kernel median, then ` +
+      `[min-max] of the per-repetition ratios (relay run / kernel run of the same repetition). ` +
+      `Medians, spreads and ratios leave out contended runs (unless all were). ` +
+      `gen-bound: runs where udp_gen was the limit (rule in bench/udp_gen.c), as count/reps.`,
+    "",
+  ];
   const header = ["cell", "kernel median [min-max]"];
-  for (const p of paths.slice(1)) header.push(`${PATH_LABEL[p]} median [min-max]`, `${PATH_LABEL[p]}/kernel`);
-  header.push(`p50/p99 us (${paths.map((p) => (p === "kernel" ? "k" : p === "bun" ? "bun" : "C")).join(" / ")})`);
-  header.push(`loss (${paths.map((p) => (p === "kernel" ? "k" : p === "bun" ? "bun" : "C")).join(" / ")})`);
-  header.push("gen-bound", "contended");
-  lines.push(`| ${header.join(" | ")} |`);
-  lines.push(`|${header.map(() => "---").join("|")}|`);
+  for (const p of paths.slice(1)) {
+    header.push(`${PATH_LABEL[p]} median [min-max]`, `${PATH_LABEL[p]}/kernel`);
+  }
+  header.push(`p50/p99 us (${short})`, `loss (${short})`, "gen-bound", "contended");
+  lines.push(`| ${header.join(" | ")} |`, `|${header.map(() => "---").join("|")}|`);
   for (const cell of r.cells) {
     const name = cellName(cell);
-    const get = (p: PathName) => r.samples.get(`${name}|${p}`) ?? [];
-    const med = (p: PathName) => median(get(p).map((s) => s.value));
+    const all = (p: PathName) => r.samples.get(`${name}|${p}`) ?? [];
+    // Whether a run was contended depends on other processes, not on its result, so
+    // leaving contended runs out adds no bias (all of them are used if none is clean).
+    const get = (p: PathName) => (all(p).some(isClean) ? all(p).filter(isClean) : all(p));
+    const med = (p: PathName, f: (s: Sample) => number = (s) => s.value) => median(get(p).map(f));
     const spread = (p: PathName) => {
       const v = get(p).map((s) => s.value);
       return `${fmtRate(med(p))} [${fmtRate(Math.min(...v))}-${fmtRate(Math.max(...v))}]`;
     };
-    const row = [name + (cell.mode === "rr" ? " (tps)" : " (pps)"), spread("kernel")];
+    const kernelBound = all("kernel").some((s) => s.generatorBound);
+    const row = [`${name} (${cell.mode === "rr" ? "tps" : "pps"})`, spread("kernel")];
     for (const p of paths.slice(1)) {
       const ratio = med(p) / med("kernel");
       const target = cell.mode === "rr" ? RR_TARGET_RATIO[cell.flows] : undefined;
-      const mark = target === undefined ? "" : ratio >= target ? ` (>= ${target})` : ` (< ${target})`;
-      const kernelBound = get("kernel").some((x) => x.generatorBound);
+      const mark = target === undefined ? "" : ` (${ratio >= target ? ">=" : "<"} ${target})`;
       // Paired per repetition (the paths ran back to back): how stable the ratio is.
-      const paired = get(p).map((x, i) => x.value / (get("kernel")[i]?.value ?? NaN));
-      const pairedText = paired.length > 1
+      const paired = all(p)
+        .map((s, i) => [s, all("kernel")[i]] as const)
+        .filter(([s, k]) => k !== undefined && isClean(s) && isClean(k))
+        .map(([s, k]) => s.value / k.value);
+      const range = paired.length > 1
         ? ` [${Math.min(...paired).toFixed(2)}-${Math.max(...paired).toFixed(2)}]`
         : "";
-      row.push(spread(p), `**${ratio.toFixed(2)}**${kernelBound ? "†" : ""}${pairedText}${mark}`);
+      row.push(spread(p), `**${ratio.toFixed(2)}**${kernelBound ? "†" : ""}${range}${mark}`);
     }
-    row.push(cell.mode === "rr"
-      ? paths.map((p) => `${median(get(p).map((s) => s.p50Us)).toFixed(0)}/${median(get(p).map((s) => s.p99Us)).toFixed(0)}`).join(" / ")
-      : "-");
-    row.push(paths.map((p) => `${(median(get(p).map((s) => s.loss)) * 100).toFixed(1)}%`).join(" / "));
-    const bound = paths.map((p) => {
-      const n = get(p).filter((s) => s.generatorBound).length;
-      return n > 0 ? `${p === "kernel" ? "k" : p} ${n}/${get(p).length}` : "";
-    }).filter((x) => x).join(", ");
-    row.push(bound || "no");
-    const contended = paths.map((p) => {
-      const n = get(p).filter((s) => s.otherCpus > CONTENDED_OTHER_CPUS).length;
-      return n > 0 ? `${p === "kernel" ? "k" : p} ${n}/${get(p).length}` : "";
-    }).filter((x) => x).join(", ");
-    row.push(contended || "no");
+    const latency = (p: PathName) =>
+      `${med(p, (s) => s.p50Us).toFixed(0)}/${med(p, (s) => s.p99Us).toFixed(0)}`;
+    row.push(cell.mode === "rr" ? paths.map(latency).join(" / ") : "-");
+    row.push(paths.map((p) => `${(med(p, (s) => s.loss) * 100).toFixed(1)}%`).join(" / "));
+    row.push(countByPath(paths, all, (s) => s.generatorBound));
+    row.push(countByPath(paths, all, (s) => !isClean(s)));
     lines.push(`| ${row.join(" | ")} |`);
   }
-  lines.push("");
-  lines.push(`† the kernel runs of this cell include generator-bound ones: the kernel number is then ` +
-    `a lower bound of what forwarding can do (veth forwarding runs in the sender's softirq, on ` +
-    `the generator's CPU), so the ratio is an upper bound.`);
-  lines.push("");
-  lines.push(`Generator detail (medians: busy = share of the window udp_gen did not wait; ` +
-    `cpu = its user+sys CPU / wall; sent = datagrams/s it sent; other = CPUs used by other ` +
-    `processes during the run, max over repetitions):`);
-  lines.push("");
-  lines.push(`| cell | ${paths.map((p) => `${PATH_LABEL[p]} busy / cpu / sent / other`).join(" | ")} |`);
-  lines.push(`|---|${paths.map(() => "---").join("|")}|`);
+  lines.push("",
+    `† the kernel runs of this cell include generator-bound ones: the kernel number is then ` +
+      `a lower bound of what forwarding can do (veth forwarding runs in the sender's softirq, ` +
+      `on the generator's CPU), so the ratio is an upper bound.`,
+    "",
+    `Generator detail (medians of all runs: busy = share of the window udp_gen did not wait; ` +
+      `cpu = its user+sys CPU / wall; sent = datagrams/s it sent; other = CPUs used by other ` +
+      `processes during the run, max over repetitions):`,
+    "",
+    `| cell | ${paths.map((p) => `${PATH_LABEL[p]} busy / cpu / sent / other`).join(" | ")} |`,
+    `|---|${paths.map(() => "---").join("|")}|`);
   for (const cell of r.cells) {
-    const name = cellName(cell);
     const cols = paths.map((p) => {
-      const all = r.samples.get(`${name}|${p}`) ?? [];
-      const g = all.map((x) => x.gen);
-      const m = (f: (x: any) => number) => median(g.map(f));
-      return `${m((x) => x.busyFraction).toFixed(2)} / ${m((x) => x.cpuFraction).toFixed(2)} / ` +
-        `${fmtRate(m((x) => x.sent / x.windowSeconds))} / ${Math.max(...all.map((x) => x.otherCpus)).toFixed(2)}`;
+      const all = r.samples.get(`${cellName(cell)}|${p}`) ?? [];
+      const m = (f: (gen: any) => number) => median(all.map((s) => f(s.gen)));
+      const other = Math.max(...all.map((s) => s.otherCpus));
+      return `${m((g) => g.busyFraction).toFixed(2)} / ${m((g) => g.cpuFraction).toFixed(2)} / ` +
+        `${fmtRate(m((g) => g.sent / g.windowSeconds))} / ${other.toFixed(2)}`;
     });
-    lines.push(`| ${name} | ${cols.join(" | ")} |`);
+    lines.push(`| ${cellName(cell)} | ${cols.join(" | ")} |`);
   }
-  lines.push("");
-  lines.push(`UDP receive-buffer overflows over the whole run (/proc/net/snmp Udp RcvbufErrors): ` +
-    `router ns ${r.rcvbufErrors.router} (relay listeners and upstream sockets), ` +
-    `server ns ${r.rcvbufErrors.server} (sink/echo).`);
+  lines.push("",
+    `UDP receive-buffer overflows over the whole run (/proc/net/snmp Udp RcvbufErrors): ` +
+      `router ns ${r.rcvbufErrors.router} (relay listeners and upstream sockets), ` +
+      `server ns ${r.rcvbufErrors.server} (sink/echo).`);
   if (r.cMetrics) {
-    const m = r.cMetrics;
-    const drops = Object.entries(m).filter(([k, v]) => /^dropped/.test(k) && typeof v === "number" && v > 0);
-    lines.push("");
-    lines.push(`C relay counters at the end: ${drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(", ") : "no drops"}` +
-      ` (sessionsCreated=${m.sessionsCreated}, fromClients=${m.fromClients}, toClients=${m.toClients}).`);
+    lines.push("", counterLine("C relay", r.cMetrics, /^dropped/,
+      ["sessionsCreated", "fromClients", "toClients"]));
   }
-  if (r.relayMetrics) {
-    const u = r.relayMetrics.udp ?? {};
-    const drops = Object.entries(u).filter(([k, v]) => /drop|error|fail/i.test(k) && typeof v === "number" && v > 0);
-    lines.push("");
-    lines.push(`Bun relay counters at the end: ${drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(", ") : "no drops or errors"}` +
-      ` (sessionsCreated=${u.sessionsCreated ?? "?"}, pollWakes=${u.pollWakes ?? "?"}).`);
+  if (r.bunMetrics) {
+    lines.push("", counterLine("Bun relay", r.bunMetrics.udp, /drop|error|fail/i,
+      ["sessionsCreated", "pollWakes"]));
   }
   return lines.join("\n");
 }
