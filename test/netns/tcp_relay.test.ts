@@ -223,7 +223,7 @@ if (!skip) {
       });
     }
 
-    test("faults: refused, timed out, client vanishing: counted, no descriptor leaked", async () => {
+    test("faults: refused, timed out, unroutable, client vanishing: counted, no descriptor leaked", async () => {
       const fdsBefore = await fdsWithoutPool();
       const before = await metrics();
       for (const f of FAMILIES) {
@@ -236,7 +236,11 @@ if (!skip) {
         const vanished = client("vanish", f.server, PORT.firehose, 4 << 20);
         expect(vanished.read).toBeGreaterThanOrEqual(4 << 20);
       }
+      // An original destination the router has no route to: connect() fails at once.
+      const unroutable = client("fails", "198.18.9.9", PORT.closed);
+      expect(unroutable).toMatchObject({ error: "ConnectionResetError" });
       const after = await settle();
+      expect(after.upstreamSocketFailed - before.upstreamSocketFailed).toBe(1);
       expect(after.connectRefused - before.connectRefused).toBe(2);
       expect(after.connectTimeouts - before.connectTimeouts).toBe(2);
       expect(after.clientResets - before.clientResets).toBe(2);
