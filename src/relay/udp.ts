@@ -190,17 +190,20 @@ export class UdpRelay {
     this.sniffByPort = new Uint8Array(65536);
     for (const port of udp.quicPorts) this.sniffByPort[port] = PROTOCOL_QUIC;
     for (const port of udp.dnsPorts) this.sniffByPort[port] = PROTOCOL_DNS;
-    this.meta = new Uint8Array(META_WORDS * 4 * this.batchCount);
+    // Each array on its own ArrayBuffer: JSC keeps a small typed array's bytes in the GC
+    // heap and moves them when `.buffer` is first read, which would leave a cached ptr()
+    // pointing at freed memory.
+    this.meta = new Uint8Array(new ArrayBuffer(META_WORDS * 4 * this.batchCount));
     this.metaPtr = ptr(this.meta);
     this.meta32 = new Uint32Array(this.meta.buffer);
     this.meta16 = new Uint16Array(this.meta.buffer);
-    this.sends = new Uint8Array(SEND_WORDS * 4 * this.batchCount);
+    this.sends = new Uint8Array(new ArrayBuffer(SEND_WORDS * 4 * this.batchCount));
     this.sendsPtr = ptr(this.sends);
     this.send32 = new Uint32Array(this.sends.buffer);
     this.sendI32 = new Int32Array(this.sends.buffer);
     this.send16 = new Uint16Array(this.sends.buffer);
     this.sendToTarget = new Uint8Array(this.batchCount);
-    this.errorMeta = new Uint8Array(META_WORDS * 4 * ERRORS_DRAIN_MAX);
+    this.errorMeta = new Uint8Array(new ArrayBuffer(META_WORDS * 4 * ERRORS_DRAIN_MAX));
     this.errorMetaPtr = ptr(this.errorMeta);
     this.errorMeta32 = new Uint32Array(this.errorMeta.buffer);
 

@@ -32,7 +32,8 @@ export class Poller {
   private readonly lib: RelayLib;
   private readonly handle: number;
   private readonly callback: JSCallback;
-  private readonly ready = new Uint32Array(TAKE_COUNT_MAX);
+  // On its own ArrayBuffer so the cached pointer stays valid (see UdpRelay's buffers).
+  private readonly ready = new Uint32Array(new ArrayBuffer(TAKE_COUNT_MAX * 4));
   private readonly readyPtr: Pointer;
   private readonly onToken: (token: number) => void;
   private readonly onRoundEnd: () => void;

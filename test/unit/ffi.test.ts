@@ -64,6 +64,15 @@ describe("C helper", () => {
     lib.rl_close(fd);
   });
 
+  test("a pointer to a typed array on its own ArrayBuffer survives reading .buffer", () => {
+    // JSC keeps small typed arrays in the GC heap and moves them on the first `.buffer`
+    // read, so every array whose ptr() we cache is built on an explicit ArrayBuffer.
+    const owned = new Uint8Array(new ArrayBuffer(64));
+    const before = ptr(owned);
+    void owned.buffer;
+    expect(ptr(owned)).toBe(before);
+  });
+
   test("the epoll poller opens, starts, stops and closes its callback", () => {
     const { Poller } = require("../../src/sys/poller.ts");
     const poller = new Poller(lib, () => {}, { tokensMax: 16 });
