@@ -47,7 +47,12 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { configPath: null, printRules: false, checkConfig: false, sessionsListed: 32 };
+  const args: Args = {
+    configPath: null,
+    printRules: false,
+    checkConfig: false,
+    sessionsListed: 32,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--config") {
@@ -58,7 +63,8 @@ function parseArgs(argv: string[]): Args {
       args.checkConfig = true;
     } else if (a === "--sessions") {
       const n = Number(argv[++i]);
-      if (!Number.isInteger(n) || n < 0 || n > 100_000) fail("--sessions needs an integer 0-100000");
+      if (!Number.isInteger(n) || n < 0 || n > 100_000)
+        fail("--sessions needs an integer 0-100000");
       args.sessionsListed = n;
     } else if (a === "--help" || a === "-h") {
       console.log(USAGE);
@@ -105,14 +111,22 @@ function main(): void {
     return;
   }
   if (args.checkConfig) {
-    console.log(JSON.stringify({ ...config, timeoutClassByPort: undefined }, (_k, v) =>
-      v instanceof Uint8Array ? undefined : v, 2));
+    console.log(
+      JSON.stringify(
+        { ...config, timeoutClassByPort: undefined },
+        (_k, v) => (v instanceof Uint8Array ? undefined : v),
+        2,
+      ),
+    );
     return;
   }
   if (process.getuid?.() !== 0 && !hasNetAdmin()) {
-    fail("missing privilege: TPROXY listeners need CAP_NET_ADMIN (IP_TRANSPARENT) and " +
-      "upstream sockets need it for SO_MARK. Run as root, or grant the capability " +
-      "(e.g. systemd AmbientCapabilities=CAP_NET_ADMIN).", 77);
+    fail(
+      "missing privilege: TPROXY listeners need CAP_NET_ADMIN (IP_TRANSPARENT) and " +
+        "upstream sockets need it for SO_MARK. Run as root, or grant the capability " +
+        "(e.g. systemd AmbientCapabilities=CAP_NET_ADMIN).",
+      77,
+    );
   }
 
   const lib = loadFfi();
@@ -131,8 +145,10 @@ function main(): void {
     const how = l.protocol === "udp" ? `reply ${l.reply}` : `${l.mode}, source ${l.source}`;
     console.error(`[relay] listening ${l.protocol} ${where} (${l.name}, ${how})`);
   }
-  console.error(`[relay] sessions max ${config.udp.sessionsMax}, mapping ${config.udp.mapping}, ` +
-    `upstream mark 0x${config.mark.toString(16)}`);
+  console.error(
+    `[relay] sessions max ${config.udp.sessionsMax}, mapping ${config.udp.mapping}, ` +
+      `upstream mark 0x${config.mark.toString(16)}`,
+  );
 
   const print = (event: string) =>
     process.stdout.write(JSON.stringify(snapshot(relay, tcp, args.sessionsListed, event)) + "\n");

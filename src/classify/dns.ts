@@ -1,7 +1,14 @@
 // DNS results from the WASM parser (wasm/src/dns.zig). One DnsResult is reused per parser:
 // parse() and read() overwrite its numbers in place; name() builds a string only when asked.
-import { Field, Kind, RESULT_WORDS_SHIFT, WORD_CODE, WORD_FIELD, WORD_NAME_BYTES,
-  WORD_NAME_OFFSET } from "./layout.ts";
+import {
+  Field,
+  Kind,
+  RESULT_WORDS_SHIFT,
+  WORD_CODE,
+  WORD_FIELD,
+  WORD_NAME_BYTES,
+  WORD_NAME_OFFSET,
+} from "./layout.ts";
 import type { Parsers } from "./wasm.ts";
 
 export class DnsResult {

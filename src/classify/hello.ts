@@ -1,6 +1,15 @@
 // ClientHello facts shared by QUIC Initial and TLS results (wasm/src/tls.zig).
-import { Field, HELLO_FLAG_ALPN, HELLO_FLAG_ALPN_TRUNCATED, HELLO_FLAG_SNI, WORD_ALPN_BYTES,
-  WORD_ALPN_OFFSET, WORD_FIELD, WORD_NAME_BYTES, WORD_NAME_OFFSET } from "./layout.ts";
+import {
+  Field,
+  HELLO_FLAG_ALPN,
+  HELLO_FLAG_ALPN_TRUNCATED,
+  HELLO_FLAG_SNI,
+  WORD_ALPN_BYTES,
+  WORD_ALPN_OFFSET,
+  WORD_FIELD,
+  WORD_NAME_BYTES,
+  WORD_NAME_OFFSET,
+} from "./layout.ts";
 import type { Parsers } from "./wasm.ts";
 
 export class HelloFields {

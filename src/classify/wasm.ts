@@ -3,12 +3,7 @@
 // pass numbers in, get a code back, and read fields out of preallocated Uint32Array views.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import {
-  ALPN_BYTES_MAX,
-  DESCRIPTOR_WORDS,
-  NAME_BYTES_MAX,
-  RESULT_WORDS,
-} from "./layout.ts";
+import { ALPN_BYTES_MAX, DESCRIPTOR_WORDS, NAME_BYTES_MAX, RESULT_WORDS } from "./layout.ts";
 
 export interface ParsersExports {
   memory: WebAssembly.Memory;

@@ -61,7 +61,14 @@ const DEFAULT_INTERCEPT = [
 function pathToField(path: string): string {
   // TypeBox paths are JSON pointers: /udp/sessionsMax, /listeners/0/port
   if (path === "") return "config";
-  return "config" + path.split("/").slice(1).map((p) => (/^\d+$/.test(p) ? `[${p}]` : `.${p}`)).join("");
+  return (
+    "config" +
+    path
+      .split("/")
+      .slice(1)
+      .map((p) => (/^\d+$/.test(p) ? `[${p}]` : `.${p}`))
+      .join("")
+  );
 }
 
 export function parseConfig(input: unknown): Config {
@@ -88,7 +95,9 @@ export function parseConfig(input: unknown): Config {
     const field = `config.listeners[${i}]`;
     const addr = parseAddress(l.address);
     if (!addr) {
-      problems.push(`${field}.address: not an IPv4 or IPv6 address (got ${JSON.stringify(l.address)})`);
+      problems.push(
+        `${field}.address: not an IPv4 or IPv6 address (got ${JSON.stringify(l.address)})`,
+      );
       return;
     }
     if (seenNames.has(l.name)) problems.push(`${field}.name: duplicate listener name "${l.name}"`);
@@ -98,8 +107,10 @@ export function parseConfig(input: unknown): Config {
       problems.push(`${field}: another listener binds ${l.address} port ${l.port}`);
     }
     if (l.protocol === "udp" && l.mode !== "tproxy") {
-      problems.push(`${field}.mode: "${l.mode}" is for TCP listeners only (REDIRECT loses a ` +
-        `UDP datagram's original destination)`);
+      problems.push(
+        `${field}.mode: "${l.mode}" is for TCP listeners only (REDIRECT loses a ` +
+          `UDP datagram's original destination)`,
+      );
     }
     if (l.protocol === "udp" && l.source !== "relay") {
       problems.push(`${field}.source: "${l.source}" is for TCP listeners only`);
@@ -137,15 +148,23 @@ export function parseConfig(input: unknown): Config {
 
   const upstreamAddr4 = parseAddress(c.upstream.bindAddress4);
   if (!upstreamAddr4 || !isV4Mapped(upstreamAddr4)) {
-    problems.push(`config.upstream.bindAddress4: not an IPv4 address (got ${JSON.stringify(c.upstream.bindAddress4)})`);
+    problems.push(
+      `config.upstream.bindAddress4: not an IPv4 address ` +
+        `(got ${JSON.stringify(c.upstream.bindAddress4)})`,
+    );
   }
   const upstreamAddr6 = parseAddress(c.upstream.bindAddress6);
   if (!upstreamAddr6 || isV4Mapped(upstreamAddr6)) {
-    problems.push(`config.upstream.bindAddress6: not an IPv6 address (got ${JSON.stringify(c.upstream.bindAddress6)})`);
+    problems.push(
+      `config.upstream.bindAddress6: not an IPv6 address ` +
+        `(got ${JSON.stringify(c.upstream.bindAddress6)})`,
+    );
   }
   if (c.mark === c.tproxyMark) {
-    problems.push(`config.mark: must differ from config.tproxyMark (${c.tproxyMark}), or the relay's ` +
-      `own upstream traffic would be routed back into itself`);
+    problems.push(
+      `config.mark: must differ from config.tproxyMark (${c.tproxyMark}), or the relay's ` +
+        `own upstream traffic would be routed back into itself`,
+    );
   }
 
   const timeoutClassesMs = [c.udp.idleTimeoutMs];
@@ -164,18 +183,24 @@ export function parseConfig(input: unknown): Config {
     timeoutClassByPort[port] = cls;
   }
   if (timeoutClassesMs.length > TIMEOUT_CLASS_COUNT_MAX) {
-    problems.push(`config.udp.idleTimeoutMsByPort: at most ${TIMEOUT_CLASS_COUNT_MAX - 1} distinct ` +
-      `timeouts besides idleTimeoutMs (got ${timeoutClassesMs.length - 1})`);
+    problems.push(
+      `config.udp.idleTimeoutMsByPort: at most ${TIMEOUT_CLASS_COUNT_MAX - 1} distinct ` +
+        `timeouts besides idleTimeoutMs (got ${timeoutClassesMs.length - 1})`,
+    );
   }
   if ((c.tcp.bufferBytesMax & (c.tcp.bufferBytesMax - 1)) !== 0) {
-    problems.push(`config.tcp.bufferBytesMax: must be a power of two, as pipe sizes are ` +
-      `(got ${c.tcp.bufferBytesMax})`);
+    problems.push(
+      `config.tcp.bufferBytesMax: must be a power of two, as pipe sizes are ` +
+        `(got ${c.tcp.bufferBytesMax})`,
+    );
   }
   // The receive slab lives in the WASM parsers' packet area (parsed in place, no copy).
   const slabBytes = Math.ceil(c.udp.datagramBytesMax / 64) * 64 * c.udp.batchCountMax;
   if (slabBytes > PACKET_AREA_BYTES) {
-    problems.push(`config.udp.datagramBytesMax: times udp.batchCountMax (${slabBytes} bytes with ` +
-      `64-byte slots) must fit the ${PACKET_AREA_BYTES}-byte packet area; lower one of them`);
+    problems.push(
+      `config.udp.datagramBytesMax: times udp.batchCountMax (${slabBytes} bytes with ` +
+        `64-byte slots) must fit the ${PACKET_AREA_BYTES}-byte packet area; lower one of them`,
+    );
   }
   if (problems.length) throw new ConfigError(problems);
 

@@ -94,9 +94,9 @@ export const UdpSchema = Type.Object(
     /** SO_RCVBUF/SO_SNDBUF of upstream and reply sockets (0: kernel default). */
     socketReceiveBytes: Type.Integer({ minimum: 0, maximum: 1 << 30, default: 0 }),
     socketSendBytes: Type.Integer({ minimum: 0, maximum: 1 << 30, default: 0 }),
-    /** Destination ports whose first datagram is parsed as DNS: the session records the name asked. */
+    /** Ports whose first datagram is parsed as DNS: the session records the name asked. */
     dnsPorts: Type.Array(Port, { default: [53], maxItems: 64 }),
-    /** Destination ports whose first datagrams are parsed as QUIC Initials: the session records the SNI. */
+    /** Ports whose first datagrams are parsed as QUIC Initials: the session records the SNI. */
     quicPorts: Type.Array(Port, { default: [443], maxItems: 64 }),
     /**
      * Datagrams per flow offered to the QUIC parser before giving up: a post-quantum

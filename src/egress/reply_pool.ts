@@ -76,7 +76,8 @@ export class ReplyPool {
       this.lastUsedMs[entry] = nowMs;
       return entry;
     }
-    const negativeKey = `${this.key[0]},${this.key[1]},${this.key[2]},${this.key[3]}|${this.key[4]}`;
+    const k = this.key;
+    const negativeKey = `${k[0]},${k[1]},${k[2]},${k[3]}|${k[4]}`;
     const retryAtMs = this.negative.get(negativeKey);
     if (retryAtMs !== undefined) {
       if (nowMs < retryAtMs) return this.fail("cached", 0);
@@ -84,10 +85,20 @@ export class ReplyPool {
     }
     if (this.index.full && !this.closeOldestIdle()) return this.fail("full", 0);
 
-    const flags = SOCK.transparent | SOCK.reuseAddr | SOCK.freeBind | SOCK.recvOrigDst |
+    const flags =
+      SOCK.transparent |
+      SOCK.reuseAddr |
+      SOCK.freeBind |
+      SOCK.recvOrigDst |
       (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
-    const fd = this.lib.rl_udp_socket(flags, this.keyBytes, this.key[4], this.options.mark,
-      this.options.receiveBytes, this.options.sendBytes);
+    const fd = this.lib.rl_udp_socket(
+      flags,
+      this.keyBytes,
+      this.key[4],
+      this.options.mark,
+      this.options.receiveBytes,
+      this.options.sendBytes,
+    );
     if (fd < 0) {
       const err = decodeSocketError(fd);
       if (err.errno === E.EMFILE || err.errno === E.ENFILE || err.errno === E.ENOMEM) {
@@ -139,7 +150,9 @@ export class ReplyPool {
   }
 
   describeFailure(): string {
-    return this.lastErrno ? `${this.lastFailure}: ${errnoName(this.lastErrno)}` : `${this.lastFailure}`;
+    return this.lastErrno
+      ? `${this.lastFailure}: ${errnoName(this.lastErrno)}`
+      : `${this.lastFailure}`;
   }
 
   private close(entry: number): void {

@@ -40,7 +40,9 @@ export function run(argv: string[], input?: string, allowFail = false): RunResul
   const r = spawnSync(argv[0], argv.slice(1), { input, encoding: "utf8", timeout: 30_000 });
   const result = { status: r.status ?? -1, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
   if (!allowFail && result.status !== 0) {
-    throw new Error(`${argv.join(" ")} -> exit ${result.status}: ${result.stderr.trim() || r.error}`);
+    throw new Error(
+      `${argv.join(" ")} -> exit ${result.status}: ${result.stderr.trim() || r.error}`,
+    );
   }
   return result;
 }
@@ -97,12 +99,46 @@ export class Lab {
       this.exec(ns, ["ip", "link", "set", "lo", "up"]);
     }
     // veth pairs created straight into the namespaces: no names in the root namespace.
-    run(["ip", "link", "add", LAB.clientIf, "netns", client, "type", "veth", "peer", "name",
-      LAB.routerClientIf, "netns", router]);
-    run(["ip", "link", "add", LAB.routerServerIf, "netns", router, "type", "veth", "peer", "name",
-      LAB.serverIf, "netns", server]);
+    run([
+      "ip",
+      "link",
+      "add",
+      LAB.clientIf,
+      "netns",
+      client,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      LAB.routerClientIf,
+      "netns",
+      router,
+    ]);
+    run([
+      "ip",
+      "link",
+      "add",
+      LAB.routerServerIf,
+      "netns",
+      router,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      LAB.serverIf,
+      "netns",
+      server,
+    ]);
     const addr = (ns: string, dev: string, cidr: string) =>
-      this.exec(ns, ["ip", "addr", "add", cidr, "dev", dev, ...(cidr.includes(":") ? ["nodad"] : [])]);
+      this.exec(ns, [
+        "ip",
+        "addr",
+        "add",
+        cidr,
+        "dev",
+        dev,
+        ...(cidr.includes(":") ? ["nodad"] : []),
+      ]);
     addr(client, LAB.clientIf, `${LAB.client4}/24`);
     addr(client, LAB.clientIf, `${LAB.client6}/64`);
     addr(router, LAB.routerClientIf, `${LAB.routerClient4}/24`);
@@ -113,8 +149,12 @@ export class Lab {
     addr(server, LAB.serverIf, `${LAB.server6}/64`);
     for (const a of LAB.serverExtra4) addr(server, LAB.serverIf, `${a}/24`);
     for (const a of LAB.serverExtra6) addr(server, LAB.serverIf, `${a}/64`);
-    for (const [ns, dev] of [[client, LAB.clientIf], [router, LAB.routerClientIf],
-      [router, LAB.routerServerIf], [server, LAB.serverIf]]) {
+    for (const [ns, dev] of [
+      [client, LAB.clientIf],
+      [router, LAB.routerClientIf],
+      [router, LAB.routerServerIf],
+      [server, LAB.serverIf],
+    ]) {
       this.exec(ns, ["ip", "link", "set", dev, "up"]);
     }
     this.exec(client, ["ip", "route", "add", "default", "via", LAB.routerClient4]);

@@ -15,25 +15,59 @@ export class QuicPeers {
     mkdirSync(join(this.dir, "htdocs"));
     writeFileSync(join(this.dir, "htdocs", "index.html"), QUIC_BODY);
     // A throwaway self-signed certificate (gtlsclient does not verify by default).
-    const cert = spawnSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt",
-      "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", join(this.dir, "key.pem"), "-out",
-      join(this.dir, "cert.pem"), "-subj", "/CN=relay.test", "-days", "2"], { encoding: "utf8" });
+    const cert = spawnSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        join(this.dir, "key.pem"),
+        "-out",
+        join(this.dir, "cert.pem"),
+        "-subj",
+        "/CN=relay.test",
+        "-days",
+        "2",
+      ],
+      { encoding: "utf8" },
+    );
     if (cert.status !== 0) throw new Error(`openssl: ${cert.stderr}`);
   }
 
   /** Starts gtlsserver on address:port in the server namespace. */
   serve(address: string, port: number) {
-    return this.lab.spawn(this.lab.server, ["gtlsserver", "-q", "-d", join(this.dir, "htdocs"),
-      address, `${port}`, join(this.dir, "key.pem"), join(this.dir, "cert.pem")]);
+    return this.lab.spawn(this.lab.server, [
+      "gtlsserver",
+      "-q",
+      "-d",
+      join(this.dir, "htdocs"),
+      address,
+      `${port}`,
+      join(this.dir, "key.pem"),
+      join(this.dir, "cert.pem"),
+    ]);
   }
 
   /** Downloads https://HOST/index.html from the client namespace; returns the body. */
   fetch(host: string, port: number, extra: string[] = []): string {
     const out = join(this.dir, "download", `${host}-${port}`);
     mkdirSync(out, { recursive: true });
-    this.lab.exec(this.lab.client, ["gtlsclient", "-q", "--timeout=3s",
-      "--exit-on-all-streams-close", `--download=${out}`, ...extra, host, `${port}`,
-      `https://${host}/index.html`]);
+    this.lab.exec(this.lab.client, [
+      "gtlsclient",
+      "-q",
+      "--timeout=3s",
+      "--exit-on-all-streams-close",
+      `--download=${out}`,
+      ...extra,
+      host,
+      `${port}`,
+      `https://${host}/index.html`,
+    ]);
     return readFileSync(join(out, "index.html"), "utf8");
   }
 

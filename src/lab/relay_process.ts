@@ -16,9 +16,16 @@ export const RELAY_MAIN = join(ROOT, "src", "main.ts");
  */
 function sanitizerPrefix(): string[] {
   if (process.env.RELAY_SANITIZE !== "1") return [];
-  const asan = spawnSync("gcc", ["-print-file-name=libasan.so"], { encoding: "utf8" }).stdout.trim();
-  return ["env", `LD_PRELOAD=${asan}`, `RELAY_FFI_LIB=${join(ROOT, "build", "librelay-asan.so")}`,
-    "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1"];
+  const asan = spawnSync("gcc", ["-print-file-name=libasan.so"], {
+    encoding: "utf8",
+  }).stdout.trim();
+  return [
+    "env",
+    `LD_PRELOAD=${asan}`,
+    `RELAY_FFI_LIB=${join(ROOT, "build", "librelay-asan.so")}`,
+    "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1",
+    "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1",
+  ];
 }
 
 export class RelayProcess {
@@ -28,10 +35,20 @@ export class RelayProcess {
   private constructor(readonly proc: Subprocess<"ignore", "pipe", "pipe">) {}
 
   /** Starts the relay in the router namespace (configPath null: the built-in default). */
-  static async start(lab: Lab, configPath: string | null, timeoutMs = 10_000): Promise<RelayProcess> {
+  static async start(
+    lab: Lab,
+    configPath: string | null,
+    timeoutMs = 10_000,
+  ): Promise<RelayProcess> {
     const config = configPath === null ? [] : ["--config", configPath];
-    const proc = lab.spawn(lab.router, [...sanitizerPrefix(), BUN, RELAY_MAIN, ...config,
-      "--sessions", "1000"]);
+    const proc = lab.spawn(lab.router, [
+      ...sanitizerPrefix(),
+      BUN,
+      RELAY_MAIN,
+      ...config,
+      "--sessions",
+      "1000",
+    ]);
     const relay = new RelayProcess(proc as Subprocess<"ignore", "pipe", "pipe">);
     relay.pump();
     await relay.waitFor((l) => l.event === "ready", timeoutMs);
@@ -67,9 +84,15 @@ export class RelayProcess {
       for (let i = from; i < this.lines.length; i++) if (match(this.lines[i])) return this.lines[i];
       const left = deadline - performance.now();
       if (left <= 0 || this.proc.exitCode !== null) {
-        throw new Error(`relay: no matching line within ${timeoutMs} ms (exit ${this.proc.exitCode})\n${this.stderr}`);
+        throw new Error(
+          `relay: no matching line within ${timeoutMs} ms ` +
+            `(exit ${this.proc.exitCode})\n${this.stderr}`,
+        );
       }
-      await Promise.race([new Promise<void>((r) => this.waiters.push(r)), Bun.sleep(Math.min(left, 100))]);
+      await Promise.race([
+        new Promise<void>((r) => this.waiters.push(r)),
+        Bun.sleep(Math.min(left, 100)),
+      ]);
     }
   }
 

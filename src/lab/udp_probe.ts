@@ -13,7 +13,10 @@ interface Target {
 
 function parseTarget(text: string): Target {
   const colon = text.lastIndexOf(":");
-  return { host: text.slice(0, colon).replace(/^\[|\]$/g, ""), port: Number(text.slice(colon + 1)) };
+  return {
+    host: text.slice(0, colon).replace(/^\[|\]$/g, ""),
+    port: Number(text.slice(colon + 1)),
+  };
 }
 
 function option(name: string, fallback: string): string {
@@ -27,7 +30,11 @@ const packets = Number(option("--packets", "4"));
 const size = Number(option("--size", "64"));
 const timeoutMs = Number(option("--timeout-ms", "3000"));
 const stamped = process.argv.includes("--stamped");
-if (targets.length === 0 || !(flows >= 1 && flows <= 4096) || !(packets >= 1 && packets <= 100_000)) {
+if (
+  targets.length === 0 ||
+  !(flows >= 1 && flows <= 4096) ||
+  !(packets >= 1 && packets <= 100_000)
+) {
   console.error("usage: udp_probe.ts --targets A:P[,A:P] [--flows 1-4096] [--packets 1-100000]");
   process.exit(2);
 }
@@ -117,18 +124,21 @@ for (let seq = 0; seq < packets; seq++) {
 await Promise.race([done, Bun.sleep(timeoutMs)]);
 for (const { socket } of sockets) socket.close();
 rttUs.sort((a, b) => a - b);
-const pct = (p: number) => (rttUs.length ? Math.round(rttUs[Math.min(rttUs.length - 1, Math.floor(p * rttUs.length))]) : -1);
-console.log(JSON.stringify({
-  sent: expected,
-  received,
-  lost: expected - received,
-  wrongSource,
-  wrongFlow,
-  duplicate,
-  serverSaw: [...serverSaw],
-  rttUsP50: pct(0.5),
-  rttUsP99: pct(0.99),
-}));
+const pct = (p: number) =>
+  rttUs.length ? Math.round(rttUs[Math.min(rttUs.length - 1, Math.floor(p * rttUs.length))]) : -1;
+console.log(
+  JSON.stringify({
+    sent: expected,
+    received,
+    lost: expected - received,
+    wrongSource,
+    wrongFlow,
+    duplicate,
+    serverSaw: [...serverSaw],
+    rttUsP50: pct(0.5),
+    rttUsP99: pct(0.99),
+  }),
+);
 process.exit(0);
 
 export {};

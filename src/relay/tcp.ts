@@ -227,16 +227,25 @@ export class TcpRelay {
     const wanted = tcp.connectionsMax * FDS_PER_CONNECTION + PIPE_POOL_FDS + 256;
     const limit = this.lib.rl_raise_nofile(wanted);
     if (limit > 0 && limit < wanted) {
-      this.log("nofile", `RLIMIT_NOFILE is ${limit}, below the ${wanted} descriptors that ` +
-        `tcp.connectionsMax may need; connections past it are reset and counted`);
+      this.log(
+        "nofile",
+        `RLIMIT_NOFILE is ${limit}, below the ${wanted} descriptors that ` +
+          `tcp.connectionsMax may need; connections past it are reset and counted`,
+      );
     }
-    const engine = this.lib.rl_tcp_engine_open(tcp.connectionsMax, tcp.bufferBytesMax,
-      tcp.connectTimeoutMs, tcp.idleTimeoutMs);
+    const engine = this.lib.rl_tcp_engine_open(
+      tcp.connectionsMax,
+      tcp.bufferBytesMax,
+      tcp.connectTimeoutMs,
+      tcp.idleTimeoutMs,
+    );
     if (engine < 0) throw new Error(`TCP splice engine did not start: ${errnoName(-engine)}`);
     this.engine = engine;
     this.eventsFd = this.lib.rl_tcp_engine_event_fd(engine);
     try {
-      this.listeners.forEach((l, i) => this.openListener(l, i));
+      this.listeners.forEach((l, i) => {
+        this.openListener(l, i);
+      });
       const rc = this.poller.add(this.eventsFd, this.eventsToken);
       if (rc < 0) throw new Error(`epoll_ctl(ADD) engine events: ${errnoName(-rc)}`);
     } catch (err) {
@@ -332,13 +341,18 @@ export class TcpRelay {
   // ---- set-up ----
 
   private openListener(l: ListenerConfig, index: number): void {
-    const flags = SOCK.stream | SOCK.reuseAddr |
+    const flags =
+      SOCK.stream |
+      SOCK.reuseAddr |
       (l.mode === "tproxy" ? SOCK.transparent | SOCK.freeBind : 0) |
-      (l.reusePort ? SOCK.reusePort : 0) | (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
+      (l.reusePort ? SOCK.reusePort : 0) |
+      (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
     const fd = this.lib.rl_udp_socket(flags, l.addr, l.port, 0, 0, 0);
     if (fd < 0) {
-      throw new Error(`listener "${l.name}" (tcp ${l.address} port ${l.port}): ` +
-        describeSocketError(decodeSocketError(fd), l.ipv6));
+      throw new Error(
+        `listener "${l.name}" (tcp ${l.address} port ${l.port}): ` +
+          describeSocketError(decodeSocketError(fd), l.ipv6),
+      );
     }
     this.listenerFd[index] = fd;
     const rc = this.lib.rl_listen(fd, this.config.tcp.listenBacklog);
@@ -402,14 +416,19 @@ export class TcpRelay {
         if (err === E.EMFILE || err === E.ENFILE || err === E.ENOBUFS || err === E.ENOMEM) {
           this.counters.acceptNoDescriptors++;
           this.listenerPaused[index] = 1;
-          this.log("accept-fds", `accept(): ${errnoName(err)}: pausing listener ` +
-            `"${this.listeners[index].name}" for ${TICK_MS} ms`);
+          this.log(
+            "accept-fds",
+            `accept(): ${errnoName(err)}: pausing listener ` +
+              `"${this.listeners[index].name}" for ${TICK_MS} ms`,
+          );
           return;
         }
         this.counters.acceptErrors++;
         if (err !== ECONNABORTED && err !== EPROTO) {
-          this.log(`accept-${err}`,
-            `accept() on "${this.listeners[index].name}": ${errnoName(err)}`);
+          this.log(
+            `accept-${err}`,
+            `accept() on "${this.listeners[index].name}": ${errnoName(err)}`,
+          );
           return;
         }
         continue;
@@ -438,8 +457,11 @@ export class TcpRelay {
       const port = this.lib.rl_original_dst(clientFd, this.origDstPtr);
       if (port <= 0) {
         this.counters.droppedNoOriginalDst++;
-        this.log("no-origdst", `listener "${l.name}": no original destination ` +
-          `(SO_ORIGINAL_DST: ${port < 0 ? errnoName(-port) : "port 0"})`);
+        this.log(
+          "no-origdst",
+          `listener "${l.name}": no original destination ` +
+            `(SO_ORIGINAL_DST: ${port < 0 ? errnoName(-port) : "port 0"})`,
+        );
         this.lib.rl_tcp_abort(clientFd);
         return;
       }
@@ -468,19 +490,32 @@ export class TcpRelay {
       if (!this.upstream4Any) flags = TCP_CONNECT.sourceBind;
     }
     const scope = this.meta32[META.targetScopeWord];
-    const upstreamFd = this.lib.rl_tcp_connect(targetPtr, targetPort, scope, sourcePtr, flags,
-      this.config.mark);
+    const upstreamFd = this.lib.rl_tcp_connect(
+      targetPtr,
+      targetPort,
+      scope,
+      sourcePtr,
+      flags,
+      this.config.mark,
+    );
     if (upstreamFd < 0) {
       const err = decodeSocketError(upstreamFd);
-      if (err.errno === E.EMFILE || err.errno === E.ENFILE || err.errno === E.ENOBUFS ||
-        err.errno === E.ENOMEM) {
+      if (
+        err.errno === E.EMFILE ||
+        err.errno === E.ENFILE ||
+        err.errno === E.ENOBUFS ||
+        err.errno === E.ENOMEM
+      ) {
         this.counters.upstreamNoDescriptors++;
       } else {
         this.counters.upstreamSocketFailed++;
       }
       const step = upstreamFd === -((TCP_STEP_CONNECT << 16) | err.errno) ? "connect()" : err.step;
-      this.log(`upstream-${step}-${err.errno}`, `upstream for "${l.name}" to ` +
-        `${formatEndpoint(targetBytes, 0, targetPort)}: ${step}: ${errnoName(err.errno)}`);
+      this.log(
+        `upstream-${step}-${err.errno}`,
+        `upstream for "${l.name}" to ` +
+          `${formatEndpoint(targetBytes, 0, targetPort)}: ${step}: ${errnoName(err.errno)}`,
+      );
       this.lib.rl_tcp_abort(clientFd);
       return;
     }
@@ -491,7 +526,7 @@ export class TcpRelay {
     this.connStartMs[id] = performance.now();
     this.connAddrs.set(meta.subarray(0, 16), id * 32);
     this.connAddrs.set(targetBytes.subarray(0, 16), id * 32 + 16);
-    this.connPorts[id] = (this.meta16[META.sourcePortHalf] << 16 | targetPort) >>> 0;
+    this.connPorts[id] = ((this.meta16[META.sourcePortHalf] << 16) | targetPort) >>> 0;
     this.active++;
     const rc = this.lib.rl_tcp_engine_add(this.engine, id, clientFd, upstreamFd);
     if (rc < 0) {
@@ -502,8 +537,12 @@ export class TcpRelay {
     }
   }
 
-  private reachedDirectly(l: ListenerConfig, target: Uint8Array, targetPort: number,
-    localPort: number): boolean {
+  private reachedDirectly(
+    l: ListenerConfig,
+    target: Uint8Array,
+    targetPort: number,
+    localPort: number,
+  ): boolean {
     if (targetPort !== l.port) return false;
     if (l.mode === "redirect") {
       // No NAT happened: conntrack's original destination is the local address itself.
@@ -511,8 +550,12 @@ export class TcpRelay {
       for (let i = 0; i < 16; i++) if (target[i] !== this.meta[16 + i]) return false;
       return true;
     }
-    const unspecified = l.ipv6 ? l.addr.every((b) => b === 0)
-      : isV4Mapped(l.addr) && l.addr[12] === 0 && l.addr[13] === 0 && l.addr[14] === 0 &&
+    const unspecified = l.ipv6
+      ? l.addr.every((b) => b === 0)
+      : isV4Mapped(l.addr) &&
+        l.addr[12] === 0 &&
+        l.addr[13] === 0 &&
+        l.addr[14] === 0 &&
         l.addr[15] === 0;
     // A wildcard listener also accepts intercepted connections to its own port (e.g.
     // `tproxy to :80` for port 80): only a target that is one of this host's addresses
@@ -564,19 +607,37 @@ export class TcpRelay {
         c.bytesToUpstreamClosed += this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesUpDouble];
         c.bytesToClientsClosed += this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesDownDouble];
         switch (reason) {
-          case TcpEnd.Closed: c.closed++; break;
-          case TcpEnd.ClientReset: c.clientResets++; break;
-          case TcpEnd.UpstreamReset: c.upstreamResets++; break;
-          case TcpEnd.ConnectRefused: c.connectRefused++; break;
-          case TcpEnd.ConnectTimeout: c.connectTimeouts++; break;
+          case TcpEnd.Closed:
+            c.closed++;
+            break;
+          case TcpEnd.ClientReset:
+            c.clientResets++;
+            break;
+          case TcpEnd.UpstreamReset:
+            c.upstreamResets++;
+            break;
+          case TcpEnd.ConnectRefused:
+            c.connectRefused++;
+            break;
+          case TcpEnd.ConnectTimeout:
+            c.connectTimeouts++;
+            break;
           case TcpEnd.ConnectFailed:
             c.connectFailed++;
-            this.log(`connect-${this.eventI32[w + TCP_EVENT.errorWord]}`, `upstream connect: ` +
-              errnoName(this.eventI32[w + TCP_EVENT.errorWord]));
+            this.log(
+              `connect-${this.eventI32[w + TCP_EVENT.errorWord]}`,
+              `upstream connect: ` + errnoName(this.eventI32[w + TCP_EVENT.errorWord]),
+            );
             break;
-          case TcpEnd.IdleTimeout: c.idleTimeouts++; break;
-          case TcpEnd.Aborted: c.abortedAtShutdown++; break;
-          case TcpEnd.Resources: c.resourceFailures++; break;
+          case TcpEnd.IdleTimeout:
+            c.idleTimeouts++;
+            break;
+          case TcpEnd.Aborted:
+            c.abortedAtShutdown++;
+            break;
+          case TcpEnd.Resources:
+            c.resourceFailures++;
+            break;
           default:
             this.log(`reason-${reason}`, `engine: unknown end reason ${reason}`);
         }

@@ -178,14 +178,19 @@ export class UdpRelay {
     this.slotBytes = Math.ceil(udp.datagramBytesMax / 64) * 64;
     this.parsers = parsersLoad();
     if (this.parsers.packetArea.bytesMax !== PACKET_AREA_BYTES) {
-      throw new Error(`WASM packet area is ${this.parsers.packetArea.bytesMax} bytes, ` +
-        `config assumes ${PACKET_AREA_BYTES}: rebuild (bash scripts/build.sh)`);
+      throw new Error(
+        `WASM packet area is ${this.parsers.packetArea.bytesMax} bytes, ` +
+          `config assumes ${PACKET_AREA_BYTES}: rebuild (bash scripts/build.sh)`,
+      );
     }
     this.dns = new DnsParser(this.parsers);
     this.quic = new QuicParser(this.parsers);
     this.slabWasmOffset = this.parsers.packetArea.offset;
-    this.slab = new Uint8Array(this.parsers.memory.buffer, this.slabWasmOffset,
-      this.slotBytes * this.batchCount);
+    this.slab = new Uint8Array(
+      this.parsers.memory.buffer,
+      this.slabWasmOffset,
+      this.slotBytes * this.batchCount,
+    );
     this.slabPtr = ptr(this.slab);
     this.sniffByPort = new Uint8Array(65536);
     for (const port of udp.quicPorts) this.sniffByPort[port] = PROTOCOL_QUIC;
@@ -261,11 +266,17 @@ export class UdpRelay {
     const wanted = this.config.udp.sessionsMax + this.config.udp.replySocketsMax + 256;
     const limit = this.lib.rl_raise_nofile(wanted);
     if (limit > 0 && limit < wanted) {
-      this.log("nofile", `RLIMIT_NOFILE is ${limit}, below the ${wanted} descriptors that ` +
-        `udp.sessionsMax + udp.replySocketsMax may need; new flows past it are dropped and counted`);
+      this.log(
+        "nofile",
+        `RLIMIT_NOFILE is ${limit}, below the ${wanted} descriptors that ` +
+          `udp.sessionsMax + udp.replySocketsMax may need; new flows past it are dropped ` +
+          `and counted`,
+      );
     }
     try {
-      this.config.listeners.forEach((l, i) => this.openListener(l, i));
+      this.config.listeners.forEach((l, i) => {
+        this.openListener(l, i);
+      });
     } catch (err) {
       this.closeListeners();
       throw err;
@@ -284,7 +295,9 @@ export class UdpRelay {
     if (this.timer) clearInterval(this.timer);
     this.poller.stop();
     const ended: number[] = [];
-    this.sessions.forEach((slot) => ended.push(slot));
+    this.sessions.forEach((slot) => {
+      ended.push(slot);
+    });
     for (const slot of ended) this.sessions.end(slot, EndReason.Closed);
     this.replies.closeAll();
     this.closeListeners();
@@ -339,14 +352,26 @@ export class UdpRelay {
 
   private openListener(l: ListenerConfig, index: number): void {
     const udp = this.config.udp;
-    const flags = SOCK.transparent | SOCK.recvOrigDst | SOCK.reuseAddr | SOCK.freeBind |
-      (l.reusePort ? SOCK.reusePort : 0) | (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
-    const fd = this.lib.rl_udp_socket(flags, l.addr, l.port, 0, udp.listenerReceiveBytes,
-      udp.listenerSendBytes);
+    const flags =
+      SOCK.transparent |
+      SOCK.recvOrigDst |
+      SOCK.reuseAddr |
+      SOCK.freeBind |
+      (l.reusePort ? SOCK.reusePort : 0) |
+      (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
+    const fd = this.lib.rl_udp_socket(
+      flags,
+      l.addr,
+      l.port,
+      0,
+      udp.listenerReceiveBytes,
+      udp.listenerSendBytes,
+    );
     if (fd < 0) {
       const err = decodeSocketError(fd);
-      throw new Error(`listener "${l.name}" (${l.address} port ${l.port}): ` +
-        describeSocketError(err, l.ipv6));
+      throw new Error(
+        `listener "${l.name}" (${l.address} port ${l.port}): ` + describeSocketError(err, l.ipv6),
+      );
     }
     this.listenerFd[index] = fd;
     this.listenerPort[index] = l.port;
@@ -408,8 +433,13 @@ export class UdpRelay {
       if (this.slotsUsed === this.batchCount) this.endRound();
       const first = this.slotsUsed;
       const room = this.batchCount - first;
-      const n = this.lib.rl_recv_batch(fd, (this.slabPtr + first * this.slotBytes) as Pointer,
-        this.slotBytes, room, (this.metaPtr + first * META_BYTES) as Pointer);
+      const n = this.lib.rl_recv_batch(
+        fd,
+        (this.slabPtr + first * this.slotBytes) as Pointer,
+        this.slotBytes,
+        room,
+        (this.metaPtr + first * META_BYTES) as Pointer,
+      );
       if (n < 0) {
         this.onReceiveError(fd, -n);
         continue; // the error is consumed; datagrams may still wait behind it
@@ -418,7 +448,13 @@ export class UdpRelay {
       this.counters.batches++;
       this.slotsUsed += n;
       if (kind === SocketKind.Upstream) this.fromTargets(ref, first, n, now);
-      else this.fromClients(kind === SocketKind.Listener ? ref : this.replies.listener[ref], first, n, now);
+      else
+        this.fromClients(
+          kind === SocketKind.Listener ? ref : this.replies.listener[ref],
+          first,
+          n,
+          now,
+        );
       if (n < room) return; // drained: the socket had no more
       // A new flow may have closed this very socket (reply pool full): stop reading it.
       if (this.socketFd[token] !== fd || this.socketKind[token] !== kind) return;
@@ -611,8 +647,11 @@ export class UdpRelay {
       rk[4] = targetPort;
       reply = this.replies.acquire(listener, ipv6, now);
       if (reply < 0) {
-        this.log(`reply-${this.replies.lastFailure}`, `no reply socket for ` +
-          `${this.describeKeyTarget(targetPort)}: ${this.replies.describeFailure()}`);
+        this.log(
+          `reply-${this.replies.lastFailure}`,
+          `no reply socket for ` +
+            `${this.describeKeyTarget(targetPort)}: ${this.replies.describeFailure()}`,
+        );
         return -1;
       }
     }
@@ -628,8 +667,15 @@ export class UdpRelay {
       sessions.protocol[s] = sniff;
       sessions.sniffLeft[s] = sniff === PROTOCOL_DNS ? 1 : this.config.udp.sniffPacketsMax;
     }
-    const upstream = this.acquireUpstream(s, clientWord0, clientWord1, clientWord2, clientWord3,
-      clientPort, ipv6);
+    const upstream = this.acquireUpstream(
+      s,
+      clientWord0,
+      clientWord1,
+      clientWord2,
+      clientWord3,
+      clientPort,
+      ipv6,
+    );
     if (upstream >= 0) this.upstreamClientScope[upstream] = clientScope;
     if (upstream < 0) {
       sessions.end(s, EndReason.Closed);
@@ -640,8 +686,15 @@ export class UdpRelay {
     return s;
   }
 
-  private acquireUpstream(session: number, a0: number, a1: number, a2: number, a3: number,
-    clientPort: number, ipv6: boolean): number {
+  private acquireUpstream(
+    session: number,
+    a0: number,
+    a1: number,
+    a2: number,
+    a3: number,
+    clientPort: number,
+    ipv6: boolean,
+  ): number {
     const uk = this.upstreams.scratch;
     uk[0] = a0;
     uk[1] = a1;
@@ -656,8 +709,14 @@ export class UdpRelay {
     }
     const flags = SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
     const bindAddr = ipv6 ? this.config.upstreamAddr6 : this.config.upstreamAddr4;
-    const fd = this.lib.rl_udp_socket(flags, bindAddr, 0, this.config.mark,
-      this.config.udp.socketReceiveBytes, this.config.udp.socketSendBytes);
+    const fd = this.lib.rl_udp_socket(
+      flags,
+      bindAddr,
+      0,
+      this.config.mark,
+      this.config.udp.socketReceiveBytes,
+      this.config.udp.socketSendBytes,
+    );
     if (fd < 0) {
       const err = decodeSocketError(fd);
       if (err.errno === E.EMFILE || err.errno === E.ENFILE || err.errno === E.ENOMEM) {

@@ -147,8 +147,14 @@ export function formatAddress(addr: Uint8Array, offset = 0): string {
   }
   const hex = (g: number) => groups[g].toString(16);
   if (bestStart < 0) return groups.map((_, g) => hex(g)).join(":");
-  const head = groups.slice(0, bestStart).map((_, g) => hex(g)).join(":");
-  const tail = groups.slice(bestStart + bestLength).map((_, g) => hex(bestStart + bestLength + g)).join(":");
+  const head = groups
+    .slice(0, bestStart)
+    .map((_, g) => hex(g))
+    .join(":");
+  const tail = groups
+    .slice(bestStart + bestLength)
+    .map((_, g) => hex(bestStart + bestLength + g))
+    .join(":");
   return `${head}::${tail}`;
 }
 

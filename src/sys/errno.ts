@@ -78,9 +78,11 @@ export function describeSocketError(err: SocketError, ipv6: boolean): string {
   const name = errnoName(err.errno);
   const privileged = step.includes("TRANSPARENT") || step === "SO_MARK";
   if ((err.errno === E.EPERM || err.errno === E.EACCES) && privileged) {
-    return `${step}: ${name}: needs CAP_NET_ADMIN (run as root, or grant it: ` +
+    return (
+      `${step}: ${name}: needs CAP_NET_ADMIN (run as root, or grant it: ` +
       `setcap cap_net_admin+ep on the bun binary, or AmbientCapabilities=CAP_NET_ADMIN ` +
-      `in a systemd unit)`;
+      `in a systemd unit)`
+    );
   }
   return `${step}: ${name}`;
 }

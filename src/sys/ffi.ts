@@ -3,7 +3,13 @@
 import { dlopen, FFIType } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { ABI_VERSION, META_BYTES, META_LENGTH_OFFSET, SEND_BYTES, SEND_RESULT_OFFSET } from "./layout.ts";
+import {
+  ABI_VERSION,
+  META_BYTES,
+  META_LENGTH_OFFSET,
+  SEND_BYTES,
+  SEND_RESULT_OFFSET,
+} from "./layout.ts";
 
 const { i32, ptr } = FFIType;
 
@@ -64,7 +70,12 @@ export function loadFfi(): RelayLib {
   if (abi !== ABI_VERSION) {
     throw new Error(`C helper ABI ${abi} != ${ABI_VERSION}: rebuild it (bash scripts/build.sh)`);
   }
-  const layout = lib.rl_layout_check(META_BYTES, SEND_BYTES, META_LENGTH_OFFSET, SEND_RESULT_OFFSET);
+  const layout = lib.rl_layout_check(
+    META_BYTES,
+    SEND_BYTES,
+    META_LENGTH_OFFSET,
+    SEND_RESULT_OFFSET,
+  );
   if (layout !== 0) throw new Error("C helper record layout differs from src/sys/layout.ts");
   loaded = lib;
   return lib;

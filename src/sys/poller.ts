@@ -41,8 +41,6 @@ export class Poller {
   private readonly runBound = () => this.run();
   private running = false;
   private closed = false;
-  /** A run() is scheduled with setImmediate (busy, or after an error). */
-  private scheduled = false;
 
   constructor(lib: RelayLib, onToken: (token: number) => void, options: PollerOptions) {
     this.lib = lib;
@@ -95,7 +93,6 @@ export class Poller {
 
   /** Takes ready tokens in rounds until the ring is empty, then goes idle. */
   private run(): void {
-    this.scheduled = false;
     if (this.closed) return;
     for (let round = 0; round < ROUNDS_MAX; round++) {
       const n = this.lib.rl_poll_take(this.handle, this.readyPtr, TAKE_COUNT_MAX);
@@ -118,7 +115,6 @@ export class Poller {
     }
     // Still busy: let the event loop turn (timers, signals), then go on. We hold the
     // "awake" flag, so C does not call us meanwhile.
-    this.scheduled = true;
     setImmediate(this.runBound);
   }
 

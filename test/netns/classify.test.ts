@@ -52,10 +52,27 @@ const reason = unavailableReason();
 const ci = process.env.CI === "true";
 
 /** Starts a capture in the namespace; resolves to its datagrams (hex) when it exits. */
-async function capture(address: string, port: number, countMax: number,
-  client: () => Promise<void>): Promise<Uint8Array[]> {
-  const proc = Bun.spawn(["ip", "netns", "exec", NS, BUN, CAPTURE, address, String(port),
-    String(countMax), String(CAPTURE_TIMEOUT_MS)], { stdout: "pipe", stderr: "inherit" });
+async function capture(
+  address: string,
+  port: number,
+  countMax: number,
+  client: () => Promise<void>,
+): Promise<Uint8Array[]> {
+  const proc = Bun.spawn(
+    [
+      "ip",
+      "netns",
+      "exec",
+      NS,
+      BUN,
+      CAPTURE,
+      address,
+      String(port),
+      String(countMax),
+      String(CAPTURE_TIMEOUT_MS),
+    ],
+    { stdout: "pipe", stderr: "inherit" },
+  );
   const reader = proc.stdout.getReader();
   const decoder = new TextDecoder();
   let buffered = "";
@@ -92,8 +109,10 @@ async function capture(address: string, port: number, countMax: number,
 }
 
 async function inNs(argv: string[]): Promise<void> {
-  const proc = Bun.spawn(["ip", "netns", "exec", NS, ...argv], { stdout: "ignore",
-    stderr: "ignore" });
+  const proc = Bun.spawn(["ip", "netns", "exec", NS, ...argv], {
+    stdout: "ignore",
+    stderr: "ignore",
+  });
   const timer = setTimeout(() => proc.kill(), CLIENT_TIMEOUT_MS);
   try {
     await proc.exited;
@@ -113,8 +132,8 @@ if (reason !== null) {
       throw new Error(`CI=true and netns unavailable: ${reason}`);
     });
   } else {
-    console.log(`SKIP classify netns tests: ${reason}`);
-    test.skip(`classify netns (${reason})`, () => {});
+    // Registers nothing: the printed reason is the whole report (outside CI only).
+    console.warn(`[classify netns tests skipped] ${reason}`);
   }
 } else {
   describe(`netns ${NS}`, () => {
@@ -129,8 +148,10 @@ if (reason !== null) {
         if (!r.ok) throw new Error(`${argv.join(" ")}: ${r.text}`);
       }
       mkdirSync(HOSTS_DIR, { recursive: true });
-      writeFileSync(join(HOSTS_DIR, "hosts"),
-        "127.0.0.1 localhost\n198.18.0.1 quic.example.test\n198.18.0.1 big.example.test\n");
+      writeFileSync(
+        join(HOSTS_DIR, "hosts"),
+        "127.0.0.1 localhost\n198.18.0.1 quic.example.test\n198.18.0.1 big.example.test\n",
+      );
     });
 
     afterAll(() => {
@@ -144,21 +165,56 @@ if (reason !== null) {
     });
 
     const kdigCases = [
-      { address: "127.0.0.1", name: "www.example.com", type: "A", extra: [],
-        qtype: 1, edns: false },
-      { address: "198.18.0.1", name: "WWW.Example.ORG", type: "AAAA", extra: ["+dnssec"],
-        qtype: 28, edns: true },
-      { address: "198.18.0.1", name: "mail.example.net", type: "MX",
-        extra: ["+bufsize=1232"], qtype: 15, edns: true },
-      { address: "2001:2::1", name: "v6.example.test", type: "TXT", extra: ["+edns"],
-        qtype: 16, edns: true },
+      {
+        address: "127.0.0.1",
+        name: "www.example.com",
+        type: "A",
+        extra: [],
+        qtype: 1,
+        edns: false,
+      },
+      {
+        address: "198.18.0.1",
+        name: "WWW.Example.ORG",
+        type: "AAAA",
+        extra: ["+dnssec"],
+        qtype: 28,
+        edns: true,
+      },
+      {
+        address: "198.18.0.1",
+        name: "mail.example.net",
+        type: "MX",
+        extra: ["+bufsize=1232"],
+        qtype: 15,
+        edns: true,
+      },
+      {
+        address: "2001:2::1",
+        name: "v6.example.test",
+        type: "TXT",
+        extra: ["+edns"],
+        qtype: 16,
+        edns: true,
+      },
     ];
 
     for (const c of kdigCases) {
       test(`kdig ${c.type} ${c.name} @${c.address}`, async () => {
         const port = 5300 + kdigCases.indexOf(c);
-        const packets = await capture(c.address, port, 1, () => inNs(["kdig", `@${c.address}`,
-          "-p", String(port), c.name, c.type, "+timeout=1", "+retry=0", ...c.extra]));
+        const packets = await capture(c.address, port, 1, () =>
+          inNs([
+            "kdig",
+            `@${c.address}`,
+            "-p",
+            String(port),
+            c.name,
+            c.type,
+            "+timeout=1",
+            "+retry=0",
+            ...c.extra,
+          ]),
+        );
         expect(packets.length).toBe(1);
         const offset = parsers.place(packets[0]);
         const r = dns.parse(offset, packets[0].length);
@@ -169,19 +225,36 @@ if (reason !== null) {
         expect(r.ednsPresent).toBe(c.edns);
         if (c.type === "MX") expect(r.ednsUdpPayloadBytes).toBe(1232);
         if (c.type === "AAAA") expect(r.ednsDo).toBe(true);
-        saved.dns.push({ name: `kdig ${c.type}`, qname: r.name(),
-          hex: Buffer.from(packets[0]).toString("hex") });
+        saved.dns.push({
+          name: `kdig ${c.type}`,
+          qname: r.name(),
+          hex: Buffer.from(packets[0]).toString("hex"),
+        });
       });
     }
 
     test("dnsperf: every query in its data file parses to its name", async () => {
-      const names = ["a.perf.test", "b.perf.test", "Upper.Perf.Test", "d.perf.test",
-        "e.perf.test"];
+      const names = ["a.perf.test", "b.perf.test", "Upper.Perf.Test", "d.perf.test", "e.perf.test"];
       const dataPath = `/tmp/${NS}-dnsperf.txt`;
       writeFileSync(dataPath, names.map((n, i) => `${n} ${i % 2 ? "AAAA" : "A"}\n`).join(""));
       try {
-        const packets = await capture("198.18.0.1", 5399, names.length, () => inNs(["dnsperf",
-          "-s", "198.18.0.1", "-p", "5399", "-d", dataPath, "-n", "1", "-l", "2", "-t", "1"]));
+        const packets = await capture("198.18.0.1", 5399, names.length, () =>
+          inNs([
+            "dnsperf",
+            "-s",
+            "198.18.0.1",
+            "-p",
+            "5399",
+            "-d",
+            dataPath,
+            "-n",
+            "1",
+            "-l",
+            "2",
+            "-t",
+            "1",
+          ]),
+        );
         expect(packets.length).toBe(names.length);
         const seen = packets.map((packet) => {
           const r = dns.parse(parsers.place(packet), packet.length);
@@ -189,8 +262,11 @@ if (reason !== null) {
           return r.name();
         });
         expect(seen.sort()).toEqual(names.map((n) => n.toLowerCase()).sort());
-        saved.dns.push({ name: "dnsperf", qname: seen[0],
-          hex: Buffer.from(packets[0]).toString("hex") });
+        saved.dns.push({
+          name: "dnsperf",
+          qname: seen[0],
+          hex: Buffer.from(packets[0]).toString("hex"),
+        });
       } finally {
         rmSync(dataPath, { force: true });
       }
@@ -199,14 +275,14 @@ if (reason !== null) {
     async function gtls(host: string, port: number, extra: string[]): Promise<Uint8Array[]> {
       // Two datagrams: the client's first flight, then its first retransmission (the
       // capture never answers). Enough for a hello spanning two Initials.
-      return capture("198.18.0.1", port, 2, () => inNs(["gtlsclient", "-q", "--timeout=1s",
-        ...extra, host, String(port)]));
+      return capture("198.18.0.1", port, 2, () =>
+        inNs(["gtlsclient", "-q", "--timeout=1s", ...extra, host, String(port)]),
+      );
     }
 
     function openAll(packets: Uint8Array[]): number[] {
       quic.resetContexts();
-      return packets.map((packet) => quic.parseInitial(parsers.place(packet),
-        packet.length).code);
+      return packets.map((packet) => quic.parseInitial(parsers.place(packet), packet.length).code);
     }
 
     test("gtlsclient: one Initial, SNI and ALPN h3", async () => {
@@ -217,23 +293,30 @@ if (reason !== null) {
       expect(quic.initial.header.version).toBe(QUIC_VERSION_1);
       expect(quic.initial.sni()).toBe("quic.example.test");
       expect(quic.initial.alpn()).toContain("h3");
-      saved.quic.push({ name: "gtlsclient one Initial", sni: quic.initial.sni(),
-        hex: [Buffer.from(packets[0]).toString("hex")] });
+      saved.quic.push({
+        name: "gtlsclient one Initial",
+        sni: quic.initial.sni(),
+        hex: [Buffer.from(packets[0]).toString("hex")],
+      });
     });
 
     test("gtlsclient with an FFDHE8192 key share: ClientHello spans 2 Initials", async () => {
       // A 1024-byte FFDHE8192 key share (RFC 7919) makes the hello ~1.3 KB, more than one
       // Initial holds, as Chrome's X25519MLKEM768 share does.
-      const packets = await gtls("big.example.test", 4434,
-        ["--groups=-GROUP-ALL:+GROUP-FFDHE8192:+GROUP-X25519"]);
+      const packets = await gtls("big.example.test", 4434, [
+        "--groups=-GROUP-ALL:+GROUP-FFDHE8192:+GROUP-X25519",
+      ]);
       expect(packets.length).toBe(2);
       const codes = openAll(packets);
       expect(codes).toEqual([Code.short, Code.ok]);
       expect(quic.initial.helloBytes).toBeGreaterThan(1200);
       expect(quic.initial.packetsCount).toBe(2);
       expect(quic.initial.sni()).toBe("big.example.test");
-      saved.quic.push({ name: "gtlsclient hello across 2 Initials", sni: quic.initial.sni(),
-        hex: packets.map((p) => Buffer.from(p).toString("hex")) });
+      saved.quic.push({
+        name: "gtlsclient hello across 2 Initials",
+        sni: quic.initial.sni(),
+        hex: packets.map((p) => Buffer.from(p).toString("hex")),
+      });
     });
   });
 }

@@ -64,10 +64,30 @@ export class RelayLab {
   }
 
   /** Runs the UDP probe in the client namespace and returns its summary. */
-  probe(targets: string[], options: { flows?: number; packets?: number; size?: number; timeoutMs?: number; stamped?: boolean } = {}) {
-    const argv = [BUN, join(ROOT, "src/lab/udp_probe.ts"), "--targets", targets.join(","),
-      "--flows", `${options.flows ?? 1}`, "--packets", `${options.packets ?? 4}`,
-      "--size", `${options.size ?? 64}`, "--timeout-ms", `${options.timeoutMs ?? 3000}`];
+  probe(
+    targets: string[],
+    options: {
+      flows?: number;
+      packets?: number;
+      size?: number;
+      timeoutMs?: number;
+      stamped?: boolean;
+    } = {},
+  ) {
+    const argv = [
+      BUN,
+      join(ROOT, "src/lab/udp_probe.ts"),
+      "--targets",
+      targets.join(","),
+      "--flows",
+      `${options.flows ?? 1}`,
+      "--packets",
+      `${options.packets ?? 4}`,
+      "--size",
+      `${options.size ?? 64}`,
+      "--timeout-ms",
+      `${options.timeoutMs ?? 3000}`,
+    ];
     if (options.stamped) argv.push("--stamped");
     const r = this.lab.exec(this.lab.client, argv);
     return JSON.parse(r.stdout.trim().split("\n").pop()!);
@@ -79,8 +99,12 @@ export class RelayLab {
     const lines = [`relay: ${JSON.stringify(udp)}`];
     for (const ns of [this.lab.client, this.lab.router, this.lab.server]) {
       const r = this.lab.exec(ns, ["nstat", "-az"], undefined, true).stdout;
-      const drops = r.split("\n").filter((l) => /Udp6?(RcvbufErrors|SndbufErrors|InErrors|NoPorts)\s+[1-9]/.test(l));
-      lines.push(`${ns}: ${drops.map((l) => l.replace(/\s+/g, " ").trim()).join("; ") || "no UDP drops"}`);
+      const drops = r
+        .split("\n")
+        .filter((l) => /Udp6?(RcvbufErrors|SndbufErrors|InErrors|NoPorts)\s+[1-9]/.test(l));
+      lines.push(
+        `${ns}: ${drops.map((l) => l.replace(/\s+/g, " ").trim()).join("; ") || "no UDP drops"}`,
+      );
     }
     return lines.join("\n");
   }

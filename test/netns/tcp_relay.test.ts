@@ -31,8 +31,13 @@ const PORT = {
   wildcard: 8009, // a "peer" behind a TPROXY listener on 0.0.0.0 with the same port
 } as const;
 
-const TCP = { connectTimeoutMs: 1000, idleTimeoutMs: 3000, connectionsMax: 16, shutdownGraceMs: 2500,
-  bufferBytesMax: 65536 };
+const TCP = {
+  connectTimeoutMs: 1000,
+  idleTimeoutMs: 3000,
+  connectionsMax: 16,
+  shutdownGraceMs: 2500,
+  bufferBytesMax: 65536,
+};
 const RELAY_CONFIG = {
   listeners: [
     { name: "tcp4", protocol: "tcp", address: "127.0.0.1", port: 12346 },
@@ -44,8 +49,10 @@ const RELAY_CONFIG = {
     { name: "wild4", protocol: "tcp", address: "0.0.0.0", port: 8009 },
   ],
   intercept: [
-    ...["tcp4", "tcp6"].map((listener) => ({ listener, ports: [PORT.iperf, "8001-8006", PORT.http,
-      PORT.dropped, PORT.closed] })),
+    ...["tcp4", "tcp6"].map((listener) => ({
+      listener,
+      ports: [PORT.iperf, "8001-8006", PORT.http, PORT.dropped, PORT.closed],
+    })),
     { listener: "csrc4", ports: [PORT.clientSource] },
     { listener: "csrc6", ports: [PORT.clientSource] },
     { listener: "redir4", ports: [PORT.redirect] },
@@ -56,10 +63,22 @@ const RELAY_CONFIG = {
 };
 
 const FAMILIES = [
-  { name: "IPv4", server: LAB.server4, extra: LAB.serverExtra4[1], router: LAB.routerServer4,
-    client: LAB.client4, url: LAB.server4 },
-  { name: "IPv6", server: LAB.server6, extra: LAB.serverExtra6[1], router: LAB.routerServer6,
-    client: LAB.client6, url: `[${LAB.server6}]` },
+  {
+    name: "IPv4",
+    server: LAB.server4,
+    extra: LAB.serverExtra4[1],
+    router: LAB.routerServer4,
+    client: LAB.client4,
+    url: LAB.server4,
+  },
+  {
+    name: "IPv6",
+    server: LAB.server6,
+    extra: LAB.serverExtra6[1],
+    router: LAB.routerServer6,
+    client: LAB.client6,
+    url: `[${LAB.server6}]`,
+  },
 ] as const;
 
 const BLOB_BYTES = 4 << 20;
@@ -75,7 +94,14 @@ if (!skip) {
 
     /** Runs one tcp_client.py case in the client namespace; returns its result line. */
     const client = (name: string, host: string, port: number, arg?: string | number) => {
-      const argv = ["python3", CLIENT, name, host, `${port}`, ...(arg === undefined ? [] : [`${arg}`])];
+      const argv = [
+        "python3",
+        CLIENT,
+        name,
+        host,
+        `${port}`,
+        ...(arg === undefined ? [] : [`${arg}`]),
+      ];
       const r = env.lab.exec(env.lab.client, argv);
       return JSON.parse(r.stdout.trim().split("\n").pop()!);
     };
@@ -94,14 +120,20 @@ if (!skip) {
       for (;;) {
         const m = await metrics();
         if (m.connectionsActive === 0) return m;
-        if (performance.now() > end) throw new Error(`connections still open: ${JSON.stringify(m.connections)}`);
+        if (performance.now() > end)
+          throw new Error(`connections still open: ${JSON.stringify(m.connections)}`);
         await Bun.sleep(50);
       }
     };
     const waitForTcpPort = async (port: number, timeoutMs = 5000) => {
       const end = performance.now() + timeoutMs;
       while (performance.now() < end) {
-        const r = env.lab.exec(env.lab.server, ["ss", "-Htln", `sport = :${port}`], undefined, true);
+        const r = env.lab.exec(
+          env.lab.server,
+          ["ss", "-Htln", `sport = :${port}`],
+          undefined,
+          true,
+        );
         if (r.stdout.trim().length > 0) return;
         await Bun.sleep(20);
       }
@@ -113,15 +145,24 @@ if (!skip) {
       const { lab } = env;
       blobDir = mkdtempSync(join(tmpdir(), "relay-tcp-blob-"));
       const blob = new Uint8Array(BLOB_BYTES);
-      for (let i = 0; i < blob.length; i += 65536) crypto.getRandomValues(blob.subarray(i, i + 65536));
+      for (let i = 0; i < blob.length; i += 65536)
+        crypto.getRandomValues(blob.subarray(i, i + 65536));
       writeFileSync(join(blobDir, "blob"), blob);
       blobSha = new Bun.CryptoHasher("sha256").update(blob).digest("hex");
 
-      const peers = env.spawn(lab.server, ["python3", PEERS, `${PORT.peer}:peer`,
-        `${PORT.clientSource}:peer`, `${PORT.redirect}:peer`, `${PORT.wildcard}:peer`,
+      const peers = env.spawn(lab.server, [
+        "python3",
+        PEERS,
+        `${PORT.peer}:peer`,
+        `${PORT.clientSource}:peer`,
+        `${PORT.redirect}:peer`,
+        `${PORT.wildcard}:peer`,
         `${PORT.reset}:reset`,
-        `${PORT.halfclose}:halfclose`, `${PORT.slow}:slow`, `${PORT.firehose}:firehose`,
-        `${PORT.late}:late`]);
+        `${PORT.halfclose}:halfclose`,
+        `${PORT.slow}:slow`,
+        `${PORT.firehose}:firehose`,
+        `${PORT.late}:late`,
+      ]);
       (async () => {
         const decoder = new TextDecoder();
         let buffer = "";
@@ -133,17 +174,29 @@ if (!skip) {
           }
         }
       })();
-      env.spawn(lab.server, ["python3", "-m", "http.server", `${PORT.http}`, "--bind", "::",
-        "--directory", blobDir]);
+      env.spawn(lab.server, [
+        "python3",
+        "-m",
+        "http.server",
+        `${PORT.http}`,
+        "--bind",
+        "::",
+        "--directory",
+        blobDir,
+      ]);
       env.spawn(lab.server, ["iperf3", "-s", "-p", `${PORT.iperf}`]);
-      lab.exec(lab.server, ["nft", "-f", "-"], [
-        "table inet lab {",
-        "  chain input {",
-        "    type filter hook input priority 0; policy accept;",
-        `    tcp dport ${PORT.dropped} drop`,
-        "  }",
-        "}",
-      ].join("\n") + "\n");
+      lab.exec(
+        lab.server,
+        ["nft", "-f", "-"],
+        [
+          "table inet lab {",
+          "  chain input {",
+          "    type filter hook input priority 0; policy accept;",
+          `    tcp dport ${PORT.dropped} drop`,
+          "  }",
+          "}",
+        ].join("\n") + "\n",
+      );
       await env.startRelay(RELAY_CONFIG);
       for (const port of [PORT.peer, PORT.late, PORT.http, PORT.iperf]) await waitForTcpPort(port);
       lab.warmNeighbours();
@@ -156,32 +209,54 @@ if (!skip) {
 
     for (const f of FAMILIES) {
       test(`${f.name}: curl downloads from python http.server through TPROXY, bytes intact`, () => {
-        const r = env.lab.exec(env.lab.client, ["sh", "-c",
-          `curl -sS --max-time 10 http://${f.url}:${PORT.http}/blob | sha256sum`]);
+        const r = env.lab.exec(env.lab.client, [
+          "sh",
+          "-c",
+          `curl -sS --max-time 10 http://${f.url}:${PORT.http}/blob | sha256sum`,
+        ]);
         expect(r.stdout.split(" ")[0]).toBe(blobSha);
       });
 
       test(`${f.name}: iperf3 through TPROXY`, async () => {
         const before = await metrics();
-        const r = env.lab.exec(env.lab.client, ["iperf3", "-c", f.server, "-p", `${PORT.iperf}`,
-          "-t", "1", "-J"]);
+        const r = env.lab.exec(env.lab.client, [
+          "iperf3",
+          "-c",
+          f.server,
+          "-p",
+          `${PORT.iperf}`,
+          "-t",
+          "1",
+          "-J",
+        ]);
         const report = JSON.parse(r.stdout);
         expect(report.end.sum_received.bytes).toBeGreaterThan(1 << 20);
         const after = await settle();
         // iperf3 uses a control and a data connection; both went through the relay.
         expect(after.connected - before.connected).toBeGreaterThanOrEqual(2);
-        expect(after.bytesToUpstream - before.bytesToUpstream)
-          .toBeGreaterThanOrEqual(report.end.sum_received.bytes);
+        expect(after.bytesToUpstream - before.bytesToUpstream).toBeGreaterThanOrEqual(
+          report.end.sum_received.bytes,
+        );
       });
 
       test(`${f.name}: default source: the server sees the relay, the original destination is kept`, () => {
         const r = client("peer", f.extra, PORT.peer, 200_000);
-        expect(r).toMatchObject({ peer: f.router, local: f.extra, echoOk: true, bye: "BYE 200000" });
+        expect(r).toMatchObject({
+          peer: f.router,
+          local: f.extra,
+          echoOk: true,
+          bye: "BYE 200000",
+        });
       });
 
       test(`${f.name}: source "client": the server sees the client's own address`, () => {
         const r = client("peer", f.extra, PORT.clientSource, 200_000);
-        expect(r).toMatchObject({ peer: f.client, local: f.extra, echoOk: true, bye: "BYE 200000" });
+        expect(r).toMatchObject({
+          peer: f.client,
+          local: f.extra,
+          echoOk: true,
+          bye: "BYE 200000",
+        });
       });
 
       test(`${f.name}: REDIRECT recovers the original destination (SO_ORIGINAL_DST)`, () => {
@@ -193,10 +268,13 @@ if (!skip) {
         const before = await settle();
         // Client FIN first (peer case above also does), then server FIN first.
         expect(client("halfclose", f.server, PORT.halfclose, 50_000)).toMatchObject({
-          hello: "HELLO", afterEof: 0,
+          hello: "HELLO",
+          afterEof: 0,
         });
-        expect(client("reset", f.server, PORT.reset)).toEqual({ event: "result",
-          error: "ConnectionResetError" });
+        expect(client("reset", f.server, PORT.reset)).toEqual({
+          event: "result",
+          error: "ConnectionResetError",
+        });
         const after = await settle();
         expect(after.closed - before.closed).toBe(1);
         expect(after.upstreamResets - before.upstreamResets).toBe(1);
@@ -247,7 +325,8 @@ if (!skip) {
       // The server learnt of the vanished client as it would directly: a reset.
       const firehoses = peerEvents.filter((e) => e.event === "firehose");
       expect(firehoses.length).toBe(2);
-      for (const e of firehoses) expect(["ConnectionResetError", "BrokenPipeError"]).toContain(e.error);
+      for (const e of firehoses)
+        expect(["ConnectionResetError", "BrokenPipeError"]).toContain(e.error);
       expect(await fdsWithoutPool()).toBe(fdsBefore);
     });
 
@@ -274,30 +353,42 @@ if (!skip) {
 
     test("wildcard TPROXY listener on the intercepted port relays (not mistaken for a direct hit)", () => {
       const r = client("peer", LAB.serverExtra4[2], PORT.wildcard, 1000);
-      expect(r).toMatchObject({ peer: LAB.routerServer4, local: LAB.serverExtra4[2], echoOk: true });
+      expect(r).toMatchObject({
+        peer: LAB.routerServer4,
+        local: LAB.serverExtra4[2],
+        echoOk: true,
+      });
     });
 
     test("listener reached without interception: reset, counted, no loop", async () => {
       const before = await metrics();
       // From the router itself straight to the listener: no TPROXY, no original destination.
-      const r = env.lab.exec(env.lab.router, ["python3", "-c", [
-        "import socket",
-        "try:",
-        "    s = socket.create_connection(('127.0.0.1', 12346), timeout=3)",
-        "    print(s.recv(10))",
-        "except OSError as e:",
-        "    print(type(e).__name__)",
-      ].join("\n")]);
+      const r = env.lab.exec(env.lab.router, [
+        "python3",
+        "-c",
+        [
+          "import socket",
+          "try:",
+          "    s = socket.create_connection(('127.0.0.1', 12346), timeout=3)",
+          "    print(s.recv(10))",
+          "except OSError as e:",
+          "    print(type(e).__name__)",
+        ].join("\n"),
+      ]);
       expect(r.stdout.trim()).toBe("ConnectionResetError");
       // The wildcard listener, reached at one of the router's own addresses.
-      const wild = env.lab.exec(env.lab.client, ["python3", "-c", [
-        "import socket",
-        "try:",
-        `    s = socket.create_connection(('${LAB.routerClient4}', ${PORT.wildcard}), timeout=3)`,
-        "    print(s.recv(10))",
-        "except OSError as e:",
-        "    print(type(e).__name__)",
-      ].join("\n")]);
+      const wild = env.lab.exec(env.lab.client, [
+        "python3",
+        "-c",
+        [
+          "import socket",
+          "try:",
+          `    s = socket.create_connection(('${LAB.routerClient4}', ${PORT.wildcard}), timeout=3)`,
+          "    print(s.recv(10))",
+          "except OSError as e:",
+          "    print(type(e).__name__)",
+        ].join("\n"),
+      ]);
       expect(wild.stdout.trim()).toBe("ConnectionResetError");
       const after = await settle();
       expect(after.droppedNoOriginalDst - before.droppedNoOriginalDst).toBe(2);
@@ -305,12 +396,19 @@ if (!skip) {
     });
 
     test("shutdown: open connections get the grace period, the rest are reset", async () => {
-      const proc = env.spawn(env.lab.client, ["python3", CLIENT, "grace", LAB.server4, `${PORT.late}`,
-        `${PORT.peer}`]) as ReturnType<RelayLab["spawn"]>;
+      const proc = env.spawn(env.lab.client, [
+        "python3",
+        CLIENT,
+        "grace",
+        LAB.server4,
+        `${PORT.late}`,
+        `${PORT.peer}`,
+      ]) as ReturnType<RelayLab["spawn"]>;
       const out: string[] = [];
       const reader = (async () => {
         const decoder = new TextDecoder();
-        for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) out.push(decoder.decode(chunk));
+        for await (const chunk of proc.stdout as ReadableStream<Uint8Array>)
+          out.push(decoder.decode(chunk));
       })();
       const end = performance.now() + 5000;
       while (!out.join("").includes("connected") && performance.now() < end) await Bun.sleep(20);
@@ -328,9 +426,21 @@ if (!skip) {
       expect(final.tcp.eventsLost).toBe(0);
       // Every connection of the whole file is accounted for exactly once.
       const t = final.tcp;
-      expect(t.accepted).toBe(t.rejectedLimit + t.droppedNoOriginalDst + t.upstreamNoDescriptors +
-        t.upstreamSocketFailed + t.closed + t.clientResets + t.upstreamResets + t.connectRefused +
-        t.connectTimeouts + t.connectFailed + t.idleTimeouts + t.abortedAtShutdown + t.resourceFailures);
+      expect(t.accepted).toBe(
+        t.rejectedLimit +
+          t.droppedNoOriginalDst +
+          t.upstreamNoDescriptors +
+          t.upstreamSocketFailed +
+          t.closed +
+          t.clientResets +
+          t.upstreamResets +
+          t.connectRefused +
+          t.connectTimeouts +
+          t.connectFailed +
+          t.idleTimeouts +
+          t.abortedAtShutdown +
+          t.resourceFailures,
+      );
       expect(t.bytesToUpstream).toBe(t.bytesToUpstreamClosed);
       expect(t.bytesToClients).toBe(t.bytesToClientsClosed);
       expect(t.pipesInUse).toBe(0);

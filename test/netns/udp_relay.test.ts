@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { LAB } from "../../src/lab/netns.ts";
-import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
+import { labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
 const S4 = LAB.server4;
 const S6 = `[${LAB.server6}]`;
@@ -45,7 +45,9 @@ const RELAY_CONFIG = {
  */
 function relayPortsSeen(env: RelayLab, servers: string[]): string[] {
   const targets = servers.map((a) => `("${a}", 7001)`).join(", ");
-  const r = env.python(env.lab.client, `import socket
+  const r = env.python(
+    env.lab.client,
+    `import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
 seen = []
 for target in (${targets},):
@@ -53,7 +55,8 @@ for target in (${targets},):
     data, src = s.recvfrom(2000)
     assert src == target, (src, target)
     seen.append(data.split(b"|")[0].decode())
-print(" ".join(seen))`);
+print(" ".join(seen))`,
+  );
   return r.stdout.trim().split(" ");
 }
 
@@ -67,20 +70,39 @@ if (!skip) {
       const { lab } = env;
       const stamp = [...stampTargets4, `${S4}:7007`, ...stampTargets6, `${S6}:7007`];
       env.spawn(lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), "--stamp", ...stamp]);
-      env.spawn(lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), `${S4}:7002`, `${S6}:7002`]);
-      env.spawn(lab.server, ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-        "--bind-interfaces", `--listen-address=${LAB.server4}`, `--listen-address=${LAB.server6}`,
-        "--port=53", "--user=root", "--pid-file", "--log-facility=-",
-        "--host-record=relay.test,198.18.1.77,2001:2:0:2::77"]);
+      env.spawn(lab.server, [
+        "python3",
+        join(ROOT, "src/lab/udp_echo.py"),
+        `${S4}:7002`,
+        `${S6}:7002`,
+      ]);
+      env.spawn(lab.server, [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        `--listen-address=${LAB.server4}`,
+        `--listen-address=${LAB.server6}`,
+        "--port=53",
+        "--user=root",
+        "--pid-file",
+        "--log-facility=-",
+        "--host-record=relay.test,198.18.1.77,2001:2:0:2::77",
+      ]);
       // ICMP host unreachable for one port, so upstream errors can be provoked.
-      lab.exec(lab.server, ["nft", "-f", "-"], [
-        "table inet lab {",
-        "  chain input {",
-        "    type filter hook input priority 0; policy accept;",
-        "    udp dport 7998 reject with icmpx type host-unreachable",
-        "  }",
-        "}",
-      ].join("\n") + "\n");
+      lab.exec(
+        lab.server,
+        ["nft", "-f", "-"],
+        [
+          "table inet lab {",
+          "  chain input {",
+          "    type filter hook input priority 0; policy accept;",
+          "    udp dport 7998 reject with icmpx type host-unreachable",
+          "  }",
+          "}",
+        ].join("\n") + "\n",
+      );
       await env.startRelay(RELAY_CONFIG);
       await lab.waitForUdpPort(lab.server, 7001);
       await lab.waitForUdpPort(lab.server, 7002);
@@ -116,14 +138,26 @@ if (!skip) {
     });
 
     test("256 concurrent IPv4 flows over 4 destinations: no reply reaches the wrong flow", async () => {
-      const r = env.probe(stampTargets4, { flows: 256, packets: 8, size: 200, stamped: true, timeoutMs: 8000 });
+      const r = env.probe(stampTargets4, {
+        flows: 256,
+        packets: 8,
+        size: 200,
+        stamped: true,
+        timeoutMs: 8000,
+      });
       expect(r).toMatchObject({ sent: 2048, wrongSource: 0, wrongFlow: 0, duplicate: 0 });
       if (r.received !== 2048) console.error(`lost ${r.lost}:\n${await env.diagnose()}`);
       expect(r.received).toBe(2048);
     });
 
     test("256 concurrent IPv6 flows over 4 destinations: no reply reaches the wrong flow", async () => {
-      const r = env.probe(stampTargets6, { flows: 256, packets: 8, size: 200, stamped: true, timeoutMs: 8000 });
+      const r = env.probe(stampTargets6, {
+        flows: 256,
+        packets: 8,
+        size: 200,
+        stamped: true,
+        timeoutMs: 8000,
+      });
       expect(r).toMatchObject({ sent: 2048, wrongSource: 0, wrongFlow: 0, duplicate: 0 });
       if (r.received !== 2048) console.error(`lost ${r.lost}:\n${await env.diagnose()}`);
       expect(r.received).toBe(2048);
@@ -144,8 +178,15 @@ if (!skip) {
         [LAB.server6, "AAAA", "2001:2:0:2::77"],
       ];
       for (const [server, type, answer] of cases) {
-        const r = env.lab.exec(env.lab.client, ["kdig", `@${server}`, "relay.test", type,
-          "+notcp", "+timeout=2", "+retry=0"]);
+        const r = env.lab.exec(env.lab.client, [
+          "kdig",
+          `@${server}`,
+          "relay.test",
+          type,
+          "+notcp",
+          "+timeout=2",
+          "+retry=0",
+        ]);
         expect(r.stdout).toContain("status: NOERROR");
         expect(r.stdout).toContain(answer);
         // kdig names the server that answered: the original destination.
@@ -154,7 +195,9 @@ if (!skip) {
       const m = await env.relay!.metrics();
       const dns = m.sessions.filter((s: any) => s.target.endsWith(":53"));
       expect(dns.length).toBeGreaterThanOrEqual(4);
-      expect(dns.every((s: any) => s.listener.startsWith("dns") && s.reply === "pktinfo")).toBe(true);
+      expect(dns.every((s: any) => s.listener.startsWith("dns") && s.reply === "pktinfo")).toBe(
+        true,
+      );
       // The relay parsed each query in place (WASM) and recorded the name asked.
       expect(dns.every((s: any) => s.protocol === "dns" && s.name === "relay.test")).toBe(true);
       expect(m.udp.sniffedDns).toBeGreaterThanOrEqual(4);
@@ -173,10 +216,27 @@ if (!skip) {
 
       // Control: without the exemption rule the same rules do loop.
       const { lab } = env;
-      const listing = lab.exec(lab.router, ["nft", "-a", "list", "chain", "inet", "transparent_relay", "prerouting"]).stdout;
+      const listing = lab.exec(lab.router, [
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "inet",
+        "transparent_relay",
+        "prerouting",
+      ]).stdout;
       const handle = /ct mark 0x0*1ee7 return # handle (\d+)/.exec(listing)?.[1];
       expect(handle).toBeDefined();
-      lab.exec(lab.router, ["nft", "delete", "rule", "inet", "transparent_relay", "prerouting", "handle", handle!]);
+      lab.exec(lab.router, [
+        "nft",
+        "delete",
+        "rule",
+        "inet",
+        "transparent_relay",
+        "prerouting",
+        "handle",
+        handle!,
+      ]);
       try {
         const looped = env.probe([`${S4}:7002`], { flows: 1, packets: 4, timeoutMs: 1000 });
         const loopMetrics = (await env.relay!.metrics()).udp;
@@ -190,13 +250,19 @@ if (!skip) {
     test("oversized datagrams are counted and dropped; zero-length ones are relayed", async () => {
       const before = (await env.relay!.metrics()).udp;
       // 3000 bytes > udp.datagramBytesMax (2048): truncated by recvmmsg, so dropped.
-      env.python(env.lab.client, `import socket
+      env.python(
+        env.lab.client,
+        `import socket
 s = socket.socket(); s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.sendto(b"x" * 3000, ("${S4}", 7002))`);
+s.sendto(b"x" * 3000, ("${S4}", 7002))`,
+      );
       // A zero-length datagram is valid UDP and comes back from the original destination.
-      const zero = env.python(env.lab.client, `import socket
+      const zero = env.python(
+        env.lab.client,
+        `import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
-s.sendto(b"", ("${S4}", 7002)); d, a = s.recvfrom(100); print(len(d), a[0], a[1])`);
+s.sendto(b"", ("${S4}", 7002)); d, a = s.recvfrom(100); print(len(d), a[0], a[1])`,
+      );
       expect(zero.stdout.trim()).toBe(`0 ${S4} 7002`);
       const ok = env.probe([`${S4}:7002`], { flows: 2, packets: 4 });
       expect(ok).toMatchObject({ received: 8, wrongSource: 0 });
@@ -208,11 +274,14 @@ s.sendto(b"", ("${S4}", 7002)); d, a = s.recvfrom(100); print(len(d), a[0], a[1]
       const before = (await env.relay!.metrics()).udp;
       // A raw UDP header that claims 100 more bytes than it carries. The kernel
       // drops it (RFC 768 length check) after TPROXY matched it; the relay goes on.
-      env.python(env.lab.client, `import socket, struct
+      env.python(
+        env.lab.client,
+        `import socket, struct
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
 body = b"y" * 20
 for port in (7002, 7001):
-    s.sendto(struct.pack("!HHHH", 40000, port, 8 + len(body) + 100, 0) + body, ("${S4}", 0))`);
+    s.sendto(struct.pack("!HHHH", 40000, port, 8 + len(body) + 100, 0) + body, ("${S4}", 0))`,
+      );
       const ok = env.probe([`${S4}:7002`], { flows: 2, packets: 4 });
       expect(ok).toMatchObject({ received: 8, wrongSource: 0 });
       const after = (await env.relay!.metrics()).udp;
@@ -222,7 +291,11 @@ for port in (7002, 7001):
     test("unreachable upstreams (ICMP errors) are counted; other flows go on", async () => {
       const before = (await env.relay!.metrics()).udp;
       // 7999: nothing listens (port unreachable); 7998: rejected (host unreachable).
-      const dead = env.probe([`${S4}:7999`, `${S4}:7998`, `${S6}:7999`], { flows: 3, packets: 3, timeoutMs: 800 });
+      const dead = env.probe([`${S4}:7999`, `${S4}:7998`, `${S6}:7999`], {
+        flows: 3,
+        packets: 3,
+        timeoutMs: 800,
+      });
       expect(dead.received).toBe(0);
       const ok = env.probe([`${S4}:7002`, `${S6}:7002`], { flows: 4, packets: 4 });
       expect(ok).toMatchObject({ received: 16, wrongSource: 0 });
@@ -234,16 +307,24 @@ for port in (7002, 7001):
     test("a reply socket that cannot bind is counted, cached, and harms no other flow", async () => {
       const { lab } = env;
       // Another transparent socket holds 198.18.1.3:7005 without SO_REUSEADDR.
-      const holder = env.spawn(lab.router, ["python3", "-c", `import socket, sys, time
+      const holder = env.spawn(lab.router, [
+        "python3",
+        "-c",
+        `import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
-s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep(60)`]);
+s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep(60)`,
+      ]);
       const reader = holder.stdout.getReader();
       const first = await reader.read();
       expect(new TextDecoder().decode(first.value)).toContain("bound");
       try {
         const before = (await env.relay!.metrics()).udp;
-        const blocked = env.probe([`${LAB.serverExtra4[0]}:7005`], { flows: 2, packets: 2, timeoutMs: 800 });
+        const blocked = env.probe([`${LAB.serverExtra4[0]}:7005`], {
+          flows: 2,
+          packets: 2,
+          timeoutMs: 800,
+        });
         expect(blocked.received).toBe(0);
         const ok = env.probe([`${S4}:7002`, `${S6}:7002`], { flows: 4, packets: 4 });
         expect(ok).toMatchObject({ received: 16, wrongSource: 0 });
@@ -260,8 +341,13 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
     let env: RelayLab;
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawn(env.lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), "--stamp", `${S4}:7001`,
-        `${LAB.serverExtra4[0]}:7001`]);
+      env.spawn(env.lab.server, [
+        "python3",
+        join(ROOT, "src/lab/udp_echo.py"),
+        "--stamp",
+        `${S4}:7001`,
+        `${LAB.serverExtra4[0]}:7001`,
+      ]);
       await env.startRelay({
         listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
         intercept: [{ listener: "udp4", ports: [7001], interfaces: ["r0"] }],
@@ -290,12 +376,22 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
     const LIMITS_CONFIG = {
       listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
       intercept: [{ listener: "udp4", ports: ["7000-7010"], interfaces: ["r0"] }],
-      udp: { sessionsMax: 64, idleTimeoutMs: 1000, idleTimeoutMsByPort: { "7003": 4000, "7004": 60_000 } },
+      udp: {
+        sessionsMax: 64,
+        idleTimeoutMs: 1000,
+        idleTimeoutMsByPort: { "7003": 4000, "7004": 60_000 },
+      },
     };
 
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawn(env.lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), `${S4}:7002`, `${S4}:7003`, `${S4}:7004`]);
+      env.spawn(env.lab.server, [
+        "python3",
+        join(ROOT, "src/lab/udp_echo.py"),
+        `${S4}:7002`,
+        `${S4}:7003`,
+        `${S4}:7004`,
+      ]);
       await env.startRelay(LIMITS_CONFIG);
       await env.lab.waitForUdpPort(env.lab.server, 7003);
       env.lab.warmNeighbours();
@@ -324,7 +420,10 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
 
     test("no descriptor leaks: after every session expires the relay holds what it held at start", async () => {
       const pid = env.relay!.proc.pid;
-      const fds = () => Number(env.lab.exec(env.lab.router, ["sh", "-c", `ls /proc/${pid}/fd | wc -l`]).stdout.trim());
+      const fds = () =>
+        Number(
+          env.lab.exec(env.lab.router, ["sh", "-c", `ls /proc/${pid}/fd | wc -l`]).stdout.trim(),
+        );
       const idle = fds();
       const r = env.probe([`${S4}:7002`], { flows: 40, packets: 2 });
       expect(r.received).toBe(80);

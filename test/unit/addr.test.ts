@@ -4,7 +4,15 @@ import { formatAddress, parseAddress, parseIPv4, parseIPv6 } from "../../src/sys
 describe("addresses", () => {
   test("IPv4 parses strictly", () => {
     expect([...parseIPv4("198.18.0.1")!]).toEqual([198, 18, 0, 1]);
-    for (const bad of ["198.18.0", "198.18.0.1.1", "256.1.1.1", "01.1.1.1", "1..1.1", "a.b.c.d", ""]) {
+    for (const bad of [
+      "198.18.0",
+      "198.18.0.1.1",
+      "256.1.1.1",
+      "01.1.1.1",
+      "1..1.1",
+      "a.b.c.d",
+      "",
+    ]) {
       expect(parseIPv4(bad)).toBeNull();
     }
   });

@@ -11,10 +11,14 @@ const BUN = join(ROOT, "node_modules", ".bin", "bun");
 const MAIN = join(ROOT, "src", "main.ts");
 
 function relay(args: string[], prefix: string[] = []) {
-  const r = spawnSync(prefix[0] ?? BUN, prefix.length ? [...prefix.slice(1), BUN, MAIN, ...args] : [MAIN, ...args], {
-    encoding: "utf8",
-    timeout: 20_000,
-  });
+  const r = spawnSync(
+    prefix[0] ?? BUN,
+    prefix.length ? [...prefix.slice(1), BUN, MAIN, ...args] : [MAIN, ...args],
+    {
+      encoding: "utf8",
+      timeout: 20_000,
+    },
+  );
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -25,7 +29,9 @@ describe("bun run relay", () => {
     writeFileSync(path, JSON.stringify({ udp: { sessionsMax: 1, idleTimeoutMs: "soon" } }));
     const r = relay(["--config", path]);
     expect(r.status).toBe(2);
-    expect(r.stderr).toContain("config.udp.sessionsMax: Expected integer to be greater or equal to 16 (got 1)");
+    expect(r.stderr).toContain(
+      "config.udp.sessionsMax: Expected integer to be greater or equal to 16 (got 1)",
+    );
     expect(r.stderr).toContain('config.udp.idleTimeoutMs: Expected integer (got "soon")');
     writeFileSync(path, "{ not json");
     expect(relay(["--config", path]).stderr).toContain("not valid JSON");
@@ -39,7 +45,10 @@ describe("bun run relay", () => {
       return;
     }
     // As root: drop to nobody with no capabilities.
-    const r = relay([], ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]);
+    const r = relay(
+      [],
+      ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"],
+    );
     expect(r.status).toBe(77);
     expect(r.stderr).toContain("missing privilege: TPROXY listeners need CAP_NET_ADMIN");
   });

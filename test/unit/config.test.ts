@@ -19,7 +19,16 @@ describe("config", () => {
       "127.0.0.1|12345|false",
       "::1|12345|true",
     ]);
-    expect(c.intercept.map((r) => r.portRanges)).toEqual([[[53, 53], [443, 443]], [[53, 53], [443, 443]]]);
+    expect(c.intercept.map((r) => r.portRanges)).toEqual([
+      [
+        [53, 53],
+        [443, 443],
+      ],
+      [
+        [53, 53],
+        [443, 443],
+      ],
+    ]);
     expect(c.udp.mapping).toBe("endpoint-independent");
     expect(c.timeoutClassesMs).toEqual([60_000, 10_000, 120_000]);
     expect(c.timeoutClassByPort[53]).toBe(1);
@@ -32,22 +41,30 @@ describe("config", () => {
       "config.udp.sessionsMax: Expected integer to be greater or equal to 16 (got 3)",
     ]);
     expect(problems({ udp: { mapping: "full-cone" } })[0]).toStartWith("config.udp.mapping:");
-    expect(problems({ udp: { sessionsMaxx: 5 } })[0]).toBe("config.udp.sessionsMaxx: Unexpected property (got 5)");
+    expect(problems({ udp: { sessionsMaxx: 5 } })[0]).toBe(
+      "config.udp.sessionsMaxx: Unexpected property (got 5)",
+    );
     expect(problems({ listeners: [{ name: "a", address: "300.1.1.1", port: 1 }] })).toEqual([
       'config.listeners[0].address: not an IPv4 or IPv6 address (got "300.1.1.1")',
     ]);
     expect(problems({ listeners: [{ name: "a", address: "::1", port: 70000 }] })[0]).toStartWith(
       "config.listeners[0].port: Expected integer to be less or equal to 65535",
     );
-    expect(problems({
-      listeners: [{ name: "a", address: "::1", port: 1 }],
-      intercept: [{ listener: "b", ports: [53] }],
-    })).toEqual(['config.intercept[0].listener: no listener named "b"']);
-    expect(problems({
-      listeners: [{ name: "a", address: "::1", port: 1 }],
-      intercept: [{ listener: "a", ports: ["90-80"] }],
-    })[0]).toStartWith("config.intercept[0].ports[0]: range must be within 1-65535");
-    expect(problems({ mark: 1, tproxyMark: 1 })[0]).toStartWith("config.mark: must differ from config.tproxyMark");
+    expect(
+      problems({
+        listeners: [{ name: "a", address: "::1", port: 1 }],
+        intercept: [{ listener: "b", ports: [53] }],
+      }),
+    ).toEqual(['config.intercept[0].listener: no listener named "b"']);
+    expect(
+      problems({
+        listeners: [{ name: "a", address: "::1", port: 1 }],
+        intercept: [{ listener: "a", ports: ["90-80"] }],
+      })[0],
+    ).toStartWith("config.intercept[0].ports[0]: range must be within 1-65535");
+    expect(problems({ mark: 1, tproxyMark: 1 })[0]).toStartWith(
+      "config.mark: must differ from config.tproxyMark",
+    );
     expect(problems([])).toEqual(["config: must be a JSON object"]);
   });
 

@@ -52,14 +52,23 @@ describe("C helper", () => {
     expect(decodeSocketError(wrong)).toEqual({ step: "bind()", errno: E.EAFNOSUPPORT });
     expect(decodeSocketError(lib.rl_udp_socket(0, loopback4, 70000, 0, 0, 0)).errno).toBe(E.EINVAL);
     expect(describeSocketError({ step: "IP_TRANSPARENT", errno: E.EPERM }, true)).toStartWith(
-      "IPV6_TRANSPARENT: EPERM: needs CAP_NET_ADMIN");
+      "IPV6_TRANSPARENT: EPERM: needs CAP_NET_ADMIN",
+    );
   });
 
   test("transparent socket options are accepted (as root)", () => {
     if (process.getuid?.() !== 0) return;
-    const flags = SOCK.transparent | SOCK.recvOrigDst | SOCK.reuseAddr | SOCK.freeBind | SOCK.recvErr;
+    const flags =
+      SOCK.transparent | SOCK.recvOrigDst | SOCK.reuseAddr | SOCK.freeBind | SOCK.recvErr;
     // FREEBIND lets a listener bind an address this host does not have (198.18.0.0/15).
-    const fd = lib.rl_udp_socket(flags, mapIPv4(new Uint8Array([198, 18, 9, 9])), 0, 0x1ee7, 1 << 20, 1 << 20);
+    const fd = lib.rl_udp_socket(
+      flags,
+      mapIPv4(new Uint8Array([198, 18, 9, 9])),
+      0,
+      0x1ee7,
+      1 << 20,
+      1 << 20,
+    );
     expect(fd).toBeGreaterThan(2);
     lib.rl_close(fd);
   });

@@ -23,12 +23,29 @@ describe("nft rules", () => {
     const tproxy4 = lines.findIndex((l) => l.includes("tproxy ip to 127.0.0.1:53"));
     expect(exempt).toBeGreaterThan(0);
     expect(tproxy4).toBeGreaterThan(exempt);
-    expect(lines[tproxy4]).toBe('iifname { "lan0", "lan1" } meta nfproto ipv4 udp dport 53 ' +
-      'tproxy ip to 127.0.0.1:53 meta mark set 0x1 accept comment "dns4"');
-    expect(text).toContain('iifname != "lo" meta nfproto ipv6 udp dport { 443, 1000-2000 } ' +
-      "tproxy ip6 to [::1]:12345 meta mark set 0x1 accept");
-    expect(text).toContain("meta mark 0x1ee7 ct direction original ct state new ct mark set meta mark");
-    expect(policyRoutingCommands(config)[1]).toEqual(["ip", "-4", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100"]);
+    expect(lines[tproxy4]).toBe(
+      'iifname { "lan0", "lan1" } meta nfproto ipv4 udp dport 53 ' +
+        'tproxy ip to 127.0.0.1:53 meta mark set 0x1 accept comment "dns4"',
+    );
+    expect(text).toContain(
+      'iifname != "lo" meta nfproto ipv6 udp dport { 443, 1000-2000 } ' +
+        "tproxy ip6 to [::1]:12345 meta mark set 0x1 accept",
+    );
+    expect(text).toContain(
+      "meta mark 0x1ee7 ct direction original ct state new ct mark set meta mark",
+    );
+    expect(policyRoutingCommands(config)[1]).toEqual([
+      "ip",
+      "-4",
+      "route",
+      "add",
+      "local",
+      "0.0.0.0/0",
+      "dev",
+      "lo",
+      "table",
+      "100",
+    ]);
     expect(rulesScript(config)).toStartWith("#!/bin/sh\n");
   });
 
@@ -44,7 +61,17 @@ describe("nft rules", () => {
       run(["ip", "netns", "exec", ns, "nft", "-f", "-"], nftRuleset(config));
       // Applying twice replaces the table atomically (the script deletes it first).
       run(["ip", "netns", "exec", ns, "nft", "-f", "-"], nftRuleset(config));
-      const listed = run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "transparent_relay"]).stdout;
+      const listed = run([
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "nft",
+        "list",
+        "table",
+        "inet",
+        "transparent_relay",
+      ]).stdout;
       expect(listed.match(/tproxy/g)?.length).toBe(2);
     } finally {
       run(["ip", "netns", "del", ns], undefined, true);

@@ -33,9 +33,20 @@ const config = parseConfig({
 describe("TCP config", () => {
   test("defaults: tproxy, relay source, tcp section", () => {
     const c = parseConfig({ listeners: [{ name: "t", protocol: "tcp", address: "::1", port: 1 }] });
-    expect(c.listeners[0]).toMatchObject({ protocol: "tcp", mode: "tproxy", source: "relay", ipv6: true });
-    expect(c.tcp).toEqual({ connectTimeoutMs: 5000, idleTimeoutMs: 300_000, connectionsMax: 4096,
-      bufferBytesMax: 262_144, shutdownGraceMs: 5000, listenBacklog: 1024 });
+    expect(c.listeners[0]).toMatchObject({
+      protocol: "tcp",
+      mode: "tproxy",
+      source: "relay",
+      ipv6: true,
+    });
+    expect(c.tcp).toEqual({
+      connectTimeoutMs: 5000,
+      idleTimeoutMs: 300_000,
+      connectionsMax: 4096,
+      bufferBytesMax: 262_144,
+      shutdownGraceMs: 5000,
+      listenBacklog: 1024,
+    });
     // UDP listeners keep their defaults (and the built-in config has no TCP listener).
     expect(parseConfig({}).listeners.every((l) => l.protocol === "udp")).toBe(true);
   });
@@ -47,51 +58,74 @@ describe("TCP config", () => {
     expect(problems({ tcp: { bufferBytesMax: 100_000 } })).toEqual([
       "config.tcp.bufferBytesMax: must be a power of two, as pipe sizes are (got 100000)",
     ]);
-    expect(problems({ tcp: { idleTimeout: 5 } })).toEqual(["config.tcp.idleTimeout: Unexpected property (got 5)"]);
-    expect(problems({ listeners: [{ name: "u", address: "::1", port: 1, mode: "redirect" }] })).toEqual([
+    expect(problems({ tcp: { idleTimeout: 5 } })).toEqual([
+      "config.tcp.idleTimeout: Unexpected property (got 5)",
+    ]);
+    expect(
+      problems({ listeners: [{ name: "u", address: "::1", port: 1, mode: "redirect" }] }),
+    ).toEqual([
       'config.listeners[0].mode: "redirect" is for TCP listeners only (REDIRECT loses a UDP ' +
         "datagram's original destination)",
     ]);
-    expect(problems({ listeners: [{ name: "u", address: "::1", port: 1, source: "client" }] })).toEqual([
-      'config.listeners[0].source: "client" is for TCP listeners only',
-    ]);
-    expect(problems({ listeners: [{ name: "t", protocol: "sctp", address: "::1", port: 1 }] })[0])
-      .toStartWith("config.listeners[0].protocol:");
+    expect(
+      problems({ listeners: [{ name: "u", address: "::1", port: 1, source: "client" }] }),
+    ).toEqual(['config.listeners[0].source: "client" is for TCP listeners only']);
+    expect(
+      problems({ listeners: [{ name: "t", protocol: "sctp", address: "::1", port: 1 }] })[0],
+    ).toStartWith("config.listeners[0].protocol:");
   });
 
   test("UDP and TCP may share an address and port; two TCP listeners may not", () => {
-    const both = parseConfig({ listeners: [
-      { name: "u", address: "127.0.0.1", port: 53 },
-      { name: "t", protocol: "tcp", address: "127.0.0.1", port: 53 },
-    ] });
+    const both = parseConfig({
+      listeners: [
+        { name: "u", address: "127.0.0.1", port: 53 },
+        { name: "t", protocol: "tcp", address: "127.0.0.1", port: 53 },
+      ],
+    });
     expect(both.listeners.map((l) => l.protocol)).toEqual(["udp", "tcp"]);
-    expect(problems({ listeners: [
-      { name: "a", protocol: "tcp", address: "127.0.0.1", port: 53 },
-      { name: "b", protocol: "tcp", address: "127.0.0.1", port: 53 },
-    ] })).toEqual(["config.listeners[1]: another listener binds 127.0.0.1 port 53"]);
+    expect(
+      problems({
+        listeners: [
+          { name: "a", protocol: "tcp", address: "127.0.0.1", port: 53 },
+          { name: "b", protocol: "tcp", address: "127.0.0.1", port: 53 },
+        ],
+      }),
+    ).toEqual(["config.listeners[1]: another listener binds 127.0.0.1 port 53"]);
   });
 });
 
 describe("TCP rules", () => {
   test("socket-transparent delivery first, then the loop exemption, tproxy and redirect rules", () => {
-    const lines = nftRuleset(config).split("\n").map((l) => l.trim());
-    const socket = lines.indexOf("meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 " +
-      "meta mark set 0x1 accept");
+    const lines = nftRuleset(config)
+      .split("\n")
+      .map((l) => l.trim());
+    const socket = lines.indexOf(
+      "meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 " +
+        "meta mark set 0x1 accept",
+    );
     const exempt = lines.indexOf("ct mark 0x1ee7 return");
     const tcp4 = lines.findIndex((l) => l.includes("tproxy ip to 127.0.0.1:12346"));
     expect(socket).toBeGreaterThan(0);
     expect(exempt).toBeGreaterThan(socket);
     expect(tcp4).toBeGreaterThan(exempt);
-    expect(lines[tcp4]).toBe('iifname { "lan0" } meta nfproto ipv4 tcp dport { 53, 443, 8000-8999 } ' +
-      'tproxy ip to 127.0.0.1:12346 meta mark set 0x1 accept comment "tcp4"');
-    expect(lines).toContain('iifname != "lo" meta nfproto ipv6 tcp dport 443 tproxy ip6 to [::1]:12346 ' +
-      'meta mark set 0x1 accept comment "tcp6"');
-    expect(lines).toContain('iifname != "lo" meta nfproto ipv4 udp dport 53 tproxy ip to 127.0.0.1:53 ' +
-      'meta mark set 0x1 accept comment "dns4"');
+    expect(lines[tcp4]).toBe(
+      'iifname { "lan0" } meta nfproto ipv4 tcp dport { 53, 443, 8000-8999 } ' +
+        'tproxy ip to 127.0.0.1:12346 meta mark set 0x1 accept comment "tcp4"',
+    );
+    expect(lines).toContain(
+      'iifname != "lo" meta nfproto ipv6 tcp dport 443 tproxy ip6 to [::1]:12346 ' +
+        'meta mark set 0x1 accept comment "tcp6"',
+    );
+    expect(lines).toContain(
+      'iifname != "lo" meta nfproto ipv4 udp dport 53 tproxy ip to 127.0.0.1:53 ' +
+        'meta mark set 0x1 accept comment "dns4"',
+    );
     const nat = lines.indexOf("chain prerouting_nat {");
     expect(nat).toBeGreaterThan(tcp4);
     expect(lines[nat + 1]).toBe("type nat hook prerouting priority dstnat; policy accept;");
-    expect(lines[nat + 2]).toBe('iifname != "lo" meta nfproto ipv4 tcp dport 80 redirect to :12347 comment "nat4"');
+    expect(lines[nat + 2]).toBe(
+      'iifname != "lo" meta nfproto ipv4 tcp dport 80 redirect to :12347 comment "nat4"',
+    );
   });
 
   test("a UDP-only config has no TCP rules", () => {
@@ -111,7 +145,17 @@ describe("TCP rules", () => {
     try {
       run(["ip", "netns", "exec", ns, "nft", "-f", "-"], nftRuleset(config));
       run(["ip", "netns", "exec", ns, "nft", "-f", "-"], nftRuleset(config));
-      const listed = run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "transparent_relay"]).stdout;
+      const listed = run([
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "nft",
+        "list",
+        "table",
+        "inet",
+        "transparent_relay",
+      ]).stdout;
       expect(listed.match(/tproxy/g)?.length).toBe(3);
       expect(listed).toContain("socket transparent 1");
       expect(listed).toContain("redirect to :12347");

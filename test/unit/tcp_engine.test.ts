@@ -70,7 +70,9 @@ async function nextEvent(timeoutMs = 3000): Promise<EndEvent> {
 /** A client connected to the relay listener, and the relay's accepted fd. */
 async function acceptClient(): Promise<{ client: net.Socket; fd: number }> {
   const client = net.connect({ host: "127.0.0.1", port: listenerPort, allowHalfOpen: true });
-  await new Promise<void>((resolve, reject) => client.once("connect", resolve).once("error", reject));
+  await new Promise<void>((resolve, reject) =>
+    client.once("connect", resolve).once("error", reject),
+  );
   const end = performance.now() + 2000;
   for (;;) {
     const fd = lib.rl_tcp_accept(listenerFd, metaPtr);
@@ -140,7 +142,14 @@ describe("TCP splice engine", () => {
       const { client, fd } = await acceptClient();
       const seen = collect(client);
       const id = nextId++ % SLOTS;
-      expect(lib.rl_tcp_engine_add(engine, id, fd, connectUpstream((server.address() as net.AddressInfo).port))).toBe(0);
+      expect(
+        lib.rl_tcp_engine_add(
+          engine,
+          id,
+          fd,
+          connectUpstream((server.address() as net.AddressInfo).port),
+        ),
+      ).toBe(0);
       client.write("hello");
       client.end(); // half-close: the answer must still arrive
       await seen.closed;
@@ -164,8 +173,12 @@ describe("TCP splice engine", () => {
     expect(lib.rl_tcp_engine_add(engine, id, fd, connectUpstream(port))).toBe(0);
     await seen.closed;
     expect(seen.error()).toBe("ECONNRESET");
-    expect(await nextEvent()).toMatchObject({ id, reason: TcpEnd.ConnectRefused, error: 111,
-      connectMs: TCP_NEVER_CONNECTED });
+    expect(await nextEvent()).toMatchObject({
+      id,
+      reason: TcpEnd.ConnectRefused,
+      error: 111,
+      connectMs: TCP_NEVER_CONNECTED,
+    });
   });
 
   test("server resets: the client is reset too", async () => {
@@ -175,7 +188,14 @@ describe("TCP splice engine", () => {
       const { client, fd } = await acceptClient();
       const seen = collect(client);
       const id = nextId++ % SLOTS;
-      expect(lib.rl_tcp_engine_add(engine, id, fd, connectUpstream((server.address() as net.AddressInfo).port))).toBe(0);
+      expect(
+        lib.rl_tcp_engine_add(
+          engine,
+          id,
+          fd,
+          connectUpstream((server.address() as net.AddressInfo).port),
+        ),
+      ).toBe(0);
       client.write("x");
       await seen.closed;
       expect(seen.error()).toBe("ECONNRESET");
@@ -196,7 +216,14 @@ describe("TCP splice engine", () => {
       const { client, fd } = await acceptClient();
       const seen = collect(client);
       const id = nextId++ % SLOTS;
-      expect(lib.rl_tcp_engine_add(engine, id, fd, connectUpstream((server.address() as net.AddressInfo).port))).toBe(0);
+      expect(
+        lib.rl_tcp_engine_add(
+          engine,
+          id,
+          fd,
+          connectUpstream((server.address() as net.AddressInfo).port),
+        ),
+      ).toBe(0);
       const block = Buffer.alloc(1 << 20);
       let queued = 0;
       // Write until the client's own socket pushes back (bounded: 256 MiB at most).
@@ -226,7 +253,14 @@ describe("TCP splice engine", () => {
       const { client, fd } = await acceptClient();
       const seen = collect(client);
       const id = nextId++ % SLOTS;
-      expect(lib.rl_tcp_engine_add(engine, id, fd, connectUpstream((server.address() as net.AddressInfo).port))).toBe(0);
+      expect(
+        lib.rl_tcp_engine_add(
+          engine,
+          id,
+          fd,
+          connectUpstream((server.address() as net.AddressInfo).port),
+        ),
+      ).toBe(0);
       await Bun.sleep(50);
       expect(lib.rl_tcp_engine_abort_all(engine)).toBe(0);
       await seen.closed;

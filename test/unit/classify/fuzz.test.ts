@@ -10,7 +10,11 @@ import { TlsParser } from "../../../src/classify/tls.ts";
 import { parsersInstantiate } from "../../../src/classify/wasm.ts";
 import { clientInitial } from "../../fixtures/classify/build.ts";
 import {
-  dnsFixtures, initialPlainFixture, quicHeaderFixtures, quicInitialFixtures, tlsFixtures,
+  dnsFixtures,
+  initialPlainFixture,
+  quicHeaderFixtures,
+  quicInitialFixtures,
+  tlsFixtures,
 } from "../../fixtures/classify/corpus.ts";
 import { refImpl, wasmImpl } from "./impls.ts";
 
@@ -65,20 +69,23 @@ function mutate(rng: Rng, source: Uint8Array): Uint8Array {
       case 3: // truncate
         length = rng.below(length + 1);
         break;
-      case 4: { // insert random bytes
+      case 4: {
+        // insert random bytes
         const count = Math.min(1 + rng.below(8), MUTANT_BYTES_MAX - length);
         scratch.copyWithin(at + count, at, length);
         for (let i = 0; i < count; i++) scratch[at + i] = rng.below(256);
         length += count;
         break;
       }
-      case 5: { // delete a range
+      case 5: {
+        // delete a range
         const count = Math.min(1 + rng.below(16), length - at);
         scratch.copyWithin(at, at + count, length);
         length -= count;
         break;
       }
-      default: { // duplicate a range elsewhere
+      default: {
+        // duplicate a range elsewhere
         const count = Math.min(1 + rng.below(16), length - at, MUTANT_BYTES_MAX - length);
         const to = rng.below(length + 1);
         const chunk = scratch.slice(at, at + count);
@@ -99,11 +106,41 @@ test("harness: a WASM trap throws in JS (so counting throws counts traps)", () =
   // A module whose one export executes `unreachable`, the instruction Zig's ReleaseSafe
   // panics (failed bounds checks, overflow) compile to on wasm32-freestanding.
   const bytes = Uint8Array.of(
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
-    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type section: () -> ()
-    0x03, 0x02, 0x01, 0x00, // function section
-    0x07, 0x08, 0x01, 0x04, 0x74, 0x72, 0x61, 0x70, 0x00, 0x00, // export "trap"
-    0x0a, 0x05, 0x01, 0x03, 0x00, 0x00, 0x0b, // code: unreachable; end
+    0x00,
+    0x61,
+    0x73,
+    0x6d,
+    0x01,
+    0x00,
+    0x00,
+    0x00, // magic, version
+    0x01,
+    0x04,
+    0x01,
+    0x60,
+    0x00,
+    0x00, // type section: () -> ()
+    0x03,
+    0x02,
+    0x01,
+    0x00, // function section
+    0x07,
+    0x08,
+    0x01,
+    0x04,
+    0x74,
+    0x72,
+    0x61,
+    0x70,
+    0x00,
+    0x00, // export "trap"
+    0x0a,
+    0x05,
+    0x01,
+    0x03,
+    0x00,
+    0x00,
+    0x0b, // code: unreachable; end
   );
   const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), {});
   const trap = instance.exports.trap as () => void;
@@ -129,8 +166,8 @@ describe("mutation fuzz", () => {
           const a = wasm.dns(mutant);
           const b = ref.dns(mutant);
           tally(counts, a.code);
-          const same = a.code === b.code &&
-            (a.code !== Code.ok || JSON.stringify(a) === JSON.stringify(b));
+          const same =
+            a.code === b.code && (a.code !== Code.ok || JSON.stringify(a) === JSON.stringify(b));
           if (!same && mismatches++ < 3) {
             console.log("DNS mismatch", Buffer.from(mutant).toString("hex"), a, b);
           }
@@ -139,8 +176,10 @@ describe("mutation fuzz", () => {
         }
       }
     }
-    console.log(`DNS fuzz: ${dnsFixtures.length} fixtures, codes ok/short/malformed/unsup =`,
-      counts.join("/"));
+    console.log(
+      `DNS fuzz: ${dnsFixtures.length} fixtures, codes ok/short/malformed/unsup =`,
+      counts.join("/"),
+    );
     expect(traps).toBe(0);
     expect(mismatches).toBe(0);
   });
@@ -158,8 +197,8 @@ describe("mutation fuzz", () => {
           const a = wasm.quicHeader(mutant, shortDcidBytes);
           const b = ref.quicHeader(mutant, shortDcidBytes);
           tally(counts, a.code);
-          const same = a.code === b.code &&
-            (a.code !== Code.ok || JSON.stringify(a) === JSON.stringify(b));
+          const same =
+            a.code === b.code && (a.code !== Code.ok || JSON.stringify(a) === JSON.stringify(b));
           if (!same && mismatches++ < 3) {
             console.log("QUIC mismatch", Buffer.from(mutant).toString("hex"), a, b);
           }
@@ -206,17 +245,23 @@ describe("mutation fuzz", () => {
     for (let i = 0; i < PLAIN_MUTATIONS; i++) {
       quic.resetContexts();
       const frames = mutate(rng, initialPlainFixture.frames).slice();
-      const packet = clientInitial({ version: rng.below(2) ? 0x00000001 : 0x6b3343cf,
-        dcid: initialPlainFixture.dcid, scid: new Uint8Array(0), packetNumber: rng.below(4),
-        frames: frames.length > 0 ? frames : Uint8Array.of(0x01) });
+      const packet = clientInitial({
+        version: rng.below(2) ? 0x00000001 : 0x6b3343cf,
+        dcid: initialPlainFixture.dcid,
+        scid: new Uint8Array(0),
+        packetNumber: rng.below(4),
+        frames: frames.length > 0 ? frames : Uint8Array.of(0x01),
+      });
       try {
         tally(counts, quic.parseInitial(parsers.place(packet, 0), packet.length).code);
       } catch (error) {
         if (traps++ < 3) console.log("plaintext trap", Buffer.from(frames).toString("hex"), error);
       }
     }
-    console.log(`QUIC plaintext fuzz (${PLAIN_MUTATIONS}): codes ok/short/malformed/unsup =`,
-      counts.join("/"));
+    console.log(
+      `QUIC plaintext fuzz (${PLAIN_MUTATIONS}): codes ok/short/malformed/unsup =`,
+      counts.join("/"),
+    );
     expect(traps).toBe(0);
   });
 

@@ -53,21 +53,41 @@ type DnsSource = Omit<DnsView, "name"> & { name(): string };
 
 function dnsView(r: DnsSource): DnsView {
   return {
-    code: r.code, id: r.id, flags: r.flags, qr: r.qr, opcode: r.opcode, rcode: r.rcode,
-    qdcount: r.qdcount, ancount: r.ancount, nscount: r.nscount, arcount: r.arcount,
-    qtype: r.qtype, qclass: r.qclass, ednsPresent: r.ednsPresent,
-    ednsUdpPayloadBytes: r.ednsUdpPayloadBytes, ednsVersion: r.ednsVersion, ednsDo: r.ednsDo,
+    code: r.code,
+    id: r.id,
+    flags: r.flags,
+    qr: r.qr,
+    opcode: r.opcode,
+    rcode: r.rcode,
+    qdcount: r.qdcount,
+    ancount: r.ancount,
+    nscount: r.nscount,
+    arcount: r.arcount,
+    qtype: r.qtype,
+    qclass: r.qclass,
+    ednsPresent: r.ednsPresent,
+    ednsUdpPayloadBytes: r.ednsUdpPayloadBytes,
+    ednsVersion: r.ednsVersion,
+    ednsDo: r.ednsDo,
     name: r.name(),
   };
 }
 
 function quicView(r: QuicHeaderView, base: number): QuicHeaderView {
   return {
-    code: r.code, version: r.version, long: r.long, type: r.type,
-    dcidOffset: r.dcidOffset - base, dcidBytes: r.dcidBytes,
-    scidOffset: r.scidOffset - base, scidBytes: r.scidBytes,
-    tokenOffset: r.tokenOffset - base, tokenBytes: r.tokenBytes,
-    payloadOffset: r.payloadOffset - base, packetBytes: r.packetBytes, length: r.length,
+    code: r.code,
+    version: r.version,
+    long: r.long,
+    type: r.type,
+    dcidOffset: r.dcidOffset - base,
+    dcidBytes: r.dcidBytes,
+    scidOffset: r.scidOffset - base,
+    scidBytes: r.scidBytes,
+    tokenOffset: r.tokenOffset - base,
+    tokenBytes: r.tokenBytes,
+    payloadOffset: r.payloadOffset - base,
+    packetBytes: r.packetBytes,
+    length: r.length,
   };
 }
 

@@ -4,8 +4,18 @@
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Code, Field, HELLO_FLAG_ALPN, HELLO_FLAG_ALPN_TRUNCATED, HELLO_FLAG_SNI, Kind,
-  RESULT_WORDS, RESULT_WORDS_SHIFT, WORD_CODE, WORD_KIND } from "../../../src/classify/layout.ts";
+import {
+  Code,
+  Field,
+  HELLO_FLAG_ALPN,
+  HELLO_FLAG_ALPN_TRUNCATED,
+  HELLO_FLAG_SNI,
+  Kind,
+  RESULT_WORDS,
+  RESULT_WORDS_SHIFT,
+  WORD_CODE,
+  WORD_KIND,
+} from "../../../src/classify/layout.ts";
 import { DnsParser } from "../../../src/classify/dns.ts";
 import { QuicParser } from "../../../src/classify/quic.ts";
 import { TlsParser } from "../../../src/classify/tls.ts";
@@ -118,8 +128,11 @@ test("every field index in src/classify/layout.ts equals wasm/src/layout.zig's",
     const name = match[1];
     const value = Number(match[2]);
     if (name.startsWith("hello_flag_")) {
-      const flags: Record<string, number> = { hello_flag_sni: HELLO_FLAG_SNI,
-        hello_flag_alpn: HELLO_FLAG_ALPN, hello_flag_alpn_truncated: HELLO_FLAG_ALPN_TRUNCATED };
+      const flags: Record<string, number> = {
+        hello_flag_sni: HELLO_FLAG_SNI,
+        hello_flag_alpn: HELLO_FLAG_ALPN,
+        hello_flag_alpn_truncated: HELLO_FLAG_ALPN_TRUNCATED,
+      };
       expect(flags[name]).toBe(value);
     } else {
       const camel = name.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());

@@ -3,13 +3,27 @@
 // node:crypto (test/fixtures/classify/build.ts), including ClientHellos spanning several
 // Initials the way Chrome's post-quantum hello does.
 import { beforeEach, describe, expect, test } from "bun:test";
-import { Code, Field, QUIC_VERSION_1, QUIC_VERSION_2, RESULT_WORDS_SHIFT, WORD_FIELD }
-  from "../../../src/classify/layout.ts";
+import {
+  Code,
+  Field,
+  QUIC_VERSION_1,
+  QUIC_VERSION_2,
+  RESULT_WORDS_SHIFT,
+  WORD_FIELD,
+} from "../../../src/classify/layout.ts";
 import { QuicParser } from "../../../src/classify/quic.ts";
 import { parsersInstantiate } from "../../../src/classify/wasm.ts";
 import {
-  clientHello, clientInitial, clientInitialKeys, concat, cryptoFrame, hex, multiInitial,
-  QUIC_V1, QUIC_V2, toHex,
+  clientHello,
+  clientInitial,
+  clientInitialKeys,
+  concat,
+  cryptoFrame,
+  hex,
+  multiInitial,
+  QUIC_V1,
+  QUIC_V2,
+  toHex,
 } from "../../fixtures/classify/build.ts";
 import * as rfc from "../../fixtures/classify/rfc_quic_vectors.ts";
 
@@ -34,14 +48,26 @@ function scratch(offsetFn: () => number, bytes: number): string {
 beforeEach(() => quic.resetContexts());
 
 const vectors = [
-  { name: "RFC 9001 (v1)", version: QUIC_VERSION_1, packet: rfc.RFC9001_CLIENT_INITIAL_HEX,
-    header: rfc.RFC9001_CLIENT_HEADER_HEX, secret: rfc.RFC9001_CLIENT_INITIAL_SECRET_HEX,
-    key: rfc.RFC9001_CLIENT_KEY_HEX, iv: rfc.RFC9001_CLIENT_IV_HEX,
-    hp: rfc.RFC9001_CLIENT_HP_HEX },
-  { name: "RFC 9369 (v2)", version: QUIC_VERSION_2, packet: rfc.RFC9369_CLIENT_INITIAL_HEX,
-    header: rfc.RFC9369_CLIENT_HEADER_HEX, secret: rfc.RFC9369_CLIENT_INITIAL_SECRET_HEX,
-    key: rfc.RFC9369_CLIENT_KEY_HEX, iv: rfc.RFC9369_CLIENT_IV_HEX,
-    hp: rfc.RFC9369_CLIENT_HP_HEX },
+  {
+    name: "RFC 9001 (v1)",
+    version: QUIC_VERSION_1,
+    packet: rfc.RFC9001_CLIENT_INITIAL_HEX,
+    header: rfc.RFC9001_CLIENT_HEADER_HEX,
+    secret: rfc.RFC9001_CLIENT_INITIAL_SECRET_HEX,
+    key: rfc.RFC9001_CLIENT_KEY_HEX,
+    iv: rfc.RFC9001_CLIENT_IV_HEX,
+    hp: rfc.RFC9001_CLIENT_HP_HEX,
+  },
+  {
+    name: "RFC 9369 (v2)",
+    version: QUIC_VERSION_2,
+    packet: rfc.RFC9369_CLIENT_INITIAL_HEX,
+    header: rfc.RFC9369_CLIENT_HEADER_HEX,
+    secret: rfc.RFC9369_CLIENT_INITIAL_SECRET_HEX,
+    key: rfc.RFC9369_CLIENT_KEY_HEX,
+    iv: rfc.RFC9369_CLIENT_IV_HEX,
+    hp: rfc.RFC9369_CLIENT_HP_HEX,
+  },
 ];
 
 for (const v of vectors) {
@@ -49,8 +75,7 @@ for (const v of vectors) {
     test("Appendix A.1: client key, IV and HP key (WASM and node:crypto)", () => {
       const dcid = hex(rfc.RFC_DCID_HEX);
       const offset = parsers.place(dcid, AREA_OFFSET);
-      expect(parsers.exports.quic_client_keys_derive(v.version, offset, dcid.length))
-        .toBe(Code.ok);
+      expect(parsers.exports.quic_client_keys_derive(v.version, offset, dcid.length)).toBe(Code.ok);
       const text = parsers.textOffset + parsers.singleIndex * parsers.textBytes;
       expect(toHex(parsers.bytes.subarray(text, text + 16))).toBe(v.key);
       expect(toHex(parsers.bytes.subarray(text + 16, text + 28))).toBe(v.iv);
@@ -66,15 +91,17 @@ for (const v of vectors) {
       expect(r.header.version).toBe(v.version);
       expect(r.packetNumber).toBe(2);
       // The unprotected header is the RFC's, byte for byte.
-      expect(scratch(parsers.exports.quic_scratch_header_offset,
-        field(Field.initialHeaderBytes))).toBe(v.header);
+      expect(
+        scratch(parsers.exports.quic_scratch_header_offset, field(Field.initialHeaderBytes)),
+      ).toBe(v.header);
       // The plaintext is the RFC's CRYPTO frame followed by PADDING to 1162 bytes.
       const plain = hex(rfc.RFC_CLIENT_CRYPTO_FRAME_HEX);
       const expected = new Uint8Array(rfc.RFC_CLIENT_PAYLOAD_BYTES);
       expected.set(plain);
       expect(field(Field.initialPlainBytes)).toBe(rfc.RFC_CLIENT_PAYLOAD_BYTES);
-      expect(scratch(parsers.exports.quic_scratch_plain_offset, rfc.RFC_CLIENT_PAYLOAD_BYTES))
-        .toBe(toHex(expected));
+      expect(scratch(parsers.exports.quic_scratch_plain_offset, rfc.RFC_CLIENT_PAYLOAD_BYTES)).toBe(
+        toHex(expected),
+      );
     });
 
     test("Appendix A.2: ClientHello SNI example.com, ALPN alpn", () => {
@@ -90,9 +117,14 @@ for (const v of vectors) {
     });
 
     test("node:crypto-protected packet with the RFC's frames opens to the same hello", () => {
-      const packet = clientInitial({ version: v.version, dcid: hex(rfc.RFC_DCID_HEX),
-        scid: new Uint8Array(0), packetNumber: 2, frames: hex(rfc.RFC_CLIENT_CRYPTO_FRAME_HEX),
-        datagramBytes: 1200 });
+      const packet = clientInitial({
+        version: v.version,
+        dcid: hex(rfc.RFC_DCID_HEX),
+        scid: new Uint8Array(0),
+        packetNumber: 2,
+        frames: hex(rfc.RFC_CLIENT_CRYPTO_FRAME_HEX),
+        datagramBytes: 1200,
+      });
       expect(toHex(packet)).toBe(v.packet);
     });
 
@@ -175,8 +207,12 @@ describe("ClientHello across several Initials", () => {
     const packets = multiInitial(QUIC_V1, dcid, hello, 2);
     expect(open(packets[0]).code).toBe(Code.short);
     for (let i = 0; i < parsers.quicContextCount; i++) {
-      const other = multiInitial(QUIC_V1, hex(`aa000000000000${i.toString(16).padStart(2, "0")}`),
-        clientHello({ sni: `n${i}.test`, paddingBytes: 1500 }), 2);
+      const other = multiInitial(
+        QUIC_V1,
+        hex(`aa000000000000${i.toString(16).padStart(2, "0")}`),
+        clientHello({ sni: `n${i}.test`, paddingBytes: 1500 }),
+        2,
+      );
       expect(open(other[0]).code).toBe(Code.short);
     }
     // Our first half was evicted: the second half alone cannot complete the hello.
@@ -196,25 +232,44 @@ describe("ClientHello across several Initials", () => {
 
   test("CRYPTO data past the bound is unsupported", () => {
     const frames = cryptoFrame(16 * 1024 - 2, new Uint8Array(4));
-    const packet = clientInitial({ version: QUIC_V1, dcid, scid: new Uint8Array(0),
-      packetNumber: 0, frames });
+    const packet = clientInitial({
+      version: QUIC_V1,
+      dcid,
+      scid: new Uint8Array(0),
+      packetNumber: 0,
+      frames,
+    });
     expect(open(packet).code).toBe(Code.unsupported);
   });
 
   test("frames not allowed in Initial (STREAM 0x08) are malformed (RFC 9000 12.4)", () => {
     const frames = concat(cryptoFrame(0, hello.subarray(0, 100)), Uint8Array.of(0x08, 0, 0));
-    const packet = clientInitial({ version: QUIC_V1, dcid, scid: new Uint8Array(0),
-      packetNumber: 0, frames });
+    const packet = clientInitial({
+      version: QUIC_V1,
+      dcid,
+      scid: new Uint8Array(0),
+      packetNumber: 0,
+      frames,
+    });
     expect(open(packet).code).toBe(Code.malformed);
   });
 
   test("ACK, PING, CONNECTION_CLOSE frames are skipped", () => {
     const small = clientHello({ sni: "ack.test" });
-    const frames = concat(Uint8Array.of(0x02, 0x05, 0x00, 0x01, 0x00, 0x02, 0x01),
-      Uint8Array.of(0x03, 0x05, 0x00, 0x00, 0x00, 0x01, 0x02, 0x03), Uint8Array.of(0x01),
-      cryptoFrame(0, small), Uint8Array.of(0x1c, 0x00, 0x00, 0x02, 0x61, 0x62));
-    const packet = clientInitial({ version: QUIC_V2, dcid, scid: new Uint8Array(0),
-      packetNumber: 7, frames });
+    const frames = concat(
+      Uint8Array.of(0x02, 0x05, 0x00, 0x01, 0x00, 0x02, 0x01),
+      Uint8Array.of(0x03, 0x05, 0x00, 0x00, 0x00, 0x01, 0x02, 0x03),
+      Uint8Array.of(0x01),
+      cryptoFrame(0, small),
+      Uint8Array.of(0x1c, 0x00, 0x00, 0x02, 0x61, 0x62),
+    );
+    const packet = clientInitial({
+      version: QUIC_V2,
+      dcid,
+      scid: new Uint8Array(0),
+      packetNumber: 7,
+      frames,
+    });
     const r = open(packet);
     expect(r.code).toBe(Code.ok);
     expect(r.sni()).toBe("ack.test");

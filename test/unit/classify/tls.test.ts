@@ -69,8 +69,9 @@ describe("one buffer", () => {
   });
 
   test("not TLS: HTTP request, alert record, SSLv2-style header are unsupported", () => {
-    expect(parse(new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n")).code)
-      .toBe(Code.unsupported);
+    expect(parse(new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n")).code).toBe(
+      Code.unsupported,
+    );
     expect(parse(Uint8Array.of(21, 3, 3, 0, 2, 2, 40)).code).toBe(Code.unsupported);
     expect(parse(Uint8Array.of(0x80, 0x2e, 0x01, 0x03, 0x01)).code).toBe(Code.unsupported);
   });
@@ -96,12 +97,12 @@ describe("one buffer", () => {
     // Rebuild with two SNI extensions: replace the extensions block.
     const fixed = body.subarray(0, 2 + 32 + 1 + 32 + 2 + 4 + 2);
     const twice = concat(fixed, u16(sni.length * 2), sni, sni);
-    expect(parse(tlsRecords(concat(u8(1), u24(twice.length), twice))).code)
-      .toBe(Code.malformed);
+    expect(parse(tlsRecords(concat(u8(1), u24(twice.length), twice))).code).toBe(Code.malformed);
     const alpn = concat(u16(16), u16(4), u16(2), u8(0), u8(0x61));
     const badAlpn = concat(fixed, u16(alpn.length), alpn);
-    expect(parse(tlsRecords(concat(u8(1), u24(badAlpn.length), badAlpn))).code)
-      .toBe(Code.malformed);
+    expect(parse(tlsRecords(concat(u8(1), u24(badAlpn.length), badAlpn))).code).toBe(
+      Code.malformed,
+    );
   });
 });
 

@@ -8,8 +8,12 @@ import { Code } from "../../../src/classify/layout.ts";
 import { QuicParser } from "../../../src/classify/quic.ts";
 import { TlsParser } from "../../../src/classify/tls.ts";
 import { parsersInstantiate } from "../../../src/classify/wasm.ts";
-import { dnsFixtures, quicHeaderFixtures, quicInitialFixtures, tlsFixtures }
-  from "../../fixtures/classify/corpus.ts";
+import {
+  dnsFixtures,
+  quicHeaderFixtures,
+  quicInitialFixtures,
+  tlsFixtures,
+} from "../../fixtures/classify/corpus.ts";
 import { refImpl, wasmImpl } from "./impls.ts";
 
 const NOT_OK: number[] = [Code.short, Code.malformed];
@@ -63,8 +67,7 @@ describe("wasm prefixes", () => {
         const offset = parsers.place(fixture.bytes.subarray(0, n), 0);
         expect(NOT_OK).toContain(tls.parse(offset, n).code);
       }
-      expect(tls.parse(parsers.place(fixture.bytes, 0), fixture.bytes.length).code)
-        .toBe(Code.ok);
+      expect(tls.parse(parsers.place(fixture.bytes, 0), fixture.bytes.length).code).toBe(Code.ok);
     });
   }
 });

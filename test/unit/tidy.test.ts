@@ -1,0 +1,62 @@
+// Tidy: what review should never have to say twice (TigerBeetle's tidy.zig). Unfinished
+// markers, long lines, skipped tests, and console output from the data path.
+import { describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join, relative } from "node:path";
+
+const ROOT = join(import.meta.dir, "..", "..");
+const LINE_COLUMNS_MAX = 100;
+
+function files(dir: string, extensions: string[]): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(join(ROOT, dir))) {
+    const path = join(dir, name);
+    if (statSync(join(ROOT, path)).isDirectory()) out.push(...files(path, extensions));
+    else if (extensions.some((e) => name.endsWith(e))) out.push(path);
+  }
+  return out;
+}
+
+const SOURCE = [
+  ...files("src", [".ts"]),
+  ...files("ffi", [".c", ".h"]),
+  ...files("wasm/src", [".zig"]),
+];
+
+describe("tidy", () => {
+  test("no unfinished-work markers in the product", () => {
+    const marker = new RegExp(["TO" + "DO", "FIX" + "ME", "X" + "XX"].join("|"));
+    const hits = SOURCE.filter((f) => marker.test(readFileSync(join(ROOT, f), "utf8")));
+    expect(hits).toEqual([]);
+  });
+
+  test(`product lines stay within ${LINE_COLUMNS_MAX} columns`, () => {
+    const long: string[] = [];
+    for (const f of SOURCE) {
+      readFileSync(join(ROOT, f), "utf8")
+        .split("\n")
+        .forEach((line, i) => {
+          if (line.length > LINE_COLUMNS_MAX) long.push(`${f}:${i + 1} (${line.length})`);
+        });
+    }
+    expect(long).toEqual([]);
+  });
+
+  test("no skipped or todo tests (CI must run everything)", () => {
+    const skip = new RegExp(["\\.s" + "kip\\(", "\\.to" + "do\\(", "s" + "kipIf\\("].join("|"));
+    const hits = files("test", [".ts"]).filter((f) =>
+      skip.test(readFileSync(join(ROOT, f), "utf8")),
+    );
+    expect(hits.map((f) => relative(ROOT, join(ROOT, f)))).toEqual([]);
+  });
+
+  test("the data path logs through its rate-limited logger, never console.log", () => {
+    const dataPath = ["src/relay", "src/flow", "src/egress", "src/sys"].flatMap((d) =>
+      files(d, [".ts"]),
+    );
+    const hits = dataPath.filter((f) =>
+      readFileSync(join(ROOT, f), "utf8").includes("console.log("),
+    );
+    expect(hits).toEqual([]);
+  });
+});
