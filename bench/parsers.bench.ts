@@ -6,6 +6,8 @@
 // going stale); the default is the real run. A checksum of the results is printed.
 //
 //   node_modules/.bin/bun bench/parsers.bench.ts [--small]
+//
+// bench/micro.bench.ts (and so `bun run bench`) imports runParsers().
 import { Bench } from "tinybench";
 import { DnsRefParser } from "../src/classify/dns_ref.ts";
 import { Kind, RESULT_WORDS_SHIFT, WORD_CODE, WORD_FIELD, Field } from "../src/classify/layout.ts";
@@ -15,17 +17,18 @@ import { clientHello, multiInitial, tlsRecords } from "../test/fixtures/classify
 import { dnsFixtures, quicHeaderFixtures, quicInitialFixtures }
   from "../test/fixtures/classify/corpus.ts";
 
-const small = process.argv.includes("--small");
 /** The relay's recvmmsg batch (wasm/src/main.zig batch_count_max). */
 const BATCH_COUNT = 256;
 /** A 1500-byte MTU datagram rounded up; 256 slots fill the 512 KiB packet area. */
 const SLOT_BYTES = 2048;
-const TIME_MS = small ? 30 : 600;
-const WARMUP_MS = small ? 10 : 200;
+const TIME_MS = { small: 30, full: 600 };
+const WARMUP_MS = { small: 10, full: 200 };
 
 const parsers = parsersLoad();
 const e = parsers.exports;
 const words = parsers.resultWords;
+let timeMs = TIME_MS.full;
+let warmupMs = WARMUP_MS.full;
 
 interface Slots {
   offsets: Uint32Array;
@@ -65,7 +68,7 @@ interface Group {
 }
 
 function group(name: string, baseline: string, count = BATCH_COUNT): Group {
-  return { name, baseline, count, bench: new Bench({ time: TIME_MS, warmupTime: WARMUP_MS }) };
+  return { name, baseline, count, bench: new Bench({ time: timeMs, warmupTime: warmupMs }) };
 }
 
 // DNS: the first question's qtype is read from each result so no work can be skipped.
@@ -175,24 +178,45 @@ function tlsGroup(): Group {
 }
 
 const groups = [dnsGroup, quicGroup, initialGroup, tlsGroup];
-console.log(`parsers bench: ${small ? "small" : "full"} run, ${TIME_MS} ms per task, ` +
-  `${BATCH_COUNT} packets per iteration (quic initial: 16), Bun ${Bun.version}`);
-console.log("group                 task                   ns/pkt    p99 ns/pkt  ratio");
-for (const setup of groups) {
-  const g = setup();
-  await g.bench.run();
-  const perIteration = g.count;
-  const nsPerPacket = new Map<string, [number, number]>();
-  for (const task of g.bench.tasks) {
-    const r = task.result;
-    if (!("latency" in r)) throw new Error(`${g.name} ${task.name}: ${r.state}`);
-    nsPerPacket.set(task.name, [r.latency.mean * 1e6 / perIteration,
-      r.latency.p99 * 1e6 / perIteration]);
-  }
-  const base = nsPerPacket.get(g.baseline)![0];
-  for (const [name, [mean, p99]] of nsPerPacket) {
-    console.log(`${g.name.padEnd(21)} ${name.padEnd(22)} ${mean.toFixed(1).padStart(8)}` +
-      `  ${p99.toFixed(1).padStart(10)}  ${(mean / base).toFixed(2).padStart(5)}`);
-  }
+
+export interface ParserRow {
+  group: string;
+  task: string;
+  baseline: boolean;
+  nsPerPacket: number;
+  p99NsPerPacket: number;
 }
-console.log(`checksum ${checksum >>> 0}`);
+
+/** Runs every parser group once; ns per packet for each task, and the results' checksum. */
+export async function runParsers(small: boolean): Promise<{ rows: ParserRow[]; checksum: number }> {
+  timeMs = small ? TIME_MS.small : TIME_MS.full;
+  warmupMs = small ? WARMUP_MS.small : WARMUP_MS.full;
+  checksum = 0;
+  const rows: ParserRow[] = [];
+  for (const setup of groups) {
+    const g = setup();
+    await g.bench.run();
+    for (const task of g.bench.tasks) {
+      const r = task.result;
+      if (!("latency" in r)) throw new Error(`${g.name} ${task.name}: ${r.state}`);
+      rows.push({ group: g.name, task: task.name, baseline: task.name === g.baseline,
+        nsPerPacket: r.latency.mean * 1e6 / g.count, p99NsPerPacket: r.latency.p99 * 1e6 / g.count });
+    }
+  }
+  return { rows, checksum: checksum >>> 0 };
+}
+
+if (import.meta.main) {
+  const small = process.argv.includes("--small");
+  const { rows, checksum: sum } = await runParsers(small);
+  console.log(`parsers bench: ${small ? "small" : "full"} run, ${timeMs} ms per task, ` +
+    `${BATCH_COUNT} packets per iteration (quic initial: 16), Bun ${Bun.version}`);
+  console.log("group                 task                   ns/pkt    p99 ns/pkt  ratio");
+  for (const row of rows) {
+    const base = rows.find((r) => r.group === row.group && r.baseline)!.nsPerPacket;
+    console.log(`${row.group.padEnd(21)} ${row.task.padEnd(22)} ` +
+      `${row.nsPerPacket.toFixed(1).padStart(8)}  ${row.p99NsPerPacket.toFixed(1).padStart(10)}  ` +
+      `${(row.nsPerPacket / base).toFixed(2).padStart(5)}`);
+  }
+  console.log(`checksum ${sum}`);
+}
