@@ -14,7 +14,7 @@
 //   node_modules/.bin/bun bench/micro.bench.ts [--small] [--reps N]
 //
 // bench/run.ts imports runMicro().
-import { ptr } from "bun:ffi";
+import { type Pointer, ptr } from "bun:ffi";
 import { randomBytes } from "node:crypto";
 import { Bench } from "tinybench";
 import { EndReason, SessionTable } from "../src/flow/table.ts";
@@ -147,7 +147,7 @@ function batchGroup(small: boolean): Group {
   for (const batch of BATCH_SIZES) {
     add(g, batch === 1 ? "1 per call" : `${batch} per call`, DATAGRAMS, () => {
       for (let done = 0; done < DATAGRAMS; done += batch) {
-        const sendsPtr = sendsBase + done * SEND_BYTES;
+        const sendsPtr = (sendsBase + done * SEND_BYTES) as Pointer;
         const sent = lib.rl_send_batch(slabPtr, sendsPtr, batch);
         if (sent !== batch) throw new Error(`rl_send_batch: ${sent} of ${batch}`);
         // Loopback delivers during sendmmsg, so the datagrams are queued already;
