@@ -1,7 +1,10 @@
 // End-to-end UDP benchmark (issue 2, acceptance point 4): request/response and one-way
 // throughput through the relay and through plain kernel forwarding, in the same run.
 //
-//   node_modules/.bin/bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-c-relay]
+//   node_modules/.bin/bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-wait] [--no-c-relay]
+//
+// --pin: udp_gen on cpu0, the relays on cpu1. --no-wait: no waiting for a quiet machine and
+// no retries of contended runs (they are still measured and marked).
 //
 //   client ns            router ns                                   server ns
 //   udp_gen  ── c0/r0 ── kernel forwarding | Bun relay | C relay ── r1/s0 ── udp_sink_echo
@@ -19,7 +22,8 @@
 // the paths run back to back in an order that rotates per repetition. The table shows
 // medians, min-max spread, the ratio relay/kernel, latency (rr) and loss (oneway).
 // Results also go to bench/results/udp-latest.md. bench/udp_gen.c defines the
-// "generator-bound" rule.
+// "generator-bound" rule. bench/run.ts imports runUdp() (measurements as data) and
+// renderUdpReport(); bench/memory.ts reuses ToolProcess/startTool.
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -35,10 +39,10 @@ const GEN = join(TOOLS, "udp_gen");
 const SINK_ECHO = join(TOOLS, "udp_sink_echo");
 const C_RELAY = join(TOOLS, "c_relay");
 const RESULTS = join(import.meta.dir, "results", "udp-latest.md");
-const USAGE = "usage: bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-c-relay]";
+const USAGE = "usage: bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-wait] [--no-c-relay]";
 
-type Mode = "rr" | "oneway";
-type PathName = "kernel" | "bun" | "c";
+export type Mode = "rr" | "oneway";
+export type PathName = "kernel" | "bun" | "c";
 const PATH_LABEL: Record<PathName, string> = { kernel: "kernel", bun: "Bun relay", c: "C relay" };
 const PATH_SHORT: Record<PathName, string> = { kernel: "k", bun: "bun", c: "C" };
 const PORTS: Record<PathName, Record<Mode, number>> = {
@@ -77,15 +81,17 @@ const TICKS_PER_SECOND = 100;
 /** The issue's target, measured for a C recvmmsg relay: ~0.5 (1 flow), ~0.6 (256), rr. */
 const RR_TARGET_RATIO: Record<number, number> = { 1: 0.5, 256: 0.6 };
 
-interface Args {
+export interface Args {
   quick: boolean;
   reps: number;
   pin: boolean;
+  /** Wait for a quiet machine before each run and retry contended runs. */
+  wait: boolean;
   cRelay: boolean;
 }
 
-function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, reps: REPS.full, pin: false, cRelay: true };
+export function parseArgs(argv: string[]): Args {
+  const args: Args = { quick: false, reps: REPS.full, pin: false, wait: true, cRelay: true };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -93,6 +99,8 @@ function parseArgs(argv: string[]): Args {
       args.quick = true;
     } else if (a === "--pin") {
       args.pin = true;
+    } else if (a === "--no-wait") {
+      args.wait = false;
     } else if (a === "--no-c-relay") {
       args.cRelay = false;
     } else if (a === "--reps") {
@@ -109,7 +117,7 @@ function parseArgs(argv: string[]): Args {
 }
 
 /** A C tool in a namespace that prints JSON lines (ready, snapshot, final). */
-class ToolProcess {
+export class ToolProcess {
   readonly lines: any[] = [];
   private waiters: Array<() => void> = [];
   private stderr = "";
@@ -166,7 +174,7 @@ class ToolProcess {
   }
 }
 
-function startTool(lab: Lab, ns: string, name: string, argv: string[]): ToolProcess {
+export function startTool(lab: Lab, ns: string, name: string, argv: string[]): ToolProcess {
   return new ToolProcess(name, lab.spawn(ns, argv) as Subprocess<any, "pipe", "pipe">);
 }
 
@@ -254,13 +262,13 @@ function udpRcvbufErrors(lab: Lab, ns: string): number {
 
 // ---- Runs ------------------------------------------------------------------------------
 
-interface Cell {
+export interface Cell {
   mode: Mode;
   sizeBytes: number;
   flows: number;
 }
 
-interface Sample {
+export interface Sample {
   value: number; // tps (rr) or received datagrams/s (oneway)
   p50Us: number;
   p99Us: number;
@@ -276,12 +284,13 @@ interface RunContext {
   warmupMs: number;
   durationMs: number;
   pin: boolean;
+  wait: boolean;
   echo: ToolProcess;
   sink: ToolProcess;
   watch: CpuWatch;
 }
 
-function cellName(c: Cell): string {
+export function cellName(c: Cell): string {
   return `${c.mode} ${c.sizeBytes} B ${c.flows} flow${c.flows === 1 ? "" : "s"}`;
 }
 
@@ -329,9 +338,10 @@ async function runOnce(ctx: RunContext, cell: Cell, path: PathName, runId: numbe
 /** One sample: waits for a quiet machine, retries contended runs, keeps the least contended. */
 async function measure(ctx: RunContext, cell: Cell, path: PathName, nextRunId: () => number) {
   let best: Sample | null = null;
-  // Bounded: 1 + CONTENDED_RETRIES_MAX tries.
-  for (let tries = 1; tries <= 1 + CONTENDED_RETRIES_MAX; tries++) {
-    await waitForQuiet(ctx.watch);
+  // Bounded: 1 + CONTENDED_RETRIES_MAX tries (1 without waiting).
+  const triesMax = ctx.wait ? 1 + CONTENDED_RETRIES_MAX : 1;
+  for (let tries = 1; tries <= triesMax; tries++) {
+    if (ctx.wait) await waitForQuiet(ctx.watch);
     const s = await runOnce(ctx, cell, path, nextRunId(), tries);
     if (best === null || s.otherCpus < best.otherCpus) best = s;
     if (s.otherCpus <= CONTENDED_OTHER_CPUS) break;
@@ -339,14 +349,14 @@ async function measure(ctx: RunContext, cell: Cell, path: PathName, nextRunId: (
   return best!;
 }
 
-function logSample(rep: number, reps: number, cell: Cell, path: PathName, s: Sample): void {
+function sampleLine(rep: number, reps: number, cell: Cell, path: PathName, s: Sample): string {
   const detail = cell.mode === "rr"
     ? `p50 ${s.p50Us} us p99 ${s.p99Us} us`
     : `loss ${(s.loss * 100).toFixed(1)}%`;
-  process.stderr.write(`[bench] rep ${rep + 1}/${reps} ${cellName(cell).padEnd(24)} ` +
+  return `[bench] udp rep ${rep + 1}/${reps} ${cellName(cell).padEnd(24)} ` +
     `${path.padEnd(6)} ${fmtRate(s.value).padStart(7)} ${detail}` +
     `${s.generatorBound ? " (generator-bound)" : ""} other CPU ${s.otherCpus.toFixed(2)}` +
-    `${s.tries > 1 ? ` (try ${s.tries})` : ""}\n`);
+    `${s.tries > 1 ? ` (try ${s.tries})` : ""}`;
 }
 
 /** --pin: generator on cpu0, both relays (all threads) on cpu1; echo and sink unpinned. */
@@ -356,16 +366,30 @@ function pinRelays(relayPids: number[]): string {
     "echo/sink unpinned (taskset)";
 }
 
-async function main(): Promise<number> {
-  const args = parseArgs(process.argv.slice(2));
+export interface UdpResult {
+  args: Args;
+  cells: Cell[];
+  paths: PathName[];
+  /** Key `${cellName(cell)}|${path}`: one sample per repetition, in order. */
+  samples: Map<string, Sample[]>;
+  pinning: string;
+  warmupMs: number;
+  durationMs: number;
+  elapsedS: number;
+  bunMetrics: any;
+  cMetrics: any;
+  echoMetrics: any;
+  sinkMetrics: any;
+  /** Udp RcvbufErrors over the whole step, per namespace. */
+  rcvbufErrors: { router: number; server: number };
+}
+
+/** Builds the tools, runs the lab and every repetition; `log` gets one line per run. */
+export async function runUdp(args: Args, log: (line: string) => void): Promise<UdpResult> {
   const warmupMs = args.quick ? WARMUP_MS.quick : WARMUP_MS.full;
   const durationMs = args.quick ? DURATION_MS.quick : DURATION_MS.full;
-
   const unavailable = labUnavailableReason();
-  if (unavailable) {
-    console.error(`bench/udp.ts: cannot run: ${unavailable}`);
-    return 4;
-  }
+  if (unavailable) throw new Error(`bench/udp.ts: ${unavailable}`);
   run(["make", "-s", "-C", import.meta.dir]);
   const cRelay = args.cRelay && (await Bun.file(C_RELAY).exists());
   const paths: PathName[] = cRelay ? ["kernel", "bun", "c"] : ["kernel", "bun"];
@@ -373,13 +397,13 @@ async function main(): Promise<number> {
   const tmp = mkdtempSync(join(tmpdir(), "udp-bench-"));
   const lab = Lab.create();
   // Ctrl-C skips `finally`: remove the namespaces (and everything running in them) here too.
-  for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    process.on(signal, () => {
-      lab.destroy();
-      rmSync(tmp, { recursive: true, force: true });
-      process.exit(130);
-    });
-  }
+  const onSignal = () => {
+    lab.destroy();
+    rmSync(tmp, { recursive: true, force: true });
+    process.exit(130);
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
   const tools: ToolProcess[] = [];
   let relay: RelayProcess | null = null;
   try {
@@ -441,8 +465,8 @@ async function main(): Promise<number> {
       }
     }
     const daemonPids = [process.pid, ...relayPids, echo.proc.pid, sink.proc.pid];
-    const ctx: RunContext = { lab, warmupMs, durationMs, pin: args.pin, echo, sink,
-      watch: new CpuWatch(ownPids(daemonPids)) };
+    const ctx: RunContext = { lab, warmupMs, durationMs, pin: args.pin, wait: args.wait, echo,
+      sink, watch: new CpuWatch(ownPids(daemonPids)) };
     let runId = 0;
     const nextRunId = () => ++runId;
     const samples = new Map<string, Sample[]>();
@@ -455,31 +479,30 @@ async function main(): Promise<number> {
           const sample = await measure(ctx, cell, path, nextRunId);
           const key = `${cellName(cell)}|${path}`;
           samples.set(key, [...(samples.get(key) ?? []), sample]);
-          logSample(rep, args.reps, cell, path, sample);
+          log(sampleLine(rep, args.reps, cell, path, sample));
         }
       }
     }
     const elapsedS = (performance.now() - started) / 1000;
 
-    const report = renderReport({
+    return {
       args, cells, paths, samples, pinning, warmupMs, durationMs, elapsedS,
       bunMetrics: await relay.metrics().catch(() => null),
       cMetrics: cTool ? await cTool.snapshot().catch(() => null) : null,
+      echoMetrics: await echo.snapshot().catch(() => null),
+      sinkMetrics: await sink.snapshot().catch(() => null),
       rcvbufErrors: {
         router: udpRcvbufErrors(lab, lab.router),
         server: udpRcvbufErrors(lab, lab.server),
       },
-    });
-    console.log(report);
-    mkdirSync(join(import.meta.dir, "results"), { recursive: true });
-    writeFileSync(RESULTS, report + "\n");
-    console.error(`[bench] written to ${RESULTS}`);
-    return 0;
+    };
   } finally {
     if (relay) await relay.stop().catch(() => undefined);
     for (const t of tools) await t.stop().catch(() => undefined);
     lab.destroy();
     rmSync(tmp, { recursive: true, force: true });
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
   }
 }
 
@@ -520,24 +543,13 @@ function counterLine(label: string, counters: any, dropPattern: RegExp, extra: s
     ` (${context}).`;
 }
 
-interface ReportInput {
-  args: Args;
-  cells: Cell[];
-  paths: PathName[];
-  samples: Map<string, Sample[]>;
-  pinning: string;
-  warmupMs: number;
-  durationMs: number;
-  elapsedS: number;
-  bunMetrics: any;
-  cMetrics: any;
-  rcvbufErrors: { router: number; server: number };
-}
-
-function renderReport(r: ReportInput): string {
+/** The markdown report of one runUdp() result (also bench/results/udp-latest.md). */
+export function renderUdpReport(r: UdpResult): string {
   const { paths } = r;
   const short = paths.map((p) => PATH_SHORT[p]).join(" / ");
-  const command = ["node_modules/.bin/bun bench/udp.ts", ...process.argv.slice(2)].join(" ");
+  const flags = [r.args.quick ? "--quick" : "", `--reps ${r.args.reps}`, r.args.pin ? "--pin" : "",
+    r.args.wait ? "" : "--no-wait", r.paths.includes("c") ? "" : "--no-c-relay"];
+  const command = ["node_modules/.bin/bun bench/udp.ts", ...flags.filter((f) => f)].join(" ");
   const lines: string[] = [
     "## UDP relay benchmark",
     "",
@@ -548,10 +560,14 @@ function renderReport(r: ReportInput): string {
     `- ${r.args.reps} repetition(s) per cell and path, warmup ${r.warmupMs} ms + measured ` +
       `${r.durationMs} ms each, paths alternate within each cell; total ${r.elapsedS.toFixed(0)} s`,
     `- CPU pinning: ${r.pinning}`,
-    `- machine sharing: before each run the bench waits (<= ~20 s) until other processes use ` +
-      `< ${QUIET_OTHER_CPUS_MAX} CPU; a run during which they used > ${CONTENDED_OTHER_CPUS} CPU ` +
-      `is retried (<= ${CONTENDED_RETRIES_MAX} times, least contended kept); "contended" counts ` +
-      `the runs that stayed above it. Other engineers' tests share these 2 CPUs.`,
+    r.args.wait
+      ? `- machine sharing: before each run the bench waits (<= ~20 s) until other processes ` +
+        `use < ${QUIET_OTHER_CPUS_MAX} CPU; a run during which they used > ` +
+        `${CONTENDED_OTHER_CPUS} CPU is retried (<= ${CONTENDED_RETRIES_MAX} times, least ` +
+        `contended kept); "contended" counts the runs that stayed above it. Other engineers' ` +
+        `tests share these 2 CPUs.`
+      : `- machine sharing: --no-wait: runs start at once, without retries; "contended" counts ` +
+        `the runs during which other processes used > ${CONTENDED_OTHER_CPUS} CPU.`,
     `- IPv4, flows over 4 server addresses; both relays reply with IP_PKTINFO ` +
       `(listener port = original port). rr: 1 request in flight per flow. ` +
       `oneway: max rate, batches of 32 per sendmmsg, rate = datagrams/s received by the sink.`,
@@ -628,6 +644,11 @@ function renderReport(r: ReportInput): string {
     `UDP receive-buffer overflows over the whole run (/proc/net/snmp Udp RcvbufErrors): ` +
       `router ns ${r.rcvbufErrors.router} (relay listeners and upstream sockets), ` +
       `server ns ${r.rcvbufErrors.server} (sink/echo).`);
+  const echo = r.echoMetrics ?? {};
+  const sink = r.sinkMetrics ?? {};
+  lines.push("", `Server side: echo echoed=${echo.echoed ?? "?"} ` +
+    `echoDropped=${echo.echoDropped ?? "?"}; sink packets=${sink.packets ?? "?"} ` +
+    `foreignPackets=${sink.foreignPackets ?? "?"}.`);
   if (r.cMetrics) {
     lines.push("", counterLine("C relay", r.cMetrics, /^dropped/,
       ["sessionsCreated", "fromClients", "toClients"]));
@@ -639,4 +660,20 @@ function renderReport(r: ReportInput): string {
   return lines.join("\n");
 }
 
-process.exit(await main());
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const unavailable = labUnavailableReason();
+  if (unavailable) {
+    console.error(`bench/udp.ts: cannot run: ${unavailable}`);
+    return process.env.CI === "true" ? 1 : 77; // kselftest's skip code otherwise
+  }
+  const result = await runUdp(args, (line) => console.error(line));
+  const report = renderUdpReport(result);
+  console.log(report);
+  mkdirSync(join(import.meta.dir, "results"), { recursive: true });
+  writeFileSync(RESULTS, report + "\n");
+  console.error(`[bench] written to ${RESULTS}`);
+  return 0;
+}
+
+if (import.meta.main) process.exit(await main());

@@ -63,6 +63,7 @@ _Static_assert(WINDOW_MAX * 2 <= BATCH_COUNT_MAX, "rr receive batch fits");
 #define HIST_BUCKET_NS 100
 #define HIST_BUCKET_COUNT 1000000
 #define BUSY_SATURATED_FRACTION 0.90
+#define SEND_RETRIES_MAX 4
 
 enum mode { MODE_RR, MODE_ONEWAY };
 
@@ -138,7 +139,7 @@ static void stamp(uint8_t *slot, const struct config *cfg, uint32_t flow_index,
 
 static int send_blocked_errno(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS; }
 
-/* Sends `count` fresh datagrams on one flow; returns how many left. */
+/* Sends `count` fresh datagrams on one flow; returns how many were sent. */
 static int send_batch(const struct config *cfg, const struct clock_window *w, uint32_t flow_index,
                       int count, struct stats *st) {
   struct flow *f = &flows[flow_index];
@@ -153,16 +154,19 @@ static int send_batch(const struct config *cfg, const struct clock_window *w, ui
     msgs[i].msg_hdr.msg_iovlen = 1;
   }
   int sent = 0;
-  /* Bounded: each pass sends >= 1 datagram or stops. */
-  while (sent < count) {
+  /* Bounded: a pass sends >= 1 datagram, stops, or is one of SEND_RETRIES_MAX retries
+   * (EINTR, or a pending ICMP error reported once by the kernel). */
+  for (int retries = 0; sent < count && retries <= SEND_RETRIES_MAX;) {
     st->send_calls++;
     int s = sendmmsg(f->fd, msgs + sent, (unsigned)(count - sent), MSG_DONTWAIT);
     if (s > 0) {
       sent += s;
       continue;
     }
-    if (s < 0 && errno == EINTR) continue;
-    if (s < 0 && errno == ECONNREFUSED) continue; /* ICMP from an earlier datagram */
+    if (s < 0 && (errno == EINTR || errno == ECONNREFUSED)) { /* ECONNREFUSED: earlier ICMP */
+      retries++;
+      continue;
+    }
     if (s == 0 || send_blocked_errno(errno)) {
       st->send_blocked++;
       break;

@@ -29,6 +29,7 @@
 #define SLOT_BYTES 65536
 #define EPOLL_EVENTS_MAX 64
 #define POLL_TIMEOUT_MS 100
+#define EINTR_RETRIES_MAX 4
 /* Hard cap on the run time, whatever the caller asks: bounded even if never signalled. */
 #define RUNTIME_MS_MAX (4 * 3600 * 1000L)
 
@@ -111,17 +112,20 @@ static void drain(int fd, enum mode mode, int batch_count, struct counters *c) {
     }
     if (mode == MODE_ECHO) {
       int sent_total = 0;
-      /* Bounded: each pass sends >= 1 datagram or stops. */
-      while (sent_total < n) {
+      /* Bounded: each pass sends >= 1 datagram, stops, or is one of EINTR_RETRIES_MAX. */
+      for (int retries = 0; sent_total < n && retries <= EINTR_RETRIES_MAX;) {
         int s = sendmmsg(fd, msgs + sent_total, (unsigned)(n - sent_total), MSG_DONTWAIT);
         if (s <= 0) {
-          if (s < 0 && errno == EINTR) continue;
-          c->echo_dropped += (uint64_t)(n - sent_total);
-          break;
+          if (s < 0 && errno == EINTR) {
+            retries++;
+            continue;
+          }
+          break; /* EAGAIN, ENOBUFS, ...: the rest of the batch is dropped */
         }
         sent_total += s;
       }
       c->echoed += (uint64_t)sent_total;
+      c->echo_dropped += (uint64_t)(n - sent_total);
     }
     if (n < batch_count) return; /* the queue is empty */
   }
