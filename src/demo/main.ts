@@ -7,7 +7,7 @@
 // server, shows what the client and the relay saw, and tears everything down.
 import { join } from "node:path";
 import { parseConfig } from "../config/load.ts";
-import { Lab, LAB, labUnavailableReason } from "../lab/netns.ts";
+import { dnsmasqArgv, Lab, LAB, labUnavailableReason } from "../lab/netns.ts";
 import { QuicPeers } from "../lab/quic_peers.ts";
 import { BUN, RelayProcess } from "../lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../rules/nft.ts";
@@ -47,20 +47,10 @@ async function main(): Promise<number> {
     );
 
     step("Starting real peers in the server namespace");
-    const dnsmasq = lab.spawn(lab.server, [
-      "dnsmasq",
-      "--keep-in-foreground",
-      "--no-resolv",
-      "--no-hosts",
-      "--bind-interfaces",
-      `--listen-address=${LAB.server4}`,
-      `--listen-address=${LAB.server6}`,
-      "--port=53",
-      "--user=root",
-      "--pid-file",
-      "--log-facility=-",
-      "--host-record=www.relay.test,198.18.1.80,2001:2:0:2::80",
-    ]);
+    const dnsmasq = lab.spawn(
+      lab.server,
+      dnsmasqArgv("www.relay.test", "198.18.1.80", "2001:2:0:2::80"),
+    );
     children.push(dnsmasq);
     quic = new QuicPeers(lab);
     children.push(quic.serve(LAB.server4, 443), quic.serve(LAB.server6, 443));

@@ -62,6 +62,43 @@ export function labUnavailableReason(): string | null {
   return null;
 }
 
+/**
+ * dnsmasq as the lab's DNS server: on the server's addresses, port 53, no upstream and no
+ * /etc/hosts, answering `name` with the given IPv4 and IPv6 addresses.
+ */
+export function dnsmasqArgv(name: string, address4: string, address6: string): string[] {
+  return [
+    "dnsmasq",
+    "--keep-in-foreground",
+    "--no-resolv",
+    "--no-hosts",
+    "--bind-interfaces",
+    `--listen-address=${LAB.server4}`,
+    `--listen-address=${LAB.server6}`,
+    "--port=53",
+    "--user=root",
+    "--pid-file",
+    "--log-facility=-",
+    `--host-record=${name},${address4},${address6}`,
+  ];
+}
+
+/**
+ * Applies an nft script twice in a throwaway namespace (the second time checks that it
+ * replaces itself atomically) and returns `nft list table inet TABLE` from it.
+ */
+export function nftApplyInScratchNamespace(script: string, table: string): string {
+  const ns = `trl-nft-${randomBytes(4).toString("hex")}`;
+  run(["ip", "netns", "add", ns]);
+  try {
+    run(["ip", "netns", "exec", ns, "nft", "-f", "-"], script);
+    run(["ip", "netns", "exec", ns, "nft", "-f", "-"], script);
+    return run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", table]).stdout;
+  } finally {
+    run(["ip", "netns", "del", ns], undefined, true);
+  }
+}
+
 export class Lab {
   readonly id: string;
   readonly client: string;

@@ -8,7 +8,7 @@
 // and port it sent to; the server sees the router (default mode).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { LAB } from "../../src/lab/netns.ts";
+import { dnsmasqArgv, LAB } from "../../src/lab/netns.ts";
 import { labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
 const S4 = LAB.server4;
@@ -76,20 +76,7 @@ if (!skip) {
         `${S4}:7002`,
         `${S6}:7002`,
       ]);
-      env.spawn(lab.server, [
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        `--listen-address=${LAB.server4}`,
-        `--listen-address=${LAB.server6}`,
-        "--port=53",
-        "--user=root",
-        "--pid-file",
-        "--log-facility=-",
-        "--host-record=relay.test,198.18.1.77,2001:2:0:2::77",
-      ]);
+      env.spawn(lab.server, dnsmasqArgv("relay.test", "198.18.1.77", "2001:2:0:2::77"));
       // ICMP host unreachable for one port, so upstream errors can be provoked.
       lab.exec(
         lab.server,
@@ -137,31 +124,23 @@ if (!skip) {
       }
     });
 
-    test("256 concurrent IPv4 flows over 4 destinations: no reply reaches the wrong flow", async () => {
-      const r = env.probe(stampTargets4, {
-        flows: 256,
-        packets: 8,
-        size: 200,
-        stamped: true,
-        timeoutMs: 8000,
+    for (const [family, targets] of [
+      ["IPv4", stampTargets4],
+      ["IPv6", stampTargets6],
+    ] as const) {
+      test(`256 concurrent ${family} flows over 4 destinations: no reply reaches the wrong flow`, async () => {
+        const r = env.probe(targets, {
+          flows: 256,
+          packets: 8,
+          size: 200,
+          stamped: true,
+          timeoutMs: 8000,
+        });
+        expect(r).toMatchObject({ sent: 2048, wrongSource: 0, wrongFlow: 0, duplicate: 0 });
+        if (r.received !== 2048) console.error(`lost ${r.lost}:\n${await env.diagnose()}`);
+        expect(r.received).toBe(2048);
       });
-      expect(r).toMatchObject({ sent: 2048, wrongSource: 0, wrongFlow: 0, duplicate: 0 });
-      if (r.received !== 2048) console.error(`lost ${r.lost}:\n${await env.diagnose()}`);
-      expect(r.received).toBe(2048);
-    });
-
-    test("256 concurrent IPv6 flows over 4 destinations: no reply reaches the wrong flow", async () => {
-      const r = env.probe(stampTargets6, {
-        flows: 256,
-        packets: 8,
-        size: 200,
-        stamped: true,
-        timeoutMs: 8000,
-      });
-      expect(r).toMatchObject({ sent: 2048, wrongSource: 0, wrongFlow: 0, duplicate: 0 });
-      if (r.received !== 2048) console.error(`lost ${r.lost}:\n${await env.diagnose()}`);
-      expect(r.received).toBe(2048);
-    });
+    }
 
     test("endpoint-independent mapping: one client port keeps one relay port for every destination", () => {
       // One client socket talks to two servers; both see the same router address and port.

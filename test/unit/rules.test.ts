@@ -1,8 +1,8 @@
 // Rules generation: the text, and (as root) that nft accepts it in a scratch namespace.
 import { describe, expect, test } from "bun:test";
 import { parseConfig } from "../../src/config/load.ts";
-import { labUnavailableReason, run } from "../../src/lab/netns.ts";
-import { nftRuleset, policyRoutingCommands, rulesScript } from "../../src/rules/nft.ts";
+import { labUnavailableReason, nftApplyInScratchNamespace } from "../../src/lab/netns.ts";
+import { nftRuleset, policyRoutingCommands, rulesScript, TABLE_NAME } from "../../src/rules/nft.ts";
 
 const config = parseConfig({
   listeners: [
@@ -55,26 +55,7 @@ describe("nft rules", () => {
       console.warn(`[nft check not run] ${reason}`);
       return;
     }
-    const ns = `trl-rules-${process.pid}`;
-    run(["ip", "netns", "add", ns]);
-    try {
-      run(["ip", "netns", "exec", ns, "nft", "-f", "-"], nftRuleset(config));
-      // Applying twice replaces the table atomically (the script deletes it first).
-      run(["ip", "netns", "exec", ns, "nft", "-f", "-"], nftRuleset(config));
-      const listed = run([
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "nft",
-        "list",
-        "table",
-        "inet",
-        "transparent_relay",
-      ]).stdout;
-      expect(listed.match(/tproxy/g)?.length).toBe(2);
-    } finally {
-      run(["ip", "netns", "del", ns], undefined, true);
-    }
+    const listed = nftApplyInScratchNamespace(nftRuleset(config), TABLE_NAME);
+    expect(listed.match(/tproxy/g)?.length).toBe(2);
   });
 });

@@ -2,8 +2,8 @@
 // and (as root) that nft accepts it in a scratch namespace.
 import { describe, expect, test } from "bun:test";
 import { ConfigError, parseConfig } from "../../src/config/load.ts";
-import { labUnavailableReason, run } from "../../src/lab/netns.ts";
-import { nftRuleset } from "../../src/rules/nft.ts";
+import { labUnavailableReason, nftApplyInScratchNamespace } from "../../src/lab/netns.ts";
+import { nftRuleset, TABLE_NAME } from "../../src/rules/nft.ts";
 
 function problems(input: unknown): string[] {
   try {
@@ -140,27 +140,9 @@ describe("TCP rules", () => {
       console.warn(`[nft check not run] ${reason}`);
       return;
     }
-    const ns = `trl-tcprules-${process.pid}`;
-    run(["ip", "netns", "add", ns]);
-    try {
-      run(["ip", "netns", "exec", ns, "nft", "-f", "-"], nftRuleset(config));
-      run(["ip", "netns", "exec", ns, "nft", "-f", "-"], nftRuleset(config));
-      const listed = run([
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "nft",
-        "list",
-        "table",
-        "inet",
-        "transparent_relay",
-      ]).stdout;
-      expect(listed.match(/tproxy/g)?.length).toBe(3);
-      expect(listed).toContain("socket transparent 1");
-      expect(listed).toContain("redirect to :12347");
-    } finally {
-      run(["ip", "netns", "del", ns], undefined, true);
-    }
+    const listed = nftApplyInScratchNamespace(nftRuleset(config), TABLE_NAME);
+    expect(listed.match(/tproxy/g)?.length).toBe(3);
+    expect(listed).toContain("socket transparent 1");
+    expect(listed).toContain("redirect to :12347");
   });
 });
