@@ -23,6 +23,7 @@ import {
   PROTOCOL_NAMES,
   PROTOCOL_QUIC,
   PROTOCOL_UNKNOWN,
+  SESSION_KEY_WORDS,
   SessionTable,
 } from "../flow/table.ts";
 import { DnsParser } from "../classify/dns.ts";
@@ -327,8 +328,8 @@ export class UdpRelay {
     const keyBytes = new Uint8Array(this.sessions.index.keys.buffer);
     this.sessions.forEach((s) => {
       if (out.length >= limit) return;
-      const base = s * 9 * 4;
-      const ports = this.sessions.index.keys[s * 9 + 8];
+      const base = s * SESSION_KEY_WORDS * 4; // byte offset of the session's key
+      const ports = this.sessions.index.keys[s * SESSION_KEY_WORDS + 8];
       const listener = this.sessions.listener[s];
       out.push({
         client: formatEndpoint(keyBytes, base, ports >>> 16),
