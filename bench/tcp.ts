@@ -20,6 +20,13 @@
 // Each repetition runs the paths back to back in an order that rotates per repetition;
 // the table shows medians with min-max and the ratios to kernel forwarding. Results
 // also go to bench/results/tcp-latest.md.
+//
+// bench/run.ts imports runTcp() (measurements as data) and renderTcpReport().
+//
+// Generator-bound (the number may describe the load generator, not the path): the
+// iperf3 sender used >= 90% of a CPU (its cpu_utilization_percent.host_total; one
+// stream is one thread), or tcp_load's user+sys CPU was >= 90% of its wall time (one
+// thread that hardly ever waited in epoll). Same threshold as bench/udp_gen.c.
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -50,16 +57,20 @@ const CPS_CONCURRENCY = 64;
 const REPS_MAX = 20;
 /** Targets from the issue: HAProxy 2.6 reaches about these shares of kernel forwarding. */
 const TARGET_RATIO = { iperf: 0.45, cps: 0.6 };
+/** A generator that used this share of a CPU was (close to) saturated: bench/udp_gen.c. */
+const GENERATOR_BUSY_FRACTION = 0.9;
 
-interface Args {
+export interface Args {
+  /** The arguments as given (for the report's command line). */
+  argv: string[];
   quick: boolean;
   reps: number;
   haproxy: boolean;
   bunStream: boolean;
 }
 
-function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, reps: 3, haproxy: true, bunStream: true };
+export function parseArgs(argv: string[]): Args {
+  const args: Args = { argv, quick: false, reps: 3, haproxy: true, bunStream: true };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -121,26 +132,34 @@ function cpuSeconds(pid: number, ticksPerSecond: number): number {
   return ticks / ticksPerSecond;
 }
 
-function iperf(lab: Lab, port: number, seconds: number): { gbps: number; bytes: number } {
+function iperf(lab: Lab, port: number, seconds: number) {
   const r = lab.exec(lab.client, ["iperf3", "-c", LAB.server4, "-p", `${port}`, "-t", `${seconds}`,
     "-O", "1", "-J"]);
   const report = JSON.parse(r.stdout);
   // The whole run's bytes (the omitted first second included), for CPU per byte.
   const bytes = report.end.sum_sent.bytes + (report.intervals as any[])
     .filter((i) => i.sum.omitted).reduce((n, i) => n + i.sum.bytes, 0);
-  return { gbps: report.end.sum_received.bits_per_second / 1e9, bytes };
+  const senderCpu = Number(report.end.cpu_utilization_percent?.host_total ?? NaN) / 100;
+  return { gbps: report.end.sum_received.bits_per_second / 1e9, bytes, senderCpu };
 }
 
 function cps(lab: Lab, port: number, warmupMs: number, measureMs: number) {
-  const r = lab.exec(lab.client, [LOAD, "client", LAB.server4, `${port}`, `${CPS_CONCURRENCY}`,
-    `${warmupMs}`, `${measureMs}`]);
-  return JSON.parse(r.stdout.trim().split("\n").pop()!) as {
+  const argv = ["ip", "netns", "exec", lab.client, LOAD, "client", LAB.server4, `${port}`,
+    `${CPS_CONCURRENCY}`, `${warmupMs}`, `${measureMs}`];
+  const started = performance.now();
+  // Bun.spawnSync for the child's rusage (`ip netns exec` execs tcp_load: same process).
+  const r = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe", timeout: 30_000 });
+  const wallS = (performance.now() - started) / 1000;
+  if (r.exitCode !== 0) throw new Error(`${argv.join(" ")} -> exit ${r.exitCode}: ${r.stderr}`);
+  const u = r.resourceUsage.cpuTime;
+  const out = JSON.parse(r.stdout.toString().trim().split("\n").pop()!) as {
     cps: number;
     completed: number;
     failedSocket: number;
     failedReset: number;
     failedShort: number;
   };
+  return { ...out, cpuFraction: Number(u.user + u.system) / 1e6 / wallS };
 }
 
 const HAPROXY_CONFIG = `global
@@ -158,16 +177,32 @@ backend original_destination
   server original 0.0.0.0:0
 `;
 
-async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2));
+export interface TcpResult {
+  args: Args;
+  paths: PathName[];
+  iperfSeconds: number;
+  cpsWarmupMs: number;
+  cpsMeasureMs: number;
+  /** Per path, one value per repetition. */
+  gbps: Record<string, number[]>;
+  cps: Record<string, number[]>;
+  cpuPerGb: Record<string, number[]>;
+  cpuPerConnUs: Record<string, number[]>;
+  /** Per path and repetition: was the generator saturated (rule at the top)? */
+  iperfGeneratorBound: Record<string, boolean[]>;
+  cpsGeneratorBound: Record<string, boolean[]>;
+  failures: Record<string, number>;
+  relayMetrics: any;
+  bufferBytesMax: number;
+  elapsedS: number;
+}
+
+/** Runs the lab and every repetition; `log` gets one progress line per run. */
+export async function runTcp(args: Args, log: (line: string) => void): Promise<TcpResult> {
   const reason = labUnavailableReason();
-  if (reason) {
-    console.error(`bench/tcp.ts: ${reason}`);
-    process.exit(process.env.CI === "true" ? 1 : 77);
-  }
+  if (reason) throw new Error(`bench/tcp.ts: ${reason}`);
   if (args.haproxy && run(["sh", "-c", "command -v haproxy"], undefined, true).status !== 0) {
-    console.error("bench/tcp.ts: haproxy missing (apt-get install haproxy, or --no-haproxy)");
-    process.exit(1);
+    throw new Error("bench/tcp.ts: haproxy missing (apt-get install haproxy, or --no-haproxy)");
   }
   buildLoad();
   const iperfSeconds = args.quick ? 2 : 5;
@@ -243,12 +278,16 @@ async function main(): Promise<void> {
     const cpuPerGb: Record<string, number[]> = {};
     const cpuPerConnUs: Record<string, number[]> = {};
     const failures: Record<string, number> = {};
+    const iperfGeneratorBound: Record<string, boolean[]> = {};
+    const cpsGeneratorBound: Record<string, boolean[]> = {};
     for (const p of paths) {
       gbps[p] = [];
       rate[p] = [];
       cpuPerGb[p] = [];
       cpuPerConnUs[p] = [];
       failures[p] = 0;
+      iperfGeneratorBound[p] = [];
+      cpsGeneratorBound[p] = [];
     }
     for (let rep = 0; rep < args.reps; rep++) {
       const order = paths.map((_, i) => paths[(i + rep) % paths.length]);
@@ -265,75 +304,19 @@ async function main(): Promise<void> {
         const conns = c.completed * (cpsWarmupMs + cpsMeasureMs) / cpsMeasureMs;
         cpuPerConnUs[p].push((cpu2 - cpu1) * 1e6 / conns);
         failures[p] += c.failedSocket + c.failedReset + c.failedShort;
-        console.error(`[bench] rep ${rep + 1}/${args.reps} ${PATH_LABEL[p]}: ` +
-          `${gbps[p].at(-1)!.toFixed(2)} Gbit/s, ${Math.round(c.cps)} conn/s`);
+        iperfGeneratorBound[p].push(t.senderCpu >= GENERATOR_BUSY_FRACTION);
+        cpsGeneratorBound[p].push(c.cpuFraction >= GENERATOR_BUSY_FRACTION);
+        log(`[bench] tcp rep ${rep + 1}/${args.reps} ${PATH_LABEL[p]}: ` +
+          `${gbps[p].at(-1)!.toFixed(2)} Gbit/s (iperf3 sender cpu ${t.senderCpu.toFixed(2)}), ` +
+          `${Math.round(c.cps)} conn/s (tcp_load cpu ${c.cpuFraction.toFixed(2)})`);
       }
     }
     const relayMetrics = (await relay.metrics()).tcp;
-
-    const fmtRange = (v: number[], digits: number) =>
-      `${median(v).toFixed(digits)} [${Math.min(...v).toFixed(digits)}-${Math.max(...v).toFixed(digits)}]`;
-    const ratio = (p: PathName, v: Record<string, number[]>, target: number) => {
-      const r = median(v[p]) / median(v.kernel);
-      return `**${r.toFixed(2)}** (${r >= target ? ">=" : "<"} ${target})`;
+    return {
+      args, paths, iperfSeconds, cpsWarmupMs, cpsMeasureMs, gbps, cps: rate, cpuPerGb,
+      cpuPerConnUs, iperfGeneratorBound, cpsGeneratorBound, failures, relayMetrics,
+      bufferBytesMax: config.tcp.bufferBytesMax, elapsedS: (performance.now() - started) / 1000,
     };
-    const header = ["metric", ...paths.map((p) => `${PATH_LABEL[p]} median [min-max]`),
-      "relay/kernel", ...others.map((p) => `${PATH_LABEL[p]}/kernel`),
-      ...(args.haproxy ? ["relay/HAProxy"] : [])];
-    const row = (name: string, v: Record<string, number[]>, digits: number, target: number) => [
-      name, ...paths.map((p) => fmtRange(v[p], digits)), ratio("relay", v, target),
-      ...others.map((p) => ratio(p, v, target)),
-      ...(args.haproxy ? [(median(v.relay) / median(v.haproxy)).toFixed(2)] : []),
-    ];
-    const table = [
-      `| ${header.join(" | ")} |`,
-      `|${header.map(() => "---").join("|")}|`,
-      `| ${row("iperf3 1 stream (Gbit/s)", gbps, 2, TARGET_RATIO.iperf).join(" | ")} |`,
-      `| ${row(`conn/s (${CPS_CONCURRENCY} in flight, 64 B each way)`, rate, 0, TARGET_RATIO.cps).join(" | ")} |`,
-    ];
-    const cpuRow = (name: string, v: Record<string, number[]>, digits: number) =>
-      `| ${name} | ${paths.map((p) => (p === "kernel" ? "-" : fmtRange(v[p], digits))).join(" | ")} |`;
-    const cpuTable = [
-      `| proxy CPU (user+sys, all threads) | ${paths.map((p) => PATH_LABEL[p]).join(" | ")} |`,
-      `|${["", ...paths].map(() => "---").join("|")}|`,
-      cpuRow("iperf3: CPU s per GB relayed", cpuPerGb, 3),
-      cpuRow("conn/s: CPU us per connection", cpuPerConnUs, 0),
-    ];
-    const report = [
-      "## TCP relay benchmark",
-      "",
-      `- command: \`node_modules/.bin/bun bench/tcp.ts${process.argv.slice(2).map((a) => ` ${a}`).join("")}\``,
-      `- date ${new Date().toISOString()}, kernel ${release()}, ${cpus().length} CPUs ` +
-        `(${cpus()[0]?.model.trim() ?? "?"}), load average at end ${loadavg().map((l) => l.toFixed(2)).join(" ")}`,
-      `- ${args.reps} repetition(s); iperf3 -t ${iperfSeconds} (-O 1 omitted), cps warmup ${cpsWarmupMs} ms ` +
-        `+ measured ${cpsMeasureMs} ms; paths rotate per repetition; total ` +
-        `${Math.round((performance.now() - started) / 1000)} s`,
-      `- targets (ratio to kernel forwarding): iperf3 >= ${TARGET_RATIO.iperf}, conn/s >= ${TARGET_RATIO.cps}`,
-      `- relay: TCP splice engine (C thread), tcp.bufferBytesMax ${config.tcp.bufferBytesMax} B per ` +
-        `direction; HAProxy 2.6 default settings; pure-Bun relay: bench/tcp_bun_stream.ts ` +
-        `(Bun.listen({fd}) + Bun.connect, bytes through JavaScript)`,
-      "",
-      ...table,
-      "",
-      "Proxy CPU during the same runs (the kernel's own forwarding work is not attributed to a process;",
-      "softirq work done while a proxy thread sends is charged to that proxy):",
-      "",
-      ...cpuTable,
-      "",
-      `Failed transactions (socket/reset/short, all reps): ` +
-        paths.map((p) => `${PATH_LABEL[p]} ${failures[p]}`).join(", "),
-      "",
-      `Relay counters at the end: accepted ${relayMetrics.accepted}, connected ${relayMetrics.connected}, ` +
-        `closed ${relayMetrics.closed}, clientResets ${relayMetrics.clientResets}, upstreamResets ` +
-        `${relayMetrics.upstreamResets}, rejectedLimit ${relayMetrics.rejectedLimit}, connectRefused ` +
-        `${relayMetrics.connectRefused}, eventsLost ${relayMetrics.eventsLost}. (tcp_load exits with its ` +
-        `${CPS_CONCURRENCY} transactions in flight when its window ends; the kernel resets those with ` +
-        `unread data, which the relay counts as clientResets.)`,
-      "",
-    ].join("\n");
-    console.log(report);
-    mkdirSync(join(import.meta.dir, "results"), { recursive: true });
-    writeFileSync(RESULTS, report);
   } finally {
     if (relay) await relay.stop().catch(() => {});
     lab.destroy();
@@ -341,4 +324,101 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+/** The markdown report of one runTcp() result (also bench/results/tcp-latest.md). */
+export function renderTcpReport(r: TcpResult): string {
+  const { args, paths, iperfSeconds, cpsWarmupMs, cpsMeasureMs, relayMetrics, failures } = r;
+  const command = `node_modules/.bin/bun bench/tcp.ts${args.argv.map((a) => ` ${a}`).join("")}`;
+  const others = paths.filter((p) => p !== "kernel" && p !== "relay");
+  const gbps = r.gbps;
+  const rate = r.cps;
+  const cpuPerGb = r.cpuPerGb;
+  const cpuPerConnUs = r.cpuPerConnUs;
+  const fmtRange = (v: number[], digits: number) =>
+    `${median(v).toFixed(digits)} [${Math.min(...v).toFixed(digits)}-${Math.max(...v).toFixed(digits)}]`;
+  const ratio = (p: PathName, v: Record<string, number[]>, target: number) => {
+    const r = median(v[p]) / median(v.kernel);
+    return `**${r.toFixed(2)}** (${r >= target ? ">=" : "<"} ${target})`;
+  };
+  const header = ["metric", ...paths.map((p) => `${PATH_LABEL[p]} median [min-max]`),
+    "relay/kernel", ...others.map((p) => `${PATH_LABEL[p]}/kernel`),
+    ...(args.haproxy ? ["relay/HAProxy"] : []), "gen-bound"];
+  const bound = (b: Record<string, boolean[]>) => {
+    const parts = paths.filter((p) => b[p].some((x) => x))
+      .map((p) => `${PATH_LABEL[p]} ${b[p].filter((x) => x).length}/${b[p].length}`);
+    return parts.join(", ") || "no";
+  };
+  const row = (name: string, v: Record<string, number[]>, digits: number, target: number,
+    b: Record<string, boolean[]>) => [
+    name, ...paths.map((p) => fmtRange(v[p], digits)), ratio("relay", v, target),
+    ...others.map((p) => ratio(p, v, target)),
+    ...(args.haproxy ? [(median(v.relay) / median(v.haproxy)).toFixed(2)] : []), bound(b),
+  ];
+  const table = [
+    `| ${header.join(" | ")} |`,
+    `|${header.map(() => "---").join("|")}|`,
+    `| ${row("iperf3 1 stream (Gbit/s)", gbps, 2, TARGET_RATIO.iperf, r.iperfGeneratorBound)
+      .join(" | ")} |`,
+    `| ${row(`conn/s (${CPS_CONCURRENCY} in flight, 64 B each way)`, rate, 0, TARGET_RATIO.cps,
+      r.cpsGeneratorBound).join(" | ")} |`,
+  ];
+  const cpuRow = (name: string, v: Record<string, number[]>, digits: number) =>
+    `| ${name} | ${paths.map((p) => (p === "kernel" ? "-" : fmtRange(v[p], digits))).join(" | ")} |`;
+  const cpuTable = [
+    `| proxy CPU (user+sys, all threads) | ${paths.map((p) => PATH_LABEL[p]).join(" | ")} |`,
+    `|${["", ...paths].map(() => "---").join("|")}|`,
+    cpuRow("iperf3: CPU s per GB relayed", cpuPerGb, 3),
+    cpuRow("conn/s: CPU us per connection", cpuPerConnUs, 0),
+  ];
+  const report = [
+    "## TCP relay benchmark",
+    "",
+    `- command: \`${command}\``,
+    `- date ${new Date().toISOString()}, kernel ${release()}, ${cpus().length} CPUs ` +
+      `(${cpus()[0]?.model.trim() ?? "?"}), load average at end ${loadavg().map((l) => l.toFixed(2)).join(" ")}`,
+    `- ${args.reps} repetition(s); iperf3 -t ${iperfSeconds} (-O 1 omitted), cps warmup ${cpsWarmupMs} ms ` +
+      `+ measured ${cpsMeasureMs} ms; paths rotate per repetition; total ` +
+      `${Math.round(r.elapsedS)} s`,
+    `- targets (ratio to kernel forwarding): iperf3 >= ${TARGET_RATIO.iperf}, conn/s >= ${TARGET_RATIO.cps}`,
+    `- gen-bound: runs (count/reps) where iperf3's sender or tcp_load used >= ` +
+      `${GENERATOR_BUSY_FRACTION * 100}% of a CPU (rule at the top of bench/tcp.ts)`,
+    `- relay: TCP splice engine (C thread), tcp.bufferBytesMax ${r.bufferBytesMax} B per ` +
+      `direction; HAProxy 2.6 default settings; pure-Bun relay: bench/tcp_bun_stream.ts ` +
+      `(Bun.listen({fd}) + Bun.connect, bytes through JavaScript)`,
+    "",
+    ...table,
+    "",
+    "Proxy CPU during the same runs (the kernel's own forwarding work is not attributed to a process;",
+    "softirq work done while a proxy thread sends is charged to that proxy):",
+    "",
+    ...cpuTable,
+    "",
+    `Failed transactions (socket/reset/short, all reps): ` +
+      paths.map((p) => `${PATH_LABEL[p]} ${failures[p]}`).join(", "),
+    "",
+    `Relay counters at the end: accepted ${relayMetrics.accepted}, connected ${relayMetrics.connected}, ` +
+      `closed ${relayMetrics.closed}, clientResets ${relayMetrics.clientResets}, upstreamResets ` +
+      `${relayMetrics.upstreamResets}, rejectedLimit ${relayMetrics.rejectedLimit}, connectRefused ` +
+      `${relayMetrics.connectRefused}, eventsLost ${relayMetrics.eventsLost}. (tcp_load exits with its ` +
+      `${CPS_CONCURRENCY} transactions in flight when its window ends; the kernel resets those with ` +
+      `unread data, which the relay counts as clientResets.)`,
+    "",
+  ].join("\n");
+  return report;
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const reason = labUnavailableReason();
+  if (reason) {
+    console.error(`bench/tcp.ts: ${reason}`);
+    return process.env.CI === "true" ? 1 : 77;
+  }
+  const result = await runTcp(args, (line) => console.error(line));
+  const report = renderTcpReport(result);
+  console.log(report);
+  mkdirSync(join(import.meta.dir, "results"), { recursive: true });
+  writeFileSync(RESULTS, report);
+  return 0;
+}
+
+if (import.meta.main) process.exit(await main());
