@@ -68,7 +68,8 @@ export function cellTable(cells: Cell[]): string[] {
     const range = paired.length > 1
       ? ` [${Math.min(...paired).toFixed(2)}-${Math.max(...paired).toFixed(2)}]`
       : "";
-    lines.push(`| ${c.section}: ${c.name} | ${c.unit} | ${spread(c.kernel)} | ${spread(c.relay)} | ` +
+    lines.push(`| ${c.section}: ${c.name} | ${c.unit} | ${spread(c.kernel)} | ` +
+      `${spread(c.relay)} | ` +
       `**${ratio(c).toFixed(2)}**${range} | ${c.generatorBound} | ${c.note} |`);
   }
   return lines;
@@ -84,7 +85,7 @@ function escapeXml(s: string): string {
  */
 export function ratioChart(cells: Cell[], title: string): string {
   const rowHeight = 22;
-  const labelWidth = 300;
+  const labelWidth = 380;
   const plotWidth = 440;
   const top = 44;
   const bottom = 36;
@@ -99,7 +100,8 @@ export function ratioChart(cells: Cell[], title: string): string {
       `viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
     "<defs><pattern id=\"hatch\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" " +
       "patternTransform=\"rotate(45)\"><rect width=\"6\" height=\"6\" fill=\"#9ecae1\"/>" +
-      "<line x1=\"0\" y1=\"0\" x2=\"0\" y2=\"6\" stroke=\"#3182bd\" stroke-width=\"2\"/></pattern></defs>",
+      "<line x1=\"0\" y1=\"0\" x2=\"0\" y2=\"6\" stroke=\"#3182bd\" stroke-width=\"2\"/>" +
+      "</pattern></defs>",
     `<rect width="${width}" height="${height}" fill="#ffffff"/>`,
     `<text x="${width / 2}" y="18" text-anchor="middle" font-size="14" font-weight="bold">` +
       `${escapeXml(title)}</text>`,
@@ -129,8 +131,8 @@ export function ratioChart(cells: Cell[], title: string): string {
         const my = y + rowHeight / 2;
         out.push(`<line x1="${lo.toFixed(1)}" y1="${my}" x2="${hi.toFixed(1)}" y2="${my}" ` +
           `stroke="#222" stroke-width="1.5"/>`,
-        `<line x1="${lo.toFixed(1)}" y1="${my - 4}" x2="${lo.toFixed(1)}" y2="${my + 4}" stroke="#222"/>`,
-        `<line x1="${hi.toFixed(1)}" y1="${my - 4}" x2="${hi.toFixed(1)}" y2="${my + 4}" stroke="#222"/>`);
+        ...[lo, hi].map((v) => `<line x1="${v.toFixed(1)}" y1="${my - 4}" x2="${v.toFixed(1)}" ` +
+          `y2="${my + 4}" stroke="#222"/>`));
       }
       out.push(`<text x="${(Math.max(x(r), x(Math.max(...paired, r))) + 6).toFixed(1)}" ` +
         `y="${y + 15}">${r.toFixed(2)}${bound ? " (gen-bound)" : ""}</text>`);
@@ -139,7 +141,8 @@ export function ratioChart(cells: Cell[], title: string): string {
     }
   });
   const one = x(1).toFixed(1);
-  out.push(`<line x1="${one}" y1="${top - 6}" x2="${one}" y2="${top + rowHeight * cells.length + 2}" ` +
+  out.push(`<line x1="${one}" y1="${top - 6}" x2="${one}" ` +
+    `y2="${top + rowHeight * cells.length + 2}" ` +
     `stroke="#d62728" stroke-width="1.5" stroke-dasharray="5,3"/>`,
   `<text x="${one}" y="${top - 8}" text-anchor="middle" fill="#d62728">1.0 = kernel</text>`,
   "</svg>");

@@ -3,6 +3,7 @@
 //   node_modules/.bin/bun run bench [--quick] [--reps N] [--pin] [--no-wait] [--only STEP,...]
 //
 // --pin: UDP cells with udp_gen on cpu0 and the relay on cpu1 (bench/udp.ts --pin).
+// --chart FILE.json: only redraw the chart FILE.svg from a run's FILE.json.
 // --no-wait: UDP runs start without waiting for a quiet machine (bench/udp.ts --no-wait).
 //
 // Steps (each in its own throwaway namespaces, removed in `finally`):
@@ -216,7 +217,20 @@ function memoryTable(reps: MemoryRep[]): { lines: string[]; complete: boolean } 
 
 // ---- Main ----------------------------------------------------------------------------
 
+/** Redraws NAME.svg from NAME.json (a finished run's cells), keeping the title's date. */
+function redrawChart(jsonPath: string): number {
+  const data = JSON.parse(readFileSync(jsonPath, "utf8")) as { command: string; cells: Cell[] };
+  const svgPath = jsonPath.replace(/\.json$/, ".svg");
+  const old = readFileSync(svgPath, "utf8");
+  const title = /font-weight="bold">([^<]*)<\/text>/.exec(old)?.[1] ?? data.command;
+  writeFileSync(svgPath, ratioChart(data.cells, title.replace(/&amp;/g, "&")));
+  log(`[bench] redrew ${svgPath}`);
+  return 0;
+}
+
 async function main(): Promise<number> {
+  const chartAt = process.argv.indexOf("--chart");
+  if (chartAt >= 0) return redrawChart(process.argv[chartAt + 1] ?? "");
   const args = parseArgs(process.argv.slice(2));
   const unavailable = labUnavailableReason();
   if (unavailable) {
