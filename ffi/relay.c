@@ -529,6 +529,30 @@ int32_t rl_poll_rearm(int32_t poller, int32_t fd, int32_t token) {
 }
 int32_t rl_poll_del(int32_t poller, int32_t fd) { return poll_ctl(poller, EPOLL_CTL_DEL, fd, 0); }
 
+/* Pushes ready events into the ring; returns how many, or -1 on the stop token. */
+static int poll_push(struct poller *p, const struct epoll_event *events, int n) {
+  int pushed = 0;
+  uint32_t tail = atomic_load_explicit(&p->tail, memory_order_relaxed);
+  const uint32_t head = atomic_load_explicit(&p->head, memory_order_acquire);
+  for (int i = 0; i < n; i++) {
+    if (events[i].data.u64 == POLL_STOP_TOKEN) return -1;
+    /* Bit 30 tells JS that EPOLLERR is set (an ICMP error is queued). */
+    uint32_t token = (uint32_t)events[i].data.u64;
+    if (events[i].events & EPOLLERR) token |= POLL_ERROR_FLAG;
+    if (tail - head > p->ring_mask) {
+      /* Cannot happen while the ring holds 2x the sockets; counted, never silent. */
+      atomic_fetch_add_explicit(&p->overflows, 1, memory_order_relaxed);
+      continue;
+    }
+    p->ring[tail & p->ring_mask] = token;
+    tail++;
+    pushed++;
+  }
+  atomic_store_explicit(&p->tail, tail, memory_order_release);
+  atomic_fetch_add_explicit(&p->events, (unsigned)pushed, memory_order_relaxed);
+  return pushed;
+}
+
 static void *poll_main(void *arg) {
   struct poller *p = arg;
   struct epoll_event events[POLL_EVENTS_MAX];
@@ -538,30 +562,25 @@ static void *poll_main(void *arg) {
       if (errno == EINTR) continue;
       return NULL; /* EBADF/EINVAL: the poller is being torn down */
     }
-    int pushed = 0;
-    uint32_t tail = atomic_load_explicit(&p->tail, memory_order_relaxed);
-    const uint32_t head = atomic_load_explicit(&p->head, memory_order_acquire);
-    for (int i = 0; i < n; i++) {
-      if (events[i].data.u64 == POLL_STOP_TOKEN) return NULL;
-      /* Bit 30 tells JS that EPOLLERR is set (an ICMP error is queued). */
-      uint32_t token = (uint32_t)events[i].data.u64;
-      if (events[i].events & EPOLLERR) token |= POLL_ERROR_FLAG;
-      if (tail - head > p->ring_mask) {
-        /* Cannot happen while the ring holds 2x the sockets; counted, never silent. */
-        atomic_fetch_add_explicit(&p->overflows, 1, memory_order_relaxed);
-        continue;
-      }
-      p->ring[tail & p->ring_mask] = token;
-      tail++;
-      pushed++;
-    }
-    atomic_store_explicit(&p->tail, tail, memory_order_release);
-    atomic_fetch_add_explicit(&p->events, (unsigned)pushed, memory_order_relaxed);
+    int pushed = poll_push(p, events, n);
+    if (pushed < 0) return NULL;
     if (pushed > 0 && atomic_exchange(&p->sleeping, 0) == 1) {
       atomic_fetch_add_explicit(&p->wakes, 1, memory_order_relaxed);
       p->wake(pushed);
     }
   }
+}
+
+int32_t rl_poll_wait(int32_t index, int32_t timeout_ms) {
+  struct poller *p = poller_get(index);
+  if (p == NULL) return -EBADF;
+  if (p->started) return -EBUSY; /* the thread owns epoll_wait */
+  struct epoll_event events[POLL_EVENTS_MAX];
+  int n = epoll_wait(p->epfd, events, POLL_EVENTS_MAX, timeout_ms);
+  if (n < 0) return errno == EINTR ? 0 : -errno;
+  atomic_fetch_add_explicit(&p->wakes, 1, memory_order_relaxed);
+  int pushed = poll_push(p, events, n);
+  return pushed < 0 ? -ECANCELED : pushed;
 }
 
 int32_t rl_poll_take(int32_t index, uint32_t *out, int32_t count) {

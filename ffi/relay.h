@@ -126,6 +126,10 @@ int32_t rl_poll_del(int32_t poller, int32_t fd);
 int32_t rl_poll_start(int32_t poller, rl_wake_fn wake);
 int32_t rl_poll_take(int32_t poller, uint32_t *out, int32_t count);
 int32_t rl_poll_sleep(int32_t poller);
+/* Inline mode, for a thread that may block (a Worker's): no epoll thread is started;
+ * one epoll_wait in the calling thread, up to timeout_ms, pushes what is ready into the
+ * ring and returns how many (-ECANCELED once rl_poll_stop's token is seen). */
+int32_t rl_poll_wait(int32_t poller, int32_t timeout_ms);
 int32_t rl_poll_stop(int32_t poller);
 /* Counters: 0 wake calls, 1 ready events, 2 ring overflows (must stay 0). */
 int32_t rl_poll_stat(int32_t poller, int32_t which);

@@ -4,7 +4,8 @@
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
 import { TcpRelay } from "./relay/tcp.ts";
-import { UdpRelay } from "./relay/udp.ts";
+import type { UdpSnapshot } from "./relay/udp.ts";
+import { createUdpPlane } from "./relay/udp_plane.ts";
 import { rulesScript } from "./rules/nft.ts";
 import { loadFfi } from "./sys/ffi.ts";
 
@@ -76,28 +77,24 @@ function parseArgs(argv: string[]): Args {
   return args;
 }
 
-function snapshot(relay: UdpRelay, tcp: TcpRelay | null, sessionsListed: number, event: string) {
+async function snapshot(
+  udp: UdpSnapshot,
+  tcp: TcpRelay | null,
+  sessionsListed: number,
+  event: string,
+) {
   return {
     event,
     timeMs: Date.now(),
-    uptimeMs: Math.round(performance.now() - relay.startedMs),
-    udp: {
-      ...relay.counters,
-      sessionsActive: relay.sessions.count,
-      sessionsMax: relay.sessions.capacity,
-      upstreamSockets: relay.upstreamSocketCount,
-      replySockets: relay.replies.count,
-      pollWakes: relay.wakeCount,
-      pollEvents: relay.readyEventCount,
-      pollRingOverflows: relay.pollRingOverflows,
-    },
-    sessions: relay.sessionViews(sessionsListed),
+    uptimeMs: udp.uptimeMs,
+    udp: udp.udp,
+    sessions: udp.sessions,
     // null without TCP listeners; connections: the first `--sessions N` open ones.
     tcp: tcp ? { ...tcp.snapshot(), connections: tcp.connectionViews(sessionsListed) } : null,
   };
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   let config: Config;
   try {
@@ -132,10 +129,10 @@ function main(): void {
   const lib = loadFfi();
   // Each relay gets the listeners of its protocol (listener indexes are per relay).
   const udpListeners = config.listeners.filter((l) => l.protocol === "udp");
-  const relay = new UdpRelay(lib, { ...config, listeners: udpListeners });
+  const udp = createUdpPlane(lib, { ...config, listeners: udpListeners });
   const tcp = config.listeners.some((l) => l.protocol === "tcp") ? new TcpRelay(lib, config) : null;
   try {
-    relay.start();
+    await udp.start();
     tcp?.start();
   } catch (err) {
     fail((err as Error).message, 1);
@@ -150,8 +147,15 @@ function main(): void {
       `upstream mark 0x${config.mark.toString(16)}`,
   );
 
+  const write = async (event: string, data: UdpSnapshot) =>
+    process.stdout.write(
+      JSON.stringify(await snapshot(data, tcp, args.sessionsListed, event)) + "\n",
+    );
   const print = (event: string) =>
-    process.stdout.write(JSON.stringify(snapshot(relay, tcp, args.sessionsListed, event)) + "\n");
+    udp.snapshot(args.sessionsListed).then(
+      (data) => write(event, data),
+      (err) => console.error(`[relay] metrics: ${(err as Error).message}`),
+    );
   process.on("SIGUSR1", () => print("metrics"));
   let metricsTimer: ReturnType<typeof setInterval> | null = null;
   if (config.metrics.logIntervalMs > 0) {
@@ -162,13 +166,17 @@ function main(): void {
     if (stopping) return;
     stopping = true;
     // TCP first: no new connections, open ones get tcp.shutdownGraceMs to finish.
-    void (tcp ? tcp.stop(config.tcp.shutdownGraceMs) : Promise.resolve()).finally(() => {
-      if (metricsTimer) clearInterval(metricsTimer);
-      print("final");
-      relay.stop();
-      console.error(`[relay] stopped (${signal})`);
-      process.exit(0);
-    });
+    void (tcp ? tcp.stop(config.tcp.shutdownGraceMs) : Promise.resolve())
+      .then(async () => {
+        if (metricsTimer) clearInterval(metricsTimer);
+        await write("final", await udp.stop(args.sessionsListed));
+        console.error(`[relay] stopped (${signal})`);
+        process.exit(0);
+      })
+      .catch((err) => {
+        console.error(`[relay] stop: ${(err as Error).message}`);
+        process.exit(1);
+      });
   };
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGTERM", () => stop("SIGTERM"));
@@ -176,4 +184,4 @@ function main(): void {
   process.stdout.write(JSON.stringify({ event: "ready", pid: process.pid }) + "\n");
 }
 
-main();
+await main();

@@ -103,6 +103,14 @@ export const UdpSchema = Type.Object(
      * ClientHello (Chrome) spans 2 or more Initial packets.
      */
     sniffPacketsMax: Type.Integer({ minimum: 1, maximum: 16, default: 4 }),
+    /**
+     * Where the UDP data path runs: "worker", a Bun Worker blocking in epoll_wait (one
+     * thread wake-up per burst, lowest latency); "callback", the main thread woken by
+     * the C epoll thread through a threadsafe JSCallback.
+     */
+    dataPlane: Type.Union([Type.Literal("worker"), Type.Literal("callback")], {
+      default: "worker",
+    }),
   },
   { additionalProperties: false },
 );

@@ -94,6 +94,12 @@ export interface SessionView {
   bytesToClient: number;
 }
 
+export interface UdpSnapshot {
+  uptimeMs: number;
+  udp: Record<string, number>;
+  sessions: SessionView[];
+}
+
 export class UdpRelay {
   readonly counters = new UdpCounters();
   readonly sessions: SessionTable;
@@ -166,7 +172,8 @@ export class UdpRelay {
   /** Start time of the relay's monotonic clock (performance.now()). */
   readonly startedMs = performance.now();
 
-  constructor(lib: RelayLib, config: Config) {
+  /** inline: the calling thread waits in epoll_wait itself (a Worker; see udp_worker.ts). */
+  constructor(lib: RelayLib, config: Config, options: { inline?: boolean } = {}) {
     this.lib = lib;
     this.config = config;
     const udp = config.udp;
@@ -239,6 +246,7 @@ export class UdpRelay {
 
     this.poller = new Poller(lib, (token) => this.onToken(token), {
       tokensMax,
+      inline: options.inline === true,
       onRoundEnd: () => this.endRound(),
       onError: (err) => this.log("poller", `data path error: ${(err as Error).stack ?? err}`),
     });
@@ -319,6 +327,24 @@ export class UdpRelay {
 
   get pollRingOverflows(): number {
     return this.poller.overflows;
+  }
+
+  /** Counters, gauges and the first `sessionsListed` sessions, for the control plane. */
+  snapshot(sessionsListed: number): UdpSnapshot {
+    return {
+      uptimeMs: Math.round(performance.now() - this.startedMs),
+      udp: {
+        ...this.counters,
+        sessionsActive: this.sessions.count,
+        sessionsMax: this.sessions.capacity,
+        upstreamSockets: this.upstreamSocketCount,
+        replySockets: this.replies.count,
+        pollWakes: this.wakeCount,
+        pollEvents: this.readyEventCount,
+        pollRingOverflows: this.pollRingOverflows,
+      },
+      sessions: this.sessionViews(sessionsListed),
+    };
   }
 
   /** Snapshot of live sessions for the control plane (bounded by `limit`). */

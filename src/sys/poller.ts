@@ -19,7 +19,16 @@ const TAKE_COUNT_MAX = 256;
 /** Rounds per callback before yielding to the event loop (timers, signals, TCP). */
 const ROUNDS_MAX = 64;
 
+/** Inline mode: longest block in epoll_wait before the thread's event loop turns. */
+const INLINE_WAIT_MS = 20;
+
 export interface PollerOptions {
+  /**
+   * Inline mode: no epoll thread. The calling thread (a Worker's, which may block) waits
+   * in epoll_wait itself: one wake-up per packet burst instead of two (kernel to the
+   * epoll thread, then the epoll thread to JS), the difference measured in bench/udp.ts.
+   */
+  inline?: boolean;
   /** Sockets registered at most (sizes the C ring). */
   tokensMax: number;
   /** Called after each round of tokens. */
@@ -31,7 +40,9 @@ export interface PollerOptions {
 export class Poller {
   private readonly lib: RelayLib;
   private readonly handle: number;
-  private readonly callback: JSCallback;
+  private readonly callback: JSCallback | null;
+  private readonly inline: boolean;
+  private readonly inlineBound = () => this.inlineLoop();
   // On its own ArrayBuffer so the cached pointer stays valid (see UdpRelay's buffers).
   private readonly ready = new Uint32Array(new ArrayBuffer(TAKE_COUNT_MAX * 4));
   private readonly readyPtr: Pointer;
@@ -51,11 +62,14 @@ export class Poller {
     const handle = lib.rl_poll_open(options.tokensMax);
     if (handle < 0) throw new Error(`epoll_create1/eventfd failed: ${-handle}`);
     this.handle = handle;
-    this.callback = new JSCallback(this.runBound, {
-      args: [FFIType.i32],
-      returns: FFIType.void,
-      threadsafe: true,
-    });
+    this.inline = options.inline === true;
+    this.callback = this.inline
+      ? null
+      : new JSCallback(this.runBound, {
+          args: [FFIType.i32],
+          returns: FFIType.void,
+          threadsafe: true,
+        });
   }
 
   add(fd: number, token: number): number {
@@ -86,18 +100,40 @@ export class Poller {
   }
 
   start(): void {
+    if (this.callback === null) {
+      this.running = true;
+      setImmediate(this.inlineBound);
+      return;
+    }
     const rc = this.lib.rl_poll_start(this.handle, this.callback.ptr!);
     if (rc < 0) throw new Error(`poll thread did not start: ${-rc}`);
     this.running = true;
   }
 
-  /** Takes ready tokens in rounds until the ring is empty, then goes idle. */
+  /** Inline mode: wait (bounded), handle what is ready, let the event loop turn, repeat. */
+  private inlineLoop(): void {
+    if (this.closed) return;
+    const n = this.lib.rl_poll_wait(this.handle, INLINE_WAIT_MS);
+    if (n > 0) this.rounds();
+    setImmediate(this.inlineBound);
+  }
+
+  /** Threaded mode: takes ready tokens in rounds until the ring is empty, then goes idle. */
   private run(): void {
     if (this.closed) return;
+    if (this.rounds()) return; // idle: C will call us
+    // Still busy: let the event loop turn (timers, signals), then go on. We hold the
+    // "awake" flag, so C does not call us meanwhile.
+    setImmediate(this.runBound);
+  }
+
+  /** Up to ROUNDS_MAX rounds; true when the ring ran empty (and, threaded, we went idle). */
+  private rounds(): boolean {
     for (let round = 0; round < ROUNDS_MAX; round++) {
       const n = this.lib.rl_poll_take(this.handle, this.readyPtr, TAKE_COUNT_MAX);
       if (n <= 0) {
-        if (this.lib.rl_poll_sleep(this.handle) === 0) return; // idle: C will call us
+        if (this.inline) return true;
+        if (this.lib.rl_poll_sleep(this.handle) === 0) return true;
         continue;
       }
       for (let k = 0; k < n; k++) {
@@ -113,9 +149,7 @@ export class Poller {
         this.onError(err);
       }
     }
-    // Still busy: let the event loop turn (timers, signals), then go on. We hold the
-    // "awake" flag, so C does not call us meanwhile.
-    setImmediate(this.runBound);
+    return false;
   }
 
   /** Joins the thread, then closes the callback (calling it after close() segfaults). */
@@ -125,7 +159,7 @@ export class Poller {
     const rc = this.lib.rl_poll_stop(this.handle);
     if (rc < 0) throw new Error(`poll thread did not stop: ${-rc}`);
     this.running = false;
-    this.callback.close();
+    this.callback?.close();
   }
 
   get isRunning(): boolean {

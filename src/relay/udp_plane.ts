@@ -1,0 +1,113 @@
+// Where the UDP data path runs. "worker" (default): a Bun Worker whose thread blocks in
+// epoll_wait itself, so a datagram costs one thread wake-up, as in a C relay. "callback":
+// the main thread, woken by the C epoll thread through a threadsafe JSCallback (two
+// wake-ups per burst; under load one wake carries many sockets). bench/udp.ts measures
+// both; README "Performance" has the numbers behind the default.
+import type { Config } from "../config/load.ts";
+import type { RelayLib } from "../sys/ffi.ts";
+import { UdpRelay, type UdpSnapshot } from "./udp.ts";
+
+export interface UdpPlane {
+  start(): Promise<void>;
+  snapshot(sessionsListed: number): Promise<UdpSnapshot>;
+  /** Stops the data path (threads joined, sockets closed); returns the final snapshot. */
+  stop(sessionsListed: number): Promise<UdpSnapshot>;
+}
+
+/** Replies from the worker are awaited at most this long (it answers between waits). */
+const WORKER_REPLY_TIMEOUT_MS = 10_000;
+
+class InThreadPlane implements UdpPlane {
+  private readonly relay: UdpRelay;
+  constructor(lib: RelayLib, config: Config) {
+    this.relay = new UdpRelay(lib, config);
+  }
+  async start(): Promise<void> {
+    this.relay.start();
+  }
+  async snapshot(sessionsListed: number): Promise<UdpSnapshot> {
+    return this.relay.snapshot(sessionsListed);
+  }
+  async stop(sessionsListed: number): Promise<UdpSnapshot> {
+    const final = this.relay.snapshot(sessionsListed);
+    this.relay.stop();
+    return final;
+  }
+}
+
+type WorkerReply =
+  | { type: "started" }
+  | { type: "error"; message: string }
+  | { type: "snapshot"; id: number; data: UdpSnapshot }
+  | { type: "stopped"; id: number; data: UdpSnapshot };
+
+class WorkerPlane implements UdpPlane {
+  private readonly worker: Worker;
+  private nextId = 1;
+  private readonly waiting = new Map<number, (r: WorkerReply) => void>();
+  private startWaiter: ((r: WorkerReply) => void) | null = null;
+
+  constructor(private readonly config: Config) {
+    this.worker = new Worker(new URL("./udp_worker.ts", import.meta.url).href);
+    this.worker.onmessage = (event: MessageEvent<WorkerReply>) => {
+      const reply = event.data;
+      if (reply.type === "started" || reply.type === "error") {
+        this.startWaiter?.(reply);
+        return;
+      }
+      this.waiting.get(reply.id)?.(reply);
+      this.waiting.delete(reply.id);
+    };
+    this.worker.onerror = (event) => {
+      const message = `UDP worker failed: ${event.message}`;
+      this.startWaiter?.({ type: "error", message });
+      for (const [, w] of this.waiting) w({ type: "error", message });
+      this.waiting.clear();
+    };
+  }
+
+  start(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.startWaiter = (reply) => {
+        this.startWaiter = null;
+        if (reply.type === "started") resolve();
+        else reject(new Error(reply.type === "error" ? reply.message : "unexpected reply"));
+      };
+      this.worker.postMessage({ type: "start", config: this.config });
+    });
+  }
+
+  private request(type: "snapshot" | "stop", sessionsListed: number): Promise<UdpSnapshot> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(
+          new Error(`UDP worker did not answer "${type}" within ${WORKER_REPLY_TIMEOUT_MS} ms`),
+        );
+      }, WORKER_REPLY_TIMEOUT_MS);
+      this.waiting.set(id, (reply) => {
+        clearTimeout(timer);
+        if (reply.type === "snapshot" || reply.type === "stopped") resolve(reply.data);
+        else reject(new Error(reply.type === "error" ? reply.message : "unexpected reply"));
+      });
+      this.worker.postMessage({ type, id, sessionsListed });
+    });
+  }
+
+  snapshot(sessionsListed: number): Promise<UdpSnapshot> {
+    return this.request("snapshot", sessionsListed);
+  }
+
+  async stop(sessionsListed: number): Promise<UdpSnapshot> {
+    const final = await this.request("stop", sessionsListed);
+    this.worker.terminate();
+    return final;
+  }
+}
+
+export function createUdpPlane(lib: RelayLib, config: Config): UdpPlane {
+  return config.udp.dataPlane === "worker"
+    ? new WorkerPlane(config)
+    : new InThreadPlane(lib, config);
+}

@@ -1,0 +1,41 @@
+// The UDP data path in a Worker (src/relay/udp_plane.ts): this thread may block, so it
+// waits in epoll_wait itself (Poller inline mode). Messages from the main thread are
+// handled between waits (at most every 20 ms when idle).
+import type { Config } from "../config/load.ts";
+import { loadFfi } from "../sys/ffi.ts";
+import { UdpRelay } from "./udp.ts";
+
+declare const self: Worker;
+
+type Request =
+  | { type: "start"; config: Config }
+  | { type: "snapshot"; id: number; sessionsListed: number }
+  | { type: "stop"; id: number; sessionsListed: number };
+
+let relay: UdpRelay | null = null;
+
+self.onmessage = (event: MessageEvent<Request>) => {
+  const m = event.data;
+  if (m.type === "start") {
+    try {
+      relay = new UdpRelay(loadFfi(), m.config, { inline: true });
+      relay.start();
+      self.postMessage({ type: "started" });
+    } catch (err) {
+      self.postMessage({ type: "error", message: (err as Error).message });
+    }
+    return;
+  }
+  if (relay === null) {
+    self.postMessage({ type: "error", message: "UDP worker not started" });
+    return;
+  }
+  if (m.type === "snapshot") {
+    self.postMessage({ type: "snapshot", id: m.id, data: relay.snapshot(m.sessionsListed) });
+    return;
+  }
+  const data = relay.snapshot(m.sessionsListed);
+  relay.stop();
+  relay = null;
+  self.postMessage({ type: "stopped", id: m.id, data });
+};
