@@ -39,7 +39,9 @@ const GEN = join(TOOLS, "udp_gen");
 const SINK_ECHO = join(TOOLS, "udp_sink_echo");
 const C_RELAY = join(TOOLS, "c_relay");
 const RESULTS = join(import.meta.dir, "results", "udp-latest.md");
-const USAGE = "usage: bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-wait] [--no-c-relay]";
+const USAGE =
+  "usage: bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-wait] [--no-c-relay] " +
+  "[--data-plane worker|callback]";
 
 export type Mode = "rr" | "oneway";
 export type PathName = "kernel" | "bun" | "c";
@@ -88,10 +90,19 @@ export interface Args {
   /** Wait for a quiet machine before each run and retry contended runs. */
   wait: boolean;
   cRelay: boolean;
+  /** The Bun relay's udp.dataPlane (src/relay/udp_plane.ts). */
+  dataPlane: "worker" | "callback";
 }
 
 export function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, reps: REPS.full, pin: false, wait: true, cRelay: true };
+  const args: Args = {
+    quick: false,
+    reps: REPS.full,
+    pin: false,
+    wait: true,
+    cRelay: true,
+    dataPlane: "worker",
+  };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -103,6 +114,10 @@ export function parseArgs(argv: string[]): Args {
       args.wait = false;
     } else if (a === "--no-c-relay") {
       args.cRelay = false;
+    } else if (a === "--data-plane") {
+      const plane = argv[++i];
+      if (plane !== "worker" && plane !== "callback") throw new Error("--data-plane: worker|callback");
+      args.dataPlane = plane;
     } else if (a === "--reps") {
       const n = Number(argv[++i]);
       if (!Number.isInteger(n) || n < 1 || n > REPS.max) throw new Error(`--reps: 1-${REPS.max}`);
@@ -419,7 +434,7 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
         { listener: "oneway4", ports: [PORTS.bun.oneway], interfaces: iface },
       ],
       // Each run uses fresh source ports (256 new sessions); let old ones go soon.
-      udp: { idleTimeoutMs: 10_000 },
+      udp: { idleTimeoutMs: 10_000, dataPlane: args.dataPlane },
     };
     // Rules for both relays in one table; the Bun relay only gets its own listeners.
     const rules = parseConfig({
@@ -548,7 +563,8 @@ export function renderUdpReport(r: UdpResult): string {
   const { paths } = r;
   const short = paths.map((p) => PATH_SHORT[p]).join(" / ");
   const flags = [r.args.quick ? "--quick" : "", `--reps ${r.args.reps}`, r.args.pin ? "--pin" : "",
-    r.args.wait ? "" : "--no-wait", r.paths.includes("c") ? "" : "--no-c-relay"];
+    r.args.wait ? "" : "--no-wait", r.paths.includes("c") ? "" : "--no-c-relay",
+    r.args.dataPlane === "worker" ? "" : `--data-plane ${r.args.dataPlane}`];
   const command = ["node_modules/.bin/bun bench/udp.ts", ...flags.filter((f) => f)].join(" ");
   const lines: string[] = [
     "## UDP relay benchmark",
@@ -560,6 +576,7 @@ export function renderUdpReport(r: UdpResult): string {
     `- ${r.args.reps} repetition(s) per cell and path, warmup ${r.warmupMs} ms + measured ` +
       `${r.durationMs} ms each, paths alternate within each cell; total ${r.elapsedS.toFixed(0)} s`,
     `- CPU pinning: ${r.pinning}`,
+    `- Bun relay data plane (udp.dataPlane): ${r.args.dataPlane}`,
     r.args.wait
       ? `- machine sharing: before each run the bench waits (<= ~20 s) until other processes ` +
         `use < ${QUIET_OTHER_CPUS_MAX} CPU; a run during which they used > ` +
