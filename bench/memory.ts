@@ -117,8 +117,9 @@ async function fill(lab: Lab, ports: number, fanout: number, port: number, befor
 }
 
 function makeLab(tmp: string) {
+  // The router keeps its default ephemeral range (32768-60999): upstream sockets bound to
+  // port 0 then never take a destination port (7600-7609) that a reply socket needs.
   const lab = Lab.create();
-  lab.exec(lab.router, ["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
   const raw = {
     listeners: [{ name: "m4", address: "127.0.0.1", port: LISTENER_PORT }],
     intercept: [{ listener: "m4", ports: [`${RELAY_PORT}-${RELAY_PORT + FANOUT - 1}`],
@@ -177,6 +178,13 @@ async function relayPhase(ports: number, tmp: string, log: (s: string) => void) 
         `${(now.rss / 2 ** 20).toFixed(1)} MiB (${point.rssPerSession.toFixed(0)} B/session), ` +
         `kernel slab ${point.slabPerSession.toFixed(0)} B/session`);
       return point;
+    }).catch(async (err) => {
+      // Which counter the missing sessions went to.
+      const udp = (await r.metrics()).udp;
+      const nonzero = Object.entries(udp).filter(([k, v]) => /^dropped|Failed|Errors/.test(k) &&
+        typeof v === "number" && v > 0);
+      throw new Error(`${(err as Error).message}; relay ${JSON.stringify(Object.fromEntries(
+        nonzero))}, upstreamSockets ${udp.upstreamSockets}\n${r.stderr.slice(-1500)}`);
     });
     const udp = (await relay.metrics()).udp;
     const relayCounters: Record<string, number> = {};

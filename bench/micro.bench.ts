@@ -112,7 +112,9 @@ function ffiGroup(small: boolean): Group {
     for (let i = 0; i < CALLS; i++) checksum += lib.rl_local_port(fd, addrPtr);
   });
   add(g, "rl_recv_batch(empty socket, 64)", CALLS, () => {
-    for (let i = 0; i < CALLS; i++) checksum += lib.rl_recv_batch(fd, slabPtr, SLOT_BYTES, 64, metaPtr);
+    for (let i = 0; i < CALLS; i++) {
+      checksum += lib.rl_recv_batch(fd, slabPtr, SLOT_BYTES, 64, metaPtr);
+    }
   });
   return g;
 }
@@ -285,8 +287,8 @@ export async function runMicro(opts: { small: boolean; reps: number }): Promise<
   run(["ip", "netns", "add", ns]);
   try {
     run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
-    const proc = Bun.spawn(["ip", "netns", "exec", ns, process.execPath, import.meta.path, "--child",
-      "--reps", `${opts.reps}`, ...(opts.small ? ["--small"] : [])],
+    const proc = Bun.spawn(["ip", "netns", "exec", ns, process.execPath, import.meta.path,
+      "--child", "--reps", `${opts.reps}`, ...(opts.small ? ["--small"] : [])],
       { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
     const timer = setTimeout(() => proc.kill("SIGKILL"), CHILD_TIMEOUT_MS);
     const code = await proc.exited;
