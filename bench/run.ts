@@ -302,9 +302,10 @@ async function main(): Promise<number> {
     `- load average at start ${loadStart.map((x) => x.toFixed(2)).join(" ")}, at end ` +
       `${loadavg().map((x) => x.toFixed(2)).join(" ")} (the machine is shared: other ` +
       `engineers' tests run on the same CPUs)`,
-    `- CPU pinning: ${udp?.pinning ?? (args.pin ? "udp_gen on cpu0, relay on cpu1" : "none")}` +
-      `${args.pin ? " (UDP cells only; the other steps are not pinned)"
-        : " (scheduler's choice, every step)"}`,
+    args.pin
+      ? `- CPU pinning: ${udp?.pinning ?? "udp_gen on cpu0, relay on cpu1"} (UDP cells only; ` +
+        "the other steps are not pinned)"
+      : "- CPU pinning: none, every step (the scheduler's choice)",
     "- every cell: kernel forwarding and the relay in the same lab and run, back to back " +
       "per repetition (the order rotates); median [min-max] over repetitions; relay/kernel = " +
       "relay median / kernel median, [min-max] of the per-repetition ratios",
