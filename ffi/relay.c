@@ -447,6 +447,7 @@ struct poller {
   _Atomic uint32_t head; /* next to take (JS) */
   _Atomic uint32_t tail; /* next to fill (thread) */
   atomic_int sleeping;   /* 1: JS waits for a wake call */
+  int level_triggered;   /* inline mode: no EPOLLONESHOT, no re-arm syscalls */
   atomic_uint wakes;
   atomic_uint events;
   atomic_uint overflows;
@@ -517,8 +518,17 @@ static struct poller *poller_get(int32_t index) {
 static int32_t poll_ctl(int32_t index, int op, int32_t fd, int32_t token) {
   struct poller *p = poller_get(index);
   if (p == NULL) return -EBADF;
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = (uint32_t)token};
+  uint32_t events = p->level_triggered ? EPOLLIN : EPOLLIN | EPOLLONESHOT;
+  struct epoll_event ev = {.events = events, .data.u64 = (uint32_t)token};
   return epoll_ctl(p->epfd, op, fd, op == EPOLL_CTL_DEL ? NULL : &ev) == 0 ? 0 : -errno;
+}
+
+int32_t rl_poll_level_triggered(int32_t index) {
+  struct poller *p = poller_get(index);
+  if (p == NULL) return -EBADF;
+  if (p->started) return -EBUSY; /* the epoll thread relies on EPOLLONESHOT */
+  p->level_triggered = 1;
+  return 0;
 }
 
 int32_t rl_poll_add(int32_t poller, int32_t fd, int32_t token) {

@@ -130,6 +130,10 @@ int32_t rl_poll_sleep(int32_t poller);
  * one epoll_wait in the calling thread, up to timeout_ms, pushes what is ready into the
  * ring and returns how many (-ECANCELED once rl_poll_stop's token is seen). */
 int32_t rl_poll_wait(int32_t poller, int32_t timeout_ms);
+/* Inline mode only, before any rl_poll_add: sockets are armed level-triggered without
+ * EPOLLONESHOT. One thread both waits and drains, so a socket cannot be reported twice
+ * at once, and the re-arm syscall per socket per round goes away. */
+int32_t rl_poll_level_triggered(int32_t poller);
 int32_t rl_poll_stop(int32_t poller);
 /* Counters: 0 wake calls, 1 ready events, 2 ring overflows (must stay 0). */
 int32_t rl_poll_stat(int32_t poller, int32_t which);

@@ -63,6 +63,11 @@ export class Poller {
     if (handle < 0) throw new Error(`epoll_create1/eventfd failed: ${-handle}`);
     this.handle = handle;
     this.inline = options.inline === true;
+    if (this.inline) {
+      // One thread waits and drains: level-triggered, and rearm() costs nothing.
+      const rc = lib.rl_poll_level_triggered(handle);
+      if (rc < 0) throw new Error(`rl_poll_level_triggered: ${-rc}`);
+    }
     this.callback = this.inline
       ? null
       : new JSCallback(this.runBound, {
@@ -77,6 +82,7 @@ export class Poller {
   }
 
   rearm(fd: number, token: number): number {
+    if (this.inline) return 0; // level-triggered: epoll reports the socket again by itself
     return this.lib.rl_poll_rearm(this.handle, fd, token);
   }
 
