@@ -189,7 +189,8 @@ async function relayPhase(ports: number, tmp: string, log: (s: string) => void) 
     const udp = (await relay.metrics()).udp;
     const relayCounters: Record<string, number> = {};
     for (const [k, v] of Object.entries(udp)) {
-      if (typeof v === "number" && (/^dropped/.test(k) ? v > 0 : /^sessions(Created|Max)$/.test(k))) {
+      if (typeof v !== "number") continue;
+      if (/^dropped/.test(k) ? v > 0 : /^sessions(Created|Max)$/.test(k)) {
         relayCounters[k] = v;
       }
     }

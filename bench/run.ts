@@ -107,7 +107,8 @@ function udpCells(r: UdpResult): Cell[] {
     const b = get("bun");
     const m = (xs: Sample[], f: (s: Sample) => number) => median(xs.map(f));
     const note = cell.mode === "rr"
-      ? `p50/p99 us: kernel ${m(k, (s) => s.p50Us).toFixed(0)}/${m(k, (s) => s.p99Us).toFixed(0)}, ` +
+      ? `p50/p99 us: kernel ${m(k, (s) => s.p50Us).toFixed(0)}/` +
+        `${m(k, (s) => s.p99Us).toFixed(0)}, ` +
         `relay ${m(b, (s) => s.p50Us).toFixed(0)}/${m(b, (s) => s.p99Us).toFixed(0)}`
       : `loss: kernel ${(m(k, (s) => s.loss) * 100).toFixed(1)}%, relay ` +
         `${(m(b, (s) => s.loss) * 100).toFixed(1)}%`;
@@ -261,7 +262,8 @@ async function main(): Promise<number> {
         micro = await runMicro({ small: args.quick, reps: args.reps });
       } else if (step === "udp") {
         const a = udpArgs([...(args.quick ? ["--quick"] : []), "--reps", `${args.reps}`,
-          "--no-c-relay", ...(args.pin ? ["--pin"] : []), ...(args.wait && !args.quick ? [] : ["--no-wait"])]);
+          "--no-c-relay", ...(args.pin ? ["--pin"] : []),
+          ...(args.wait && !args.quick ? [] : ["--no-wait"])]);
         udp = await runUdp(a, log);
         cells.push(...udpCells(udp));
       } else if (step === "dns") {
