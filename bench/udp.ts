@@ -30,6 +30,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { parseConfig } from "../src/config/load.ts";
 import { LAB, Lab, labUnavailableReason, run } from "../src/lab/netns.ts";
+import { JsonLinesProcess } from "../src/lab/json_lines.ts";
 import { RelayProcess } from "../src/lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 
@@ -132,54 +133,9 @@ export function parseArgs(argv: string[]): Args {
 }
 
 /** A C tool in a namespace that prints JSON lines (ready, snapshot, final). */
-export class ToolProcess {
-  readonly lines: any[] = [];
-  private waiters: Array<() => void> = [];
-  private stderr = "";
-  constructor(readonly name: string, readonly proc: Subprocess<any, "pipe", "pipe">) {
-    this.pump();
-  }
-
-  private async pump(): Promise<void> {
-    const decoder = new TextDecoder();
-    (async () => {
-      for await (const chunk of this.proc.stderr) this.stderr += decoder.decode(chunk);
-    })();
-    let buffer = "";
-    for await (const chunk of this.proc.stdout) {
-      buffer += decoder.decode(chunk);
-      for (let nl = buffer.indexOf("\n"); nl >= 0; nl = buffer.indexOf("\n")) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        try {
-          this.lines.push(JSON.parse(line));
-        } catch {
-          this.stderr += `(stdout) ${line}\n`;
-        }
-      }
-      for (const w of this.waiters.splice(0)) w();
-    }
-    for (const w of this.waiters.splice(0)) w();
-  }
-
-  async waitFor(match: (line: any) => boolean, timeoutMs: number, from = 0): Promise<any> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      for (let i = from; i < this.lines.length; i++) if (match(this.lines[i])) return this.lines[i];
-      const left = deadline - performance.now();
-      if (left <= 0 || this.proc.exitCode !== null) {
-        throw new Error(`${this.name}: no matching line within ${timeoutMs} ms ` +
-          `(exit ${this.proc.exitCode})\n${this.stderr}`);
-      }
-      const woken = new Promise<void>((r) => this.waiters.push(r));
-      await Promise.race([woken, Bun.sleep(Math.min(left, 100))]);
-    }
-  }
-
-  async snapshot(): Promise<any> {
-    const from = this.lines.length;
-    this.proc.kill("SIGUSR1");
-    return this.waitFor((l) => l.event === "snapshot", READY_TIMEOUT_MS, from);
+export class ToolProcess extends JsonLinesProcess {
+  snapshot(): Promise<any> {
+    return this.request("SIGUSR1", "snapshot", READY_TIMEOUT_MS);
   }
 
   async stop(): Promise<void> {

@@ -3,6 +3,7 @@
 import type { Subprocess } from "bun";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
+import { JsonLinesProcess } from "./json_lines.ts";
 import type { Lab } from "./netns.ts";
 
 const ROOT = join(import.meta.dir, "..", "..");
@@ -28,12 +29,7 @@ function sanitizerPrefix(): string[] {
   ];
 }
 
-export class RelayProcess {
-  private readonly lines: any[] = [];
-  private waiters: Array<() => void> = [];
-  stderr = "";
-  private constructor(readonly proc: Subprocess<"ignore", "pipe", "pipe">) {}
-
+export class RelayProcess extends JsonLinesProcess {
   /** Starts the relay in the router namespace (configPath null: the built-in default). */
   static async start(
     lab: Lab,
@@ -49,58 +45,14 @@ export class RelayProcess {
       "--sessions",
       "1000",
     ]);
-    const relay = new RelayProcess(proc as Subprocess<"ignore", "pipe", "pipe">);
-    relay.pump();
+    const relay = new RelayProcess("relay", proc as Subprocess<"ignore", "pipe", "pipe">);
     await relay.waitFor((l) => l.event === "ready", timeoutMs);
     return relay;
   }
 
-  private async pump(): Promise<void> {
-    const decoder = new TextDecoder();
-    let buffer = "";
-    (async () => {
-      for await (const chunk of this.proc.stderr) this.stderr += decoder.decode(chunk);
-    })();
-    for await (const chunk of this.proc.stdout) {
-      buffer += decoder.decode(chunk);
-      let nl: number;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        try {
-          this.lines.push(JSON.parse(line));
-        } catch {
-          this.stderr += `(stdout) ${line}\n`;
-        }
-        for (const w of this.waiters.splice(0)) w();
-      }
-    }
-    for (const w of this.waiters.splice(0)) w();
-  }
-
-  async waitFor(match: (line: any) => boolean, timeoutMs: number, from = 0): Promise<any> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      for (let i = from; i < this.lines.length; i++) if (match(this.lines[i])) return this.lines[i];
-      const left = deadline - performance.now();
-      if (left <= 0 || this.proc.exitCode !== null) {
-        throw new Error(
-          `relay: no matching line within ${timeoutMs} ms ` +
-            `(exit ${this.proc.exitCode})\n${this.stderr}`,
-        );
-      }
-      await Promise.race([
-        new Promise<void>((r) => this.waiters.push(r)),
-        Bun.sleep(Math.min(left, 100)),
-      ]);
-    }
-  }
-
   /** Asks for a metrics snapshot (SIGUSR1) and returns it. */
-  async metrics(timeoutMs = 5000): Promise<any> {
-    const from = this.lines.length;
-    this.proc.kill("SIGUSR1");
-    return this.waitFor((l) => l.event === "metrics", timeoutMs, from);
+  metrics(timeoutMs = 5000): Promise<any> {
+    return this.request("SIGUSR1", "metrics", timeoutMs);
   }
 
   /** SIGTERM, then the final snapshot and the exit code. */
