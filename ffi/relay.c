@@ -68,6 +68,7 @@ enum rl_step {
   RL_STEP_RCVBUF = 10,
   RL_STEP_SNDBUF = 11,
   RL_STEP_BIND = 12,
+  RL_STEP_RXQ_OVFL = 14, /* 13 is rl_tcp_connect's connect() */
 };
 
 static const uint8_t v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
@@ -178,6 +179,8 @@ int32_t rl_udp_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t 
     if (rc != 0) STEP_FAIL(RL_STEP_RECVERR);
   }
   if (mark != 0 && set_int(fd, SOL_SOCKET, SO_MARK, mark) != 0) STEP_FAIL(RL_STEP_MARK);
+  if ((flags & RL_SOCK_RXQ_OVFL) && set_int(fd, SOL_SOCKET, SO_RXQ_OVFL, 1) != 0)
+    STEP_FAIL(RL_STEP_RXQ_OVFL);
   /* SO_*BUFFORCE ignores net.core.[rw]mem_max when we have CAP_NET_ADMIN; fall back to
    * the capped option otherwise. */
   if (receive_bytes > 0 && set_int(fd, SOL_SOCKET, SO_RCVBUFFORCE, receive_bytes) != 0 &&
@@ -223,7 +226,7 @@ int32_t rl_local_port(int32_t fd, uint8_t *addr_out) {
 
 /* Control space for one received datagram: the original destination (the larger,
  * IPv6, form). Anything else that arrives sets MSG_CTRUNC and is reported. */
-#define RECV_CMSG_BYTES CMSG_SPACE(sizeof(struct sockaddr_in6))
+#define RECV_CMSG_BYTES (CMSG_SPACE(sizeof(struct sockaddr_in6)) + CMSG_SPACE(sizeof(uint32_t)))
 /* Control space for one sent datagram: the larger pktinfo. */
 #define SEND_CMSG_BYTES CMSG_SPACE(sizeof(struct in6_pktinfo))
 
@@ -273,7 +276,13 @@ int32_t rl_recv_batch(int32_t fd, uint8_t *slab, int32_t slot_bytes, int32_t cou
     m->source_port = sport < 0 ? 0 : (uint16_t)sport;
     m->target_port = 0;
     m->target_scope = 0;
+    m->queue_drops = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+        memcpy(&m->queue_drops, CMSG_DATA(c), sizeof(m->queue_drops));
+        flags |= RL_META_HAS_DROPS;
+        continue;
+      }
       int v4 = c->cmsg_level == SOL_IP && c->cmsg_type == IP_ORIGDSTADDR;
       int v6 = c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_ORIGDSTADDR;
       if (!v4 && !v6) continue;
@@ -723,6 +732,8 @@ int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t 
     if (rc != 0) STEP_FAIL(RL_STEP_TRANSPARENT);
   }
   if (mark != 0 && set_int(fd, SOL_SOCKET, SO_MARK, mark) != 0) STEP_FAIL(RL_STEP_MARK);
+  if ((flags & RL_SOCK_RXQ_OVFL) && set_int(fd, SOL_SOCKET, SO_RXQ_OVFL, 1) != 0)
+    STEP_FAIL(RL_STEP_RXQ_OVFL);
   (void)set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
   if (flags & RL_TCP_SOURCE_BIND) {
     struct sockaddr_storage source;

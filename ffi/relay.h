@@ -32,6 +32,7 @@
 #define RL_SOCK_IPV6          0x0040 /* AF_INET6 socket (else AF_INET) */
 #define RL_SOCK_V6ONLY        0x0080 /* IPV6_V6ONLY */
 #define RL_SOCK_STREAM        0x0100 /* SOCK_STREAM (TCP listener) instead of SOCK_DGRAM */
+#define RL_SOCK_RXQ_OVFL      0x0200 /* SO_RXQ_OVFL: datagrams dropped on a full queue */
 
 /* rl_udp_socket() failures are -(step << 16 | errno): the step names the option that
  * was refused (see enum rl_step in relay.c, mirrored in src/sys/errno.ts). */
@@ -40,6 +41,7 @@
 #define RL_META_TRUNCATED     0x0001 /* MSG_TRUNC: datagram larger than its slot */
 #define RL_META_CTRUNCATED    0x0002 /* MSG_CTRUNC: control data lost */
 #define RL_META_HAS_ORIGDST   0x0004 /* target_addr/target_port hold the original dst */
+#define RL_META_HAS_DROPS     0x0008 /* queue_drops holds SO_RXQ_OVFL's counter */
 
 /* One received datagram, written by rl_recv_batch() (64 bytes). */
 struct rl_meta {
@@ -53,7 +55,8 @@ struct rl_meta {
   uint32_t length_wire;     /* 44: datagram length on the wire (> length if truncated) */
   uint32_t source_scope;    /* 48: IPv6 scope id of the sender */
   uint32_t target_scope;    /* 52: IPv6 scope id of the original destination */
-  uint32_t reserved1[2];    /* 56 */
+  uint32_t queue_drops;     /* 56: datagrams the socket dropped so far (SO_RXQ_OVFL) */
+  uint32_t reserved1;       /* 60 */
 };
 
 /* rl_send.flags */

@@ -19,6 +19,11 @@ export class UdpCounters {
   sessionsEvicted = 0;
 
   // Drops, each by reason.
+  /**
+   * Dropped by the kernel before the relay read them: a listener's receive queue was full
+   * (SO_RXQ_OVFL, reported with the next datagram read; raise listenerReceiveBytes).
+   */
+  droppedListenerQueueFull = 0;
   /** Datagram larger than udp.datagramBytesMax (MSG_TRUNC). */
   droppedOversized = 0;
   /** No original destination in the control data (not TPROXY'd, or MSG_CTRUNC). */

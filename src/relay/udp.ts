@@ -47,6 +47,7 @@ import type { RelayLib } from "../sys/ffi.ts";
 import {
   META,
   META_BYTES,
+  META_FLAG_HAS_DROPS,
   META_FLAG_HAS_ORIGDST,
   META_FLAG_TRUNCATED,
   META_WORDS,
@@ -156,6 +157,8 @@ export class UdpRelay {
   private readonly listenerFd: Int32Array;
   private readonly listenerToken: Int32Array;
   private readonly listenerPort: Uint16Array;
+  /** SO_RXQ_OVFL's counter last seen per listener (cumulative in the kernel). */
+  private readonly listenerQueueDrops: Uint32Array;
 
   // Upstream sockets: one per client endpoint (endpoint-independent) or per session.
   private readonly upstreams: HashIndex;
@@ -233,6 +236,7 @@ export class UdpRelay {
     this.listenerFd = new Int32Array(listenerCount).fill(-1);
     this.listenerToken = new Int32Array(listenerCount).fill(-1);
     this.listenerPort = new Uint16Array(listenerCount);
+    this.listenerQueueDrops = new Uint32Array(listenerCount);
 
     this.upstreams = new HashIndex(UPSTREAM_KEY_WORDS, udp.sessionsMax);
     this.upstreamFd = new Int32Array(udp.sessionsMax).fill(-1);
@@ -384,6 +388,7 @@ export class UdpRelay {
       SOCK.recvOrigDst |
       SOCK.reuseAddr |
       SOCK.freeBind |
+      SOCK.rxqOverflow |
       (l.reusePort ? SOCK.reusePort : 0) |
       (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
     const fd = this.lib.rl_udp_socket(
@@ -508,6 +513,14 @@ export class UdpRelay {
       c.packetsFromClients++;
       c.bytesFromClients += meta32[w + META.lengthWireWord];
       const flags = meta16[h + META.flagsHalf];
+      if (flags & META_FLAG_HAS_DROPS) {
+        const drops = meta32[w + META.queueDropsWord];
+        const last = this.listenerQueueDrops[listener];
+        if (drops !== last) {
+          c.droppedListenerQueueFull += (drops - last) >>> 0; // the kernel counter wraps at 2^32
+          this.listenerQueueDrops[listener] = drops;
+        }
+      }
       if (flags & META_FLAG_TRUNCATED) {
         c.droppedOversized++;
         continue;

@@ -56,6 +56,7 @@ export const SOCKET_STEPS: Record<number, string> = {
   10: "SO_RCVBUF",
   11: "SO_SNDBUF",
   12: "bind()",
+  14: "SO_RXQ_OVFL",
 };
 
 /** A socket set-up failure, decoded from -(step << 16 | errno). */

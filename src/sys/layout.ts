@@ -14,12 +14,14 @@ export const META = {
   lengthWireWord: 11, // u32 index of length_wire (byte 44)
   sourceScopeWord: 12,
   targetScopeWord: 13,
+  queueDropsWord: 14, // byte 56: SO_RXQ_OVFL's counter when META_FLAG_HAS_DROPS
 } as const;
 export const META_LENGTH_OFFSET = META.lengthWord * 4;
 
 export const META_FLAG_TRUNCATED = 0x0001;
 export const META_FLAG_CTRUNCATED = 0x0002;
 export const META_FLAG_HAS_ORIGDST = 0x0004;
+export const META_FLAG_HAS_DROPS = 0x0008;
 
 /** struct rl_send: one datagram to send (64 bytes). */
 export const SEND_BYTES = 64;
@@ -49,6 +51,7 @@ export const SOCK = {
   ipv6: 0x0040,
   v6Only: 0x0080,
   stream: 0x0100,
+  rxqOverflow: 0x0200,
 } as const;
 
 /** Largest batch per call: RL_BATCH_COUNT_MAX in relay.h. */

@@ -357,6 +357,44 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
     });
   });
 
+  describe("a listener queue that overflows", () => {
+    let env: RelayLab;
+    beforeAll(async () => {
+      env = new RelayLab();
+      env.spawn(env.lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), `${S4}:7002`]);
+      await env.startRelay({
+        listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
+        intercept: [{ listener: "udp4", ports: [7002], interfaces: ["r0"] }],
+        // The smallest queue the kernel allows, so a burst overflows it.
+        udp: { listenerReceiveBytes: 1 },
+      });
+      await env.lab.waitForUdpPort(env.lab.server, 7002);
+      env.lab.warmNeighbours();
+    }, 60_000);
+    afterAll(async () => {
+      await env?.close();
+    });
+
+    test("every datagram is either relayed or counted as dropped by the kernel (SO_RXQ_OVFL)", async () => {
+      // 4000 datagrams back to back, then one more after a pause: the kernel reports its
+      // drop counter with the next datagram the relay reads.
+      env.python(
+        env.lab.client,
+        `import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(4000):
+    s.sendto(b"x" * 200, ("${S4}", 7002))
+time.sleep(0.3)
+s.sendto(b"last", ("${S4}", 7002))
+time.sleep(0.3)`,
+      );
+      const m = (await env.relay!.metrics()).udp;
+      expect(m.droppedListenerQueueFull).toBeGreaterThan(0);
+      expect(m.packetsFromClients + m.droppedListenerQueueFull).toBe(4001);
+      expect(m.packetsToTargets).toBe(m.packetsFromClients);
+    });
+  });
+
   describe("address-and-port-dependent mapping", () => {
     let env: RelayLab;
     beforeAll(async () => {
