@@ -143,8 +143,6 @@ export class UdpRelay {
   private readonly errorMeta: Uint8Array;
   private readonly errorMetaPtr: Pointer;
   private readonly errorMeta32: Uint32Array;
-  /** Metadata word of the datagram that opens a session (openSession reads its scope). */
-  private currentMetaWord = 0;
 
   // Socket registry: token -> what the socket is.
   private readonly socketKind: Uint8Array;
@@ -165,7 +163,6 @@ export class UdpRelay {
   private readonly upstreamFd: Int32Array;
   private readonly upstreamToken: Int32Array;
   private readonly upstreamRefs: Int32Array;
-  private readonly upstreamSession: Int32Array; // address-and-port-dependent: its session
   private readonly upstreamClientScope: Uint32Array; // IPv6 scope id of a link-local client
   private readonly endpointIndependent: boolean;
 
@@ -242,7 +239,6 @@ export class UdpRelay {
     this.upstreamFd = new Int32Array(udp.sessionsMax).fill(-1);
     this.upstreamToken = new Int32Array(udp.sessionsMax).fill(-1);
     this.upstreamRefs = new Int32Array(udp.sessionsMax);
-    this.upstreamSession = new Int32Array(udp.sessionsMax).fill(-1);
     this.upstreamClientScope = new Uint32Array(udp.sessionsMax);
 
     this.sessions = new SessionTable(udp.sessionsMax, config.timeoutClassesMs);
@@ -542,8 +538,7 @@ export class UdpRelay {
       key[8] = (sourcePort << 16) | targetPort;
       let s = sessions.find();
       if (s < 0) {
-        this.currentMetaWord = w;
-        s = this.openSession(listener, targetPort, now);
+        s = this.openSession(listener, targetPort, meta32[w + META.sourceScopeWord], now);
         if (s < 0) continue;
       } else if (sessions.lastSeenMs[s] !== now) {
         sessions.touch(s, now);
@@ -658,7 +653,13 @@ export class UdpRelay {
 
   // ---- sessions ----
 
-  private openSession(listener: number, targetPort: number, now: number): number {
+  /** clientScope: the IPv6 scope id of a link-local client (0 otherwise). */
+  private openSession(
+    listener: number,
+    targetPort: number,
+    clientScope: number,
+    now: number,
+  ): number {
     const sessions = this.sessions;
     const key = sessions.key;
     const ipv6 = !(key[4] === 0 && key[5] === 0 && key[6] === V4_MAPPED_WORD);
@@ -675,7 +676,6 @@ export class UdpRelay {
     const clientWord2 = key[2];
     const clientWord3 = key[3];
     const clientPort = key[8] >>> 16;
-    const clientScope = this.meta32[this.currentMetaWord + META.sourceScopeWord];
 
     let reply = -1;
     if (!usePktinfo) {
@@ -770,7 +770,6 @@ export class UdpRelay {
     upstream = this.upstreams.insert();
     this.upstreamFd[upstream] = fd;
     this.upstreamRefs[upstream] = 1;
-    this.upstreamSession[upstream] = this.endpointIndependent ? -1 : session;
     this.upstreamToken[upstream] = this.registerSocket(SocketKind.Upstream, fd, upstream);
     return upstream;
   }
