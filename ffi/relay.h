@@ -218,4 +218,26 @@ int32_t rl_tcp_engine_stats(int32_t engine, double *out);
 /* Joins the thread and closes every fd it still holds (RST to open peers). */
 int32_t rl_tcp_engine_close(int32_t engine);
 
+/* ---- Local destinations (ffi/local_addr.c) ----
+ * The kernel's local routing table (255): what `fib daddr type local` matches. The
+ * relay refuses to relay to any of it (a flow to the host itself would loop). */
+
+/* One entry of the local table (20 bytes). */
+struct rl_local_route {
+  uint8_t addr[16];    /* 0: prefix (v4-mapped for IPv4) */
+  uint8_t prefix_bits; /* 16: prefix length over the 128-bit form (IPv4: 96 + len) */
+  uint8_t type;        /* 17: RTN_LOCAL 2, RTN_BROADCAST 3, RTN_ANYCAST 4 */
+  uint8_t reserved[2]; /* 18 */
+};
+
+/* Dumps the local table (IPv4 and IPv6) into out[0..count). Returns the number of
+ * entries, or -ENOSPC when there are more than count, or -errno. */
+int32_t rl_local_routes(struct rl_local_route *out, int32_t count);
+/* A netlink socket (non-blocking) that becomes readable when an address is added or
+ * removed anywhere on the host: register it with the poller, then dump again. */
+int32_t rl_addr_watch_open(void);
+/* Reads every pending notification; returns how many, or -errno (-ENOBUFS: some were
+ * lost, which only means "dump again"). */
+int32_t rl_addr_watch_drain(int32_t fd);
+
 #endif

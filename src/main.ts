@@ -3,10 +3,13 @@
 // print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
+import { descriptorsWanted, fitToDescriptors } from "./config/limits.ts";
+import { guardOutput, outputErrors } from "./control/output.ts";
 import { TcpRelay } from "./relay/tcp.ts";
 import type { UdpSnapshot } from "./relay/udp.ts";
 import { createUdpPlane } from "./relay/udp_plane.ts";
 import { rulesScript } from "./rules/nft.ts";
+import { StartError } from "./sys/errno.ts";
 import { loadFfi } from "./sys/ffi.ts";
 
 const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-config]
@@ -18,11 +21,30 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
   --sessions N     with SIGUSR1: how many sessions to list (default 32)
 
 Signals: SIGUSR1 prints metrics and sessions as one JSON line on stdout;
-SIGINT/SIGTERM stop the relay (threads joined, sockets closed) and print final metrics.`;
+SIGINT/SIGTERM stop the relay (threads joined, sockets closed) and print final metrics;
+SIGHUP is logged and ignored (this version does not reload: restart to apply changes).
+
+Exit status: 0 stopped by a signal; 1 could not start (a listener in use, the helper
+not built, descriptors); 2 bad arguments or configuration; 70 the data path failed
+(a bug: final metrics line, then exit, so a service manager restarts it); 77 missing
+privilege (CAP_NET_ADMIN).`;
+
+/** sysexits.h: the codes service managers and scripts already know. */
+const EXIT = {
+  startFailed: 1,
+  usage: 2,
+  software: 70, // EX_SOFTWARE
+  noPermission: 77, // EX_NOPERM
+} as const;
 
 /** CAP_NET_ADMIN is bit 12 of CapEff (linux/capability.h). */
 const CAP_NET_ADMIN_BIT = 12n;
 
+/**
+ * Whether the effective set holds CAP_NET_ADMIN. Read even as root: a root process can
+ * run with its capabilities dropped (a container, capsh --drop), and then the sockets
+ * would fail half way instead of here with a clear message.
+ */
 function hasNetAdmin(): boolean {
   try {
     const status = readFileSync("/proc/self/status", "utf8");
@@ -35,7 +57,7 @@ function hasNetAdmin(): boolean {
   }
 }
 
-function fail(message: string, code = 2): never {
+function fail(message: string, code: number = EXIT.usage): never {
   console.error(`relay: ${message}`);
   process.exit(code);
 }
@@ -95,6 +117,7 @@ async function snapshot(
 }
 
 async function main(): Promise<void> {
+  guardOutput();
   const args = parseArgs(process.argv.slice(2));
   let config: Config;
   try {
@@ -117,25 +140,59 @@ async function main(): Promise<void> {
     );
     return;
   }
-  if (process.getuid?.() !== 0 && !hasNetAdmin()) {
+  if (!hasNetAdmin()) {
     fail(
-      "missing privilege: TPROXY listeners need CAP_NET_ADMIN (IP_TRANSPARENT) and " +
-        "upstream sockets need it for SO_MARK. Run as root, or grant the capability " +
-        "(e.g. systemd AmbientCapabilities=CAP_NET_ADMIN).",
-      77,
+      "missing privilege: CAP_NET_ADMIN is not in the effective set. TPROXY listeners " +
+        "need it (IP_TRANSPARENT) and upstream sockets need it (SO_MARK). Run as root " +
+        "with it, or grant it (systemd: AmbientCapabilities=CAP_NET_ADMIN).",
+      EXIT.noPermission,
     );
   }
 
-  const lib = loadFfi();
+  let lib: ReturnType<typeof loadFfi>;
+  try {
+    lib = loadFfi();
+  } catch (err) {
+    fail((err as Error).message, EXIT.startFailed);
+  }
+  // Descriptors: ask for what the bounds may need, then fit the bounds under what we got.
+  const nofileLimit = lib.rl_raise_nofile(Math.min(descriptorsWanted(config), 0x7fffffff));
+  try {
+    const fitted = fitToDescriptors(config, nofileLimit);
+    config = fitted.config;
+    for (const note of fitted.notes) console.error(`[relay] ${note}`);
+  } catch (err) {
+    fail((err as Error).message, EXIT.startFailed);
+  }
+
+  let tcp: TcpRelay | null = null;
+  let lastUdp: UdpSnapshot | null = null;
+  const onFatal = (message: string, last: UdpSnapshot | null) => {
+    // Never half alive: the last counters, the reason, a non-zero status.
+    const final = {
+      event: "final",
+      fatal: message,
+      timeMs: Date.now(),
+      udp: (last ?? lastUdp)?.udp ?? null,
+      tcp: tcp ? tcp.snapshot() : null,
+      outputErrors,
+    };
+    process.stdout.write(JSON.stringify(final) + "\n");
+    console.error(`[relay] fatal: ${message}`);
+    process.exit(EXIT.software);
+  };
   // Each relay gets the listeners of its protocol (listener indexes are per relay).
   const udpListeners = config.listeners.filter((l) => l.protocol === "udp");
-  const udp = createUdpPlane(lib, { ...config, listeners: udpListeners });
-  const tcp = config.listeners.some((l) => l.protocol === "tcp") ? new TcpRelay(lib, config) : null;
+  const udp = createUdpPlane(lib, { ...config, listeners: udpListeners }, onFatal);
+  tcp = config.listeners.some((l) => l.protocol === "tcp")
+    ? new TcpRelay(lib, config, { onFatal: (message) => onFatal(message, null) })
+    : null;
   try {
     await udp.start();
     tcp?.start();
   } catch (err) {
-    fail((err as Error).message, 1);
+    const privilege = err instanceof StartError && err.privilege;
+    fail((err as Error).message, privilege ? EXIT.noPermission : EXIT.startFailed);
   }
   for (const l of config.listeners) {
     const where = l.ipv6 ? `[${l.address}]:${l.port}` : `${l.address}:${l.port}`;
@@ -143,20 +200,31 @@ async function main(): Promise<void> {
     console.error(`[relay] listening ${l.protocol} ${where} (${l.name}, ${how})`);
   }
   console.error(
-    `[relay] sessions max ${config.udp.sessionsMax}, mapping ${config.udp.mapping}, ` +
-      `upstream mark 0x${config.mark.toString(16)}`,
+    `[relay] sessions max ${config.udp.sessionsMax} (${config.udp.sessionsPerClientMax} per ` +
+      `client), mapping ${config.udp.mapping}, upstream mark 0x${config.mark.toString(16)}, ` +
+      `descriptors ${nofileLimit}`,
   );
 
-  const write = async (event: string, data: UdpSnapshot) =>
+  const write = async (event: string, data: UdpSnapshot) => {
+    lastUdp = data;
     process.stdout.write(
-      JSON.stringify(await snapshot(data, tcp, args.sessionsListed, event)) + "\n",
+      JSON.stringify({
+        ...(await snapshot(data, tcp, args.sessionsListed, event)),
+        outputErrors,
+      }) + "\n",
     );
+  };
   const print = (event: string) =>
     udp.snapshot(args.sessionsListed).then(
       (data) => write(event, data),
       (err) => console.error(`[relay] metrics: ${(err as Error).message}`),
     );
   process.on("SIGUSR1", () => print("metrics"));
+  // No reload in this version: a SIGHUP (a closed terminal, `systemctl reload`) must
+  // not end the relay (Bun's default for SIGHUP is to exit 129 without final metrics).
+  process.on("SIGHUP", () => {
+    console.error("[relay] SIGHUP ignored: this version does not reload; restart to apply changes");
+  });
   let metricsTimer: ReturnType<typeof setInterval> | null = null;
   if (config.metrics.logIntervalMs > 0) {
     metricsTimer = setInterval(() => print("metrics"), config.metrics.logIntervalMs);
@@ -175,7 +243,7 @@ async function main(): Promise<void> {
       })
       .catch((err) => {
         console.error(`[relay] stop: ${(err as Error).message}`);
-        process.exit(1);
+        process.exit(EXIT.startFailed);
       });
   };
   process.on("SIGINT", () => stop("SIGINT"));

@@ -38,10 +38,38 @@ export class UdpCounters {
   droppedReplyBindCached = 0;
   /** Reply socket pool full of busy sockets. */
   droppedReplyPoolFull = 0;
+  /** A reply socket was made but the poller refused it (epoll_ctl: ENOSPC, ENOMEM). */
+  droppedReplySocketFailed = 0;
   /** socket() failed for lack of descriptors (EMFILE/ENFILE) or memory. */
   droppedNoDescriptors = 0;
   /** Upstream socket could not be created for another reason. */
   droppedUpstreamSocketFailed = 0;
+
+  // Loop guards (DESIGN.md "Never relay to ourselves"): checked once per new flow.
+  /**
+   * Sent straight to a listener's own address and port (no TPROXY on the way): the
+   * "original destination" is the listener itself.
+   */
+  droppedToListener = 0;
+  /**
+   * The original destination is this host (an interface address, loopback, unspecified,
+   * a broadcast address: the kernel's local table). Rules should skip these.
+   */
+  droppedLocalTarget = 0;
+  /** The original destination is a multicast group. */
+  droppedMulticastTarget = 0;
+  /** A v4-mapped destination or source on an IPv6 listener (a flow never changes family). */
+  droppedFamilyMismatch = 0;
+  /** The relay's own upstream datagrams came back to a listener (rules without exemption). */
+  droppedOwnTraffic = 0;
+  /** Sessions ended because their destination became a local address. */
+  sessionsEndedLocalTarget = 0;
+
+  // Fairness: one client cannot take what the others need.
+  /** A client already held udp.sessionsPerClientMax sessions. */
+  droppedClientSessionsLimit = 0;
+  /** A client already pinned udp.replySocketsPerClientMax reply sockets. */
+  droppedClientReplySocketsLimit = 0;
 
   // Send failures by kind (classifyIoErrno).
   sendWouldBlock = 0;

@@ -2,9 +2,8 @@
 // once), then the cross-field checks a schema cannot express. Every error names the
 // field and the reason: "config.udp.sessionsMax: must be >= 16 (got 3)".
 import { TypeCompiler } from "@sinclair/typebox/compiler";
-import { Value } from "@sinclair/typebox/value";
 import { readFileSync } from "node:fs";
-import { parseAddress, isV4Mapped } from "../sys/addr.ts";
+import { formatAddress, isV4Mapped, parseAddress } from "../sys/addr.ts";
 import { type ConfigInput, ConfigSchema } from "./schema.ts";
 import { TIMEOUT_CLASS_COUNT_MAX } from "../flow/table.ts";
 
@@ -52,6 +51,76 @@ export type Config = Omit<ConfigInput, "listeners" | "intercept"> & {
 
 const checker = TypeCompiler.Compile(ConfigSchema);
 
+/** A bad value is quoted in an error up to this many characters (a 10 MB value is not). */
+const QUOTE_CHARS_MAX = 48;
+/** Problems reported at most: enough to fix a file, not a flood. */
+const PROBLEMS_MAX = 20;
+
+/** JSON text of a value for an error message, cut to a short prefix. */
+export function quote(value: unknown): string {
+  let text: string;
+  try {
+    text = JSON.stringify(value) ?? String(value);
+  } catch {
+    text = String(value);
+  }
+  return text.length <= QUOTE_CHARS_MAX
+    ? text
+    : `${text.slice(0, QUOTE_CHARS_MAX)}... (${text.length} chars)`;
+}
+
+interface SchemaNode {
+  type?: string;
+  default?: unknown;
+  properties?: Record<string, SchemaNode>;
+  items?: SchemaNode;
+}
+
+/**
+ * Fills defaults where a value is absent, and only there. TypeBox's Value.Default also
+ * replaces a value of the wrong type with the default ("listeners": {} silently became
+ * the two built-in listeners); here a wrong type stays, so the check names it.
+ */
+function withDefaults(schema: SchemaNode, value: unknown): unknown {
+  if (value === undefined) {
+    if (!("default" in schema)) return undefined;
+    value = structuredClone(schema.default);
+  }
+  if (schema.type === "object" && schema.properties && isPlainObject(value)) {
+    const object = value as Record<string, unknown>;
+    for (const [name, property] of Object.entries(schema.properties)) {
+      const filled = withDefaults(property, object[name]);
+      if (filled !== undefined) object[name] = filled;
+    }
+  } else if (schema.type === "array" && schema.items && Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = withDefaults(schema.items, value[i]);
+  }
+  return value;
+}
+
+function isPlainObject(value: unknown): boolean {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * An interface name Linux would accept (dev_valid_name: 1-15 bytes, not "." or "..",
+ * no "/", ":" or whitespace) and that nft and a shell script can carry safely:
+ * printable ASCII without quotes or backslashes. Returns why not, or null.
+ */
+export function interfaceNameProblem(name: string): string | null {
+  if (name.length < 1 || name.length > 15) return "must be 1-15 characters (IFNAMSIZ)";
+  if (name === "." || name === "..") return `"." and ".." are not interface names`;
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c <= 0x20 || c >= 0x7f) return "must be printable ASCII without spaces";
+    if (c === 0x2f || c === 0x3a) return `must not contain "/" or ":" (Linux refuses them)`;
+    if (c === 0x22 || c === 0x27 || c === 0x5c || c === 0x60) {
+      return "must not contain quotes or backslashes";
+    }
+  }
+  return null;
+}
+
 /** DNS (RFC 1035) and QUIC/HTTP3 (RFC 9114 uses udp/443) on every non-loopback interface. */
 const DEFAULT_INTERCEPT = [
   { listener: "udp4", ports: [53, 443] },
@@ -79,32 +148,37 @@ export function parseConfig(input: unknown): Config {
   // The built-in listeners come with built-in interception (DNS and QUIC); a config
   // that names its own listeners says what to intercept too.
   if (raw.listeners === undefined && raw.intercept === undefined) raw.intercept = DEFAULT_INTERCEPT;
-  const withDefaults = Value.Default(ConfigSchema, raw) as unknown;
+  const filled = withDefaults(ConfigSchema as SchemaNode, raw);
   const problems: string[] = [];
-  for (const e of checker.Errors(withDefaults)) {
-    problems.push(`${pathToField(e.path)}: ${e.message} (got ${JSON.stringify(e.value)})`);
-    if (problems.length >= 20) break;
+  for (const e of checker.Errors(filled)) {
+    problems.push(`${pathToField(e.path)}: ${e.message} (got ${quote(e.value)})`);
+    if (problems.length >= PROBLEMS_MAX) break;
   }
   if (problems.length) throw new ConfigError(problems);
-  const c = withDefaults as ConfigInput;
+  const c = filled as ConfigInput;
 
   const listeners: ListenerConfig[] = [];
   const seenNames = new Set<string>();
-  const seenBinds = new Set<string>();
+  const seenBinds = new Map<string, number>();
   c.listeners.forEach((l, i) => {
     const field = `config.listeners[${i}]`;
     const addr = parseAddress(l.address);
     if (!addr) {
-      problems.push(
-        `${field}.address: not an IPv4 or IPv6 address (got ${JSON.stringify(l.address)})`,
-      );
+      problems.push(`${field}.address: not an IPv4 or IPv6 address (got ${quote(l.address)})`);
       return;
     }
     if (seenNames.has(l.name)) problems.push(`${field}.name: duplicate listener name "${l.name}"`);
     seenNames.add(l.name);
-    const bind = `${l.protocol}|${l.address}|${l.port}`;
-    if (seenBinds.has(bind)) {
-      problems.push(`${field}: another listener binds ${l.address} port ${l.port}`);
+    // Compared in canonical form: "::1" and "0:0:0:0:0:0:0:1" are one address, and
+    // "::ffff:127.0.0.1" is 127.0.0.1.
+    const canonical = formatAddress(addr);
+    const bind = `${l.protocol}|${canonical}|${l.port}`;
+    const other = seenBinds.get(bind);
+    if (other !== undefined) {
+      problems.push(
+        `${field}: binds ${l.protocol} ${canonical} port ${l.port}, as ` +
+          `config.listeners[${other}] does`,
+      );
     }
     if (l.protocol === "udp" && l.mode !== "tproxy") {
       problems.push(
@@ -115,7 +189,7 @@ export function parseConfig(input: unknown): Config {
     if (l.protocol === "udp" && l.source !== "relay") {
       problems.push(`${field}.source: "${l.source}" is for TCP listeners only`);
     }
-    seenBinds.add(bind);
+    seenBinds.set(bind, i);
     listeners.push({ ...l, addr, ipv6: !isV4Mapped(addr) });
   });
 
@@ -139,9 +213,15 @@ export function parseConfig(input: unknown): Config {
         high = Number(p.slice(dash + 1));
       }
       if (!(low >= 1 && high <= 65535 && low <= high)) {
-        problems.push(`${field}.ports[${k}]: range must be within 1-65535, low <= high (got ${p})`);
+        problems.push(
+          `${field}.ports[${k}]: range must be within 1-65535, low <= high (got ${quote(p)})`,
+        );
       }
       portRanges.push([low, high]);
+    });
+    r.interfaces.forEach((name, k) => {
+      const problem = interfaceNameProblem(name);
+      if (problem) problems.push(`${field}.interfaces[${k}]: ${problem} (got ${quote(name)})`);
     });
     intercept.push({ listener, portRanges, interfaces: r.interfaces });
   });
@@ -149,15 +229,13 @@ export function parseConfig(input: unknown): Config {
   const upstreamAddr4 = parseAddress(c.upstream.bindAddress4);
   if (!upstreamAddr4 || !isV4Mapped(upstreamAddr4)) {
     problems.push(
-      `config.upstream.bindAddress4: not an IPv4 address ` +
-        `(got ${JSON.stringify(c.upstream.bindAddress4)})`,
+      `config.upstream.bindAddress4: not an IPv4 address (got ${quote(c.upstream.bindAddress4)})`,
     );
   }
   const upstreamAddr6 = parseAddress(c.upstream.bindAddress6);
   if (!upstreamAddr6 || isV4Mapped(upstreamAddr6)) {
     problems.push(
-      `config.upstream.bindAddress6: not an IPv6 address ` +
-        `(got ${JSON.stringify(c.upstream.bindAddress6)})`,
+      `config.upstream.bindAddress6: not an IPv6 address (got ${quote(c.upstream.bindAddress6)})`,
     );
   }
   if (c.mark === c.tproxyMark) {
@@ -226,7 +304,10 @@ export function loadConfigFile(path: string): Config {
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new ConfigError([`${path}: not valid JSON: ${(err as Error).message}`]);
+    // The parser's message may quote the text: keep it short.
+    const message = (err as Error).message;
+    const short = message.length > 160 ? `${message.slice(0, 160)}...` : message;
+    throw new ConfigError([`${path}: not valid JSON: ${short}`]);
   }
   return parseConfig(json);
 }

@@ -45,7 +45,11 @@ export const InterceptSchema = Type.Object(
       minItems: 1,
       maxItems: 64,
     }),
-    /** Input interfaces to intercept on (gateway mode). Empty: all but loopback. */
+    /**
+     * Input interfaces to intercept on (gateway mode). Empty: all but loopback. Names
+     * as Linux accepts them (1-15 characters, no "/", ":" or whitespace), and printable
+     * ASCII without quotes or backslashes, so a generated rules script stays safe.
+     */
     interfaces: Type.Array(Type.String({ minLength: 1, maxLength: 15 }), {
       default: [],
       maxItems: 16,
@@ -56,12 +60,25 @@ export const InterceptSchema = Type.Object(
 
 export const UdpSchema = Type.Object(
   {
-    /** Sessions (flows) the table holds; the least recently used is evicted beyond it. */
+    /**
+     * Sessions (flows) the table holds; the least recently used is evicted beyond it.
+     * Lowered at start to fit RLIMIT_NOFILE (each session may hold a socket), so the
+     * table evicts before descriptors run out (src/config/limits.ts).
+     */
     sessionsMax: Type.Integer({ minimum: 16, maximum: 1_048_576, default: 65_536 }),
     /**
+     * Sessions one client address may hold: a client that opens thousands of flows
+     * exhausts its own share, not the table (its new flows are dropped, counted). At
+     * sessionsMax or more there is no per-client bound (the table's LRU eviction only).
+     */
+    sessionsPerClientMax: Type.Integer({ minimum: 1, maximum: 1_048_576, default: 8192 }),
+    /** Distinct reply sockets one client address may pin in the pool. */
+    replySocketsPerClientMax: Type.Integer({ minimum: 1, maximum: 262_144, default: 1024 }),
+    /**
      * RFC 4787 mapping: "endpoint-independent" uses one upstream port per client
-     * ip:port for every destination (full cone); "address-and-port-dependent" one per
-     * client ip:port and destination.
+     * ip:port for every destination; "address-and-port-dependent" one per client
+     * ip:port and destination. Filtering is address-and-port-dependent either way (a
+     * reply is relayed only from a destination the client sent to: "port-restricted").
      */
     mapping: Type.Union(
       [Type.Literal("endpoint-independent"), Type.Literal("address-and-port-dependent")],
@@ -77,7 +94,7 @@ export const UdpSchema = Type.Object(
       Type.Integer({ minimum: 100, maximum: 86_400_000 }),
       { default: { "53": 10_000, "443": 120_000 } },
     ),
-    /** Receive slot size: larger datagrams are counted and dropped (udp_oversized). */
+    /** Receive slot size: larger datagrams are counted and dropped (droppedOversized). */
     datagramBytesMax: Type.Integer({ minimum: 512, maximum: 65_535, default: 4096 }),
     /** Datagrams per recvmmsg/sendmmsg call. */
     batchCountMax: Type.Integer({ minimum: 1, maximum: 256, default: 64 }),
@@ -155,6 +172,11 @@ export const ConfigSchema = Type.Object(
     tproxyMark: Type.Integer({ minimum: 1, maximum: 0x7fffffff, default: 1 }),
     /** Routing table with `local default dev lo` for marked packets. */
     routeTable: Type.Integer({ minimum: 1, maximum: 0x7ffffffe, default: 100 }),
+    /**
+     * Priority of the `ip rule fwmark tproxyMark lookup routeTable` rule (before main,
+     * 32766): a fixed priority makes the rule ours to find, replace and remove.
+     */
+    rulePriority: Type.Integer({ minimum: 1, maximum: 32_765, default: 32_000 }),
     upstream: Type.Object(
       {
         bindAddress4: Type.String({ default: "0.0.0.0" }),

@@ -8,9 +8,10 @@
 // `idleMs` is closed; a destination whose bind failed is not retried for
 // `bindRetryMs` (negative cache, itself bounded).
 import { HashIndex } from "../flow/hash_index.ts";
+import { assert } from "../sys/assert.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { SOCK } from "../sys/layout.ts";
-import { decodeSocketError, E, errnoName } from "../sys/errno.ts";
+import { decodeSocketError, errnoName, isResourceErrno } from "../sys/errno.ts";
 import type { UdpCounters } from "../metrics.ts";
 
 /** Key: address (4 words) + port. */
@@ -26,7 +27,7 @@ export interface ReplyPoolOptions {
   sendBytes: number;
 }
 
-export type AcquireFailure = "bind" | "cached" | "full" | "descriptors";
+export type AcquireFailure = "bind" | "cached" | "full" | "descriptors" | "register";
 
 export class ReplyPool {
   readonly index: HashIndex;
@@ -46,7 +47,7 @@ export class ReplyPool {
     private readonly lib: RelayLib,
     private readonly options: ReplyPoolOptions,
     private readonly counters: UdpCounters,
-    /** Registers a new socket with the poller; returns its token. */
+    /** Registers a new socket with the poller; returns its token, or -1 (nothing taken). */
     private readonly register: (fd: number, entry: number) => number,
     private readonly unregister: (fd: number, token: number) => void,
   ) {
@@ -63,6 +64,11 @@ export class ReplyPool {
 
   get count(): number {
     return this.index.count;
+  }
+
+  /** The entry for the destination in `key` if its socket exists, else -1 (no side effect). */
+  peek(): number {
+    return this.index.find();
   }
 
   /**
@@ -101,7 +107,7 @@ export class ReplyPool {
     );
     if (fd < 0) {
       const err = decodeSocketError(fd);
-      if (err.errno === E.EMFILE || err.errno === E.ENFILE || err.errno === E.ENOMEM) {
+      if (isResourceErrno(err.errno)) {
         return this.fail("descriptors", err.errno);
       }
       // EADDRINUSE: something else holds this ip:port without SO_REUSEADDR.
@@ -111,12 +117,20 @@ export class ReplyPool {
       this.negative.set(negativeKey, nowMs + this.options.bindRetryMs);
       return this.fail("bind", err.errno);
     }
+    // All or nothing: the index entry is taken only once the poller holds the socket.
     entry = this.index.insert();
+    assert(entry >= 0, "ReplyPool: no free entry after making room");
+    const token = this.register(fd, entry);
+    if (token < 0) {
+      this.index.remove(entry);
+      this.lib.rl_close(fd);
+      return this.fail("register", 0);
+    }
     this.fd[entry] = fd;
+    this.token[entry] = token;
     this.listener[entry] = listener;
     this.refs[entry] = 1;
     this.lastUsedMs[entry] = nowMs;
-    this.token[entry] = this.register(fd, entry);
     return entry;
   }
 
@@ -189,6 +203,9 @@ export class ReplyPool {
         break;
       case "descriptors":
         this.counters.droppedNoDescriptors++;
+        break;
+      case "register":
+        this.counters.droppedReplySocketFailed++;
         break;
     }
     return -1;

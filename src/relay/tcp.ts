@@ -25,8 +25,17 @@
 
 import { type Pointer, ptr } from "bun:ffi";
 import type { Config, ListenerConfig } from "../config/load.ts";
-import { formatEndpoint, isV4Mapped } from "../sys/addr.ts";
-import { decodeSocketError, describeSocketError, E, errnoName } from "../sys/errno.ts";
+import { LocalTargets, TargetKind } from "../flow/local_targets.ts";
+import { formatEndpoint } from "../sys/addr.ts";
+import {
+  decodeSocketError,
+  describeSocketError,
+  E,
+  errnoName,
+  isPrivilegeErrno,
+  isResourceErrno,
+  StartError,
+} from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { META, META_WORDS, SOCK } from "../sys/layout.ts";
 import { Poller, WAKE_TOKEN_MASK } from "../sys/poller.ts";
@@ -54,10 +63,8 @@ const TICK_MS = 100;
 /** After the grace period, how long the engine gets to report the resets. */
 const ABORT_WAIT_MS = 2000;
 const LOG_INTERVAL_MS = 10_000;
-/** Descriptors per connection: two sockets and two pipes (two fds each). */
-const FDS_PER_CONNECTION = 6;
-/** The engine's pipe pool (TCP_PIPE_POOL_MAX in relay.c), two fds per pipe. */
-const PIPE_POOL_FDS = 2 * 1024;
+/** The local-address set is re-read this often besides on netlink notifications. */
+const LOCAL_REFRESH_MS = 5_000;
 
 // errno values of accept(2) not in src/sys/errno.ts.
 const ECONNABORTED = 103;
@@ -74,8 +81,18 @@ export class TcpCounters {
   accepted = 0;
   /** Accepted at tcp.connectionsMax open connections: reset at once. */
   rejectedLimit = 0;
-  /** Reached the listener without TPROXY/REDIRECT (no original destination): reset. */
+  /** REDIRECT listener: conntrack had no original destination (SO_ORIGINAL_DST): reset. */
   droppedNoOriginalDst = 0;
+  /** Connected straight to a listener's own address and port (not intercepted): reset. */
+  droppedToListener = 0;
+  /**
+   * The original destination is this host (an address of it, loopback, broadcast: the
+   * kernel's local table): reset. Relaying it would hand the client to a local service
+   * as if it came from the gateway itself, past that service's source filtering.
+   */
+  droppedLocalTarget = 0;
+  /** The original destination is multicast (never a TCP peer): reset. */
+  droppedMulticastTarget = 0;
   /** accept() found no descriptor (EMFILE/ENFILE) or memory; the listener pauses a tick. */
   acceptNoDescriptors = 0;
   /** accept() errors of a connection that died in the backlog (ECONNABORTED...). */
@@ -131,6 +148,12 @@ export class TcpRelay {
   private engine = -1;
   private eventsFd = -1;
   private readonly eventsToken: number;
+  /** The netlink address watch (LocalTargets), after the engine's event fd. */
+  private readonly watchToken: number;
+  private watchFd = -1;
+  /** What the loop guard treats as this host (checked once per accepted connection). */
+  readonly locals: LocalTargets;
+  private localsRefreshedMs = 0;
 
   private readonly listenerFd: Int32Array;
   /** Set while a listener waits for descriptors (EMFILE): the tick re-arms it. */
@@ -180,11 +203,17 @@ export class TcpRelay {
   private closed = false;
   private pollWakesFinal = 0;
 
-  constructor(lib: RelayLib, config: Config) {
+  constructor(
+    lib: RelayLib,
+    config: Config,
+    private readonly options: { onFatal?: (message: string) => void } = {},
+  ) {
     this.lib = lib;
     this.config = config;
     this.listeners = config.listeners.filter((l) => l.protocol === "tcp");
     this.eventsToken = this.listeners.length;
+    this.watchToken = this.listeners.length + 1;
+    this.locals = new LocalTargets(lib);
     this.listenerFd = new Int32Array(this.listeners.length).fill(-1);
     this.listenerPaused = new Uint8Array(this.listeners.length);
 
@@ -223,16 +252,8 @@ export class TcpRelay {
 
   /** Opens the listeners, the splice engine and the poll thread. Throws with a clear message. */
   start(): void {
+    // Descriptors: main.ts raised RLIMIT_NOFILE and fitted tcp.connectionsMax under it.
     const tcp = this.config.tcp;
-    const wanted = tcp.connectionsMax * FDS_PER_CONNECTION + PIPE_POOL_FDS + 256;
-    const limit = this.lib.rl_raise_nofile(wanted);
-    if (limit > 0 && limit < wanted) {
-      this.log(
-        "nofile",
-        `RLIMIT_NOFILE is ${limit}, below the ${wanted} descriptors that ` +
-          `tcp.connectionsMax may need; connections past it are reset and counted`,
-      );
-    }
     const engine = this.lib.rl_tcp_engine_open(
       tcp.connectionsMax,
       tcp.bufferBytesMax,
@@ -243,13 +264,20 @@ export class TcpRelay {
     this.engine = engine;
     this.eventsFd = this.lib.rl_tcp_engine_event_fd(engine);
     try {
+      // The local set first: no connection is accepted before the loop guard can judge it.
+      this.locals.refresh();
+      this.localsRefreshedMs = performance.now();
+      this.watchFd = this.locals.openWatch();
+      const watched = this.poller.add(this.watchFd, this.watchToken);
+      if (watched < 0) throw new Error(`epoll_ctl(ADD) address watch: ${errnoName(-watched)}`);
+      const rc = this.poller.add(this.eventsFd, this.eventsToken);
+      if (rc < 0) throw new Error(`epoll_ctl(ADD) engine events: ${errnoName(-rc)}`);
       this.listeners.forEach((l, i) => {
         this.openListener(l, i);
       });
-      const rc = this.poller.add(this.eventsFd, this.eventsToken);
-      if (rc < 0) throw new Error(`epoll_ctl(ADD) engine events: ${errnoName(-rc)}`);
     } catch (err) {
       this.closeListeners();
+      this.closeWatch();
       this.lib.rl_tcp_engine_close(this.engine);
       this.engine = -1;
       throw err;
@@ -291,6 +319,7 @@ export class TcpRelay {
     if (this.timer) clearInterval(this.timer);
     this.pollWakesFinal = this.poller.wakes;
     this.poller.stop();
+    this.closeWatch();
     if (this.engine >= 0) {
       this.drainEvents();
       // Keep the engine's last totals for the final metrics line.
@@ -341,6 +370,8 @@ export class TcpRelay {
   // ---- set-up ----
 
   private openListener(l: ListenerConfig, index: number): void {
+    // SO_REUSEADDR only lets a restart bind past TIME_WAIT connections: the kernel still
+    // refuses a second listening socket on the address and port (another relay).
     const flags =
       SOCK.stream |
       SOCK.reuseAddr |
@@ -349,14 +380,22 @@ export class TcpRelay {
       (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
     const fd = this.lib.rl_udp_socket(flags, l.addr, l.port, 0, 0, 0);
     if (fd < 0) {
-      throw new Error(
+      const err = decodeSocketError(fd);
+      throw new StartError(
         `listener "${l.name}" (tcp ${l.address} port ${l.port}): ` +
-          describeSocketError(decodeSocketError(fd), l.ipv6),
+          describeSocketError(err, l.ipv6),
+        isPrivilegeErrno(err.errno),
       );
     }
     this.listenerFd[index] = fd;
     const rc = this.lib.rl_listen(fd, this.config.tcp.listenBacklog);
-    if (rc < 0) throw new Error(`listener "${l.name}": listen(): ${errnoName(-rc)}`);
+    if (rc < 0) {
+      throw new StartError(
+        `listener "${l.name}" (tcp ${l.address} port ${l.port}): listen(): ${errnoName(-rc)}` +
+          (-rc === E.EADDRINUSE ? ": another socket listens on this address and port" : ""),
+        false,
+      );
+    }
     const added = this.poller.add(fd, index);
     if (added < 0) throw new Error(`listener "${l.name}": epoll_ctl(ADD): ${errnoName(-added)}`);
   }
@@ -371,11 +410,36 @@ export class TcpRelay {
     }
   }
 
+  private closeWatch(): void {
+    if (this.watchFd >= 0) this.poller.remove(this.watchFd);
+    this.watchFd = -1;
+    this.locals.closeWatch();
+  }
+
+  /** The local-address set may have changed: re-read it (keep the last good one). */
+  private refreshLocals(fromWatch: boolean): void {
+    try {
+      if (fromWatch) this.locals.onWatchReadable();
+      else this.locals.refresh();
+    } catch (err) {
+      this.log("locals", `local-address refresh failed: ${(err as Error).message}`);
+    }
+    this.localsRefreshedMs = performance.now();
+  }
+
   // ---- wake-ups ----
 
   private onWake(wake: number): void {
     const token = wake & WAKE_TOKEN_MASK;
     this.counters.wakes++;
+    if (token === this.watchToken) {
+      try {
+        this.refreshLocals(true);
+      } finally {
+        if (!this.closed && this.watchFd >= 0) this.poller.rearm(this.watchFd, token);
+      }
+      return;
+    }
     if (token === this.eventsToken) {
       try {
         this.drainEvents();
@@ -398,6 +462,7 @@ export class TcpRelay {
 
   private tick(): void {
     this.drainEvents();
+    if (performance.now() - this.localsRefreshedMs >= LOCAL_REFRESH_MS) this.refreshLocals(false);
     for (let i = 0; i < this.listenerFd.length; i++) {
       if (!this.listenerPaused[i] || this.listenerFd[i] < 0) continue;
       this.listenerPaused[i] = 0;
@@ -413,7 +478,7 @@ export class TcpRelay {
       if (fd < 0) {
         const err = -fd;
         if (err === E.EAGAIN) return;
-        if (err === E.EMFILE || err === E.ENFILE || err === E.ENOBUFS || err === E.ENOMEM) {
+        if (isResourceErrno(err)) {
           this.counters.acceptNoDescriptors++;
           this.listenerPaused[index] = 1;
           this.log(
@@ -469,10 +534,15 @@ export class TcpRelay {
       targetBytes = this.origDst;
       targetPort = port;
     }
-    if (this.reachedDirectly(l, targetBytes, targetPort, localPort)) {
-      // Sent to the listener itself (no TPROXY/REDIRECT on the way): relaying it to
-      // "the original destination" would connect the relay to itself.
-      this.counters.droppedNoOriginalDst++;
+    const kind = this.locals.classifyBytes(targetBytes);
+    if (kind !== TargetKind.Remote) {
+      // Sent to the listener itself (no TPROXY/REDIRECT on the way), or to another
+      // address of this host: relaying it would connect the relay to itself, or to a
+      // local service in the gateway's name. Never relayed.
+      if (kind === TargetKind.Multicast) this.counters.droppedMulticastTarget++;
+      else if (this.reachedDirectly(l, targetBytes, targetPort, localPort)) {
+        this.counters.droppedToListener++;
+      } else this.counters.droppedLocalTarget++;
       this.lib.rl_tcp_abort(clientFd);
       return;
     }
@@ -500,12 +570,7 @@ export class TcpRelay {
     );
     if (upstreamFd < 0) {
       const err = decodeSocketError(upstreamFd);
-      if (
-        err.errno === E.EMFILE ||
-        err.errno === E.ENFILE ||
-        err.errno === E.ENOBUFS ||
-        err.errno === E.ENOMEM
-      ) {
+      if (isResourceErrno(err.errno)) {
         this.counters.upstreamNoDescriptors++;
       } else {
         this.counters.upstreamSocketFailed++;
@@ -537,41 +602,23 @@ export class TcpRelay {
     }
   }
 
+  /** A local target that is the listener's own address and port (a direct connection). */
   private reachedDirectly(
     l: ListenerConfig,
     target: Uint8Array,
     targetPort: number,
     localPort: number,
   ): boolean {
-    if (targetPort !== l.port) return false;
     if (l.mode === "redirect") {
       // No NAT happened: conntrack's original destination is the local address itself.
       if (localPort !== targetPort) return false;
       for (let i = 0; i < 16; i++) if (target[i] !== this.meta[16 + i]) return false;
-      return true;
+      return targetPort === l.port;
     }
-    const unspecified = l.ipv6
-      ? l.addr.every((b) => b === 0)
-      : isV4Mapped(l.addr) &&
-        l.addr[12] === 0 &&
-        l.addr[13] === 0 &&
-        l.addr[14] === 0 &&
-        l.addr[15] === 0;
-    // A wildcard listener also accepts intercepted connections to its own port (e.g.
-    // `tproxy to :80` for port 80): only a target that is one of this host's addresses
-    // means "sent to the listener itself".
-    if (unspecified) return this.isLocalAddress(target, l.ipv6);
+    if (targetPort !== l.port) return false;
+    // A wildcard listener is reached directly on every local address.
+    if (l.addr.every((b, i) => b === 0 || (i >= 10 && i < 12 && b === 0xff))) return true;
     for (let i = 0; i < 16; i++) if (target[i] !== l.addr[i]) return false;
-    return true;
-  }
-
-  /** Whether addr is an address of this host: a plain bind (no IP_FREEBIND) succeeds. */
-  private isLocalAddress(addr: Uint8Array, ipv6: boolean): boolean {
-    this.origDst.set(addr.subarray(0, 16)); // (addr may be origDst itself: same bytes)
-    const flags = ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0;
-    const fd = this.lib.rl_udp_socket(flags, this.origDstPtr, 0, 0, 0, 0);
-    if (fd < 0) return false;
-    this.lib.rl_close(fd);
     return true;
   }
 

@@ -32,6 +32,8 @@ import { QuicParser } from "../classify/quic.ts";
 import { type Parsers, parsersLoad } from "../classify/wasm.ts";
 import { PACKET_AREA_BYTES } from "../config/load.ts";
 import { ReplyPool } from "../egress/reply_pool.ts";
+import { ClientLimits } from "../flow/clients.ts";
+import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
 import { UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import {
@@ -41,8 +43,12 @@ import {
   E,
   errnoName,
   IoOutcome,
+  isPrivilegeErrno,
+  isResourceErrno,
+  StartError,
   unexpectedErrno,
 } from "../sys/errno.ts";
+import { assert } from "../sys/assert.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import {
   META,
@@ -63,14 +69,14 @@ const enum SocketKind {
   Listener = 1,
   Upstream = 2,
   Reply = 3,
+  /** The netlink socket that reports address changes (LocalTargets). */
+  AddressWatch = 4,
 }
 
 /** Upstream key: client address (4 words), client port, session slot (or ALL_DESTINATIONS). */
 const UPSTREAM_KEY_WORDS = 6;
 /** Session slot word of an endpoint-independent upstream: one socket for every destination. */
 const ALL_DESTINATIONS = 0xffffffff;
-/** v4-mapped marker word: bytes 8..11 of ::ffff:a.b.c.d are 00 00 ff ff (little endian). */
-const V4_MAPPED_WORD = 0xffff0000;
 /** Sessions ended per timer tick at most, so a mass expiry cannot stall the data path. */
 const EXPIRE_BUDGET_PER_TICK = 8192;
 const REPLY_SWEEP_BUDGET_PER_TICK = 1024;
@@ -78,6 +84,13 @@ const REPLY_SWEEP_BUDGET_PER_TICK = 1024;
 const ERRORS_DRAIN_MAX = 64;
 /** Rate limit for repeated log lines of the same reason. */
 const LOG_INTERVAL_MS = 10_000;
+/**
+ * The local-address set is re-read this often besides on netlink notifications: an
+ * AnyIP route (`ip route add local ...`) changes the local table without one.
+ */
+const LOCAL_REFRESH_MS = 5_000;
+/** Tokens beyond listeners, upstream and reply sockets: the address watch. */
+const EXTRA_TOKENS = 1;
 
 export interface SessionView {
   client: string;
@@ -143,6 +156,9 @@ export class UdpRelay {
   private readonly errorMeta: Uint8Array;
   private readonly errorMetaPtr: Pointer;
   private readonly errorMeta32: Uint32Array;
+  /** 16 bytes for rl_local_port's address (own ArrayBuffer: see the slab comment). */
+  private readonly scratchAddr = new Uint8Array(new ArrayBuffer(16));
+  private readonly scratchAddrPtr: Pointer = ptr(this.scratchAddr);
 
   // Socket registry: token -> what the socket is.
   private readonly socketKind: Uint8Array;
@@ -155,6 +171,9 @@ export class UdpRelay {
   private readonly listenerFd: Int32Array;
   private readonly listenerToken: Int32Array;
   private readonly listenerPort: Uint16Array;
+  /** Listener address words (4 per listener) and family, for the loop checks. */
+  private readonly listenerAddr: Uint32Array;
+  private readonly listenerIpv6: Uint8Array;
   /** SO_RXQ_OVFL's counter last seen per listener (cumulative in the kernel). */
   private readonly listenerQueueDrops: Uint32Array;
 
@@ -164,7 +183,19 @@ export class UdpRelay {
   private readonly upstreamToken: Int32Array;
   private readonly upstreamRefs: Int32Array;
   private readonly upstreamClientScope: Uint32Array; // IPv6 scope id of a link-local client
+  /** Per local port: upstream sockets of ours bound to it (own-traffic check). */
+  private readonly upstreamPortRefs: Uint16Array;
+  private readonly upstreamPort: Uint16Array; // per upstream record
   private readonly endpointIndependent: boolean;
+
+  // Loop and fairness guards (checked once per new flow, never per packet).
+  readonly locals: LocalTargets;
+  private localsRefreshedMs = 0;
+  private watchToken = -1;
+  private readonly clients: ClientLimits;
+  /** Per session: its ClientLimits slot, and its (client, reply socket) pair or -1. */
+  private readonly sessionClient: Int32Array;
+  private readonly sessionPair: Int32Array;
 
   private timer: ReturnType<typeof setInterval> | null = null;
   private readonly lastLogMs = new Map<string, number>();
@@ -172,8 +203,16 @@ export class UdpRelay {
   /** Start time of the relay's monotonic clock (performance.now()). */
   readonly startedMs = performance.now();
 
-  /** inline: the calling thread waits in epoll_wait itself (a Worker; see udp_worker.ts). */
-  constructor(lib: RelayLib, config: Config, options: { inline?: boolean } = {}) {
+  /**
+   * inline: the calling thread waits in epoll_wait itself (a Worker; see udp_worker.ts).
+   * onFatal: a broken invariant on the data path (a bug): the owner ends the process
+   * with this message; without it the error is thrown.
+   */
+  constructor(
+    lib: RelayLib,
+    config: Config,
+    options: { inline?: boolean; onFatal?: (message: string) => void } = {},
+  ) {
     this.lib = lib;
     this.config = config;
     const udp = config.udp;
@@ -222,7 +261,7 @@ export class UdpRelay {
 
     const listenerCount = config.listeners.length;
     // Tokens: listeners + one upstream socket per session at most + reply sockets.
-    const tokensMax = listenerCount + udp.sessionsMax + udp.replySocketsMax;
+    const tokensMax = listenerCount + udp.sessionsMax + udp.replySocketsMax + EXTRA_TOKENS;
     this.socketKind = new Uint8Array(tokensMax);
     this.socketFd = new Int32Array(tokensMax).fill(-1);
     this.socketRef = new Int32Array(tokensMax).fill(-1);
@@ -233,6 +272,12 @@ export class UdpRelay {
     this.listenerFd = new Int32Array(listenerCount).fill(-1);
     this.listenerToken = new Int32Array(listenerCount).fill(-1);
     this.listenerPort = new Uint16Array(listenerCount);
+    this.listenerAddr = new Uint32Array(listenerCount * 4);
+    this.listenerIpv6 = new Uint8Array(listenerCount);
+    config.listeners.forEach((l, i) => {
+      this.listenerAddr.set(new Uint32Array(l.addr.slice().buffer), i * 4);
+      this.listenerIpv6[i] = l.ipv6 ? 1 : 0;
+    });
     this.listenerQueueDrops = new Uint32Array(listenerCount);
 
     this.upstreams = new HashIndex(UPSTREAM_KEY_WORDS, udp.sessionsMax);
@@ -240,6 +285,17 @@ export class UdpRelay {
     this.upstreamToken = new Int32Array(udp.sessionsMax).fill(-1);
     this.upstreamRefs = new Int32Array(udp.sessionsMax);
     this.upstreamClientScope = new Uint32Array(udp.sessionsMax);
+    this.upstreamPortRefs = new Uint16Array(65536);
+    this.upstreamPort = new Uint16Array(udp.sessionsMax);
+
+    this.locals = new LocalTargets(lib);
+    this.clients = new ClientLimits(
+      udp.sessionsMax,
+      udp.sessionsPerClientMax,
+      udp.replySocketsPerClientMax,
+    );
+    this.sessionClient = new Int32Array(udp.sessionsMax).fill(-1);
+    this.sessionPair = new Int32Array(udp.sessionsMax).fill(-1);
 
     this.sessions = new SessionTable(udp.sessionsMax, config.timeoutClassesMs);
     this.sessions.onEnd = (slot, reason) => this.onSessionEnd(slot, reason);
@@ -248,7 +304,13 @@ export class UdpRelay {
       tokensMax,
       inline: options.inline === true,
       onRoundEnd: () => this.endRound(),
-      onError: (err) => this.log("poller", `data path error: ${(err as Error).stack ?? err}`),
+      // Not logged and carried on: a data-path exception is a bug whose state cannot be
+      // trusted (a half-written send entry could misdeliver). End the process loudly.
+      onError: (err) => {
+        const message = `UDP data path failed: ${(err as Error).stack ?? err}`;
+        if (options.onFatal) options.onFatal(message);
+        else throw err;
+      },
     });
     this.replies = new ReplyPool(
       lib,
@@ -271,23 +333,23 @@ export class UdpRelay {
 
   /** Opens the listeners and starts the poll thread. Throws with a clear message. */
   start(): void {
-    // Each upstream/reply socket is a descriptor: ask for enough of them up front.
-    const wanted = this.config.udp.sessionsMax + this.config.udp.replySocketsMax + 256;
-    const limit = this.lib.rl_raise_nofile(wanted);
-    if (limit > 0 && limit < wanted) {
-      this.log(
-        "nofile",
-        `RLIMIT_NOFILE is ${limit}, below the ${wanted} descriptors that ` +
-          `udp.sessionsMax + udp.replySocketsMax may need; new flows past it are dropped ` +
-          `and counted`,
-      );
-    }
+    // Descriptors: main.ts raised RLIMIT_NOFILE and fitted sessionsMax and
+    // replySocketsMax under it (src/config/limits.ts), so the table evicts before EMFILE.
     try {
+      // The local set first: no datagram is read before the loop guard can judge it.
+      this.locals.refresh();
+      this.localsRefreshedMs = performance.now();
+      const watchFd = this.locals.openWatch();
+      this.watchToken = this.registerSocket(SocketKind.AddressWatch, watchFd, 0);
+      if (this.watchToken < 0) {
+        throw new Error(`epoll_ctl(ADD) address watch: ${errnoName(this.lastRegisterErrno)}`);
+      }
       this.config.listeners.forEach((l, i) => {
         this.openListener(l, i);
       });
     } catch (err) {
       this.closeListeners();
+      this.closeWatch();
       throw err;
     }
     this.poller.start();
@@ -310,6 +372,15 @@ export class UdpRelay {
     for (const slot of ended) this.sessions.end(slot, EndReason.Closed);
     this.replies.closeAll();
     this.closeListeners();
+    this.closeWatch();
+  }
+
+  private closeWatch(): void {
+    if (this.watchToken >= 0) {
+      this.unregisterSocket(this.socketFd[this.watchToken], this.watchToken);
+      this.watchToken = -1;
+    }
+    this.locals.closeWatch();
   }
 
   get upstreamSocketCount(): number {
@@ -379,10 +450,12 @@ export class UdpRelay {
 
   private openListener(l: ListenerConfig, index: number): void {
     const udp = this.config.udp;
+    // No SO_REUSEADDR: the bind is exclusive, so a second relay (or any socket on this
+    // address and port) makes the start fail instead of silently sharing the datagrams.
+    // reusePort is the explicit opt-in to share (one worker per core).
     const flags =
       SOCK.transparent |
       SOCK.recvOrigDst |
-      SOCK.reuseAddr |
       SOCK.freeBind |
       SOCK.rxqOverflow |
       (l.reusePort ? SOCK.reusePort : 0) |
@@ -397,13 +470,20 @@ export class UdpRelay {
     );
     if (fd < 0) {
       const err = decodeSocketError(fd);
-      throw new Error(
-        `listener "${l.name}" (${l.address} port ${l.port}): ` + describeSocketError(err, l.ipv6),
+      throw new StartError(
+        `listener "${l.name}" (udp ${l.address} port ${l.port}): ` +
+          describeSocketError(err, l.ipv6),
+        isPrivilegeErrno(err.errno),
       );
     }
-    this.listenerFd[index] = fd;
     this.listenerPort[index] = l.port;
-    this.listenerToken[index] = this.registerSocket(SocketKind.Listener, fd, index);
+    const token = this.registerSocket(SocketKind.Listener, fd, index);
+    if (token < 0) {
+      this.lib.rl_close(fd);
+      throw new Error(`listener "${l.name}": epoll_ctl(ADD): ${errnoName(this.lastRegisterErrno)}`);
+    }
+    this.listenerFd[index] = fd;
+    this.listenerToken[index] = token;
   }
 
   private closeListeners(): void {
@@ -415,16 +495,28 @@ export class UdpRelay {
     }
   }
 
+  /**
+   * Registers a socket with the poller under a fresh token. All or nothing: returns the
+   * token, or -1 with nothing taken when epoll_ctl fails (ENOSPC at
+   * fs.epoll.max_user_watches, ENOMEM); the caller still owns and closes the fd.
+   */
   private registerSocket(kind: SocketKind, fd: number, ref: number): number {
-    if (this.freeTokenCount === 0) throw new Error("socket registry full (bookkeeping bug)");
+    // Tokens are sized for every socket the bounds allow: running out is a bug.
+    assert(this.freeTokenCount > 0, "socket registry full");
     const token = this.freeTokens[--this.freeTokenCount];
+    const rc = this.poller.add(fd, token);
+    if (rc < 0) {
+      this.freeTokens[this.freeTokenCount++] = token;
+      this.lastRegisterErrno = -rc;
+      return -1;
+    }
     this.socketKind[token] = kind;
     this.socketFd[token] = fd;
     this.socketRef[token] = ref;
-    const rc = this.poller.add(fd, token);
-    if (rc < 0) throw new Error(`epoll_ctl(ADD) fd ${fd}: ${errnoName(-rc)}`);
     return token;
   }
+  /** errno of the last failed registerSocket (for the caller's message). */
+  private lastRegisterErrno = 0;
 
   private unregisterSocket(fd: number, token: number): void {
     // Remove from epoll before close so a queued wake-up for this token finds Free.
@@ -444,6 +536,10 @@ export class UdpRelay {
     const fd = this.socketFd[token];
     this.counters.wakes++;
     try {
+      if (kind === SocketKind.AddressWatch) {
+        this.onAddressChange();
+        return;
+      }
       if (wake & WAKE_ERROR_FLAG) this.drainErrors(fd);
       this.drain(token, kind, fd);
     } finally {
@@ -653,7 +749,13 @@ export class UdpRelay {
 
   // ---- sessions ----
 
-  /** clientScope: the IPv6 scope id of a link-local client (0 otherwise). */
+  /**
+   * A new flow (the key holds client and original destination): judge it, then open its
+   * session, reply path and upstream socket, all or nothing. Returns the session, or -1
+   * with the datagram counted under exactly one drop reason.
+   *
+   * clientScope: the IPv6 scope id of a link-local client (0 otherwise).
+   */
   private openSession(
     listener: number,
     targetPort: number,
@@ -662,46 +764,102 @@ export class UdpRelay {
   ): number {
     const sessions = this.sessions;
     const key = sessions.key;
-    const ipv6 = !(key[4] === 0 && key[5] === 0 && key[6] === V4_MAPPED_WORD);
+    const c = this.counters;
+    if (!this.admissible(listener, targetPort)) return -1;
+    const ipv6 = this.listenerIpv6[listener] === 1;
     const mode = this.config.listeners[listener].reply;
     const samePort = targetPort === this.listenerPort[listener];
     if (mode === "pktinfo" && !samePort) {
-      this.counters.droppedReplyModeMismatch++;
+      c.droppedReplyModeMismatch++;
       return -1;
     }
     const usePktinfo = mode === "pktinfo" || (mode === "auto" && samePort);
-    // The upstream and reply lookups below use scratch keys of their own.
+    // The lookups below use scratch keys of their own; keep the client's words.
     const clientWord0 = key[0];
     const clientWord1 = key[1];
     const clientWord2 = key[2];
     const clientWord3 = key[3];
     const clientPort = key[8] >>> 16;
+    const targetWord0 = key[4];
+    const targetWord1 = key[5];
+    const targetWord2 = key[6];
+    const targetWord3 = key[7];
 
-    let reply = -1;
+    // Fairness: a client past its own bounds is refused before it can evict anybody.
+    const clients = this.clients;
+    let client = clients.find(clientWord0, clientWord1, clientWord2, clientWord3);
+    if (!clients.maySession(client)) {
+      c.droppedClientSessionsLimit++;
+      this.log(
+        "client-sessions",
+        `a client reached udp.sessionsPerClientMax (${clients.sessionsMax})`,
+      );
+      return -1;
+    }
+    const rk = this.replies.key;
     if (!usePktinfo) {
-      const rk = this.replies.key;
-      rk[0] = key[4];
-      rk[1] = key[5];
-      rk[2] = key[6];
-      rk[3] = key[7];
+      rk[0] = targetWord0;
+      rk[1] = targetWord1;
+      rk[2] = targetWord2;
+      rk[3] = targetWord3;
       rk[4] = targetPort;
-      reply = this.replies.acquire(listener, ipv6, now);
-      if (reply < 0) {
+      if (!clients.mayReply(client, this.replies.peek())) {
+        c.droppedClientReplySocketsLimit++;
         this.log(
-          `reply-${this.replies.lastFailure}`,
-          `no reply socket for ` +
-            `${this.describeKeyTarget(targetPort)}: ${this.replies.describeFailure()}`,
+          "client-replies",
+          `a client reached udp.replySocketsPerClientMax (${clients.replySocketsMax})`,
         );
         return -1;
       }
     }
 
-    // Evicting a session may close its upstream socket, whose fd can be in this batch's
-    // queued sends (and be reused by the next socket()): send them first.
-    if (sessions.index.full) this.flush();
+    // Make room first: evicting a session may close its upstream socket, whose fd can
+    // be in this round's queued sends (and be reused by the next socket()): send them.
+    if (sessions.index.full) {
+      this.flush();
+      sessions.end(sessions.leastRecentlyUsed(), EndReason.Evicted);
+    }
+
+    let reply = -1;
+    if (!usePktinfo) {
+      rk[0] = targetWord0;
+      rk[1] = targetWord1;
+      rk[2] = targetWord2;
+      rk[3] = targetWord3;
+      rk[4] = targetPort;
+      reply = this.replies.acquire(listener, ipv6, now);
+      if (reply < 0) {
+        const target = this.describeTarget(
+          targetWord0,
+          targetWord1,
+          targetWord2,
+          targetWord3,
+          targetPort,
+        );
+        this.log(
+          `reply-${this.replies.lastFailure}`,
+          `no reply socket for ${target}: ${this.replies.describeFailure()}`,
+        );
+        return -1; // counted by the pool, by reason
+      }
+    }
+
+    // From here every step is undone by sessions.end() -> onSessionEnd().
+    key[0] = clientWord0;
+    key[1] = clientWord1;
+    key[2] = clientWord2;
+    key[3] = clientWord3;
+    key[4] = targetWord0;
+    key[5] = targetWord1;
+    key[6] = targetWord2;
+    key[7] = targetWord3;
+    key[8] = ((clientPort << 16) | targetPort) >>> 0;
     const s = sessions.create(now, this.config.timeoutClassByPort[targetPort]);
+    client = clients.addSession(clientWord0, clientWord1, clientWord2, clientWord3);
+    this.sessionClient[s] = client;
     sessions.listener[s] = listener;
     sessions.reply[s] = reply;
+    this.sessionPair[s] = reply >= 0 ? clients.addReply(client, reply) : -1;
     const sniff = this.sniffByPort[targetPort];
     if (sniff !== PROTOCOL_UNKNOWN) {
       sessions.protocol[s] = sniff;
@@ -716,14 +874,86 @@ export class UdpRelay {
       clientPort,
       ipv6,
     );
-    if (upstream >= 0) this.upstreamClientScope[upstream] = clientScope;
     if (upstream < 0) {
-      sessions.end(s, EndReason.Closed);
+      sessions.end(s, EndReason.Closed); // counted by acquireUpstream, by reason
       return -1;
     }
+    this.upstreamClientScope[upstream] = clientScope;
     sessions.upstream[s] = upstream;
-    this.counters.sessionsCreated++;
+    c.sessionsCreated++;
     return s;
+  }
+
+  /**
+   * The loop guards, on the key of a new flow (DESIGN.md "Never relay to ourselves"):
+   * a flow is relayed only to a unicast destination that is not this host, in the
+   * listener's own address family, and never when it is the relay's own upstream
+   * traffic come back. Counts the drop and returns false otherwise.
+   */
+  private admissible(listener: number, targetPort: number): boolean {
+    const key = this.sessions.key;
+    const c = this.counters;
+    const targetMapped = key[4] === 0 && key[5] === 0 && key[6] === V4_MAPPED_WORD;
+    if (this.listenerIpv6[listener] === 1) {
+      // An IPv6 listener only sees IPv6 packets: a v4-mapped destination or source was
+      // crafted (::ffff:127.0.0.1 would be relayed to IPv4 loopback). A flow never
+      // changes address family.
+      const clientMapped = key[0] === 0 && key[1] === 0 && key[2] === V4_MAPPED_WORD;
+      if (targetMapped || clientMapped) {
+        c.droppedFamilyMismatch++;
+        this.log("family", "dropped a v4-mapped address on an IPv6 listener");
+        return false;
+      }
+    }
+    const kind = this.locals.classify(key[4], key[5], key[6], key[7]);
+    if (kind === TargetKind.Local) {
+      if (this.isListenerItself(listener, targetPort)) {
+        c.droppedToListener++;
+        this.log("to-listener", "dropped datagrams sent straight to a listener (not TPROXY'd)");
+      } else {
+        c.droppedLocalTarget++;
+        this.log(
+          "local-target",
+          "dropped flows to this host's own addresses (rules should skip " +
+            "`fib daddr type local`; see bun run relay --print-rules)",
+        );
+      }
+      return false;
+    }
+    if (kind === TargetKind.Multicast) {
+      c.droppedMulticastTarget++;
+      return false;
+    }
+    // Defence in depth beside the rules' mark exemption: a datagram from one of our own
+    // upstream sockets (a local address and a port we hold) is our own traffic re-entering.
+    const clientPort = key[8] >>> 16;
+    if (
+      this.upstreamPortRefs[clientPort] > 0 &&
+      this.locals.isLocal(key[0], key[1], key[2], key[3])
+    ) {
+      c.droppedOwnTraffic++;
+      this.log("own-traffic", "dropped the relay's own upstream datagrams re-entering a listener");
+      return false;
+    }
+    return true;
+  }
+
+  /** The destination in the key is the listener's own address (or any, for a wildcard). */
+  private isListenerItself(listener: number, targetPort: number): boolean {
+    if (targetPort !== this.listenerPort[listener]) return false;
+    const key = this.sessions.key;
+    const a = this.listenerAddr;
+    const b = listener * 4;
+    if (a[b] === key[4] && a[b + 1] === key[5] && a[b + 2] === key[6] && a[b + 3] === key[7]) {
+      return true;
+    }
+    // A wildcard listener (0.0.0.0 or ::) is reached directly on every local address.
+    return (
+      a[b] === 0 &&
+      a[b + 1] === 0 &&
+      (a[b + 2] === 0 || a[b + 2] === V4_MAPPED_WORD) &&
+      a[b + 3] === 0
+    );
   }
 
   private acquireUpstream(
@@ -759,18 +989,34 @@ export class UdpRelay {
     );
     if (fd < 0) {
       const err = decodeSocketError(fd);
-      if (err.errno === E.EMFILE || err.errno === E.ENFILE || err.errno === E.ENOMEM) {
-        this.counters.droppedNoDescriptors++;
-      } else {
-        this.counters.droppedUpstreamSocketFailed++;
-      }
+      if (isResourceErrno(err.errno)) this.counters.droppedNoDescriptors++;
+      else this.counters.droppedUpstreamSocketFailed++;
       this.log(`upstream-${err.errno}`, `upstream socket: ${describeSocketError(err, ipv6)}`);
       return -1;
     }
+    // All or nothing: the port (own-traffic guard), then the poller, then the index.
+    const port = this.lib.rl_local_port(fd, this.scratchAddrPtr);
+    const token = port > 0 ? this.registerSocket(SocketKind.Upstream, fd, -1) : -1;
+    if (token < 0) {
+      this.lib.rl_close(fd);
+      this.counters.droppedUpstreamSocketFailed++;
+      this.log(
+        "upstream-register",
+        `upstream socket: ` +
+          (port <= 0
+            ? `getsockname: ${errnoName(-port)}`
+            : `epoll_ctl(ADD): ${errnoName(this.lastRegisterErrno)}`),
+      );
+      return -1;
+    }
     upstream = this.upstreams.insert();
+    assert(upstream >= 0, "upstream index full: it holds at most one socket per session");
+    this.socketRef[token] = upstream;
     this.upstreamFd[upstream] = fd;
+    this.upstreamToken[upstream] = token;
     this.upstreamRefs[upstream] = 1;
-    this.upstreamToken[upstream] = this.registerSocket(SocketKind.Upstream, fd, upstream);
+    this.upstreamPort[upstream] = port;
+    this.upstreamPortRefs[port]++;
     return upstream;
   }
 
@@ -783,12 +1029,52 @@ export class UdpRelay {
       const fd = this.upstreamFd[upstream];
       this.unregisterSocket(fd, this.upstreamToken[upstream]);
       this.lib.rl_close(fd);
+      this.upstreamPortRefs[this.upstreamPort[upstream]]--;
       this.upstreamFd[upstream] = -1;
       this.upstreamToken[upstream] = -1;
       this.upstreams.remove(upstream);
     }
+    const client = this.sessionClient[slot];
+    const pair = this.sessionPair[slot];
+    if (pair >= 0) this.clients.removeReply(client, pair);
+    if (client >= 0) this.clients.removeSession(client);
+    this.sessionClient[slot] = -1;
+    this.sessionPair[slot] = -1;
     const reply = this.sessions.reply[slot];
     if (reply >= 0) this.replies.release(reply, now);
+  }
+
+  /** The local-address set may have changed: re-read it, end flows now local. */
+  private onAddressChange(): void {
+    const before = this.locals.refreshes;
+    try {
+      this.locals.onWatchReadable();
+    } catch (err) {
+      // Keep the last good set (the guard stays on); say so, rate-limited.
+      this.log("locals", `local-address refresh failed: ${(err as Error).message}`);
+    }
+    this.localsRefreshedMs = performance.now();
+    if (this.locals.refreshes !== before) this.endLocalSessions();
+  }
+
+  /**
+   * After the host gained an address, a session may now lead to it: end those (they
+   * would loop). Bounded by the table's capacity; runs only on an address change.
+   */
+  private endLocalSessions(): void {
+    const keys = this.sessions.index.keys;
+    const local: number[] = [];
+    this.sessions.forEach((s) => {
+      const b = s * SESSION_KEY_WORDS;
+      const kind = this.locals.classify(keys[b + 4], keys[b + 5], keys[b + 6], keys[b + 7]);
+      if (kind !== TargetKind.Remote) {
+        local.push(s);
+      }
+    });
+    if (local.length === 0) return;
+    this.flush(); // their upstream fds may be in this round's sends
+    for (const s of local) this.sessions.end(s, EndReason.Closed);
+    this.counters.sessionsEndedLocalTarget += local.length;
   }
 
   // ---- classification ----
@@ -892,6 +1178,7 @@ export class UdpRelay {
     const now = performance.now();
     this.sessions.expire(now, EXPIRE_BUDGET_PER_TICK);
     this.replies.sweep(now, REPLY_SWEEP_BUDGET_PER_TICK);
+    if (now - this.localsRefreshedMs >= LOCAL_REFRESH_MS) this.onAddressChange();
     // Lost wake-up recovery: drain listeners directly (cheap: one recvmmsg each when idle).
     for (let i = 0; i < this.listenerFd.length; i++) {
       if (this.listenerFd[i] >= 0) this.onToken(this.listenerToken[i]);
@@ -899,9 +1186,8 @@ export class UdpRelay {
     this.endRound();
   }
 
-  private describeKeyTarget(port: number): string {
-    const bytes = new Uint8Array(this.sessions.key.buffer, 16, 16);
-    return formatEndpoint(bytes, 0, port);
+  private describeTarget(w0: number, w1: number, w2: number, w3: number, port: number): string {
+    return formatEndpoint(new Uint8Array(Uint32Array.of(w0, w1, w2, w3).buffer), 0, port);
   }
 
   log(reason: string, message: string): void {

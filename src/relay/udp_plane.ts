@@ -3,7 +3,11 @@
 // the main thread, woken by the C epoll thread through a threadsafe JSCallback (two
 // wake-ups per burst; under load one wake carries many sockets). bench/udp.ts measures
 // both; README "Performance" has the numbers behind the default.
+//
+// Either way a failure of the data path is never silent: onFatal gets the message (and
+// the last counters when they could be read), and the owner ends the process.
 import type { Config } from "../config/load.ts";
+import { StartError } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { UdpRelay, type UdpSnapshot } from "./udp.ts";
 
@@ -14,13 +18,18 @@ export interface UdpPlane {
   stop(sessionsListed: number): Promise<UdpSnapshot>;
 }
 
+/** The data path died: why, and its last counters if they could be read. */
+export type OnFatal = (message: string, last: UdpSnapshot | null) => void;
+
 /** Replies from the worker are awaited at most this long (it answers between waits). */
 const WORKER_REPLY_TIMEOUT_MS = 10_000;
 
 class InThreadPlane implements UdpPlane {
   private readonly relay: UdpRelay;
-  constructor(lib: RelayLib, config: Config) {
-    this.relay = new UdpRelay(lib, config);
+  constructor(lib: RelayLib, config: Config, onFatal: OnFatal) {
+    this.relay = new UdpRelay(lib, config, {
+      onFatal: (message) => onFatal(message, this.relay.snapshot(0)),
+    });
   }
   async start(): Promise<void> {
     this.relay.start();
@@ -37,7 +46,8 @@ class InThreadPlane implements UdpPlane {
 
 type WorkerReply =
   | { type: "started" }
-  | { type: "error"; message: string }
+  | { type: "error"; message: string; privilege: boolean }
+  | { type: "fatal"; message: string; data: UdpSnapshot | null }
   | { type: "snapshot"; id: number; data: UdpSnapshot }
   | { type: "stopped"; id: number; data: UdpSnapshot };
 
@@ -46,11 +56,20 @@ class WorkerPlane implements UdpPlane {
   private nextId = 1;
   private readonly waiting = new Map<number, (r: WorkerReply) => void>();
   private startWaiter: ((r: WorkerReply) => void) | null = null;
+  private started = false;
+  private stopping = false;
 
-  constructor(private readonly config: Config) {
+  constructor(
+    private readonly config: Config,
+    private readonly onFatal: OnFatal,
+  ) {
     this.worker = new Worker(new URL("./udp_worker.ts", import.meta.url).href);
     this.worker.onmessage = (event: MessageEvent<WorkerReply>) => {
       const reply = event.data;
+      if (reply.type === "fatal") {
+        this.onFatal(reply.message, reply.data);
+        return;
+      }
       if (reply.type === "started" || reply.type === "error") {
         this.startWaiter?.(reply);
         return;
@@ -60,18 +79,27 @@ class WorkerPlane implements UdpPlane {
     };
     this.worker.onerror = (event) => {
       const message = `UDP worker failed: ${event.message}`;
-      this.startWaiter?.({ type: "error", message });
-      for (const [, w] of this.waiting) w({ type: "error", message });
+      this.startWaiter?.({ type: "error", message, privilege: false });
+      for (const [, w] of this.waiting) w({ type: "error", message, privilege: false });
       this.waiting.clear();
+      if (this.started && !this.stopping) this.onFatal(message, null);
     };
+    // A worker that ends without an error event (its thread exited) is just as dead.
+    this.worker.addEventListener("close", () => {
+      if (this.started && !this.stopping) this.onFatal("UDP worker exited", null);
+    });
   }
 
   start(): Promise<void> {
     return new Promise((resolve, reject) => {
       this.startWaiter = (reply) => {
         this.startWaiter = null;
-        if (reply.type === "started") resolve();
-        else reject(new Error(reply.type === "error" ? reply.message : "unexpected reply"));
+        if (reply.type === "started") {
+          this.started = true;
+          resolve();
+        } else if (reply.type === "error") {
+          reject(new StartError(reply.message, reply.privilege));
+        } else reject(new Error("unexpected reply"));
       };
       this.worker.postMessage({ type: "start", config: this.config });
     });
@@ -100,14 +128,15 @@ class WorkerPlane implements UdpPlane {
   }
 
   async stop(sessionsListed: number): Promise<UdpSnapshot> {
+    this.stopping = true;
     const final = await this.request("stop", sessionsListed);
     this.worker.terminate();
     return final;
   }
 }
 
-export function createUdpPlane(lib: RelayLib, config: Config): UdpPlane {
+export function createUdpPlane(lib: RelayLib, config: Config, onFatal: OnFatal): UdpPlane {
   return config.udp.dataPlane === "worker"
-    ? new WorkerPlane(config)
-    : new InThreadPlane(lib, config);
+    ? new WorkerPlane(config, onFatal)
+    : new InThreadPlane(lib, config, onFatal);
 }

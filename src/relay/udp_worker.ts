@@ -2,6 +2,7 @@
 // waits in epoll_wait itself (Poller inline mode). Messages from the main thread are
 // handled between waits (at most every 20 ms when idle).
 import type { Config } from "../config/load.ts";
+import { StartError } from "../sys/errno.ts";
 import { loadFfi } from "../sys/ffi.ts";
 import { UdpRelay } from "./udp.ts";
 
@@ -14,20 +15,39 @@ type Request =
 
 let relay: UdpRelay | null = null;
 
+/** A bug on the data path: report it with the last counters; the main thread exits. */
+function fatal(message: string): void {
+  let data = null;
+  try {
+    data = relay?.snapshot(0) ?? null;
+  } catch {
+    // The counters are plain numbers; if even they fail, report without them.
+  }
+  self.postMessage({ type: "fatal", message, data });
+  try {
+    relay?.stop();
+  } catch {
+    // Already failing: the main thread ends the process.
+  }
+  relay = null;
+}
+
 self.onmessage = (event: MessageEvent<Request>) => {
   const m = event.data;
   if (m.type === "start") {
     try {
-      relay = new UdpRelay(loadFfi(), m.config, { inline: true });
+      relay = new UdpRelay(loadFfi(), m.config, { inline: true, onFatal: fatal });
       relay.start();
       self.postMessage({ type: "started" });
     } catch (err) {
-      self.postMessage({ type: "error", message: (err as Error).message });
+      relay = null;
+      const privilege = err instanceof StartError && err.privilege;
+      self.postMessage({ type: "error", message: (err as Error).message, privilege });
     }
     return;
   }
   if (relay === null) {
-    self.postMessage({ type: "error", message: "UDP worker not started" });
+    self.postMessage({ type: "error", message: "UDP worker not started", privilege: false });
     return;
   }
   if (m.type === "snapshot") {

@@ -77,15 +77,41 @@ export function describeSocketError(err: SocketError, ipv6: boolean): string {
   let step = err.step;
   if (ipv6) step = step.replace(/^IP_/, "IPV6_");
   const name = errnoName(err.errno);
-  const privileged = step.includes("TRANSPARENT") || step === "SO_MARK";
-  if ((err.errno === E.EPERM || err.errno === E.EACCES) && privileged) {
+  if (isPrivilegeErrno(err.errno)) {
+    const privileged = step.includes("TRANSPARENT") || step === "SO_MARK";
+    return privileged
+      ? `${step}: ${name}: needs CAP_NET_ADMIN (run as root, or grant it: ` +
+          `AmbientCapabilities=CAP_NET_ADMIN in a systemd unit)`
+      : `${step}: ${name}: not permitted (a port below 1024 needs CAP_NET_BIND_SERVICE)`;
+  }
+  if (err.errno === E.EADDRINUSE && step === "bind()") {
     return (
-      `${step}: ${name}: needs CAP_NET_ADMIN (run as root, or grant it: ` +
-      `setcap cap_net_admin+ep on the bun binary, or AmbientCapabilities=CAP_NET_ADMIN ` +
-      `in a systemd unit)`
+      `${step}: ${name}: the address and port are already in use (another relay, or ` +
+      `another service: ss -lnp shows which); the relay does not share its listeners`
     );
   }
   return `${step}: ${name}`;
+}
+
+/** The kernel refused for lack of privilege (a capability): exit status 77. */
+export function isPrivilegeErrno(code: number): boolean {
+  return code === E.EPERM || code === E.EACCES;
+}
+
+/** Out of descriptors or kernel memory: a resource limit, not a fault of the flow. */
+export function isResourceErrno(code: number): boolean {
+  return code === E.EMFILE || code === E.ENFILE || code === E.ENOMEM || code === E.ENOBUFS;
+}
+
+/** A start-up failure; `privilege` marks one that needs a capability (exit 77). */
+export class StartError extends Error {
+  constructor(
+    message: string,
+    readonly privilege: boolean,
+  ) {
+    super(message);
+    this.name = "StartError";
+  }
 }
 
 /** Send/receive results on the data path: what each errno means for the datagram. */

@@ -47,6 +47,10 @@ const symbols = {
   rl_tcp_engine_abort_all: { args: [i32], returns: i32 },
   rl_tcp_engine_stats: { args: [i32, ptr], returns: i32 },
   rl_tcp_engine_close: { args: [i32], returns: i32 },
+  // Local destinations (ffi/local_addr.c): the kernel's local routing table, and a watch.
+  rl_local_routes: { args: [ptr, i32], returns: i32 },
+  rl_addr_watch_open: { args: [], returns: i32 },
+  rl_addr_watch_drain: { args: [i32], returns: i32 },
 } as const;
 
 export type RelayLib = ReturnType<typeof dlopen<typeof symbols>>["symbols"];

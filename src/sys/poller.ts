@@ -33,7 +33,10 @@ export interface PollerOptions {
   tokensMax: number;
   /** Called after each round of tokens. */
   onRoundEnd?: () => void;
-  /** An exception from onToken/onRoundEnd: reported, never allowed to stop the loop. */
+  /**
+   * An exception from onToken/onRoundEnd: a bug on the data path. The owner ends the
+   * process (default: rethrow, so it ends as an uncaught exception with its stack).
+   */
   onError?: (err: unknown) => void;
 }
 
@@ -57,7 +60,11 @@ export class Poller {
     this.lib = lib;
     this.onToken = onToken;
     this.onRoundEnd = options.onRoundEnd ?? (() => {});
-    this.onError = options.onError ?? ((err) => console.error("[relay] poller:", err));
+    this.onError =
+      options.onError ??
+      ((err) => {
+        throw err;
+      });
     this.readyPtr = ptr(this.ready);
     const handle = lib.rl_poll_open(options.tokensMax);
     if (handle < 0) throw new Error(`epoll_create1/eventfd failed: ${-handle}`);

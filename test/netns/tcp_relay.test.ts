@@ -391,7 +391,7 @@ if (!skip) {
       ]);
       expect(wild.stdout.trim()).toBe("ConnectionResetError");
       const after = await settle();
-      expect(after.droppedNoOriginalDst - before.droppedNoOriginalDst).toBe(2);
+      expect(after.droppedToListener - before.droppedToListener).toBe(2);
       expect(after.connected - before.connected).toBe(0);
     });
 
@@ -429,6 +429,9 @@ if (!skip) {
       expect(t.accepted).toBe(
         t.rejectedLimit +
           t.droppedNoOriginalDst +
+          t.droppedToListener +
+          t.droppedLocalTarget +
+          t.droppedMulticastTarget +
           t.upstreamNoDescriptors +
           t.upstreamSocketFailed +
           t.closed +

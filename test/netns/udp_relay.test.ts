@@ -193,34 +193,47 @@ if (!skip) {
       expect(after.packetsFromClients - before.packetsFromClients).toBe(20);
       expect(after.packetsToClients - before.packetsToClients).toBe(20);
 
-      // Control: without the exemption rule the same rules do loop.
+      // Layered defence. Without the conntrack-mark exemption the server's replies still
+      // go to the relay's upstream sockets: their destination is the router's own
+      // address, which the rules skip (`fib daddr type local`).
       const { lab } = env;
-      const listing = lab.exec(lab.router, [
-        "nft",
-        "-a",
-        "list",
-        "chain",
-        "inet",
-        "transparent_relay",
-        "prerouting",
-      ]).stdout;
-      const handle = /ct mark 0x0*1ee7 return # handle (\d+)/.exec(listing)?.[1];
-      expect(handle).toBeDefined();
-      lab.exec(lab.router, [
-        "nft",
-        "delete",
-        "rule",
-        "inet",
-        "transparent_relay",
-        "prerouting",
-        "handle",
-        handle!,
-      ]);
+      const deleteRule = (pattern: RegExp) => {
+        const listing = lab.exec(lab.router, [
+          "nft",
+          "-a",
+          "list",
+          "chain",
+          "inet",
+          "transparent_relay",
+          "prerouting",
+        ]).stdout;
+        const handle = pattern.exec(listing)?.[1];
+        expect(handle).toBeDefined();
+        lab.exec(lab.router, [
+          "nft",
+          "delete",
+          "rule",
+          "inet",
+          "transparent_relay",
+          "prerouting",
+          "handle",
+          handle!,
+        ]);
+      };
       try {
-        const looped = env.probe([`${S4}:7002`], { flows: 1, packets: 4, timeoutMs: 1000 });
-        const loopMetrics = (await env.relay!.metrics()).udp;
-        expect(looped.received).toBe(0);
-        expect(loopMetrics.packetsFromClients - after.packetsFromClients).toBeGreaterThan(4);
+        deleteRule(/ct mark 0x0*1ee7 return # handle (\d+)/);
+        const viaFib = env.probe([`${S4}:7002`], { flows: 1, packets: 4 });
+        expect(viaFib).toMatchObject({ received: 4, lost: 0 });
+        // Without both, the replies are intercepted: the relay's loop guard sees a flow
+        // to one of this host's addresses and drops it, counted. Nothing circulates:
+        // exactly the client's 4 datagrams and the 4 intercepted replies entered.
+        deleteRule(/fib daddr type .* return # handle (\d+)/);
+        const mid = (await env.relay!.metrics()).udp;
+        const guarded = env.probe([`${S4}:7002`], { flows: 1, packets: 4, timeoutMs: 1000 });
+        expect(guarded.received).toBe(0);
+        const end = (await env.relay!.metrics()).udp;
+        expect(end.packetsFromClients - mid.packetsFromClients).toBe(8);
+        expect(end.droppedLocalTarget - mid.droppedLocalTarget).toBe(4);
       } finally {
         await env.startRelay(RELAY_CONFIG); // reinstalls the full ruleset, fresh counters
       }

@@ -50,7 +50,7 @@ describe("bun run relay", () => {
       ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"],
     );
     expect(r.status).toBe(77);
-    expect(r.stderr).toContain("missing privilege: TPROXY listeners need CAP_NET_ADMIN");
+    expect(r.stderr).toContain("missing privilege: CAP_NET_ADMIN is not in the effective set");
   });
 
   test("--print-rules prints the nft ruleset and policy routing for the config", () => {

@@ -76,6 +76,8 @@ describe("config", () => {
       ],
     });
     expect(p).toContain('config.listeners[1].name: duplicate listener name "a"');
-    expect(p).toContain("config.listeners[1]: another listener binds 127.0.0.1 port 5");
+    expect(p).toContain(
+      "config.listeners[1]: binds udp 127.0.0.1 port 5, as config.listeners[0] does",
+    );
   });
 });

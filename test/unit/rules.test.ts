@@ -38,7 +38,7 @@ describe("nft rules", () => {
       "ip",
       "-4",
       "route",
-      "add",
+      "replace",
       "local",
       "0.0.0.0/0",
       "dev",

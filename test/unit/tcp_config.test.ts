@@ -90,7 +90,7 @@ describe("TCP config", () => {
           { name: "b", protocol: "tcp", address: "127.0.0.1", port: 53 },
         ],
       }),
-    ).toEqual(["config.listeners[1]: another listener binds 127.0.0.1 port 53"]);
+    ).toEqual(["config.listeners[1]: binds tcp 127.0.0.1 port 53, as config.listeners[0] does"]);
   });
 });
 
@@ -123,7 +123,10 @@ describe("TCP rules", () => {
     const nat = lines.indexOf("chain prerouting_nat {");
     expect(nat).toBeGreaterThan(tcp4);
     expect(lines[nat + 1]).toBe("type nat hook prerouting priority dstnat; policy accept;");
-    expect(lines[nat + 2]).toBe(
+    // The loop exemption and the local-destination skip come first here too.
+    expect(lines[nat + 2]).toBe("ct mark 0x1ee7 return");
+    expect(lines[nat + 3]).toBe("fib daddr type { local, broadcast, multicast, anycast } return");
+    expect(lines[nat + 4]).toBe(
       'iifname != "lo" meta nfproto ipv4 tcp dport 80 redirect to :12347 comment "nat4"',
     );
   });
