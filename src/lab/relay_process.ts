@@ -31,13 +31,16 @@ function sanitizerPrefix(): string[] {
 
 export class RelayProcess extends JsonLinesProcess {
   /** Starts the relay in the router namespace (configPath null: the built-in default). */
+  /** prefix: a command the relay runs under (e.g. prlimit --nofile=N --). */
   static async start(
     lab: Lab,
     configPath: string | null,
     timeoutMs = 10_000,
+    prefix: string[] = [],
   ): Promise<RelayProcess> {
     const config = configPath === null ? [] : ["--config", configPath];
     const proc = lab.spawn(lab.router, [
+      ...prefix,
       ...sanitizerPrefix(),
       BUN,
       RELAY_MAIN,

@@ -36,8 +36,11 @@ export class RelayLab {
     this.lab = Lab.create();
   }
 
-  /** (Re)starts the relay with `raw` config and installs its rules. */
-  async startRelay(raw: object): Promise<RelayProcess> {
+  /**
+   * (Re)starts the relay with `raw` config and installs its rules. prefix: a command the
+   * relay runs under (e.g. prlimit).
+   */
+  async startRelay(raw: object, prefix: string[] = []): Promise<RelayProcess> {
     if (this.relay) await this.relay.stop();
     const config = parseConfig(raw);
     this.lab.installRules(nftRuleset(config), []);
@@ -47,7 +50,7 @@ export class RelayLab {
     }
     const path = join(this.dir, `config-${Date.now()}.json`);
     writeFileSync(path, JSON.stringify(raw));
-    this.relay = await RelayProcess.start(this.lab, path);
+    this.relay = await RelayProcess.start(this.lab, path, 10_000, prefix);
     return this.relay;
   }
   private routingInstalled = false;
