@@ -49,6 +49,7 @@ import {
   unexpectedErrno,
 } from "../sys/errno.ts";
 import { assert } from "../sys/assert.ts";
+import { faultDataPath, faultEpollAdd } from "../sys/test_faults.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import {
   META,
@@ -410,6 +411,8 @@ export class UdpRelay {
         sessionsMax: this.sessions.capacity,
         upstreamSockets: this.upstreamSocketCount,
         replySockets: this.replies.count,
+        // Tokens in use: listeners + the address watch + upstream + reply sockets.
+        socketsRegistered: this.freeTokens.length - this.freeTokenCount,
         pollWakes: this.wakeCount,
         pollEvents: this.readyEventCount,
         pollRingOverflows: this.pollRingOverflows,
@@ -504,7 +507,7 @@ export class UdpRelay {
     // Tokens are sized for every socket the bounds allow: running out is a bug.
     assert(this.freeTokenCount > 0, "socket registry full");
     const token = this.freeTokens[--this.freeTokenCount];
-    const rc = this.poller.add(fd, token);
+    const rc = faultEpollAdd() || this.poller.add(fd, token);
     if (rc < 0) {
       this.freeTokens[this.freeTokenCount++] = token;
       this.lastRegisterErrno = -rc;
@@ -572,13 +575,15 @@ export class UdpRelay {
       this.counters.batches++;
       this.slotsUsed += n;
       if (kind === SocketKind.Upstream) this.fromTargets(ref, first, n, now);
-      else
+      else {
+        faultDataPath(n);
         this.fromClients(
           kind === SocketKind.Listener ? ref : this.replies.listener[ref],
           first,
           n,
           now,
         );
+      }
       if (n < room) return; // drained: the socket had no more
       // A new flow may have closed this very socket (reply pool full): stop reading it.
       if (this.socketFd[token] !== fd || this.socketKind[token] !== kind) return;
