@@ -13,6 +13,8 @@ APT_PACKAGES=(build-essential nftables iproute2 iputils-ping dnsmasq knot-dnsuti
   ngtcp2-server ngtcp2-client python3-pip curl haproxy)
 
 say() { printf '[setup] %s\n' "$*"; }
+# shellcheck source=scripts/policy_rc_d.sh
+source scripts/policy_rc_d.sh
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -25,12 +27,16 @@ if ((${#missing[@]})); then
   fi
   say "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # No package starts or restarts a service during the install (see policy_rc_d.sh).
+  trap service_starts_restore EXIT
+  if service_starts_forbid; then
+    say "services stay as they are during the install ($POLICY_RC_D, removed afterwards)"
+  else
+    say "keeping the existing $POLICY_RC_D: it decides whether packages start services"
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # dnsmasq's Debian package starts a system-wide instance; tests run their own in namespaces.
-  if systemctl is-active --quiet dnsmasq 2>/dev/null; then systemctl disable --now dnsmasq >/dev/null 2>&1 || true; fi
-  # Likewise haproxy: bench/tcp.ts runs its own instance in the lab's router namespace.
-  if systemctl is-active --quiet haproxy 2>/dev/null; then systemctl disable --now haproxy >/dev/null 2>&1 || true; fi
+  service_starts_restore
 fi
 
 if [[ ! -x node_modules/.bin/bun ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
