@@ -11,6 +11,7 @@ import { randomBytes } from "node:crypto";
 import { spawnSync } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { waitFor } from "./wait_for.ts";
 
 export const LAB = {
   client4: "198.18.0.2",
@@ -244,13 +245,11 @@ export class Lab {
 
   /** Waits until a UDP socket is bound on `port` in `ns` (ss -uln), bounded by timeoutMs. */
   async waitForUdpPort(ns: string, port: number, timeoutMs = 5000): Promise<void> {
-    const deadline = performance.now() + timeoutMs;
-    while (performance.now() < deadline) {
-      const r = this.exec(ns, ["ss", "-Hulnp", `sport = :${port}`], undefined, true);
-      if (r.stdout.trim().length > 0) return;
-      await Bun.sleep(20);
-    }
-    throw new Error(`nothing bound udp port ${port} in ${ns} within ${timeoutMs} ms`);
+    await waitFor(
+      () => this.exec(ns, ["ss", "-Hulnp", `sport = :${port}`], undefined, true).stdout.trim(),
+      (bound) => bound.length > 0,
+      { what: `a socket bound to udp port ${port} in ${ns}`, timeoutMs },
+    );
   }
 
   destroy(): void {
