@@ -2,7 +2,7 @@
 // skipped with a printed reason on a developer's machine and fails with that reason in CI
 // (CI=true). Checked as a function, and for real: every test file that needs privileges is
 // run as an unprivileged user, with and without CI=true.
-import { describe, expect, test } from "bun:test";
+import { describe, expect, spyOn, test } from "bun:test";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
@@ -38,12 +38,23 @@ describe("skip policy", () => {
     expect(() => skipped(REASON, "nft check", ci)).toThrow(`nft check: ${REASON}`);
   });
 
-  test("outside CI: the reason, so the caller prints it and skips", () => {
-    for (const env of [{}, { CI: "false" }, { CI: "" }]) {
-      expect(inCi(env)).toBe(false);
-      expect(skipReason(REASON, env)).toBe(REASON);
-      expect(labSkipReason(REASON, env)).toBe(REASON);
-      expect(skipped(REASON, "nft check", env)).toBe(true);
+  test("outside CI: the reason, printed, and the caller skips", () => {
+    const warn = spyOn(console, "warn").mockImplementation(() => {});
+    try {
+      for (const env of [{}, { CI: "false" }, { CI: "" }]) {
+        expect(inCi(env)).toBe(false);
+        expect(skipReason(REASON, env)).toBe(REASON);
+        expect(labSkipReason(REASON, env)).toBe(REASON);
+        expect(skipped(REASON, "nft check", env)).toBe(true);
+      }
+      expect(warn.mock.calls.map((call) => call.join(" "))).toEqual(
+        [0, 1, 2].flatMap(() => [
+          `[netns tests skipped] ${REASON}`,
+          `[nft check skipped] ${REASON}`,
+        ]),
+      );
+    } finally {
+      warn.mockRestore();
     }
   });
 
