@@ -9,10 +9,14 @@ cd "$(dirname "$0")/.."
 ZIG_VERSION="0.14.1"
 
 # Debian packages: the kernel tools the relay drives, and the real peers tests use.
-APT_PACKAGES=(build-essential nftables iproute2 iputils-ping dnsmasq knot-dnsutils dnsperf iperf3
-  ngtcp2-server ngtcp2-client python3-pip curl haproxy)
+# dnsmasq-base is the binary alone: the lab runs its own dnsmasq in a namespace, so no
+# system DNS/DHCP service (package dnsmasq) is installed or enabled on the machine.
+APT_PACKAGES=(build-essential nftables iproute2 iputils-ping dnsmasq-base knot-dnsutils dnsperf
+  iperf3 ngtcp2-server ngtcp2-client python3-pip curl haproxy)
 
 say() { printf '[setup] %s\n' "$*"; }
+# shellcheck source=scripts/policy_rc_d.sh
+source scripts/policy_rc_d.sh
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -25,12 +29,16 @@ if ((${#missing[@]})); then
   fi
   say "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # No package starts or restarts a service during the install (see policy_rc_d.sh).
+  trap service_starts_restore EXIT
+  if service_starts_forbid; then
+    say "services stay as they are during the install ($POLICY_RC_D, removed afterwards)"
+  else
+    say "keeping the existing $POLICY_RC_D: it decides whether packages start services"
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # dnsmasq's Debian package starts a system-wide instance; tests run their own in namespaces.
-  if systemctl is-active --quiet dnsmasq 2>/dev/null; then systemctl disable --now dnsmasq >/dev/null 2>&1 || true; fi
-  # Likewise haproxy: bench/tcp.ts runs its own instance in the lab's router namespace.
-  if systemctl is-active --quiet haproxy 2>/dev/null; then systemctl disable --now haproxy >/dev/null 2>&1 || true; fi
+  service_starts_restore
 fi
 
 if [[ ! -x node_modules/.bin/bun ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then

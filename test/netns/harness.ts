@@ -6,21 +6,24 @@ import { join } from "node:path";
 import { parseConfig } from "../../src/config/load.ts";
 import { Lab, labUnavailableReason } from "../../src/lab/netns.ts";
 import { BUN, RelayProcess } from "../../src/lab/relay_process.ts";
+import { skipReason } from "../../src/lab/skip_policy.ts";
 import { nftRuleset, policyRoutingCommands } from "../../src/rules/nft.ts";
 
 export { BUN };
 export const ROOT = join(import.meta.dir, "..", "..");
 
 /**
- * Null when the end-to-end tests can run. Otherwise the reason: outside CI the caller
- * prints it and registers no tests; in CI (CI=true) a missing capability is a failure,
- * so the tests are registered and fail with this reason.
+ * Null when the end-to-end tests are to be registered. Outside CI, when the lab cannot
+ * run, the reason (printed here): the caller registers no tests. In CI (CI=true) always
+ * null: a missing capability is a failure, so the tests are registered and RelayLab's
+ * constructor fails them with the reason (src/lab/skip_policy.ts).
  */
-export function labSkipReason(): string | null {
-  const reason = labUnavailableReason();
-  if (reason === null) return null;
-  if (process.env.CI === "true") return null; // register the tests; they will fail loudly
-  console.warn(`[netns tests skipped] ${reason}`);
+export function labSkipReason(
+  unavailable: string | null = labUnavailableReason(),
+  env: Record<string, string | undefined> = process.env,
+): string | null {
+  const reason = skipReason(unavailable, env);
+  if (reason !== null) console.warn(`[netns tests skipped] ${reason}`);
   return reason;
 }
 

@@ -9,8 +9,10 @@
 #             then log {"received": n}
 #   slow      read nothing for 1.5 s, then read to EOF; answer "DONE <n> <sha256>\n"
 #   firehose  send 64 KiB chunks (at most 256 MiB) until an error; log how it ended
-#   late      read one line, wait 1 s, send "LATE\n", close
-# Events go to stdout as JSON lines: {"port", "event", ...}.
+#   late      read one line, then a second one (the client sends it once the relay is
+#             shutting down), send "LATE\n", close
+# Events go to stdout as JSON lines: {"port", "event", ...}; {"event": "ready"} once every
+# port listens.
 import hashlib
 import json
 import socket
@@ -96,7 +98,7 @@ def serve(conn, addr, port, behaviour):
             log(port=port, event="firehose", peer=ip, sent=sent, error=error)
         elif behaviour == "late":
             read_line(conn)
-            time.sleep(1.0)
+            read_line(conn)
             conn.sendall(b"LATE\n")
     except OSError as err:
         log(port=port, event="error", behaviour=behaviour, error=type(err).__name__)
@@ -104,21 +106,28 @@ def serve(conn, addr, port, behaviour):
         conn.close()
 
 
-def listen(port, behaviour):
+def listen(port):
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.bind(("::", port))
     s.listen(128)
+    return s
+
+
+def accept_loop(s, port, behaviour):
     while True:
         conn, addr = s.accept()
         threading.Thread(target=serve, args=(conn, addr, port, behaviour), daemon=True).start()
 
 
+# Every port listens before "ready" is printed: the test waits for that line.
+listeners = []
 for spec in sys.argv[1:]:
     port_text, behaviour = spec.split(":")
-    threading.Thread(target=listen, args=(int(port_text), behaviour), daemon=True).start()
-time.sleep(0.2)
+    listeners.append((listen(int(port_text)), int(port_text), behaviour))
+for s, port, behaviour in listeners:
+    threading.Thread(target=accept_loop, args=(s, port, behaviour), daemon=True).start()
 log(event="ready")
 while True:
     time.sleep(3600)

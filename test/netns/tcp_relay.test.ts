@@ -10,6 +10,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LAB } from "../../src/lab/netns.ts";
+import { waitFor } from "../../src/lab/wait_for.ts";
 import { labSkipReason, RelayLab } from "./harness.ts";
 
 const PEERS = join(import.meta.dir, "tcp_peers.py");
@@ -114,30 +115,30 @@ if (!skip) {
       const m = await metrics();
       return fdCount() - 2 * m.pipesPooled;
     };
-    /** Waits (bounded) until the relay has no open connection. */
-    const settle = async (timeoutMs = 5000) => {
-      const end = performance.now() + timeoutMs;
-      for (;;) {
-        const m = await metrics();
-        if (m.connectionsActive === 0) return m;
-        if (performance.now() > end)
-          throw new Error(`connections still open: ${JSON.stringify(m.connections)}`);
-        await Bun.sleep(50);
-      }
-    };
-    const waitForTcpPort = async (port: number, timeoutMs = 5000) => {
-      const end = performance.now() + timeoutMs;
-      while (performance.now() < end) {
-        const r = env.lab.exec(
-          env.lab.server,
-          ["ss", "-Htln", `sport = :${port}`],
-          undefined,
-          true,
-        );
-        if (r.stdout.trim().length > 0) return;
-        await Bun.sleep(20);
-      }
-      throw new Error(`nothing listens on tcp port ${port} in the server namespace`);
+    /** Waits (bounded) until the relay has no open connection; returns those metrics. */
+    const settle = () =>
+      waitFor(metrics, (m) => m.connectionsActive === 0, {
+        what: "every connection through the relay to close",
+        timeoutMs: 10_000,
+      });
+    /** Sockets listening on tcp `port` in `ns`, as `ss` lists them. */
+    const listening = (ns: string, port: number) =>
+      env.lab.exec(ns, ["ss", "-Htln", `sport = :${port}`], undefined, true).stdout.trim();
+    const waitForTcpPort = (port: number) =>
+      waitFor(
+        () => listening(env.lab.server, port),
+        (lines) => lines.length > 0,
+        { what: `a listener on tcp port ${port} in the server namespace`, timeoutMs: 10_000 },
+      );
+    /** SYN retransmissions (TcpExtTCPSynRetrans) in the client and router namespaces. */
+    const synRetransmits = () => {
+      const count = (ns: string) => {
+        const text = env.lab.exec(ns, ["nstat", "-asz", "TcpExtTCPSynRetrans"]).stdout;
+        const match = /^TcpExtTCPSynRetrans\s+(\d+)/m.exec(text);
+        if (!match) throw new Error(`nstat has no TcpExtTCPSynRetrans in ${ns}:\n${text}`);
+        return Number(match[1]);
+      };
+      return { client: count(env.lab.client), router: count(env.lab.router) };
     };
 
     beforeAll(async () => {
@@ -198,7 +199,12 @@ if (!skip) {
         ].join("\n") + "\n",
       );
       await env.startRelay(RELAY_CONFIG);
-      for (const port of [PORT.peer, PORT.late, PORT.http, PORT.iperf]) await waitForTcpPort(port);
+      await waitFor(
+        () => peerEvents.some((e) => e.event === "ready"),
+        (ready) => ready,
+        { what: "tcp_peers.py to listen on every port", timeoutMs: 10_000 },
+      );
+      for (const port of [PORT.http, PORT.iperf]) await waitForTcpPort(port);
       lab.warmNeighbours();
     }, 60_000);
 
@@ -282,11 +288,13 @@ if (!skip) {
 
       test(`${f.name}: a client port reused at once after the relay closed first (TIME_WAIT)`, () => {
         // The relay holds the first connection's 4-tuple in TIME_WAIT; a SYN that went
-        // astray would be retransmitted after >= 1 s and show as a slow second connection.
+        // astray would have to be retransmitted (after >= 1 s) for the second connection
+        // to open: the kernel counts that, whatever the machine's load.
         // (Client ports below the ephemeral range: no other connection of the file uses them.)
+        const before = synRetransmits();
         const r = client("reuse", f.server, PORT.halfclose, f.name === "IPv4" ? 30111 : 30112);
         expect(r).toMatchObject({ hellos: ["HELLO", "HELLO"] });
-        expect(r.elapsedMs[1]).toBeLessThan(900);
+        expect(synRetransmits()).toEqual(before);
       });
 
       test(`${f.name}: a slow reader stalls the writer (bounded buffering), then gets every byte`, () => {
@@ -307,10 +315,12 @@ if (!skip) {
       for (const f of FAMILIES) {
         const refused = client("fails", f.server, PORT.closed);
         expect(refused).toMatchObject({ error: "ConnectionResetError" });
+        // The reset comes from the relay's connect timer (connectTimeouts below), before
+        // the client's own deadline (tcp_client.py TIMEOUT_S, else TimeoutError); not
+        // before tcp.connectTimeoutMs: load only lengthens this, so the bound holds.
         const timedOut = client("fails", f.server, PORT.dropped);
         expect(timedOut).toMatchObject({ error: "ConnectionResetError", atConnect: false });
         expect(timedOut.elapsedMs).toBeGreaterThanOrEqual(TCP.connectTimeoutMs - 50);
-        expect(timedOut.elapsedMs).toBeLessThan(TCP.connectTimeoutMs + 1500);
         const vanished = client("vanish", f.server, PORT.firehose, 4 << 20);
         expect(vanished.read).toBeGreaterThanOrEqual(4 << 20);
       }
@@ -343,10 +353,12 @@ if (!skip) {
 
     test("idle timeout: a silent connection is reset after tcp.idleTimeoutMs, counted", async () => {
       const before = await metrics();
+      // The reset comes from the relay's idle timer (idleTimeouts below), before the
+      // client's own 8 s deadline (else TimeoutError); not before tcp.idleTimeoutMs: load
+      // only lengthens this, so the bound holds.
       const r = client("idle", LAB.server6, PORT.peer, 8);
       expect(r.error).toBe("ConnectionResetError");
       expect(r.elapsedMs).toBeGreaterThanOrEqual(TCP.idleTimeoutMs - 50);
-      expect(r.elapsedMs).toBeLessThan(TCP.idleTimeoutMs + 1500);
       const after = await settle();
       expect(after.idleTimeouts - before.idleTimeouts).toBe(1);
     });
@@ -396,27 +408,43 @@ if (!skip) {
     });
 
     test("shutdown: open connections get the grace period, the rest are reset", async () => {
-      const proc = env.spawn(env.lab.client, [
-        "python3",
-        CLIENT,
-        "grace",
-        LAB.server4,
-        `${PORT.late}`,
-        `${PORT.peer}`,
-      ]) as ReturnType<RelayLab["spawn"]>;
+      const proc = env.track(
+        env.lab.spawn(
+          env.lab.client,
+          ["python3", CLIENT, "grace", LAB.server4, `${PORT.late}`, `${PORT.peer}`],
+          { stdin: "pipe" },
+        ),
+      );
       const out: string[] = [];
-      const reader = (async () => {
+      let readerDone = false;
+      void (async () => {
         const decoder = new TextDecoder();
         for await (const chunk of proc.stdout as ReadableStream<Uint8Array>)
           out.push(decoder.decode(chunk));
+        readerDone = true;
       })();
-      const end = performance.now() + 5000;
-      while (!out.join("").includes("connected") && performance.now() < end) await Bun.sleep(20);
-      expect(out.join("")).toContain("connected");
+      await waitFor(
+        () => out.join(""),
+        (text) => text.includes("connected"),
+        { what: "the grace client's two connections", timeoutMs: 10_000 },
+      );
       const started = performance.now();
-      const { final, exitCode } = await env.relay!.stop(TCP.shutdownGraceMs + 5000);
+      const stopped = env.relay!.stop(TCP.shutdownGraceMs + 5000);
+      // Shutdown closes the listeners first; then the late exchange goes on, in the grace.
+      await waitFor(
+        () => listening(env.lab.router, 12346),
+        (lines) => lines.length === 0,
+        { what: "the relay to close its listeners (shutdown begun)", timeoutMs: 10_000 },
+      );
+      proc.stdin!.write("go\n");
+      proc.stdin!.flush();
+      const { final, exitCode } = await stopped;
       const stopMs = performance.now() - started;
-      await Promise.race([reader, Bun.sleep(5000)]);
+      await waitFor(
+        () => readerDone,
+        (done) => done,
+        { what: "the grace client to print its result and exit", timeoutMs: 10_000 },
+      );
       const result = JSON.parse(out.join("").trim().split("\n").pop()!);
       expect(result).toMatchObject({ lateAnswer: "LATE", idleError: "ConnectionResetError" });
       expect(exitCode).toBe(0);

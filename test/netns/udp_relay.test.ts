@@ -9,6 +9,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { dnsmasqArgv, LAB } from "../../src/lab/netns.ts";
+import { waitFor } from "../../src/lab/wait_for.ts";
 import { labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
 const S4 = LAB.server4;
@@ -58,6 +59,18 @@ for target in (${targets},):
 print(" ".join(seen))`,
   );
   return r.stdout.trim().split(" ");
+}
+
+/** Deadline for a counter the relay updates after the client has seen the outcome (an
+ * ICMP error, a loop, a drop): generous, since only a broken relay reaches it. */
+const COUNTED_TIMEOUT_MS = 10_000;
+
+/** Polls the relay's UDP counters until `done` holds; returns that snapshot. */
+function waitForUdp(env: RelayLab, what: string, done: (udp: any) => boolean) {
+  return waitFor(async () => (await env.relay!.metrics()).udp, done, {
+    what,
+    timeoutMs: COUNTED_TIMEOUT_MS,
+  });
 }
 
 const skip = labSkipReason();
@@ -231,7 +244,11 @@ if (!skip) {
         const mid = (await env.relay!.metrics()).udp;
         const guarded = env.probe([`${S4}:7002`], { flows: 1, packets: 4, timeoutMs: 1000 });
         expect(guarded.received).toBe(0);
-        const end = (await env.relay!.metrics()).udp;
+        const end = await waitForUdp(
+          env,
+          "the 4 intercepted replies to be dropped as local",
+          (udp) => udp.droppedLocalTarget - mid.droppedLocalTarget >= 4,
+        );
         expect(end.packetsFromClients - mid.packetsFromClients).toBe(8);
         expect(end.droppedLocalTarget - mid.droppedLocalTarget).toBe(4);
       } finally {
@@ -291,7 +308,14 @@ for port in (7002, 7001):
       expect(dead.received).toBe(0);
       const ok = env.probe([`${S4}:7002`, `${S6}:7002`], { flows: 4, packets: 4 });
       expect(ok).toMatchObject({ received: 16, wrongSource: 0 });
-      const after = (await env.relay!.metrics()).udp;
+      // The ICMP errors reach the relay's upstream sockets on their own schedule.
+      const after = await waitForUdp(
+        env,
+        "2 ICMP port unreachable and 1 host unreachable to be counted",
+        (udp) =>
+          udp.icmpPortUnreachable - before.icmpPortUnreachable >= 2 &&
+          udp.icmpHostUnreachable - before.icmpHostUnreachable >= 1,
+      );
       expect(after.icmpPortUnreachable - before.icmpPortUnreachable).toBeGreaterThanOrEqual(2);
       expect(after.icmpHostUnreachable - before.icmpHostUnreachable).toBeGreaterThanOrEqual(1);
     });
@@ -320,7 +344,13 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
         expect(blocked.received).toBe(0);
         const ok = env.probe([`${S4}:7002`, `${S6}:7002`], { flows: 4, packets: 4 });
         expect(ok).toMatchObject({ received: 16, wrongSource: 0 });
-        const after = (await env.relay!.metrics()).udp;
+        const after = await waitForUdp(
+          env,
+          "the 4 blocked datagrams to be counted (1 bind failure, 3 cached)",
+          (udp) =>
+            udp.replySocketBindFailed - before.replySocketBindFailed >= 1 &&
+            udp.droppedReplyBindCached - before.droppedReplyBindCached >= 3,
+        );
         expect(after.replySocketBindFailed - before.replySocketBindFailed).toBe(1);
         expect(after.droppedReplyBindCached - before.droppedReplyBindCached).toBe(3);
       } finally {
@@ -388,23 +418,48 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
       await env?.close();
     });
 
-    test("every datagram is either relayed or counted as dropped by the kernel (SO_RXQ_OVFL)", async () => {
-      // 4000 datagrams back to back, then one more after a pause: the kernel reports its
-      // drop counter with the next datagram the relay reads.
+    /** The kernel's own drop count (sk_drops: `ss -m` skmem "d") of the listener socket. */
+    const kernelDrops = () => {
+      const text = env.lab.exec(env.lab.router, ["ss", "-Huanm", "sport = :12345"]).stdout;
+      const counts = [...text.matchAll(/\bd(\d+)\)/g)].map((match) => Number(match[1]));
+      if (counts.length === 0) throw new Error(`no listener socket on :12345 in ss:\n${text}`);
+      return counts.reduce((sum, count) => sum + count, 0);
+    };
+    /** Sends `count` datagrams from one fixed client port (one flow) to the echo server. */
+    const send = (count: number, payload: string) =>
       env.python(
         env.lab.client,
-        `import socket, time
+        `import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(4000):
-    s.sendto(b"x" * 200, ("${S4}", 7002))
-time.sleep(0.3)
-s.sendto(b"last", ("${S4}", 7002))
-time.sleep(0.3)`,
+s.bind(("${LAB.client4}", 40123))
+for i in range(${count}):
+    s.sendto(${payload}, ("${S4}", 7002))`,
       );
-      const m = (await env.relay!.metrics()).udp;
+
+    test("every datagram is either relayed or counted as dropped by the kernel (SO_RXQ_OVFL)", async () => {
+      // 4000 datagrams back to back overflow the queue. The kernel reports its drop
+      // counter with the next datagram the relay reads, so one more follows once every
+      // datagram of the burst was read by the relay or dropped by the kernel.
+      send(4000, 'b"x" * 200');
+      await waitFor(
+        async () => ({
+          read: (await env.relay!.metrics()).udp.packetsFromClients,
+          dropped: kernelDrops(),
+        }),
+        (seen) => seen.read + seen.dropped >= 4000,
+        { what: "the burst of 4000 to be read by the relay or dropped", timeoutMs: 10_000 },
+      );
+      send(1, 'b"last"');
+      const m = await waitForUdp(
+        env,
+        "the relay to read the last datagram and report the kernel's drops",
+        (udp) => udp.packetsFromClients + udp.droppedListenerQueueFull >= 4001,
+      );
       expect(m.droppedListenerQueueFull).toBeGreaterThan(0);
       expect(m.packetsFromClients + m.droppedListenerQueueFull).toBe(4001);
       expect(m.packetsToTargets).toBe(m.packetsFromClients);
+      // Every drop the kernel made is one the relay counted.
+      expect(m.droppedListenerQueueFull).toBe(kernelDrops());
     });
   });
 
@@ -447,10 +502,12 @@ time.sleep(0.3)`,
     const LIMITS_CONFIG = {
       listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
       intercept: [{ listener: "udp4", ports: ["7000-7010"], interfaces: ["r0"] }],
+      // Idle timeouts are what the tests observe; each leaves the test seconds between
+      // the client's last datagram and its check that the session still exists.
       udp: {
         sessionsMax: 64,
-        idleTimeoutMs: 1000,
-        idleTimeoutMsByPort: { "7003": 4000, "7004": 60_000 },
+        idleTimeoutMs: 2000,
+        idleTimeoutMsByPort: { "7003": 6000, "7004": 60_000 },
       },
     };
 
@@ -477,17 +534,24 @@ time.sleep(0.3)`,
       expect(r.received).toBe(5);
       const base = (await env.relay!.metrics()).udp;
       expect(base.sessionsActive).toBe(5);
-      await Bun.sleep(1600); // past idleTimeoutMs (1000) plus one 250 ms timer tick
-      const mid = (await env.relay!.metrics()).udp;
-      // The 2 port-7002 sessions (1000 ms) expired; the 3 port-7003 ones (4000 ms) live on.
+      // When the 2 port-7002 sessions (2000 ms) have expired, the 3 port-7003 ones
+      // (6000 ms) live on.
+      const mid = await waitForUdp(
+        env,
+        "the 2 sessions to port 7002 to expire",
+        (udp) => udp.sessionsExpired >= 2,
+      );
       expect(mid.sessionsExpired).toBe(2);
       expect(mid.sessionsActive).toBe(3);
-      await Bun.sleep(3000);
-      const end = (await env.relay!.metrics()).udp;
+      const end = await waitForUdp(
+        env,
+        "the 3 sessions to port 7003 to expire too",
+        (udp) => udp.sessionsExpired >= 5,
+      );
       expect(end.sessionsActive).toBe(0);
       expect(end.sessionsExpired).toBe(5);
       expect(end.upstreamSockets).toBe(0);
-    }, 20_000);
+    }, 40_000);
 
     test("no descriptor leaks: after every session expires the relay holds what it held at start", async () => {
       const pid = env.relay!.proc.pid;
@@ -499,16 +563,22 @@ time.sleep(0.3)`,
       const r = env.probe([`${S4}:7002`], { flows: 40, packets: 2 });
       expect(r.received).toBe(80);
       expect(fds()).toBeGreaterThanOrEqual(idle + 40);
-      await Bun.sleep(1600);
-      const m = (await env.relay!.metrics()).udp;
-      expect(m.sessionsActive).toBe(0);
-      expect(fds()).toBe(idle);
-    }, 20_000);
+      await waitForUdp(env, "the 40 sessions to expire", (udp) => udp.sessionsActive === 0);
+      const left = await waitFor(fds, (count) => count <= idle, {
+        what: `the relay's descriptors to return to the ${idle} it held idle`,
+        timeoutMs: COUNTED_TIMEOUT_MS,
+      });
+      expect(left).toBe(idle);
+    }, 40_000);
 
     test("a flood of new flows beyond capacity: table stays at capacity, evictions counted", async () => {
       const before = (await env.relay!.metrics()).udp;
       const r = env.probe([`${S4}:7004`], { flows: 200, packets: 1, timeoutMs: 1000 });
-      const m = (await env.relay!.metrics()).udp;
+      const m = await waitForUdp(
+        env,
+        "a session for each of the 200 flows",
+        (udp) => udp.sessionsCreated - before.sessionsCreated >= 200,
+      );
       expect(m.sessionsCreated - before.sessionsCreated).toBe(200);
       expect(m.sessionsActive).toBe(64);
       expect(m.sessionsEvicted - before.sessionsEvicted).toBe(136);

@@ -6,6 +6,7 @@ import { loadFfi } from "../../src/sys/ffi.ts";
 import { BATCH_COUNT_MAX, META_BYTES, SEND_BYTES, SOCK } from "../../src/sys/layout.ts";
 import { decodeSocketError, describeSocketError, E } from "../../src/sys/errno.ts";
 import { mapIPv4, parseAddress } from "../../src/sys/addr.ts";
+import { skipped } from "../../src/lab/skip_policy.ts";
 
 const lib = loadFfi();
 const loopback4 = mapIPv4(new Uint8Array([127, 0, 0, 1]));
@@ -57,7 +58,8 @@ describe("C helper", () => {
   });
 
   test("transparent socket options are accepted (as root)", () => {
-    if (process.getuid?.() !== 0) return;
+    const unavailable = process.getuid?.() === 0 ? null : "needs root (CAP_NET_ADMIN)";
+    if (skipped(unavailable, "IP_TRANSPARENT socket options")) return;
     const flags =
       SOCK.transparent | SOCK.recvOrigDst | SOCK.reuseAddr | SOCK.freeBind | SOCK.recvErr;
     // FREEBIND lets a listener bind an address this host does not have (198.18.0.0/15).

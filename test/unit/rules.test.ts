@@ -2,6 +2,7 @@
 import { describe, expect, test } from "bun:test";
 import { parseConfig } from "../../src/config/load.ts";
 import { labUnavailableReason, nftApplyInScratchNamespace } from "../../src/lab/netns.ts";
+import { skipped } from "../../src/lab/skip_policy.ts";
 import { nftRuleset, policyRoutingCommands, rulesScript, TABLE_NAME } from "../../src/rules/nft.ts";
 
 const config = parseConfig({
@@ -51,10 +52,7 @@ describe("nft rules", () => {
 
   const reason = labUnavailableReason();
   test("nft accepts the generated ruleset (applied in a scratch namespace)", () => {
-    if (reason && process.env.CI !== "true") {
-      console.warn(`[nft check not run] ${reason}`);
-      return;
-    }
+    if (skipped(reason, "nft check in a scratch namespace")) return;
     const listed = nftApplyInScratchNamespace(nftRuleset(config), TABLE_NAME);
     expect(listed.match(/tproxy/g)?.length).toBe(2);
   });

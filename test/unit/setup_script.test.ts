@@ -1,0 +1,185 @@
+// scripts/setup.sh runs on real gateways (`npm run demo`): it must never stop, disable or
+// reconfigure a service the user had. Package installs are kept from starting services by
+// a temporary /usr/sbin/policy-rc.d (scripts/policy_rc_d.sh), created only when none
+// exists and removed by an EXIT trap. The text is checked here; the guard functions are
+// run for real against a scratch path, never the system's.
+import { describe, expect, test } from "bun:test";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const ROOT = join(import.meta.dir, "..", "..");
+const SCRIPTS = join(ROOT, "scripts");
+const GUARD = join(SCRIPTS, "policy_rc_d.sh");
+const SYSTEM_POLICY_RC_D = "/usr/sbin/policy-rc.d";
+
+/** Every script's lines without comments: what the shell would actually run. */
+function commands(name: string): string[] {
+  return readFileSync(join(SCRIPTS, name), "utf8")
+    .split("\n")
+    .map((line) => line.trim())
+    .filter((line) => line.length > 0 && !line.startsWith("#"));
+}
+
+const scripts = readdirSync(SCRIPTS).filter((name) => name.endsWith(".sh"));
+
+describe("scripts never touch the user's services", () => {
+  test("no systemctl stop/disable/mask (or anything else that changes a unit)", () => {
+    const changes = /\bsystemctl\b.*\b(stop|disable|mask|kill|restart|reload|isolate|--now)\b/;
+    const sysv = /\b(service\s+\S+\s+(stop|restart)|invoke-rc\.d|update-rc\.d|deb-systemd-)/;
+    const hits = scripts.flatMap((name) =>
+      commands(name)
+        .filter((line) => changes.test(line) || sysv.test(line))
+        .map((line) => `${name}: ${line}`),
+    );
+    expect(scripts).toContain("setup.sh");
+    expect(hits).toEqual([]);
+  });
+
+  test("apt-get install runs only under the policy-rc.d guard, which an EXIT trap removes", () => {
+    const lines = commands("setup.sh");
+    const at = (match: (line: string) => boolean, what: string) => {
+      const indexes = lines.flatMap((line, i) => (match(line) ? [i] : []));
+      expect({ what, count: indexes.length }).toEqual({ what, count: 1 });
+      return indexes[0];
+    };
+    const sourced = at((l) => l === "source scripts/policy_rc_d.sh", "source the guard");
+    const trap = at((l) => l === "trap service_starts_restore EXIT", "EXIT trap");
+    const forbid = at((l) => l.includes("service_starts_forbid"), "forbid");
+    const install = at((l) => /^apt-get\s+install\b/.test(l), "apt-get install");
+    const restore = at((l) => l === "service_starts_restore", "explicit restore");
+    // The trap is in place before the file can exist; the install runs while it exists.
+    expect(sourced).toBeLessThan(trap);
+    expect(trap).toBeLessThan(forbid);
+    expect(forbid).toBeLessThan(install);
+    expect(install).toBeLessThan(restore);
+  });
+});
+
+describe("the policy-rc.d guard, run against a scratch path", () => {
+  /** Runs `check` with a scratch policy-rc.d path, then removes the scratch directory. */
+  function withScratch(check: (path: string) => void | Promise<void>) {
+    return async () => {
+      const dir = mkdtempSync(join(tmpdir(), "setup-guard-"));
+      const path = join(dir, "policy-rc.d");
+      // The system's own file (Docker images ship one) must be untouched by every case.
+      const systemBefore = existsSync(SYSTEM_POLICY_RC_D)
+        ? readFileSync(SYSTEM_POLICY_RC_D, "utf8")
+        : null;
+      try {
+        await check(path);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+      const systemAfter = existsSync(SYSTEM_POLICY_RC_D)
+        ? readFileSync(SYSTEM_POLICY_RC_D, "utf8")
+        : null;
+      expect(systemAfter).toBe(systemBefore);
+    };
+  }
+  /** bash running `lines` with the guard sourced, as setup.sh does, on the scratch `path`. */
+  const bashArgs = (path: string, lines: string[]) => {
+    expect(path.startsWith(tmpdir())).toBe(true);
+    const text = ["set -euo pipefail", `source ${JSON.stringify(GUARD)}`, ...lines].join("\n");
+    return {
+      argv: ["-c", text],
+      env: { ...process.env, SETUP_POLICY_RC_D_PATH: path },
+    };
+  };
+  const bash = (path: string, lines: string[]) => {
+    const { argv, env } = bashArgs(path, lines);
+    return spawnSync("bash", argv, { encoding: "utf8", env, timeout: 10_000 });
+  };
+
+  test(
+    "none exists: one that forbids every action (exit 101) is created, then removed on exit",
+    withScratch((path) => {
+      const r = bash(path, [
+        "trap service_starts_restore EXIT",
+        "service_starts_forbid",
+        'echo "path=$POLICY_RC_D"',
+        '"$POLICY_RC_D" dnsmasq start && echo "start=0" || echo "start=$?"',
+        '"$POLICY_RC_D" haproxy restart && echo "restart=0" || echo "restart=$?"',
+      ]);
+      expect(r.stderr).toBe("");
+      expect(r.status).toBe(0);
+      expect(r.stdout).toBe(`path=${path}\nstart=101\nrestart=101\n`);
+      expect(existsSync(path)).toBe(false);
+    }),
+  );
+
+  test(
+    "one already exists: it is left exactly as it was, and kept after exit",
+    withScratch((path) => {
+      const theirs = "#!/bin/sh\n# the administrator's policy\nexit 0\n";
+      writeFileSync(path, theirs, { mode: 0o755 });
+      const r = bash(path, [
+        "trap service_starts_restore EXIT",
+        'service_starts_forbid && echo "forbid=0" || echo "forbid=$?"',
+        "service_starts_restore",
+      ]);
+      expect(r.status).toBe(0);
+      expect(r.stdout).toBe("forbid=1\n");
+      expect(readFileSync(path, "utf8")).toBe(theirs);
+    }),
+  );
+
+  test(
+    "a failed install (set -e) still removes it",
+    withScratch((path) => {
+      const r = bash(path, [
+        "trap service_starts_restore EXIT",
+        "service_starts_forbid",
+        "false",
+        "echo unreachable",
+      ]);
+      expect(r.status).toBe(1);
+      expect(r.stdout).toBe("");
+      expect(existsSync(path)).toBe(false);
+    }),
+  );
+
+  test(
+    "SIGTERM during the install still removes it",
+    withScratch(async (path) => {
+      // `read` stands in for apt-get: a builtin, so the signal reaches bash at once.
+      const { argv, env } = bashArgs(path, [
+        "trap service_starts_restore EXIT",
+        "service_starts_forbid",
+        "echo held",
+        "read -r line",
+      ]);
+      const child = spawn("bash", argv, { env, stdio: ["pipe", "pipe", "pipe"] });
+      const exited = new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
+      const held = new Promise<string>((resolve) =>
+        child.stdout.on("data", (d: Buffer) => resolve(d.toString())),
+      );
+      try {
+        // Bounded: if bash ends before holding, the race ends with its exit instead.
+        const first = await Promise.race([held, exited.then((code) => `exited ${code}`)]);
+        expect(first).toBe("held\n");
+        expect(existsSync(path)).toBe(true);
+        child.kill("SIGTERM");
+        await exited;
+      } finally {
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      }
+      expect(existsSync(path)).toBe(false);
+    }),
+  );
+
+  test(
+    "it never removes a policy-rc.d it did not write (the mark decides)",
+    withScratch((path) => {
+      const r = bash(path, [
+        "trap service_starts_restore EXIT",
+        "service_starts_forbid",
+        // Someone replaces it during the install: theirs now, so it stays.
+        `printf '#!/bin/sh\\nexit 0\\n' > "$POLICY_RC_D"`,
+      ]);
+      expect(r.status).toBe(0);
+      expect(readFileSync(path, "utf8")).toBe("#!/bin/sh\nexit 0\n");
+    }),
+  );
+});

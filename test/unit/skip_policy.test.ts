@@ -1,0 +1,123 @@
+// The skip policy (src/lab/skip_policy.ts): without the privileges a test needs, it is
+// skipped with a printed reason on a developer's machine and fails with that reason in CI
+// (CI=true). Checked as a function, and for real: every test file that needs privileges is
+// run as an unprivileged user, with and without CI=true.
+import { describe, expect, spyOn, test } from "bun:test";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { inCi, skipped, skipReason } from "../../src/lab/skip_policy.ts";
+import { labSkipReason } from "../netns/harness.ts";
+
+const ROOT = join(import.meta.dir, "..", "..");
+const BUN = join(ROOT, "node_modules", ".bin", "bun");
+const REASON = "needs root (simulated)";
+
+function testFiles(dir: string): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) return testFiles(path);
+    return name.endsWith(".test.ts") ? [path] : [];
+  });
+}
+/** Every test file but this one, which names the policy without being gated by it. */
+const FILES = testFiles(join(ROOT, "test"))
+  .filter((f) => f !== import.meta.path)
+  .map((f) => ({ path: relative(ROOT, f), text: readFileSync(f, "utf8") }));
+/** Files that go through the policy: the ones that need privileges. */
+const PRIVILEGED = FILES.filter((f) => /\b(labSkipReason|skipReason|skipped)\(/.test(f.text)).map(
+  (f) => f.path,
+);
+
+describe("skip policy", () => {
+  test("CI=true: never a skip; the tests are registered and fail with the reason", () => {
+    const ci = { CI: "true" };
+    expect(inCi(ci)).toBe(true);
+    expect(skipReason(REASON, ci)).toBeNull();
+    expect(labSkipReason(REASON, ci)).toBeNull();
+    expect(() => skipped(REASON, "nft check", ci)).toThrow(`nft check: ${REASON}`);
+  });
+
+  test("outside CI: the reason, printed, and the caller skips", () => {
+    const warn = spyOn(console, "warn").mockImplementation(() => {});
+    try {
+      for (const env of [{}, { CI: "false" }, { CI: "" }]) {
+        expect(inCi(env)).toBe(false);
+        expect(skipReason(REASON, env)).toBe(REASON);
+        expect(labSkipReason(REASON, env)).toBe(REASON);
+        expect(skipped(REASON, "nft check", env)).toBe(true);
+      }
+      expect(warn.mock.calls.map((call) => call.join(" "))).toEqual(
+        [0, 1, 2].flatMap(() => [
+          `[netns tests skipped] ${REASON}`,
+          `[nft check skipped] ${REASON}`,
+        ]),
+      );
+    } finally {
+      warn.mockRestore();
+    }
+  });
+
+  test("a machine that can run the tests runs them, in CI or not", () => {
+    for (const env of [{}, { CI: "true" }]) {
+      expect(skipReason(null, env)).toBeNull();
+      expect(labSkipReason(null, env)).toBeNull();
+      expect(skipped(null, "nft check", env)).toBe(false);
+    }
+  });
+
+  test("every test file that checks for privileges goes through the policy", () => {
+    // cli.test.ts asserts what the relay does without privileges (exit 77) in both
+    // branches: that is a test of the product, not a skip.
+    const own = /getuid|[uU]navailableReason\(/;
+    const bypass = FILES.filter((f) => own.test(f.text))
+      .map((f) => f.path)
+      .filter((p) => !PRIVILEGED.includes(p) && p !== "test/unit/cli.test.ts");
+    expect(bypass).toEqual([]);
+    expect(PRIVILEGED).toContain("test/netns/udp_relay.test.ts");
+    expect(PRIVILEGED).toContain("test/unit/ffi.test.ts");
+    expect(PRIVILEGED.length).toBeGreaterThanOrEqual(7);
+  });
+
+  test("without privileges each such file fails in CI and skips with the reason outside", async () => {
+    // As root, drop to nobody with no capabilities (as cli.test.ts does); otherwise this
+    // process already lacks them.
+    const asUser =
+      process.getuid?.() === 0
+        ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+        : [];
+    const run = async (path: string, ci: boolean) => {
+      const env: Record<string, string> = { PATH: process.env.PATH ?? "", HOME: tmpdir() };
+      if (ci) env.CI = "true";
+      const proc = Bun.spawn([...asUser, BUN, "test", "--timeout", "20000", path], {
+        cwd: ROOT,
+        env,
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [out, err, exitCode] = await Promise.all([
+        new Response(proc.stdout).text(),
+        new Response(proc.stderr).text(),
+        proc.exited,
+      ]);
+      return { path, ci, exitCode, text: out + err };
+    };
+    const runs = await Promise.all(PRIVILEGED.flatMap((p) => [run(p, true), run(p, false)]));
+    const summary = runs.map((r) => ({
+      path: r.path,
+      ci: r.ci,
+      exitCode: r.exitCode,
+      failed: r.text.includes("(fail)"),
+      reasonShown: /needs root/.test(r.text),
+    }));
+    expect(summary).toEqual(
+      runs.map((r) => ({
+        path: r.path,
+        ci: r.ci,
+        exitCode: r.ci ? 1 : 0,
+        failed: r.ci,
+        reasonShown: true,
+      })),
+    );
+  }, 60_000);
+});
