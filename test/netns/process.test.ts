@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { run } from "../../src/lab/netns.ts";
+import { labUnavailableReason, run } from "../../src/lab/netns.ts";
 import { BUN, RELAY_MAIN } from "../../src/lab/relay_process.ts";
 import { labSkipReason } from "./harness.ts";
 
@@ -35,6 +35,8 @@ if (!skip) {
     const relayArgv = [BUN, RELAY_MAIN, "--config", configPath];
 
     beforeAll(() => {
+      const reason = labUnavailableReason();
+      if (reason) throw new Error(`end-to-end lab unavailable: ${reason}`);
       run(["ip", "netns", "add", ns]);
       run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
       chmodSync(dir, 0o755); // readable by the unprivileged user of the last case
