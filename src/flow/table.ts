@@ -45,8 +45,6 @@ export class SessionTable {
   /** Index of the reply-socket pool entry, or -1 when replies use the listener. */
   readonly reply: Int32Array;
   readonly listener: Int16Array;
-  /** Policy rule that decided this flow (-1: the default action). */
-  readonly rule: Int32Array;
   /** What the flow carries, learned by parsing (PROTOCOL_*), and the name it asked for. */
   readonly protocol: Uint8Array;
   readonly name: Array<string | null>;
@@ -79,7 +77,6 @@ export class SessionTable {
     this.upstream = new Int32Array(capacity).fill(-1);
     this.reply = new Int32Array(capacity).fill(-1);
     this.listener = new Int16Array(capacity).fill(-1);
-    this.rule = new Int32Array(capacity).fill(-1);
     this.protocol = new Uint8Array(capacity);
     this.name = new Array<string | null>(capacity).fill(null);
     this.sniffLeft = new Uint8Array(capacity);
@@ -118,7 +115,6 @@ export class SessionTable {
     this.upstream[slot] = -1;
     this.reply[slot] = -1;
     this.listener[slot] = -1;
-    this.rule[slot] = -1;
     this.protocol[slot] = PROTOCOL_UNKNOWN;
     this.name[slot] = null;
     this.sniffLeft[slot] = 0;

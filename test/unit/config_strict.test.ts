@@ -151,3 +151,28 @@ describe("limits: bounds fitted under RLIMIT_NOFILE", () => {
     expect(() => fitToDescriptors(parseConfig({}), 200)).toThrow("RLIMIT_NOFILE is 200");
   });
 });
+
+describe("rules script: idempotent (issue 9)", () => {
+  test("applied twice in a scratch namespace: one rule each, the same ruleset", () => {
+    const { labUnavailableReason, run } = require("../../src/lab/netns.ts");
+    const { skipped } = require("../../src/lab/skip_policy.ts");
+    if (skipped(labUnavailableReason(), "rules script check")) return;
+    const ns = `trl-rules-${Math.random().toString(16).slice(2, 10)}`;
+    const script = rulesScript(parseConfig({}));
+    run(["ip", "netns", "add", ns]);
+    try {
+      run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
+      const state = () =>
+        ["ip -4 rule", "ip -6 rule", "ip -4 route show table 100", "ip -6 route show table 100"]
+          .map((c) => run(["ip", "netns", "exec", ns, ...c.split(" ")]).stdout)
+          .join("\n") + run(["ip", "netns", "exec", ns, "nft", "list", "ruleset"]).stdout;
+      run(["ip", "netns", "exec", ns, "sh", "-c", script]);
+      const once = state();
+      run(["ip", "netns", "exec", ns, "sh", "-c", script]);
+      expect(state()).toBe(once);
+      expect(once.match(/fwmark 0x1 lookup 100/g)).toHaveLength(2); // one per family
+    } finally {
+      run(["ip", "netns", "del", ns], undefined, true);
+    }
+  });
+});
