@@ -34,6 +34,7 @@ import { PACKET_AREA_BYTES } from "../config/load.ts";
 import { ReplyPool } from "../egress/reply_pool.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
+import { RateLimitedLog } from "../control/log.ts";
 import { UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import {
@@ -83,8 +84,6 @@ const EXPIRE_BUDGET_PER_TICK = 8192;
 const REPLY_SWEEP_BUDGET_PER_TICK = 1024;
 /** ICMP errors drained per error wake-up (the kernel bounds the queue by rcvbuf anyway). */
 const ERRORS_DRAIN_MAX = 64;
-/** Rate limit for repeated log lines of the same reason. */
-const LOG_INTERVAL_MS = 10_000;
 /**
  * The local-address set is re-read this often besides on netlink notifications: an
  * AnyIP route (`ip route add local ...`) changes the local table without one.
@@ -199,7 +198,7 @@ export class UdpRelay {
   private readonly sessionPair: Int32Array;
 
   private timer: ReturnType<typeof setInterval> | null = null;
-  private readonly lastLogMs = new Map<string, number>();
+  private readonly logger = new RateLimitedLog();
   private stopped = false;
   /** Start time of the relay's monotonic clock (performance.now()). */
   readonly startedMs = performance.now();
@@ -1196,10 +1195,6 @@ export class UdpRelay {
   }
 
   log(reason: string, message: string): void {
-    const now = performance.now();
-    const last = this.lastLogMs.get(reason);
-    if (last !== undefined && now - last < LOG_INTERVAL_MS) return;
-    this.lastLogMs.set(reason, now);
-    console.error(`[relay] ${message}`);
+    this.logger.log(reason, message);
   }
 }
