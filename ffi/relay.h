@@ -35,7 +35,7 @@
 #define RL_SOCK_RXQ_OVFL      0x0200 /* SO_RXQ_OVFL: datagrams dropped on a full queue */
 
 /* rl_udp_socket() failures are -(step << 16 | errno): the step names the option that
- * was refused (see enum rl_step in relay.c, mirrored in src/sys/errno.ts). */
+ * was refused (see enum rl_step in internal.h, mirrored in src/sys/errno.ts). */
 
 /* rl_meta.flags */
 #define RL_META_TRUNCATED     0x0001 /* MSG_TRUNC: datagram larger than its slot */

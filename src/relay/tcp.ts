@@ -7,8 +7,8 @@
 //
 // TypeScript decides, C copies. Accepting is cheap and rare next to copying bytes, so
 // it stays here where policy lives; the bytes never enter JavaScript: the engine in
-// ffi/relay.c moves them with splice(2) through one pipe per direction, which is also
-// the per-direction bound (tcp.bufferBytesMax): a slow reader stalls its writer
+// ffi/tcp_engine.c moves them with splice(2) through one pipe per direction, which is
+// also the per-direction bound (tcp.bufferBytesMax): a slow reader stalls its writer
 // through TCP flow control instead of growing a buffer.
 //
 // Why not Bun sockets for the bytes (bench/tcp_bun_stream.ts, measured by
@@ -56,7 +56,7 @@ const ABORT_WAIT_MS = 2000;
 const LOG_INTERVAL_MS = 10_000;
 /** Descriptors per connection: two sockets and two pipes (two fds each). */
 const FDS_PER_CONNECTION = 6;
-/** The engine's pipe pool (TCP_PIPE_POOL_MAX in relay.c), two fds per pipe. */
+/** The engine's pipe pool (PIPE_POOL_MAX in ffi/internal.h), two fds per pipe. */
 const PIPE_POOL_FDS = 2 * 1024;
 
 // errno values of accept(2) not in src/sys/errno.ts.

@@ -1,5 +1,5 @@
-// bun:ffi bindings for ffi/relay.c. Every symbol returns i32: n >= 0 or -errno
-// (DESIGN.md: a u64 return costs ~16 ns and a BigInt; an i32 costs ~2 ns).
+// bun:ffi bindings for the C helper (ffi/relay.h). Every symbol returns i32: n >= 0 or
+// -errno (DESIGN.md: a u64 return costs ~16 ns and a BigInt; an i32 costs ~2 ns).
 import { dlopen, FFIType } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { join } from "node:path";

@@ -1,4 +1,4 @@
-// The epoll thread's bridge to JavaScript (ffi/relay.c "The epoll thread").
+// The epoll thread's bridge to JavaScript (ffi/poller.c).
 //
 // C runs epoll_wait on every data socket (EPOLLONESHOT), pushes each ready socket's
 // token into a ring, and calls one threadsafe JSCallback only when we said we are

@@ -50,6 +50,31 @@ describe("tidy", () => {
     expect(hits.map((f) => relative(ROOT, join(ROOT, f)))).toEqual([]);
   });
 
+  test("C files put every #include before their first line of code", () => {
+    // An include in the middle of a file marks a second module glued on (DESIGN.md:
+    // one concern per file, one private header).
+    const late: string[] = [];
+    for (const f of files("ffi", [".c"])) {
+      let code = false;
+      readFileSync(join(ROOT, f), "utf8")
+        .split("\n")
+        .forEach((line, i) => {
+          const t = line.trim();
+          if (t.startsWith("#include") && code) late.push(`${f}:${i + 1}`);
+          const comment = t === "" || t.startsWith("/*") || t.startsWith("*");
+          if (!comment && !t.startsWith("#") && !t.startsWith("//")) code = true;
+        });
+    }
+    expect(late).toEqual([]);
+  });
+
+  test("the Makefile builds every C file of ffi/", () => {
+    const makefile = readFileSync(join(ROOT, "ffi", "Makefile"), "utf8");
+    const built = (makefile.match(/^SRC :=(.*)$/m)?.[1] ?? "").trim().split(/\s+/);
+    const present = files("ffi", [".c"]).map((f) => f.slice("ffi/".length));
+    expect(built.sort()).toEqual(present.sort());
+  });
+
   test("the data path logs through its rate-limited logger, never console.log", () => {
     const dataPath = ["src/relay", "src/flow", "src/egress", "src/sys"].flatMap((d) =>
       files(d, [".ts"]),
