@@ -8,6 +8,7 @@
  *   tcp.c         accept, connect, abort, SO_ORIGINAL_DST
  *   tcp_engine.c  the splice engine thread
  *   pipe_pool.c   the engine's pipes, kept for reuse
+ *   handles.c     the one handle table behind poller and engine handles; RL_ASSERT
  *
  * Everything declared here is hidden from the shared object's symbol table: only the
  * rl_* functions of relay.h are exported.
@@ -85,6 +86,36 @@ enum rl_step {
     close(fd);                                                                            \
     return -(((step) << 16) | err_);                                                      \
   } while (0)
+
+/* Aborts with a message: for broken invariants (programmer errors), never for input. */
+#define RL_ASSERT(cond)                                                                   \
+  do {                                                                                    \
+    if (!(cond)) rl_assert_fail(#cond, __FILE__, __LINE__);                               \
+  } while (0)
+_Noreturn void rl_assert_fail(const char *what, const char *file, int line);
+
+/* ---- handles.c: the handle table ---- */
+
+/* Slots per table at most (a table may use fewer: slots_max). */
+#define HANDLES_SLOTS_MAX 16
+
+/* Invariant: items[i] != NULL exactly while slot i is in use; generation[i] is the
+ * generation of the handle that slot hands out (or handed out, while in use). */
+struct rl_handles {
+  pthread_mutex_t lock;
+  int32_t slots_max;
+  void *_Atomic items[HANDLES_SLOTS_MAX];
+  _Atomic uint32_t generation[HANDLES_SLOTS_MAX];
+};
+#define RL_HANDLES_INIT(max) {.lock = PTHREAD_MUTEX_INITIALIZER, .slots_max = (max)}
+
+/* Stores item (not NULL) and returns its handle (>= 0), or -EMFILE when all slots are
+ * in use. */
+int32_t handles_put(struct rl_handles *t, void *item);
+/* The item of a live handle, or NULL (never issued, or closed since). */
+void *handles_get(struct rl_handles *t, int32_t handle);
+/* Removes a live handle and returns its item, or NULL; the handle is dead from now on. */
+void *handles_take(struct rl_handles *t, int32_t handle);
 
 /* ---- sock.c: addresses and options ---- */
 

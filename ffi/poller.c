@@ -40,78 +40,62 @@ struct poller {
   atomic_uint overflows;
 };
 
-static struct poller pollers[POLLERS_MAX];
-static pthread_mutex_t pollers_lock = PTHREAD_MUTEX_INITIALIZER;
-static int pollers_used[POLLERS_MAX];
+static struct rl_handles pollers = RL_HANDLES_INIT(POLLERS_MAX);
+
+static void poller_free(struct poller *p) {
+  if (p->stopfd >= 0) close(p->stopfd);
+  if (p->epfd >= 0) close(p->epfd);
+  free(p->ring);
+  free(p);
+}
 
 int32_t rl_poll_open(int32_t tokens_max) {
   if (tokens_max <= 0 || tokens_max > (1 << 24)) return -EINVAL;
+  struct poller *p = calloc(1, sizeof(*p));
+  if (p == NULL) return -ENOMEM;
+  p->epfd = p->stopfd = -1;
   /* Room for every registered socket once, plus the stray duplicates a direct drain
    * (the JS timer's) can add, rounded to a power of two. */
   uint32_t ring_size = 1024;
   while (ring_size < (uint32_t)tokens_max * 2u + 1024u) ring_size *= 2;
-  uint32_t *ring = calloc(ring_size, sizeof(uint32_t));
-  if (ring == NULL) return -ENOMEM;
-  pthread_mutex_lock(&pollers_lock);
-  int index = -1;
-  for (int i = 0; i < POLLERS_MAX; i++) {
-    if (!pollers_used[i]) {
-      index = i;
-      break;
-    }
-  }
+  p->ring = calloc(ring_size, sizeof(uint32_t));
+  p->ring_mask = ring_size - 1;
+  atomic_store(&p->sleeping, 1);
   int err = 0;
-  struct poller *p = index >= 0 ? &pollers[index] : NULL;
-  if (p == NULL) {
-    err = EMFILE;
-  } else {
-    memset(p, 0, sizeof(*p));
+  if (p->ring == NULL) err = ENOMEM;
+  if (err == 0) {
     p->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (p->epfd < 0) err = errno;
   }
   if (err == 0) {
     p->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (p->stopfd < 0) {
-      err = errno;
-      close(p->epfd);
-    }
+    if (p->stopfd < 0) err = errno;
   }
   if (err == 0) {
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = POLL_STOP_TOKEN};
-    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->stopfd, &ev) != 0) {
-      err = errno;
-      close(p->stopfd);
-      close(p->epfd);
-    }
+    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->stopfd, &ev) != 0) err = errno;
   }
   if (err != 0) {
-    pthread_mutex_unlock(&pollers_lock);
-    free(ring);
+    poller_free(p);
     return -err;
   }
-  p->ring = ring;
-  p->ring_mask = ring_size - 1;
-  atomic_store(&p->sleeping, 1);
-  pollers_used[index] = 1;
-  pthread_mutex_unlock(&pollers_lock);
-  return index;
+  const int32_t handle = handles_put(&pollers, p);
+  if (handle < 0) poller_free(p);
+  return handle;
 }
 
-static struct poller *poller_get(int32_t index) {
-  if (index < 0 || index >= POLLERS_MAX || !pollers_used[index]) return NULL;
-  return &pollers[index];
-}
+static struct poller *poller_get(int32_t handle) { return handles_get(&pollers, handle); }
 
-static int32_t poll_ctl(int32_t index, int op, int32_t fd, int32_t token) {
-  struct poller *p = poller_get(index);
+static int32_t poll_ctl(int32_t handle, int op, int32_t fd, int32_t token) {
+  struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;
   uint32_t events = p->level_triggered ? EPOLLIN : EPOLLIN | EPOLLONESHOT;
   struct epoll_event ev = {.events = events, .data.u64 = (uint32_t)token};
   return epoll_ctl(p->epfd, op, fd, op == EPOLL_CTL_DEL ? NULL : &ev) == 0 ? 0 : -errno;
 }
 
-int32_t rl_poll_level_triggered(int32_t index) {
-  struct poller *p = poller_get(index);
+int32_t rl_poll_level_triggered(int32_t handle) {
+  struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;
   if (p->started) return -EBUSY; /* the epoll thread relies on EPOLLONESHOT */
   p->level_triggered = 1;
@@ -168,8 +152,8 @@ static void *poll_main(void *arg) {
   }
 }
 
-int32_t rl_poll_wait(int32_t index, int32_t timeout_ms) {
-  struct poller *p = poller_get(index);
+int32_t rl_poll_wait(int32_t handle, int32_t timeout_ms) {
+  struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;
   if (p->started) return -EBUSY; /* the thread owns epoll_wait */
   struct epoll_event events[POLL_EVENTS_MAX];
@@ -180,8 +164,8 @@ int32_t rl_poll_wait(int32_t index, int32_t timeout_ms) {
   return pushed < 0 ? -ECANCELED : pushed;
 }
 
-int32_t rl_poll_take(int32_t index, uint32_t *out, int32_t count) {
-  struct poller *p = poller_get(index);
+int32_t rl_poll_take(int32_t handle, uint32_t *out, int32_t count) {
+  struct poller *p = poller_get(handle);
   if (p == NULL || count <= 0) return -EINVAL;
   const uint32_t head = atomic_load_explicit(&p->head, memory_order_relaxed);
   const uint32_t tail = atomic_load_explicit(&p->tail, memory_order_acquire);
@@ -192,8 +176,8 @@ int32_t rl_poll_take(int32_t index, uint32_t *out, int32_t count) {
   return (int32_t)n;
 }
 
-int32_t rl_poll_sleep(int32_t index) {
-  struct poller *p = poller_get(index);
+int32_t rl_poll_sleep(int32_t handle) {
+  struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;
   atomic_store(&p->sleeping, 1);
   /* A token pushed before the flag was seen: take the flag back and go on, unless the
@@ -204,8 +188,8 @@ int32_t rl_poll_sleep(int32_t index) {
   return 0;
 }
 
-int32_t rl_poll_start(int32_t index, rl_wake_fn wake) {
-  struct poller *p = poller_get(index);
+int32_t rl_poll_start(int32_t handle, rl_wake_fn wake) {
+  struct poller *p = poller_get(handle);
   if (p == NULL || wake == NULL) return -EINVAL;
   if (p->started) return -EALREADY;
   p->wake = wake;
@@ -215,8 +199,8 @@ int32_t rl_poll_start(int32_t index, rl_wake_fn wake) {
   return 0;
 }
 
-int32_t rl_poll_stop(int32_t index) {
-  struct poller *p = poller_get(index);
+int32_t rl_poll_stop(int32_t handle) {
+  struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;
   if (p->started) {
     uint64_t one = 1;
@@ -224,18 +208,15 @@ int32_t rl_poll_stop(int32_t index) {
     pthread_join(p->thread, NULL);
     p->started = 0;
   }
-  close(p->stopfd);
-  close(p->epfd);
-  free(p->ring);
-  p->ring = NULL;
-  pthread_mutex_lock(&pollers_lock);
-  pollers_used[index] = 0;
-  pthread_mutex_unlock(&pollers_lock);
+  /* The thread is gone: nothing else holds p. */
+  const struct poller *taken = handles_take(&pollers, handle);
+  RL_ASSERT(taken == p);
+  poller_free(p);
   return 0;
 }
 
-int32_t rl_poll_stat(int32_t index, int32_t which) {
-  struct poller *p = poller_get(index);
+int32_t rl_poll_stat(int32_t handle, int32_t which) {
+  struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;
   unsigned v;
   switch (which) {

@@ -99,8 +99,7 @@ struct tcp_engine {
   atomic_int events_lost;
 };
 
-static struct tcp_engine *tcp_engines[TCP_ENGINES_MAX];
-static pthread_mutex_t tcp_engines_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct rl_handles tcp_engines = RL_HANDLES_INIT(TCP_ENGINES_MAX);
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -108,9 +107,8 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static struct tcp_engine *engine_get(int32_t index) {
-  if (index < 0 || index >= TCP_ENGINES_MAX) return NULL;
-  return tcp_engines[index];
+static struct tcp_engine *engine_get(int32_t handle) {
+  return handles_get(&tcp_engines, handle);
 }
 
 static uint32_t clamp_ms(int64_t ms) {
@@ -451,29 +449,21 @@ int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_ti
   struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TCP_CMD_TOKEN};
   if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->cmdfd, &ev) != 0) goto fail_errno;
 
-  pthread_mutex_lock(&tcp_engines_lock);
-  int index = -1;
-  for (int i = 0; i < TCP_ENGINES_MAX; i++) {
-    if (tcp_engines[i] == NULL) {
-      index = i;
-      break;
-    }
-  }
-  if (index < 0) {
-    pthread_mutex_unlock(&tcp_engines_lock);
-    err = EMFILE;
+  /* The handle first: a full table is found before there is a thread to stop. */
+  const int32_t handle = handles_put(&tcp_engines, e);
+  if (handle < 0) {
+    err = -handle;
     goto fail;
   }
   int rc = pthread_create(&e->thread, NULL, engine_main, e);
   if (rc != 0) {
-    pthread_mutex_unlock(&tcp_engines_lock);
+    const struct tcp_engine *taken = handles_take(&tcp_engines, handle);
+    RL_ASSERT(taken == e);
     err = rc;
     goto fail;
   }
   e->started = 1;
-  tcp_engines[index] = e;
-  pthread_mutex_unlock(&tcp_engines_lock);
-  return index;
+  return handle;
 
 fail_errno:
   err = errno;
@@ -554,14 +544,8 @@ int32_t rl_tcp_engine_stats(int32_t engine, double *out) {
 }
 
 int32_t rl_tcp_engine_close(int32_t engine) {
-  pthread_mutex_lock(&tcp_engines_lock);
-  struct tcp_engine *e = engine_get(engine);
-  if (e == NULL) {
-    pthread_mutex_unlock(&tcp_engines_lock);
-    return -EBADF;
-  }
-  tcp_engines[engine] = NULL;
-  pthread_mutex_unlock(&tcp_engines_lock);
+  struct tcp_engine *e = handles_take(&tcp_engines, engine);
+  if (e == NULL) return -EBADF;
   if (e->started) {
     atomic_store(&e->stop, 1);
     uint64_t one = 1;

@@ -82,6 +82,48 @@ describe("C helper", () => {
     expect(ptr(owned)).toBe(before);
   });
 
+  test("a closed poller or engine handle is refused, also once its slot is reused", () => {
+    const first = lib.rl_poll_open(16);
+    expect(first).toBeGreaterThanOrEqual(0);
+    expect(lib.rl_poll_stop(first)).toBe(0);
+    const second = lib.rl_poll_open(16); // takes the slot the first one freed
+    expect(second).toBeGreaterThanOrEqual(0);
+    expect(second).not.toBe(first);
+    const fd = lib.rl_udp_socket(0, loopback4, 0, 0, 0, 0);
+    expect(lib.rl_poll_add(first, fd, 1)).toBe(-E.EBADF);
+    expect(lib.rl_poll_stop(first)).toBe(-E.EBADF);
+    expect(lib.rl_poll_add(second, fd, 1)).toBe(0);
+    expect(lib.rl_poll_stop(second)).toBe(0);
+    lib.rl_close(fd);
+
+    const engine = lib.rl_tcp_engine_open(4, 65536, 1000, 0);
+    expect(engine).toBeGreaterThanOrEqual(0);
+    expect(lib.rl_tcp_engine_close(engine)).toBe(0);
+    const again = lib.rl_tcp_engine_open(4, 65536, 1000, 0);
+    expect(again).not.toBe(engine);
+    expect(lib.rl_tcp_engine_event_fd(engine)).toBe(-E.EBADF);
+    expect(lib.rl_tcp_engine_close(engine)).toBe(-E.EBADF);
+    expect(lib.rl_tcp_engine_event_fd(again)).toBeGreaterThan(2);
+    expect(lib.rl_tcp_engine_close(again)).toBe(0);
+    for (const bad of [-1, 0x7fffffff, 15]) expect(lib.rl_poll_stop(bad)).toBe(-E.EBADF);
+  });
+
+  test("handle tables are bounded: past the limit EMFILE, and a close frees a slot", () => {
+    const open: number[] = [];
+    let refused = 0;
+    for (let k = 0; k < 64 && refused === 0; k++) {
+      const h = lib.rl_poll_open(16);
+      if (h < 0) refused = h;
+      else open.push(h);
+    }
+    expect(refused).toBe(-E.EMFILE);
+    expect(lib.rl_poll_stop(open.pop()!)).toBe(0);
+    const reopened = lib.rl_poll_open(16);
+    expect(reopened).toBeGreaterThanOrEqual(0);
+    open.push(reopened);
+    for (const h of open) expect(lib.rl_poll_stop(h)).toBe(0);
+  });
+
   test("the epoll poller opens, starts, stops and closes its callback", () => {
     const { Poller } = require("../../src/sys/poller.ts");
     const poller = new Poller(lib, () => {}, { tokensMax: 16 });
