@@ -86,8 +86,8 @@ const loopback4 = mapIPv4(new Uint8Array([127, 0, 0, 1]));
 
 /** A UDP socket on 127.0.0.1 with a 4 MiB receive buffer (the batches must all fit). */
 function socket(): number {
-  const fd = lib.rl_udp_socket(0, loopback4, 0, 0, 4 << 20, 4 << 20);
-  if (fd < 0) throw new Error(`rl_udp_socket: ${fd}`);
+  const fd = lib.rl_socket(0, loopback4, 0, 0, 4 << 20, 4 << 20);
+  if (fd < 0) throw new Error(`rl_socket: ${fd}`);
   return fd;
 }
 

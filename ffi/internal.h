@@ -58,7 +58,7 @@
 
 #pragma GCC visibility push(hidden)
 
-/* Failures of rl_udp_socket() and rl_tcp_connect() carry the step that failed so the
+/* Failures of rl_socket() and rl_tcp_connect() carry the step that failed so the
  * caller can say which option was refused (an EPERM on IP_TRANSPARENT means "no
  * CAP_NET_ADMIN"). Encoding: -(step << 16 | errno); errno values are < 4096.
  * Mirrored in src/sys/errno.ts. */

@@ -16,13 +16,13 @@
 
 #include <stdint.h>
 
-#define RL_ABI_VERSION 1
+#define RL_ABI_VERSION 2
 
 /* Largest batch one recv/send call handles: the static mmsghdr/iovec/cmsg arrays are
  * sized by it. 256 follows the kernel selftest's drain budget. */
 #define RL_BATCH_COUNT_MAX 256
 
-/* rl_udp_socket() option flags. */
+/* rl_socket() option flags. */
 #define RL_SOCK_TRANSPARENT   0x0001 /* IP_TRANSPARENT / IPV6_TRANSPARENT */
 #define RL_SOCK_RECVORIGDST   0x0002 /* IP_RECVORIGDSTADDR / IPV6_RECVORIGDSTADDR */
 #define RL_SOCK_REUSEADDR     0x0004 /* SO_REUSEADDR */
@@ -34,7 +34,7 @@
 #define RL_SOCK_STREAM        0x0100 /* SOCK_STREAM (TCP listener) instead of SOCK_DGRAM */
 #define RL_SOCK_RXQ_OVFL      0x0200 /* SO_RXQ_OVFL: datagrams dropped on a full queue */
 
-/* rl_udp_socket() failures are -(step << 16 | errno): the step names the option that
+/* rl_socket() failures are -(step << 16 | errno): the step names the option that
  * was refused (see enum rl_step in internal.h, mirrored in src/sys/errno.ts). */
 
 /* rl_meta.flags */
@@ -87,10 +87,10 @@ int32_t rl_raise_nofile(int32_t want);
 /* Creates, configures and binds a socket (non-blocking, close-on-exec).
  * addr: 16 bytes (v4-mapped for IPv4), port in host order. mark: SO_MARK (0: unset).
  * Buffer sizes of 0 keep the kernel default; SO_*BUFFORCE is tried first (root). */
-int32_t rl_udp_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark,
-                      int32_t receive_bytes, int32_t send_bytes);
+int32_t rl_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark,
+                  int32_t receive_bytes, int32_t send_bytes);
 int32_t rl_close(int32_t fd);
-/* listen(2) for a TCP listener made by rl_udp_socket(RL_SOCK_STREAM ...). */
+/* listen(2) for a TCP listener made by rl_socket(RL_SOCK_STREAM ...). */
 int32_t rl_listen(int32_t fd, int32_t backlog);
 /* Writes the bound address (16 bytes) into addr_out and returns the bound port. */
 int32_t rl_local_port(int32_t fd, uint8_t *addr_out);
@@ -190,7 +190,7 @@ int32_t rl_tcp_accept(int32_t listener_fd, struct rl_meta *meta);
 
 /* Opens a non-blocking TCP connection to target (SO_MARK mark unless 0,
  * TCP_NODELAY), optionally bound to source_addr first (see flags). Returns the fd
- * with the connect in progress, or -(step << 16 | errno) like rl_udp_socket() with
+ * with the connect in progress, or -(step << 16 | errno) like rl_socket() with
  * step 13 for connect(). */
 int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t target_scope,
                        const uint8_t *source_addr, int32_t flags, int32_t mark);

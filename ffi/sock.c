@@ -1,5 +1,5 @@
 /*
- * sock.c: socket set-up (rl_udp_socket and its options), the 16-byte address form,
+ * sock.c: socket set-up (rl_socket and its options), the 16-byte address form,
  * descriptor limits, and the ABI/layout agreement with TypeScript.
  */
 #include "internal.h"
@@ -79,8 +79,8 @@ int set_int(int fd, int level, int name, int value) {
   return setsockopt(fd, level, name, &value, sizeof(value));
 }
 
-int32_t rl_udp_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark,
-                      int32_t receive_bytes, int32_t send_bytes) {
+int32_t rl_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark,
+                  int32_t receive_bytes, int32_t send_bytes) {
   const int v6 = (flags & RL_SOCK_IPV6) != 0;
   const int family = v6 ? AF_INET6 : AF_INET;
   const int type = (flags & RL_SOCK_STREAM) ? SOCK_STREAM : SOCK_DGRAM;

@@ -347,7 +347,7 @@ export class TcpRelay {
       (l.mode === "tproxy" ? SOCK.transparent | SOCK.freeBind : 0) |
       (l.reusePort ? SOCK.reusePort : 0) |
       (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
-    const fd = this.lib.rl_udp_socket(flags, l.addr, l.port, 0, 0, 0);
+    const fd = this.lib.rl_socket(flags, l.addr, l.port, 0, 0, 0);
     if (fd < 0) {
       throw new Error(
         `listener "${l.name}" (tcp ${l.address} port ${l.port}): ` +
@@ -569,7 +569,7 @@ export class TcpRelay {
   private isLocalAddress(addr: Uint8Array, ipv6: boolean): boolean {
     this.origDst.set(addr.subarray(0, 16)); // (addr may be origDst itself: same bytes)
     const flags = ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0;
-    const fd = this.lib.rl_udp_socket(flags, this.origDstPtr, 0, 0, 0, 0);
+    const fd = this.lib.rl_socket(flags, this.origDstPtr, 0, 0, 0, 0);
     if (fd < 0) return false;
     this.lib.rl_close(fd);
     return true;

@@ -387,7 +387,7 @@ export class UdpRelay {
       SOCK.rxqOverflow |
       (l.reusePort ? SOCK.reusePort : 0) |
       (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
-    const fd = this.lib.rl_udp_socket(
+    const fd = this.lib.rl_socket(
       flags,
       l.addr,
       l.port,
@@ -749,7 +749,7 @@ export class UdpRelay {
     }
     const flags = SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
     const bindAddr = ipv6 ? this.config.upstreamAddr6 : this.config.upstreamAddr4;
-    const fd = this.lib.rl_udp_socket(
+    const fd = this.lib.rl_socket(
       flags,
       bindAddr,
       0,

@@ -42,7 +42,7 @@ export function errnoName(code: number): string {
   return NAMES[code] ?? `errno ${code}`;
 }
 
-/** rl_udp_socket() failure steps (enum rl_step in ffi/internal.h). */
+/** rl_socket() failure steps (enum rl_step in ffi/internal.h). */
 export const SOCKET_STEPS: Record<number, string> = {
   1: "socket()",
   2: "IP_TRANSPARENT",

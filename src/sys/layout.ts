@@ -40,7 +40,7 @@ export const SEND = {
 export const SEND_RESULT_OFFSET = SEND.resultWord * 4;
 export const SEND_FLAG_SOURCE = 0x0001;
 
-/** rl_udp_socket() flags. */
+/** rl_socket() flags. */
 export const SOCK = {
   transparent: 0x0001,
   recvOrigDst: 0x0002,
@@ -56,4 +56,4 @@ export const SOCK = {
 
 /** Largest batch per call: RL_BATCH_COUNT_MAX in relay.h. */
 export const BATCH_COUNT_MAX = 256;
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;

@@ -3,7 +3,13 @@
 import { describe, expect, test } from "bun:test";
 import { ptr } from "bun:ffi";
 import { loadFfi } from "../../src/sys/ffi.ts";
-import { BATCH_COUNT_MAX, META_BYTES, SEND_BYTES, SOCK } from "../../src/sys/layout.ts";
+import {
+  ABI_VERSION,
+  BATCH_COUNT_MAX,
+  META_BYTES,
+  SEND_BYTES,
+  SOCK,
+} from "../../src/sys/layout.ts";
 import { decodeSocketError, describeSocketError, E } from "../../src/sys/errno.ts";
 import { mapIPv4, parseAddress } from "../../src/sys/addr.ts";
 
@@ -12,13 +18,13 @@ const loopback4 = mapIPv4(new Uint8Array([127, 0, 0, 1]));
 
 describe("C helper", () => {
   test("ABI version and record layout agree with src/sys/layout.ts", () => {
-    expect(lib.rl_abi_version()).toBe(1);
+    expect(lib.rl_abi_version()).toBe(ABI_VERSION);
     expect(lib.rl_layout_check(META_BYTES, SEND_BYTES, 40, 48)).toBe(0);
     expect(lib.rl_layout_check(META_BYTES + 1, SEND_BYTES, 40, 48)).toBe(-E.EINVAL);
   });
 
   test("receive batch: 0 when empty, exactly BATCH_COUNT_MAX allowed, one past refused", () => {
-    const fd = lib.rl_udp_socket(0, loopback4, 0, 0, 0, 0);
+    const fd = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
     expect(fd).toBeGreaterThan(2);
     try {
       const slab = new Uint8Array(64 * (BATCH_COUNT_MAX + 1));
@@ -40,17 +46,17 @@ describe("C helper", () => {
   });
 
   test("socket failures come back as values naming the refused step", () => {
-    const fd = lib.rl_udp_socket(0, loopback4, 0, 0, 0, 0);
+    const fd = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
     const port = lib.rl_local_port(fd, new Uint8Array(16));
     // Binding the same port again without SO_REUSEADDR: bind() fails with EADDRINUSE.
-    const again = lib.rl_udp_socket(0, loopback4, port, 0, 0, 0);
+    const again = lib.rl_socket(0, loopback4, port, 0, 0, 0);
     expect(again).toBeLessThan(0);
     expect(decodeSocketError(again)).toEqual({ step: "bind()", errno: E.EADDRINUSE });
     lib.rl_close(fd);
     // An IPv6 address on an IPv4 socket is refused before any syscall.
-    const wrong = lib.rl_udp_socket(0, parseAddress("::1")!, 0, 0, 0, 0);
+    const wrong = lib.rl_socket(0, parseAddress("::1")!, 0, 0, 0, 0);
     expect(decodeSocketError(wrong)).toEqual({ step: "bind()", errno: E.EAFNOSUPPORT });
-    expect(decodeSocketError(lib.rl_udp_socket(0, loopback4, 70000, 0, 0, 0)).errno).toBe(E.EINVAL);
+    expect(decodeSocketError(lib.rl_socket(0, loopback4, 70000, 0, 0, 0)).errno).toBe(E.EINVAL);
     expect(describeSocketError({ step: "IP_TRANSPARENT", errno: E.EPERM }, true)).toStartWith(
       "IPV6_TRANSPARENT: EPERM: needs CAP_NET_ADMIN",
     );
@@ -61,7 +67,7 @@ describe("C helper", () => {
     const flags =
       SOCK.transparent | SOCK.recvOrigDst | SOCK.reuseAddr | SOCK.freeBind | SOCK.recvErr;
     // FREEBIND lets a listener bind an address this host does not have (198.18.0.0/15).
-    const fd = lib.rl_udp_socket(
+    const fd = lib.rl_socket(
       flags,
       mapIPv4(new Uint8Array([198, 18, 9, 9])),
       0,
@@ -89,7 +95,7 @@ describe("C helper", () => {
     const second = lib.rl_poll_open(16); // takes the slot the first one freed
     expect(second).toBeGreaterThanOrEqual(0);
     expect(second).not.toBe(first);
-    const fd = lib.rl_udp_socket(0, loopback4, 0, 0, 0, 0);
+    const fd = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
     expect(lib.rl_poll_add(first, fd, 1)).toBe(-E.EBADF);
     expect(lib.rl_poll_stop(first)).toBe(-E.EBADF);
     expect(lib.rl_poll_add(second, fd, 1)).toBe(0);

@@ -114,7 +114,7 @@ beforeAll(() => {
   statsPtr = ptr(stats);
   loopback.set(parseAddress("127.0.0.1")!);
   anyV4.set(parseAddress("0.0.0.0")!);
-  listenerFd = lib.rl_udp_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
+  listenerFd = lib.rl_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
   expect(listenerFd).toBeGreaterThanOrEqual(0);
   expect(lib.rl_listen(listenerFd, 64)).toBe(0);
   listenerPort = lib.rl_local_port(listenerFd, ptr(new Uint8Array(new ArrayBuffer(16))));
