@@ -150,7 +150,7 @@ function batchGroup(small: boolean): Group {
     add(g, batch === 1 ? "1 per call" : `${batch} per call`, DATAGRAMS, () => {
       for (let done = 0; done < DATAGRAMS; done += batch) {
         const sendsPtr = (sendsBase + done * SEND_BYTES) as Pointer;
-        const sent = lib.rl_send_batch(slabPtr, sendsPtr, batch);
+        const sent = lib.rl_send_batch(slabPtr, slab.byteLength, sendsPtr, batch);
         if (sent !== batch) throw new Error(`rl_send_batch: ${sent} of ${batch}`);
         // Loopback delivers during sendmmsg, so the datagrams are queued already;
         // bounded: one call per datagram at most.

@@ -107,9 +107,11 @@ int32_t rl_recv_batch(int32_t fd, uint8_t *slab, int32_t slot_bytes, int32_t cou
 int32_t rl_recv_errors(int32_t fd, int32_t count, struct rl_meta *meta);
 
 /* Sends sends[0..count): runs of consecutive entries with the same fd go out in one
- * sendmmsg. A datagram that fails gets result = -errno and the rest still go. Returns
- * the number of datagrams sent successfully. */
-int32_t rl_send_batch(uint8_t *slab, struct rl_send *sends, int32_t count);
+ * sendmmsg. A datagram that fails gets result = -errno and the rest still go. An entry
+ * whose payload [offset, offset + length) is not inside slab[0..slab_bytes) is not sent
+ * (result -EFAULT), nor is one with fd < 0 (-EBADF). Returns the number of datagrams
+ * sent successfully. */
+int32_t rl_send_batch(uint8_t *slab, uint32_t slab_bytes, struct rl_send *sends, int32_t count);
 
 /* TCP helpers: original destination under REDIRECT/DNAT (SO_ORIGINAL_DST). */
 int32_t rl_original_dst(int32_t fd, uint8_t *addr_out);

@@ -128,7 +128,7 @@ int32_t rl_recv_errors(int32_t fd, int32_t count, struct rl_meta *meta) {
   return drained;
 }
 
-/* Fills send_msgs[j] from sends[i]. */
+/* Fills send_msgs[j] from *s, whose payload was checked to lie inside the slab. */
 static void send_prepare(uint8_t *slab, struct rl_send *s, int j) {
   struct msghdr *h = &send_msgs[j].msg_hdr;
   send_iovs[j].iov_base = slab + s->offset;
@@ -167,8 +167,17 @@ static void send_prepare(uint8_t *slab, struct rl_send *s, int j) {
   send_msgs[j].msg_len = 0;
 }
 
-int32_t rl_send_batch(uint8_t *slab, struct rl_send *sends, int32_t count) {
+/* Whether [offset, offset + length) lies inside the slab. The sum is taken in 64 bits,
+ * where two uint32_t cannot overflow (in 32 bits 0xfffffffc + 8 would wrap to 4). */
+static int send_in_bounds(const struct rl_send *s, uint32_t slab_bytes) {
+  return (uint64_t)s->offset + (uint64_t)s->length <= (uint64_t)slab_bytes;
+}
+
+int32_t rl_send_batch(uint8_t *slab, uint32_t slab_bytes, struct rl_send *sends, int32_t count) {
   if (count < 0 || count > RL_BATCH_COUNT_MAX) return -EINVAL;
+  /* entry[j]: the index in sends of send_msgs[j] (entries refused up front are left out
+   * of the run's messages). */
+  int32_t entry[RL_BATCH_COUNT_MAX];
   int32_t sent = 0;
   int run_start = 0;
   while (run_start < count) {
@@ -176,21 +185,34 @@ int32_t rl_send_batch(uint8_t *slab, struct rl_send *sends, int32_t count) {
     const int fd = sends[run_start].fd;
     int run_end = run_start + 1;
     while (run_end < count && sends[run_end].fd == fd) run_end++;
-    const int run_count = run_end - run_start;
-    for (int j = 0; j < run_count; j++) send_prepare(slab, &sends[run_start + j], j);
+    /* Never trust the records: an entry outside the slab is a bookkeeping bug of the
+     * caller (-EFAULT, which TypeScript treats as one), and it is not sent. */
+    int prepared = 0;
+    for (int i = run_start; i < run_end; i++) {
+      struct rl_send *s = &sends[i];
+      if (fd < 0) {
+        s->result = -EBADF;
+      } else if (!send_in_bounds(s, slab_bytes)) {
+        s->result = -EFAULT;
+      } else {
+        send_prepare(slab, s, prepared);
+        entry[prepared] = i;
+        prepared++;
+      }
+    }
     /* Each pass sends at least one datagram or fails exactly one, so the loop ends
-     * after at most run_count passes. */
+     * after at most `prepared` passes. */
     int done = 0;
-    while (done < run_count) {
-      int k = sendmmsg(fd, send_msgs + done, (unsigned)(run_count - done), MSG_DONTWAIT);
+    while (done < prepared) {
+      int k = sendmmsg(fd, send_msgs + done, (unsigned)(prepared - done), MSG_DONTWAIT);
       if (k > 0) {
         for (int j = done; j < done + k; j++)
-          sends[run_start + j].result = (int32_t)send_msgs[j].msg_len;
+          sends[entry[j]].result = (int32_t)send_msgs[j].msg_len;
         sent += k;
         done += k;
       } else {
         /* The first datagram of the rest failed: record it, skip it, go on. */
-        sends[run_start + done].result = k < 0 ? -errno : -EIO;
+        sends[entry[done]].result = k < 0 ? -errno : -EIO;
         done += 1;
       }
     }
@@ -198,4 +220,3 @@ int32_t rl_send_batch(uint8_t *slab, struct rl_send *sends, int32_t count) {
   }
   return sent;
 }
-

@@ -635,7 +635,7 @@ export class UdpRelay {
     const count = this.sendCount;
     if (count === 0) return;
     this.sendCount = 0;
-    this.lib.rl_send_batch(this.slabPtr, this.sendsPtr, count);
+    this.lib.rl_send_batch(this.slabPtr, this.slab.byteLength, this.sendsPtr, count);
     const c = this.counters;
     for (let k = 0; k < count; k++) {
       const result = this.sendI32[k * SEND_WORDS + SEND.resultWord];

@@ -11,7 +11,7 @@ import {
   SEND_RESULT_OFFSET,
 } from "./layout.ts";
 
-const { i32, ptr } = FFIType;
+const { i32, u32, ptr } = FFIType;
 
 const symbols = {
   rl_abi_version: { args: [], returns: i32 },
@@ -23,7 +23,7 @@ const symbols = {
   rl_local_port: { args: [i32, ptr], returns: i32 },
   rl_recv_batch: { args: [i32, ptr, i32, i32, ptr], returns: i32 },
   rl_recv_errors: { args: [i32, i32, ptr], returns: i32 },
-  rl_send_batch: { args: [ptr, ptr, i32], returns: i32 },
+  rl_send_batch: { args: [ptr, u32, ptr, i32], returns: i32 },
   rl_original_dst: { args: [i32, ptr], returns: i32 },
   rl_poll_open: { args: [i32], returns: i32 },
   rl_poll_add: { args: [i32, i32, i32], returns: i32 },

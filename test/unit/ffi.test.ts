@@ -6,8 +6,11 @@ import { loadFfi } from "../../src/sys/ffi.ts";
 import {
   ABI_VERSION,
   BATCH_COUNT_MAX,
+  META,
   META_BYTES,
+  SEND,
   SEND_BYTES,
+  SEND_WORDS,
   SOCK,
 } from "../../src/sys/layout.ts";
 import { decodeSocketError, describeSocketError, E } from "../../src/sys/errno.ts";
@@ -34,8 +37,10 @@ describe("C helper", () => {
       expect(lib.rl_recv_batch(fd, ptr(slab), 64, 0, ptr(meta))).toBe(-E.EINVAL);
       expect(lib.rl_recv_errors(fd, 1, ptr(meta))).toBe(0);
       const sends = new Uint8Array(SEND_BYTES);
-      expect(lib.rl_send_batch(ptr(slab), ptr(sends), BATCH_COUNT_MAX + 1)).toBe(-E.EINVAL);
-      expect(lib.rl_send_batch(ptr(slab), ptr(sends), 0)).toBe(0);
+      expect(lib.rl_send_batch(ptr(slab), slab.byteLength, ptr(sends), BATCH_COUNT_MAX + 1)).toBe(
+        -E.EINVAL,
+      );
+      expect(lib.rl_send_batch(ptr(slab), slab.byteLength, ptr(sends), 0)).toBe(0);
       const addr = new Uint8Array(16);
       expect(lib.rl_local_port(fd, addr)).toBeGreaterThan(0);
       expect([...addr]).toEqual([...loopback4]);
@@ -43,6 +48,50 @@ describe("C helper", () => {
       expect(lib.rl_close(fd)).toBe(0);
     }
     expect(lib.rl_close(fd)).toBe(-E.EBADF);
+  });
+
+  test("send batch: entries outside the slab get EFAULT, fd < 0 EBADF; the rest go", () => {
+    const receiver = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const sender = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const port = lib.rl_local_port(receiver, new Uint8Array(16));
+    const slabBytes = 64; // the slab C is told about; the buffer behind it is larger
+    const slab = new Uint8Array(new ArrayBuffer(256)).fill(7);
+    const cases: [fd: number, offset: number, length: number, result: number][] = [
+      [sender, 0, 8, 8], // inside
+      [sender, 60, 8, -E.EFAULT], // ends 4 bytes past the slab (still mapped memory)
+      [sender, 0xfffffffc, 8, -E.EFAULT], // offset + length wraps to 4 in 32 bits
+      [sender, 56, 8, 8], // ends exactly at the slab's end
+      [sender, 64, 0, 0], // empty, at the end: inside
+      [-1, 0, 8, -E.EBADF],
+    ];
+    const sends = new Uint8Array(new ArrayBuffer(SEND_BYTES * cases.length));
+    const s32 = new Uint32Array(sends.buffer);
+    const s16 = new Uint16Array(sends.buffer);
+    const sI32 = new Int32Array(sends.buffer);
+    cases.forEach(([fd, offset, length], i) => {
+      sends.set(loopback4, i * SEND_BYTES);
+      s16[(i * SEND_BYTES) / 2 + SEND.targetPortHalf] = port;
+      sI32[i * SEND_WORDS + SEND.fdWord] = fd;
+      s32[i * SEND_WORDS + SEND.offsetWord] = offset;
+      s32[i * SEND_WORDS + SEND.lengthWord] = length;
+      sI32[i * SEND_WORDS + SEND.resultWord] = 12345;
+    });
+    try {
+      expect(lib.rl_send_batch(ptr(slab), slabBytes, ptr(sends), cases.length)).toBe(3);
+      expect(cases.map((_, i) => sI32[i * SEND_WORDS + SEND.resultWord])).toEqual(
+        cases.map((c) => c[3]),
+      );
+      // Exactly the three in-bounds datagrams arrived (loopback delivers during sendmmsg).
+      const meta = new Uint8Array(new ArrayBuffer(META_BYTES * 8));
+      const m32 = new Uint32Array(meta.buffer);
+      const got = lib.rl_recv_batch(receiver, ptr(new Uint8Array(64 * 8)), 64, 8, ptr(meta));
+      expect(got).toBe(3);
+      const lengths = [0, 1, 2].map((i) => m32[(i * META_BYTES) / 4 + META.lengthWord]);
+      expect(lengths).toEqual([8, 8, 0]);
+    } finally {
+      lib.rl_close(sender);
+      lib.rl_close(receiver);
+    }
   });
 
   test("socket failures come back as values naming the refused step", () => {
