@@ -35,9 +35,10 @@ struct poller {
   _Atomic uint32_t tail; /* next to fill (thread) */
   atomic_int sleeping;   /* 1: JS waits for a wake call */
   int level_triggered;   /* inline mode: no EPOLLONESHOT, no re-arm syscalls */
-  atomic_uint wakes;
-  atomic_uint events;
-  atomic_uint overflows;
+  /* Counters: 64 bits end to end (a wake-up a microsecond wraps 32 bits in 72 min). */
+  _Atomic uint64_t wakes;
+  _Atomic uint64_t events;
+  _Atomic uint64_t overflows;
 };
 
 static struct rl_handles pollers = RL_HANDLES_INIT(POLLERS_MAX);
@@ -130,7 +131,7 @@ static int poll_push(struct poller *p, const struct epoll_event *events, int n) 
     pushed++;
   }
   atomic_store_explicit(&p->tail, tail, memory_order_release);
-  atomic_fetch_add_explicit(&p->events, (unsigned)pushed, memory_order_relaxed);
+  atomic_fetch_add_explicit(&p->events, (uint64_t)pushed, memory_order_relaxed);
   return pushed;
 }
 
@@ -215,16 +216,29 @@ int32_t rl_poll_stop(int32_t handle) {
   return 0;
 }
 
-int32_t rl_poll_stat(int32_t handle, int32_t which) {
+/* Doubles hold every integer up to 2^53 exactly: no counter wraps on its way to JS. */
+int32_t rl_poll_stats(int32_t handle, double *out) {
   struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;
-  unsigned v;
+  out[RL_POLL_STAT_WAKES] = (double)atomic_load_explicit(&p->wakes, memory_order_relaxed);
+  out[RL_POLL_STAT_EVENTS] = (double)atomic_load_explicit(&p->events, memory_order_relaxed);
+  out[RL_POLL_STAT_OVERFLOWS] =
+      (double)atomic_load_explicit(&p->overflows, memory_order_relaxed);
+  return RL_POLL_STATS_COUNT;
+}
+
+/* ---- Test-only hooks (relay.h: rl_test_*); the relay never calls them ---- */
+
+int32_t rl_test_poll_stat_set(int32_t handle, int32_t which, double value) {
+  struct poller *p = poller_get(handle);
+  if (p == NULL) return -EBADF;
+  if (!(value >= 0 && value <= 9007199254740992.0)) return -EINVAL; /* 2^53 */
   switch (which) {
-    case 0: v = atomic_load_explicit(&p->wakes, memory_order_relaxed); break;
-    case 1: v = atomic_load_explicit(&p->events, memory_order_relaxed); break;
-    case 2: v = atomic_load_explicit(&p->overflows, memory_order_relaxed); break;
-    default: return -EINVAL;
+  case RL_POLL_STAT_WAKES: atomic_store(&p->wakes, (uint64_t)value); break;
+  case RL_POLL_STAT_EVENTS: atomic_store(&p->events, (uint64_t)value); break;
+  case RL_POLL_STAT_OVERFLOWS: atomic_store(&p->overflows, (uint64_t)value); break;
+  default: return -EINVAL;
   }
-  return (int32_t)(v & 0x7fffffff);
+  return 0;
 }
 

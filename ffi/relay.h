@@ -140,8 +140,13 @@ int32_t rl_poll_wait(int32_t poller, int32_t timeout_ms);
  * at once, and the re-arm syscall per socket per round goes away. */
 int32_t rl_poll_level_triggered(int32_t poller);
 int32_t rl_poll_stop(int32_t poller);
-/* Counters: 0 wake calls, 1 ready events, 2 ring overflows (must stay 0). */
-int32_t rl_poll_stat(int32_t poller, int32_t which);
+/* Counters, 64-bit, written to out[0..RL_POLL_STATS_COUNT) as doubles (exact to 2^53).
+ * Returns RL_POLL_STATS_COUNT. */
+#define RL_POLL_STAT_WAKES     0 /* wake calls (threaded) or waits (inline) */
+#define RL_POLL_STAT_EVENTS    1 /* ready events pushed into the ring */
+#define RL_POLL_STAT_OVERFLOWS 2 /* ring overflows (must stay 0) */
+#define RL_POLL_STATS_COUNT    3
+int32_t rl_poll_stats(int32_t poller, double *out);
 
 /* ---- TCP (issue 4) ----
  * Bun decides, C copies. Accepting, the original destination and the upstream
@@ -214,10 +219,26 @@ int32_t rl_tcp_engine_add(int32_t engine, int32_t id, int32_t client_fd, int32_t
 int32_t rl_tcp_engine_events(int32_t engine, struct rl_tcp_event *out, int32_t count);
 /* Resets every open connection (each gets a closed event, RL_TCP_END_ABORTED). */
 int32_t rl_tcp_engine_abort_all(int32_t engine);
-/* out[0..5]: bytes up, bytes down (delivered, all time), open connections, pipes in
- * use, pipes pooled, events lost (must stay 0). */
+/* Writes out[0..RL_TCP_STATS_COUNT) as doubles (counters are 64-bit, exact to 2^53);
+ * returns RL_TCP_STATS_COUNT. */
+#define RL_TCP_STAT_BYTES_UP     0 /* client -> upstream bytes delivered, all time */
+#define RL_TCP_STAT_BYTES_DOWN   1 /* upstream -> client bytes delivered, all time */
+#define RL_TCP_STAT_OPEN         2 /* gauge: open connections */
+#define RL_TCP_STAT_PIPES_IN_USE 3 /* gauge */
+#define RL_TCP_STAT_PIPES_POOLED 4 /* gauge */
+#define RL_TCP_STAT_EVENTS_LOST  5 /* counter, must stay 0 */
+#define RL_TCP_STATS_COUNT       6
 int32_t rl_tcp_engine_stats(int32_t engine, double *out);
 /* Joins the thread and closes every fd it still holds (RST to open peers). */
 int32_t rl_tcp_engine_close(int32_t engine);
+
+/* ---- Test-only hooks ----
+ * For test/unit only (src/sys/test_hooks.ts binds them; src/sys/ffi.ts does not): they
+ * put the C side into states a test cannot reach in reasonable time. */
+
+/* Sets a poller counter (RL_POLL_STAT_*) to value (0..2^53), e.g. just past 2^32. */
+int32_t rl_test_poll_stat_set(int32_t poller, int32_t which, double value);
+/* Sets an engine counter (RL_TCP_STAT_BYTES_UP, _BYTES_DOWN, _EVENTS_LOST). */
+int32_t rl_test_tcp_engine_stat_set(int32_t engine, int32_t which, double value);
 
 #endif

@@ -96,7 +96,7 @@ struct tcp_engine {
   _Atomic uint64_t bytes_up;
   _Atomic uint64_t bytes_down;
   atomic_int open_count;
-  atomic_int events_lost;
+  _Atomic uint64_t events_lost;
 };
 
 static struct rl_handles tcp_engines = RL_HANDLES_INIT(TCP_ENGINES_MAX);
@@ -534,13 +534,15 @@ int32_t rl_tcp_engine_abort_all(int32_t engine) {
 int32_t rl_tcp_engine_stats(int32_t engine, double *out) {
   struct tcp_engine *e = engine_get(engine);
   if (e == NULL) return -EBADF;
-  out[0] = (double)atomic_load_explicit(&e->bytes_up, memory_order_relaxed);
-  out[1] = (double)atomic_load_explicit(&e->bytes_down, memory_order_relaxed);
-  out[2] = (double)atomic_load(&e->open_count);
-  out[3] = (double)atomic_load(&e->pipes.in_use);
-  out[4] = (double)atomic_load_explicit(&e->pipes.count, memory_order_relaxed);
-  out[5] = (double)atomic_load(&e->events_lost);
-  return 0;
+  out[RL_TCP_STAT_BYTES_UP] = (double)atomic_load_explicit(&e->bytes_up, memory_order_relaxed);
+  out[RL_TCP_STAT_BYTES_DOWN] =
+      (double)atomic_load_explicit(&e->bytes_down, memory_order_relaxed);
+  out[RL_TCP_STAT_OPEN] = (double)atomic_load(&e->open_count);
+  out[RL_TCP_STAT_PIPES_IN_USE] = (double)atomic_load(&e->pipes.in_use);
+  out[RL_TCP_STAT_PIPES_POOLED] =
+      (double)atomic_load_explicit(&e->pipes.count, memory_order_relaxed);
+  out[RL_TCP_STAT_EVENTS_LOST] = (double)atomic_load(&e->events_lost);
+  return RL_TCP_STATS_COUNT;
 }
 
 int32_t rl_tcp_engine_close(int32_t engine) {
@@ -562,5 +564,20 @@ int32_t rl_tcp_engine_close(int32_t engine) {
   e->cmd_count = 0;
   for (int32_t id = 0; id < e->slots; id++) conn_end(e, id, RL_TCP_END_ABORTED, 0, now);
   engine_free(e);
+  return 0;
+}
+
+/* ---- Test-only hooks (relay.h: rl_test_*); the relay never calls them ---- */
+
+int32_t rl_test_tcp_engine_stat_set(int32_t engine, int32_t which, double value) {
+  struct tcp_engine *e = engine_get(engine);
+  if (e == NULL) return -EBADF;
+  if (!(value >= 0 && value <= 9007199254740992.0)) return -EINVAL; /* 2^53 */
+  switch (which) {
+  case RL_TCP_STAT_BYTES_UP: atomic_store(&e->bytes_up, (uint64_t)value); break;
+  case RL_TCP_STAT_BYTES_DOWN: atomic_store(&e->bytes_down, (uint64_t)value); break;
+  case RL_TCP_STAT_EVENTS_LOST: atomic_store(&e->events_lost, (uint64_t)value); break;
+  default: return -EINVAL; /* the others are gauges */
+  }
   return 0;
 }

@@ -15,9 +15,24 @@ import {
 } from "../../src/sys/layout.ts";
 import { decodeSocketError, describeSocketError, E } from "../../src/sys/errno.ts";
 import { mapIPv4, parseAddress } from "../../src/sys/addr.ts";
+import { POLL_STATS } from "../../src/sys/poller.ts";
+import { loadTestHooks } from "../../src/sys/test_hooks.ts";
 
 const lib = loadFfi();
 const loopback4 = mapIPv4(new Uint8Array([127, 0, 0, 1]));
+
+/** Sends one 8-byte datagram from sender to receiver's port on loopback. */
+function sendOne(sender: number, receiver: number): void {
+  const port = lib.rl_local_port(receiver, new Uint8Array(16));
+  const sends = new Uint8Array(new ArrayBuffer(SEND_BYTES));
+  sends.set(loopback4, 0);
+  new Uint16Array(sends.buffer)[SEND.targetPortHalf] = port;
+  const s32 = new Int32Array(sends.buffer);
+  s32[SEND.fdWord] = sender;
+  s32[SEND.lengthWord] = 8;
+  const slab = new Uint8Array(new ArrayBuffer(8));
+  expect(lib.rl_send_batch(ptr(slab), slab.byteLength, ptr(sends), 1)).toBe(1);
+}
 
 describe("C helper", () => {
   test("ABI version and record layout agree with src/sys/layout.ts", () => {
@@ -177,6 +192,32 @@ describe("C helper", () => {
     expect(reopened).toBeGreaterThanOrEqual(0);
     open.push(reopened);
     for (const h of open) expect(lib.rl_poll_stop(h)).toBe(0);
+  });
+
+  test("poller counters are 64-bit end to end: one event past 2^32 + 5 reads 2^32 + 6", () => {
+    const hooks = loadTestHooks();
+    const handle = lib.rl_poll_open(16);
+    expect(lib.rl_poll_level_triggered(handle)).toBe(0);
+    const receiver = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const sender = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const stats = new Float64Array(new ArrayBuffer(POLL_STATS.count * 8));
+    try {
+      expect(lib.rl_poll_add(handle, receiver, 7)).toBe(0);
+      const past = 2 ** 32 + 5;
+      expect(hooks.rl_test_poll_stat_set(handle, POLL_STATS.events, past)).toBe(0);
+      expect(hooks.rl_test_poll_stat_set(handle, POLL_STATS.wakes, past)).toBe(0);
+      expect(hooks.rl_test_poll_stat_set(handle, 3, 0)).toBe(-E.EINVAL);
+      expect(hooks.rl_test_poll_stat_set(handle, POLL_STATS.wakes, -1)).toBe(-E.EINVAL);
+      sendOne(sender, receiver);
+      expect(lib.rl_poll_wait(handle, 5000)).toBe(1); // the datagram is queued: at once
+      expect(lib.rl_poll_stats(handle, ptr(stats))).toBe(POLL_STATS.count);
+      expect([...stats]).toEqual([past + 1, past + 1, 0]);
+    } finally {
+      lib.rl_close(sender);
+      lib.rl_close(receiver);
+      expect(lib.rl_poll_stop(handle)).toBe(0);
+    }
+    expect(lib.rl_poll_stats(handle, ptr(stats))).toBe(-E.EBADF);
   });
 
   test("the epoll poller opens, starts, stops and closes its callback", () => {

@@ -6,6 +6,7 @@ import net from "node:net";
 import { parseAddress } from "../../src/sys/addr.ts";
 import { E } from "../../src/sys/errno.ts";
 import { loadFfi, type RelayLib } from "../../src/sys/ffi.ts";
+import { loadTestHooks } from "../../src/sys/test_hooks.ts";
 import { META, META_WORDS, SOCK } from "../../src/sys/layout.ts";
 import {
   TCP_EVENT,
@@ -272,6 +273,25 @@ describe("TCP splice engine", () => {
       expect(stats[TCP_STATS.eventsLost]).toBe(0);
     } finally {
       server.close();
+    }
+  });
+
+  test("engine counters are 64-bit end to end (set past 2^32 by a test hook)", () => {
+    const hooks = loadTestHooks();
+    const other = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0);
+    expect(other).toBeGreaterThanOrEqual(0);
+    try {
+      const past = 2 ** 32 + 5;
+      for (const which of [TCP_STATS.bytesUp, TCP_STATS.bytesDown, TCP_STATS.eventsLost]) {
+        expect(hooks.rl_test_tcp_engine_stat_set(other, which, past + which)).toBe(0);
+      }
+      expect(hooks.rl_test_tcp_engine_stat_set(other, TCP_STATS.open, 1)).toBe(-E.EINVAL);
+      expect(lib.rl_tcp_engine_stats(other, statsPtr)).toBe(TCP_STATS.count);
+      expect(stats[TCP_STATS.bytesUp]).toBe(past);
+      expect(stats[TCP_STATS.bytesDown]).toBe(past + 1);
+      expect(stats[TCP_STATS.eventsLost]).toBe(past + 5);
+    } finally {
+      expect(lib.rl_tcp_engine_close(other)).toBe(0);
     }
   });
 
