@@ -240,5 +240,8 @@ int32_t rl_tcp_engine_close(int32_t engine);
 int32_t rl_test_poll_stat_set(int32_t poller, int32_t which, double value);
 /* Sets an engine counter (RL_TCP_STAT_BYTES_UP, _BYTES_DOWN, _EVENTS_LOST). */
 int32_t rl_test_tcp_engine_stat_set(int32_t engine, int32_t which, double value);
+/* Makes the engine thread pause delay_us (0..100000) after each epoll event it handles:
+ * JS then reuses an ended connection's id while the engine is still in that batch. */
+int32_t rl_test_tcp_engine_event_delay(int32_t engine, int32_t delay_us);
 
 #endif

@@ -32,6 +32,13 @@ _Static_assert(offsetof(struct rl_tcp_event, bytes_up) == 16, "rl_tcp_event.byte
 #define TCP_SWEEP_MS_MIN 10
 #define TCP_CMD_TOKEN UINT64_MAX
 
+/* epoll data of a connection's socket: id, side and the connection's generation. An
+ * event read in the batch in which its connection ended (and its id was reused) then
+ * names a generation that is gone, and is dropped instead of reaching the new owner. */
+static uint64_t conn_token(int32_t id, int side, uint32_t generation) {
+  return ((uint64_t)generation << 32) | ((uint64_t)(uint32_t)id << 1) | (uint64_t)side;
+}
+
 enum tcp_state { TCP_FREE = 0, TCP_CONNECTING = 1, TCP_OPEN = 2 };
 
 /* One direction: source socket -> pipe -> target socket.
@@ -56,6 +63,7 @@ struct tcp_conn {
   uint8_t readable[2];
   uint8_t writable[2];
   uint8_t queued; /* in the ready queue exactly once while set */
+  uint32_t generation; /* moves on with every connection that takes this id */
 };
 
 struct tcp_cmd {
@@ -97,6 +105,9 @@ struct tcp_engine {
   _Atomic uint64_t bytes_down;
   atomic_int open_count;
   _Atomic uint64_t events_lost;
+  /* Test-only (rl_test_tcp_engine_event_delay): a pause after each epoll event, which
+   * widens the window in which JS reuses an id within one of the engine's batches. */
+  atomic_int test_event_delay_us;
 };
 
 static struct rl_handles tcp_engines = RL_HANDLES_INIT(TCP_ENGINES_MAX);
@@ -265,9 +276,15 @@ static int socket_error(int fd) {
   return err;
 }
 
-static void conn_event(struct tcp_engine *e, int32_t id, int side, uint32_t events, int64_t now) {
+static void conn_event(struct tcp_engine *e, uint64_t token, uint32_t events, int64_t now) {
+  const int32_t id = (int32_t)((uint32_t)token >> 1);
+  const int side = (int)(token & 1);
+  RL_ASSERT(id >= 0 && id < e->slots);
   struct tcp_conn *c = &e->conns[id];
-  if (c->state == TCP_FREE) return; /* a late event of a connection ended in this batch */
+  /* A late event of a connection that ended earlier in this batch: its id is free, or
+   * owned by a newer connection (another generation). Hand-offs run after the batch,
+   * so the second does not arise today; the generation keeps it so in any order. */
+  if (c->state == TCP_FREE || (uint32_t)(token >> 32) != c->generation) return;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->readable[side] = 1;
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->writable[side] = 1;
   if (c->state == TCP_CONNECTING) {
@@ -304,6 +321,7 @@ static void conn_add(struct tcp_engine *e, const struct tcp_cmd *cmd, int64_t no
     return;
   }
   c->state = TCP_CONNECTING;
+  c->generation++;
   c->fd[0] = cmd->client_fd;
   c->fd[1] = cmd->upstream_fd;
   c->start_ms = c->active_ms = now;
@@ -325,7 +343,7 @@ static void conn_add(struct tcp_engine *e, const struct tcp_cmd *cmd, int64_t no
   }
   for (int side = 0; side < 2; side++) {
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-                             .data.u64 = ((uint64_t)cmd->id << 1) | (uint64_t)side};
+                             .data.u64 = conn_token(cmd->id, side, c->generation)};
     if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, c->fd[side], &ev) != 0) {
       conn_end(e, cmd->id, RL_TCP_END_RESOURCES, errno, now);
       return;
@@ -376,13 +394,18 @@ static void *engine_main(void *arg) {
     int n = epoll_wait(e->epfd, events, TCP_EPOLL_EVENTS_MAX, timeout);
     if (n < 0 && errno != EINTR) break;
     int64_t now = now_ms();
+    /* Commands (hand-offs) wait until the batch is done: a hand-off may reuse the id of
+     * a connection that ended in this batch, whose later events are still in it. */
+    int commands = 0;
     for (int i = 0; i < n; i++) {
-      uint64_t token = events[i].data.u64;
+      const uint64_t token = events[i].data.u64;
       if (token == TCP_CMD_TOKEN) {
-        engine_commands(e, now);
+        commands = 1;
         continue;
       }
-      conn_event(e, (int32_t)(token >> 1), (int)(token & 1), events[i].events, now);
+      conn_event(e, token, events[i].events, now);
+      const int delay_us = atomic_load_explicit(&e->test_event_delay_us, memory_order_relaxed);
+      if (delay_us > 0) usleep((useconds_t)delay_us);
     }
     /* Connections that used their rounds: one more turn each, in order. */
     int32_t queued = e->ready_count;
@@ -393,6 +416,7 @@ static void *engine_main(void *arg) {
       e->conns[id].queued = 0;
       conn_pump(e, id, now);
     }
+    if (commands) engine_commands(e, now);
     if (now >= next_sweep) {
       engine_sweep(e, now);
       next_sweep = now + e->sweep_ms;
@@ -579,5 +603,13 @@ int32_t rl_test_tcp_engine_stat_set(int32_t engine, int32_t which, double value)
   case RL_TCP_STAT_EVENTS_LOST: atomic_store(&e->events_lost, (uint64_t)value); break;
   default: return -EINVAL; /* the others are gauges */
   }
+  return 0;
+}
+
+int32_t rl_test_tcp_engine_event_delay(int32_t engine, int32_t delay_us) {
+  struct tcp_engine *e = engine_get(engine);
+  if (e == NULL) return -EBADF;
+  if (delay_us < 0 || delay_us > 100000) return -EINVAL;
+  atomic_store(&e->test_event_delay_us, delay_us);
   return 0;
 }
