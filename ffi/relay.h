@@ -209,8 +209,13 @@ int32_t rl_tcp_abort(int32_t fd);
  * bound on what the relay holds per direction). Returns a handle >= 0. */
 int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_timeout_ms,
                            int32_t idle_timeout_ms);
-/* The eventfd that becomes readable when events wait (register it with rl_poll_add). */
+/* The eventfd that becomes readable when events wait (register it with rl_poll_add),
+ * and also when the engine thread dies (see rl_tcp_engine_failed). */
 int32_t rl_tcp_engine_event_fd(int32_t engine);
+/* 0 while the engine thread runs; -errno of the error that ended its loop (epoll_wait
+ * failed), after which no connection moves: the caller must treat it as fatal.
+ * -EBADF also for a handle that is not open. */
+int32_t rl_tcp_engine_failed(int32_t engine);
 /* Hands a pair to the engine, which owns both fds from now on (also on failure,
  * where it closes them). id must be free: ids are reused only after their closed
  * event was read. upstream_fd's connect may still be in progress. */
@@ -243,5 +248,8 @@ int32_t rl_test_tcp_engine_stat_set(int32_t engine, int32_t which, double value)
 /* Makes the engine thread pause delay_us (0..100000) after each epoll event it handles:
  * JS then reuses an ended connection's id while the engine is still in that batch. */
 int32_t rl_test_tcp_engine_event_delay(int32_t engine, int32_t delay_us);
+/* Breaks the engine's epoll descriptor (an eventfd takes its number): the thread's loop
+ * ends with EINVAL, as it would on any epoll_wait error. */
+int32_t rl_test_tcp_engine_break(int32_t engine);
 
 #endif

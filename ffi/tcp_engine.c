@@ -95,6 +95,9 @@ struct tcp_engine {
   int32_t ev_cap; /* slots: one event per id, ids reused after it is read */
   atomic_int abort_all;
   atomic_int stop;
+  /* 0 while the thread runs its loop; -errno once it left it on an error (then it also
+   * wrote evfd, so JS looks: a dead engine must not go unnoticed). */
+  atomic_int failed;
   /* Engine thread only. */
   struct pipe_pool pipes;
   int32_t *ready; /* ring of ids */
@@ -392,7 +395,14 @@ static void *engine_main(void *arg) {
     int64_t before = now_ms();
     int timeout = e->ready_count > 0 ? 0 : (int)(next_sweep > before ? next_sweep - before : 0);
     int n = epoll_wait(e->epfd, events, TCP_EPOLL_EVENTS_MAX, timeout);
-    if (n < 0 && errno != EINTR) break;
+    if (n < 0 && errno != EINTR) {
+      /* EBADF/EINVAL/EFAULT: nothing a retry mends. Say so and wake JS, which ends the
+       * process (a service manager restarts it) rather than relay half-alive. */
+      atomic_store(&e->failed, -errno);
+      uint64_t one = 1;
+      (void)!write(e->evfd, &one, sizeof(one));
+      break;
+    }
     int64_t now = now_ms();
     /* Commands (hand-offs) wait until the batch is done: a hand-off may reuse the id of
      * a connection that ended in this batch, whose later events are still in it. */
@@ -494,6 +504,11 @@ fail_errno:
 fail:
   engine_free(e);
   return -err;
+}
+
+int32_t rl_tcp_engine_failed(int32_t engine) {
+  struct tcp_engine *e = engine_get(engine);
+  return e == NULL ? -EBADF : atomic_load(&e->failed);
 }
 
 int32_t rl_tcp_engine_event_fd(int32_t engine) {
@@ -612,4 +627,20 @@ int32_t rl_test_tcp_engine_event_delay(int32_t engine, int32_t delay_us) {
   if (delay_us < 0 || delay_us > 100000) return -EINVAL;
   atomic_store(&e->test_event_delay_us, delay_us);
   return 0;
+}
+
+int32_t rl_test_tcp_engine_break(int32_t engine) {
+  struct tcp_engine *e = engine_get(engine);
+  if (e == NULL) return -EBADF;
+  /* An eventfd takes the epoll fd's number: the thread's next epoll_wait fails with
+   * EINVAL, and engine_free still closes exactly one descriptor under that number. */
+  int fd = eventfd(0, EFD_CLOEXEC);
+  if (fd < 0) return -errno;
+  int rc = dup3(fd, e->epfd, O_CLOEXEC) < 0 ? -errno : 0;
+  close(fd);
+  if (rc != 0) return rc;
+  /* Wake the thread out of its current epoll_wait (on the old instance, which it still
+   * holds) so that it reaches the broken one now, not at its next timeout. */
+  uint64_t one = 1;
+  return write(e->cmdfd, &one, sizeof(one)) == sizeof(one) ? 0 : -errno;
 }

@@ -112,6 +112,23 @@ export class TcpCounters {
   wakes = 0;
 }
 
+export interface TcpRelayOptions {
+  /**
+   * The relay cannot go on (the splice engine thread died): called once with what
+   * happened. Default: log it and exit with 70 (EX_SOFTWARE), so that a service
+   * manager restarts the relay instead of leaving it half-alive.
+   */
+  onFatal?: (message: string) => void;
+}
+
+/** sysexits.h EX_SOFTWARE: an internal error. */
+const EXIT_SOFTWARE = 70;
+
+function exitOnFatal(message: string): void {
+  console.error(`[relay] fatal: ${message}`);
+  process.exit(EXIT_SOFTWARE);
+}
+
 export interface TcpConnectionView {
   client: string;
   target: string;
@@ -179,10 +196,13 @@ export class TcpRelay {
   private stopping = false;
   private closed = false;
   private pollWakesFinal = 0;
+  private readonly onFatal: (message: string) => void;
+  private fatal = false;
 
-  constructor(lib: RelayLib, config: Config) {
+  constructor(lib: RelayLib, config: Config, options: TcpRelayOptions = {}) {
     this.lib = lib;
     this.config = config;
+    this.onFatal = options.onFatal ?? exitOnFatal;
     this.listeners = config.listeners.filter((l) => l.protocol === "tcp");
     this.eventsToken = this.listeners.length;
     this.listenerFd = new Int32Array(this.listeners.length).fill(-1);
@@ -379,6 +399,7 @@ export class TcpRelay {
     if (token === this.eventsToken) {
       try {
         this.drainEvents();
+        this.checkEngine(); // a dying engine wakes us through the same event fd
       } finally {
         if (!this.closed) this.poller.rearm(this.eventsFd, token);
       }
@@ -398,6 +419,7 @@ export class TcpRelay {
 
   private tick(): void {
     this.drainEvents();
+    this.checkEngine();
     for (let i = 0; i < this.listenerFd.length; i++) {
       if (!this.listenerPaused[i] || this.listenerFd[i] < 0) continue;
       this.listenerPaused[i] = 0;
@@ -583,6 +605,15 @@ export class TcpRelay {
   }
 
   // ---- engine events ----
+
+  /** A dead engine thread moves no byte again: report it once, as fatal. */
+  private checkEngine(): void {
+    if (this.engine < 0 || this.fatal) return;
+    const rc = this.lib.rl_tcp_engine_failed(this.engine);
+    if (rc === 0) return;
+    this.fatal = true;
+    this.onFatal(`TCP splice engine thread stopped: epoll_wait: ${errnoName(-rc)}`);
+  }
 
   private drainEvents(): void {
     if (this.engine < 0) return;

@@ -434,6 +434,27 @@ describe("TCP splice engine", () => {
     expect(freeIds.length).toBe(CHURN_SLOTS);
   }, 90_000);
 
+  test("a dead engine thread says so: rl_tcp_engine_failed, and a wake-up on its event fd", () => {
+    const hooks = loadTestHooks();
+    const doomed = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0);
+    expect(doomed).toBeGreaterThanOrEqual(0);
+    const poller = lib.rl_poll_open(4);
+    try {
+      expect(lib.rl_poll_level_triggered(poller)).toBe(0);
+      expect(lib.rl_poll_add(poller, lib.rl_tcp_engine_event_fd(doomed), 1)).toBe(0);
+      expect(lib.rl_poll_wait(poller, 0)).toBe(0); // nothing to say while it runs
+      expect(lib.rl_tcp_engine_failed(doomed)).toBe(0);
+      expect(hooks.rl_test_tcp_engine_break(doomed)).toBe(0);
+      // The thread's next epoll_wait fails: it records why and wakes the event fd.
+      expect(lib.rl_poll_wait(poller, 10_000)).toBe(1);
+      expect(lib.rl_tcp_engine_failed(doomed)).toBe(-E.EINVAL);
+    } finally {
+      expect(lib.rl_poll_stop(poller)).toBe(0);
+      expect(lib.rl_tcp_engine_close(doomed)).toBe(0); // joins the thread that has ended
+    }
+    expect(lib.rl_tcp_engine_failed(doomed)).toBe(-E.EBADF);
+  });
+
   test("engine counters are 64-bit end to end (set past 2^32 by a test hook)", () => {
     const hooks = loadTestHooks();
     const other = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0);
