@@ -2,7 +2,8 @@
  * internal.h: what the files of the C helper share and nothing outside it sees.
  * relay.h is the contract with TypeScript; this header is the glue between
  *
- *   sock.c        socket set-up, address helpers (sockaddr <-> 16 bytes), limits, ABI
+ *   abi.c         ABI version and the record layouts TypeScript checks at start-up
+ *   sock.c        socket set-up, address helpers (sockaddr <-> 16 bytes), fd limit
  *   udp_batch.c   rl_recv_batch, rl_send_batch, rl_recv_errors (recvmmsg/sendmmsg)
  *   poller.c      the epoll thread that wakes JavaScript (and its inline mode)
  *   tcp.c         accept, connect, abort, SO_ORIGINAL_DST

@@ -8,8 +8,8 @@
  *
  * Addresses cross the boundary as 16 bytes: IPv6 as is, IPv4 as the v4-mapped form
  * ::ffff:a.b.c.d, so one key layout serves both families. Ports are in host order.
- * The record layouts below are mirrored in src/sys/layout.ts; rl_layout_check() lets
- * TypeScript assert at start-up that both sides agree.
+ * The record layouts below are mirrored in src/sys/layout.ts; rl_layout_describe() lets
+ * TypeScript assert at start-up that both sides agree on every field.
  */
 #ifndef RELAY_H
 #define RELAY_H
@@ -77,9 +77,17 @@ struct rl_send {
 };
 
 int32_t rl_abi_version(void);
-/* Returns 0 when sizeof/offsetof of the records match the expected values passed in. */
-int32_t rl_layout_check(int32_t meta_bytes, int32_t send_bytes, int32_t meta_length_offset,
-                        int32_t send_result_offset);
+
+/* Records rl_layout_describe() reports (struct rl_tcp_event is defined further down). */
+#define RL_RECORD_META      1
+#define RL_RECORD_SEND      2
+#define RL_RECORD_TCP_EVENT 3
+/* Writes one (record, field, offset, size) tuple of int32 per entry into out (room for
+ * count tuples): for each record first field 0, the record itself (offset 0, its size),
+ * then every field in declaration order, numbered from 1. Returns the number of tuples,
+ * or -ENOSPC (nothing written) when count is too small. TypeScript compares them all
+ * with src/sys/layout.ts at start-up. */
+int32_t rl_layout_describe(int32_t *out, int32_t count);
 
 /* Raises RLIMIT_NOFILE soft limit to min(hard, want); returns the new soft limit. */
 int32_t rl_raise_nofile(int32_t want);

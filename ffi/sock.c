@@ -1,32 +1,15 @@
 /*
- * sock.c: socket set-up (rl_socket and its options), the 16-byte address form,
- * descriptor limits, and the ABI/layout agreement with TypeScript.
+ * sock.c: socket set-up (rl_socket and its options), the 16-byte address form, and
+ * the descriptor limit.
  */
 #include "internal.h"
 
 #include <errno.h>
-#include <stddef.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
-_Static_assert(sizeof(struct rl_meta) == 64, "rl_meta is 64 bytes");
-_Static_assert(sizeof(struct rl_send) == 64, "rl_send is 64 bytes");
-_Static_assert(offsetof(struct rl_meta, length) == 40, "rl_meta.length at 40");
-_Static_assert(offsetof(struct rl_send, result) == 48, "rl_send.result at 48");
-
 static const uint8_t v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
-int32_t rl_abi_version(void) { return RL_ABI_VERSION; }
-
-int32_t rl_layout_check(int32_t meta_bytes, int32_t send_bytes, int32_t meta_length_offset,
-                        int32_t send_result_offset) {
-  if (meta_bytes != (int32_t)sizeof(struct rl_meta)) return -EINVAL;
-  if (send_bytes != (int32_t)sizeof(struct rl_send)) return -EINVAL;
-  if (meta_length_offset != (int32_t)offsetof(struct rl_meta, length)) return -EINVAL;
-  if (send_result_offset != (int32_t)offsetof(struct rl_send, result)) return -EINVAL;
-  return 0;
-}
 
 int32_t rl_raise_nofile(int32_t want) {
   struct rlimit lim;

@@ -17,11 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-_Static_assert(sizeof(struct rl_tcp_event) == 40, "rl_tcp_event is 40 bytes");
-_Static_assert(offsetof(struct rl_tcp_event, connect_ms) == 32, "rl_tcp_event.connect_ms at 32");
-_Static_assert(offsetof(struct rl_tcp_event, error) == 8, "rl_tcp_event.error at 8");
-_Static_assert(offsetof(struct rl_tcp_event, bytes_up) == 16, "rl_tcp_event.bytes_up at 16");
-
 #define TCP_ENGINES_MAX 4
 /* Pump rounds (each: splice in + splice out, both directions) one connection gets per
  * turn; with more work left it goes to the back of the ready queue (fairness). */

@@ -12,6 +12,7 @@ export const E = {
   EACCES: 13,
   EFAULT: 14,
   EINVAL: 22,
+  ENOSPC: 28,
   ENFILE: 23,
   EMFILE: 24,
   EMSGSIZE: 90,

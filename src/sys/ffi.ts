@@ -3,19 +3,13 @@
 import { dlopen, FFIType } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import {
-  ABI_VERSION,
-  META_BYTES,
-  META_LENGTH_OFFSET,
-  SEND_BYTES,
-  SEND_RESULT_OFFSET,
-} from "./layout.ts";
+import { ABI_VERSION, LAYOUT_TUPLES_MAX, layoutDifferences } from "./layout.ts";
 
 const { i32, u32, ptr } = FFIType;
 
 const symbols = {
   rl_abi_version: { args: [], returns: i32 },
-  rl_layout_check: { args: [i32, i32, i32, i32], returns: i32 },
+  rl_layout_describe: { args: [ptr, i32], returns: i32 },
   rl_raise_nofile: { args: [i32], returns: i32 },
   rl_socket: { args: [i32, ptr, i32, i32, i32, i32], returns: i32 },
   rl_close: { args: [i32], returns: i32 },
@@ -61,6 +55,20 @@ export function libraryPath(): string {
 
 let loaded: RelayLib | null = null;
 
+/** Every field of every record, as C sees it, must be what src/sys/layout.ts says. */
+function checkLayouts(lib: RelayLib): void {
+  const described = new Int32Array(LAYOUT_TUPLES_MAX * 4);
+  const tuples = lib.rl_layout_describe(described, LAYOUT_TUPLES_MAX);
+  if (tuples < 0) throw new Error(`rl_layout_describe: ${tuples}`);
+  const differences = layoutDifferences(described.subarray(0, tuples * 4));
+  if (differences.length > 0) {
+    throw new Error(
+      `C helper record layout differs from src/sys/layout.ts (rebuild it: ` +
+        `bash scripts/build.sh): ${differences.join("; ")}`,
+    );
+  }
+}
+
 /** Loads the helper once and checks that both sides agree on the ABI. */
 export function loadFfi(): RelayLib {
   if (loaded) return loaded;
@@ -73,13 +81,7 @@ export function loadFfi(): RelayLib {
   if (abi !== ABI_VERSION) {
     throw new Error(`C helper ABI ${abi} != ${ABI_VERSION}: rebuild it (bash scripts/build.sh)`);
   }
-  const layout = lib.rl_layout_check(
-    META_BYTES,
-    SEND_BYTES,
-    META_LENGTH_OFFSET,
-    SEND_RESULT_OFFSET,
-  );
-  if (layout !== 0) throw new Error("C helper record layout differs from src/sys/layout.ts");
+  checkLayouts(lib);
   loaded = lib;
   return lib;
 }

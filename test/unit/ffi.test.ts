@@ -6,12 +6,18 @@ import { loadFfi } from "../../src/sys/ffi.ts";
 import {
   ABI_VERSION,
   BATCH_COUNT_MAX,
+  LAYOUT_TUPLES_MAX,
+  layoutDifferences,
   META,
   META_BYTES,
+  META_RECORD,
+  RECORDS,
   SEND,
   SEND_BYTES,
+  SEND_RECORD,
   SEND_WORDS,
   SOCK,
+  TCP_EVENT_RECORD,
 } from "../../src/sys/layout.ts";
 import { decodeSocketError, describeSocketError, E } from "../../src/sys/errno.ts";
 import { mapIPv4, parseAddress } from "../../src/sys/addr.ts";
@@ -35,10 +41,48 @@ function sendOne(sender: number, receiver: number): void {
 }
 
 describe("C helper", () => {
-  test("ABI version and record layout agree with src/sys/layout.ts", () => {
+  test("ABI version and every field of every record agree with src/sys/layout.ts", () => {
     expect(lib.rl_abi_version()).toBe(ABI_VERSION);
-    expect(lib.rl_layout_check(META_BYTES, SEND_BYTES, 40, 48)).toBe(0);
-    expect(lib.rl_layout_check(META_BYTES + 1, SEND_BYTES, 40, 48)).toBe(-E.EINVAL);
+    const described = new Int32Array(LAYOUT_TUPLES_MAX * 4);
+    const tuples = lib.rl_layout_describe(described, LAYOUT_TUPLES_MAX);
+    // Each record once (field 0) plus each of its fields: all of them, not a sample.
+    const expected = RECORDS.reduce((n, r) => n + 1 + Object.keys(r.fields).length, 0);
+    expect(tuples).toBe(expected);
+    expect(lib.rl_layout_describe(described, tuples - 1)).toBe(-E.ENOSPC);
+    expect(layoutDifferences(described.subarray(0, tuples * 4))).toEqual([]);
+  });
+
+  test("a layout difference is refused with the field it concerns", () => {
+    const described = new Int32Array(LAYOUT_TUPLES_MAX * 4);
+    const tuples = lib.rl_layout_describe(described, LAYOUT_TUPLES_MAX);
+    const find = (record: number, field: number) => {
+      for (let t = 0; t < tuples; t++) {
+        if (described[t * 4] === record && described[t * 4 + 1] === field) return t * 4;
+      }
+      throw new Error(`no tuple ${record}.${field}`);
+    };
+    const at = (edit: (d: Int32Array) => void) => {
+      const copy = described.slice(0, tuples * 4);
+      edit(copy);
+      return layoutDifferences(copy);
+    };
+    const length = META_RECORD.fields.length;
+    expect(at((d) => (d[find(META_RECORD.id, length.id) + 2] = 44))).toEqual([
+      "rl_meta.length: C has offset 44 size 4, TypeScript offset 40 size 4",
+    ]);
+    const result = SEND_RECORD.fields.result;
+    expect(at((d) => (d[find(SEND_RECORD.id, result.id) + 3] = 8))).toEqual([
+      "rl_send.result: C has offset 48 size 8, TypeScript offset 48 size 4",
+    ]);
+    expect(at((d) => (d[find(TCP_EVENT_RECORD.id, 0) + 3] = 48))).toEqual([
+      "rl_tcp_event: C has 48 bytes, TypeScript 40",
+    ]);
+    // A field TypeScript does not know, and one C no longer describes.
+    const bytesDown = TCP_EVENT_RECORD.fields.bytes_down;
+    expect(at((d) => (d[find(TCP_EVENT_RECORD.id, bytesDown.id) + 1] = 99))).toEqual([
+      "rl_tcp_event field 99 (offset 24, size 8) is unknown to TypeScript",
+      "rl_tcp_event.bytes_down: not described by C",
+    ]);
   });
 
   test("receive batch: 0 when empty, exactly BATCH_COUNT_MAX allowed, one past refused", () => {
