@@ -33,13 +33,14 @@
 #define RL_SOCK_V6ONLY        0x0080 /* IPV6_V6ONLY */
 #define RL_SOCK_STREAM        0x0100 /* SOCK_STREAM (TCP listener) instead of SOCK_DGRAM */
 #define RL_SOCK_RXQ_OVFL      0x0200 /* SO_RXQ_OVFL: datagrams dropped on a full queue */
+#define RL_SOCK_FLAGS_ALL     0x03ff /* any other bit: -(RL_STEP_SOCKET << 16 | EINVAL) */
 
 /* rl_socket() failures are -(step << 16 | errno): the step names the option that
  * was refused (see enum rl_step in internal.h, mirrored in src/sys/errno.ts). */
 
 /* rl_meta.flags */
 #define RL_META_TRUNCATED     0x0001 /* MSG_TRUNC: datagram larger than its slot */
-#define RL_META_CTRUNCATED    0x0002 /* MSG_CTRUNC: control data lost */
+/* 0x0002 is unused (it was MSG_CTRUNC, which nothing read: see rl_recv_batch). */
 #define RL_META_HAS_ORIGDST   0x0004 /* target_addr/target_port hold the original dst */
 #define RL_META_HAS_DROPS     0x0008 /* queue_drops holds SO_RXQ_OVFL's counter */
 
@@ -169,6 +170,7 @@ int32_t rl_poll_stats(int32_t poller, double *out);
 #define RL_TCP_SOURCE_BIND    0x0001 /* bind source_addr (port 0) before connecting */
 #define RL_TCP_TRANSPARENT    0x0002 /* IP_TRANSPARENT: source_addr need not be local
                                         (HAProxy "usesrc clientip") */
+#define RL_TCP_FLAGS_ALL      0x0003 /* any other bit: -(step 13 << 16 | EINVAL) */
 
 /* One engine event (40 bytes), read by rl_tcp_engine_events(). A connection makes
  * exactly one, when it ends (a separate "connected" event would double the wake-ups

@@ -67,6 +67,7 @@ int32_t rl_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark
   const int v6 = (flags & RL_SOCK_IPV6) != 0;
   const int family = v6 ? AF_INET6 : AF_INET;
   const int type = (flags & RL_SOCK_STREAM) ? SOCK_STREAM : SOCK_DGRAM;
+  if (flags & ~RL_SOCK_FLAGS_ALL) return -((RL_STEP_SOCKET << 16) | EINVAL);
   if (port < 0 || port > 65535) return -((RL_STEP_BIND << 16) | EINVAL);
 
   int fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -59,6 +59,8 @@ int32_t rl_tcp_accept(int32_t listener_fd, struct rl_meta *meta) {
 
 int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t target_scope,
                        const uint8_t *source_addr, int32_t flags, int32_t mark) {
+  /* Socket options of listeners (RL_SOCK_*) have no meaning here: refused, not ignored. */
+  if (flags & ~RL_TCP_FLAGS_ALL) return -((RL_STEP_CONNECT << 16) | EINVAL);
   if (target_port <= 0 || target_port > 65535) return -((RL_STEP_CONNECT << 16) | EINVAL);
   struct sockaddr_storage target;
   socklen_t target_len =
@@ -72,8 +74,6 @@ int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t 
     if (rc != 0) STEP_FAIL(RL_STEP_TRANSPARENT);
   }
   if (mark != 0 && set_int(fd, SOL_SOCKET, SO_MARK, mark) != 0) STEP_FAIL(RL_STEP_MARK);
-  if ((flags & RL_SOCK_RXQ_OVFL) && set_int(fd, SOL_SOCKET, SO_RXQ_OVFL, 1) != 0)
-    STEP_FAIL(RL_STEP_RXQ_OVFL);
   (void)set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
   if (flags & RL_TCP_SOURCE_BIND) {
     struct sockaddr_storage source;

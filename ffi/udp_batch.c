@@ -11,7 +11,9 @@
 #include <string.h>
 
 /* Control space for one received datagram: the original destination (the larger,
- * IPv6, form). Anything else that arrives sets MSG_CTRUNC and is reported. */
+ * IPv6, form) and SO_RXQ_OVFL's counter. Anything else that arrives is cut off
+ * (MSG_CTRUNC); should the original destination be the part lost, the datagram comes
+ * without RL_META_HAS_ORIGDST and is counted as such. */
 #define RECV_CMSG_BYTES (CMSG_SPACE(sizeof(struct sockaddr_in6)) + CMSG_SPACE(sizeof(uint32_t)))
 /* Control space for one sent datagram: the larger pktinfo. */
 #define SEND_CMSG_BYTES CMSG_SPACE(sizeof(struct in6_pktinfo))
@@ -56,7 +58,6 @@ int32_t rl_recv_batch(int32_t fd, uint8_t *slab, int32_t slot_bytes, int32_t cou
     uint32_t wire = recv_msgs[i].msg_len;
     uint16_t flags = 0;
     if ((h->msg_flags & MSG_TRUNC) || wire > (uint32_t)slot_bytes) flags |= RL_META_TRUNCATED;
-    if (h->msg_flags & MSG_CTRUNC) flags |= RL_META_CTRUNCATED;
     int sport = sockaddr_to_addr((struct sockaddr *)&recv_names[i], m->source_addr,
                                  &m->source_scope);
     m->source_port = sport < 0 ? 0 : (uint16_t)sport;

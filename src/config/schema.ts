@@ -77,7 +77,7 @@ export const UdpSchema = Type.Object(
       Type.Integer({ minimum: 100, maximum: 86_400_000 }),
       { default: { "53": 10_000, "443": 120_000 } },
     ),
-    /** Receive slot size: larger datagrams are counted and dropped (udp_oversized). */
+    /** Receive slot size: larger datagrams are dropped and counted (droppedOversized). */
     datagramBytesMax: Type.Integer({ minimum: 512, maximum: 65_535, default: 4096 }),
     /** Datagrams per recvmmsg/sendmmsg call. */
     batchCountMax: Type.Integer({ minimum: 1, maximum: 256, default: 64 }),

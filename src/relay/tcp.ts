@@ -320,10 +320,6 @@ export class TcpRelay {
     }
   }
 
-  get activeCount(): number {
-    return this.active;
-  }
-
   /** The `tcp` object of the metrics line. */
   snapshot() {
     if (this.engine >= 0) this.lib.rl_tcp_engine_stats(this.engine, this.statsPtr);

@@ -98,18 +98,6 @@ export function policyRoutingCommands(config: Config): string[][] {
   ];
 }
 
-export function removalCommands(config: Config): string[][] {
-  const mark = hex(config.tproxyMark);
-  const table = `${config.routeTable}`;
-  return [
-    ["nft", "delete", "table", "inet", TABLE_NAME],
-    ["ip", "-4", "rule", "del", "fwmark", mark, "lookup", table],
-    ["ip", "-4", "route", "flush", "table", table],
-    ["ip", "-6", "rule", "del", "fwmark", mark, "lookup", table],
-    ["ip", "-6", "route", "flush", "table", table],
-  ];
-}
-
 /** A shell script a user can read and run (bun run relay --print-rules). */
 export function rulesScript(config: Config): string {
   const ip = policyRoutingCommands(config)

@@ -43,7 +43,7 @@ export function errnoName(code: number): string {
   return NAMES[code] ?? `errno ${code}`;
 }
 
-/** rl_socket() failure steps (enum rl_step in ffi/internal.h). */
+/** rl_socket() and rl_tcp_connect() failure steps (enum rl_step in ffi/internal.h). */
 export const SOCKET_STEPS: Record<number, string> = {
   1: "socket()",
   2: "IP_TRANSPARENT",
@@ -57,6 +57,7 @@ export const SOCKET_STEPS: Record<number, string> = {
   10: "SO_RCVBUF",
   11: "SO_SNDBUF",
   12: "bind()",
+  13: "connect()", // rl_tcp_connect only
   14: "SO_RXQ_OVFL",
 };
 

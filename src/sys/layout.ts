@@ -114,7 +114,6 @@ export const META = {
 } as const;
 
 export const META_FLAG_TRUNCATED = 0x0001;
-export const META_FLAG_CTRUNCATED = 0x0002;
 export const META_FLAG_HAS_ORIGDST = 0x0004;
 export const META_FLAG_HAS_DROPS = 0x0008;
 

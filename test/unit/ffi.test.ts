@@ -165,6 +165,14 @@ describe("C helper", () => {
     const wrong = lib.rl_socket(0, parseAddress("::1")!, 0, 0, 0, 0);
     expect(decodeSocketError(wrong)).toEqual({ step: "bind()", errno: E.EAFNOSUPPORT });
     expect(decodeSocketError(lib.rl_socket(0, loopback4, 70000, 0, 0, 0)).errno).toBe(E.EINVAL);
+    // Flags outside the contract are refused, never ignored: a socket option of
+    // listeners (SO_RXQ_OVFL) means nothing to an upstream connection.
+    expect(decodeSocketError(lib.rl_socket(0x8000, loopback4, 0, 0, 0, 0))).toEqual({
+      step: "socket()",
+      errno: E.EINVAL,
+    });
+    const connect = lib.rl_tcp_connect(loopback4, 9, 0, loopback4, SOCK.rxqOverflow, 0);
+    expect(decodeSocketError(connect)).toEqual({ step: "connect()", errno: E.EINVAL });
     expect(describeSocketError({ step: "IP_TRANSPARENT", errno: E.EPERM }, true)).toStartWith(
       "IPV6_TRANSPARENT: EPERM: needs CAP_NET_ADMIN",
     );

@@ -75,6 +75,22 @@ describe("tidy", () => {
     expect(built.sort()).toEqual(present.sort());
   });
 
+  test("every name src exports is used beyond its declaration (no dead exports)", () => {
+    const tree = [...SOURCE, ...files("test", [".ts"]), ...files("bench", [".ts"])]
+      .filter((f) => f.endsWith(".ts"))
+      .map((f) => readFileSync(join(ROOT, f), "utf8"))
+      .join("\n");
+    const declaration = /export (?:async )?(?:function|const|let|class|enum|interface|type) (\w+)/g;
+    const dead: string[] = [];
+    for (const f of files("src", [".ts"])) {
+      for (const [, name] of readFileSync(join(ROOT, f), "utf8").matchAll(declaration)) {
+        const uses = tree.match(new RegExp(`\\b${name}\\b`, "g"))?.length ?? 0;
+        if (uses < 2) dead.push(`${f}: ${name}`);
+      }
+    }
+    expect(dead).toEqual([]);
+  });
+
   test("the data path logs through its rate-limited logger, never console.log", () => {
     const dataPath = ["src/relay", "src/flow", "src/egress", "src/sys"].flatMap((d) =>
       files(d, [".ts"]),
