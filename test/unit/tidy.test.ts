@@ -75,6 +75,33 @@ describe("tidy", () => {
     expect(built.sort()).toEqual(present.sort());
   });
 
+  test("unit tests wait for conditions, not for time: every sleep is inside a loop", () => {
+    // STYLE.md 14: poll until a deadline; never sleep-then-assert on a shared machine.
+    const loose: string[] = [];
+    for (const f of files("test/unit", [".ts"])) {
+      const loops: number[] = []; // brace depth at which each open loop body started
+      let depth = 0;
+      readFileSync(join(ROOT, f), "utf8")
+        .split("\n")
+        .forEach((line, i) => {
+          const loop = /\b(for|while) \(/.test(line);
+          if (line.includes("Bun.sleep(") && loops.length === 0 && !loop) {
+            loose.push(`${f}:${i + 1}`);
+          }
+          for (const ch of line) {
+            if (ch === "{") {
+              depth++;
+              if (loop && loops.at(-1) !== depth) loops.push(depth);
+            } else if (ch === "}") {
+              if (loops.at(-1) === depth) loops.pop();
+              depth--;
+            }
+          }
+        });
+    }
+    expect(loose).toEqual([]);
+  });
+
   test("every name src exports is used beyond its declaration (no dead exports)", () => {
     const tree = [...SOURCE, ...files("test", [".ts"]), ...files("bench", [".ts"])]
       .filter((f) => f.endsWith(".ts"))
