@@ -1,10 +1,14 @@
 /*
  * relay.h: the C helper behind bun:ffi. It owns the syscalls of the data path and
- * keeps no policy: socket set-up, batched receive/send with control messages, and one
- * epoll thread that wakes JavaScript.
+ * keeps no policy: socket set-up, batched receive/send with control messages, the
+ * epoll thread that wakes JavaScript, TCP accept/connect and the splice engine.
+ * (ffi/internal.h lists the file of each.)
  *
  * Contract: every function returns n >= 0 on success or -errno on failure, captured
  * right after the failing call. Nothing reads a global errno later.
+ *
+ * Pollers and engines are named by handles (>= 0) that carry a generation: once
+ * closed, a handle stays invalid (-EBADF) even after another open reuses its slot.
  *
  * Addresses cross the boundary as 16 bytes: IPv6 as is, IPv4 as the v4-mapped form
  * ::ffff:a.b.c.d, so one key layout serves both families. Ports are in host order.
