@@ -86,8 +86,8 @@ const loopback4 = mapIPv4(new Uint8Array([127, 0, 0, 1]));
 
 /** A UDP socket on 127.0.0.1 with a 4 MiB receive buffer (the batches must all fit). */
 function socket(): number {
-  const fd = lib.rl_udp_socket(0, loopback4, 0, 0, 4 << 20, 4 << 20);
-  if (fd < 0) throw new Error(`rl_udp_socket: ${fd}`);
+  const fd = lib.rl_socket(0, loopback4, 0, 0, 4 << 20, 4 << 20);
+  if (fd < 0) throw new Error(`rl_socket: ${fd}`);
   return fd;
 }
 
@@ -150,7 +150,7 @@ function batchGroup(small: boolean): Group {
     add(g, batch === 1 ? "1 per call" : `${batch} per call`, DATAGRAMS, () => {
       for (let done = 0; done < DATAGRAMS; done += batch) {
         const sendsPtr = (sendsBase + done * SEND_BYTES) as Pointer;
-        const sent = lib.rl_send_batch(slabPtr, sendsPtr, batch);
+        const sent = lib.rl_send_batch(slabPtr, slab.byteLength, sendsPtr, batch);
         if (sent !== batch) throw new Error(`rl_send_batch: ${sent} of ${batch}`);
         // Loopback delivers during sendmmsg, so the datagrams are queued already;
         // bounded: one call per datagram at most.

@@ -29,7 +29,7 @@ const addr = parseAddress(address ?? "");
 if (!addr || !portText) throw new Error("usage: bun bench/tcp_bun_stream.ts ADDRESS PORT");
 const lib = loadFfi();
 const ipv6 = address!.includes(":");
-const fd = lib.rl_udp_socket(SOCK.stream | SOCK.transparent | SOCK.reuseAddr | SOCK.freeBind |
+const fd = lib.rl_socket(SOCK.stream | SOCK.transparent | SOCK.reuseAddr | SOCK.freeBind |
   (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0), addr, Number(portText), 0, 0, 0);
 if (fd < 0) throw new Error(`listener: ${fd}`);
 if (lib.rl_listen(fd, 1024) < 0) throw new Error("listen");

@@ -15,8 +15,7 @@
  * Bounded: a dump reads at most DUMP_READS_MAX datagrams and writes at most `count`
  * records; a larger table returns -ENOSPC rather than a silent prefix of it.
  */
-#define _GNU_SOURCE
-#include "relay.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <linux/netlink.h>
@@ -31,8 +30,6 @@
 #define DUMP_BUFFER_BYTES (32 * 1024)
 
 _Static_assert(sizeof(struct rl_local_route) == 20, "rl_local_route is 20 bytes");
-
-static const uint8_t v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
 static int netlink_socket(uint32_t groups) {
   int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);

@@ -1,28 +1,32 @@
 /*
  * relay.h: the C helper behind bun:ffi. It owns the syscalls of the data path and
- * keeps no policy: socket set-up, batched receive/send with control messages, and one
- * epoll thread that wakes JavaScript.
+ * keeps no policy: socket set-up, batched receive/send with control messages, the
+ * epoll thread that wakes JavaScript, TCP accept/connect and the splice engine.
+ * (ffi/internal.h lists the file of each.)
  *
  * Contract: every function returns n >= 0 on success or -errno on failure, captured
  * right after the failing call. Nothing reads a global errno later.
  *
+ * Pollers and engines are named by handles (>= 0) that carry a generation: once
+ * closed, a handle stays invalid (-EBADF) even after another open reuses its slot.
+ *
  * Addresses cross the boundary as 16 bytes: IPv6 as is, IPv4 as the v4-mapped form
  * ::ffff:a.b.c.d, so one key layout serves both families. Ports are in host order.
- * The record layouts below are mirrored in src/sys/layout.ts; rl_layout_check() lets
- * TypeScript assert at start-up that both sides agree.
+ * The record layouts below are mirrored in src/sys/layout.ts; rl_layout_describe() lets
+ * TypeScript assert at start-up that both sides agree on every field.
  */
 #ifndef RELAY_H
 #define RELAY_H
 
 #include <stdint.h>
 
-#define RL_ABI_VERSION 1
+#define RL_ABI_VERSION 2
 
 /* Largest batch one recv/send call handles: the static mmsghdr/iovec/cmsg arrays are
  * sized by it. 256 follows the kernel selftest's drain budget. */
 #define RL_BATCH_COUNT_MAX 256
 
-/* rl_udp_socket() option flags. */
+/* rl_socket() option flags. */
 #define RL_SOCK_TRANSPARENT   0x0001 /* IP_TRANSPARENT / IPV6_TRANSPARENT */
 #define RL_SOCK_RECVORIGDST   0x0002 /* IP_RECVORIGDSTADDR / IPV6_RECVORIGDSTADDR */
 #define RL_SOCK_REUSEADDR     0x0004 /* SO_REUSEADDR */
@@ -33,13 +37,14 @@
 #define RL_SOCK_V6ONLY        0x0080 /* IPV6_V6ONLY */
 #define RL_SOCK_STREAM        0x0100 /* SOCK_STREAM (TCP listener) instead of SOCK_DGRAM */
 #define RL_SOCK_RXQ_OVFL      0x0200 /* SO_RXQ_OVFL: datagrams dropped on a full queue */
+#define RL_SOCK_FLAGS_ALL     0x03ff /* any other bit: -(RL_STEP_SOCKET << 16 | EINVAL) */
 
-/* rl_udp_socket() failures are -(step << 16 | errno): the step names the option that
- * was refused (see enum rl_step in relay.c, mirrored in src/sys/errno.ts). */
+/* rl_socket() failures are -(step << 16 | errno): the step names the option that
+ * was refused (see enum rl_step in internal.h, mirrored in src/sys/errno.ts). */
 
 /* rl_meta.flags */
 #define RL_META_TRUNCATED     0x0001 /* MSG_TRUNC: datagram larger than its slot */
-#define RL_META_CTRUNCATED    0x0002 /* MSG_CTRUNC: control data lost */
+/* 0x0002 is unused (it was MSG_CTRUNC, which nothing read: see rl_recv_batch). */
 #define RL_META_HAS_ORIGDST   0x0004 /* target_addr/target_port hold the original dst */
 #define RL_META_HAS_DROPS     0x0008 /* queue_drops holds SO_RXQ_OVFL's counter */
 
@@ -77,9 +82,17 @@ struct rl_send {
 };
 
 int32_t rl_abi_version(void);
-/* Returns 0 when sizeof/offsetof of the records match the expected values passed in. */
-int32_t rl_layout_check(int32_t meta_bytes, int32_t send_bytes, int32_t meta_length_offset,
-                        int32_t send_result_offset);
+
+/* Records rl_layout_describe() reports (struct rl_tcp_event is defined further down). */
+#define RL_RECORD_META      1
+#define RL_RECORD_SEND      2
+#define RL_RECORD_TCP_EVENT 3
+/* Writes one (record, field, offset, size) tuple of int32 per entry into out (room for
+ * count tuples): for each record first field 0, the record itself (offset 0, its size),
+ * then every field in declaration order, numbered from 1. Returns the number of tuples,
+ * or -ENOSPC (nothing written) when count is too small. TypeScript compares them all
+ * with src/sys/layout.ts at start-up. */
+int32_t rl_layout_describe(int32_t *out, int32_t count);
 
 /* Raises RLIMIT_NOFILE soft limit to min(hard, want); returns the new soft limit. */
 int32_t rl_raise_nofile(int32_t want);
@@ -87,10 +100,10 @@ int32_t rl_raise_nofile(int32_t want);
 /* Creates, configures and binds a socket (non-blocking, close-on-exec).
  * addr: 16 bytes (v4-mapped for IPv4), port in host order. mark: SO_MARK (0: unset).
  * Buffer sizes of 0 keep the kernel default; SO_*BUFFORCE is tried first (root). */
-int32_t rl_udp_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark,
-                      int32_t receive_bytes, int32_t send_bytes);
+int32_t rl_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark,
+                  int32_t receive_bytes, int32_t send_bytes);
 int32_t rl_close(int32_t fd);
-/* listen(2) for a TCP listener made by rl_udp_socket(RL_SOCK_STREAM ...). */
+/* listen(2) for a TCP listener made by rl_socket(RL_SOCK_STREAM ...). */
 int32_t rl_listen(int32_t fd, int32_t backlog);
 /* Writes the bound address (16 bytes) into addr_out and returns the bound port. */
 int32_t rl_local_port(int32_t fd, uint8_t *addr_out);
@@ -107,9 +120,11 @@ int32_t rl_recv_batch(int32_t fd, uint8_t *slab, int32_t slot_bytes, int32_t cou
 int32_t rl_recv_errors(int32_t fd, int32_t count, struct rl_meta *meta);
 
 /* Sends sends[0..count): runs of consecutive entries with the same fd go out in one
- * sendmmsg. A datagram that fails gets result = -errno and the rest still go. Returns
- * the number of datagrams sent successfully. */
-int32_t rl_send_batch(uint8_t *slab, struct rl_send *sends, int32_t count);
+ * sendmmsg. A datagram that fails gets result = -errno and the rest still go. An entry
+ * whose payload [offset, offset + length) is not inside slab[0..slab_bytes) is not sent
+ * (result -EFAULT), nor is one with fd < 0 (-EBADF). Returns the number of datagrams
+ * sent successfully. */
+int32_t rl_send_batch(uint8_t *slab, uint32_t slab_bytes, struct rl_send *sends, int32_t count);
 
 /* TCP helpers: original destination under REDIRECT/DNAT (SO_ORIGINAL_DST). */
 int32_t rl_original_dst(int32_t fd, uint8_t *addr_out);
@@ -138,8 +153,13 @@ int32_t rl_poll_wait(int32_t poller, int32_t timeout_ms);
  * at once, and the re-arm syscall per socket per round goes away. */
 int32_t rl_poll_level_triggered(int32_t poller);
 int32_t rl_poll_stop(int32_t poller);
-/* Counters: 0 wake calls, 1 ready events, 2 ring overflows (must stay 0). */
-int32_t rl_poll_stat(int32_t poller, int32_t which);
+/* Counters, 64-bit, written to out[0..RL_POLL_STATS_COUNT) as doubles (exact to 2^53).
+ * Returns RL_POLL_STATS_COUNT. */
+#define RL_POLL_STAT_WAKES     0 /* wake calls (threaded) or waits (inline) */
+#define RL_POLL_STAT_EVENTS    1 /* ready events pushed into the ring */
+#define RL_POLL_STAT_OVERFLOWS 2 /* ring overflows (must stay 0) */
+#define RL_POLL_STATS_COUNT    3
+int32_t rl_poll_stats(int32_t poller, double *out);
 
 /* ---- TCP (issue 4) ----
  * Bun decides, C copies. Accepting, the original destination and the upstream
@@ -154,6 +174,7 @@ int32_t rl_poll_stat(int32_t poller, int32_t which);
 #define RL_TCP_SOURCE_BIND    0x0001 /* bind source_addr (port 0) before connecting */
 #define RL_TCP_TRANSPARENT    0x0002 /* IP_TRANSPARENT: source_addr need not be local
                                         (HAProxy "usesrc clientip") */
+#define RL_TCP_FLAGS_ALL      0x0003 /* any other bit: -(step 13 << 16 | EINVAL) */
 
 /* One engine event (40 bytes), read by rl_tcp_engine_events(). A connection makes
  * exactly one, when it ends (a separate "connected" event would double the wake-ups
@@ -190,7 +211,7 @@ int32_t rl_tcp_accept(int32_t listener_fd, struct rl_meta *meta);
 
 /* Opens a non-blocking TCP connection to target (SO_MARK mark unless 0,
  * TCP_NODELAY), optionally bound to source_addr first (see flags). Returns the fd
- * with the connect in progress, or -(step << 16 | errno) like rl_udp_socket() with
+ * with the connect in progress, or -(step << 16 | errno) like rl_socket() with
  * step 13 for connect(). */
 int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t target_scope,
                        const uint8_t *source_addr, int32_t flags, int32_t mark);
@@ -202,8 +223,13 @@ int32_t rl_tcp_abort(int32_t fd);
  * bound on what the relay holds per direction). Returns a handle >= 0. */
 int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_timeout_ms,
                            int32_t idle_timeout_ms);
-/* The eventfd that becomes readable when events wait (register it with rl_poll_add). */
+/* The eventfd that becomes readable when events wait (register it with rl_poll_add),
+ * and also when the engine thread dies (see rl_tcp_engine_failed). */
 int32_t rl_tcp_engine_event_fd(int32_t engine);
+/* 0 while the engine thread runs; -errno of the error that ended its loop (epoll_wait
+ * failed), after which no connection moves: the caller must treat it as fatal.
+ * -EBADF also for a handle that is not open. */
+int32_t rl_tcp_engine_failed(int32_t engine);
 /* Hands a pair to the engine, which owns both fds from now on (also on failure,
  * where it closes them). id must be free: ids are reused only after their closed
  * event was read. upstream_fd's connect may still be in progress. */
@@ -212,8 +238,15 @@ int32_t rl_tcp_engine_add(int32_t engine, int32_t id, int32_t client_fd, int32_t
 int32_t rl_tcp_engine_events(int32_t engine, struct rl_tcp_event *out, int32_t count);
 /* Resets every open connection (each gets a closed event, RL_TCP_END_ABORTED). */
 int32_t rl_tcp_engine_abort_all(int32_t engine);
-/* out[0..5]: bytes up, bytes down (delivered, all time), open connections, pipes in
- * use, pipes pooled, events lost (must stay 0). */
+/* Writes out[0..RL_TCP_STATS_COUNT) as doubles (counters are 64-bit, exact to 2^53);
+ * returns RL_TCP_STATS_COUNT. */
+#define RL_TCP_STAT_BYTES_UP     0 /* client -> upstream bytes delivered, all time */
+#define RL_TCP_STAT_BYTES_DOWN   1 /* upstream -> client bytes delivered, all time */
+#define RL_TCP_STAT_OPEN         2 /* gauge: open connections */
+#define RL_TCP_STAT_PIPES_IN_USE 3 /* gauge */
+#define RL_TCP_STAT_PIPES_POOLED 4 /* gauge */
+#define RL_TCP_STAT_EVENTS_LOST  5 /* counter, must stay 0 */
+#define RL_TCP_STATS_COUNT       6
 int32_t rl_tcp_engine_stats(int32_t engine, double *out);
 /* Joins the thread and closes every fd it still holds (RST to open peers). */
 int32_t rl_tcp_engine_close(int32_t engine);
@@ -239,5 +272,20 @@ int32_t rl_addr_watch_open(void);
 /* Reads every pending notification; returns how many, or -errno (-ENOBUFS: some were
  * lost, which only means "dump again"). */
 int32_t rl_addr_watch_drain(int32_t fd);
+
+/* ---- Test-only hooks ----
+ * For test/unit only (src/sys/test_hooks.ts binds them; src/sys/ffi.ts does not): they
+ * put the C side into states a test cannot reach in reasonable time. */
+
+/* Sets a poller counter (RL_POLL_STAT_*) to value (0..2^53), e.g. just past 2^32. */
+int32_t rl_test_poll_stat_set(int32_t poller, int32_t which, double value);
+/* Sets an engine counter (RL_TCP_STAT_BYTES_UP, _BYTES_DOWN, _EVENTS_LOST). */
+int32_t rl_test_tcp_engine_stat_set(int32_t engine, int32_t which, double value);
+/* Makes the engine thread pause delay_us (0..100000) after each epoll event it handles:
+ * JS then reuses an ended connection's id while the engine is still in that batch. */
+int32_t rl_test_tcp_engine_event_delay(int32_t engine, int32_t delay_us);
+/* Breaks the engine's epoll descriptor (an eventfd takes its number): the thread's loop
+ * ends with EINVAL, as it would on any epoll_wait error. */
+int32_t rl_test_tcp_engine_break(int32_t engine);
 
 #endif

@@ -2,7 +2,6 @@
 // parse() and read() overwrite its numbers in place; name() builds a string only when asked.
 import {
   Field,
-  Kind,
   RESULT_WORDS_SHIFT,
   WORD_CODE,
   WORD_FIELD,
@@ -81,5 +80,3 @@ export class DnsParser {
     return r;
   }
 }
-
-export const DNS_KIND = Kind.dns;

@@ -10,7 +10,6 @@ export const Code = {
   malformed: 2,
   unsupported: 3,
 } as const;
-export type CodeValue = (typeof Code)[keyof typeof Code];
 
 /** Parser selector in a batch descriptor, and the kind written into each record. */
 export const Kind = {

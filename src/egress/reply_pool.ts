@@ -97,7 +97,7 @@ export class ReplyPool {
       SOCK.freeBind |
       SOCK.recvOrigDst |
       (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
-    const fd = this.lib.rl_udp_socket(
+    const fd = this.lib.rl_socket(
       flags,
       this.keyBytes,
       this.key[4],

@@ -7,8 +7,8 @@
 //
 // TypeScript decides, C copies. Accepting is cheap and rare next to copying bytes, so
 // it stays here where policy lives; the bytes never enter JavaScript: the engine in
-// ffi/relay.c moves them with splice(2) through one pipe per direction, which is also
-// the per-direction bound (tcp.bufferBytesMax): a slow reader stalls its writer
+// ffi/tcp_engine.c moves them with splice(2) through one pipe per direction, which is
+// also the per-direction bound (tcp.bufferBytesMax): a slow reader stalls its writer
 // through TCP flow control instead of growing a buffer.
 //
 // Why not Bun sockets for the bytes (bench/tcp_bun_stream.ts, measured by
@@ -25,6 +25,7 @@
 
 import { type Pointer, ptr } from "bun:ffi";
 import type { Config, ListenerConfig } from "../config/load.ts";
+import { RateLimitedLog } from "../control/log.ts";
 import { LocalTargets, TargetKind } from "../flow/local_targets.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import {
@@ -62,7 +63,6 @@ const EVENTS_BATCHES_MAX = 16;
 const TICK_MS = 100;
 /** After the grace period, how long the engine gets to report the resets. */
 const ABORT_WAIT_MS = 2000;
-const LOG_INTERVAL_MS = 10_000;
 /** The local-address set is re-read this often besides on netlink notifications. */
 const LOCAL_REFRESH_MS = 5_000;
 
@@ -127,6 +127,23 @@ export class TcpCounters {
   bytesToClientsClosed = 0;
 
   wakes = 0;
+}
+
+export interface TcpRelayOptions {
+  /**
+   * The relay cannot go on (the splice engine thread died): called once with what
+   * happened. Default: log it and exit with 70 (EX_SOFTWARE), so that a service
+   * manager restarts the relay instead of leaving it half-alive.
+   */
+  onFatal?: (message: string) => void;
+}
+
+/** sysexits.h EX_SOFTWARE: an internal error. */
+const EXIT_SOFTWARE = 70;
+
+function exitOnFatal(message: string): void {
+  console.error(`[relay] fatal: ${message}`);
+  process.exit(EXIT_SOFTWARE);
 }
 
 export interface TcpConnectionView {
@@ -198,18 +215,17 @@ export class TcpRelay {
   private active = 0;
 
   private timer: ReturnType<typeof setInterval> | null = null;
-  private readonly lastLogMs = new Map<string, number>();
+  private readonly logger = new RateLimitedLog();
   private stopping = false;
   private closed = false;
   private pollWakesFinal = 0;
+  private readonly onFatal: (message: string) => void;
+  private fatal = false;
 
-  constructor(
-    lib: RelayLib,
-    config: Config,
-    private readonly options: { onFatal?: (message: string) => void } = {},
-  ) {
+  constructor(lib: RelayLib, config: Config, options: TcpRelayOptions = {}) {
     this.lib = lib;
     this.config = config;
+    this.onFatal = options.onFatal ?? exitOnFatal;
     this.listeners = config.listeners.filter((l) => l.protocol === "tcp");
     this.eventsToken = this.listeners.length;
     this.watchToken = this.listeners.length + 1;
@@ -329,10 +345,6 @@ export class TcpRelay {
     }
   }
 
-  get activeCount(): number {
-    return this.active;
-  }
-
   /** The `tcp` object of the metrics line. */
   snapshot() {
     if (this.engine >= 0) this.lib.rl_tcp_engine_stats(this.engine, this.statsPtr);
@@ -378,7 +390,7 @@ export class TcpRelay {
       (l.mode === "tproxy" ? SOCK.transparent | SOCK.freeBind : 0) |
       (l.reusePort ? SOCK.reusePort : 0) |
       (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
-    const fd = this.lib.rl_udp_socket(flags, l.addr, l.port, 0, 0, 0);
+    const fd = this.lib.rl_socket(flags, l.addr, l.port, 0, 0, 0);
     if (fd < 0) {
       const err = decodeSocketError(fd);
       throw new StartError(
@@ -443,6 +455,7 @@ export class TcpRelay {
     if (token === this.eventsToken) {
       try {
         this.drainEvents();
+        this.checkEngine(); // a dying engine wakes us through the same event fd
       } finally {
         if (!this.closed) this.poller.rearm(this.eventsFd, token);
       }
@@ -462,6 +475,7 @@ export class TcpRelay {
 
   private tick(): void {
     this.drainEvents();
+    this.checkEngine();
     if (performance.now() - this.localsRefreshedMs >= LOCAL_REFRESH_MS) this.refreshLocals(false);
     for (let i = 0; i < this.listenerFd.length; i++) {
       if (!this.listenerPaused[i] || this.listenerFd[i] < 0) continue;
@@ -631,6 +645,15 @@ export class TcpRelay {
 
   // ---- engine events ----
 
+  /** A dead engine thread moves no byte again: report it once, as fatal. */
+  private checkEngine(): void {
+    if (this.engine < 0 || this.fatal) return;
+    const rc = this.lib.rl_tcp_engine_failed(this.engine);
+    if (rc === 0) return;
+    this.fatal = true;
+    this.onFatal(`TCP splice engine thread stopped: epoll_wait: ${errnoName(-rc)}`);
+  }
+
   private drainEvents(): void {
     if (this.engine < 0) return;
     const c = this.counters;
@@ -695,10 +718,6 @@ export class TcpRelay {
   }
 
   private log(reason: string, message: string): void {
-    const now = performance.now();
-    const last = this.lastLogMs.get(reason);
-    if (last !== undefined && now - last < LOG_INTERVAL_MS) return;
-    this.lastLogMs.set(reason, now);
-    console.error(`[relay] ${message}`);
+    this.logger.log(reason, message);
   }
 }

@@ -1,19 +1,24 @@
-// TCP records and constants shared with ffi/relay.h (the rl_tcp_* functions).
+// TCP records and constants shared with ffi/relay.h (the rl_tcp_* functions). The
+// event record itself is defined with the others in src/sys/layout.ts (checked field by
+// field at start-up); the indices below derive from it.
+import { fieldIndex, TCP_EVENT_RECORD } from "../sys/layout.ts";
+
+const f = TCP_EVENT_RECORD.fields;
 
 /** struct rl_tcp_event (40 bytes): one per connection, when it ends. */
-export const TCP_EVENT_BYTES = 40;
+export const TCP_EVENT_BYTES = TCP_EVENT_RECORD.bytes;
 export const TCP_EVENT_WORDS = TCP_EVENT_BYTES / 4;
 export const TCP_EVENT_HALVES = TCP_EVENT_BYTES / 2;
-export const TCP_EVENT_DOUBLES = TCP_EVENT_BYTES / 8;
+export const TCP_EVENT_DOUBLES = TCP_EVENT_BYTES / 8; // the 40-byte stride is 5 doubles
 export const TCP_EVENT = {
-  idWord: 0, // u32 index of id
-  kindHalf: 2, // u16 index of kind (byte 4)
-  reasonHalf: 3, // u16 index of reason (byte 6)
-  errorWord: 2, // i32 index of error (byte 8)
-  durationWord: 3, // u32 index of duration_ms (byte 12)
-  bytesUpDouble: 2, // f64 index of bytes_up (byte 16; the 40-byte stride is 5 doubles)
-  bytesDownDouble: 3, // f64 index of bytes_down (byte 24)
-  connectWord: 8, // u32 index of connect_ms (byte 32)
+  idWord: fieldIndex(f.id, 4),
+  kindHalf: fieldIndex(f.kind, 2),
+  reasonHalf: fieldIndex(f.reason, 2),
+  errorWord: fieldIndex(f.error, 4), // i32
+  durationWord: fieldIndex(f.duration_ms, 4),
+  bytesUpDouble: fieldIndex(f.bytes_up, 8),
+  bytesDownDouble: fieldIndex(f.bytes_down, 8),
+  connectWord: fieldIndex(f.connect_ms, 4),
 } as const;
 
 export const TCP_EVENT_CLOSED = 2;

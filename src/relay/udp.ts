@@ -462,7 +462,7 @@ export class UdpRelay {
       SOCK.rxqOverflow |
       (l.reusePort ? SOCK.reusePort : 0) |
       (l.ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
-    const fd = this.lib.rl_udp_socket(
+    const fd = this.lib.rl_socket(
       flags,
       l.addr,
       l.port,
@@ -735,7 +735,7 @@ export class UdpRelay {
     const count = this.sendCount;
     if (count === 0) return;
     this.sendCount = 0;
-    this.lib.rl_send_batch(this.slabPtr, this.sendsPtr, count);
+    this.lib.rl_send_batch(this.slabPtr, this.slab.byteLength, this.sendsPtr, count);
     const c = this.counters;
     for (let k = 0; k < count; k++) {
       const result = this.sendI32[k * SEND_WORDS + SEND.resultWord];
@@ -983,7 +983,7 @@ export class UdpRelay {
     }
     const flags = SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
     const bindAddr = ipv6 ? this.config.upstreamAddr6 : this.config.upstreamAddr4;
-    const fd = this.lib.rl_udp_socket(
+    const fd = this.lib.rl_socket(
       flags,
       bindAddr,
       0,

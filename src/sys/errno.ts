@@ -12,6 +12,7 @@ export const E = {
   EACCES: 13,
   EFAULT: 14,
   EINVAL: 22,
+  ENOSPC: 28,
   ENFILE: 23,
   EMFILE: 24,
   EMSGSIZE: 90,
@@ -42,7 +43,7 @@ export function errnoName(code: number): string {
   return NAMES[code] ?? `errno ${code}`;
 }
 
-/** rl_udp_socket() failure steps (enum rl_step in ffi/relay.c). */
+/** rl_socket() and rl_tcp_connect() failure steps (enum rl_step in ffi/internal.h). */
 export const SOCKET_STEPS: Record<number, string> = {
   1: "socket()",
   2: "IP_TRANSPARENT",
@@ -56,6 +57,7 @@ export const SOCKET_STEPS: Record<number, string> = {
   10: "SO_RCVBUF",
   11: "SO_SNDBUF",
   12: "bind()",
+  13: "connect()", // rl_tcp_connect only
   14: "SO_RXQ_OVFL",
 };
 

@@ -1,29 +1,23 @@
-// bun:ffi bindings for ffi/relay.c. Every symbol returns i32: n >= 0 or -errno
-// (DESIGN.md: a u64 return costs ~16 ns and a BigInt; an i32 costs ~2 ns).
+// bun:ffi bindings for the C helper (ffi/relay.h). Every symbol returns i32: n >= 0 or
+// -errno (DESIGN.md: a u64 return costs ~16 ns and a BigInt; an i32 costs ~2 ns).
 import { dlopen, FFIType } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import {
-  ABI_VERSION,
-  META_BYTES,
-  META_LENGTH_OFFSET,
-  SEND_BYTES,
-  SEND_RESULT_OFFSET,
-} from "./layout.ts";
+import { ABI_VERSION, LAYOUT_TUPLES_MAX, layoutDifferences } from "./layout.ts";
 
-const { i32, ptr } = FFIType;
+const { i32, u32, ptr } = FFIType;
 
 const symbols = {
   rl_abi_version: { args: [], returns: i32 },
-  rl_layout_check: { args: [i32, i32, i32, i32], returns: i32 },
+  rl_layout_describe: { args: [ptr, i32], returns: i32 },
   rl_raise_nofile: { args: [i32], returns: i32 },
-  rl_udp_socket: { args: [i32, ptr, i32, i32, i32, i32], returns: i32 },
+  rl_socket: { args: [i32, ptr, i32, i32, i32, i32], returns: i32 },
   rl_close: { args: [i32], returns: i32 },
   rl_listen: { args: [i32, i32], returns: i32 },
   rl_local_port: { args: [i32, ptr], returns: i32 },
   rl_recv_batch: { args: [i32, ptr, i32, i32, ptr], returns: i32 },
   rl_recv_errors: { args: [i32, i32, ptr], returns: i32 },
-  rl_send_batch: { args: [ptr, ptr, i32], returns: i32 },
+  rl_send_batch: { args: [ptr, u32, ptr, i32], returns: i32 },
   rl_original_dst: { args: [i32, ptr], returns: i32 },
   rl_poll_open: { args: [i32], returns: i32 },
   rl_poll_add: { args: [i32, i32, i32], returns: i32 },
@@ -35,13 +29,14 @@ const symbols = {
   rl_poll_wait: { args: [i32, i32], returns: i32 },
   rl_poll_level_triggered: { args: [i32], returns: i32 },
   rl_poll_stop: { args: [i32], returns: i32 },
-  rl_poll_stat: { args: [i32, i32], returns: i32 },
+  rl_poll_stats: { args: [i32, ptr], returns: i32 },
   // TCP (issue 4): accept/connect for TypeScript's decisions, a splice engine for bytes.
   rl_tcp_accept: { args: [i32, ptr], returns: i32 },
   rl_tcp_connect: { args: [ptr, i32, i32, ptr, i32, i32], returns: i32 },
   rl_tcp_abort: { args: [i32], returns: i32 },
   rl_tcp_engine_open: { args: [i32, i32, i32, i32], returns: i32 },
   rl_tcp_engine_event_fd: { args: [i32], returns: i32 },
+  rl_tcp_engine_failed: { args: [i32], returns: i32 },
   rl_tcp_engine_add: { args: [i32, i32, i32, i32], returns: i32 },
   rl_tcp_engine_events: { args: [i32, ptr, i32], returns: i32 },
   rl_tcp_engine_abort_all: { args: [i32], returns: i32 },
@@ -64,6 +59,20 @@ export function libraryPath(): string {
 
 let loaded: RelayLib | null = null;
 
+/** Every field of every record, as C sees it, must be what src/sys/layout.ts says. */
+function checkLayouts(lib: RelayLib): void {
+  const described = new Int32Array(LAYOUT_TUPLES_MAX * 4);
+  const tuples = lib.rl_layout_describe(described, LAYOUT_TUPLES_MAX);
+  if (tuples < 0) throw new Error(`rl_layout_describe: ${tuples}`);
+  const differences = layoutDifferences(described.subarray(0, tuples * 4));
+  if (differences.length > 0) {
+    throw new Error(
+      `C helper record layout differs from src/sys/layout.ts (rebuild it: ` +
+        `bash scripts/build.sh): ${differences.join("; ")}`,
+    );
+  }
+}
+
 /** Loads the helper once and checks that both sides agree on the ABI. */
 export function loadFfi(): RelayLib {
   if (loaded) return loaded;
@@ -76,13 +85,7 @@ export function loadFfi(): RelayLib {
   if (abi !== ABI_VERSION) {
     throw new Error(`C helper ABI ${abi} != ${ABI_VERSION}: rebuild it (bash scripts/build.sh)`);
   }
-  const layout = lib.rl_layout_check(
-    META_BYTES,
-    SEND_BYTES,
-    META_LENGTH_OFFSET,
-    SEND_RESULT_OFFSET,
-  );
-  if (layout !== 0) throw new Error("C helper record layout differs from src/sys/layout.ts");
+  checkLayouts(lib);
   loaded = lib;
   return lib;
 }

@@ -1,4 +1,4 @@
-// The epoll thread's bridge to JavaScript (ffi/relay.c "The epoll thread").
+// The epoll thread's bridge to JavaScript (ffi/poller.c).
 //
 // C runs epoll_wait on every data socket (EPOLLONESHOT), pushes each ready socket's
 // token into a ring, and calls one threadsafe JSCallback only when we said we are
@@ -9,6 +9,9 @@
 // token pushed meanwhile.
 import { FFIType, JSCallback, type Pointer, ptr } from "bun:ffi";
 import type { RelayLib } from "./ffi.ts";
+
+/** rl_poll_stats() output slots (RL_POLL_STAT_* in ffi/relay.h). */
+export const POLL_STATS = { wakes: 0, events: 1, overflows: 2, count: 3 } as const;
 
 /** Set on the token by the C thread when epoll reported EPOLLERR (ICMP error queued). */
 export const WAKE_ERROR_FLAG = 0x40000000;
@@ -49,6 +52,9 @@ export class Poller {
   // On its own ArrayBuffer so the cached pointer stays valid (see UdpRelay's buffers).
   private readonly ready = new Uint32Array(new ArrayBuffer(TAKE_COUNT_MAX * 4));
   private readonly readyPtr: Pointer;
+  // 64-bit counters arrive as doubles (exact to 2^53): nothing wraps on the way.
+  private readonly stats = new Float64Array(new ArrayBuffer(POLL_STATS.count * 8));
+  private readonly statsPtr: Pointer;
   private readonly onToken: (token: number) => void;
   private readonly onRoundEnd: () => void;
   private readonly onError: (err: unknown) => void;
@@ -66,6 +72,7 @@ export class Poller {
         throw err;
       });
     this.readyPtr = ptr(this.ready);
+    this.statsPtr = ptr(this.stats);
     const handle = lib.rl_poll_open(options.tokensMax);
     if (handle < 0) throw new Error(`epoll_create1/eventfd failed: ${-handle}`);
     this.handle = handle;
@@ -99,17 +106,28 @@ export class Poller {
 
   /** Wake calls from the C thread (each may carry many ready sockets). */
   get wakes(): number {
-    return this.lib.rl_poll_stat(this.handle, 0);
+    return this.stat(POLL_STATS.wakes);
   }
 
   /** Ready events the C thread reported. */
   get events(): number {
-    return this.lib.rl_poll_stat(this.handle, 1);
+    return this.stat(POLL_STATS.events);
   }
 
   /** Ring overflows: an invariant says 0. */
   get overflows(): number {
-    return this.lib.rl_poll_stat(this.handle, 2);
+    return this.stat(POLL_STATS.overflows);
+  }
+
+  /** A counter, live; after stop(), its final value. */
+  private stat(which: number): number {
+    if (!this.closed) this.readStats();
+    return this.stats[which];
+  }
+
+  private readStats(): void {
+    const rc = this.lib.rl_poll_stats(this.handle, this.statsPtr);
+    if (rc !== POLL_STATS.count) throw new Error(`rl_poll_stats: ${rc}`);
   }
 
   start(): void {
@@ -168,6 +186,7 @@ export class Poller {
   /** Joins the thread, then closes the callback (calling it after close() segfaults). */
   stop(): void {
     if (this.closed) return;
+    this.readStats(); // the counters' final values outlive the C poller
     this.closed = true;
     const rc = this.lib.rl_poll_stop(this.handle);
     if (rc < 0) throw new Error(`poll thread did not stop: ${-rc}`);

@@ -3,23 +3,91 @@
 import { describe, expect, test } from "bun:test";
 import { ptr } from "bun:ffi";
 import { loadFfi } from "../../src/sys/ffi.ts";
-import { BATCH_COUNT_MAX, META_BYTES, SEND_BYTES, SOCK } from "../../src/sys/layout.ts";
+import {
+  ABI_VERSION,
+  BATCH_COUNT_MAX,
+  LAYOUT_TUPLES_MAX,
+  layoutDifferences,
+  META,
+  META_BYTES,
+  META_RECORD,
+  RECORDS,
+  SEND,
+  SEND_BYTES,
+  SEND_RECORD,
+  SEND_WORDS,
+  SOCK,
+  TCP_EVENT_RECORD,
+} from "../../src/sys/layout.ts";
 import { decodeSocketError, describeSocketError, E } from "../../src/sys/errno.ts";
 import { mapIPv4, parseAddress } from "../../src/sys/addr.ts";
 import { skipped } from "../../src/lab/skip_policy.ts";
+import { POLL_STATS } from "../../src/sys/poller.ts";
+import { loadTestHooks } from "../../src/sys/test_hooks.ts";
 
 const lib = loadFfi();
 const loopback4 = mapIPv4(new Uint8Array([127, 0, 0, 1]));
 
+/** Sends one 8-byte datagram from sender to receiver's port on loopback. */
+function sendOne(sender: number, receiver: number): void {
+  const port = lib.rl_local_port(receiver, new Uint8Array(16));
+  const sends = new Uint8Array(new ArrayBuffer(SEND_BYTES));
+  sends.set(loopback4, 0);
+  new Uint16Array(sends.buffer)[SEND.targetPortHalf] = port;
+  const s32 = new Int32Array(sends.buffer);
+  s32[SEND.fdWord] = sender;
+  s32[SEND.lengthWord] = 8;
+  const slab = new Uint8Array(new ArrayBuffer(8));
+  expect(lib.rl_send_batch(ptr(slab), slab.byteLength, ptr(sends), 1)).toBe(1);
+}
+
 describe("C helper", () => {
-  test("ABI version and record layout agree with src/sys/layout.ts", () => {
-    expect(lib.rl_abi_version()).toBe(1);
-    expect(lib.rl_layout_check(META_BYTES, SEND_BYTES, 40, 48)).toBe(0);
-    expect(lib.rl_layout_check(META_BYTES + 1, SEND_BYTES, 40, 48)).toBe(-E.EINVAL);
+  test("ABI version and every field of every record agree with src/sys/layout.ts", () => {
+    expect(lib.rl_abi_version()).toBe(ABI_VERSION);
+    const described = new Int32Array(LAYOUT_TUPLES_MAX * 4);
+    const tuples = lib.rl_layout_describe(described, LAYOUT_TUPLES_MAX);
+    // Each record once (field 0) plus each of its fields: all of them, not a sample.
+    const expected = RECORDS.reduce((n, r) => n + 1 + Object.keys(r.fields).length, 0);
+    expect(tuples).toBe(expected);
+    expect(lib.rl_layout_describe(described, tuples - 1)).toBe(-E.ENOSPC);
+    expect(layoutDifferences(described.subarray(0, tuples * 4))).toEqual([]);
+  });
+
+  test("a layout difference is refused with the field it concerns", () => {
+    const described = new Int32Array(LAYOUT_TUPLES_MAX * 4);
+    const tuples = lib.rl_layout_describe(described, LAYOUT_TUPLES_MAX);
+    const find = (record: number, field: number) => {
+      for (let t = 0; t < tuples; t++) {
+        if (described[t * 4] === record && described[t * 4 + 1] === field) return t * 4;
+      }
+      throw new Error(`no tuple ${record}.${field}`);
+    };
+    const at = (edit: (d: Int32Array) => void) => {
+      const copy = described.slice(0, tuples * 4);
+      edit(copy);
+      return layoutDifferences(copy);
+    };
+    const length = META_RECORD.fields.length;
+    expect(at((d) => (d[find(META_RECORD.id, length.id) + 2] = 44))).toEqual([
+      "rl_meta.length: C has offset 44 size 4, TypeScript offset 40 size 4",
+    ]);
+    const result = SEND_RECORD.fields.result;
+    expect(at((d) => (d[find(SEND_RECORD.id, result.id) + 3] = 8))).toEqual([
+      "rl_send.result: C has offset 48 size 8, TypeScript offset 48 size 4",
+    ]);
+    expect(at((d) => (d[find(TCP_EVENT_RECORD.id, 0) + 3] = 48))).toEqual([
+      "rl_tcp_event: C has 48 bytes, TypeScript 40",
+    ]);
+    // A field TypeScript does not know, and one C no longer describes.
+    const bytesDown = TCP_EVENT_RECORD.fields.bytes_down;
+    expect(at((d) => (d[find(TCP_EVENT_RECORD.id, bytesDown.id) + 1] = 99))).toEqual([
+      "rl_tcp_event field 99 (offset 24, size 8) is unknown to TypeScript",
+      "rl_tcp_event.bytes_down: not described by C",
+    ]);
   });
 
   test("receive batch: 0 when empty, exactly BATCH_COUNT_MAX allowed, one past refused", () => {
-    const fd = lib.rl_udp_socket(0, loopback4, 0, 0, 0, 0);
+    const fd = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
     expect(fd).toBeGreaterThan(2);
     try {
       const slab = new Uint8Array(64 * (BATCH_COUNT_MAX + 1));
@@ -29,8 +97,10 @@ describe("C helper", () => {
       expect(lib.rl_recv_batch(fd, ptr(slab), 64, 0, ptr(meta))).toBe(-E.EINVAL);
       expect(lib.rl_recv_errors(fd, 1, ptr(meta))).toBe(0);
       const sends = new Uint8Array(SEND_BYTES);
-      expect(lib.rl_send_batch(ptr(slab), ptr(sends), BATCH_COUNT_MAX + 1)).toBe(-E.EINVAL);
-      expect(lib.rl_send_batch(ptr(slab), ptr(sends), 0)).toBe(0);
+      expect(lib.rl_send_batch(ptr(slab), slab.byteLength, ptr(sends), BATCH_COUNT_MAX + 1)).toBe(
+        -E.EINVAL,
+      );
+      expect(lib.rl_send_batch(ptr(slab), slab.byteLength, ptr(sends), 0)).toBe(0);
       const addr = new Uint8Array(16);
       expect(lib.rl_local_port(fd, addr)).toBeGreaterThan(0);
       expect([...addr]).toEqual([...loopback4]);
@@ -40,18 +110,70 @@ describe("C helper", () => {
     expect(lib.rl_close(fd)).toBe(-E.EBADF);
   });
 
+  test("send batch: entries outside the slab get EFAULT, fd < 0 EBADF; the rest go", () => {
+    const receiver = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const sender = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const port = lib.rl_local_port(receiver, new Uint8Array(16));
+    const slabBytes = 64; // the slab C is told about; the buffer behind it is larger
+    const slab = new Uint8Array(new ArrayBuffer(256)).fill(7);
+    const cases: [fd: number, offset: number, length: number, result: number][] = [
+      [sender, 0, 8, 8], // inside
+      [sender, 60, 8, -E.EFAULT], // ends 4 bytes past the slab (still mapped memory)
+      [sender, 0xfffffffc, 8, -E.EFAULT], // offset + length wraps to 4 in 32 bits
+      [sender, 56, 8, 8], // ends exactly at the slab's end
+      [sender, 64, 0, 0], // empty, at the end: inside
+      [-1, 0, 8, -E.EBADF],
+    ];
+    const sends = new Uint8Array(new ArrayBuffer(SEND_BYTES * cases.length));
+    const s32 = new Uint32Array(sends.buffer);
+    const s16 = new Uint16Array(sends.buffer);
+    const sI32 = new Int32Array(sends.buffer);
+    cases.forEach(([fd, offset, length], i) => {
+      sends.set(loopback4, i * SEND_BYTES);
+      s16[(i * SEND_BYTES) / 2 + SEND.targetPortHalf] = port;
+      sI32[i * SEND_WORDS + SEND.fdWord] = fd;
+      s32[i * SEND_WORDS + SEND.offsetWord] = offset;
+      s32[i * SEND_WORDS + SEND.lengthWord] = length;
+      sI32[i * SEND_WORDS + SEND.resultWord] = 12345;
+    });
+    try {
+      expect(lib.rl_send_batch(ptr(slab), slabBytes, ptr(sends), cases.length)).toBe(3);
+      expect(cases.map((_, i) => sI32[i * SEND_WORDS + SEND.resultWord])).toEqual(
+        cases.map((c) => c[3]),
+      );
+      // Exactly the three in-bounds datagrams arrived (loopback delivers during sendmmsg).
+      const meta = new Uint8Array(new ArrayBuffer(META_BYTES * 8));
+      const m32 = new Uint32Array(meta.buffer);
+      const got = lib.rl_recv_batch(receiver, ptr(new Uint8Array(64 * 8)), 64, 8, ptr(meta));
+      expect(got).toBe(3);
+      const lengths = [0, 1, 2].map((i) => m32[(i * META_BYTES) / 4 + META.lengthWord]);
+      expect(lengths).toEqual([8, 8, 0]);
+    } finally {
+      lib.rl_close(sender);
+      lib.rl_close(receiver);
+    }
+  });
+
   test("socket failures come back as values naming the refused step", () => {
-    const fd = lib.rl_udp_socket(0, loopback4, 0, 0, 0, 0);
+    const fd = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
     const port = lib.rl_local_port(fd, new Uint8Array(16));
     // Binding the same port again without SO_REUSEADDR: bind() fails with EADDRINUSE.
-    const again = lib.rl_udp_socket(0, loopback4, port, 0, 0, 0);
+    const again = lib.rl_socket(0, loopback4, port, 0, 0, 0);
     expect(again).toBeLessThan(0);
     expect(decodeSocketError(again)).toEqual({ step: "bind()", errno: E.EADDRINUSE });
     lib.rl_close(fd);
     // An IPv6 address on an IPv4 socket is refused before any syscall.
-    const wrong = lib.rl_udp_socket(0, parseAddress("::1")!, 0, 0, 0, 0);
+    const wrong = lib.rl_socket(0, parseAddress("::1")!, 0, 0, 0, 0);
     expect(decodeSocketError(wrong)).toEqual({ step: "bind()", errno: E.EAFNOSUPPORT });
-    expect(decodeSocketError(lib.rl_udp_socket(0, loopback4, 70000, 0, 0, 0)).errno).toBe(E.EINVAL);
+    expect(decodeSocketError(lib.rl_socket(0, loopback4, 70000, 0, 0, 0)).errno).toBe(E.EINVAL);
+    // Flags outside the contract are refused, never ignored: a socket option of
+    // listeners (SO_RXQ_OVFL) means nothing to an upstream connection.
+    expect(decodeSocketError(lib.rl_socket(0x8000, loopback4, 0, 0, 0, 0))).toEqual({
+      step: "socket()",
+      errno: E.EINVAL,
+    });
+    const connect = lib.rl_tcp_connect(loopback4, 9, 0, loopback4, SOCK.rxqOverflow, 0);
+    expect(decodeSocketError(connect)).toEqual({ step: "connect()", errno: E.EINVAL });
     expect(describeSocketError({ step: "IP_TRANSPARENT", errno: E.EPERM }, true)).toStartWith(
       "IPV6_TRANSPARENT: EPERM: needs CAP_NET_ADMIN",
     );
@@ -63,7 +185,7 @@ describe("C helper", () => {
     const flags =
       SOCK.transparent | SOCK.recvOrigDst | SOCK.reuseAddr | SOCK.freeBind | SOCK.recvErr;
     // FREEBIND lets a listener bind an address this host does not have (198.18.0.0/15).
-    const fd = lib.rl_udp_socket(
+    const fd = lib.rl_socket(
       flags,
       mapIPv4(new Uint8Array([198, 18, 9, 9])),
       0,
@@ -82,6 +204,74 @@ describe("C helper", () => {
     const before = ptr(owned);
     void owned.buffer;
     expect(ptr(owned)).toBe(before);
+  });
+
+  test("a closed poller or engine handle is refused, also once its slot is reused", () => {
+    const first = lib.rl_poll_open(16);
+    expect(first).toBeGreaterThanOrEqual(0);
+    expect(lib.rl_poll_stop(first)).toBe(0);
+    const second = lib.rl_poll_open(16); // takes the slot the first one freed
+    expect(second).toBeGreaterThanOrEqual(0);
+    expect(second).not.toBe(first);
+    const fd = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    expect(lib.rl_poll_add(first, fd, 1)).toBe(-E.EBADF);
+    expect(lib.rl_poll_stop(first)).toBe(-E.EBADF);
+    expect(lib.rl_poll_add(second, fd, 1)).toBe(0);
+    expect(lib.rl_poll_stop(second)).toBe(0);
+    lib.rl_close(fd);
+
+    const engine = lib.rl_tcp_engine_open(4, 65536, 1000, 0);
+    expect(engine).toBeGreaterThanOrEqual(0);
+    expect(lib.rl_tcp_engine_close(engine)).toBe(0);
+    const again = lib.rl_tcp_engine_open(4, 65536, 1000, 0);
+    expect(again).not.toBe(engine);
+    expect(lib.rl_tcp_engine_event_fd(engine)).toBe(-E.EBADF);
+    expect(lib.rl_tcp_engine_close(engine)).toBe(-E.EBADF);
+    expect(lib.rl_tcp_engine_event_fd(again)).toBeGreaterThan(2);
+    expect(lib.rl_tcp_engine_close(again)).toBe(0);
+    for (const bad of [-1, 0x7fffffff, 15]) expect(lib.rl_poll_stop(bad)).toBe(-E.EBADF);
+  });
+
+  test("handle tables are bounded: past the limit EMFILE, and a close frees a slot", () => {
+    const open: number[] = [];
+    let refused = 0;
+    for (let k = 0; k < 64 && refused === 0; k++) {
+      const h = lib.rl_poll_open(16);
+      if (h < 0) refused = h;
+      else open.push(h);
+    }
+    expect(refused).toBe(-E.EMFILE);
+    expect(lib.rl_poll_stop(open.pop()!)).toBe(0);
+    const reopened = lib.rl_poll_open(16);
+    expect(reopened).toBeGreaterThanOrEqual(0);
+    open.push(reopened);
+    for (const h of open) expect(lib.rl_poll_stop(h)).toBe(0);
+  });
+
+  test("poller counters are 64-bit end to end: one event past 2^32 + 5 reads 2^32 + 6", () => {
+    const hooks = loadTestHooks();
+    const handle = lib.rl_poll_open(16);
+    expect(lib.rl_poll_level_triggered(handle)).toBe(0);
+    const receiver = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const sender = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const stats = new Float64Array(new ArrayBuffer(POLL_STATS.count * 8));
+    try {
+      expect(lib.rl_poll_add(handle, receiver, 7)).toBe(0);
+      const past = 2 ** 32 + 5;
+      expect(hooks.rl_test_poll_stat_set(handle, POLL_STATS.events, past)).toBe(0);
+      expect(hooks.rl_test_poll_stat_set(handle, POLL_STATS.wakes, past)).toBe(0);
+      expect(hooks.rl_test_poll_stat_set(handle, 3, 0)).toBe(-E.EINVAL);
+      expect(hooks.rl_test_poll_stat_set(handle, POLL_STATS.wakes, -1)).toBe(-E.EINVAL);
+      sendOne(sender, receiver);
+      expect(lib.rl_poll_wait(handle, 5000)).toBe(1); // the datagram is queued: at once
+      expect(lib.rl_poll_stats(handle, ptr(stats))).toBe(POLL_STATS.count);
+      expect([...stats]).toEqual([past + 1, past + 1, 0]);
+    } finally {
+      lib.rl_close(sender);
+      lib.rl_close(receiver);
+      expect(lib.rl_poll_stop(handle)).toBe(0);
+    }
+    expect(lib.rl_poll_stats(handle, ptr(stats))).toBe(-E.EBADF);
   });
 
   test("the epoll poller opens, starts, stops and closes its callback", () => {

@@ -6,7 +6,8 @@ import net from "node:net";
 import { parseAddress } from "../../src/sys/addr.ts";
 import { E } from "../../src/sys/errno.ts";
 import { loadFfi, type RelayLib } from "../../src/sys/ffi.ts";
-import { META, META_WORDS, SOCK } from "../../src/sys/layout.ts";
+import { loadTestHooks } from "../../src/sys/test_hooks.ts";
+import { META, META_WORDS, SEND, SEND_BYTES, SOCK } from "../../src/sys/layout.ts";
 import {
   TCP_EVENT,
   TCP_EVENT_BYTES,
@@ -67,6 +68,17 @@ async function nextEvent(timeoutMs = 3000): Promise<EndEvent> {
   throw new Error("no engine event in time");
 }
 
+/** Reads the engine's stats until check() holds or the deadline passes (bounded). */
+async function pollStats(check: () => boolean, timeoutMs = 3000): Promise<boolean> {
+  const end = performance.now() + timeoutMs;
+  for (;;) {
+    lib.rl_tcp_engine_stats(engine, statsPtr);
+    if (check()) return true;
+    if (performance.now() > end) return false;
+    await Bun.sleep(5);
+  }
+}
+
 /** A client connected to the relay listener, and the relay's accepted fd. */
 async function acceptClient(): Promise<{ client: net.Socket; fd: number }> {
   const client = net.connect({ host: "127.0.0.1", port: listenerPort, allowHalfOpen: true });
@@ -114,7 +126,7 @@ beforeAll(() => {
   statsPtr = ptr(stats);
   loopback.set(parseAddress("127.0.0.1")!);
   anyV4.set(parseAddress("0.0.0.0")!);
-  listenerFd = lib.rl_udp_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
+  listenerFd = lib.rl_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
   expect(listenerFd).toBeGreaterThanOrEqual(0);
   expect(lib.rl_listen(listenerFd, 64)).toBe(0);
   listenerPort = lib.rl_local_port(listenerFd, ptr(new Uint8Array(new ArrayBuffer(16))));
@@ -224,22 +236,21 @@ describe("TCP splice engine", () => {
           connectUpstream((server.address() as net.AddressInfo).port),
         ),
       ).toBe(0);
+      // Offer far more than the path can hold; node queues what the socket refuses.
+      const offered = 64 << 20;
       const block = Buffer.alloc(1 << 20);
-      let queued = 0;
-      // Write until the client's own socket pushes back (bounded: 256 MiB at most).
-      while (queued < 256 << 20 && client.write(block)) queued += block.length;
-      await Bun.sleep(150);
-      lib.rl_tcp_engine_stats(engine, statsPtr);
-      // Socket buffers (client send, relay receive and send, server receive) plus one
-      // 64 KiB pipe: far below what was offered when nothing reads.
-      expect(stats[TCP_STATS.pipesInUse]).toBe(2);
-      const moved = stats[TCP_STATS.bytesUp];
-      await Bun.sleep(150);
-      lib.rl_tcp_engine_stats(engine, statsPtr);
-      expect(stats[TCP_STATS.bytesUp]).toBe(moved); // stalled, not buffering on
-      await seen.closed; // idle timeout (400 ms): no byte moved either way
+      for (let queued = 0; queued < offered; queued += block.length) client.write(block);
+      // The engine holds the connection with one pipe per direction...
+      expect(await pollStats(() => stats[TCP_STATS.pipesInUse] === 2)).toBe(true);
+      // ...until nothing has moved either way for the idle timeout (400 ms): the writer
+      // stalled while most of what it offered was still waiting.
+      await seen.closed;
       expect(seen.error()).toBe("ECONNRESET");
-      expect(await nextEvent()).toMatchObject({ id, reason: TcpEnd.IdleTimeout });
+      const ev = await nextEvent();
+      expect(ev).toMatchObject({ id, reason: TcpEnd.IdleTimeout });
+      // Delivered at most: the server's receive buffer and the relay's send buffer at
+      // their limits (tcp_rmem, tcp_wmem) plus one pipe. 36.3 MiB here, half of offered.
+      expect(ev.bytesUp).toBeLessThan(offered * 0.6);
       expect(serverSide).not.toBeNull();
     } finally {
       server.close();
@@ -261,7 +272,8 @@ describe("TCP splice engine", () => {
           connectUpstream((server.address() as net.AddressInfo).port),
         ),
       ).toBe(0);
-      await Bun.sleep(50);
+      // The engine has taken the hand-off once it counts the connection open.
+      expect(await pollStats(() => stats[TCP_STATS.open] === 1)).toBe(true);
       expect(lib.rl_tcp_engine_abort_all(engine)).toBe(0);
       await seen.closed;
       expect(seen.error()).toBe("ECONNRESET");
@@ -272,6 +284,204 @@ describe("TCP splice engine", () => {
       expect(stats[TCP_STATS.eventsLost]).toBe(0);
     } finally {
       server.close();
+    }
+  });
+
+  test("connect/close churn: a connection is never hit by its id's previous owner", async () => {
+    // Ids are reused last-in-first-out as soon as their end is read, so an id can end
+    // and start again within one epoll batch of the engine. A late event of the old
+    // connection in that batch must not reach the new one: the upstream's reset of the
+    // old connection would make the new one, still connecting, "refused".
+    //
+    // Each round: an open connection X to a listener here moves one byte (the engine
+    // then pauses, EVENT_DELAY_US, after that event). Meanwhile its client resets, a
+    // connection to a refusing port is handed off, and its upstream resets: the
+    // engine's next batch holds X's client reset (ending X), the hand-off command and
+    // X's upstream reset (a late event of X). JS reads X's end during the pause after
+    // that first event and hands X's id to a new connection to the listener here, before
+    // the engine reaches the command. That connection must open, never be "refused".
+    const ROUNDS = 300;
+    const CHURN_SLOTS = 8;
+    const EVENT_DELAY_US = 2000;
+    const churn = lib.rl_tcp_engine_open(CHURN_SLOTS, PIPE_BYTES, 5000, 5000);
+    expect(churn).toBeGreaterThanOrEqual(0);
+    expect(loadTestHooks().rl_test_tcp_engine_event_delay(churn, EVENT_DELAY_US)).toBe(0);
+    const scratchBytes = new Uint8Array(new ArrayBuffer(16)); // kept alive: C writes there
+    const scratch = ptr(scratchBytes);
+    const accepting = lib.rl_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
+    expect(lib.rl_listen(accepting, 64)).toBe(0);
+    const acceptingPort = lib.rl_local_port(accepting, scratch);
+    const refusing = lib.rl_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
+    const refusingPort = lib.rl_local_port(refusing, scratch);
+    lib.rl_close(refusing); // bound, never listening: nothing there now
+    const churnEvents = new Uint8Array(new ArrayBuffer(TCP_EVENT_BYTES * CHURN_SLOTS));
+    const churnPtr = ptr(churnEvents);
+    const e32 = new Uint32Array(churnEvents.buffer);
+    const e16 = new Uint16Array(churnEvents.buffer);
+    // One byte from the upstream through rl_send_batch (sendmmsg works on a connected
+    // TCP socket; the destination is ignored there); the client reads it with recvmmsg.
+    const byte = new Uint8Array(new ArrayBuffer(64));
+    const bytePtr = ptr(byte);
+    const send = new Uint8Array(new ArrayBuffer(SEND_BYTES));
+    const sendPtr = ptr(send);
+    const send32 = new Int32Array(send.buffer);
+    send.set(loopback);
+    new Uint16Array(send.buffer)[SEND.targetPortHalf] = acceptingPort;
+    send32[SEND.lengthWord] = 1;
+
+    const freeIds: number[] = [];
+    for (let id = CHURN_SLOTS - 1; id >= 0; id--) freeIds.push(id);
+    const live = new Uint8Array(CHURN_SLOTS);
+    const toAccepting = new Uint8Array(CHURN_SLOTS);
+    const clientFd = new Int32Array(CHURN_SLOTS).fill(-1);
+    const idByUpstreamPort = new Map<number, number>();
+    const reasons = new Map<string, number>();
+    const wrong: string[] = [];
+    let started = 0;
+
+    /** A client through the relay listener, handed off with an upstream to port. */
+    const startOne = async (port: number): Promise<number> => {
+      const client = lib.rl_tcp_connect(loopback, listenerPort, 0, anyV4, 0, 0);
+      expect(client).toBeGreaterThanOrEqual(0);
+      let accepted = -E.EAGAIN;
+      for (let tries = 0; tries < 1000 && accepted === -E.EAGAIN; tries++) {
+        accepted = lib.rl_tcp_accept(listenerFd, metaPtr);
+        if (accepted === -E.EAGAIN) await Bun.sleep(1);
+      }
+      expect(accepted).toBeGreaterThanOrEqual(0);
+      expect(freeIds.length).toBeGreaterThan(0);
+      const id = freeIds.pop()!;
+      const upstream = connectUpstream(port);
+      idByUpstreamPort.set(lib.rl_local_port(upstream, scratch), id);
+      toAccepting[id] = port === acceptingPort ? 1 : 0;
+      clientFd[id] = client;
+      live[id] = 1;
+      expect(lib.rl_tcp_engine_add(churn, id, accepted, upstream)).toBe(0);
+      started++;
+      return id;
+    };
+
+    /** Reads the engine's events (ends), frees their ids; returns how many. */
+    const readEnds = (): number => {
+      const n = lib.rl_tcp_engine_events(churn, churnPtr, CHURN_SLOTS);
+      for (let i = 0; i < n; i++) {
+        const id = e32[i * (TCP_EVENT_BYTES / 4) + TCP_EVENT.idWord];
+        const reason = e16[i * (TCP_EVENT_BYTES / 2) + TCP_EVENT.reasonHalf];
+        const key = `${toAccepting[id] ? "accepting" : "refusing"}:${reason}`;
+        reasons.set(key, (reasons.get(key) ?? 0) + 1);
+        if (toAccepting[id] && reason === TcpEnd.ConnectRefused) {
+          wrong.push(`connection to the accepting port (id ${id}) reported refused`);
+        }
+        if (clientFd[id] >= 0) lib.rl_close(clientFd[id]);
+        clientFd[id] = -1;
+        live[id] = 0;
+        freeIds.push(id);
+      }
+      return Math.max(n, 0);
+    };
+
+    /** X's upstream, accepted here; -1 once X has ended instead. */
+    const acceptUpstreamOf = async (x: number): Promise<number> => {
+      for (let tries = 0; tries < 5000; tries++) {
+        const fd = lib.rl_tcp_accept(accepting, metaPtr);
+        if (fd >= 0) {
+          const port = new Uint16Array(meta.buffer)[META.sourcePortHalf];
+          if (idByUpstreamPort.get(port) === x && live[x]) return fd;
+          lib.rl_close(fd); // an upstream of a connection that has ended
+          continue;
+        }
+        readEnds();
+        if (!live[x]) return -1;
+        await Bun.sleep(1);
+      }
+      throw new Error(`connection ${x}: no upstream accepted in time`);
+    };
+
+    const deadline = performance.now() + 60_000;
+    let x = -1;
+    try {
+      for (let round = 0; round < ROUNDS && performance.now() < deadline; round++) {
+        if (x < 0 || !live[x]) x = await startOne(acceptingPort);
+        const upstream = await acceptUpstreamOf(x);
+        if (upstream < 0) {
+          x = -1;
+          continue;
+        }
+        send32[SEND.fdWord] = upstream;
+        expect(lib.rl_send_batch(bytePtr, byte.byteLength, sendPtr, 1)).toBe(1);
+        let got = 0;
+        for (let spins = 0; spins < 1_000_000 && got !== 1; spins++) {
+          got = lib.rl_recv_batch(clientFd[x], bytePtr, 64, 1, metaPtr);
+        }
+        expect(got).toBe(1); // the engine moved it, and now pauses
+        lib.rl_tcp_abort(clientFd[x]);
+        clientFd[x] = -1;
+        await startOne(refusingPort);
+        lib.rl_tcp_abort(upstream);
+        // X's end, read as soon as it is out; its id goes to the next connection.
+        for (let spins = 0; spins < 1_000_000 && live[x]; spins++) readEnds();
+        expect(live[x]).toBe(0);
+        x = await startOne(acceptingPort);
+      }
+      // Every connection ends once its client and upstream are gone.
+      for (let id = 0; id < CHURN_SLOTS; id++) if (clientFd[id] >= 0) lib.rl_close(clientFd[id]);
+      for (let k = 0; k < 5000; k++) {
+        const fd = lib.rl_tcp_accept(accepting, metaPtr);
+        if (fd >= 0) lib.rl_tcp_abort(fd);
+        readEnds();
+        if (freeIds.length === CHURN_SLOTS) break;
+        if (fd < 0) await Bun.sleep(1);
+      }
+    } finally {
+      expect(lib.rl_tcp_engine_close(churn)).toBe(0);
+      lib.rl_close(accepting);
+      for (const fd of clientFd) if (fd >= 0) lib.rl_close(fd);
+    }
+    expect(wrong).toEqual([]);
+    // The rounds did what they say: most opened connections ended by their client's
+    // reset (the first event of the batch), and every id came back.
+    expect(reasons.get(`accepting:${TcpEnd.ClientReset}`) ?? 0).toBeGreaterThan(ROUNDS / 2);
+    expect(started).toBeGreaterThan(ROUNDS);
+    expect(freeIds.length).toBe(CHURN_SLOTS);
+  }, 90_000);
+
+  test("a dead engine thread says so: rl_tcp_engine_failed, and a wake-up on its event fd", () => {
+    const hooks = loadTestHooks();
+    const doomed = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0);
+    expect(doomed).toBeGreaterThanOrEqual(0);
+    const poller = lib.rl_poll_open(4);
+    try {
+      expect(lib.rl_poll_level_triggered(poller)).toBe(0);
+      expect(lib.rl_poll_add(poller, lib.rl_tcp_engine_event_fd(doomed), 1)).toBe(0);
+      expect(lib.rl_poll_wait(poller, 0)).toBe(0); // nothing to say while it runs
+      expect(lib.rl_tcp_engine_failed(doomed)).toBe(0);
+      expect(hooks.rl_test_tcp_engine_break(doomed)).toBe(0);
+      // The thread's next epoll_wait fails: it records why and wakes the event fd.
+      expect(lib.rl_poll_wait(poller, 10_000)).toBe(1);
+      expect(lib.rl_tcp_engine_failed(doomed)).toBe(-E.EINVAL);
+    } finally {
+      expect(lib.rl_poll_stop(poller)).toBe(0);
+      expect(lib.rl_tcp_engine_close(doomed)).toBe(0); // joins the thread that has ended
+    }
+    expect(lib.rl_tcp_engine_failed(doomed)).toBe(-E.EBADF);
+  });
+
+  test("engine counters are 64-bit end to end (set past 2^32 by a test hook)", () => {
+    const hooks = loadTestHooks();
+    const other = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0);
+    expect(other).toBeGreaterThanOrEqual(0);
+    try {
+      const past = 2 ** 32 + 5;
+      for (const which of [TCP_STATS.bytesUp, TCP_STATS.bytesDown, TCP_STATS.eventsLost]) {
+        expect(hooks.rl_test_tcp_engine_stat_set(other, which, past + which)).toBe(0);
+      }
+      expect(hooks.rl_test_tcp_engine_stat_set(other, TCP_STATS.open, 1)).toBe(-E.EINVAL);
+      expect(lib.rl_tcp_engine_stats(other, statsPtr)).toBe(TCP_STATS.count);
+      expect(stats[TCP_STATS.bytesUp]).toBe(past);
+      expect(stats[TCP_STATS.bytesDown]).toBe(past + 1);
+      expect(stats[TCP_STATS.eventsLost]).toBe(past + 5);
+    } finally {
+      expect(lib.rl_tcp_engine_close(other)).toBe(0);
     }
   });
 

@@ -34,7 +34,6 @@ const SLEEP = /await\s+(Bun\.sleep\(|new Promise\b.*\bsetTimeout\(|Promise\.race
 /** Within how many code lines (comments skipped) after a sleep an `expect(` is banned. */
 const SLEEP_ASSERT_LINES_MAX = 2;
 /** Known offenders, fixed on another branch (issue 9); see the test that checks them. */
-const SLEEP_ASSERT_KNOWN = ["test/unit/tcp_engine.test.ts"];
 /** expect(<elapsed time>).toBeLessThan(...): elapsed, a name ending in Ms, or a clock. */
 const ELAPSED_UPPER =
   /expect\((?:[^()]|\([^()]*\))*(?:elapsed|[a-z]Ms\b|performance\.now\(\)|Date\.now\(\))(?:[^()]|\([^()]*\))*\)\s*\.toBeLessThan(?:OrEqual)?\(/i;
@@ -47,6 +46,10 @@ function sleepThenAssert(text: string): number[] {
   lines.forEach((line, i) => {
     const sleep = SLEEP.exec(line);
     if (!sleep) return;
+    // A sleep in the body of a bounded polling loop (`for (...) { ...; await sleep }`)
+    // waits for a condition: the loop re-checks it, so it is not sleep-then-assert.
+    const before = lines.slice(Math.max(0, i - 3), i + 1);
+    if (before.some((text) => /\b(for|while) \(/.test(text))) return;
     const next = lines
       .slice(i + 1)
       .filter((text) => text.trim() !== "" && !text.trim().startsWith("//"))
@@ -87,7 +90,7 @@ describe("tidy", () => {
   test("tests wait for conditions: no sleep followed by an assertion", () => {
     const hits: string[] = [];
     for (const f of TEST_FILES) {
-      if (f === TIDY || SLEEP_ASSERT_KNOWN.includes(f)) continue;
+      if (f === TIDY) continue;
       hits.push(...sleepThenAssert(read(f)).map((line) => `${f}:${line}`));
     }
     expect(hits).toEqual([]);
@@ -96,12 +99,6 @@ describe("tidy", () => {
   test("tests put no upper bound on elapsed time", () => {
     const hits = TEST_FILES.filter((f) => f !== TIDY && ELAPSED_UPPER.test(read(f)));
     expect(hits).toEqual([]);
-  });
-
-  test("the exemptions from the sleep rule are still needed", () => {
-    // Each entry is fixed on another branch: once fixed, delete it from SLEEP_ASSERT_KNOWN.
-    const fixed = SLEEP_ASSERT_KNOWN.filter((f) => sleepThenAssert(read(f)).length === 0);
-    expect(fixed).toEqual([]);
   });
 
   test("the timing rules catch what they ban, and let polling through", () => {
@@ -120,6 +117,47 @@ describe("tidy", () => {
     expect(ELAPSED_UPPER.test("expect(\n  Date.now() - started,\n).toBeLessThan(100)")).toBe(true);
     expect(ELAPSED_UPPER.test("expect(stopMs).toBeGreaterThanOrEqual(2400);")).toBe(false);
     expect(ELAPSED_UPPER.test("expect(r.acceptedInStall).toBeLessThan(48 << 20);")).toBe(false);
+  });
+
+  test("C files put every #include before their first line of code", () => {
+    // An include in the middle of a file marks a second module glued on (DESIGN.md:
+    // one concern per file, one private header).
+    const late: string[] = [];
+    for (const f of files("ffi", [".c"])) {
+      let code = false;
+      readFileSync(join(ROOT, f), "utf8")
+        .split("\n")
+        .forEach((line, i) => {
+          const t = line.trim();
+          if (t.startsWith("#include") && code) late.push(`${f}:${i + 1}`);
+          const comment = t === "" || t.startsWith("/*") || t.startsWith("*");
+          if (!comment && !t.startsWith("#") && !t.startsWith("//")) code = true;
+        });
+    }
+    expect(late).toEqual([]);
+  });
+
+  test("the Makefile builds every C file of ffi/", () => {
+    const makefile = readFileSync(join(ROOT, "ffi", "Makefile"), "utf8");
+    const built = (makefile.match(/^SRC :=(.*)$/m)?.[1] ?? "").trim().split(/\s+/);
+    const present = files("ffi", [".c"]).map((f) => f.slice("ffi/".length));
+    expect(built.sort()).toEqual(present.sort());
+  });
+
+  test("every name src exports is used beyond its declaration (no dead exports)", () => {
+    const tree = [...SOURCE, ...files("test", [".ts"]), ...files("bench", [".ts"])]
+      .filter((f) => f.endsWith(".ts"))
+      .map((f) => readFileSync(join(ROOT, f), "utf8"))
+      .join("\n");
+    const declaration = /export (?:async )?(?:function|const|let|class|enum|interface|type) (\w+)/g;
+    const dead: string[] = [];
+    for (const f of files("src", [".ts"])) {
+      for (const [, name] of readFileSync(join(ROOT, f), "utf8").matchAll(declaration)) {
+        const uses = tree.match(new RegExp(`\\b${name}\\b`, "g"))?.length ?? 0;
+        if (uses < 2) dead.push(`${f}: ${name}`);
+      }
+    }
+    expect(dead).toEqual([]);
   });
 
   test("the data path logs through its rate-limited logger, never console.log", () => {

@@ -1,0 +1,223 @@
+/*
+ * udp_batch.c: datagrams in and out in batches. rl_recv_batch (recvmmsg into caller
+ * memory plus one rl_meta per datagram), rl_send_batch (sendmmsg per run of one
+ * socket), rl_recv_errors (the MSG_ERRQUEUE drain). Bounded by RL_BATCH_COUNT_MAX and
+ * the caller's count; nothing allocates.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <linux/errqueue.h>
+#include <string.h>
+
+/* Control space for one received datagram: the original destination (the larger,
+ * IPv6, form) and SO_RXQ_OVFL's counter. Anything else that arrives is cut off
+ * (MSG_CTRUNC); should the original destination be the part lost, the datagram comes
+ * without RL_META_HAS_ORIGDST and is counted as such. */
+#define RECV_CMSG_BYTES (CMSG_SPACE(sizeof(struct sockaddr_in6)) + CMSG_SPACE(sizeof(uint32_t)))
+/* Control space for one sent datagram: the larger pktinfo. */
+#define SEND_CMSG_BYTES CMSG_SPACE(sizeof(struct in6_pktinfo))
+
+/* The JS thread (or each worker thread) owns one set; __thread keeps scale-out by
+ * Workers safe without locks. Sized once: RL_BATCH_COUNT_MAX entries. */
+static __thread struct mmsghdr recv_msgs[RL_BATCH_COUNT_MAX];
+static __thread struct iovec recv_iovs[RL_BATCH_COUNT_MAX];
+static __thread struct sockaddr_storage recv_names[RL_BATCH_COUNT_MAX];
+static __thread uint64_t recv_cmsgs[RL_BATCH_COUNT_MAX][(RECV_CMSG_BYTES + 7) / 8];
+
+static __thread struct mmsghdr send_msgs[RL_BATCH_COUNT_MAX];
+static __thread struct iovec send_iovs[RL_BATCH_COUNT_MAX];
+static __thread struct sockaddr_storage send_names[RL_BATCH_COUNT_MAX];
+static __thread uint64_t send_cmsgs[RL_BATCH_COUNT_MAX][(SEND_CMSG_BYTES + 7) / 8];
+
+int32_t rl_recv_batch(int32_t fd, uint8_t *slab, int32_t slot_bytes, int32_t count,
+                      struct rl_meta *meta) {
+  if (count <= 0 || count > RL_BATCH_COUNT_MAX || slot_bytes <= 0) return -EINVAL;
+  for (int i = 0; i < count; i++) {
+    recv_iovs[i].iov_base = slab + (size_t)i * (size_t)slot_bytes;
+    recv_iovs[i].iov_len = (size_t)slot_bytes;
+    struct msghdr *h = &recv_msgs[i].msg_hdr;
+    h->msg_name = &recv_names[i];
+    h->msg_namelen = sizeof(recv_names[i]);
+    h->msg_iov = &recv_iovs[i];
+    h->msg_iovlen = 1;
+    h->msg_control = recv_cmsgs[i];
+    h->msg_controllen = sizeof(recv_cmsgs[i]);
+    h->msg_flags = 0;
+    recv_msgs[i].msg_len = 0;
+  }
+  /* MSG_TRUNC makes msg_len the datagram's real length, so truncation is visible. */
+  int n = recvmmsg(fd, recv_msgs, (unsigned)count, MSG_DONTWAIT | MSG_TRUNC, NULL);
+  if (n < 0) {
+    int err = errno;
+    return (err == EAGAIN || err == EWOULDBLOCK) ? 0 : -err;
+  }
+  for (int i = 0; i < n; i++) {
+    struct rl_meta *m = &meta[i];
+    struct msghdr *h = &recv_msgs[i].msg_hdr;
+    uint32_t wire = recv_msgs[i].msg_len;
+    uint16_t flags = 0;
+    if ((h->msg_flags & MSG_TRUNC) || wire > (uint32_t)slot_bytes) flags |= RL_META_TRUNCATED;
+    int sport = sockaddr_to_addr((struct sockaddr *)&recv_names[i], m->source_addr,
+                                 &m->source_scope);
+    m->source_port = sport < 0 ? 0 : (uint16_t)sport;
+    m->target_port = 0;
+    m->target_scope = 0;
+    m->queue_drops = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+        memcpy(&m->queue_drops, CMSG_DATA(c), sizeof(m->queue_drops));
+        flags |= RL_META_HAS_DROPS;
+        continue;
+      }
+      int v4 = c->cmsg_level == SOL_IP && c->cmsg_type == IP_ORIGDSTADDR;
+      int v6 = c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_ORIGDSTADDR;
+      if (!v4 && !v6) continue;
+      int tport = sockaddr_to_addr((struct sockaddr *)CMSG_DATA(c), m->target_addr,
+                                   &m->target_scope);
+      if (tport >= 0) {
+        m->target_port = (uint16_t)tport;
+        flags |= RL_META_HAS_ORIGDST;
+      }
+    }
+    m->flags = flags;
+    m->length = wire > (uint32_t)slot_bytes ? (uint32_t)slot_bytes : wire;
+    m->length_wire = wire;
+  }
+  return n;
+}
+
+int32_t rl_recv_errors(int32_t fd, int32_t count, struct rl_meta *meta) {
+  if (count <= 0 || count > RL_BATCH_COUNT_MAX) return -EINVAL;
+  int drained = 0;
+  for (; drained < count; drained++) {
+    struct sockaddr_storage name;
+    uint64_t control[64];
+    uint8_t scratch[64];
+    struct iovec iov = {.iov_base = scratch, .iov_len = sizeof(scratch)};
+    struct msghdr h = {.msg_name = &name,
+                       .msg_namelen = sizeof(name),
+                       .msg_iov = &iov,
+                       .msg_iovlen = 1,
+                       .msg_control = control,
+                       .msg_controllen = sizeof(control)};
+    if (recvmsg(fd, &h, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
+      int err = errno;
+      if (err == EAGAIN || err == EWOULDBLOCK) break;
+      return drained > 0 ? drained : -err;
+    }
+    struct rl_meta *m = &meta[drained];
+    memset(m, 0, sizeof(*m));
+    int port = sockaddr_to_addr((struct sockaddr *)&name, m->source_addr, &m->source_scope);
+    m->source_port = port < 0 ? 0 : (uint16_t)port;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&h); c != NULL; c = CMSG_NXTHDR(&h, c)) {
+      int v4 = c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR;
+      int v6 = c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR;
+      if (!v4 && !v6) continue;
+      struct sock_extended_err ee;
+      memcpy(&ee, CMSG_DATA(c), sizeof(ee));
+      m->length = ee.ee_errno;
+      m->length_wire = ((uint32_t)ee.ee_type << 8) | ee.ee_code;
+      const struct sockaddr *off = SO_EE_OFFENDER((struct sock_extended_err *)CMSG_DATA(c));
+      if (off->sa_family == AF_INET || off->sa_family == AF_INET6) {
+        int oport = sockaddr_to_addr(off, m->target_addr, &m->target_scope);
+        m->target_port = oport < 0 ? 0 : (uint16_t)oport;
+        m->flags = RL_META_HAS_ORIGDST;
+      }
+    }
+  }
+  return drained;
+}
+
+/* Fills send_msgs[j] from *s, whose payload was checked to lie inside the slab. */
+static void send_prepare(uint8_t *slab, struct rl_send *s, int j) {
+  struct msghdr *h = &send_msgs[j].msg_hdr;
+  send_iovs[j].iov_base = slab + s->offset;
+  send_iovs[j].iov_len = s->length;
+  h->msg_name = &send_names[j];
+  h->msg_namelen = addr_to_sockaddr(s->target_addr, s->target_port, s->target_scope,
+                                    &send_names[j]);
+  h->msg_iov = &send_iovs[j];
+  h->msg_iovlen = 1;
+  h->msg_flags = 0;
+  h->msg_control = NULL;
+  h->msg_controllen = 0;
+  if (s->flags & RL_SEND_SOURCE) {
+    h->msg_control = send_cmsgs[j];
+    struct cmsghdr *c = (struct cmsghdr *)send_cmsgs[j];
+    if (send_names[j].ss_family == AF_INET) {
+      struct in_pktinfo info;
+      memset(&info, 0, sizeof(info));
+      memcpy(&info.ipi_spec_dst, s->source_addr + 12, 4);
+      c->cmsg_level = SOL_IP;
+      c->cmsg_type = IP_PKTINFO;
+      c->cmsg_len = CMSG_LEN(sizeof(info));
+      memcpy(CMSG_DATA(c), &info, sizeof(info));
+      h->msg_controllen = CMSG_SPACE(sizeof(info));
+    } else {
+      struct in6_pktinfo info;
+      memset(&info, 0, sizeof(info));
+      memcpy(&info.ipi6_addr, s->source_addr, 16);
+      c->cmsg_level = SOL_IPV6;
+      c->cmsg_type = IPV6_PKTINFO;
+      c->cmsg_len = CMSG_LEN(sizeof(info));
+      memcpy(CMSG_DATA(c), &info, sizeof(info));
+      h->msg_controllen = CMSG_SPACE(sizeof(info));
+    }
+  }
+  send_msgs[j].msg_len = 0;
+}
+
+/* Whether [offset, offset + length) lies inside the slab. The sum is taken in 64 bits,
+ * where two uint32_t cannot overflow (in 32 bits 0xfffffffc + 8 would wrap to 4). */
+static int send_in_bounds(const struct rl_send *s, uint32_t slab_bytes) {
+  return (uint64_t)s->offset + (uint64_t)s->length <= (uint64_t)slab_bytes;
+}
+
+int32_t rl_send_batch(uint8_t *slab, uint32_t slab_bytes, struct rl_send *sends, int32_t count) {
+  if (count < 0 || count > RL_BATCH_COUNT_MAX) return -EINVAL;
+  /* entry[j]: the index in sends of send_msgs[j] (entries refused up front are left out
+   * of the run's messages). */
+  int32_t entry[RL_BATCH_COUNT_MAX];
+  int32_t sent = 0;
+  int run_start = 0;
+  while (run_start < count) {
+    /* A run: consecutive entries on the same socket, one sendmmsg each try. */
+    const int fd = sends[run_start].fd;
+    int run_end = run_start + 1;
+    while (run_end < count && sends[run_end].fd == fd) run_end++;
+    /* Never trust the records: an entry outside the slab is a bookkeeping bug of the
+     * caller (-EFAULT, which TypeScript treats as one), and it is not sent. */
+    int prepared = 0;
+    for (int i = run_start; i < run_end; i++) {
+      struct rl_send *s = &sends[i];
+      if (fd < 0) {
+        s->result = -EBADF;
+      } else if (!send_in_bounds(s, slab_bytes)) {
+        s->result = -EFAULT;
+      } else {
+        send_prepare(slab, s, prepared);
+        entry[prepared] = i;
+        prepared++;
+      }
+    }
+    /* Each pass sends at least one datagram or fails exactly one, so the loop ends
+     * after at most `prepared` passes. */
+    int done = 0;
+    while (done < prepared) {
+      int k = sendmmsg(fd, send_msgs + done, (unsigned)(prepared - done), MSG_DONTWAIT);
+      if (k > 0) {
+        for (int j = done; j < done + k; j++)
+          sends[entry[j]].result = (int32_t)send_msgs[j].msg_len;
+        sent += k;
+        done += k;
+      } else {
+        /* The first datagram of the rest failed: record it, skip it, go on. */
+        sends[entry[done]].result = k < 0 ? -errno : -EIO;
+        done += 1;
+      }
+    }
+    run_start = run_end;
+  }
+  return sent;
+}
