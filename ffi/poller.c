@@ -12,6 +12,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -39,6 +40,8 @@ struct poller {
   _Atomic uint64_t wakes;
   _Atomic uint64_t events;
   _Atomic uint64_t overflows;
+  /* 0 while the thread runs; -errno once epoll_wait failed and the thread left. */
+  atomic_int failed;
 };
 
 static struct rl_handles pollers = RL_HANDLES_INIT(POLLERS_MAX);
@@ -142,7 +145,11 @@ static void *poll_main(void *arg) {
     int n = epoll_wait(p->epfd, events, POLL_EVENTS_MAX, -1);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return NULL; /* EBADF/EINVAL: the poller is being torn down */
+      /* Never silent: record why, and wake JS (count 0) so it asks rl_poll_failed.
+       * A normal stop comes through the stop token below, not here. */
+      atomic_store(&p->failed, -errno);
+      if (atomic_exchange(&p->sleeping, 0) == 1) p->wake(0);
+      return NULL;
     }
     int pushed = poll_push(p, events, n);
     if (pushed < 0) return NULL;
@@ -217,6 +224,24 @@ int32_t rl_poll_stop(int32_t handle) {
 }
 
 /* Doubles hold every integer up to 2^53 exactly: no counter wraps on its way to JS. */
+int32_t rl_poll_failed(int32_t handle) {
+  struct poller *p = poller_get(handle);
+  if (p == NULL) return -EBADF;
+  return atomic_load(&p->failed);
+}
+
+int32_t rl_test_poll_break(int32_t handle) {
+  struct poller *p = poller_get(handle);
+  if (p == NULL) return -EBADF;
+  /* An eventfd takes the epoll fd's number: the thread's next epoll_wait (after the
+   * event it waits for now, on the old instance it still holds) fails with EINVAL. */
+  int fd = eventfd(0, EFD_CLOEXEC);
+  if (fd < 0) return -errno;
+  int rc = dup3(fd, p->epfd, O_CLOEXEC) < 0 ? -errno : 0;
+  close(fd);
+  return rc;
+}
+
 int32_t rl_poll_stats(int32_t handle, double *out) {
   struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;

@@ -160,6 +160,9 @@ int32_t rl_poll_stop(int32_t poller);
 #define RL_POLL_STAT_OVERFLOWS 2 /* ring overflows (must stay 0) */
 #define RL_POLL_STATS_COUNT    3
 int32_t rl_poll_stats(int32_t poller, double *out);
+/* 0 while the epoll thread runs; -errno once epoll_wait failed and the thread left (it
+ * then calls wake(0) once, so JS asks at once). Never silent. */
+int32_t rl_poll_failed(int32_t poller);
 
 /* ---- TCP (issue 4) ----
  * Bun decides, C copies. Accepting, the original destination and the upstream
@@ -279,6 +282,9 @@ int32_t rl_addr_watch_drain(int32_t fd);
 
 /* Sets a poller counter (RL_POLL_STAT_*) to value (0..2^53), e.g. just past 2^32. */
 int32_t rl_test_poll_stat_set(int32_t poller, int32_t which, double value);
+/* Breaks the poller's epoll descriptor (an eventfd takes its number): after the next
+ * event, the thread's epoll_wait fails with EINVAL, as on any epoll_wait error. */
+int32_t rl_test_poll_break(int32_t poller);
 /* Sets an engine counter (RL_TCP_STAT_BYTES_UP, _BYTES_DOWN, _EVENTS_LOST). */
 int32_t rl_test_tcp_engine_stat_set(int32_t engine, int32_t which, double value);
 /* Makes the engine thread pause delay_us (0..100000) after each epoll event it handles:

@@ -263,7 +263,15 @@ export class TcpRelay {
     this.connPorts = new Uint32Array(n);
 
     // Listeners and the engine event fd only: a handful of tokens.
-    this.poller = new Poller(lib, (token) => this.onWake(token), { tokensMax: 1024 });
+    this.poller = new Poller(lib, (token) => this.onWake(token), {
+      tokensMax: 1024,
+      // A bug on the accept path, or the epoll thread gone: never limp on half alive.
+      onError: (err) => {
+        if (this.fatal) return;
+        this.fatal = true;
+        this.onFatal(`TCP accept path failed: ${(err as Error).stack ?? err}`);
+      },
+    });
   }
 
   /** Opens the listeners, the splice engine and the poll thread. Throws with a clear message. */
@@ -474,6 +482,7 @@ export class TcpRelay {
   }
 
   private tick(): void {
+    if (!this.poller.check()) return;
     this.drainEvents();
     this.checkEngine();
     if (performance.now() - this.localsRefreshedMs >= LOCAL_REFRESH_MS) this.refreshLocals(false);

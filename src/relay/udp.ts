@@ -1179,6 +1179,7 @@ export class UdpRelay {
   // ---- control plane ----
 
   private tick(): void {
+    if (!this.poller.check()) return; // the epoll thread died: onFatal has been called
     const now = performance.now();
     this.sessions.expire(now, EXPIRE_BUDGET_PER_TICK);
     this.replies.sweep(now, REPLY_SWEEP_BUDGET_PER_TICK);

@@ -30,6 +30,7 @@ const symbols = {
   rl_poll_level_triggered: { args: [i32], returns: i32 },
   rl_poll_stop: { args: [i32], returns: i32 },
   rl_poll_stats: { args: [i32, ptr], returns: i32 },
+  rl_poll_failed: { args: [i32], returns: i32 },
   // TCP (issue 4): accept/connect for TypeScript's decisions, a splice engine for bytes.
   rl_tcp_accept: { args: [i32, ptr], returns: i32 },
   rl_tcp_connect: { args: [ptr, i32, i32, ptr, i32, i32], returns: i32 },

@@ -8,6 +8,7 @@
 // ring is empty we tell C we are going idle (rl_poll_sleep), closing the race with a
 // token pushed meanwhile.
 import { FFIType, JSCallback, type Pointer, ptr } from "bun:ffi";
+import { errnoName } from "./errno.ts";
 import type { RelayLib } from "./ffi.ts";
 
 /** rl_poll_stats() output slots (RL_POLL_STAT_* in ffi/relay.h). */
@@ -61,6 +62,8 @@ export class Poller {
   private readonly runBound = () => this.run();
   private running = false;
   private closed = false;
+  /** The epoll thread died (check()): no more rounds; stop() still joins and closes. */
+  private dead = false;
 
   constructor(lib: RelayLib, onToken: (token: number) => void, options: PollerOptions) {
     this.lib = lib;
@@ -146,12 +149,18 @@ export class Poller {
     if (this.closed) return;
     const n = this.lib.rl_poll_wait(this.handle, INLINE_WAIT_MS);
     if (n > 0) this.rounds();
+    else if (n < 0) {
+      // epoll_wait itself failed: the data path cannot go on. Never spin on it silently.
+      this.onError(new Error(`epoll_wait: ${errnoName(-n)}`));
+      return;
+    }
     setImmediate(this.inlineBound);
   }
 
   /** Threaded mode: takes ready tokens in rounds until the ring is empty, then goes idle. */
   private run(): void {
     if (this.closed) return;
+    if (!this.check()) return;
     if (this.rounds()) return; // idle: C will call us
     // Still busy: let the event loop turn (timers, signals), then go on. We hold the
     // "awake" flag, so C does not call us meanwhile.
@@ -180,6 +189,21 @@ export class Poller {
         this.onError(err);
       }
     }
+    return false;
+  }
+
+  /**
+   * Threaded mode: whether the epoll thread is alive. When it died (epoll_wait failed),
+   * reports it through onError (the owner ends the process) and returns false. The
+   * thread wakes us once when it dies; owners also call this from their timers.
+   */
+  check(): boolean {
+    if (this.inline || this.closed) return true;
+    if (this.dead) return false;
+    const failed = this.lib.rl_poll_failed(this.handle);
+    if (failed === 0) return true;
+    this.dead = true;
+    this.onError(new Error(`epoll thread stopped: epoll_wait: ${errnoName(-failed)}`));
     return false;
   }
 

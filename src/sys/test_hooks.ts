@@ -8,6 +8,7 @@ const { i32, f64 } = FFIType;
 
 const testSymbols = {
   rl_test_poll_stat_set: { args: [i32, i32, f64], returns: i32 },
+  rl_test_poll_break: { args: [i32], returns: i32 },
   rl_test_tcp_engine_stat_set: { args: [i32, i32, f64], returns: i32 },
   rl_test_tcp_engine_event_delay: { args: [i32, i32], returns: i32 },
   rl_test_tcp_engine_break: { args: [i32], returns: i32 },

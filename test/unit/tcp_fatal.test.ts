@@ -75,3 +75,33 @@ describe("TCP relay: a dead splice engine", () => {
     expect(exitCode).toBe(70);
   });
 });
+
+describe("a dead epoll thread (the poller of the TCP accept path)", () => {
+  test("calls onFatal once, naming the error", async () => {
+    const messages: string[] = [];
+    const input = configInput();
+    const relay = new TcpRelay(lib, parseConfig(input), { onFatal: (m) => messages.push(m) });
+    relay.start();
+    try {
+      expect(loadTestHooks().rl_test_poll_break(relay["poller"]["handle"])).toBe(0);
+      // The thread waits on the old epoll instance until an event: a connection.
+      const client = lib.rl_tcp_connect(
+        parseAddress("127.0.0.1")!,
+        input.listeners[0].port,
+        0,
+        parseAddress("0.0.0.0")!,
+        0,
+        0,
+      );
+      expect(client).toBeGreaterThanOrEqual(0);
+      expect(await waitFor(() => messages.length > 0, 10_000)).toBe(true);
+      expect(messages).toHaveLength(1);
+      expect(messages[0]).toContain("epoll thread stopped: epoll_wait: EINVAL");
+      lib.rl_close(client);
+      // Reported once: later ticks stay quiet.
+      expect(await waitFor(() => messages.length > 1, 300)).toBe(false);
+    } finally {
+      await relay.stop(0);
+    }
+  });
+});
