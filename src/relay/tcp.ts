@@ -123,7 +123,7 @@ export class TcpCounters {
   resourceFailures = 0;
 
   /** Bytes of connections that ended, each way (live totals: see snapshot()). */
-  bytesToUpstreamClosed = 0;
+  bytesToTargetsClosed = 0;
   bytesToClientsClosed = 0;
 
   wakes = 0;
@@ -361,7 +361,7 @@ export class TcpRelay {
       connectionsActive: this.active,
       connectionsMax: this.connectionsMax,
       // Delivered bytes of all connections, open ones included (engine totals).
-      bytesToUpstream: this.stats[TCP_STATS.bytesUp],
+      bytesToTargets: this.stats[TCP_STATS.bytesUp],
       bytesToClients: this.stats[TCP_STATS.bytesDown],
       pipesInUse: this.stats[TCP_STATS.pipesInUse],
       pipesPooled: this.stats[TCP_STATS.pipesPooled],
@@ -683,7 +683,7 @@ export class TcpRelay {
           c.connectMsTotal += connectMs;
         }
         const reason = this.event16[i * TCP_EVENT_HALVES + TCP_EVENT.reasonHalf] as TcpEnd;
-        c.bytesToUpstreamClosed += this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesUpDouble];
+        c.bytesToTargetsClosed += this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesUpDouble];
         c.bytesToClientsClosed += this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesDownDouble];
         switch (reason) {
           case TcpEnd.Closed:

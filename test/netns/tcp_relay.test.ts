@@ -240,7 +240,7 @@ if (!skip) {
         const after = await settle();
         // iperf3 uses a control and a data connection; both went through the relay.
         expect(after.connected - before.connected).toBeGreaterThanOrEqual(2);
-        expect(after.bytesToUpstream - before.bytesToUpstream).toBeGreaterThanOrEqual(
+        expect(after.bytesToTargets - before.bytesToTargets).toBeGreaterThanOrEqual(
           report.end.sum_received.bytes,
         );
       });
@@ -472,7 +472,7 @@ if (!skip) {
           t.abortedAtShutdown +
           t.resourceFailures,
       );
-      expect(t.bytesToUpstream).toBe(t.bytesToUpstreamClosed);
+      expect(t.bytesToTargets).toBe(t.bytesToTargetsClosed);
       expect(t.bytesToClients).toBe(t.bytesToClientsClosed);
       expect(t.pipesInUse).toBe(0);
       env.relay = null;
