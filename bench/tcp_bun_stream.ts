@@ -4,7 +4,7 @@
 // upstream, and bytes cross JavaScript with backpressure (a peer that cannot take more
 // pauses the other side; at most one pending chunk list per direction).
 //
-// It is the baseline behind the design (src/relay/tcp.ts): bench/tcp.ts measures it
+// It is the baseline behind the design (src/tcp/relay.ts): bench/tcp.ts measures it
 // beside the relay's C splice engine, for throughput and for CPU per byte and per
 // connection. Not a product path: no SO_MARK (its upstream traffic is only exempt
 // from interception because the bench intercepts fixed ports), no limits, timeouts,

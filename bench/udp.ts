@@ -91,7 +91,7 @@ export interface Args {
   /** Wait for a quiet machine before each run and retry contended runs. */
   wait: boolean;
   cRelay: boolean;
-  /** The Bun relay's udp.dataPlane (src/relay/udp_plane.ts). */
+  /** The Bun relay's udp.dataPlane (src/udp/plane.ts). */
   dataPlane: "worker" | "callback";
 }
 

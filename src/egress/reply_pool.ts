@@ -30,14 +30,14 @@ export interface ReplyPoolOptions {
 export type AcquireFailure = "bind" | "cached" | "full" | "descriptors" | "register";
 
 export class ReplyPool {
-  readonly index: HashIndex;
-  readonly key: Uint32Array;
-  readonly fd: Int32Array;
+  private readonly index: HashIndex;
+  private readonly key: Uint32Array;
+  private readonly fd: Int32Array;
   /** Token registered with the poller (so datagrams that reach it are not lost). */
-  readonly token: Int32Array;
-  readonly listener: Int16Array;
-  readonly refs: Int32Array;
-  readonly lastUsedMs: Float64Array;
+  private readonly token: Int32Array;
+  private readonly listener: Int16Array;
+  private readonly refs: Int32Array;
+  private readonly lastUsedMs: Float64Array;
   private readonly negative = new Map<string, number>(); // "addrwords|port" -> retry time
   private readonly keyBytes: Uint8Array;
   lastFailure: AcquireFailure | null = null;
@@ -49,7 +49,7 @@ export class ReplyPool {
     private readonly counters: UdpCounters,
     /** Registers a new socket with the poller; returns its token, or -1 (nothing taken). */
     private readonly register: (fd: number, entry: number) => number,
-    private readonly unregister: (fd: number, token: number) => void,
+    private readonly unregister: (token: number) => void,
   ) {
     const n = options.socketsMax;
     this.index = new HashIndex(KEY_WORDS, n);
@@ -66,9 +66,28 @@ export class ReplyPool {
     return this.index.count;
   }
 
-  /** The entry for the destination in `key` if its socket exists, else -1 (no side effect). */
+  /** Sets the destination the next peek()/acquire() is about. */
+  setKey(w0: number, w1: number, w2: number, w3: number, port: number): void {
+    const k = this.key;
+    k[0] = w0;
+    k[1] = w1;
+    k[2] = w2;
+    k[3] = w3;
+    k[4] = port;
+  }
+
+  /** The entry for the destination set by setKey() if its socket exists, else -1. */
   peek(): number {
     return this.index.find();
+  }
+
+  fdOf(entry: number): number {
+    return this.fd[entry];
+  }
+
+  /** The listener whose flows the socket serves (datagrams it catches are theirs). */
+  listenerOf(entry: number): number {
+    return this.listener[entry];
   }
 
   /**
@@ -170,7 +189,7 @@ export class ReplyPool {
   }
 
   private close(entry: number): void {
-    this.unregister(this.fd[entry], this.token[entry]);
+    this.unregister(this.token[entry]);
     this.lib.rl_close(this.fd[entry]);
     this.fd[entry] = -1;
     this.token[entry] = -1;

@@ -98,6 +98,11 @@ export class SessionTable {
     return this.index.find();
   }
 
+  /** Word w (0..SESSION_KEY_WORDS) of session s's key: client 0-3, target 4-7, ports 8. */
+  keyWord(s: number, w: number): number {
+    return this.index.keys[s * SESSION_KEY_WORDS + w];
+  }
+
   /**
    * Creates a session for `key` (not present). When the table is full the least
    * recently used session ends first (EndReason.Evicted). Returns the new slot.

@@ -15,7 +15,7 @@ import {
   TCP_NEVER_CONNECTED,
   TCP_STATS,
   TcpEnd,
-} from "../../src/relay/tcp_layout.ts";
+} from "../../src/tcp/layout.ts";
 
 const SLOTS = 8;
 const PIPE_BYTES = 65536;

@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { parseConfig } from "../../src/config/load.ts";
-import { TcpRelay } from "../../src/relay/tcp.ts";
+import { TcpRelay } from "../../src/tcp/relay.ts";
 import { parseAddress } from "../../src/sys/addr.ts";
 import { loadFfi } from "../../src/sys/ffi.ts";
 import { SOCK } from "../../src/sys/layout.ts";
@@ -60,7 +60,7 @@ describe("TCP relay: a dead splice engine", () => {
     const root = join(import.meta.dir, "..", "..");
     const script = `
       import { parseConfig } from "${root}/src/config/load.ts";
-      import { TcpRelay } from "${root}/src/relay/tcp.ts";
+      import { TcpRelay } from "${root}/src/tcp/relay.ts";
       import { loadFfi } from "${root}/src/sys/ffi.ts";
       import { loadTestHooks } from "${root}/src/sys/test_hooks.ts";
       const relay = new TcpRelay(loadFfi(), parseConfig(${JSON.stringify(configInput())}));

@@ -1,42 +1,40 @@
-// The UDP packet path:
+// The UDP packet path, the receive core:
 //
-//   listener (TPROXY) --recvmmsg--> session table --sendmmsg--> upstream socket --> target
-//   client <--sendmmsg-- listener (IP_PKTINFO) or reply socket <--recvmmsg-- upstream socket
+//   listener (TPROXY) --recvmmsg--> session table --send queue--> upstream socket --> target
+//   client <--send queue-- listener (IP_PKTINFO) or reply socket <--recvmmsg-- upstream
 //
-// One thread. The C epoll thread hands us ready sockets in rounds (src/sys/poller.ts):
-// for each we receive up to drainBatchesMax batches into the free part of the slab,
-// queue one send per datagram, and re-arm the socket in a `finally`. At the end of the
-// round, or when the slab is full, everything queued goes out in one rl_send_batch
-// (runs per socket become one sendmmsg each): 256 flows' replies through one listener
-// leave in a handful of syscalls instead of one per flow.
+// One thread. The poller hands us ready sockets in rounds (src/sys/poller.ts): for each
+// we receive up to drainBatchesMax batches into the free part of the slab and queue one
+// send per datagram (src/udp/send_queue.ts). At the end of the round, or when the slab
+// is full, everything queued goes out in one rl_send_batch.
 //
-// Memory: one receive slab (batchCountMax slots of datagramBytesMax), one metadata
-// table and one send table, allocated here once. Payloads are never copied: send
-// entries point into the slab, and slots are reused only after their sends went out.
+// The parts around it, each its own module:
+//   src/udp/registry.ts        token -> socket (what the poller reports)
+//   src/udp/send_queue.ts      the one writer of send entries, both directions
+//   src/egress/upstream_pool.ts  sockets toward the targets (RFC 4787 mapping)
+//   src/egress/reply_pool.ts   transparent sockets bound to original destinations
+//   src/classify/sniffer.ts    DNS name / QUIC SNI of a flow's first datagrams
+//   src/flow/table.ts          sessions; src/flow/clients.ts per-client bounds;
+//   src/flow/local_targets.ts  what is this host (never relayed to)
+//
+// Memory: one receive slab (batchCountMax slots of datagramBytesMax, in the WASM
+// parsers' packet area so they parse in place), one metadata table and one send table,
+// allocated here once. Payloads are never copied: send entries point into the slab,
+// and slots are reused only after their sends went out.
 
 import { type Pointer, ptr } from "bun:ffi";
-import type { Config, ListenerConfig } from "../config/load.ts";
-import { HashIndex } from "../flow/hash_index.ts";
-import {
-  EndReason,
-  PROTOCOL_DNS,
-  PROTOCOL_NAMES,
-  PROTOCOL_QUIC,
-  PROTOCOL_UNKNOWN,
-  SESSION_KEY_WORDS,
-  SessionTable,
-} from "../flow/table.ts";
-import { DnsParser } from "../classify/dns.ts";
-import { Code } from "../classify/layout.ts";
-import { QuicParser } from "../classify/quic.ts";
-import { type Parsers, parsersLoad } from "../classify/wasm.ts";
-import { PACKET_AREA_BYTES } from "../config/load.ts";
+import { Sniffer } from "../classify/sniffer.ts";
+import { parsersLoad } from "../classify/wasm.ts";
+import { type Config, type ListenerConfig, PACKET_AREA_BYTES } from "../config/load.ts";
+import { RateLimitedLog } from "../control/log.ts";
 import { ReplyPool } from "../egress/reply_pool.ts";
+import { UpstreamPool } from "../egress/upstream_pool.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
-import { RateLimitedLog } from "../control/log.ts";
+import { EndReason, PROTOCOL_NAMES, SessionTable } from "../flow/table.ts";
 import { UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
+import { assert } from "../sys/assert.ts";
 import {
   classifyIoErrno,
   decodeSocketError,
@@ -45,12 +43,9 @@ import {
   errnoName,
   IoOutcome,
   isPrivilegeErrno,
-  isResourceErrno,
   StartError,
   unexpectedErrno,
 } from "../sys/errno.ts";
-import { assert } from "../sys/assert.ts";
-import { faultDataPath, faultEpollAdd } from "../sys/test_faults.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import {
   META,
@@ -59,26 +54,13 @@ import {
   META_FLAG_HAS_ORIGDST,
   META_FLAG_TRUNCATED,
   META_WORDS,
-  SEND,
-  SEND_FLAG_SOURCE,
-  SEND_WORDS,
   SOCK,
 } from "../sys/layout.ts";
 import { Poller, WAKE_ERROR_FLAG, WAKE_TOKEN_MASK } from "../sys/poller.ts";
+import { faultDataPath } from "../sys/test_faults.ts";
+import { SocketKind, SocketRegistry } from "./registry.ts";
+import { SendQueue } from "./send_queue.ts";
 
-const enum SocketKind {
-  Free = 0,
-  Listener = 1,
-  Upstream = 2,
-  Reply = 3,
-  /** The netlink socket that reports address changes (LocalTargets). */
-  AddressWatch = 4,
-}
-
-/** Upstream key: client address (4 words), client port, session slot (or ALL_DESTINATIONS). */
-const UPSTREAM_KEY_WORDS = 6;
-/** Session slot word of an endpoint-independent upstream: one socket for every destination. */
-const ALL_DESTINATIONS = 0xffffffff;
 /** Sessions ended per timer tick at most, so a mass expiry cannot stall the data path. */
 const EXPIRE_BUDGET_PER_TICK = 8192;
 const REPLY_SWEEP_BUDGET_PER_TICK = 1024;
@@ -91,6 +73,8 @@ const ERRORS_DRAIN_MAX = 64;
 const LOCAL_REFRESH_MS = 5_000;
 /** Tokens beyond listeners, upstream and reply sockets: the address watch. */
 const EXTRA_TOKENS = 1;
+/** Timer period: expiry, idle reply sockets, lost wake-up recovery. */
+const TICK_MS = 250;
 
 export interface SessionView {
   client: string;
@@ -118,54 +102,35 @@ export class UdpRelay {
   readonly counters = new UdpCounters();
   readonly sessions: SessionTable;
   readonly replies: ReplyPool;
+  readonly upstreams: UpstreamPool;
+  /** What the loop guard treats as this host (checked once per new flow). */
+  readonly locals: LocalTargets;
 
   private readonly lib: RelayLib;
   private readonly config: Config;
   private readonly poller: Poller;
+  private readonly registry: SocketRegistry;
+  private readonly queue: SendQueue;
+  private readonly sniffer: Sniffer;
+  private readonly clients: ClientLimits;
 
   // Receive side. The slab is the WASM parsers' packet area: recvmmsg writes there and
   // the parsers read the same bytes in place.
-  private readonly parsers: Parsers;
-  private readonly dns: DnsParser;
-  private readonly quic: QuicParser;
   /** Memory offset of slot 0 inside the WASM memory (what the parsers take). */
   private readonly slabWasmOffset: number;
-  /** Per destination port: PROTOCOL_DNS / PROTOCOL_QUIC when its first datagrams are parsed. */
-  private readonly sniffByPort: Uint8Array;
   private readonly slotBytes: number;
   private readonly batchCount: number;
-  private readonly slab: Uint8Array;
   private readonly slabPtr: Pointer;
   private readonly meta: Uint8Array;
   private readonly metaPtr: Pointer;
   private readonly meta32: Uint32Array;
   private readonly meta16: Uint16Array;
-
-  // Send side.
-  private readonly sends: Uint8Array;
-  private readonly sendsPtr: Pointer;
-  private readonly send32: Uint32Array;
-  private readonly sendI32: Int32Array;
-  private readonly send16: Uint16Array;
-  /** Per queued send: 1 to a target, 0 to a client (for the counters). */
-  private readonly sendToTarget: Uint8Array;
-  private sendCount = 0;
   /** Slab slots (and metadata records) holding datagrams of this round. */
   private slotsUsed = 0;
   /** Scratch metadata for the error queue, apart from the slots of the round. */
   private readonly errorMeta: Uint8Array;
   private readonly errorMetaPtr: Pointer;
   private readonly errorMeta32: Uint32Array;
-  /** 16 bytes for rl_local_port's address (own ArrayBuffer: see the slab comment). */
-  private readonly scratchAddr = new Uint8Array(new ArrayBuffer(16));
-  private readonly scratchAddrPtr: Pointer = ptr(this.scratchAddr);
-
-  // Socket registry: token -> what the socket is.
-  private readonly socketKind: Uint8Array;
-  private readonly socketFd: Int32Array;
-  private readonly socketRef: Int32Array;
-  private readonly freeTokens: Int32Array;
-  private freeTokenCount: number;
 
   // Listeners.
   private readonly listenerFd: Int32Array;
@@ -177,26 +142,12 @@ export class UdpRelay {
   /** SO_RXQ_OVFL's counter last seen per listener (cumulative in the kernel). */
   private readonly listenerQueueDrops: Uint32Array;
 
-  // Upstream sockets: one per client endpoint (endpoint-independent) or per session.
-  private readonly upstreams: HashIndex;
-  private readonly upstreamFd: Int32Array;
-  private readonly upstreamToken: Int32Array;
-  private readonly upstreamRefs: Int32Array;
-  private readonly upstreamClientScope: Uint32Array; // IPv6 scope id of a link-local client
-  /** Per local port: upstream sockets of ours bound to it (own-traffic check). */
-  private readonly upstreamPortRefs: Uint16Array;
-  private readonly upstreamPort: Uint16Array; // per upstream record
-  private readonly endpointIndependent: boolean;
-
-  // Loop and fairness guards (checked once per new flow, never per packet).
-  readonly locals: LocalTargets;
-  private localsRefreshedMs = 0;
-  private watchToken = -1;
-  private readonly clients: ClientLimits;
   /** Per session: its ClientLimits slot, and its (client, reply socket) pair or -1. */
   private readonly sessionClient: Int32Array;
   private readonly sessionPair: Int32Array;
 
+  private localsRefreshedMs = 0;
+  private watchToken = -1;
   private timer: ReturnType<typeof setInterval> | null = null;
   private readonly logger = new RateLimitedLog();
   private stopped = false;
@@ -204,7 +155,7 @@ export class UdpRelay {
   readonly startedMs = performance.now();
 
   /**
-   * inline: the calling thread waits in epoll_wait itself (a Worker; see udp_worker.ts).
+   * inline: the calling thread waits in epoll_wait itself (a Worker; see worker.ts).
    * onFatal: a broken invariant on the data path (a bug): the owner ends the process
    * with this message; without it the error is thrown.
    */
@@ -216,32 +167,22 @@ export class UdpRelay {
     this.lib = lib;
     this.config = config;
     const udp = config.udp;
-    this.slotBytes = udp.datagramBytesMax;
     this.batchCount = udp.batchCountMax;
-    this.endpointIndependent = udp.mapping === "endpoint-independent";
-
-    // slab: one slot per datagram of a batch; 64-byte aligned slots keep payloads on
-    // their own cache lines.
+    // One slot per datagram of a batch; 64-byte aligned slots keep payloads on their
+    // own cache lines.
     this.slotBytes = Math.ceil(udp.datagramBytesMax / 64) * 64;
-    this.parsers = parsersLoad();
-    if (this.parsers.packetArea.bytesMax !== PACKET_AREA_BYTES) {
+    const parsers = parsersLoad();
+    if (parsers.packetArea.bytesMax !== PACKET_AREA_BYTES) {
       throw new Error(
-        `WASM packet area is ${this.parsers.packetArea.bytesMax} bytes, ` +
+        `WASM packet area is ${parsers.packetArea.bytesMax} bytes, ` +
           `config assumes ${PACKET_AREA_BYTES}: rebuild (bash scripts/build.sh)`,
       );
     }
-    this.dns = new DnsParser(this.parsers);
-    this.quic = new QuicParser(this.parsers);
-    this.slabWasmOffset = this.parsers.packetArea.offset;
-    this.slab = new Uint8Array(
-      this.parsers.memory.buffer,
-      this.slabWasmOffset,
-      this.slotBytes * this.batchCount,
-    );
-    this.slabPtr = ptr(this.slab);
-    this.sniffByPort = new Uint8Array(65536);
-    for (const port of udp.quicPorts) this.sniffByPort[port] = PROTOCOL_QUIC;
-    for (const port of udp.dnsPorts) this.sniffByPort[port] = PROTOCOL_DNS;
+    this.sniffer = new Sniffer(parsers, config, this.counters);
+    this.slabWasmOffset = parsers.packetArea.offset;
+    const slabBytes = this.slotBytes * this.batchCount;
+    const slab = new Uint8Array(parsers.memory.buffer, this.slabWasmOffset, slabBytes);
+    this.slabPtr = ptr(slab);
     // Each array on its own ArrayBuffer: JSC keeps a small typed array's bytes in the GC
     // heap and moves them when `.buffer` is first read, which would leave a cached ptr()
     // pointing at freed memory.
@@ -249,26 +190,13 @@ export class UdpRelay {
     this.metaPtr = ptr(this.meta);
     this.meta32 = new Uint32Array(this.meta.buffer);
     this.meta16 = new Uint16Array(this.meta.buffer);
-    this.sends = new Uint8Array(new ArrayBuffer(SEND_WORDS * 4 * this.batchCount));
-    this.sendsPtr = ptr(this.sends);
-    this.send32 = new Uint32Array(this.sends.buffer);
-    this.sendI32 = new Int32Array(this.sends.buffer);
-    this.send16 = new Uint16Array(this.sends.buffer);
-    this.sendToTarget = new Uint8Array(this.batchCount);
     this.errorMeta = new Uint8Array(new ArrayBuffer(META_WORDS * 4 * ERRORS_DRAIN_MAX));
     this.errorMetaPtr = ptr(this.errorMeta);
     this.errorMeta32 = new Uint32Array(this.errorMeta.buffer);
+    const log = (reason: string, message: string) => this.log(reason, message);
+    this.queue = new SendQueue(lib, this.slabPtr, slabBytes, this.batchCount, this.counters, log);
 
     const listenerCount = config.listeners.length;
-    // Tokens: listeners + one upstream socket per session at most + reply sockets.
-    const tokensMax = listenerCount + udp.sessionsMax + udp.replySocketsMax + EXTRA_TOKENS;
-    this.socketKind = new Uint8Array(tokensMax);
-    this.socketFd = new Int32Array(tokensMax).fill(-1);
-    this.socketRef = new Int32Array(tokensMax).fill(-1);
-    this.freeTokens = new Int32Array(tokensMax);
-    for (let i = 0; i < tokensMax; i++) this.freeTokens[i] = tokensMax - 1 - i;
-    this.freeTokenCount = tokensMax;
-
     this.listenerFd = new Int32Array(listenerCount).fill(-1);
     this.listenerToken = new Int32Array(listenerCount).fill(-1);
     this.listenerPort = new Uint16Array(listenerCount);
@@ -280,14 +208,6 @@ export class UdpRelay {
     });
     this.listenerQueueDrops = new Uint32Array(listenerCount);
 
-    this.upstreams = new HashIndex(UPSTREAM_KEY_WORDS, udp.sessionsMax);
-    this.upstreamFd = new Int32Array(udp.sessionsMax).fill(-1);
-    this.upstreamToken = new Int32Array(udp.sessionsMax).fill(-1);
-    this.upstreamRefs = new Int32Array(udp.sessionsMax);
-    this.upstreamClientScope = new Uint32Array(udp.sessionsMax);
-    this.upstreamPortRefs = new Uint16Array(65536);
-    this.upstreamPort = new Uint16Array(udp.sessionsMax);
-
     this.locals = new LocalTargets(lib);
     this.clients = new ClientLimits(
       udp.sessionsMax,
@@ -296,10 +216,11 @@ export class UdpRelay {
     );
     this.sessionClient = new Int32Array(udp.sessionsMax).fill(-1);
     this.sessionPair = new Int32Array(udp.sessionsMax).fill(-1);
-
     this.sessions = new SessionTable(udp.sessionsMax, config.timeoutClassesMs);
     this.sessions.onEnd = (slot, reason) => this.onSessionEnd(slot, reason);
 
+    // Tokens: listeners + one upstream socket per session at most + reply sockets.
+    const tokensMax = listenerCount + udp.sessionsMax + udp.replySocketsMax + EXTRA_TOKENS;
     this.poller = new Poller(lib, (token) => this.onToken(token), {
       tokensMax,
       inline: options.inline === true,
@@ -312,6 +233,16 @@ export class UdpRelay {
         else throw err;
       },
     });
+    const registry = new SocketRegistry(this.poller, tokensMax);
+    this.registry = registry;
+    this.upstreams = new UpstreamPool(
+      lib,
+      config,
+      udp.sessionsMax,
+      (fd, upstream) => registry.register(SocketKind.Upstream, fd, upstream),
+      (token) => registry.unregister(token),
+      () => registry.lastErrno,
+    );
     this.replies = new ReplyPool(
       lib,
       {
@@ -326,8 +257,8 @@ export class UdpRelay {
         sendBytes: udp.socketSendBytes,
       },
       this.counters,
-      (fd, entry) => this.registerSocket(SocketKind.Reply, fd, entry),
-      (fd, token) => this.unregisterSocket(fd, token),
+      (fd, entry) => registry.register(SocketKind.Reply, fd, entry),
+      (token) => registry.unregister(token),
     );
   }
 
@@ -340,9 +271,9 @@ export class UdpRelay {
       this.locals.refresh();
       this.localsRefreshedMs = performance.now();
       const watchFd = this.locals.openWatch();
-      this.watchToken = this.registerSocket(SocketKind.AddressWatch, watchFd, 0);
+      this.watchToken = this.registry.register(SocketKind.AddressWatch, watchFd, 0);
       if (this.watchToken < 0) {
-        throw new Error(`epoll_ctl(ADD) address watch: ${errnoName(this.lastRegisterErrno)}`);
+        throw new Error(`epoll_ctl(ADD) address watch: ${errnoName(this.registry.lastErrno)}`);
       }
       this.config.listeners.forEach((l, i) => {
         this.openListener(l, i);
@@ -356,7 +287,7 @@ export class UdpRelay {
     // The timer expires sessions, closes idle reply sockets, and keeps the process
     // alive (a threadsafe JSCallback does not). Its listener drain also recovers from
     // a wake-up that never came.
-    this.timer = setInterval(() => this.tick(), 250);
+    this.timer = setInterval(() => this.tick(), TICK_MS);
   }
 
   /** Joins the poll thread, closes the callback, then every socket. */
@@ -377,27 +308,10 @@ export class UdpRelay {
 
   private closeWatch(): void {
     if (this.watchToken >= 0) {
-      this.unregisterSocket(this.socketFd[this.watchToken], this.watchToken);
+      this.registry.unregister(this.watchToken);
       this.watchToken = -1;
     }
     this.locals.closeWatch();
-  }
-
-  get upstreamSocketCount(): number {
-    return this.upstreams.count;
-  }
-
-  get wakeCount(): number {
-    return this.poller.wakes;
-  }
-
-  /** Ready events the epoll thread reported (one wake call carries many). */
-  get readyEventCount(): number {
-    return this.poller.events;
-  }
-
-  get pollRingOverflows(): number {
-    return this.poller.overflows;
   }
 
   /** Counters, gauges and the first `sessionsListed` sessions, for the control plane. */
@@ -408,13 +322,13 @@ export class UdpRelay {
         ...this.counters,
         sessionsActive: this.sessions.count,
         sessionsMax: this.sessions.capacity,
-        upstreamSockets: this.upstreamSocketCount,
+        upstreamSockets: this.upstreams.count,
         replySockets: this.replies.count,
         // Tokens in use: listeners + the address watch + upstream + reply sockets.
-        socketsRegistered: this.freeTokens.length - this.freeTokenCount,
-        pollWakes: this.wakeCount,
-        pollEvents: this.readyEventCount,
-        pollRingOverflows: this.pollRingOverflows,
+        socketsRegistered: this.registry.used,
+        pollWakes: this.poller.wakes,
+        pollEvents: this.poller.events,
+        pollRingOverflows: this.poller.overflows,
       },
       sessions: this.sessionViews(sessionsListed),
     };
@@ -424,25 +338,26 @@ export class UdpRelay {
   sessionViews(limit: number): SessionView[] {
     const out: SessionView[] = [];
     const now = performance.now();
-    const keyBytes = new Uint8Array(this.sessions.index.keys.buffer);
-    this.sessions.forEach((s) => {
+    const sessions = this.sessions;
+    const key = new Uint32Array(8);
+    const keyBytes = new Uint8Array(key.buffer);
+    sessions.forEach((s) => {
       if (out.length >= limit) return;
-      const base = s * SESSION_KEY_WORDS * 4; // byte offset of the session's key
-      const ports = this.sessions.index.keys[s * SESSION_KEY_WORDS + 8];
-      const listener = this.sessions.listener[s];
+      for (let w = 0; w < 8; w++) key[w] = sessions.keyWord(s, w);
+      const ports = sessions.keyWord(s, 8);
       out.push({
-        client: formatEndpoint(keyBytes, base, ports >>> 16),
-        target: formatEndpoint(keyBytes, base + 16, ports & 0xffff),
-        listener: this.config.listeners[listener]?.name ?? "?",
-        reply: this.sessions.reply[s] >= 0 ? "socket" : "pktinfo",
-        protocol: PROTOCOL_NAMES[this.sessions.protocol[s]],
-        name: this.sessions.name[s],
-        ageMs: Math.round(now - this.sessions.createdMs[s]),
-        idleMs: Math.round(now - this.sessions.lastSeenMs[s]),
-        packetsToTarget: this.sessions.packetsToTarget[s],
-        bytesToTarget: this.sessions.bytesToTarget[s],
-        packetsToClient: this.sessions.packetsToClient[s],
-        bytesToClient: this.sessions.bytesToClient[s],
+        client: formatEndpoint(keyBytes, 0, ports >>> 16),
+        target: formatEndpoint(keyBytes, 16, ports & 0xffff),
+        listener: this.config.listeners[sessions.listener[s]]?.name ?? "?",
+        reply: sessions.reply[s] >= 0 ? "socket" : "pktinfo",
+        protocol: PROTOCOL_NAMES[sessions.protocol[s]],
+        name: sessions.name[s],
+        ageMs: Math.round(now - sessions.createdMs[s]),
+        idleMs: Math.round(now - sessions.lastSeenMs[s]),
+        packetsToTarget: sessions.packetsToTarget[s],
+        bytesToTarget: sessions.bytesToTarget[s],
+        packetsToClient: sessions.packetsToClient[s],
+        bytesToClient: sessions.bytesToClient[s],
       });
     });
     return out;
@@ -479,10 +394,12 @@ export class UdpRelay {
       );
     }
     this.listenerPort[index] = l.port;
-    const token = this.registerSocket(SocketKind.Listener, fd, index);
+    const token = this.registry.register(SocketKind.Listener, fd, index);
     if (token < 0) {
       this.lib.rl_close(fd);
-      throw new Error(`listener "${l.name}": epoll_ctl(ADD): ${errnoName(this.lastRegisterErrno)}`);
+      throw new Error(
+        `listener "${l.name}": epoll_ctl(ADD): ${errnoName(this.registry.lastErrno)}`,
+      );
     }
     this.listenerFd[index] = fd;
     this.listenerToken[index] = token;
@@ -491,51 +408,20 @@ export class UdpRelay {
   private closeListeners(): void {
     for (let i = 0; i < this.listenerFd.length; i++) {
       if (this.listenerFd[i] < 0) continue;
-      this.unregisterSocket(this.listenerFd[i], this.listenerToken[i]);
+      this.registry.unregister(this.listenerToken[i]);
       this.lib.rl_close(this.listenerFd[i]);
       this.listenerFd[i] = -1;
     }
-  }
-
-  /**
-   * Registers a socket with the poller under a fresh token. All or nothing: returns the
-   * token, or -1 with nothing taken when epoll_ctl fails (ENOSPC at
-   * fs.epoll.max_user_watches, ENOMEM); the caller still owns and closes the fd.
-   */
-  private registerSocket(kind: SocketKind, fd: number, ref: number): number {
-    // Tokens are sized for every socket the bounds allow: running out is a bug.
-    assert(this.freeTokenCount > 0, "socket registry full");
-    const token = this.freeTokens[--this.freeTokenCount];
-    const rc = faultEpollAdd() || this.poller.add(fd, token);
-    if (rc < 0) {
-      this.freeTokens[this.freeTokenCount++] = token;
-      this.lastRegisterErrno = -rc;
-      return -1;
-    }
-    this.socketKind[token] = kind;
-    this.socketFd[token] = fd;
-    this.socketRef[token] = ref;
-    return token;
-  }
-  /** errno of the last failed registerSocket (for the caller's message). */
-  private lastRegisterErrno = 0;
-
-  private unregisterSocket(fd: number, token: number): void {
-    // Remove from epoll before close so a queued wake-up for this token finds Free.
-    this.poller.remove(fd);
-    this.socketKind[token] = SocketKind.Free;
-    this.socketFd[token] = -1;
-    this.socketRef[token] = -1;
-    this.freeTokens[this.freeTokenCount++] = token;
   }
 
   // ---- the data path ----
 
   private onToken(wake: number): void {
     const token = wake & WAKE_TOKEN_MASK;
-    const kind = this.socketKind[token];
+    const registry = this.registry;
+    const kind = registry.kind(token);
     if (kind === SocketKind.Free) return; // closed since the wake-up was queued
-    const fd = this.socketFd[token];
+    const fd = registry.fd(token);
     this.counters.wakes++;
     try {
       if (kind === SocketKind.AddressWatch) {
@@ -546,7 +432,7 @@ export class UdpRelay {
       this.drain(token, kind, fd);
     } finally {
       // Re-arm even if the drain threw; a socket closed during the drain is Free now.
-      if (this.socketKind[token] !== SocketKind.Free && this.socketFd[token] === fd) {
+      if (registry.kind(token) !== SocketKind.Free && registry.fd(token) === fd) {
         this.poller.rearm(fd, token);
       }
     }
@@ -554,7 +440,7 @@ export class UdpRelay {
 
   private drain(token: number, kind: SocketKind, fd: number): void {
     const now = performance.now();
-    const ref = this.socketRef[token];
+    const ref = this.registry.ref(token);
     for (let batch = 0; batch < this.config.udp.drainBatchesMax; batch++) {
       if (this.slotsUsed === this.batchCount) this.endRound();
       const first = this.slotsUsed;
@@ -571,27 +457,24 @@ export class UdpRelay {
         continue; // the error is consumed; datagrams may still wait behind it
       }
       if (n === 0) return;
+      assert(n <= room, `recvmmsg returned ${n} for ${room} slots`);
       this.counters.batches++;
       this.slotsUsed += n;
       if (kind === SocketKind.Upstream) this.fromTargets(ref, first, n, now);
       else {
         faultDataPath(n);
-        this.fromClients(
-          kind === SocketKind.Listener ? ref : this.replies.listener[ref],
-          first,
-          n,
-          now,
-        );
+        const listener = kind === SocketKind.Listener ? ref : this.replies.listenerOf(ref);
+        this.fromClients(listener, first, n, now);
       }
       if (n < room) return; // drained: the socket had no more
       // A new flow may have closed this very socket (reply pool full): stop reading it.
-      if (this.socketFd[token] !== fd || this.socketKind[token] !== kind) return;
+      if (this.registry.fd(token) !== fd || this.registry.kind(token) !== kind) return;
     }
   }
 
   /** Sends everything queued this round and frees the slab for the next. */
   private endRound(): void {
-    this.flush();
+    this.queue.flush();
     this.slotsUsed = 0;
   }
 
@@ -643,23 +526,23 @@ export class UdpRelay {
       } else if (sessions.lastSeenMs[s] !== now) {
         sessions.touch(s, now);
       }
-      if (sessions.sniffLeft[s] !== 0) this.sniff(s, i, length);
+      if (sessions.sniffLeft[s] !== 0) {
+        this.sniffer.sniff(sessions, s, this.slabWasmOffset + i * this.slotBytes, length);
+      }
       sessions.packetsToTarget[s]++;
       sessions.bytesToTarget[s] += length;
       // To the original destination, from the session's upstream socket.
-      this.sendToTarget[this.sendCount] = 1;
-      const d = this.sendCount++ * SEND_WORDS;
-      const send32 = this.send32;
-      send32[d] = key[4];
-      send32[d + 1] = key[5];
-      send32[d + 2] = key[6];
-      send32[d + 3] = key[7];
-      this.send16[d * 2 + SEND.targetPortHalf] = targetPort;
-      this.send16[d * 2 + SEND.flagsHalf] = 0;
-      this.sendI32[d + SEND.fdWord] = this.upstreamFd[sessions.upstream[s]];
-      send32[d + SEND.offsetWord] = i * this.slotBytes;
-      send32[d + SEND.lengthWord] = length;
-      send32[d + SEND.targetScopeWord] = meta32[w + META.targetScopeWord];
+      this.queue.toTarget(
+        this.upstreams.fd(sessions.upstream[s]),
+        key[4],
+        key[5],
+        key[6],
+        key[7],
+        targetPort,
+        meta32[w + META.targetScopeWord],
+        i * this.slotBytes,
+        length,
+      );
     }
   }
 
@@ -670,9 +553,13 @@ export class UdpRelay {
     const meta32 = this.meta32;
     const meta16 = this.meta16;
     const c = this.counters;
-    const upKeys = this.upstreams.keys;
-    const u = upstream * UPSTREAM_KEY_WORDS;
-    const clientPort = upKeys[u + 4];
+    const up = this.upstreams;
+    const client0 = up.clientWord(upstream, 0);
+    const client1 = up.clientWord(upstream, 1);
+    const client2 = up.clientWord(upstream, 2);
+    const client3 = up.clientWord(upstream, 3);
+    const clientPort = up.clientPort(upstream);
+    const clientScope = up.clientScope(upstream);
     for (let i = first; i < first + n; i++) {
       const w = i * META_WORDS;
       const h = w * 2;
@@ -685,10 +572,10 @@ export class UdpRelay {
       }
       const sourcePort = meta16[h + META.sourcePortHalf];
       // The session is (client endpoint, the address this reply came from).
-      key[0] = upKeys[u];
-      key[1] = upKeys[u + 1];
-      key[2] = upKeys[u + 2];
-      key[3] = upKeys[u + 3];
+      key[0] = client0;
+      key[1] = client1;
+      key[2] = client2;
+      key[3] = client3;
       key[4] = meta32[w];
       key[5] = meta32[w + 1];
       key[6] = meta32[w + 2];
@@ -704,49 +591,35 @@ export class UdpRelay {
       sessions.bytesToClient[s] += length;
       // To the client, from the original destination: on the reply socket bound to
       // it, or on the listener with the source set by IP_PKTINFO.
-      this.sendToTarget[this.sendCount] = 0;
-      const d = this.sendCount++ * SEND_WORDS;
-      const send32 = this.send32;
-      send32[d] = key[0];
-      send32[d + 1] = key[1];
-      send32[d + 2] = key[2];
-      send32[d + 3] = key[3];
-      this.send16[d * 2 + SEND.targetPortHalf] = clientPort;
       const reply = sessions.reply[s];
       if (reply >= 0) {
-        this.send16[d * 2 + SEND.flagsHalf] = 0;
-        this.sendI32[d + SEND.fdWord] = this.replies.fd[reply];
+        this.queue.toClient(
+          this.replies.fdOf(reply),
+          client0,
+          client1,
+          client2,
+          client3,
+          clientPort,
+          clientScope,
+          i * this.slotBytes,
+          length,
+        );
       } else {
-        this.send16[d * 2 + SEND.flagsHalf] = SEND_FLAG_SOURCE;
-        send32[d + SEND.sourceAddrWord] = key[4];
-        send32[d + SEND.sourceAddrWord + 1] = key[5];
-        send32[d + SEND.sourceAddrWord + 2] = key[6];
-        send32[d + SEND.sourceAddrWord + 3] = key[7];
-        this.sendI32[d + SEND.fdWord] = this.listenerFd[sessions.listener[s]];
-      }
-      send32[d + SEND.offsetWord] = i * this.slotBytes;
-      send32[d + SEND.lengthWord] = length;
-      send32[d + SEND.targetScopeWord] = this.upstreamClientScope[upstream];
-    }
-  }
-
-  /** Sends every queued datagram (both directions; rl_send_batch groups them by socket). */
-  private flush(): void {
-    const count = this.sendCount;
-    if (count === 0) return;
-    this.sendCount = 0;
-    this.lib.rl_send_batch(this.slabPtr, this.slab.byteLength, this.sendsPtr, count);
-    const c = this.counters;
-    for (let k = 0; k < count; k++) {
-      const result = this.sendI32[k * SEND_WORDS + SEND.resultWord];
-      if (result < 0) {
-        this.onSendError(k, -result);
-      } else if (this.sendToTarget[k] === 1) {
-        c.packetsToTargets++;
-        c.bytesToTargets += result;
-      } else {
-        c.packetsToClients++;
-        c.bytesToClients += result;
+        this.queue.toClientFrom(
+          this.listenerFd[sessions.listener[s]],
+          client0,
+          client1,
+          client2,
+          client3,
+          clientPort,
+          clientScope,
+          key[4],
+          key[5],
+          key[6],
+          key[7],
+          i * this.slotBytes,
+          length,
+        );
       }
     }
   }
@@ -778,20 +651,20 @@ export class UdpRelay {
       return -1;
     }
     const usePktinfo = mode === "pktinfo" || (mode === "auto" && samePort);
-    // The lookups below use scratch keys of their own; keep the client's words.
-    const clientWord0 = key[0];
-    const clientWord1 = key[1];
-    const clientWord2 = key[2];
-    const clientWord3 = key[3];
+    // The pools and limits below use scratch keys of their own: keep the words here.
+    const client0 = key[0];
+    const client1 = key[1];
+    const client2 = key[2];
+    const client3 = key[3];
     const clientPort = key[8] >>> 16;
-    const targetWord0 = key[4];
-    const targetWord1 = key[5];
-    const targetWord2 = key[6];
-    const targetWord3 = key[7];
+    const target0 = key[4];
+    const target1 = key[5];
+    const target2 = key[6];
+    const target3 = key[7];
 
     // Fairness: a client past its own bounds is refused before it can evict anybody.
     const clients = this.clients;
-    let client = clients.find(clientWord0, clientWord1, clientWord2, clientWord3);
+    let client = clients.find(client0, client1, client2, client3);
     if (!clients.maySession(client)) {
       c.droppedClientSessionsLimit++;
       this.log(
@@ -800,13 +673,8 @@ export class UdpRelay {
       );
       return -1;
     }
-    const rk = this.replies.key;
     if (!usePktinfo) {
-      rk[0] = targetWord0;
-      rk[1] = targetWord1;
-      rk[2] = targetWord2;
-      rk[3] = targetWord3;
-      rk[4] = targetPort;
+      this.replies.setKey(target0, target1, target2, target3, targetPort);
       if (!clients.mayReply(client, this.replies.peek())) {
         c.droppedClientReplySocketsLimit++;
         this.log(
@@ -820,26 +688,16 @@ export class UdpRelay {
     // Make room first: evicting a session may close its upstream socket, whose fd can
     // be in this round's queued sends (and be reused by the next socket()): send them.
     if (sessions.index.full) {
-      this.flush();
+      this.queue.flush();
       sessions.end(sessions.leastRecentlyUsed(), EndReason.Evicted);
     }
 
     let reply = -1;
     if (!usePktinfo) {
-      rk[0] = targetWord0;
-      rk[1] = targetWord1;
-      rk[2] = targetWord2;
-      rk[3] = targetWord3;
-      rk[4] = targetPort;
+      this.replies.setKey(target0, target1, target2, target3, targetPort);
       reply = this.replies.acquire(listener, ipv6, now);
       if (reply < 0) {
-        const target = this.describeTarget(
-          targetWord0,
-          targetWord1,
-          targetWord2,
-          targetWord3,
-          targetPort,
-        );
+        const target = this.describeTarget(target0, target1, target2, target3, targetPort);
         this.log(
           `reply-${this.replies.lastFailure}`,
           `no reply socket for ${target}: ${this.replies.describeFailure()}`,
@@ -849,40 +707,40 @@ export class UdpRelay {
     }
 
     // From here every step is undone by sessions.end() -> onSessionEnd().
-    key[0] = clientWord0;
-    key[1] = clientWord1;
-    key[2] = clientWord2;
-    key[3] = clientWord3;
-    key[4] = targetWord0;
-    key[5] = targetWord1;
-    key[6] = targetWord2;
-    key[7] = targetWord3;
+    key[0] = client0;
+    key[1] = client1;
+    key[2] = client2;
+    key[3] = client3;
+    key[4] = target0;
+    key[5] = target1;
+    key[6] = target2;
+    key[7] = target3;
     key[8] = ((clientPort << 16) | targetPort) >>> 0;
     const s = sessions.create(now, this.config.timeoutClassByPort[targetPort]);
-    client = clients.addSession(clientWord0, clientWord1, clientWord2, clientWord3);
+    client = clients.addSession(client0, client1, client2, client3);
     this.sessionClient[s] = client;
     sessions.listener[s] = listener;
     sessions.reply[s] = reply;
     this.sessionPair[s] = reply >= 0 ? clients.addReply(client, reply) : -1;
-    const sniff = this.sniffByPort[targetPort];
-    if (sniff !== PROTOCOL_UNKNOWN) {
-      sessions.protocol[s] = sniff;
-      sessions.sniffLeft[s] = sniff === PROTOCOL_DNS ? 1 : this.config.udp.sniffPacketsMax;
-    }
-    const upstream = this.acquireUpstream(
+    this.sniffer.begin(sessions, s, targetPort);
+    const upstream = this.upstreams.acquire(
       s,
-      clientWord0,
-      clientWord1,
-      clientWord2,
-      clientWord3,
+      client0,
+      client1,
+      client2,
+      client3,
       clientPort,
+      clientScope,
       ipv6,
     );
     if (upstream < 0) {
-      sessions.end(s, EndReason.Closed); // counted by acquireUpstream, by reason
+      sessions.end(s, EndReason.Closed);
+      const up = this.upstreams;
+      if (up.lastFailure === "descriptors") c.droppedNoDescriptors++;
+      else c.droppedUpstreamSocketFailed++;
+      this.log(`upstream-${up.lastFailure}`, up.lastMessage);
       return -1;
     }
-    this.upstreamClientScope[upstream] = clientScope;
     sessions.upstream[s] = upstream;
     c.sessionsCreated++;
     return s;
@@ -932,7 +790,7 @@ export class UdpRelay {
     // upstream sockets (a local address and a port we hold) is our own traffic re-entering.
     const clientPort = key[8] >>> 16;
     if (
-      this.upstreamPortRefs[clientPort] > 0 &&
+      this.upstreams.holdsPort(clientPort) &&
       this.locals.isLocal(key[0], key[1], key[2], key[3])
     ) {
       c.droppedOwnTraffic++;
@@ -960,84 +818,12 @@ export class UdpRelay {
     );
   }
 
-  private acquireUpstream(
-    session: number,
-    a0: number,
-    a1: number,
-    a2: number,
-    a3: number,
-    clientPort: number,
-    ipv6: boolean,
-  ): number {
-    const uk = this.upstreams.scratch;
-    uk[0] = a0;
-    uk[1] = a1;
-    uk[2] = a2;
-    uk[3] = a3;
-    uk[4] = clientPort;
-    uk[5] = this.endpointIndependent ? ALL_DESTINATIONS : session;
-    let upstream = this.upstreams.find();
-    if (upstream >= 0) {
-      this.upstreamRefs[upstream]++;
-      return upstream;
-    }
-    const flags = SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
-    const bindAddr = ipv6 ? this.config.upstreamAddr6 : this.config.upstreamAddr4;
-    const fd = this.lib.rl_socket(
-      flags,
-      bindAddr,
-      0,
-      this.config.mark,
-      this.config.udp.socketReceiveBytes,
-      this.config.udp.socketSendBytes,
-    );
-    if (fd < 0) {
-      const err = decodeSocketError(fd);
-      if (isResourceErrno(err.errno)) this.counters.droppedNoDescriptors++;
-      else this.counters.droppedUpstreamSocketFailed++;
-      this.log(`upstream-${err.errno}`, `upstream socket: ${describeSocketError(err, ipv6)}`);
-      return -1;
-    }
-    // All or nothing: the port (own-traffic guard), then the poller, then the index.
-    const port = this.lib.rl_local_port(fd, this.scratchAddrPtr);
-    const token = port > 0 ? this.registerSocket(SocketKind.Upstream, fd, -1) : -1;
-    if (token < 0) {
-      this.lib.rl_close(fd);
-      this.counters.droppedUpstreamSocketFailed++;
-      this.log(
-        "upstream-register",
-        `upstream socket: ` +
-          (port <= 0
-            ? `getsockname: ${errnoName(-port)}`
-            : `epoll_ctl(ADD): ${errnoName(this.lastRegisterErrno)}`),
-      );
-      return -1;
-    }
-    upstream = this.upstreams.insert();
-    assert(upstream >= 0, "upstream index full: it holds at most one socket per session");
-    this.socketRef[token] = upstream;
-    this.upstreamFd[upstream] = fd;
-    this.upstreamToken[upstream] = token;
-    this.upstreamRefs[upstream] = 1;
-    this.upstreamPort[upstream] = port;
-    this.upstreamPortRefs[port]++;
-    return upstream;
-  }
-
   private onSessionEnd(slot: number, reason: EndReason): void {
     const now = performance.now();
     if (reason === EndReason.Idle) this.counters.sessionsExpired++;
     else if (reason === EndReason.Evicted) this.counters.sessionsEvicted++;
     const upstream = this.sessions.upstream[slot];
-    if (upstream >= 0 && --this.upstreamRefs[upstream] === 0) {
-      const fd = this.upstreamFd[upstream];
-      this.unregisterSocket(fd, this.upstreamToken[upstream]);
-      this.lib.rl_close(fd);
-      this.upstreamPortRefs[this.upstreamPort[upstream]]--;
-      this.upstreamFd[upstream] = -1;
-      this.upstreamToken[upstream] = -1;
-      this.upstreams.remove(upstream);
-    }
+    if (upstream >= 0) this.upstreams.release(upstream);
     const client = this.sessionClient[slot];
     const pair = this.sessionPair[slot];
     if (pair >= 0) this.clients.removeReply(client, pair);
@@ -1066,55 +852,21 @@ export class UdpRelay {
    * would loop). Bounded by the table's capacity; runs only on an address change.
    */
   private endLocalSessions(): void {
-    const keys = this.sessions.index.keys;
+    const sessions = this.sessions;
     const local: number[] = [];
-    this.sessions.forEach((s) => {
-      const b = s * SESSION_KEY_WORDS;
-      const kind = this.locals.classify(keys[b + 4], keys[b + 5], keys[b + 6], keys[b + 7]);
-      if (kind !== TargetKind.Remote) {
-        local.push(s);
-      }
+    sessions.forEach((s) => {
+      const kind = this.locals.classify(
+        sessions.keyWord(s, 4),
+        sessions.keyWord(s, 5),
+        sessions.keyWord(s, 6),
+        sessions.keyWord(s, 7),
+      );
+      if (kind !== TargetKind.Remote) local.push(s);
     });
     if (local.length === 0) return;
-    this.flush(); // their upstream fds may be in this round's sends
-    for (const s of local) this.sessions.end(s, EndReason.Closed);
+    this.queue.flush(); // their upstream fds may be in this round's sends
+    for (const s of local) sessions.end(s, EndReason.Closed);
     this.counters.sessionsEndedLocalTarget += local.length;
-  }
-
-  // ---- classification ----
-
-  /**
-   * Parses datagram i (in place, in the WASM packet area) as the protocol its session's
-   * port promises, and records the name. Runs only for a flow's first datagrams.
-   */
-  private sniff(s: number, i: number, length: number): void {
-    const sessions = this.sessions;
-    const offset = this.slabWasmOffset + i * this.slotBytes;
-    sessions.sniffLeft[s]--;
-    if (sessions.protocol[s] === PROTOCOL_DNS) {
-      const r = this.dns.parse(offset, length);
-      if (r.code === Code.ok && r.qr === 0) {
-        sessions.name[s] = r.name();
-        this.counters.sniffedDns++;
-      } else {
-        sessions.protocol[s] = PROTOCOL_UNKNOWN;
-        this.counters.sniffMalformed++;
-      }
-      return;
-    }
-    const r = this.quic.parseInitial(offset, length);
-    if (r.code === Code.ok) {
-      sessions.name[s] = r.sni();
-      sessions.sniffLeft[s] = 0;
-      this.counters.sniffedQuic++;
-    } else if (r.code === Code.short) {
-      // More Initials of this connection to come (a hello over several packets).
-      if (sessions.sniffLeft[s] === 0) this.counters.sniffIncomplete++;
-    } else {
-      sessions.protocol[s] = PROTOCOL_UNKNOWN;
-      sessions.sniffLeft[s] = 0;
-      this.counters.sniffMalformed++;
-    }
   }
 
   // ---- errors ----
@@ -1150,29 +902,6 @@ export class UdpRelay {
       else if (errno === E.EHOSTUNREACH) c.icmpHostUnreachable++;
       else if (errno === E.ENETUNREACH) c.icmpNetUnreachable++;
       else c.icmpOther++;
-    }
-  }
-
-  private onSendError(k: number, errno: number): void {
-    const c = this.counters;
-    switch (classifyIoErrno(errno)) {
-      case IoOutcome.WouldBlock:
-        c.sendWouldBlock++;
-        return;
-      case IoOutcome.Unreachable:
-        c.sendUnreachable++;
-        return;
-      case IoOutcome.TooLarge:
-        c.sendTooLarge++;
-        return;
-      case IoOutcome.Resources:
-        c.sendResources++;
-        return;
-      case IoOutcome.ProgrammerError:
-        throw new Error(`sendmmsg entry ${k}: ${errnoName(errno)} (a bookkeeping bug)`);
-      default:
-        c.sendOther++;
-        this.log(`send-${errno}`, `sendmmsg: ${errnoName(errno)} (${errno})`);
     }
   }
 

@@ -52,7 +52,7 @@ import {
   TCP_STATS,
   TCP_STEP_CONNECT,
   TcpEnd,
-} from "./tcp_layout.ts";
+} from "./layout.ts";
 
 /** Connections accepted per listener wake-up before yielding to other sockets. */
 const ACCEPT_BUDGET = 64;

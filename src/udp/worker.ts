@@ -1,10 +1,10 @@
-// The UDP data path in a Worker (src/relay/udp_plane.ts): this thread may block, so it
+// The UDP data path in a Worker (src/udp/plane.ts): this thread may block, so it
 // waits in epoll_wait itself (Poller inline mode). Messages from the main thread are
 // handled between waits (at most every 20 ms when idle).
 import type { Config } from "../config/load.ts";
 import { StartError } from "../sys/errno.ts";
 import { loadFfi } from "../sys/ffi.ts";
-import { UdpRelay } from "./udp.ts";
+import { UdpRelay } from "./relay.ts";
 
 declare const self: Worker;
 

@@ -9,7 +9,7 @@
 import type { Config } from "../config/load.ts";
 import { StartError } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
-import { UdpRelay, type UdpSnapshot } from "./udp.ts";
+import { UdpRelay, type UdpSnapshot } from "./relay.ts";
 
 export interface UdpPlane {
   start(): Promise<void>;
@@ -63,7 +63,7 @@ class WorkerPlane implements UdpPlane {
     private readonly config: Config,
     private readonly onFatal: OnFatal,
   ) {
-    this.worker = new Worker(new URL("./udp_worker.ts", import.meta.url).href);
+    this.worker = new Worker(new URL("./worker.ts", import.meta.url).href);
     this.worker.onmessage = (event: MessageEvent<WorkerReply>) => {
       const reply = event.data;
       if (reply.type === "fatal") {

@@ -1,0 +1,186 @@
+// The pool of upstream sockets: where a flow's datagrams leave for the original
+// destination (beside the reply pool, which sends the replies back).
+//
+// RFC 4787 mapping: "endpoint-independent" keeps one socket per client ip:port for every
+// destination (one descriptor per client endpoint however many destinations it talks
+// to, so 100k flows need not each hold a descriptor); "address-and-port-dependent" one
+// per session. Filtering is address-and-port-dependent either way: the receive core
+// relays a reply only from a destination the client sent to.
+//
+// Each socket is bound to upstream.bindAddress4/6 port 0, marked SO_MARK = config.mark
+// (the rules exempt its replies from interception) and asks for ICMP errors
+// (IP_RECVERR). Its local port is recorded: a datagram that reaches a listener from a
+// local address and one of these ports is the relay's own traffic come back.
+//
+// Set-up is all or nothing: socket, port, poller registration, index entry; a failure
+// at any step undoes the earlier ones, and the caller counts the drop by the reason
+// this pool reports (lastFailure).
+import type { Config } from "../config/load.ts";
+import { HashIndex } from "../flow/hash_index.ts";
+import { assert } from "../sys/assert.ts";
+import {
+  decodeSocketError,
+  describeSocketError,
+  errnoName,
+  isResourceErrno,
+} from "../sys/errno.ts";
+import type { RelayLib } from "../sys/ffi.ts";
+import { SOCK } from "../sys/layout.ts";
+import { type Pointer, ptr } from "bun:ffi";
+
+/** Key: client address (4 words), client port, session slot (or ALL_DESTINATIONS). */
+const KEY_WORDS = 6;
+/** Session word of an endpoint-independent socket: one socket for every destination. */
+const ALL_DESTINATIONS = 0xffffffff;
+
+export type UpstreamFailure = "descriptors" | "socket" | "register";
+
+export class UpstreamPool {
+  private readonly index: HashIndex;
+  private readonly fds: Int32Array;
+  private readonly tokens: Int32Array;
+  private readonly refs: Int32Array;
+  private readonly ports: Uint16Array;
+  /** IPv6 scope id of a link-local client (replies go back on that link). */
+  private readonly clientScopes: Uint32Array;
+  /** Per local port: sockets of ours bound to it (v4 and v6 may share a number). */
+  private readonly portRefs = new Uint16Array(65536);
+  private readonly endpointIndependent: boolean;
+  /** 16 bytes for rl_local_port's address (own ArrayBuffer: see SendQueue). */
+  private readonly scratchAddr = new Uint8Array(new ArrayBuffer(16));
+  private readonly scratchAddrPtr: Pointer = ptr(this.scratchAddr);
+  lastFailure: UpstreamFailure | null = null;
+  lastMessage = "";
+
+  constructor(
+    private readonly lib: RelayLib,
+    private readonly config: Config,
+    /** Sessions at most: each holds one socket at most. */
+    capacity: number,
+    /** Registers a socket with the poller: its token, or -1 (nothing taken; errno). */
+    private readonly register: (fd: number, upstream: number) => number,
+    private readonly unregister: (token: number) => void,
+    private readonly registerErrno: () => number,
+  ) {
+    this.index = new HashIndex(KEY_WORDS, capacity);
+    this.fds = new Int32Array(capacity).fill(-1);
+    this.tokens = new Int32Array(capacity).fill(-1);
+    this.refs = new Int32Array(capacity);
+    this.ports = new Uint16Array(capacity);
+    this.clientScopes = new Uint32Array(capacity);
+    this.endpointIndependent = config.udp.mapping === "endpoint-independent";
+  }
+
+  get count(): number {
+    return this.index.count;
+  }
+
+  /**
+   * The socket for a new session of client (a0..a3, clientPort): shared with the
+   * client's other sessions when endpoint-independent, else its own. Returns the
+   * upstream index, or -1 (lastFailure, lastMessage say why; nothing is held).
+   */
+  acquire(
+    session: number,
+    a0: number,
+    a1: number,
+    a2: number,
+    a3: number,
+    clientPort: number,
+    clientScope: number,
+    ipv6: boolean,
+  ): number {
+    const key = this.index.scratch;
+    key[0] = a0;
+    key[1] = a1;
+    key[2] = a2;
+    key[3] = a3;
+    key[4] = clientPort;
+    key[5] = this.endpointIndependent ? ALL_DESTINATIONS : session;
+    let upstream = this.index.find();
+    if (upstream >= 0) {
+      this.refs[upstream]++;
+      return upstream;
+    }
+    const flags = SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
+    const udp = this.config.udp;
+    const fd = this.lib.rl_socket(
+      flags,
+      ipv6 ? this.config.upstreamAddr6 : this.config.upstreamAddr4,
+      0,
+      this.config.mark,
+      udp.socketReceiveBytes,
+      udp.socketSendBytes,
+    );
+    if (fd < 0) {
+      const err = decodeSocketError(fd);
+      return this.fail(
+        isResourceErrno(err.errno) ? "descriptors" : "socket",
+        `upstream socket: ${describeSocketError(err, ipv6)}`,
+      );
+    }
+    const port = this.lib.rl_local_port(fd, this.scratchAddrPtr);
+    if (port <= 0) {
+      this.lib.rl_close(fd);
+      return this.fail("socket", `upstream socket: getsockname: ${errnoName(-port)}`);
+    }
+    upstream = this.index.insert();
+    assert(upstream >= 0, "upstream index full: it holds at most one socket per session");
+    const token = this.register(fd, upstream);
+    if (token < 0) {
+      this.index.remove(upstream);
+      this.lib.rl_close(fd);
+      return this.fail(
+        "register",
+        `upstream socket: epoll_ctl(ADD): ${errnoName(this.registerErrno())}`,
+      );
+    }
+    this.fds[upstream] = fd;
+    this.tokens[upstream] = token;
+    this.refs[upstream] = 1;
+    this.ports[upstream] = port;
+    this.clientScopes[upstream] = clientScope;
+    this.portRefs[port]++;
+    return upstream;
+  }
+
+  /** One session fewer on the socket; the last one closes it. */
+  release(upstream: number): void {
+    assert(this.refs[upstream] > 0, `upstream ${upstream} released with no refs`);
+    if (--this.refs[upstream] > 0) return;
+    this.unregister(this.tokens[upstream]);
+    this.lib.rl_close(this.fds[upstream]);
+    this.portRefs[this.ports[upstream]]--;
+    this.fds[upstream] = -1;
+    this.tokens[upstream] = -1;
+    this.index.remove(upstream);
+  }
+
+  fd(upstream: number): number {
+    return this.fds[upstream];
+  }
+
+  /** Word w (0..3) of the client address the socket serves. */
+  clientWord(upstream: number, w: number): number {
+    return this.index.keys[upstream * KEY_WORDS + w];
+  }
+
+  clientPort(upstream: number): number {
+    return this.index.keys[upstream * KEY_WORDS + 4];
+  }
+
+  clientScope(upstream: number): number {
+    return this.clientScopes[upstream];
+  }
+
+  /** Whether one of our upstream sockets is bound to this local port. */
+  holdsPort(port: number): boolean {
+    return this.portRefs[port] > 0;
+  }
+
+  private fail(reason: UpstreamFailure, message: string): number {
+    this.lastFailure = reason;
+    this.lastMessage = message;
+    return -1;
+  }
+}

@@ -1,0 +1,186 @@
+// The send queue: the one writer of send entries (struct rl_send), for both directions.
+// Datagrams received this round are queued as entries that point into the receive slab
+// (no copy) and go out together in one rl_send_batch: runs of entries on one socket
+// become one sendmmsg each, so 256 flows' replies through one listener leave in a
+// handful of system calls.
+//
+// Invariants, asserted before each write (a typed-array write past the end is silently
+// dropped in JS and then read past by C): count < capacity; every entry's payload lies
+// inside the slab; its fd is a real descriptor. rl_send_batch checks the slab bounds
+// again on the C side and never trusts an entry.
+import { type Pointer, ptr } from "bun:ffi";
+import type { UdpCounters } from "../metrics.ts";
+import { assert } from "../sys/assert.ts";
+import { classifyIoErrno, errnoName, IoOutcome } from "../sys/errno.ts";
+import type { RelayLib } from "../sys/ffi.ts";
+import { SEND, SEND_FLAG_SOURCE, SEND_WORDS } from "../sys/layout.ts";
+
+export class SendQueue {
+  private readonly sends: Uint8Array;
+  private readonly sendsPtr: Pointer;
+  private readonly send32: Uint32Array;
+  private readonly sendI32: Int32Array;
+  private readonly send16: Uint16Array;
+  /** Per queued entry: 1 to a target, 0 to a client (for the counters). */
+  private readonly toTargetFlag: Uint8Array;
+  private count = 0;
+
+  constructor(
+    private readonly lib: RelayLib,
+    /** The receive slab the payloads live in, and its pointer. */
+    private readonly slabPtr: Pointer,
+    private readonly slabBytes: number,
+    readonly capacity: number,
+    private readonly counters: UdpCounters,
+    private readonly log: (reason: string, message: string) => void,
+  ) {
+    // On its own ArrayBuffer: JSC moves a small typed array's bytes when `.buffer` is
+    // first read, which would leave a cached ptr() pointing at freed memory.
+    this.sends = new Uint8Array(new ArrayBuffer(SEND_WORDS * 4 * capacity));
+    this.sendsPtr = ptr(this.sends);
+    this.send32 = new Uint32Array(this.sends.buffer);
+    this.sendI32 = new Int32Array(this.sends.buffer);
+    this.send16 = new Uint16Array(this.sends.buffer);
+    this.toTargetFlag = new Uint8Array(capacity);
+  }
+
+  get queued(): number {
+    return this.count;
+  }
+
+  /**
+   * Queues a datagram to address (w0..w3), port, scope on socket fd. With a source
+   * (s0..s3, `withSource`), the kernel sends it from that address (IP_PKTINFO): a
+   * reply through a listener, from the original destination.
+   */
+  private push(
+    toTarget: number,
+    fd: number,
+    w0: number,
+    w1: number,
+    w2: number,
+    w3: number,
+    port: number,
+    scope: number,
+    offset: number,
+    length: number,
+  ): number {
+    assert(this.count < this.capacity, "send queue full: it holds one entry per slab slot");
+    assert(fd >= 0, `send entry on fd ${fd}`);
+    assert(offset + length <= this.slabBytes, `send entry ${offset}+${length} past the slab`);
+    const k = this.count++;
+    const d = k * SEND_WORDS;
+    const send32 = this.send32;
+    this.toTargetFlag[k] = toTarget;
+    send32[d] = w0;
+    send32[d + 1] = w1;
+    send32[d + 2] = w2;
+    send32[d + 3] = w3;
+    this.send16[d * 2 + SEND.targetPortHalf] = port;
+    this.send16[d * 2 + SEND.flagsHalf] = 0;
+    this.sendI32[d + SEND.fdWord] = fd;
+    send32[d + SEND.offsetWord] = offset;
+    send32[d + SEND.lengthWord] = length;
+    send32[d + SEND.targetScopeWord] = scope;
+    return d;
+  }
+
+  /** Client -> original destination, from the flow's upstream socket. */
+  toTarget(
+    fd: number,
+    w0: number,
+    w1: number,
+    w2: number,
+    w3: number,
+    port: number,
+    scope: number,
+    offset: number,
+    length: number,
+  ): void {
+    this.push(1, fd, w0, w1, w2, w3, port, scope, offset, length);
+  }
+
+  /** Reply to a client on a reply socket bound to the original destination. */
+  toClient(
+    fd: number,
+    w0: number,
+    w1: number,
+    w2: number,
+    w3: number,
+    port: number,
+    scope: number,
+    offset: number,
+    length: number,
+  ): void {
+    this.push(0, fd, w0, w1, w2, w3, port, scope, offset, length);
+  }
+
+  /** Reply to a client on a listener, from source s0..s3 (IP_PKTINFO / IPV6_PKTINFO). */
+  toClientFrom(
+    fd: number,
+    w0: number,
+    w1: number,
+    w2: number,
+    w3: number,
+    port: number,
+    scope: number,
+    s0: number,
+    s1: number,
+    s2: number,
+    s3: number,
+    offset: number,
+    length: number,
+  ): void {
+    const d = this.push(0, fd, w0, w1, w2, w3, port, scope, offset, length);
+    this.send16[d * 2 + SEND.flagsHalf] = SEND_FLAG_SOURCE;
+    const send32 = this.send32;
+    send32[d + SEND.sourceAddrWord] = s0;
+    send32[d + SEND.sourceAddrWord + 1] = s1;
+    send32[d + SEND.sourceAddrWord + 2] = s2;
+    send32[d + SEND.sourceAddrWord + 3] = s3;
+  }
+
+  /** Sends everything queued (both directions) and counts each result by kind. */
+  flush(): void {
+    const count = this.count;
+    if (count === 0) return;
+    this.count = 0;
+    this.lib.rl_send_batch(this.slabPtr, this.slabBytes, this.sendsPtr, count);
+    const c = this.counters;
+    for (let k = 0; k < count; k++) {
+      const result = this.sendI32[k * SEND_WORDS + SEND.resultWord];
+      if (result < 0) {
+        this.onError(k, -result);
+      } else if (this.toTargetFlag[k] === 1) {
+        c.packetsToTargets++;
+        c.bytesToTargets += result;
+      } else {
+        c.packetsToClients++;
+        c.bytesToClients += result;
+      }
+    }
+  }
+
+  private onError(k: number, errno: number): void {
+    const c = this.counters;
+    switch (classifyIoErrno(errno)) {
+      case IoOutcome.WouldBlock:
+        c.sendWouldBlock++;
+        return;
+      case IoOutcome.Unreachable:
+        c.sendUnreachable++;
+        return;
+      case IoOutcome.TooLarge:
+        c.sendTooLarge++;
+        return;
+      case IoOutcome.Resources:
+        c.sendResources++;
+        return;
+      case IoOutcome.ProgrammerError:
+        throw new Error(`sendmmsg entry ${k}: ${errnoName(errno)} (a bookkeeping bug)`);
+      default:
+        c.sendOther++;
+        this.log(`send-${errno}`, `sendmmsg: ${errnoName(errno)} (${errno})`);
+    }
+  }
+}
