@@ -15,8 +15,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { parseConfig } from "../src/config/load.ts";
-import { LAB, Lab, labUnavailableReason } from "../src/lab/netns.ts";
-import { RelayProcess } from "../src/lab/relay_process.ts";
+import { LAB, Lab, labUnavailableReason } from "../test/lab/netns.ts";
+import { RelayProcess } from "../test/lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 
 export type DnsPath = "kernel" | "relay";

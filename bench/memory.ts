@@ -25,8 +25,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../src/config/load.ts";
-import { LAB, Lab, labUnavailableReason, run } from "../src/lab/netns.ts";
-import { RelayProcess } from "../src/lab/relay_process.ts";
+import { LAB, Lab, labUnavailableReason, run } from "../test/lab/netns.ts";
+import { RelayProcess } from "../test/lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 import { startTool, type ToolProcess } from "./udp.ts";
 

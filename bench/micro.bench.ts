@@ -18,7 +18,7 @@ import { type Pointer, ptr } from "bun:ffi";
 import { randomBytes } from "node:crypto";
 import { Bench } from "tinybench";
 import { EndReason, SessionTable } from "../src/flow/table.ts";
-import { run } from "../src/lab/netns.ts";
+import { run } from "../test/lab/netns.ts";
 import { mapIPv4 } from "../src/sys/addr.ts";
 import { loadFfi } from "../src/sys/ffi.ts";
 import { META_BYTES, SEND, SEND_BYTES, SEND_WORDS } from "../src/sys/layout.ts";

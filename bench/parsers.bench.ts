@@ -9,9 +9,9 @@
 //
 // bench/micro.bench.ts (and so `bun run bench`) imports runParsers().
 import { Bench } from "tinybench";
-import { DnsRefParser } from "../src/classify/dns_ref.ts";
+import { DnsRefParser } from "../test/ref/dns_ref.ts";
 import { Kind, RESULT_WORDS_SHIFT, WORD_CODE, WORD_FIELD, Field } from "../src/classify/layout.ts";
-import { QuicRefParser } from "../src/classify/quic_ref.ts";
+import { QuicRefParser } from "../test/ref/quic_ref.ts";
 import { parsersLoad } from "../src/classify/wasm.ts";
 import { clientHello, multiInitial, tlsRecords } from "../test/fixtures/classify/build.ts";
 import { dnsFixtures, quicHeaderFixtures, quicInitialFixtures }

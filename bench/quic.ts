@@ -12,9 +12,9 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseConfig } from "../src/config/load.ts";
-import { LAB, Lab, labUnavailableReason } from "../src/lab/netns.ts";
-import { QuicPeers } from "../src/lab/quic_peers.ts";
-import { RelayProcess } from "../src/lab/relay_process.ts";
+import { LAB, Lab, labUnavailableReason } from "../test/lab/netns.ts";
+import { QuicPeers } from "../test/lab/quic_peers.ts";
+import { RelayProcess } from "../test/lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 
 export type QuicPath = "kernel" | "relay";

@@ -27,7 +27,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, totalmem } from "node:os";
 import { join } from "node:path";
-import { labUnavailableReason, run } from "../src/lab/netns.ts";
+import { labUnavailableReason, run } from "../test/lab/netns.ts";
 import { type DnsResult, runDns } from "./dns.ts";
 import { FANOUT, type MemoryRep, runMemory } from "./memory.ts";
 import { type MicroResult, microLines, runMicro } from "./micro.bench.ts";

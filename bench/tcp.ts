@@ -31,8 +31,8 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, wr
 import { cpus, loadavg, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../src/config/load.ts";
-import { LAB, Lab, labUnavailableReason, run } from "../src/lab/netns.ts";
-import { RelayProcess } from "../src/lab/relay_process.ts";
+import { LAB, Lab, labUnavailableReason, run } from "../test/lab/netns.ts";
+import { RelayProcess } from "../test/lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 
 const ROOT = join(import.meta.dir, "..");

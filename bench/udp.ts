@@ -29,9 +29,9 @@ import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { parseConfig } from "../src/config/load.ts";
-import { LAB, Lab, labUnavailableReason, run } from "../src/lab/netns.ts";
-import { JsonLinesProcess } from "../src/lab/json_lines.ts";
-import { RelayProcess } from "../src/lab/relay_process.ts";
+import { LAB, Lab, labUnavailableReason, run } from "../test/lab/netns.ts";
+import { JsonLinesProcess } from "../test/lab/json_lines.ts";
+import { RelayProcess } from "../test/lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 
 const ROOT = join(import.meta.dir, "..");

@@ -19,7 +19,7 @@ import { DnsParser } from "../../src/classify/dns.ts";
 import { Code, QUIC_VERSION_1 } from "../../src/classify/layout.ts";
 import { QuicParser } from "../../src/classify/quic.ts";
 import { parsersInstantiate } from "../../src/classify/wasm.ts";
-import { skipReason } from "../../src/lab/skip_policy.ts";
+import { skipReason } from "../lab/skip_policy.ts";
 import type { Captured } from "../fixtures/classify/corpus.ts";
 
 const ROOT = join(import.meta.dir, "../..");
@@ -131,7 +131,7 @@ if (skip !== null) {
   // Registers nothing: the printed reason is the whole report (outside CI only).
   console.warn(`[classify netns tests skipped] ${skip}`);
 } else if (reason !== null) {
-  // CI=true: registered, and a failure with the reason (src/lab/skip_policy.ts).
+  // CI=true: registered, and a failure with the reason (test/lab/skip_policy.ts).
   test("classify netns tests need root and netns", () => {
     throw new Error(`CI=true and netns unavailable: ${reason}`);
   });

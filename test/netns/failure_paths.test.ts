@@ -7,8 +7,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
-import { LAB } from "../../src/lab/netns.ts";
-import { waitFor } from "../../src/lab/wait_for.ts";
+import { LAB } from "../lab/netns.ts";
+import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason, RelayLab } from "./harness.ts";
 
 const PEERS = join(import.meta.dir, "security_peers.py");
@@ -56,7 +56,7 @@ if (!skip) {
       env = new RelayLab();
       env.spawn(env.lab.server, [
         "python3",
-        join(import.meta.dir, "../../src/lab/udp_echo.py"),
+        join(import.meta.dir, "../lab/udp_echo.py"),
         `${LAB.server4}:7001`,
         `${LAB.server4}:7007`,
       ]);

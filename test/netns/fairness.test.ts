@@ -8,8 +8,8 @@
 //   server ns: 198.18.1.2 echo on 7001; 198.18.1.10.. are destinations nobody answers
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { LAB } from "../../src/lab/netns.ts";
-import { waitFor } from "../../src/lab/wait_for.ts";
+import { LAB } from "../lab/netns.ts";
+import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason, RelayLab } from "./harness.ts";
 
 const PEERS = join(import.meta.dir, "security_peers.py");
@@ -45,7 +45,7 @@ function makeLab(): RelayLab {
   lab.exec(lab.client, ["ip", "addr", "add", `${OTHER6}/64`, "dev", LAB.clientIf, "nodad"]);
   env.spawn(lab.server, [
     "python3",
-    join(import.meta.dir, "../../src/lab/udp_echo.py"),
+    join(import.meta.dir, "../lab/udp_echo.py"),
     `${LAB.server4}:7001`,
     `[${LAB.server6}]:7001`,
   ]);

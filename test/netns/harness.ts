@@ -4,9 +4,9 @@ import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../../src/config/load.ts";
-import { Lab, labUnavailableReason } from "../../src/lab/netns.ts";
-import { BUN, RelayProcess } from "../../src/lab/relay_process.ts";
-import { skipReason } from "../../src/lab/skip_policy.ts";
+import { Lab, labUnavailableReason } from "../lab/netns.ts";
+import { BUN, RelayProcess } from "../lab/relay_process.ts";
+import { skipReason } from "../lab/skip_policy.ts";
 import { nftRuleset, policyRoutingCommands } from "../../src/rules/nft.ts";
 
 export { BUN };
@@ -16,7 +16,7 @@ export const ROOT = join(import.meta.dir, "..", "..");
  * Null when the end-to-end tests are to be registered. Outside CI, when the lab cannot
  * run, the reason (printed here): the caller registers no tests. In CI (CI=true) always
  * null: a missing capability is a failure, so the tests are registered and RelayLab's
- * constructor fails them with the reason (src/lab/skip_policy.ts).
+ * constructor fails them with the reason (test/lab/skip_policy.ts).
  */
 export function labSkipReason(
   unavailable: string | null = labUnavailableReason(),
@@ -82,7 +82,7 @@ export class RelayLab {
   ) {
     const argv = [
       BUN,
-      join(ROOT, "src/lab/udp_probe.ts"),
+      join(ROOT, "test/lab/udp_probe.ts"),
       "--targets",
       targets.join(","),
       "--flows",

@@ -7,8 +7,8 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { labUnavailableReason, run } from "../../src/lab/netns.ts";
-import { BUN, RELAY_MAIN } from "../../src/lab/relay_process.ts";
+import { labUnavailableReason, run } from "../lab/netns.ts";
+import { BUN, RELAY_MAIN } from "../lab/relay_process.ts";
 import { labSkipReason } from "./harness.ts";
 
 const DRIVER = join(import.meta.dir, "relay_driver.py");

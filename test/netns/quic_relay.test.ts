@@ -7,8 +7,8 @@
 //
 //   client ns (gtlsclient) ── router ns (relay, tproxy udp/443) ── server ns (gtlsserver)
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { LAB } from "../../src/lab/netns.ts";
-import { QUIC_BODY, QuicPeers } from "../../src/lab/quic_peers.ts";
+import { LAB } from "../lab/netns.ts";
+import { QUIC_BODY, QuicPeers } from "../lab/quic_peers.ts";
 import { labSkipReason, RelayLab } from "./harness.ts";
 
 const skip = labSkipReason();

@@ -12,8 +12,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseConfig } from "../../src/config/load.ts";
-import { dnsmasqArgv, LAB } from "../../src/lab/netns.ts";
-import { waitFor } from "../../src/lab/wait_for.ts";
+import { dnsmasqArgv, LAB } from "../lab/netns.ts";
+import { waitFor } from "../lab/wait_for.ts";
 import { nftRuleset } from "../../src/rules/nft.ts";
 import { labSkipReason, RelayLab } from "./harness.ts";
 
@@ -112,7 +112,7 @@ if (!skip) {
       const { lab } = env;
       env.spawn(lab.server, [
         "python3",
-        join(import.meta.dir, "../../src/lab/udp_echo.py"),
+        join(import.meta.dir, "../lab/udp_echo.py"),
         `${LAB.server4}:7001`,
         `[${LAB.server6}]:7001`,
       ]);

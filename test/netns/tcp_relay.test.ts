@@ -9,8 +9,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { LAB } from "../../src/lab/netns.ts";
-import { waitFor } from "../../src/lab/wait_for.ts";
+import { LAB } from "../lab/netns.ts";
+import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason, RelayLab } from "./harness.ts";
 
 const PEERS = join(import.meta.dir, "tcp_peers.py");

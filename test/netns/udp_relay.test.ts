@@ -8,8 +8,8 @@
 // and port it sent to; the server sees the router (default mode).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { dnsmasqArgv, LAB } from "../../src/lab/netns.ts";
-import { waitFor } from "../../src/lab/wait_for.ts";
+import { dnsmasqArgv, LAB } from "../lab/netns.ts";
+import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
 const S4 = LAB.server4;
@@ -82,10 +82,10 @@ if (!skip) {
       env = new RelayLab();
       const { lab } = env;
       const stamp = [...stampTargets4, `${S4}:7007`, ...stampTargets6, `${S6}:7007`];
-      env.spawn(lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), "--stamp", ...stamp]);
+      env.spawn(lab.server, ["python3", join(ROOT, "test/lab/udp_echo.py"), "--stamp", ...stamp]);
       env.spawn(lab.server, [
         "python3",
-        join(ROOT, "src/lab/udp_echo.py"),
+        join(ROOT, "test/lab/udp_echo.py"),
         `${S4}:7002`,
         `${S6}:7002`,
       ]);
@@ -365,7 +365,7 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
       env = new RelayLab();
       env.spawn(env.lab.server, [
         "python3",
-        join(ROOT, "src/lab/udp_echo.py"),
+        join(ROOT, "test/lab/udp_echo.py"),
         "--stamp",
         ...stampTargets4,
         ...stampTargets6,
@@ -404,7 +404,7 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
     let env: RelayLab;
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawn(env.lab.server, ["python3", join(ROOT, "src/lab/udp_echo.py"), `${S4}:7002`]);
+      env.spawn(env.lab.server, ["python3", join(ROOT, "test/lab/udp_echo.py"), `${S4}:7002`]);
       await env.startRelay({
         listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
         intercept: [{ listener: "udp4", ports: [7002], interfaces: ["r0"] }],
@@ -469,7 +469,7 @@ for i in range(${count}):
       env = new RelayLab();
       env.spawn(env.lab.server, [
         "python3",
-        join(ROOT, "src/lab/udp_echo.py"),
+        join(ROOT, "test/lab/udp_echo.py"),
         "--stamp",
         `${S4}:7001`,
         `${LAB.serverExtra4[0]}:7001`,
@@ -515,7 +515,7 @@ for i in range(${count}):
       env = new RelayLab();
       env.spawn(env.lab.server, [
         "python3",
-        join(ROOT, "src/lab/udp_echo.py"),
+        join(ROOT, "test/lab/udp_echo.py"),
         `${S4}:7002`,
         `${S4}:7003`,
         `${S4}:7004`,

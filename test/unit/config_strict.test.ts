@@ -154,8 +154,8 @@ describe("limits: bounds fitted under RLIMIT_NOFILE", () => {
 
 describe("rules script: idempotent (issue 9)", () => {
   test("applied twice in a scratch namespace: one rule each, the same ruleset", () => {
-    const { labUnavailableReason, run } = require("../../src/lab/netns.ts");
-    const { skipped } = require("../../src/lab/skip_policy.ts");
+    const { labUnavailableReason, run } = require("../lab/netns.ts");
+    const { skipped } = require("../lab/skip_policy.ts");
     if (skipped(labUnavailableReason(), "rules script check")) return;
     const ns = `trl-rules-${Math.random().toString(16).slice(2, 10)}`;
     const script = rulesScript(parseConfig({}));

@@ -21,7 +21,7 @@ import {
 } from "../../src/sys/layout.ts";
 import { decodeSocketError, describeSocketError, E } from "../../src/sys/errno.ts";
 import { mapIPv4, parseAddress } from "../../src/sys/addr.ts";
-import { skipped } from "../../src/lab/skip_policy.ts";
+import { skipped } from "../lab/skip_policy.ts";
 import { POLL_STATS } from "../../src/sys/poller.ts";
 import { loadTestHooks } from "../../src/sys/test_hooks.ts";
 

@@ -1,4 +1,4 @@
-// The skip policy (src/lab/skip_policy.ts): without the privileges a test needs, it is
+// The skip policy (test/lab/skip_policy.ts): without the privileges a test needs, it is
 // skipped with a printed reason on a developer's machine and fails with that reason in CI
 // (CI=true). Checked as a function, and for real: every test file that needs privileges is
 // run as an unprivileged user, with and without CI=true.
@@ -6,7 +6,7 @@ import { describe, expect, spyOn, test } from "bun:test";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { inCi, skipped, skipReason } from "../../src/lab/skip_policy.ts";
+import { inCi, skipped, skipReason } from "../lab/skip_policy.ts";
 import { labSkipReason } from "../netns/harness.ts";
 
 const ROOT = join(import.meta.dir, "..", "..");

@@ -2,8 +2,8 @@
 // and (as root) that nft accepts it in a scratch namespace.
 import { describe, expect, test } from "bun:test";
 import { ConfigError, parseConfig } from "../../src/config/load.ts";
-import { labUnavailableReason, nftApplyInScratchNamespace } from "../../src/lab/netns.ts";
-import { skipped } from "../../src/lab/skip_policy.ts";
+import { labUnavailableReason, nftApplyInScratchNamespace } from "../lab/netns.ts";
+import { skipped } from "../lab/skip_policy.ts";
 import { nftRuleset, TABLE_NAME } from "../../src/rules/nft.ts";
 
 function problems(input: unknown): string[] {

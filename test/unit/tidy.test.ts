@@ -86,7 +86,7 @@ describe("tidy", () => {
   });
 
   // STYLE.md 14: "never sleep-then-assert or bound elapsed time on a shared 2-core
-  // machine". Poll the condition with waitFor (src/lab/wait_for.ts) instead.
+  // machine". Poll the condition with waitFor (test/lab/wait_for.ts) instead.
   test("tests wait for conditions: no sleep followed by an assertion", () => {
     const hits: string[] = [];
     for (const f of TEST_FILES) {
@@ -144,8 +144,20 @@ describe("tidy", () => {
     expect(built.sort()).toEqual(present.sort());
   });
 
+  test("the product never imports tooling (test/, bench/, demo/)", () => {
+    // src/ is what runs on a gateway; the lab, reference parsers and harnesses are not.
+    const tooling = /from "(?:\.\.\/)+(?:test|bench|demo)\//;
+    const hits = files("src", [".ts"]).filter((f) => tooling.test(read(f)));
+    expect(hits).toEqual([]);
+  });
+
   test("every name src exports is used beyond its declaration (no dead exports)", () => {
-    const tree = [...SOURCE, ...files("test", [".ts"]), ...files("bench", [".ts"])]
+    const tree = [
+      ...SOURCE,
+      ...files("test", [".ts"]),
+      ...files("bench", [".ts"]),
+      ...files("demo", [".ts"]),
+    ]
       .filter((f) => f.endsWith(".ts"))
       .map((f) => readFileSync(join(ROOT, f), "utf8"))
       .join("\n");

@@ -1,8 +1,8 @@
-// waitFor (src/lab/wait_for.ts), which every end-to-end wait goes through: it returns the
+// waitFor (test/lab/wait_for.ts), which every end-to-end wait goes through: it returns the
 // value that met the condition, and gives up bounded in time and in polls, naming what it
 // waited for and the last value it saw.
 import { describe, expect, test } from "bun:test";
-import { waitFor } from "../../src/lab/wait_for.ts";
+import { waitFor } from "../lab/wait_for.ts";
 
 describe("waitFor", () => {
   test("returns the first value that meets the condition, polling no further", async () => {

@@ -2,9 +2,9 @@
 // suite (contract.ts) runs against both, Hono router-test style. Results are copied into plain
 // objects with offsets relative to the packet, so they compare with toEqual.
 import { DnsParser } from "../../../src/classify/dns.ts";
-import { DnsRefParser } from "../../../src/classify/dns_ref.ts";
+import { DnsRefParser } from "../../ref/dns_ref.ts";
 import { QuicParser } from "../../../src/classify/quic.ts";
-import { QuicRefParser } from "../../../src/classify/quic_ref.ts";
+import { QuicRefParser } from "../../ref/quic_ref.ts";
 import { parsersLoad, type Parsers } from "../../../src/classify/wasm.ts";
 
 export interface DnsView {

@@ -1,7 +1,7 @@
 // Straightforward TypeScript DNS parser, the test oracle for wasm/src/dns.zig (same rules,
 // same results) and the baseline in bench/parsers.bench.ts. RFC 1035 4.1, RFC 6891 6.1.
 // Allocation-free per call: the result object and the name buffer are reused.
-import { Code } from "./layout.ts";
+import { Code } from "../../src/classify/layout.ts";
 
 const HEADER_BYTES = 12; // RFC 1035 4.1.1
 const NAME_WIRE_BYTES_MAX = 255; // RFC 1035 2.3.4

@@ -2,7 +2,7 @@
 // the TARGETS (round robin), and checks every reply:
 //   - it comes from the exact address and port the client sent to (transparency);
 //   - its payload belongs to this flow and sequence number (no cross-flow delivery).
-// bun src/lab/udp_probe.ts --targets A:P[,A:P...] [--flows N] [--packets K] [--size B]
+// bun test/lab/udp_probe.ts --targets A:P[,A:P...] [--flows N] [--packets K] [--size B]
 //     [--timeout-ms T] [--stamped]
 // Prints one JSON summary line. Bounded: at most FLOWS*PACKETS datagrams, T ms.
 

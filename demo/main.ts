@@ -6,13 +6,13 @@
 // gtlsclient -> gtlsserver, HTTP/3), pushes QUIC-sized datagrams through a UDP/443 echo
 // server, shows what the client and the relay saw, and tears everything down.
 import { join } from "node:path";
-import { parseConfig } from "../config/load.ts";
-import { dnsmasqArgv, Lab, LAB, labUnavailableReason } from "../lab/netns.ts";
-import { QuicPeers } from "../lab/quic_peers.ts";
-import { BUN, RelayProcess } from "../lab/relay_process.ts";
-import { nftRuleset, policyRoutingCommands } from "../rules/nft.ts";
+import { parseConfig } from "../src/config/load.ts";
+import { dnsmasqArgv, Lab, LAB, labUnavailableReason } from "../test/lab/netns.ts";
+import { QuicPeers } from "../test/lab/quic_peers.ts";
+import { BUN, RelayProcess } from "../test/lab/relay_process.ts";
+import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 
-const ROOT = join(import.meta.dir, "..", "..");
+const ROOT = join(import.meta.dir, "..");
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 const step = (s: string) => console.log(`\n${bold(`== ${s}`)}`);
 
@@ -60,7 +60,7 @@ async function main(): Promise<number> {
     ]);
     const echo = lab.spawn(lab.server, [
       "python3",
-      join(ROOT, "src/lab/udp_echo.py"),
+      join(ROOT, "test/lab/udp_echo.py"),
       "--stamp",
       `${echo4}:443`,
       `[${echo6}]:443`,
@@ -113,7 +113,7 @@ async function main(): Promise<number> {
     for (const target of [`${echo4}:443`, `[${echo6}]:443`]) {
       const r = lab.exec(lab.client, [
         BUN,
-        join(ROOT, "src/lab/udp_probe.ts"),
+        join(ROOT, "test/lab/udp_probe.ts"),
         "--targets",
         target,
         "--flows",

@@ -1,7 +1,7 @@
 // Straightforward TypeScript QUIC header parser, the test oracle for wasm/src/quic.zig
 // parse_header and the baseline in bench/parsers.bench.ts. RFC 8999 5, RFC 9000 17,
 // RFC 9369 3.2. Offsets in the result are relative to the packet's first byte.
-import { Code, QUIC_VERSION_1, QUIC_VERSION_2, QuicType } from "./layout.ts";
+import { Code, QUIC_VERSION_1, QUIC_VERSION_2, QuicType } from "../../src/classify/layout.ts";
 
 const CID_BYTES_MAX = 20; // RFC 9000 17.2
 const CID_BYTES_MAX_INVARIANT = 255; // RFC 8999 5.1
