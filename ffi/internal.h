@@ -166,6 +166,9 @@ int pipe_acquire(struct pipe_pool *pool, struct rl_pipe *p);
  * A pipe never acquired (fd_r < 0) is left alone. */
 void pipe_release(struct pipe_pool *pool, struct rl_pipe *p, int empty);
 
+/* Test-only (rl_test_*_break): makes the next epoll_wait on epfd fail with EINVAL. */
+int epoll_break(int epfd);
+
 #pragma GCC visibility pop
 
 #endif

@@ -223,25 +223,30 @@ int32_t rl_poll_stop(int32_t handle) {
   return 0;
 }
 
-/* Doubles hold every integer up to 2^53 exactly: no counter wraps on its way to JS. */
 int32_t rl_poll_failed(int32_t handle) {
   struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;
   return atomic_load(&p->failed);
 }
 
-int32_t rl_test_poll_break(int32_t handle) {
-  struct poller *p = poller_get(handle);
-  if (p == NULL) return -EBADF;
-  /* An eventfd takes the epoll fd's number: the thread's next epoll_wait (after the
-   * event it waits for now, on the old instance it still holds) fails with EINVAL. */
+int epoll_break(int epfd) {
+  /* An eventfd takes the epoll fd's number: a thread's next epoll_wait (after the event
+   * it waits for now, on the old instance it still holds) fails with EINVAL, and the
+   * owner still closes exactly one descriptor under that number. */
   int fd = eventfd(0, EFD_CLOEXEC);
   if (fd < 0) return -errno;
-  int rc = dup3(fd, p->epfd, O_CLOEXEC) < 0 ? -errno : 0;
+  int rc = dup3(fd, epfd, O_CLOEXEC) < 0 ? -errno : 0;
   close(fd);
   return rc;
 }
 
+int32_t rl_test_poll_break(int32_t handle) {
+  struct poller *p = poller_get(handle);
+  if (p == NULL) return -EBADF;
+  return epoll_break(p->epfd);
+}
+
+/* Doubles hold every integer up to 2^53 exactly: no counter wraps on its way to JS. */
 int32_t rl_poll_stats(int32_t handle, double *out) {
   struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;

@@ -627,12 +627,7 @@ int32_t rl_test_tcp_engine_event_delay(int32_t engine, int32_t delay_us) {
 int32_t rl_test_tcp_engine_break(int32_t engine) {
   struct tcp_engine *e = engine_get(engine);
   if (e == NULL) return -EBADF;
-  /* An eventfd takes the epoll fd's number: the thread's next epoll_wait fails with
-   * EINVAL, and engine_free still closes exactly one descriptor under that number. */
-  int fd = eventfd(0, EFD_CLOEXEC);
-  if (fd < 0) return -errno;
-  int rc = dup3(fd, e->epfd, O_CLOEXEC) < 0 ? -errno : 0;
-  close(fd);
+  int rc = epoll_break(e->epfd);
   if (rc != 0) return rc;
   /* Wake the thread out of its current epoll_wait (on the old instance, which it still
    * holds) so that it reaches the broken one now, not at its next timeout. */

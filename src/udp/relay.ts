@@ -59,7 +59,7 @@ import {
 import { Poller, WAKE_ERROR_FLAG, WAKE_TOKEN_MASK } from "../sys/poller.ts";
 import { faultDataPath } from "../sys/test_faults.ts";
 import { SocketKind, SocketRegistry } from "./registry.ts";
-import { SendQueue } from "./send_queue.ts";
+import { Direction, SendQueue } from "./send_queue.ts";
 
 /** Sessions ended per timer tick at most, so a mass expiry cannot stall the data path. */
 const EXPIRE_BUDGET_PER_TICK = 8192;
@@ -532,7 +532,8 @@ export class UdpRelay {
       sessions.packetsToTarget[s]++;
       sessions.bytesToTarget[s] += length;
       // To the original destination, from the session's upstream socket.
-      this.queue.toTarget(
+      this.queue.push(
+        Direction.ToTarget,
         this.upstreams.fd(sessions.upstream[s]),
         key[4],
         key[5],
@@ -593,7 +594,8 @@ export class UdpRelay {
       // it, or on the listener with the source set by IP_PKTINFO.
       const reply = sessions.reply[s];
       if (reply >= 0) {
-        this.queue.toClient(
+        this.queue.push(
+          Direction.ToClient,
           this.replies.fdOf(reply),
           client0,
           client1,

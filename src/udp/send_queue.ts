@@ -15,6 +15,11 @@ import { classifyIoErrno, errnoName, IoOutcome } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { SEND, SEND_FLAG_SOURCE, SEND_WORDS } from "../sys/layout.ts";
 
+export const enum Direction {
+  ToClient = 0,
+  ToTarget = 1,
+}
+
 export class SendQueue {
   private readonly sends: Uint8Array;
   private readonly sendsPtr: Pointer;
@@ -49,12 +54,13 @@ export class SendQueue {
   }
 
   /**
-   * Queues a datagram to address (w0..w3), port, scope on socket fd. With a source
-   * (s0..s3, `withSource`), the kernel sends it from that address (IP_PKTINFO): a
-   * reply through a listener, from the original destination.
+   * Queues a datagram to address (w0..w3), port, scope on socket fd: a client's
+   * datagram to its target on the flow's upstream socket (Direction.ToTarget), or a
+   * reply on the reply socket bound to the original destination (Direction.ToClient).
+   * Returns the entry's first word.
    */
-  private push(
-    toTarget: number,
+  push(
+    direction: Direction,
     fd: number,
     w0: number,
     w1: number,
@@ -71,7 +77,7 @@ export class SendQueue {
     const k = this.count++;
     const d = k * SEND_WORDS;
     const send32 = this.send32;
-    this.toTargetFlag[k] = toTarget;
+    this.toTargetFlag[k] = direction;
     send32[d] = w0;
     send32[d + 1] = w1;
     send32[d + 2] = w2;
@@ -85,37 +91,10 @@ export class SendQueue {
     return d;
   }
 
-  /** Client -> original destination, from the flow's upstream socket. */
-  toTarget(
-    fd: number,
-    w0: number,
-    w1: number,
-    w2: number,
-    w3: number,
-    port: number,
-    scope: number,
-    offset: number,
-    length: number,
-  ): void {
-    this.push(1, fd, w0, w1, w2, w3, port, scope, offset, length);
-  }
-
-  /** Reply to a client on a reply socket bound to the original destination. */
-  toClient(
-    fd: number,
-    w0: number,
-    w1: number,
-    w2: number,
-    w3: number,
-    port: number,
-    scope: number,
-    offset: number,
-    length: number,
-  ): void {
-    this.push(0, fd, w0, w1, w2, w3, port, scope, offset, length);
-  }
-
-  /** Reply to a client on a listener, from source s0..s3 (IP_PKTINFO / IPV6_PKTINFO). */
+  /**
+   * A reply to a client on a listener, sent from s0..s3 (IP_PKTINFO / IPV6_PKTINFO):
+   * the original destination, which is not an address of this host.
+   */
   toClientFrom(
     fd: number,
     w0: number,
@@ -131,7 +110,7 @@ export class SendQueue {
     offset: number,
     length: number,
   ): void {
-    const d = this.push(0, fd, w0, w1, w2, w3, port, scope, offset, length);
+    const d = this.push(Direction.ToClient, fd, w0, w1, w2, w3, port, scope, offset, length);
     this.send16[d * 2 + SEND.flagsHalf] = SEND_FLAG_SOURCE;
     const send32 = this.send32;
     send32[d + SEND.sourceAddrWord] = s0;

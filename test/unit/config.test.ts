@@ -1,16 +1,7 @@
 // Configuration: defaults, and errors that name the field and the reason.
 import { describe, expect, test } from "bun:test";
-import { ConfigError, parseConfig } from "../../src/config/load.ts";
-
-function problems(input: unknown): string[] {
-  try {
-    parseConfig(input);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  throw new Error("expected a ConfigError");
-}
+import { parseConfig } from "../../src/config/load.ts";
+import { problems } from "./config_problems.ts";
 
 describe("config", () => {
   test("the built-in default: loopback TPROXY listeners for both families, DNS and QUIC", () => {

@@ -2,19 +2,10 @@
 // canonical form, interface names are what Linux accepts and a script can carry, and an
 // error quotes at most a short prefix of a bad value.
 import { describe, expect, test } from "bun:test";
-import { ConfigError, parseConfig } from "../../src/config/load.ts";
+import { parseConfig } from "../../src/config/load.ts";
+import { configProblems as problems } from "./config_problems.ts";
 import { descriptorsWanted, fitToDescriptors } from "../../src/config/limits.ts";
 import { rulesScript } from "../../src/rules/nft.ts";
-
-function problems(input: unknown): string[] {
-  try {
-    parseConfig(input);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  return [];
-}
 
 const one = { listeners: [{ name: "a", address: "127.0.0.1", port: 5 }] };
 

@@ -1,20 +1,11 @@
 // TCP configuration and rules: defaults, field-named errors, the generated nft text,
 // and (as root) that nft accepts it in a scratch namespace.
 import { describe, expect, test } from "bun:test";
-import { ConfigError, parseConfig } from "../../src/config/load.ts";
+import { parseConfig } from "../../src/config/load.ts";
+import { problems } from "./config_problems.ts";
 import { labUnavailableReason, nftApplyInScratchNamespace } from "../lab/netns.ts";
 import { skipped } from "../lab/skip_policy.ts";
 import { nftRuleset, TABLE_NAME } from "../../src/rules/nft.ts";
-
-function problems(input: unknown): string[] {
-  try {
-    parseConfig(input);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  throw new Error("expected a ConfigError");
-}
 
 const config = parseConfig({
   listeners: [
