@@ -17,7 +17,7 @@
 // this pool reports (lastFailure).
 import type { Config } from "../config/load.ts";
 import { HashIndex } from "../flow/hash_index.ts";
-import { assert } from "../sys/assert.ts";
+import { assert, assertionFailed } from "../sys/assert.ts";
 import {
   decodeSocketError,
   describeSocketError,
@@ -146,7 +146,7 @@ export class UpstreamPool {
 
   /** One session fewer on the socket; the last one closes it. */
   release(upstream: number): void {
-    assert(this.refs[upstream] > 0, `upstream ${upstream} released with no refs`);
+    if (this.refs[upstream] <= 0) assertionFailed(`upstream ${upstream} released with no refs`);
     if (--this.refs[upstream] > 0) return;
     this.unregister(this.tokens[upstream]);
     this.lib.rl_close(this.fds[upstream]);

@@ -10,6 +10,16 @@ export class AssertionError extends Error {
   }
 }
 
+/**
+ * The message must be a constant: it is evaluated on every call. Where it needs values,
+ * write `if (!condition) assertionFailed(\`...\`)`, so the text is built only on failure
+ * (a template string per datagram would allocate on the hot path; tidy checks this).
+ */
 export function assert(condition: boolean, message: string): asserts condition {
   if (!condition) throw new AssertionError(message);
+}
+
+/** A broken invariant, with a message built only now that it failed. */
+export function assertionFailed(message: string): never {
+  throw new AssertionError(message);
 }

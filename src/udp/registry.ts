@@ -5,7 +5,7 @@
 //
 // Registration is all or nothing: a token is taken only when epoll_ctl accepted the
 // socket; on failure nothing is held and the caller still owns (and closes) the fd.
-import { assert } from "../sys/assert.ts";
+import { assert, assertionFailed } from "../sys/assert.ts";
 import type { Poller } from "../sys/poller.ts";
 import { faultEpollAdd } from "../sys/test_faults.ts";
 
@@ -48,7 +48,7 @@ export class SocketRegistry {
   /** Registers fd under a fresh token: the token, or -1 with nothing taken (lastErrno). */
   register(kind: SocketKind, fd: number, ref: number): number {
     assert(this.freeCount > 0, "socket registry full: tokens are sized for every socket");
-    assert(fd >= 0, `register: fd ${fd}`);
+    if (fd < 0) assertionFailed(`register: fd ${fd}`);
     const token = this.freeTokens[this.freeCount - 1];
     const rc = faultEpollAdd() || this.poller.add(fd, token);
     if (rc < 0) {
@@ -64,7 +64,8 @@ export class SocketRegistry {
 
   /** Removes the socket from epoll (before the caller closes it) and frees its token. */
   unregister(token: number): void {
-    assert(this.kinds[token] !== SocketKind.Free, `unregister: token ${token} is free`);
+    if (this.kinds[token] === SocketKind.Free)
+      assertionFailed(`unregister: token ${token} is free`);
     this.poller.remove(this.fds[token]);
     this.kinds[token] = SocketKind.Free;
     this.fds[token] = -1;

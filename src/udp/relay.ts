@@ -34,7 +34,7 @@ import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.
 import { EndReason, PROTOCOL_NAMES, SessionTable } from "../flow/table.ts";
 import { UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
-import { assert } from "../sys/assert.ts";
+import { assertionFailed } from "../sys/assert.ts";
 import {
   classifyIoErrno,
   decodeSocketError,
@@ -457,7 +457,7 @@ export class UdpRelay {
         continue; // the error is consumed; datagrams may still wait behind it
       }
       if (n === 0) return;
-      assert(n <= room, `recvmmsg returned ${n} for ${room} slots`);
+      if (n > room) assertionFailed(`recvmmsg returned ${n} for ${room} slots`);
       this.counters.batches++;
       this.slotsUsed += n;
       if (kind === SocketKind.Upstream) this.fromTargets(ref, first, n, now);

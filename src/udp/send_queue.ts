@@ -10,7 +10,7 @@
 // again on the C side and never trusts an entry.
 import { type Pointer, ptr } from "bun:ffi";
 import type { UdpCounters } from "../metrics.ts";
-import { assert } from "../sys/assert.ts";
+import { assert, assertionFailed } from "../sys/assert.ts";
 import { classifyIoErrno, errnoName, IoOutcome } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { SEND, SEND_FLAG_SOURCE, SEND_WORDS } from "../sys/layout.ts";
@@ -72,8 +72,10 @@ export class SendQueue {
     length: number,
   ): number {
     assert(this.count < this.capacity, "send queue full: it holds one entry per slab slot");
-    assert(fd >= 0, `send entry on fd ${fd}`);
-    assert(offset + length <= this.slabBytes, `send entry ${offset}+${length} past the slab`);
+    if (fd < 0) assertionFailed(`send entry on fd ${fd}`);
+    if (offset + length > this.slabBytes) {
+      assertionFailed(`send entry ${offset}+${length} past the ${this.slabBytes}-byte slab`);
+    }
     const k = this.count++;
     const d = k * SEND_WORDS;
     const send32 = this.send32;

@@ -144,6 +144,12 @@ describe("tidy", () => {
     expect(built.sort()).toEqual(present.sort());
   });
 
+  test("assertion messages are constants (a template string would allocate per call)", () => {
+    const built = /\bassert\([^;]*,\s*`/;
+    const hits = files("src", [".ts"]).filter((f) => built.test(read(f)));
+    expect(hits).toEqual([]);
+  });
+
   test("the product never imports tooling (test/, bench/, demo/)", () => {
     // src/ is what runs on a gateway; the lab, reference parsers and harnesses are not.
     const tooling = /from "(?:\.\.\/)+(?:test|bench|demo)\//;
