@@ -7,7 +7,9 @@
 //       does at fs.epoll.max_user_watches (a limit that is per user and machine-wide,
 //       so a test cannot lower it without touching the host);
 //   RELAY_TEST_FAULTS="data_path_throw_after=5"
-//       the UDP data path throws on the 6th datagram from a client, as a bug would.
+//       the UDP data path throws on the 6th datagram from a client, as a bug would;
+//   RELAY_TEST_FAULTS="worker_crash_after_ms=200"
+//       the UDP Worker's thread dies of an uncaught exception outside the data path.
 //
 // Each check is one comparison with a plain number when the faults are off.
 
@@ -31,6 +33,15 @@ const settings = parse(process.env.RELAY_TEST_FAULTS);
 let epollAddsLeft = settings.get("epoll_add_fail_after") ?? -1;
 let epollFailuresLeft = settings.get("epoll_add_fail_count") ?? 1;
 let datagramsLeft = settings.get("data_path_throw_after") ?? -1;
+
+/** Arms the injected Worker crash, if any (called once the Worker's relay started). */
+export function faultWorkerCrash(): void {
+  const afterMs = settings.get("worker_crash_after_ms");
+  if (afterMs === undefined) return;
+  setTimeout(() => {
+    throw new Error("RELAY_TEST_FAULTS: injected worker crash");
+  }, afterMs);
+}
 
 /** 0, or the -errno an injected poller registration failure returns. */
 export function faultEpollAdd(): number {

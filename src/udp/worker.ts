@@ -4,6 +4,7 @@
 import type { Config } from "../config/load.ts";
 import { StartError } from "../sys/errno.ts";
 import { loadFfi } from "../sys/ffi.ts";
+import { faultWorkerCrash } from "../sys/test_faults.ts";
 import { UdpRelay } from "./relay.ts";
 
 declare const self: Worker;
@@ -39,6 +40,7 @@ self.onmessage = (event: MessageEvent<Request>) => {
       relay = new UdpRelay(loadFfi(), m.config, { inline: true, onFatal: fatal });
       relay.start();
       self.postMessage({ type: "started" });
+      faultWorkerCrash();
     } catch (err) {
       relay = null;
       const privilege = err instanceof StartError && err.privilege;

@@ -130,5 +130,14 @@ if (!skip) {
         e.relay = null; // already gone: close() must not expect a clean stop
       }, 60_000);
     }
+
+    test("the UDP Worker thread dies outside the data path: the process ends, exit 70", async () => {
+      const e = await lab("worker_crash_after_ms=300");
+      const final = await e.relay!.waitFor((l) => l.event === "final", 10_000);
+      expect(final.fatal).toContain("UDP worker");
+      expect(await e.relay!.proc.exited).toBe(70);
+      expect(e.relay!.stderr).toContain("[relay] fatal: UDP worker");
+      e.relay = null; // already gone: close() must not expect a clean stop
+    }, 60_000);
   });
 }
