@@ -188,6 +188,48 @@ export const ConfigSchema = Type.Object(
       {
         /** Print a metrics line (JSON) this often; 0: only on SIGUSR1 and at exit. */
         logIntervalMs: Type.Integer({ minimum: 0, maximum: 86_400_000, default: 0 }),
+        /** Prometheus endpoint (GET /metrics): the address it binds (loopback by default). */
+        address: Type.String({ minLength: 2, maxLength: 45, default: "127.0.0.1" }),
+        /** Its TCP port; 0: no endpoint. */
+        port: Type.Integer({ minimum: 0, maximum: 65535, default: 9477 }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    control: Type.Object(
+      {
+        /**
+         * Unix socket of the control channel (relay stats / sessions / top); "": none.
+         * A stale socket file is replaced; one a running relay answers on is refused.
+         */
+        socketPath: Type.String({ maxLength: 107, default: "/run/transparent-relay/control.sock" }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    flowLog: Type.Object(
+      {
+        /** File of one record per ended flow (msgpackr); "": no flow log. */
+        path: Type.String({ maxLength: 4096, default: "" }),
+        /** Past this size the file is rotated (path.1, path.2, ...). */
+        fileBytesMax: Type.Integer({ minimum: 4096, maximum: 2 ** 40, default: 64 << 20 }),
+        /** Rotated files kept besides the current one. */
+        filesMax: Type.Integer({ minimum: 1, maximum: 100, default: 4 }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    log: Type.Object(
+      {
+        /** Least severe level printed. */
+        level: Type.Union(
+          [
+            Type.Literal("debug"),
+            Type.Literal("info"),
+            Type.Literal("warn"),
+            Type.Literal("error"),
+          ],
+          { default: "info" },
+        ),
+        /** "text" for a terminal, "json" (one object per line) for a collector. */
+        format: Type.Union([Type.Literal("text"), Type.Literal("json")], { default: "text" }),
       },
       { additionalProperties: false, default: {} },
     ),
