@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
 import { descriptorsWanted, fitToDescriptors } from "./config/limits.ts";
+import { configureLog, log } from "./control/log.ts";
 import { guardOutput, outputErrors } from "./control/output.ts";
 import { TcpRelay } from "./tcp/relay.ts";
 import type { UdpSnapshot } from "./udp/relay.ts";
@@ -126,6 +127,7 @@ async function main(): Promise<void> {
     if (err instanceof ConfigError) fail(`invalid configuration:\n  ${err.problems.join("\n  ")}`);
     throw err;
   }
+  configureLog(config.log);
   if (args.printRules) {
     process.stdout.write(rulesScript(config));
     return;
@@ -160,7 +162,7 @@ async function main(): Promise<void> {
   try {
     const fitted = fitToDescriptors(config, nofileLimit);
     config = fitted.config;
-    for (const note of fitted.notes) console.error(`[relay] ${note}`);
+    for (const note of fitted.notes) log.warn(note);
   } catch (err) {
     fail((err as Error).message, EXIT.startFailed);
   }
@@ -178,7 +180,7 @@ async function main(): Promise<void> {
       outputErrors,
     };
     process.stdout.write(JSON.stringify(final) + "\n");
-    console.error(`[relay] fatal: ${message}`);
+    log.error(`fatal: ${message}`);
     process.exit(EXIT.software);
   };
   // Each relay gets the listeners of its protocol (listener indexes are per relay).
@@ -197,10 +199,10 @@ async function main(): Promise<void> {
   for (const l of config.listeners) {
     const where = l.ipv6 ? `[${l.address}]:${l.port}` : `${l.address}:${l.port}`;
     const how = l.protocol === "udp" ? `reply ${l.reply}` : `${l.mode}, source ${l.source}`;
-    console.error(`[relay] listening ${l.protocol} ${where} (${l.name}, ${how})`);
+    log.info(`listening ${l.protocol} ${where} (${l.name}, ${how})`);
   }
-  console.error(
-    `[relay] sessions max ${config.udp.sessionsMax} (${config.udp.sessionsPerClientMax} per ` +
+  log.info(
+    `sessions max ${config.udp.sessionsMax} (${config.udp.sessionsPerClientMax} per ` +
       `client), mapping ${config.udp.mapping}, upstream mark 0x${config.mark.toString(16)}, ` +
       `descriptors ${nofileLimit}`,
   );
@@ -217,13 +219,13 @@ async function main(): Promise<void> {
   const print = (event: string) =>
     udp.snapshot(args.sessionsListed).then(
       (data) => write(event, data),
-      (err) => console.error(`[relay] metrics: ${(err as Error).message}`),
+      (err) => log.warn(`metrics: ${(err as Error).message}`),
     );
   process.on("SIGUSR1", () => print("metrics"));
   // No reload in this version: a SIGHUP (a closed terminal, `systemctl reload`) must
   // not end the relay (Bun's default for SIGHUP is to exit 129 without final metrics).
   process.on("SIGHUP", () => {
-    console.error("[relay] SIGHUP ignored: this version does not reload; restart to apply changes");
+    log.warn("SIGHUP ignored: this version does not reload; restart to apply changes");
   });
   let metricsTimer: ReturnType<typeof setInterval> | null = null;
   if (config.metrics.logIntervalMs > 0) {
@@ -238,11 +240,11 @@ async function main(): Promise<void> {
       .then(async () => {
         if (metricsTimer) clearInterval(metricsTimer);
         await write("final", await udp.stop(args.sessionsListed));
-        console.error(`[relay] stopped (${signal})`);
+        log.info(`stopped (${signal})`);
         process.exit(0);
       })
       .catch((err) => {
-        console.error(`[relay] stop: ${(err as Error).message}`);
+        log.error(`stop: ${(err as Error).message}`);
         process.exit(EXIT.startFailed);
       });
   };

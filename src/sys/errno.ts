@@ -1,5 +1,6 @@
 // errno values the C helper returns (as -errno), and what each means to the relay.
 // Linux x86-64/arm64 numbering (asm-generic/errno-base.h, errno.h).
+import { log } from "../control/log.ts";
 
 export const E = {
   EPERM: 1,
@@ -163,5 +164,5 @@ export function classifyIoErrno(code: number): IoOutcome {
 
 /** Logs an errno we did not expect, with both its name and its number. */
 export function unexpectedErrno(label: string, code: number): void {
-  console.error(`[relay] unexpected errno in ${label}: ${errnoName(code)} (${code})`);
+  log.error(`unexpected errno in ${label}: ${errnoName(code)} (${code})`, { label, errno: code });
 }

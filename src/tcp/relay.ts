@@ -25,7 +25,7 @@
 
 import { type Pointer, ptr } from "bun:ffi";
 import type { Config, ListenerConfig } from "../config/load.ts";
-import { RateLimitedLog } from "../control/log.ts";
+import { log, RateLimitedLog } from "../control/log.ts";
 import { LocalTargets, TargetKind } from "../flow/local_targets.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import {
@@ -142,7 +142,7 @@ export interface TcpRelayOptions {
 const EXIT_SOFTWARE = 70;
 
 function exitOnFatal(message: string): void {
-  console.error(`[relay] fatal: ${message}`);
+  log.error(`fatal: ${message}`);
   process.exit(EXIT_SOFTWARE);
 }
 

@@ -2,6 +2,7 @@
 // waits in epoll_wait itself (Poller inline mode). Messages from the main thread are
 // handled between waits (at most every 20 ms when idle).
 import type { Config } from "../config/load.ts";
+import { configureLog } from "../control/log.ts";
 import { StartError } from "../sys/errno.ts";
 import { loadFfi } from "../sys/ffi.ts";
 import { faultWorkerCrash } from "../sys/test_faults.ts";
@@ -36,6 +37,7 @@ function fatal(message: string): void {
 self.onmessage = (event: MessageEvent<Request>) => {
   const m = event.data;
   if (m.type === "start") {
+    configureLog(m.config.log); // this thread's own logger: same level and format
     try {
       relay = new UdpRelay(loadFfi(), m.config, { inline: true, onFatal: fatal });
       relay.start();
