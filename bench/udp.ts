@@ -2,7 +2,11 @@
 // throughput through the relay and through plain kernel forwarding, in the same run.
 //
 //   node_modules/.bin/bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-wait] [--no-c-relay]
+//       [--data-plane worker|callback] [--observe]
 //
+// --observe: a second Bun relay (ports 7207/7208) with the flow log on and its Prometheus
+// endpoint scraped once a second, beside the first (no endpoint, no flow log): what
+// watching the relay costs, in the same run (issue 13).
 // --pin: udp_gen on cpu0, the relays on cpu1. --no-wait: no waiting for a quiet machine and
 // no retries of contended runs (they are still measured and marked).
 //
@@ -42,17 +46,27 @@ const C_RELAY = join(TOOLS, "c_relay");
 const RESULTS = join(import.meta.dir, "results", "udp-latest.md");
 const USAGE =
   "usage: bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-wait] [--no-c-relay] " +
-  "[--data-plane worker|callback]";
+  "[--data-plane worker|callback] [--observe]";
 
 export type Mode = "rr" | "oneway";
-export type PathName = "kernel" | "bun" | "c";
-const PATH_LABEL: Record<PathName, string> = { kernel: "kernel", bun: "Bun relay", c: "C relay" };
-const PATH_SHORT: Record<PathName, string> = { kernel: "k", bun: "bun", c: "C" };
+export type PathName = "kernel" | "bun" | "c" | "obs";
+const PATH_LABEL: Record<PathName, string> = {
+  kernel: "kernel",
+  bun: "Bun relay",
+  c: "C relay",
+  obs: "Bun relay observed",
+};
+const PATH_SHORT: Record<PathName, string> = { kernel: "k", bun: "bun", c: "C", obs: "obs" };
 const PORTS: Record<PathName, Record<Mode, number>> = {
   kernel: { rr: 7507, oneway: 7508 },
   bun: { rr: 7007, oneway: 7008 },
   c: { rr: 7107, oneway: 7108 },
+  obs: { rr: 7207, oneway: 7208 },
 };
+/** The observed relay's Prometheus port (in the router namespace), scraped once a second. */
+const OBS_METRICS_PORT = 9478;
+/** Scrapes at most (the scraper is killed at the end of the step anyway). */
+const OBS_SCRAPES_MAX = 100_000;
 const TARGETS4 = [LAB.server4, ...LAB.serverExtra4];
 const MODES: Mode[] = ["rr", "oneway"];
 const SIZES_BYTES = [64, 1200];
@@ -93,6 +107,8 @@ export interface Args {
   cRelay: boolean;
   /** The Bun relay's udp.dataPlane (src/udp/plane.ts). */
   dataPlane: "worker" | "callback";
+  /** A second Bun relay with the flow log on and its metrics scraped every second. */
+  observe: boolean;
 }
 
 export function parseArgs(argv: string[]): Args {
@@ -103,6 +119,7 @@ export function parseArgs(argv: string[]): Args {
     wait: true,
     cRelay: true,
     dataPlane: "worker",
+    observe: false,
   };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
@@ -113,6 +130,8 @@ export function parseArgs(argv: string[]): Args {
       args.pin = true;
     } else if (a === "--no-wait") {
       args.wait = false;
+    } else if (a === "--observe") {
+      args.observe = true;
     } else if (a === "--no-c-relay") {
       args.cRelay = false;
     } else if (a === "--data-plane") {
@@ -363,7 +382,8 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
   if (unavailable) throw new Error(`bench/udp.ts: ${unavailable}`);
   run(["make", "-s", "-C", import.meta.dir]);
   const cRelay = args.cRelay && (await Bun.file(C_RELAY).exists());
-  const paths: PathName[] = cRelay ? ["kernel", "bun", "c"] : ["kernel", "bun"];
+  const paths: PathName[] = ["kernel", "bun", ...(cRelay ? ["c" as const] : [])];
+  if (args.observe) paths.push("obs");
 
   const tmp = mkdtempSync(join(tmpdir(), "udp-bench-"));
   const lab = Lab.create();
@@ -377,6 +397,8 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
   process.on("SIGTERM", onSignal);
   const tools: ToolProcess[] = [];
   let relay: RelayProcess | null = null;
+  let observed: RelayProcess | null = null;
+  let scraper: Subprocess | null = null;
   try {
     // Listener port == original port for every relayed path: replies use IP_PKTINFO.
     const iface = [LAB.routerClientIf];
@@ -391,6 +413,23 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
       ],
       // Each run uses fresh source ports (256 new sessions); let old ones go soon.
       udp: { idleTimeoutMs: 10_000, dataPlane: args.dataPlane },
+      // Not observed: no Prometheus endpoint, no flow log; its own control socket.
+      metrics: { port: 0 },
+      control: { socketPath: join(tmp, "bun.sock") },
+    };
+    const observedRelay = {
+      listeners: [
+        { name: "obs_rr4", address: "127.0.0.1", port: PORTS.obs.rr, reply: "pktinfo" },
+        { name: "obs_oneway4", address: "127.0.0.1", port: PORTS.obs.oneway, reply: "pktinfo" },
+      ],
+      intercept: [
+        { listener: "obs_rr4", ports: [PORTS.obs.rr], interfaces: iface },
+        { listener: "obs_oneway4", ports: [PORTS.obs.oneway], interfaces: iface },
+      ],
+      udp: bunRelay.udp,
+      metrics: { port: OBS_METRICS_PORT },
+      control: { socketPath: join(tmp, "obs.sock") },
+      flowLog: { path: join(tmp, "flows.log") },
     };
     // Rules for both relays in one table; the Bun relay only gets its own listeners.
     const rules = parseConfig({
@@ -398,11 +437,13 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
         ...bunRelay.listeners,
         { name: "c_rr4", address: "127.0.0.1", port: PORTS.c.rr },
         { name: "c_oneway4", address: "127.0.0.1", port: PORTS.c.oneway },
+        ...(args.observe ? observedRelay.listeners : []),
       ],
       intercept: [
         ...bunRelay.intercept,
         { listener: "c_rr4", ports: [PORTS.c.rr], interfaces: iface },
         { listener: "c_oneway4", ports: [PORTS.c.oneway], interfaces: iface },
+        ...(args.observe ? observedRelay.intercept : []),
       ],
     });
     lab.installRules(nftRuleset(rules), policyRoutingCommands(rules));
@@ -419,6 +460,16 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
     await sink.waitFor((l) => l.event === "ready", READY_TIMEOUT_MS);
 
     relay = await RelayProcess.start(lab, configPath);
+    if (args.observe) {
+      const observedPath = join(tmp, "observed.json");
+      writeFileSync(observedPath, JSON.stringify(observedRelay));
+      observed = await RelayProcess.start(lab, observedPath);
+      // A Prometheus server's habit: one scrape a second (bounded; killed at the end).
+      scraper = lab.spawn(lab.router, ["sh", "-c",
+        `i=0; while [ $i -lt ${OBS_SCRAPES_MAX} ]; do ` +
+        `curl -sf -o /dev/null http://127.0.0.1:${OBS_METRICS_PORT}/metrics; ` +
+        `i=$((i+1)); sleep 1; done`]);
+    }
     let cTool: ToolProcess | null = null;
     if (cRelay) {
       cTool = startTool(lab, lab.router, "c_relay", [C_RELAY, "--mark", `${rules.mark}`,
@@ -426,7 +477,11 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
       tools.push(cTool);
       await cTool.waitFor((l) => l.event === "ready", READY_TIMEOUT_MS);
     }
-    const relayPids = [relay.proc.pid, ...(cTool ? [cTool.proc.pid] : [])];
+    const relayPids = [
+      relay.proc.pid,
+      ...(cTool ? [cTool.proc.pid] : []),
+      ...(observed ? [observed.proc.pid] : []),
+    ];
     const pinning = args.pin ? pinRelays(relayPids) : "none (scheduler's choice)";
 
     const cells: Cell[] = [];
@@ -468,6 +523,8 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
       },
     };
   } finally {
+    scraper?.kill("SIGKILL");
+    if (observed) await observed.stop().catch(() => undefined);
     if (relay) await relay.stop().catch(() => undefined);
     for (const t of tools) await t.stop().catch(() => undefined);
     lab.destroy();
@@ -520,7 +577,8 @@ export function renderUdpReport(r: UdpResult): string {
   const short = paths.map((p) => PATH_SHORT[p]).join(" / ");
   const flags = [r.args.quick ? "--quick" : "", `--reps ${r.args.reps}`, r.args.pin ? "--pin" : "",
     r.args.wait ? "" : "--no-wait", r.paths.includes("c") ? "" : "--no-c-relay",
-    r.args.dataPlane === "worker" ? "" : `--data-plane ${r.args.dataPlane}`];
+    r.args.dataPlane === "worker" ? "" : `--data-plane ${r.args.dataPlane}`,
+    r.args.observe ? "--observe" : ""];
   const command = ["node_modules/.bin/bun bench/udp.ts", ...flags.filter((f) => f)].join(" ");
   const lines: string[] = [
     "## UDP relay benchmark",
@@ -591,6 +649,20 @@ export function renderUdpReport(r: UdpResult): string {
     row.push(countByPath(paths, all, (s) => s.generatorBound));
     row.push(countByPath(paths, all, (s) => !isClean(s)));
     lines.push(`| ${row.join(" | ")} |`);
+  }
+  if (paths.includes("obs")) {
+    lines.push("", "What watching costs (issue 13): the observed Bun relay (flow log on, " +
+      "Prometheus endpoint scraped once a second) beside the same relay unobserved, in the " +
+      "same run; ratio of medians, then [min-max] of the per-repetition ratios.", "",
+      "| cell | observed / unobserved |", "|---|---|");
+    for (const cell of r.cells) {
+      const name = cellName(cell);
+      const values = (p: PathName) => (r.samples.get(`${name}|${p}`) ?? []).map((s) => s.value);
+      const paired = values("obs").map((v, i) => v / values("bun")[i]);
+      const ratio = median(values("obs")) / median(values("bun"));
+      lines.push(`| ${name} | **${ratio.toFixed(2)}** ` +
+        `[${Math.min(...paired).toFixed(2)}-${Math.max(...paired).toFixed(2)}] |`);
+    }
   }
   lines.push("",
     `† the kernel runs of this cell include generator-bound ones: the kernel number is then ` +
