@@ -32,7 +32,7 @@ import { UpstreamPool } from "../egress/upstream_pool.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
 import { EndReason, PROTOCOL_NAMES, SessionTable } from "../flow/table.ts";
-import { UdpCounters } from "../metrics.ts";
+import { BATCH_BUCKET_UPPER, UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import { assertionFailed } from "../sys/assert.ts";
 import {
@@ -75,6 +75,8 @@ const LOCAL_REFRESH_MS = 5_000;
 const EXTRA_TOKENS = 1;
 /** Timer period: expiry, idle reply sockets, lost wake-up recovery. */
 const TICK_MS = 250;
+/** Index of the last bucket of datagrams per batch. */
+const BATCH_BUCKET_LAST = BATCH_BUCKET_UPPER.length - 1;
 
 export interface SessionView {
   client: string;
@@ -92,9 +94,12 @@ export interface SessionView {
   bytesToClient: number;
 }
 
+/** The `udp` object of the metrics line: every counter, then the gauges. */
+export type UdpValues = ReturnType<UdpRelay["values"]>;
+
 export interface UdpSnapshot {
   uptimeMs: number;
-  udp: Record<string, number>;
+  udp: UdpValues;
   sessions: SessionView[];
 }
 
@@ -318,19 +323,27 @@ export class UdpRelay {
   snapshot(sessionsListed: number): UdpSnapshot {
     return {
       uptimeMs: Math.round(performance.now() - this.startedMs),
-      udp: {
-        ...this.counters,
-        sessionsActive: this.sessions.count,
-        sessionsMax: this.sessions.capacity,
-        upstreamSockets: this.upstreams.count,
-        replySockets: this.replies.count,
-        // Tokens in use: listeners + the address watch + upstream + reply sockets.
-        socketsRegistered: this.registry.used,
-        pollWakes: this.poller.wakes,
-        pollEvents: this.poller.events,
-        pollRingOverflows: this.poller.overflows,
-      },
+      udp: this.values(),
       sessions: this.sessionViews(sessionsListed),
+    };
+  }
+
+  /** Counters (the batch histogram as a plain array: it crosses postMessage and JSON) and
+   * gauges. */
+  values() {
+    const { batchDatagrams, ...counters } = this.counters;
+    return {
+      ...counters,
+      batchDatagrams: Array.from(batchDatagrams),
+      sessionsActive: this.sessions.count,
+      sessionsMax: this.sessions.capacity,
+      upstreamSockets: this.upstreams.count,
+      replySockets: this.replies.count,
+      // Tokens in use: listeners + the address watch + upstream + reply sockets.
+      socketsRegistered: this.registry.used,
+      pollWakes: this.poller.wakes,
+      pollEvents: this.poller.events,
+      pollRingOverflows: this.poller.overflows,
     };
   }
 
@@ -459,6 +472,8 @@ export class UdpRelay {
       if (n === 0) return;
       if (n > room) assertionFailed(`recvmmsg returned ${n} for ${room} slots`);
       this.counters.batches++;
+      // Bucket floor(log2 n): 1, 2-3, 4-7, ...; 256 (2^8) shares the last one.
+      this.counters.batchDatagrams[Math.min(31 - Math.clz32(n), BATCH_BUCKET_LAST)]++;
       this.slotsUsed += n;
       if (kind === SocketKind.Upstream) this.fromTargets(ref, first, n, now);
       else {
@@ -745,6 +760,8 @@ export class UdpRelay {
     }
     sessions.upstream[s] = upstream;
     c.sessionsCreated++;
+    if (reply >= 0) c.sessionsReplySocket++;
+    else c.sessionsReplyPktinfo++;
     return s;
   }
 
