@@ -60,6 +60,10 @@ export function startMetricsServer(
       port: settings.port,
       // No stack traces or source in error pages.
       development: false,
+      // Explicit: with development off, Bun 1.4.5 sets SO_REUSEPORT unless told not to
+      // (oven-sh/bun#1443), and a second relay would then share the port silently
+      // instead of failing its start. test/netns/metrics.test.ts checks the refusal.
+      reusePort: false,
       async fetch(request) {
         if (request.method !== "GET" || new URL(request.url).pathname !== METRICS_PATH) {
           return new Response("not found: the metrics are at GET /metrics\n", { status: 404 });
