@@ -8,6 +8,12 @@
  * largest udp.batchCountMax (src/config/schema.ts).
  */
 export const BATCH_BUCKET_UPPER = [1, 3, 7, 15, 31, 63, 127, 256] as const;
+const BATCH_BUCKET_LAST = BATCH_BUCKET_UPPER.length - 1;
+
+/** The bucket of a batch of n datagrams (1 <= n <= 256): floor(log2 n), one clz32. */
+export function batchBucket(n: number): number {
+  return Math.min(31 - Math.clz32(n), BATCH_BUCKET_LAST);
+}
 
 export class UdpCounters {
   // Client -> relay -> original destination

@@ -32,7 +32,7 @@ import { UpstreamPool } from "../egress/upstream_pool.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
 import { EndReason, PROTOCOL_NAMES, SessionTable } from "../flow/table.ts";
-import { BATCH_BUCKET_UPPER, UdpCounters } from "../metrics.ts";
+import { batchBucket, UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import { assertionFailed } from "../sys/assert.ts";
 import {
@@ -75,8 +75,6 @@ const LOCAL_REFRESH_MS = 5_000;
 const EXTRA_TOKENS = 1;
 /** Timer period: expiry, idle reply sockets, lost wake-up recovery. */
 const TICK_MS = 250;
-/** Index of the last bucket of datagrams per batch. */
-const BATCH_BUCKET_LAST = BATCH_BUCKET_UPPER.length - 1;
 
 export interface SessionView {
   client: string;
@@ -472,8 +470,7 @@ export class UdpRelay {
       if (n === 0) return;
       if (n > room) assertionFailed(`recvmmsg returned ${n} for ${room} slots`);
       this.counters.batches++;
-      // Bucket floor(log2 n): 1, 2-3, 4-7, ...; 256 (2^8) shares the last one.
-      this.counters.batchDatagrams[Math.min(31 - Math.clz32(n), BATCH_BUCKET_LAST)]++;
+      this.counters.batchDatagrams[batchBucket(n)]++;
       this.slotsUsed += n;
       if (kind === SocketKind.Upstream) this.fromTargets(ref, first, n, now);
       else {

@@ -13,7 +13,7 @@ import {
   snakeCase,
   type TcpValues,
 } from "../../src/control/prometheus.ts";
-import { BATCH_BUCKET_UPPER, UdpCounters } from "../../src/metrics.ts";
+import { BATCH_BUCKET_UPPER, batchBucket, UdpCounters } from "../../src/metrics.ts";
 import { TcpCounters } from "../../src/tcp/relay.ts";
 import type { UdpValues } from "../../src/udp/relay.ts";
 import { parseSamples as parse, sampleValue as value } from "../lab/exposition.ts";
@@ -201,6 +201,17 @@ describe("Prometheus text format", () => {
     expect(value(s, "relay_udp_batch_datagrams_sum")).toBe(
       `${u.packetsFromClients + u.packetsFromTargets}`,
     );
+  });
+
+  test("batch sizes 1 to 256 (udp.batchCountMax at most) each land in their bucket", () => {
+    const landed = BATCH_BUCKET_UPPER.map(() => 0);
+    for (let n = 1; n <= 256; n++) {
+      const b = batchBucket(n);
+      expect(n).toBeLessThanOrEqual(BATCH_BUCKET_UPPER[b]);
+      if (b > 0) expect(n).toBeGreaterThan(BATCH_BUCKET_UPPER[b - 1]);
+      landed[b]++;
+    }
+    expect(landed).toEqual([1, 2, 4, 8, 16, 32, 64, 129]);
   });
 
   test("one HELP and one TYPE per family, its samples together right after them", () => {
