@@ -41,6 +41,31 @@ if ((${#missing[@]})); then
   service_starts_restore
 fi
 
+# promtool (Prometheus' metrics checker), for the tests of the /metrics endpoint. Taken
+# out of Debian's prometheus package, which is never installed: installing it would enable
+# and start a Prometheus server on the machine. Only the one binary lands in .tools/.
+install_promtool() (
+  local dir deb
+  dir=$(mktemp -d)
+  trap 'rm -rf "$dir"' EXIT
+  # As root, apt-get downloads as the _apt user: it must be able to write the directory.
+  if [[ $(id -u) -eq 0 ]] && id _apt >/dev/null 2>&1; then chown _apt "$dir"; fi
+  if ! (cd "$dir" && apt-get download -qq prometheus 2>/dev/null); then
+    # A stale package list names a version the mirror has dropped: refresh it once.
+    say "apt-get download prometheus failed; refreshing the package lists"
+    apt-get update -qq
+    (cd "$dir" && apt-get download -qq prometheus)
+  fi
+  deb=$(find "$dir" -maxdepth 1 -name 'prometheus_*.deb' -print -quit)
+  dpkg-deb -x "$deb" "$dir/root"
+  mkdir -p .tools
+  install -m 0755 "$dir/root/usr/bin/promtool" .tools/promtool
+)
+if ! .tools/promtool --version >/dev/null 2>&1; then
+  say "installing .tools/promtool (from Debian's prometheus package, not installed)"
+  install_promtool
+fi
+
 if [[ ! -x node_modules/.bin/bun ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
   say "installing npm packages (Bun $(node -p 'require("./package.json").devDependencies.bun'))"
   npm ci --no-audit --no-fund >/dev/null

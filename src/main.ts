@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
 import { descriptorsWanted, fitToDescriptors } from "./config/limits.ts";
 import { configureLog, log } from "./control/log.ts";
+import { type MetricsServer, startMetricsServer } from "./control/metrics_server.ts";
 import { guardOutput, outputErrors } from "./control/output.ts";
 import { TcpRelay } from "./tcp/relay.ts";
 import type { UdpSnapshot } from "./udp/relay.ts";
@@ -21,14 +22,16 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
   --check-config   validate the configuration, print it, then exit
   --sessions N     with SIGUSR1: how many sessions to list (default 32)
 
+Metrics: GET /metrics on config.metrics.address:port (Prometheus text; port 0: none).
+
 Signals: SIGUSR1 prints metrics and sessions as one JSON line on stdout;
 SIGINT/SIGTERM stop the relay (threads joined, sockets closed) and print final metrics;
 SIGHUP is logged and ignored (this version does not reload: restart to apply changes).
 
-Exit status: 0 stopped by a signal; 1 could not start (a listener in use, the helper
-not built, descriptors); 2 bad arguments or configuration; 70 the data path failed
-(a bug: final metrics line, then exit, so a service manager restarts it); 77 missing
-privilege (CAP_NET_ADMIN).`;
+Exit status: 0 stopped by a signal; 1 could not start (a listener or the metrics port
+in use, the helper not built, descriptors); 2 bad arguments or configuration; 70 the
+data path failed (a bug: final metrics line, then exit, so a service manager restarts
+it); 77 missing privilege (CAP_NET_ADMIN).`;
 
 /** sysexits.h: the codes service managers and scripts already know. */
 const EXIT = {
@@ -189,9 +192,11 @@ async function main(): Promise<void> {
   tcp = config.listeners.some((l) => l.protocol === "tcp")
     ? new TcpRelay(lib, config, { onFatal: (message) => onFatal(message, null) })
     : null;
+  let metrics: MetricsServer | null = null;
   try {
     await udp.start();
     tcp?.start();
+    metrics = startMetricsServer(config.metrics, udp, tcp);
   } catch (err) {
     const privilege = err instanceof StartError && err.privilege;
     fail((err as Error).message, privilege ? EXIT.noPermission : EXIT.startFailed);
@@ -204,7 +209,7 @@ async function main(): Promise<void> {
   log.info(
     `sessions max ${config.udp.sessionsMax} (${config.udp.sessionsPerClientMax} per ` +
       `client), mapping ${config.udp.mapping}, upstream mark 0x${config.mark.toString(16)}, ` +
-      `descriptors ${nofileLimit}`,
+      `descriptors ${nofileLimit}, metrics ${metrics ? metrics.url : "off (metrics.port 0)"}`,
   );
 
   const write = async (event: string, data: UdpSnapshot) => {
@@ -235,6 +240,8 @@ async function main(): Promise<void> {
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    // Scrapes end first: none races the data path's own stop.
+    metrics?.stop();
     // TCP first: no new connections, open ones get tcp.shutdownGraceMs to finish.
     void (tcp ? tcp.stop(config.tcp.shutdownGraceMs) : Promise.resolve())
       .then(async () => {

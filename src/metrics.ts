@@ -1,5 +1,19 @@
 // Counters of the data plane: plain numbers, bumped per packet or per batch, read by
-// the control plane (metrics log, demo, tests). Every drop has its own reason.
+// the control plane (metrics log, /metrics, demo, tests). Every drop has its own reason.
+// They are doubles: exact integers up to 2^53, so they never wrap.
+
+/**
+ * Upper bound (inclusive) of each bucket of datagrams per recvmmsg batch: powers of two,
+ * so the bucket of n is floor(log2 n) (one Math.clz32). The last one also holds 256, the
+ * largest udp.batchCountMax (src/config/schema.ts).
+ */
+export const BATCH_BUCKET_UPPER = [1, 3, 7, 15, 31, 63, 127, 256] as const;
+const BATCH_BUCKET_LAST = BATCH_BUCKET_UPPER.length - 1;
+
+/** The bucket of a batch of n datagrams (1 <= n <= 256): floor(log2 n), one clz32. */
+export function batchBucket(n: number): number {
+  return Math.min(31 - Math.clz32(n), BATCH_BUCKET_LAST);
+}
 
 export class UdpCounters {
   // Client -> relay -> original destination
@@ -14,6 +28,10 @@ export class UdpCounters {
   bytesToClients = 0;
 
   sessionsCreated = 0;
+  /** Sessions opened (counted with sessionsCreated) by reply path: IP_PKTINFO replies on
+   * the listener, or a reply socket bound to the original destination. */
+  sessionsReplyPktinfo = 0;
+  sessionsReplySocket = 0;
   sessionsExpired = 0;
   /** Sessions ended early because the table was full (least recently used first). */
   sessionsEvicted = 0;
@@ -97,4 +115,9 @@ export class UdpCounters {
   receiveErrors = 0;
   wakes = 0;
   batches = 0;
+  /**
+   * Batches by datagrams read, one bucket per BATCH_BUCKET_UPPER entry (1, 2-3, 4-7, ...,
+   * 128-256): how full recvmmsg batches run. Allocated once; bumped once per batch.
+   */
+  readonly batchDatagrams = new Float64Array(BATCH_BUCKET_UPPER.length);
 }

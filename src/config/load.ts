@@ -238,6 +238,12 @@ export function parseConfig(input: unknown): Config {
       `config.upstream.bindAddress6: not an IPv6 address (got ${quote(c.upstream.bindAddress6)})`,
     );
   }
+  // An address, not a host name: the endpoint binds exactly what the config says.
+  if (!parseAddress(c.metrics.address)) {
+    problems.push(
+      `config.metrics.address: not an IPv4 or IPv6 address (got ${quote(c.metrics.address)})`,
+    );
+  }
   if (c.mark === c.tproxyMark) {
     problems.push(
       `config.mark: must differ from config.tproxyMark (${c.tproxyMark}), or the relay's ` +

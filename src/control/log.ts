@@ -28,8 +28,9 @@ function emit(level: Level, msg: string, fields?: Fields): void {
     line = `[relay] ${msg}`;
     if (fields) for (const [k, v] of Object.entries(fields)) line += ` ${k}=${v}`;
   }
-  // process.stderr's errors (EPIPE) are handled by src/control/output.ts.
-  process.stderr.write(`${line}\n`);
+  // console.error writes to fd 2 directly: process.stderr would open a stream (a
+  // duplicate descriptor) lazily in each thread on its first write.
+  console.error(line);
 }
 
 export const log = {

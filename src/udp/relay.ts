@@ -32,7 +32,7 @@ import { UpstreamPool } from "../egress/upstream_pool.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
 import { EndReason, PROTOCOL_NAMES, SessionTable } from "../flow/table.ts";
-import { UdpCounters } from "../metrics.ts";
+import { batchBucket, UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import { assertionFailed } from "../sys/assert.ts";
 import {
@@ -92,9 +92,12 @@ export interface SessionView {
   bytesToClient: number;
 }
 
+/** The `udp` object of the metrics line: every counter, then the gauges. */
+export type UdpValues = ReturnType<UdpRelay["values"]>;
+
 export interface UdpSnapshot {
   uptimeMs: number;
-  udp: Record<string, number>;
+  udp: UdpValues;
   sessions: SessionView[];
 }
 
@@ -318,19 +321,27 @@ export class UdpRelay {
   snapshot(sessionsListed: number): UdpSnapshot {
     return {
       uptimeMs: Math.round(performance.now() - this.startedMs),
-      udp: {
-        ...this.counters,
-        sessionsActive: this.sessions.count,
-        sessionsMax: this.sessions.capacity,
-        upstreamSockets: this.upstreams.count,
-        replySockets: this.replies.count,
-        // Tokens in use: listeners + the address watch + upstream + reply sockets.
-        socketsRegistered: this.registry.used,
-        pollWakes: this.poller.wakes,
-        pollEvents: this.poller.events,
-        pollRingOverflows: this.poller.overflows,
-      },
+      udp: this.values(),
       sessions: this.sessionViews(sessionsListed),
+    };
+  }
+
+  /** Counters (the batch histogram as a plain array: it crosses postMessage and JSON) and
+   * gauges. */
+  values() {
+    const { batchDatagrams, ...counters } = this.counters;
+    return {
+      ...counters,
+      batchDatagrams: Array.from(batchDatagrams),
+      sessionsActive: this.sessions.count,
+      sessionsMax: this.sessions.capacity,
+      upstreamSockets: this.upstreams.count,
+      replySockets: this.replies.count,
+      // Tokens in use: listeners + the address watch + upstream + reply sockets.
+      socketsRegistered: this.registry.used,
+      pollWakes: this.poller.wakes,
+      pollEvents: this.poller.events,
+      pollRingOverflows: this.poller.overflows,
     };
   }
 
@@ -459,6 +470,7 @@ export class UdpRelay {
       if (n === 0) return;
       if (n > room) assertionFailed(`recvmmsg returned ${n} for ${room} slots`);
       this.counters.batches++;
+      this.counters.batchDatagrams[batchBucket(n)]++;
       this.slotsUsed += n;
       if (kind === SocketKind.Upstream) this.fromTargets(ref, first, n, now);
       else {
@@ -745,6 +757,8 @@ export class UdpRelay {
     }
     sessions.upstream[s] = upstream;
     c.sessionsCreated++;
+    if (reply >= 0) c.sessionsReplySocket++;
+    else c.sessionsReplyPktinfo++;
     return s;
   }
 

@@ -53,6 +53,10 @@ describe("config", () => {
         intercept: [{ listener: "a", ports: ["90-80"] }],
       })[0],
     ).toStartWith("config.intercept[0].ports[0]: range must be within 1-65535");
+    expect(problems({ metrics: { address: "localhost" } })).toEqual([
+      'config.metrics.address: not an IPv4 or IPv6 address (got "localhost")',
+    ]);
+    expect(problems({ metrics: { port: 65536 } })[0]).toStartWith("config.metrics.port:");
     expect(problems({ mark: 1, tproxyMark: 1 })[0]).toStartWith(
       "config.mark: must differ from config.tproxyMark",
     );

@@ -57,6 +57,23 @@ describe("scripts never touch the user's services", () => {
   });
 });
 
+describe("promtool for the metrics tests", () => {
+  test("comes out of the prometheus .deb (apt-get download), never an installed package", () => {
+    const lines = commands("setup.sh");
+    // Installing the package would enable and start a Prometheus server on the machine.
+    const list = lines.find((l) => l.startsWith("APT_PACKAGES=(")) ?? "";
+    expect(list).not.toMatch(/\bprometheus\b/);
+    const installs = lines.filter((l) => /\bapt-get\s+install\b/.test(l));
+    expect(installs.filter((l) => l.includes("prometheus"))).toEqual([]);
+    expect(lines.some((l) => /apt-get download -qq prometheus\b/.test(l))).toBe(true);
+    expect(lines.some((l) => /^dpkg-deb -x /.test(l))).toBe(true);
+    expect(lines.some((l) => l.includes("usr/bin/promtool") && l.includes(".tools/promtool"))).toBe(
+      true,
+    );
+    expect(lines.some((l) => /\bdpkg\s+-i\b/.test(l))).toBe(false);
+  });
+});
+
 describe("the policy-rc.d guard, run against a scratch path", () => {
   /** Runs `check` with a scratch policy-rc.d path, then removes the scratch directory. */
   function withScratch(check: (path: string) => void | Promise<void>) {

@@ -1,0 +1,103 @@
+// The Prometheus endpoint: GET /metrics answers with the text of src/control/prometheus.ts,
+// rendered from snapshots taken at scrape time; anything else is 404. It runs on the main
+// thread with the rest of the control plane; the UDP snapshot is a round trip to the
+// data-plane Worker (src/udp/plane.ts), answered between two of its epoll waits.
+import type { Config } from "../config/load.ts";
+import { StartError } from "../sys/errno.ts";
+import type { TcpRelay } from "../tcp/relay.ts";
+import type { UdpPlane } from "../udp/plane.ts";
+import { RateLimitedLog } from "./log.ts";
+import { LoopLag } from "./loop_lag.ts";
+import { readProcessStats } from "./process_stats.ts";
+import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "./prometheus.ts";
+
+const METRICS_PATH = "/metrics";
+
+export interface MetricsServer {
+  /** Where it answers, for the start-up line. */
+  readonly url: string;
+  /** Closes the listening socket and any open connection. */
+  stop(): void;
+}
+
+/**
+ * Listens on config.metrics.address:port, or returns null for port 0 (no endpoint).
+ * Throws a StartError naming config.metrics.port when it cannot listen.
+ */
+export function startMetricsServer(
+  settings: Config["metrics"],
+  udp: UdpPlane,
+  tcp: TcpRelay | null,
+): MetricsServer | null {
+  if (settings.port === 0) return null;
+  const lag = new LoopLag();
+  const logger = new RateLimitedLog();
+  // Scrapes that arrive together share one snapshot: at most one Worker round trip is in
+  // flight, however many scrapers (or a flood of requests) there are.
+  let pending: Promise<string> | null = null;
+  const scrape = (): Promise<string> => {
+    pending ??= (async () => {
+      try {
+        const snapshot = await udp.snapshot(0);
+        return renderPrometheus({
+          udp: snapshot,
+          tcp: tcp ? tcp.snapshot() : null,
+          process: readProcessStats(),
+          loopLag: lag.take(),
+        });
+      } finally {
+        pending = null;
+      }
+    })();
+    return pending;
+  };
+
+  const where = settings.address.includes(":") ? `[${settings.address}]` : settings.address;
+  let server: ReturnType<typeof Bun.serve>;
+  try {
+    server = Bun.serve({
+      hostname: settings.address,
+      port: settings.port,
+      // No stack traces or source in error pages.
+      development: false,
+      // Explicit: with development off, Bun 1.4.5 sets SO_REUSEPORT unless told not to
+      // (oven-sh/bun#1443), and a second relay would then share the port silently
+      // instead of failing its start. test/netns/metrics.test.ts checks the refusal.
+      reusePort: false,
+      async fetch(request) {
+        if (request.method !== "GET" || new URL(request.url).pathname !== METRICS_PATH) {
+          return new Response("not found: the metrics are at GET /metrics\n", { status: 404 });
+        }
+        try {
+          const text = await scrape();
+          return new Response(text, { headers: { "content-type": PROMETHEUS_CONTENT_TYPE } });
+        } catch (err) {
+          const message = (err as Error).message;
+          logger.log("metrics-scrape", `metrics: a scrape failed: ${message}`);
+          return new Response(`metrics unavailable: ${message}\n`, { status: 503 });
+        }
+      },
+    });
+  } catch (err) {
+    lag.stop();
+    const code = (err as { code?: string }).code ?? (err as Error).message;
+    const why =
+      code === "EADDRINUSE"
+        ? "EADDRINUSE: the address and port are already in use (ss -ltnp shows by what)"
+        : code === "EACCES"
+          ? "EACCES: not permitted (a port below 1024 needs CAP_NET_BIND_SERVICE)"
+          : code;
+    throw new StartError(
+      `metrics endpoint ${where} port ${settings.port} (config.metrics.port; 0 turns the ` +
+        `endpoint off): ${why}`,
+      code === "EACCES",
+    );
+  }
+  return {
+    url: `http://${where}:${server.port}${METRICS_PATH}`,
+    stop() {
+      lag.stop();
+      server.stop(true);
+    },
+  };
+}

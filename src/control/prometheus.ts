@@ -1,0 +1,451 @@
+// The relay's metrics in the Prometheus text exposition format, version 0.0.4
+// (https://prometheus.io/docs/instrumenting/exposition_formats/), rendered from the
+// relays' snapshots at scrape time. The data path only bumps plain numbers
+// (src/metrics.ts); every name, label and line is made here, on the control plane.
+//
+// Every counter lands in a family. Those named dropped<Reason>, send<Kind>, icmp<Kind>
+// and sniff<Result> land in theirs by name, so a new drop reason shows up with no edit
+// here. Every other name is placed by a table whose type lists all of them: a counter
+// added to UdpCounters or TcpCounters does not type-check until it has a place.
+import { BATCH_BUCKET_UPPER } from "../metrics.ts";
+import type { TcpRelay } from "../tcp/relay.ts";
+import type { UdpSnapshot, UdpValues } from "../udp/relay.ts";
+import type { LoopLagSample } from "./loop_lag.ts";
+import type { ProcessStats } from "./process_stats.ts";
+
+/** Content-Type of the 0.0.4 text format. */
+export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+export type TcpValues = ReturnType<TcpRelay["snapshot"]>;
+
+/** What one scrape shows. */
+export interface ScrapeInput {
+  udp: UdpSnapshot;
+  /** null without TCP listeners. */
+  tcp: TcpValues | null;
+  process: ProcessStats;
+  loopLag: LoopLagSample;
+}
+
+type MetricType = "counter" | "gauge" | "histogram" | "summary";
+
+interface Family {
+  name: string;
+  type: MetricType;
+  help: string;
+}
+
+const family = (name: string, type: MetricType, help: string): Family => ({ name, type, help });
+
+/** Every family, in the order of the output. */
+const F = {
+  packets: family(
+    "relay_packets_total",
+    "counter",
+    "Datagrams by protocol and direction: from_clients -> to_targets, from_targets -> " +
+      "to_clients. Each pair differs by the drops and the send errors.",
+  ),
+  bytes: family(
+    "relay_bytes_total",
+    "counter",
+    "Payload bytes by protocol and direction (UDP: as read, dropped datagrams included; " +
+      "TCP: delivered, open connections included).",
+  ),
+  sessionsActive: family(
+    "relay_sessions_active",
+    "gauge",
+    "Sessions open now: UDP flows, TCP connections.",
+  ),
+  sessionsLimit: family(
+    "relay_sessions_limit",
+    "gauge",
+    "Sessions held at most (udp.sessionsMax, tcp.connectionsMax, as fitted to " +
+      "RLIMIT_NOFILE). Past it UDP evicts the least recently used, TCP refuses.",
+  ),
+  sessionsCreated: family("relay_sessions_created_total", "counter", "Sessions opened."),
+  sessionsExpired: family(
+    "relay_sessions_expired_total",
+    "counter",
+    "Sessions ended by their idle timeout.",
+  ),
+  sessionsEvicted: family(
+    "relay_sessions_evicted_total",
+    "counter",
+    "Sessions ended early because the table was full (least recently used first): " +
+      "consider a larger udp.sessionsMax.",
+  ),
+  udpSessionsLocal: family(
+    "relay_udp_sessions_ended_local_target_total",
+    "counter",
+    "UDP sessions ended because their original destination became an address of this host.",
+  ),
+  udpReplyPath: family(
+    "relay_udp_sessions_reply_path_total",
+    "counter",
+    "UDP sessions opened, by reply path: pktinfo (the listener, source set by IP_PKTINFO) " +
+      "or socket (a reply socket bound to the original destination).",
+  ),
+  udpDropped: family(
+    "relay_udp_dropped_total",
+    "counter",
+    "UDP datagrams dropped, by reason (listener_queue_full: by the kernel, before the " +
+      "relay read them).",
+  ),
+  udpSendErrors: family(
+    "relay_udp_send_errors_total",
+    "counter",
+    "UDP datagrams whose send failed, by kind.",
+  ),
+  udpIcmpErrors: family(
+    "relay_udp_icmp_errors_total",
+    "counter",
+    "ICMP errors reported on upstream sockets (IP_RECVERR), by kind.",
+  ),
+  udpReceiveErrors: family(
+    "relay_udp_receive_errors_total",
+    "counter",
+    "recvmmsg errors other than ICMP reports.",
+  ),
+  udpSniff: family(
+    "relay_udp_sniff_total",
+    "counter",
+    "First datagrams parsed, by result: dns, quic (name recorded), malformed (not that " +
+      "protocol on its port), incomplete (QUIC ClientHello unfinished after " +
+      "udp.sniffPacketsMax datagrams).",
+  ),
+  udpBatch: family(
+    "relay_udp_batch_datagrams",
+    "histogram",
+    "Datagrams read per recvmmsg batch (at most udp.batchCountMax).",
+  ),
+  udpUpstreamSockets: family(
+    "relay_udp_upstream_sockets",
+    "gauge",
+    "Open upstream sockets (toward original destinations).",
+  ),
+  udpReplySockets: family(
+    "relay_udp_reply_sockets",
+    "gauge",
+    "Open reply sockets (bound to original destinations), busy and idle.",
+  ),
+  udpRegistered: family(
+    "relay_udp_sockets_registered",
+    "gauge",
+    "Sockets registered with the poller: listeners, the address watch, upstream and reply " +
+      "sockets.",
+  ),
+  pollWakes: family(
+    "relay_poll_wakes_total",
+    "counter",
+    "Thread wake-ups of the poller (epoll waits that returned, or callbacks).",
+  ),
+  pollEvents: family(
+    "relay_poll_events_total",
+    "counter",
+    "Ready sockets the poller reported (many per wake-up under load).",
+  ),
+  pollOverflows: family(
+    "relay_poll_ring_overflows_total",
+    "counter",
+    "Ready events lost to a full ring (an invariant: always 0).",
+  ),
+  readyHandled: family(
+    "relay_ready_handled_total",
+    "counter",
+    "Ready sockets handled: poller events plus the timer's recovery drains.",
+  ),
+  tcpAccepted: family(
+    "relay_tcp_connections_accepted_total",
+    "counter",
+    "TCP connections accepted. Each is still open or counted once in " +
+      "relay_tcp_connections_ended_total.",
+  ),
+  tcpEnded: family(
+    "relay_tcp_connections_ended_total",
+    "counter",
+    "TCP connections ended, by reason: refused at once (limit, no_original_dst, " +
+      "to_listener, local_target, multicast_target, upstream_no_descriptors, " +
+      "upstream_socket_failed) or after the hand-off (closed: FIN both ways, and the rest).",
+  ),
+  tcpAcceptErrors: family(
+    "relay_tcp_accept_errors_total",
+    "counter",
+    "accept() failures: no_descriptors (the listener pauses a tick), other (connections " +
+      "that died in the backlog).",
+  ),
+  tcpConnect: family(
+    "relay_tcp_connect_seconds",
+    "summary",
+    "Time to establish upstream connections (counted when the connection ends).",
+  ),
+  tcpEndedBytes: family(
+    "relay_tcp_ended_connections_bytes_total",
+    "counter",
+    "Bytes delivered by TCP connections that have ended, by direction.",
+  ),
+  tcpPipes: family(
+    "relay_tcp_pipes",
+    "gauge",
+    "Splice pipes: in_use by connections, pooled for reuse.",
+  ),
+  tcpEventsLost: family(
+    "relay_tcp_engine_events_lost_total",
+    "counter",
+    "Splice-engine events lost (an invariant: always 0).",
+  ),
+  uptime: family("relay_uptime_seconds", "gauge", "Time since the relay started."),
+  loopLag: family(
+    "relay_event_loop_lag_seconds",
+    "gauge",
+    "How late the main thread's last lag timer fired (TCP, the control plane, and UDP " +
+      "with udp.dataPlane callback run there).",
+  ),
+  loopLagMax: family(
+    "relay_event_loop_lag_max_seconds",
+    "gauge",
+    "The largest event-loop lag since the previous scrape.",
+  ),
+  residentBytes: family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
+  openFds: family("process_open_fds", "gauge", "Number of open file descriptors."),
+  maxFds: family(
+    "process_max_fds",
+    "gauge",
+    "Maximum number of open file descriptors (RLIMIT_NOFILE, as raised at start).",
+  ),
+} as const;
+
+type Labels = Readonly<Record<string, string>>;
+
+/** Where one value goes: its family, labels, and (histogram, summary) sample suffix. */
+interface Place {
+  family: Family;
+  labels?: Labels;
+  suffix?: "_sum" | "_count";
+  /** Multiplies the value (milliseconds to seconds). */
+  scale?: number;
+}
+
+/** Rendered with the histogram's buckets (batchDatagrams), not on its own. */
+const WITH_HISTOGRAM = "histogram" as const;
+
+/** A family that takes counters by name: dropped<Reason> -> {reason="<reason>"}. */
+interface ByPrefix {
+  prefix: string;
+  family: Family;
+  label: string;
+}
+
+const udp = (labels: Record<string, string> = {}): Labels => ({ protocol: "udp", ...labels });
+const tcp = (labels: Record<string, string> = {}): Labels => ({ protocol: "tcp", ...labels });
+
+const UDP_BY_PREFIX: readonly ByPrefix[] = [
+  { prefix: "dropped", family: F.udpDropped, label: "reason" },
+  { prefix: "send", family: F.udpSendErrors, label: "kind" },
+  { prefix: "icmp", family: F.udpIcmpErrors, label: "kind" },
+  // "sniffed" before "sniff": sniffedDns is {result="dns"}.
+  { prefix: "sniffed", family: F.udpSniff, label: "result" },
+  { prefix: "sniff", family: F.udpSniff, label: "result" },
+];
+type UdpByPrefix = `dropped${string}` | `send${string}` | `icmp${string}` | `sniff${string}`;
+
+/** Every other UDP value: the type names each (batchDatagrams is the histogram itself). */
+const UDP_PLACED: Record<
+  Exclude<keyof UdpValues, UdpByPrefix | "batchDatagrams">,
+  Place | typeof WITH_HISTOGRAM
+> = {
+  packetsFromClients: { family: F.packets, labels: udp({ direction: "from_clients" }) },
+  bytesFromClients: { family: F.bytes, labels: udp({ direction: "from_clients" }) },
+  packetsToTargets: { family: F.packets, labels: udp({ direction: "to_targets" }) },
+  bytesToTargets: { family: F.bytes, labels: udp({ direction: "to_targets" }) },
+  packetsFromTargets: { family: F.packets, labels: udp({ direction: "from_targets" }) },
+  bytesFromTargets: { family: F.bytes, labels: udp({ direction: "from_targets" }) },
+  packetsToClients: { family: F.packets, labels: udp({ direction: "to_clients" }) },
+  bytesToClients: { family: F.bytes, labels: udp({ direction: "to_clients" }) },
+  sessionsCreated: { family: F.sessionsCreated, labels: udp() },
+  sessionsReplyPktinfo: { family: F.udpReplyPath, labels: { path: "pktinfo" } },
+  sessionsReplySocket: { family: F.udpReplyPath, labels: { path: "socket" } },
+  sessionsExpired: { family: F.sessionsExpired, labels: udp() },
+  sessionsEvicted: { family: F.sessionsEvicted, labels: udp() },
+  // The first datagram of a destination whose reply socket could not bind: a drop too
+  // (later ones within udp.replyBindRetryMs are droppedReplyBindCached).
+  replySocketBindFailed: { family: F.udpDropped, labels: { reason: "reply_socket_bind_failed" } },
+  sessionsEndedLocalTarget: { family: F.udpSessionsLocal },
+  receiveErrors: { family: F.udpReceiveErrors },
+  wakes: { family: F.readyHandled, labels: udp() },
+  batches: WITH_HISTOGRAM,
+  sessionsActive: { family: F.sessionsActive, labels: udp() },
+  sessionsMax: { family: F.sessionsLimit, labels: udp() },
+  upstreamSockets: { family: F.udpUpstreamSockets },
+  replySockets: { family: F.udpReplySockets },
+  socketsRegistered: { family: F.udpRegistered },
+  pollWakes: { family: F.pollWakes, labels: udp() },
+  pollEvents: { family: F.pollEvents, labels: udp() },
+  pollRingOverflows: { family: F.pollOverflows, labels: udp() },
+};
+
+const TCP_BY_PREFIX: readonly ByPrefix[] = [
+  { prefix: "dropped", family: F.tcpEnded, label: "reason" },
+];
+type TcpByPrefix = `dropped${string}`;
+
+const ended = (reason: string): Place => ({ family: F.tcpEnded, labels: { reason } });
+
+const TCP_PLACED: Record<Exclude<keyof TcpValues, TcpByPrefix>, Place> = {
+  accepted: { family: F.tcpAccepted },
+  rejectedLimit: ended("limit"),
+  acceptNoDescriptors: { family: F.tcpAcceptErrors, labels: { reason: "no_descriptors" } },
+  acceptErrors: { family: F.tcpAcceptErrors, labels: { reason: "other" } },
+  upstreamNoDescriptors: ended("upstream_no_descriptors"),
+  upstreamSocketFailed: ended("upstream_socket_failed"),
+  connected: { family: F.tcpConnect, suffix: "_count" },
+  connectMsTotal: { family: F.tcpConnect, suffix: "_sum", scale: 1 / 1000 },
+  connectRefused: ended("connect_refused"),
+  connectTimeouts: ended("connect_timeout"),
+  connectFailed: ended("connect_failed"),
+  closed: ended("closed"),
+  clientResets: ended("client_reset"),
+  upstreamResets: ended("upstream_reset"),
+  idleTimeouts: ended("idle_timeout"),
+  abortedAtShutdown: ended("aborted_at_shutdown"),
+  resourceFailures: ended("resource_failure"),
+  bytesToTargetsClosed: { family: F.tcpEndedBytes, labels: { direction: "to_targets" } },
+  bytesToClientsClosed: { family: F.tcpEndedBytes, labels: { direction: "to_clients" } },
+  wakes: { family: F.readyHandled, labels: tcp() },
+  connectionsActive: { family: F.sessionsActive, labels: tcp() },
+  connectionsMax: { family: F.sessionsLimit, labels: tcp() },
+  bytesToTargets: { family: F.bytes, labels: tcp({ direction: "to_targets" }) },
+  bytesToClients: { family: F.bytes, labels: tcp({ direction: "to_clients" }) },
+  pipesInUse: { family: F.tcpPipes, labels: { state: "in_use" } },
+  pipesPooled: { family: F.tcpPipes, labels: { state: "pooled" } },
+  eventsLost: { family: F.tcpEventsLost },
+  pollWakes: { family: F.pollWakes, labels: tcp() },
+};
+
+/** The exposition being built: each family's samples, kept together as the format asks. */
+class Exposition {
+  private readonly samples = new Map<Family, string[]>();
+
+  add(f: Family, value: number, labels?: Labels, suffix = ""): void {
+    let lines = this.samples.get(f);
+    if (!lines) this.samples.set(f, (lines = []));
+    lines.push(`${f.name}${suffix}${formatLabels(labels)} ${formatValue(value)}`);
+  }
+
+  place(p: Place, value: number): void {
+    this.add(p.family, p.scale === undefined ? value : value * p.scale, p.labels, p.suffix);
+  }
+
+  /** Places `values` by name: the prefix families first, then the table. */
+  placeAll(
+    values: Record<string, unknown>,
+    byPrefix: readonly ByPrefix[],
+    placed: Readonly<Record<string, Place | typeof WITH_HISTOGRAM>>,
+  ): void {
+    for (const [name, value] of Object.entries(values)) {
+      if (typeof value !== "number") continue;
+      const rule = byPrefix.find((r) => isPrefixOf(r.prefix, name));
+      if (rule) {
+        const label = snakeCase(name.slice(rule.prefix.length));
+        this.add(rule.family, value, { [rule.label]: label });
+        continue;
+      }
+      const p = placed[name];
+      if (p !== undefined && p !== WITH_HISTOGRAM) this.place(p, value);
+    }
+  }
+
+  text(): string {
+    const out: string[] = [];
+    for (const f of Object.values(F)) {
+      const lines = this.samples.get(f);
+      if (!lines) continue;
+      out.push(`# HELP ${f.name} ${escapeHelp(f.help)}`, `# TYPE ${f.name} ${f.type}`, ...lines);
+    }
+    return `${out.join("\n")}\n`;
+  }
+}
+
+/** The whole exposition for one scrape. */
+export function renderPrometheus(input: ScrapeInput): string {
+  const e = new Exposition();
+  const u = input.udp.udp;
+  e.placeAll(u, UDP_BY_PREFIX, UDP_PLACED);
+  // Cumulative buckets; +Inf and _count are the batches (bumped beside the buckets), and
+  // _sum the datagrams read: every one is counted once, from clients or from targets.
+  let cumulative = 0;
+  BATCH_BUCKET_UPPER.forEach((upper, i) => {
+    cumulative += u.batchDatagrams[i] ?? 0;
+    e.add(F.udpBatch, cumulative, { le: `${upper}` }, "_bucket");
+  });
+  e.add(F.udpBatch, u.batches, { le: "+Inf" }, "_bucket");
+  e.add(F.udpBatch, u.packetsFromClients + u.packetsFromTargets, undefined, "_sum");
+  e.add(F.udpBatch, u.batches, undefined, "_count");
+  if (input.tcp) e.placeAll(input.tcp, TCP_BY_PREFIX, TCP_PLACED);
+
+  e.add(F.uptime, input.udp.uptimeMs / 1000);
+  e.add(F.loopLag, input.loopLag.lastMs / 1000);
+  e.add(F.loopLagMax, input.loopLag.maxMs / 1000);
+  const p = input.process;
+  if (p.residentBytes !== null) e.add(F.residentBytes, p.residentBytes);
+  if (p.openFds !== null) e.add(F.openFds, p.openFds);
+  if (p.maxFds !== null) e.add(F.maxFds, p.maxFds);
+  return e.text();
+}
+
+const CHAR_A_UPPER = 65;
+const CHAR_Z_UPPER = 90;
+/** 'a' - 'A' */
+const CASE_OFFSET = 32;
+
+const isUpper = (code: number) => code >= CHAR_A_UPPER && code <= CHAR_Z_UPPER;
+
+/** "send" is a prefix of "sendWouldBlock" (a word ends there), not of "sender". */
+function isPrefixOf(prefix: string, name: string): boolean {
+  return (
+    name.length > prefix.length &&
+    name.startsWith(prefix) &&
+    isUpper(name.charCodeAt(prefix.length))
+  );
+}
+
+/** "ListenerQueueFull" -> "listener_queue_full". */
+export function snakeCase(name: string): string {
+  let out = "";
+  for (let i = 0; i < name.length; i++) {
+    const code = name.charCodeAt(i);
+    if (!isUpper(code)) {
+      out += name[i];
+      continue;
+    }
+    if (i > 0) out += "_";
+    out += String.fromCharCode(code + CASE_OFFSET);
+  }
+  return out;
+}
+
+/**
+ * Counters are doubles: String() prints every integer up to 2^53 exactly (and beyond,
+ * the nearest double, in a form Prometheus parses); the format spells the specials.
+ */
+export function formatValue(value: number): string {
+  if (Number.isNaN(value)) return "NaN";
+  if (value === Number.POSITIVE_INFINITY) return "+Inf";
+  if (value === Number.NEGATIVE_INFINITY) return "-Inf";
+  return String(value);
+}
+
+function formatLabels(labels: Labels | undefined): string {
+  if (!labels) return "";
+  const pairs = Object.entries(labels).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
+  return pairs.length === 0 ? "" : `{${pairs.join(",")}}`;
+}
+
+/** Label values escape backslash, double quote and line feed (the 0.0.4 format). */
+function escapeLabel(value: string): string {
+  return value.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
+}
+
+/** HELP text escapes backslash and line feed. */
+function escapeHelp(text: string): string {
+  return text.replaceAll("\\", "\\\\").replaceAll("\n", "\\n");
+}
