@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
 import { descriptorsWanted, fitToDescriptors } from "./config/limits.ts";
+import { FlowLog } from "./control/flow_log.ts";
 import { guardOutput, outputErrors } from "./control/output.ts";
 import { TcpRelay } from "./tcp/relay.ts";
 import type { UdpSnapshot } from "./udp/relay.ts";
@@ -102,6 +103,7 @@ function parseArgs(argv: string[]): Args {
 async function snapshot(
   udp: UdpSnapshot,
   tcp: TcpRelay | null,
+  flowLog: FlowLog | null,
   sessionsListed: number,
   event: string,
 ) {
@@ -113,6 +115,7 @@ async function snapshot(
     sessions: udp.sessions,
     // null without TCP listeners; connections: the first `--sessions N` open ones.
     tcp: tcp ? { ...tcp.snapshot(), connections: tcp.connectionViews(sessionsListed) } : null,
+    flowLog: flowLog ? { ...flowLog.counters } : null,
   };
 }
 
@@ -165,6 +168,17 @@ async function main(): Promise<void> {
     fail((err as Error).message, EXIT.startFailed);
   }
 
+  // The flow log's file is opened now: a path that cannot be written fails the start.
+  let flowLog: FlowLog | null = null;
+  if (config.flowLog.path !== "") {
+    try {
+      flowLog = new FlowLog(config.flowLog);
+    } catch (err) {
+      fail((err as Error).message, EXIT.startFailed);
+    }
+  }
+  const onFlows = flowLog ? flowLog.write.bind(flowLog) : null;
+
   let tcp: TcpRelay | null = null;
   let lastUdp: UdpSnapshot | null = null;
   const onFatal = (message: string, last: UdpSnapshot | null) => {
@@ -183,9 +197,12 @@ async function main(): Promise<void> {
   };
   // Each relay gets the listeners of its protocol (listener indexes are per relay).
   const udpListeners = config.listeners.filter((l) => l.protocol === "udp");
-  const udp = createUdpPlane(lib, { ...config, listeners: udpListeners }, onFatal);
+  const udp = createUdpPlane(lib, { ...config, listeners: udpListeners }, onFatal, onFlows);
   tcp = config.listeners.some((l) => l.protocol === "tcp")
-    ? new TcpRelay(lib, config, { onFatal: (message) => onFatal(message, null) })
+    ? new TcpRelay(lib, config, {
+        onFatal: (message) => onFatal(message, null),
+        onFlows: onFlows ?? undefined,
+      })
     : null;
   try {
     await udp.start();
@@ -209,7 +226,7 @@ async function main(): Promise<void> {
     lastUdp = data;
     process.stdout.write(
       JSON.stringify({
-        ...(await snapshot(data, tcp, args.sessionsListed, event)),
+        ...(await snapshot(data, tcp, flowLog, args.sessionsListed, event)),
         outputErrors,
       }) + "\n",
     );
@@ -237,7 +254,10 @@ async function main(): Promise<void> {
     void (tcp ? tcp.stop(config.tcp.shutdownGraceMs) : Promise.resolve())
       .then(async () => {
         if (metricsTimer) clearInterval(metricsTimer);
-        await write("final", await udp.stop(args.sessionsListed));
+        const last = await udp.stop(args.sessionsListed);
+        // Every flow has ended by now (its record handed over): on disk before the final line.
+        flowLog?.close();
+        await write("final", last);
         console.error(`[relay] stopped (${signal})`);
         process.exit(0);
       })
