@@ -1,4 +1,4 @@
-// bun run relay [--config FILE] [--print-rules] [--check-config]
+// bun run relay [--config FILE] [--print-rules] [--check-config]; bun run relay log ...
 // Wiring only: parse arguments, load config, check privileges, start the relay,
 // print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
 import { readFileSync } from "node:fs";
@@ -20,6 +20,8 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
   --print-rules    print the nftables rules and policy routing for this config, then exit
   --check-config   validate the configuration, print it, then exit
   --sessions N     with SIGUSR1: how many sessions to list (default 32)
+
+bun run relay log --help: reading the flow log (flowLog.path).
 
 Signals: SIGUSR1 prints metrics and sessions as one JSON line on stdout;
 SIGINT/SIGTERM stop the relay (threads joined, sockets closed) and print final metrics;
@@ -272,4 +274,10 @@ async function main(): Promise<void> {
   process.stdout.write(JSON.stringify({ event: "ready", pid: process.pid }) + "\n");
 }
 
-await main();
+// `relay log ...` only reads the flow log: no privileges, no sockets (src/cli/log.ts).
+if (process.argv[2] === "log") {
+  const { runLog } = await import("./cli/log.ts");
+  process.exit(await runLog(process.argv.slice(3)));
+} else {
+  await main();
+}
