@@ -1,4 +1,4 @@
-// bun run relay [--config FILE] [--print-rules] [--check-config]
+// bun run relay [--config FILE] [--print-rules] [--check-config]; bun run relay log ...
 // Wiring only: parse arguments, load config, check privileges, start the relay,
 // print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
 import { readFileSync } from "node:fs";
@@ -6,6 +6,7 @@ import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/
 import { descriptorsWanted, fitToDescriptors } from "./config/limits.ts";
 import { configureLog, log } from "./control/log.ts";
 import { type MetricsServer, startMetricsServer } from "./control/metrics_server.ts";
+import { FlowLog } from "./control/flow_log.ts";
 import { guardOutput, outputErrors } from "./control/output.ts";
 import { TcpRelay } from "./tcp/relay.ts";
 import type { UdpSnapshot } from "./udp/relay.ts";
@@ -23,6 +24,8 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
   --sessions N     with SIGUSR1: how many sessions to list (default 32)
 
 Metrics: GET /metrics on config.metrics.address:port (Prometheus text; port 0: none).
+
+bun run relay log --help: reading the flow log (flowLog.path).
 
 Signals: SIGUSR1 prints metrics and sessions as one JSON line on stdout;
 SIGINT/SIGTERM stop the relay (threads joined, sockets closed) and print final metrics;
@@ -106,6 +109,7 @@ function parseArgs(argv: string[]): Args {
 async function snapshot(
   udp: UdpSnapshot,
   tcp: TcpRelay | null,
+  flowLog: FlowLog | null,
   sessionsListed: number,
   event: string,
 ) {
@@ -117,6 +121,7 @@ async function snapshot(
     sessions: udp.sessions,
     // null without TCP listeners; connections: the first `--sessions N` open ones.
     tcp: tcp ? { ...tcp.snapshot(), connections: tcp.connectionViews(sessionsListed) } : null,
+    flowLog: flowLog ? { ...flowLog.counters } : null,
   };
 }
 
@@ -170,6 +175,17 @@ async function main(): Promise<void> {
     fail((err as Error).message, EXIT.startFailed);
   }
 
+  // The flow log's file is opened now: a path that cannot be written fails the start.
+  let flowLog: FlowLog | null = null;
+  if (config.flowLog.path !== "") {
+    try {
+      flowLog = new FlowLog(config.flowLog);
+    } catch (err) {
+      fail((err as Error).message, EXIT.startFailed);
+    }
+  }
+  const onFlows = flowLog ? flowLog.write.bind(flowLog) : null;
+
   let tcp: TcpRelay | null = null;
   let lastUdp: UdpSnapshot | null = null;
   const onFatal = (message: string, last: UdpSnapshot | null) => {
@@ -188,15 +204,18 @@ async function main(): Promise<void> {
   };
   // Each relay gets the listeners of its protocol (listener indexes are per relay).
   const udpListeners = config.listeners.filter((l) => l.protocol === "udp");
-  const udp = createUdpPlane(lib, { ...config, listeners: udpListeners }, onFatal);
+  const udp = createUdpPlane(lib, { ...config, listeners: udpListeners }, onFatal, onFlows);
   tcp = config.listeners.some((l) => l.protocol === "tcp")
-    ? new TcpRelay(lib, config, { onFatal: (message) => onFatal(message, null) })
+    ? new TcpRelay(lib, config, {
+        onFatal: (message) => onFatal(message, null),
+        onFlows: onFlows ?? undefined,
+      })
     : null;
   let metrics: MetricsServer | null = null;
   try {
     await udp.start();
     tcp?.start();
-    metrics = startMetricsServer(config.metrics, udp, tcp);
+    metrics = startMetricsServer(config.metrics, udp, tcp, () => flowLog?.counters ?? null);
   } catch (err) {
     const privilege = err instanceof StartError && err.privilege;
     fail((err as Error).message, privilege ? EXIT.noPermission : EXIT.startFailed);
@@ -216,7 +235,7 @@ async function main(): Promise<void> {
     lastUdp = data;
     process.stdout.write(
       JSON.stringify({
-        ...(await snapshot(data, tcp, args.sessionsListed, event)),
+        ...(await snapshot(data, tcp, flowLog, args.sessionsListed, event)),
         outputErrors,
       }) + "\n",
     );
@@ -246,7 +265,10 @@ async function main(): Promise<void> {
     void (tcp ? tcp.stop(config.tcp.shutdownGraceMs) : Promise.resolve())
       .then(async () => {
         if (metricsTimer) clearInterval(metricsTimer);
-        await write("final", await udp.stop(args.sessionsListed));
+        const last = await udp.stop(args.sessionsListed);
+        // Every flow has ended by now (its record handed over): on disk before the final line.
+        flowLog?.close();
+        await write("final", last);
         log.info(`stopped (${signal})`);
         process.exit(0);
       })
@@ -261,4 +283,10 @@ async function main(): Promise<void> {
   process.stdout.write(JSON.stringify({ event: "ready", pid: process.pid }) + "\n");
 }
 
-await main();
+// `relay log ...` only reads the flow log: no privileges, no sockets (src/cli/log.ts).
+if (process.argv[2] === "log") {
+  const { runLog } = await import("./cli/log.ts");
+  process.exit(await runLog(process.argv.slice(3)));
+} else {
+  await main();
+}

@@ -112,6 +112,9 @@ export class UdpCounters {
   /** QUIC flows whose ClientHello was still incomplete after udp.sniffPacketsMax datagrams. */
   sniffIncomplete = 0;
 
+  /** Ended sessions the flow log never got: its buffer was full (src/flow/flow_records.ts). */
+  flowLogDropped = 0;
+
   receiveErrors = 0;
   wakes = 0;
   batches = 0;

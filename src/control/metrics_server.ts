@@ -2,6 +2,7 @@
 // rendered from snapshots taken at scrape time; anything else is 404. It runs on the main
 // thread with the rest of the control plane; the UDP snapshot is a round trip to the
 // data-plane Worker (src/udp/plane.ts), answered between two of its epoll waits.
+import type { FlowLogCounters } from "./flow_log.ts";
 import type { Config } from "../config/load.ts";
 import { StartError } from "../sys/errno.ts";
 import type { TcpRelay } from "../tcp/relay.ts";
@@ -28,6 +29,8 @@ export function startMetricsServer(
   settings: Config["metrics"],
   udp: UdpPlane,
   tcp: TcpRelay | null,
+  /** The flow log writer's counters, or null without a flow log. */
+  flowLog: () => FlowLogCounters | null,
 ): MetricsServer | null {
   if (settings.port === 0) return null;
   const lag = new LoopLag();
@@ -44,6 +47,7 @@ export function startMetricsServer(
           tcp: tcp ? tcp.snapshot() : null,
           process: readProcessStats(),
           loopLag: lag.take(),
+          flowLog: flowLog(),
         });
       } finally {
         pending = null;

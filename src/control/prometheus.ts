@@ -7,6 +7,7 @@
 // and sniff<Result> land in theirs by name, so a new drop reason shows up with no edit
 // here. Every other name is placed by a table whose type lists all of them: a counter
 // added to UdpCounters or TcpCounters does not type-check until it has a place.
+import type { FlowLogCounters } from "./flow_log.ts";
 import { BATCH_BUCKET_UPPER } from "../metrics.ts";
 import type { TcpRelay } from "../tcp/relay.ts";
 import type { UdpSnapshot, UdpValues } from "../udp/relay.ts";
@@ -25,6 +26,8 @@ export interface ScrapeInput {
   tcp: TcpValues | null;
   process: ProcessStats;
   loopLag: LoopLagSample;
+  /** The flow log writer's counters; null without a flow log. */
+  flowLog: FlowLogCounters | null;
 }
 
 type MetricType = "counter" | "gauge" | "histogram" | "summary";
@@ -74,6 +77,24 @@ const F = {
     "Sessions ended early because the table was full (least recently used first): " +
       "consider a larger udp.sessionsMax.",
   ),
+  flowLogDropped: family(
+    "relay_flow_log_dropped_total",
+    "counter",
+    "Flow records dropped before the writer: the data path's bounded buffer was full.",
+  ),
+  flowLogRecords: family("relay_flow_log_records_total", "counter", "Flow records written."),
+  flowLogBytes: family("relay_flow_log_bytes_total", "counter", "Bytes written to the flow log."),
+  flowLogLost: family(
+    "relay_flow_log_records_lost_total",
+    "counter",
+    "Flow records not written: an open, write or rotation step failed (disk full, EIO).",
+  ),
+  flowLogWriteErrors: family(
+    "relay_flow_log_write_errors_total",
+    "counter",
+    "Failed writes, opens and renames of the flow log.",
+  ),
+  flowLogRotations: family("relay_flow_log_rotations_total", "counter", "Flow log rotations."),
   udpSessionsLocal: family(
     "relay_udp_sessions_ended_local_target_total",
     "counter",
@@ -270,6 +291,7 @@ const UDP_PLACED: Record<
   // (later ones within udp.replyBindRetryMs are droppedReplyBindCached).
   replySocketBindFailed: { family: F.udpDropped, labels: { reason: "reply_socket_bind_failed" } },
   sessionsEndedLocalTarget: { family: F.udpSessionsLocal },
+  flowLogDropped: { family: F.flowLogDropped, labels: udp() },
   receiveErrors: { family: F.udpReceiveErrors },
   wakes: { family: F.readyHandled, labels: udp() },
   batches: WITH_HISTOGRAM,
@@ -292,6 +314,7 @@ const ended = (reason: string): Place => ({ family: F.tcpEnded, labels: { reason
 
 const TCP_PLACED: Record<Exclude<keyof TcpValues, TcpByPrefix>, Place> = {
   accepted: { family: F.tcpAccepted },
+  flowLogDropped: { family: F.flowLogDropped, labels: tcp() },
   rejectedLimit: ended("limit"),
   acceptNoDescriptors: { family: F.tcpAcceptErrors, labels: { reason: "no_descriptors" } },
   acceptErrors: { family: F.tcpAcceptErrors, labels: { reason: "other" } },
@@ -381,6 +404,14 @@ export function renderPrometheus(input: ScrapeInput): string {
   e.add(F.udpBatch, u.packetsFromClients + u.packetsFromTargets, undefined, "_sum");
   e.add(F.udpBatch, u.batches, undefined, "_count");
   if (input.tcp) e.placeAll(input.tcp, TCP_BY_PREFIX, TCP_PLACED);
+  const flows = input.flowLog;
+  if (flows) {
+    e.add(F.flowLogRecords, flows.records);
+    e.add(F.flowLogBytes, flows.bytes);
+    e.add(F.flowLogLost, flows.recordsLost);
+    e.add(F.flowLogWriteErrors, flows.writeErrors);
+    e.add(F.flowLogRotations, flows.rotations);
+  }
 
   e.add(F.uptime, input.udp.uptimeMs / 1000);
   e.add(F.loopLag, input.loopLag.lastMs / 1000);

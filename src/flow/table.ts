@@ -22,8 +22,14 @@ export const PROTOCOL_NAMES = ["udp", "dns", "quic"] as const;
 export const enum EndReason {
   Idle = 0,
   Evicted = 1,
+  /** Closed by the relay: at stop, or when its upstream socket could not be made. */
   Closed = 2,
+  /** Its original destination became an address of this host (it would loop). */
+  LocalTarget = 3,
 }
+
+/** EndReason names, as the flow log writes them. */
+export const END_REASON_NAMES = ["idle", "evicted", "closed", "local-target"] as const;
 
 export interface SessionEnd {
   (session: number, reason: EndReason): void;

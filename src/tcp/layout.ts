@@ -47,6 +47,20 @@ export const enum TcpEnd {
   Resources = 9,
 }
 
+/** TcpEnd names by value (the flow log's end reasons; 0 is not a reason). */
+export const TCP_END_NAMES = [
+  "unknown",
+  "closed",
+  "client-reset",
+  "upstream-reset",
+  "connect-refused",
+  "connect-timeout",
+  "connect-failed",
+  "idle-timeout",
+  "aborted",
+  "resources",
+] as const;
+
 /** rl_tcp_connect() flags. */
 export const TCP_CONNECT = {
   sourceBind: 0x0001,

@@ -26,6 +26,7 @@
 import { type Pointer, ptr } from "bun:ffi";
 import type { Config, ListenerConfig } from "../config/load.ts";
 import { log, RateLimitedLog } from "../control/log.ts";
+import { FLOW_ADDR_BYTES, type FlowBatch, FlowRecords, REPLY_NONE } from "../flow/flow_records.ts";
 import { LocalTargets, TargetKind } from "../flow/local_targets.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import {
@@ -119,6 +120,8 @@ export class TcpCounters {
   idleTimeouts = 0;
   /** Reset when the shutdown grace period ran out. */
   abortedAtShutdown = 0;
+  /** Ended connections the flow log never got: its buffer was full. */
+  flowLogDropped = 0;
   /** No pipe (descriptors/memory) or the engine refused the hand-off. */
   resourceFailures = 0;
 
@@ -136,6 +139,8 @@ export interface TcpRelayOptions {
    * manager restarts the relay instead of leaving it half-alive.
    */
   onFatal?: (message: string) => void;
+  /** With flowLog.path set: the connections that ended, a batch per timer tick. */
+  onFlows?: (batch: FlowBatch) => void;
 }
 
 /** sysexits.h EX_SOFTWARE: an internal error. */
@@ -214,6 +219,10 @@ export class TcpRelay {
   private readonly connPorts: Uint32Array; // client port << 16 | target port
   private active = 0;
 
+  /** Ended connections waiting for the flow log (null: no flow log), and who takes them. */
+  private readonly flows: FlowRecords | null;
+  private readonly onFlows: (batch: FlowBatch) => void;
+
   private timer: ReturnType<typeof setInterval> | null = null;
   private readonly logger = new RateLimitedLog();
   private stopping = false;
@@ -261,6 +270,14 @@ export class TcpRelay {
     this.connStartMs = new Float64Array(n);
     this.connAddrs = new Uint8Array(n * 32);
     this.connPorts = new Uint32Array(n);
+    this.onFlows = options.onFlows ?? (() => {});
+    this.flows =
+      config.flowLog.path !== "" && options.onFlows
+        ? new FlowRecords(
+            "tcp",
+            this.listeners.map((l) => l.name),
+          )
+        : null;
 
     // Listeners and the engine event fd only: a handful of tokens.
     this.poller = new Poller(lib, (token) => this.onWake(token), {
@@ -346,6 +363,7 @@ export class TcpRelay {
     this.closeWatch();
     if (this.engine >= 0) {
       this.drainEvents();
+      this.flushFlows();
       // Keep the engine's last totals for the final metrics line.
       this.lib.rl_tcp_engine_stats(this.engine, this.statsPtr);
       this.lib.rl_tcp_engine_close(this.engine);
@@ -484,6 +502,7 @@ export class TcpRelay {
   private tick(): void {
     if (!this.poller.check()) return;
     this.drainEvents();
+    this.flushFlows();
     this.checkEngine();
     if (performance.now() - this.localsRefreshedMs >= LOCAL_REFRESH_MS) this.refreshLocals(false);
     for (let i = 0; i < this.listenerFd.length; i++) {
@@ -720,10 +739,40 @@ export class TcpRelay {
           default:
             this.log(`reason-${reason}`, `engine: unknown end reason ${reason}`);
         }
+        if (this.flows !== null) this.recordFlow(id, i, reason);
         this.release(id);
       }
       if (n < EVENTS_BATCH) return;
     }
+  }
+
+  /** Connection `id`'s row in the flow log buffer (event i); dropped and counted when full. */
+  private recordFlow(id: number, i: number, reason: TcpEnd): void {
+    const flows = this.flows!;
+    const r = flows.reserve();
+    if (r < 0) {
+      this.counters.flowLogDropped++;
+      return;
+    }
+    const endMs = Date.now();
+    flows.endMs[r] = endMs;
+    flows.startMs[r] = endMs - (performance.now() - this.connStartMs[id]);
+    flows.addrs.set(this.connAddrs.subarray(id * 32, id * 32 + 32), r * FLOW_ADDR_BYTES);
+    flows.ports[r] = this.connPorts[id];
+    flows.listener[r] = this.connListener[id];
+    flows.packetsToTarget[r] = Number.NaN;
+    flows.bytesToTarget[r] = this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesUpDouble];
+    flows.packetsToClient[r] = Number.NaN;
+    flows.bytesToClient[r] = this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesDownDouble];
+    flows.parsed[r] = 0;
+    flows.names[r] = null;
+    flows.reason[r] = reason;
+    flows.reply[r] = REPLY_NONE;
+  }
+
+  /** Hands the ended connections to the flow log (from the timer, and at close). */
+  private flushFlows(): void {
+    if (this.flows !== null && this.flows.count > 0) this.onFlows(this.flows.take());
   }
 
   private log(reason: string, message: string): void {

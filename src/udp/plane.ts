@@ -7,6 +7,7 @@
 // Either way a failure of the data path is never silent: onFatal gets the message (and
 // the last counters when they could be read), and the owner ends the process.
 import type { Config } from "../config/load.ts";
+import type { FlowBatch } from "../flow/flow_records.ts";
 import { StartError } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { UdpRelay, type UdpSnapshot } from "./relay.ts";
@@ -21,14 +22,18 @@ export interface UdpPlane {
 /** The data path died: why, and its last counters if they could be read. */
 export type OnFatal = (message: string, last: UdpSnapshot | null) => void;
 
+/** Ended sessions for the flow log (src/control/flow_log.ts), on the main thread. */
+export type OnFlows = (batch: FlowBatch) => void;
+
 /** Replies from the worker are awaited at most this long (it answers between waits). */
 const WORKER_REPLY_TIMEOUT_MS = 10_000;
 
 class InThreadPlane implements UdpPlane {
   private readonly relay: UdpRelay;
-  constructor(lib: RelayLib, config: Config, onFatal: OnFatal) {
+  constructor(lib: RelayLib, config: Config, onFatal: OnFatal, onFlows: OnFlows | null) {
     this.relay = new UdpRelay(lib, config, {
       onFatal: (message) => onFatal(message, this.relay.snapshot(0)),
+      onFlows: onFlows ?? undefined,
     });
   }
   async start(): Promise<void> {
@@ -48,6 +53,7 @@ type WorkerReply =
   | { type: "started" }
   | { type: "error"; message: string; privilege: boolean }
   | { type: "fatal"; message: string; data: UdpSnapshot | null }
+  | { type: "flows"; batch: FlowBatch }
   | { type: "snapshot"; id: number; data: UdpSnapshot }
   | { type: "stopped"; id: number; data: UdpSnapshot };
 
@@ -62,10 +68,16 @@ class WorkerPlane implements UdpPlane {
   constructor(
     private readonly config: Config,
     private readonly onFatal: OnFatal,
+    private readonly onFlows: OnFlows | null,
   ) {
     this.worker = new Worker(new URL("./worker.ts", import.meta.url).href);
     this.worker.onmessage = (event: MessageEvent<WorkerReply>) => {
       const reply = event.data;
+      if (reply.type === "flows") {
+        // Messages keep their order: a stop's last batches arrive before "stopped".
+        this.onFlows?.(reply.batch);
+        return;
+      }
       if (reply.type === "fatal") {
         this.onFatal(reply.message, reply.data);
         return;
@@ -135,8 +147,14 @@ class WorkerPlane implements UdpPlane {
   }
 }
 
-export function createUdpPlane(lib: RelayLib, config: Config, onFatal: OnFatal): UdpPlane {
+/** onFlows: the flow log's writer, or null without one. */
+export function createUdpPlane(
+  lib: RelayLib,
+  config: Config,
+  onFatal: OnFatal,
+  onFlows: OnFlows | null = null,
+): UdpPlane {
   return config.udp.dataPlane === "worker"
-    ? new WorkerPlane(config, onFatal)
-    : new InThreadPlane(lib, config, onFatal);
+    ? new WorkerPlane(config, onFatal, onFlows)
+    : new InThreadPlane(lib, config, onFatal, onFlows);
 }

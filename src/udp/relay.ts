@@ -31,6 +31,7 @@ import { ReplyPool } from "../egress/reply_pool.ts";
 import { UpstreamPool } from "../egress/upstream_pool.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
+import { type FlowBatch, FlowRecords, REPLY_PKTINFO, REPLY_SOCKET } from "../flow/flow_records.ts";
 import { EndReason, PROTOCOL_NAMES, SessionTable } from "../flow/table.ts";
 import { batchBucket, UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
@@ -149,6 +150,10 @@ export class UdpRelay {
   private readonly sessionClient: Int32Array;
   private readonly sessionPair: Int32Array;
 
+  /** Ended sessions waiting for the flow log (null: no flow log), and who takes them. */
+  private readonly flows: FlowRecords | null;
+  private readonly onFlows: (batch: FlowBatch) => void;
+
   private localsRefreshedMs = 0;
   private watchToken = -1;
   private timer: ReturnType<typeof setInterval> | null = null;
@@ -161,11 +166,16 @@ export class UdpRelay {
    * inline: the calling thread waits in epoll_wait itself (a Worker; see worker.ts).
    * onFatal: a broken invariant on the data path (a bug): the owner ends the process
    * with this message; without it the error is thrown.
+   * onFlows: with flowLog.path set, gets the sessions that ended, a batch per timer tick.
    */
   constructor(
     lib: RelayLib,
     config: Config,
-    options: { inline?: boolean; onFatal?: (message: string) => void } = {},
+    options: {
+      inline?: boolean;
+      onFatal?: (message: string) => void;
+      onFlows?: (batch: FlowBatch) => void;
+    } = {},
   ) {
     this.lib = lib;
     this.config = config;
@@ -221,6 +231,15 @@ export class UdpRelay {
     this.sessionPair = new Int32Array(udp.sessionsMax).fill(-1);
     this.sessions = new SessionTable(udp.sessionsMax, config.timeoutClassesMs);
     this.sessions.onEnd = (slot, reason) => this.onSessionEnd(slot, reason);
+    const onFlows = options.onFlows;
+    this.onFlows = onFlows ?? (() => {});
+    this.flows =
+      config.flowLog.path !== "" && onFlows
+        ? new FlowRecords(
+            "udp",
+            config.listeners.map((l) => l.name),
+          )
+        : null;
 
     // Tokens: listeners + one upstream socket per session at most + reply sockets.
     const tokensMax = listenerCount + udp.sessionsMax + udp.replySocketsMax + EXTRA_TOKENS;
@@ -303,7 +322,12 @@ export class UdpRelay {
     this.sessions.forEach((slot) => {
       ended.push(slot);
     });
-    for (const slot of ended) this.sessions.end(slot, EndReason.Closed);
+    for (const slot of ended) {
+      // Every session open at stop gets its record: hand over a full buffer first.
+      if (this.flows?.full) this.flushFlows();
+      this.sessions.end(slot, EndReason.Closed);
+    }
+    this.flushFlows();
     this.replies.closeAll();
     this.closeListeners();
     this.closeWatch();
@@ -848,6 +872,40 @@ export class UdpRelay {
     this.sessionPair[slot] = -1;
     const reply = this.sessions.reply[slot];
     if (reply >= 0) this.replies.release(reply, now);
+    // A session whose upstream socket was never made carried no datagram (its first one
+    // was counted as dropped): no flow to log.
+    if (this.flows !== null && upstream >= 0) this.recordFlow(slot, reason, now);
+  }
+
+  /** The ended session's row in the flow log buffer; when it is full, dropped and counted. */
+  private recordFlow(slot: number, reason: EndReason, now: number): void {
+    const flows = this.flows!;
+    const r = flows.reserve();
+    if (r < 0) {
+      this.counters.flowLogDropped++;
+      return;
+    }
+    const sessions = this.sessions;
+    const endMs = Date.now();
+    flows.endMs[r] = endMs;
+    flows.startMs[r] = endMs - (now - sessions.createdMs[slot]);
+    const w = r * 8;
+    for (let k = 0; k < 8; k++) flows.addrWords[w + k] = sessions.keyWord(slot, k);
+    flows.ports[r] = sessions.keyWord(slot, 8);
+    flows.listener[r] = sessions.listener[slot];
+    flows.packetsToTarget[r] = sessions.packetsToTarget[slot];
+    flows.bytesToTarget[r] = sessions.bytesToTarget[slot];
+    flows.packetsToClient[r] = sessions.packetsToClient[slot];
+    flows.bytesToClient[r] = sessions.bytesToClient[slot];
+    flows.parsed[r] = sessions.protocol[slot];
+    flows.names[r] = sessions.name[slot];
+    flows.reason[r] = reason;
+    flows.reply[r] = sessions.reply[slot] >= 0 ? REPLY_SOCKET : REPLY_PKTINFO;
+  }
+
+  /** Hands the ended sessions to the flow log (from the timer, and at stop). */
+  private flushFlows(): void {
+    if (this.flows !== null && this.flows.count > 0) this.onFlows(this.flows.take());
   }
 
   /** The local-address set may have changed: re-read it, end flows now local. */
@@ -881,7 +939,7 @@ export class UdpRelay {
     });
     if (local.length === 0) return;
     this.queue.flush(); // their upstream fds may be in this round's sends
-    for (const s of local) sessions.end(s, EndReason.Closed);
+    for (const s of local) sessions.end(s, EndReason.LocalTarget);
     this.counters.sessionsEndedLocalTarget += local.length;
   }
 
@@ -934,6 +992,7 @@ export class UdpRelay {
       if (this.listenerFd[i] >= 0) this.onToken(this.listenerToken[i]);
     }
     this.endRound();
+    this.flushFlows();
   }
 
   private describeTarget(w0: number, w1: number, w2: number, w3: number, port: number): string {

@@ -39,7 +39,13 @@ self.onmessage = (event: MessageEvent<Request>) => {
   if (m.type === "start") {
     configureLog(m.config.log); // this thread's own logger: same level and format
     try {
-      relay = new UdpRelay(loadFfi(), m.config, { inline: true, onFatal: fatal });
+      relay = new UdpRelay(loadFfi(), m.config, {
+        inline: true,
+        onFatal: fatal,
+        // Ended sessions, one batch per timer tick (or more at stop), for the flow log
+        // the main thread writes. Never per session.
+        onFlows: (batch) => self.postMessage({ type: "flows", batch }),
+      });
       relay.start();
       self.postMessage({ type: "started" });
       faultWorkerCrash();

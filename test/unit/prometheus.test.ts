@@ -2,6 +2,7 @@
 // counter of UdpCounters and TcpCounters is in the output, under the family and labels
 // the README promises, the histogram is cumulative, numbers print exactly, and promtool
 // (Prometheus' own checker) accepts the text.
+import { FlowLogCounters } from "../../src/control/flow_log.ts";
 import { describe, expect, test } from "bun:test";
 import { LoopLag } from "../../src/control/loop_lag.ts";
 import { readProcessStats } from "../../src/control/process_stats.ts";
@@ -63,12 +64,15 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
     pollWakes: 0,
   };
   for (const k of numericFields(tcp)) (tcp as any)[k] = distinct(i++);
+  const flowLog = new FlowLogCounters();
+  for (const k of numericFields(flowLog)) (flowLog as any)[k] = distinct(i++);
   return {
     input: {
       udp: { uptimeMs: 90_500, udp, sessions: [] },
       tcp,
       process: { residentBytes: 52_428_800, openFds: 40, maxFds: 20_000 },
       loopLag: { lastMs: 1.5, maxMs: 250 },
+      flowLog,
     },
     udpFields,
     tcpFields,
@@ -76,7 +80,7 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
 }
 
 describe("Prometheus text format", () => {
-  test("every numeric field of UdpCounters and TcpCounters appears in the output", () => {
+  test("every numeric field of UdpCounters, TcpCounters and the flow log appears in the output", () => {
     const { input, udpFields, tcpFields } = synthetic();
     const values = new Set(parse(renderPrometheus(input)).map((s) => s.value));
     const missing: string[] = [];
@@ -87,6 +91,9 @@ describe("Prometheus text format", () => {
       const v = (input.tcp as any)[k];
       // The one scaled value: connect time is kept in ms, shown in seconds.
       if (!values.has(`${k === "connectMsTotal" ? v / 1000 : v}`)) missing.push(`tcp.${k}`);
+    }
+    for (const [k, v] of Object.entries(input.flowLog!)) {
+      if (!values.has(`${v}`)) missing.push(`flowLog.${k}`);
     }
     expect(udpFields.length).toBeGreaterThan(40);
     expect(tcpFields.length).toBeGreaterThan(20);
