@@ -15,6 +15,8 @@ import { labSkipReason, RelayLab } from "./harness.ts";
 const PEERS = join(import.meta.dir, "security_peers.py");
 const OTHER4 = "198.18.0.3";
 const OTHER6 = "2001:2:0:1::3";
+/** The flood's source port: below the ephemeral range (32768-60999 by default). */
+const FLOOD_PORT = 5999;
 
 const LISTENERS = {
   listeners: [
@@ -87,7 +89,9 @@ if (!skip) {
         const before = (await env.relay!.metrics()).udp;
         // 1000 destinations from one socket: 16 reply sockets, then its own bound.
         const targets = destinations(v6);
-        peer(["flood", attacker, ...targets]);
+        // From a port below the ephemeral range: the spread's sockets below can never
+        // reuse it (a reused port would join the flood's session instead of opening one).
+        peer(["flood", attacker, `${FLOOD_PORT}`, ...targets]);
         // 200 more flows to a destination it already pins: sessions up to 64, then its bound.
         const pinned = targets[0].replace(/^\[|\]:\d+$|:\d+$/g, "").replace(/\]$/, "");
         peer(["spread", attacker, pinned, "7001", "200"]);

@@ -2,7 +2,8 @@
 """Peers for test/netns/security.test.ts (independent of the relay's code on purpose).
 
   security_peers.py send HOST PORT COUNT [SOURCE]    COUNT datagrams from one socket
-  security_peers.py flood SOURCE HOST:PORT...        one datagram to each target, one socket
+  security_peers.py flood SOURCE SPORT HOST:PORT...  one datagram to each target, one socket
+                                                     bound to SOURCE:SPORT (0: any port)
   security_peers.py spread SOURCE HOST PORT FLOWS    one datagram from each of FLOWS sockets
   security_peers.py ask SOURCE HOST PORT FLOWS       one datagram from each of FLOWS sockets,
                                                      then counts the replies (from HOST:PORT?)
@@ -40,9 +41,9 @@ def send(host, port, count, source=None):
     print(json.dumps({"sent": count}))
 
 
-def flood(source, targets):
+def flood(source, source_port, targets):
     s = socket.socket(family_of(source), socket.SOCK_DGRAM)
-    s.bind((source, 0))
+    s.bind((source, source_port))
     for text in targets:
         s.sendto(b"flood", endpoint(text))
     print(json.dumps({"sent": len(targets)}))
@@ -142,7 +143,7 @@ def main():
     if a[0] == "send":
         send(a[1], int(a[2]), int(a[3]), a[4] if len(a) > 4 else None)
     elif a[0] == "flood":
-        flood(a[1], a[2:])
+        flood(a[1], int(a[2]), a[3:])
     elif a[0] == "spread":
         spread(a[1], a[2], int(a[3]), int(a[4]))
     elif a[0] == "ask":
