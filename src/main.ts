@@ -1,9 +1,12 @@
 // bun run relay [--config FILE] [--print-rules] [--check-config]
-// Wiring only: parse arguments, load config, check privileges, start the relay,
-// print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
+// bun run relay stats|sessions|top ...   (the control socket's client: src/cli/)
+// Wiring only: parse arguments, load config, check privileges, start the relay and its
+// control socket, print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
 import { descriptorsWanted, fitToDescriptors } from "./config/limits.ts";
+import { controlCommands } from "./control/commands.ts";
+import { ControlSocket } from "./control/socket.ts";
 import { guardOutput, outputErrors } from "./control/output.ts";
 import { TcpRelay } from "./tcp/relay.ts";
 import type { UdpSnapshot } from "./udp/relay.ts";
@@ -13,6 +16,7 @@ import { StartError } from "./sys/errno.ts";
 import { loadFfi } from "./sys/ffi.ts";
 
 const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-config]
+       bun run relay stats|sessions|top [--control PATH | --config FILE] ...
 
   --config FILE    JSON configuration (default: built-in: TPROXY listeners on
                    127.0.0.1:12345 and [::1]:12345, relay to the original destination)
@@ -20,14 +24,22 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
   --check-config   validate the configuration, print it, then exit
   --sessions N     with SIGUSR1: how many sessions to list (default 32)
 
+A running relay answers on its control socket (control.socketPath, default
+/run/transparent-relay/control.sock, mode 0600):
+  stats            its counters and gauges (as the SIGUSR1 line, without sessions)
+  sessions         UDP sessions and TCP connections: [--client X] [--target X] [--name X]
+                   [--listener X] [--sort bytes|packets|age|idle] [--limit N] [--json]
+  top              a live view: flows/s, packets/s, drops, busiest sessions (q quits)
+  (bun run relay stats --help for the details)
+
 Signals: SIGUSR1 prints metrics and sessions as one JSON line on stdout;
 SIGINT/SIGTERM stop the relay (threads joined, sockets closed) and print final metrics;
 SIGHUP is logged and ignored (this version does not reload: restart to apply changes).
 
-Exit status: 0 stopped by a signal; 1 could not start (a listener in use, the helper
-not built, descriptors); 2 bad arguments or configuration; 70 the data path failed
-(a bug: final metrics line, then exit, so a service manager restarts it); 77 missing
-privilege (CAP_NET_ADMIN).`;
+Exit status: 0 stopped by a signal; 1 could not start (a listener in use, another relay
+on the control socket, the helper not built, descriptors); 2 bad arguments or
+configuration; 70 the data path failed (a bug: final metrics line, then exit, so a
+service manager restarts it); 77 missing privilege (CAP_NET_ADMIN).`;
 
 /** sysexits.h: the codes service managers and scripts already know. */
 const EXIT = {
@@ -117,6 +129,11 @@ async function snapshot(
 }
 
 async function main(): Promise<void> {
+  const command = process.argv[2];
+  if (command === "stats" || command === "sessions" || command === "top") {
+    const { runCommand } = await import("./cli/main.ts");
+    process.exit(await runCommand(command, process.argv.slice(3)));
+  }
   guardOutput();
   const args = parseArgs(process.argv.slice(2));
   let config: Config;
@@ -187,9 +204,11 @@ async function main(): Promise<void> {
   tcp = config.listeners.some((l) => l.protocol === "tcp")
     ? new TcpRelay(lib, config, { onFatal: (message) => onFatal(message, null) })
     : null;
+  let control: ControlSocket | null = null;
   try {
     await udp.start();
     tcp?.start();
+    control = await ControlSocket.start(config.control.socketPath, controlCommands({ udp, tcp }));
   } catch (err) {
     const privilege = err instanceof StartError && err.privilege;
     fail((err as Error).message, privilege ? EXIT.noPermission : EXIT.startFailed);
@@ -237,6 +256,8 @@ async function main(): Promise<void> {
     void (tcp ? tcp.stop(config.tcp.shutdownGraceMs) : Promise.resolve())
       .then(async () => {
         if (metricsTimer) clearInterval(metricsTimer);
+        // No control request may reach the UDP worker once it is asked to stop.
+        control?.stop();
         await write("final", await udp.stop(args.sessionsListed));
         console.error(`[relay] stopped (${signal})`);
         process.exit(0);
