@@ -27,10 +27,23 @@ export function labSkipReason(
   return reason;
 }
 
+/** `raw` with control.socketPath set to `path`, unless it sets one itself. */
+export function withControlSocket(raw: object, path: string): object {
+  const control = (raw as { control?: { socketPath?: string } }).control;
+  if (control?.socketPath !== undefined) return raw;
+  return { ...raw, control: { ...control, socketPath: path } };
+}
+
 export class RelayLab {
   readonly lab: Lab;
   relay: RelayProcess | null = null;
   private readonly dir = mkdtempSync(join(tmpdir(), "relay-test-"));
+  /**
+   * The control socket of every relay this lab starts, unless its config names one: in
+   * this lab's own directory, so relays of tests running at once never meet on the
+   * default path (and never on a production relay's).
+   */
+  readonly controlPath = join(this.dir, "control.sock");
   private children: Array<{ kill(signal?: number | string): void }> = [];
 
   constructor() {
@@ -45,6 +58,7 @@ export class RelayLab {
    */
   async startRelay(raw: object, prefix: string[] = []): Promise<RelayProcess> {
     if (this.relay) await this.relay.stop();
+    raw = withControlSocket(raw, this.controlPath);
     const config = parseConfig(raw);
     this.lab.installRules(nftRuleset(config), []);
     if (!this.routingInstalled) {
