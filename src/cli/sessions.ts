@@ -5,7 +5,7 @@ import { duration, type Row, table } from "./format.ts";
 
 type View = Record<string, any>;
 
-export const UDP_HEADER = [
+const UDP_HEADER = [
   "client",
   "target",
   "listener",
@@ -21,7 +21,7 @@ export const UDP_HEADER = [
 ];
 
 /** One table row of a UDP session view. */
-export function udpRow(s: View): Row {
+function udpRow(s: View): Row {
   return [
     s.client,
     s.target,

@@ -4,8 +4,7 @@
 // Ctrl-C quit (the terminal is in raw mode, so Ctrl-C arrives as a byte), as do SIGINT,
 // SIGTERM and SIGHUP; the terminal is restored on every way out.
 import type { ControlClient } from "./client.ts";
-import { drops, duration, rate, table } from "./format.ts";
-import { UDP_HEADER, udpRow } from "./sessions.ts";
+import { drops, duration, type Row, rate, table } from "./format.ts";
 
 const ESC = "\x1b[";
 const SCREEN_ENTER = `${ESC}?1049h${ESC}?25l`; // alternate screen, cursor hidden
@@ -22,6 +21,39 @@ const ROWS_DEFAULT = 40;
 const HEADER_LINES_MAX = 16;
 /** Sessions asked for at most, whatever the screen (SESSIONS_LIMIT_MAX bounds it too). */
 const SESSION_ROWS_MAX = 200;
+/** A DNS name may be 253 characters: the table shows its end (the part that differs). */
+const NAME_CHARS_MAX = 24;
+
+// Narrower than `relay sessions`' table (no listener, no reply path), so that an IPv4
+// row fits 120 columns.
+const SESSION_HEADER = [
+  "client",
+  "target",
+  "proto",
+  "name",
+  "age",
+  "idle",
+  "pkts up",
+  "bytes up",
+  "pkts dn",
+  "bytes dn",
+];
+
+function sessionRow(s: Record<string, any>): Row {
+  const name: string = s.name ?? "-";
+  return [
+    s.client,
+    s.target,
+    s.protocol,
+    name.length > NAME_CHARS_MAX ? `..${name.slice(2 - NAME_CHARS_MAX)}` : name,
+    duration(s.ageMs),
+    duration(s.idleMs),
+    s.packetsToTarget,
+    s.bytesToTarget,
+    s.packetsToClient,
+    s.bytesToClient,
+  ];
+}
 
 type Stats = Record<string, any>;
 
@@ -83,7 +115,9 @@ export function topScreen(
     `busiest UDP sessions (by bytes): ${sessions.length} of ${now.sessions.udpMatched ?? 0}`,
   );
   const room = Math.max(0, options.rows - lines.length - 1);
-  if (sessions.length > 0) lines.push(...table(UDP_HEADER, sessions.slice(0, room).map(udpRow)));
+  if (sessions.length > 0) {
+    lines.push(...table(SESSION_HEADER, sessions.slice(0, room).map(sessionRow)));
+  }
   // A line wider than the terminal would wrap and push the screen up: cut it.
   return lines.slice(0, options.rows).map((l) => l.slice(0, options.columns));
 }

@@ -63,6 +63,17 @@ describe("relay top's screen", () => {
     expect(lines.every((l) => l.length <= 30)).toBe(true);
     expect(lines.join("\n")).toContain("TCP  no TCP listeners");
   });
+
+  test("an IPv4 session row fits 120 columns; a long name shows its end", () => {
+    const long = { ...session, name: `${"a".repeat(60)}.cdn.example.com` };
+    const now = sample(0, udp0, null);
+    now.sessions.udp = [long];
+    const lines = topScreen(now, null, { ...options, columns: 1000 });
+    const row = lines.find((l) => l.startsWith("198.18.0.2:"))!;
+    expect(row.length).toBeLessThanOrEqual(120);
+    expect(row).toContain(" ..aaaaaa.cdn.example.com "); // 24 characters
+    expect(row).toMatch(/ 10 +3000 +9 +2700$/);
+  });
 });
 
 describe("relay stats and sessions text", () => {
