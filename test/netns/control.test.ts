@@ -8,7 +8,6 @@
 // What the CLI reports must be exactly what was sent: every datagram of the probes is
 // echoed (the probes check it), so each counter is known to the packet and the byte.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { randomBytes } from "node:crypto";
 import { existsSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { LAB, run } from "../lab/netns.ts";
@@ -173,7 +172,9 @@ if (!skip) {
         (udp) => udp.droppedToListener === 2,
         { what: "the 2 datagrams to the listener to be counted", timeoutMs: 10_000 },
       );
-      const tmux = ["tmux", "-L", `relay-top-${randomBytes(4).toString("hex")}`];
+      // A tmux server of this test's own, its socket in the lab's directory (removed with
+      // it): never the user's tmux, never another test's.
+      const tmux = ["tmux", "-S", join(env.controlPath, "..", "tmux.sock")];
       const capture = () => run([...tmux, "capture-pane", "-p", "-t", "top"]).stdout;
       for (const key of ["q", "C-c"]) {
         const command =
