@@ -172,11 +172,13 @@ if (!skip) {
         (udp) => udp.droppedToListener === 2,
         { what: "the 2 datagrams to the listener to be counted", timeoutMs: 10_000 },
       );
-      // A tmux server of this test's own, its socket in the lab's directory (removed with
-      // it): never the user's tmux, never another test's.
-      const tmux = ["tmux", "-S", join(env.controlPath, "..", "tmux.sock")];
-      const capture = () => run([...tmux, "capture-pane", "-p", "-t", "top"]).stdout;
       for (const key of ["q", "C-c"]) {
+        // A tmux server of this test's own, its socket in the lab's directory (removed
+        // with it): never the user's tmux, never another test's. One per key: a new
+        // session on the socket of a server still exiting fails ("server exited
+        // unexpectedly").
+        const tmux = ["tmux", "-S", join(env.controlPath, "..", `tmux-${key}.sock`)];
+        const capture = () => run([...tmux, "capture-pane", "-p", "-t", "top"]).stdout;
         const command =
           `ip netns exec ${env.lab.router} ${BUN} ${RELAY_MAIN} top --control ` +
           `${env.controlPath} --interval-ms 250; echo "top exited with $?"; exec sleep 600`;
