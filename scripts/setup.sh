@@ -11,8 +11,9 @@ ZIG_VERSION="0.14.1"
 # Debian packages: the kernel tools the relay drives, and the real peers tests use.
 # dnsmasq-base is the binary alone: the lab runs its own dnsmasq in a namespace, so no
 # system DNS/DHCP service (package dnsmasq) is installed or enabled on the machine.
+# tmux is the pseudo-terminal in which test/netns/control.test.ts drives `relay top`.
 APT_PACKAGES=(build-essential nftables iproute2 iputils-ping dnsmasq-base knot-dnsutils dnsperf
-  iperf3 ngtcp2-server ngtcp2-client python3-pip curl haproxy)
+  iperf3 ngtcp2-server ngtcp2-client python3-pip curl haproxy tmux)
 
 say() { printf '[setup] %s\n' "$*"; }
 # shellcheck source=scripts/policy_rc_d.sh

@@ -1,12 +1,16 @@
-// bun run relay [--config FILE] [--print-rules] [--check-config]; bun run relay log ...
-// Wiring only: parse arguments, load config, check privileges, start the relay,
-// print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
+// bun run relay [--config FILE] [--print-rules] [--check-config]
+// bun run relay stats|sessions|top ...   (the control socket's client: src/cli/)
+// bun run relay log ...                   (the flow log's reader: src/cli/log.ts)
+// Wiring only: parse arguments, load config, check privileges, start the relay and its
+// control socket, print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
 import { descriptorsWanted, fitToDescriptors } from "./config/limits.ts";
+import { controlCommands } from "./control/commands.ts";
+import { FlowLog } from "./control/flow_log.ts";
 import { configureLog, log } from "./control/log.ts";
 import { type MetricsServer, startMetricsServer } from "./control/metrics_server.ts";
-import { FlowLog } from "./control/flow_log.ts";
+import { ControlSocket } from "./control/socket.ts";
 import { guardOutput, outputErrors } from "./control/output.ts";
 import { TcpRelay } from "./tcp/relay.ts";
 import type { UdpSnapshot } from "./udp/relay.ts";
@@ -16,6 +20,7 @@ import { StartError } from "./sys/errno.ts";
 import { loadFfi } from "./sys/ffi.ts";
 
 const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-config]
+       bun run relay stats|sessions|top [--control PATH | --config FILE] ...
 
   --config FILE    JSON configuration (default: built-in: TPROXY listeners on
                    127.0.0.1:12345 and [::1]:12345, relay to the original destination)
@@ -27,14 +32,22 @@ Metrics: GET /metrics on config.metrics.address:port (Prometheus text; port 0: n
 
 bun run relay log --help: reading the flow log (flowLog.path).
 
+A running relay answers on its control socket (control.socketPath, default
+/run/transparent-relay/control.sock, mode 0600):
+  stats            its counters and gauges (as the SIGUSR1 line, without sessions)
+  sessions         UDP sessions and TCP connections: [--client X] [--target X] [--name X]
+                   [--listener X] [--sort bytes|packets|age|idle] [--limit N] [--json]
+  top              a live view: flows/s, packets/s, drops, busiest sessions (q quits)
+  (bun run relay stats --help for the details)
+
 Signals: SIGUSR1 prints metrics and sessions as one JSON line on stdout;
 SIGINT/SIGTERM stop the relay (threads joined, sockets closed) and print final metrics;
 SIGHUP is logged and ignored (this version does not reload: restart to apply changes).
 
 Exit status: 0 stopped by a signal; 1 could not start (a listener or the metrics port
-in use, the helper not built, descriptors); 2 bad arguments or configuration; 70 the
-data path failed (a bug: final metrics line, then exit, so a service manager restarts
-it); 77 missing privilege (CAP_NET_ADMIN).`;
+in use, another relay on the control socket, the helper not built, descriptors); 2 bad
+arguments or configuration; 70 the data path failed (a bug: final metrics line, then
+exit, so a service manager restarts it); 77 missing privilege (CAP_NET_ADMIN).`;
 
 /** sysexits.h: the codes service managers and scripts already know. */
 const EXIT = {
@@ -126,6 +139,11 @@ async function snapshot(
 }
 
 async function main(): Promise<void> {
+  const command = process.argv[2];
+  if (command === "stats" || command === "sessions" || command === "top") {
+    const { runCommand } = await import("./cli/main.ts");
+    process.exit(await runCommand(command, process.argv.slice(3)));
+  }
   guardOutput();
   const args = parseArgs(process.argv.slice(2));
   let config: Config;
@@ -212,10 +230,12 @@ async function main(): Promise<void> {
       })
     : null;
   let metrics: MetricsServer | null = null;
+  let control: ControlSocket | null = null;
   try {
     await udp.start();
     tcp?.start();
     metrics = startMetricsServer(config.metrics, udp, tcp, () => flowLog?.counters ?? null);
+    control = await ControlSocket.start(config.control.socketPath, controlCommands({ udp, tcp }));
   } catch (err) {
     const privilege = err instanceof StartError && err.privilege;
     fail((err as Error).message, privilege ? EXIT.noPermission : EXIT.startFailed);
@@ -265,6 +285,8 @@ async function main(): Promise<void> {
     void (tcp ? tcp.stop(config.tcp.shutdownGraceMs) : Promise.resolve())
       .then(async () => {
         if (metricsTimer) clearInterval(metricsTimer);
+        // No control request may reach the UDP worker once it is asked to stop.
+        control?.stop();
         const last = await udp.stop(args.sessionsListed);
         // Every flow has ended by now (its record handed over): on disk before the final line.
         flowLog?.close();

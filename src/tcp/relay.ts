@@ -27,6 +27,8 @@ import { type Pointer, ptr } from "bun:ffi";
 import type { Config, ListenerConfig } from "../config/load.ts";
 import { log, RateLimitedLog } from "../control/log.ts";
 import { FLOW_ADDR_BYTES, type FlowBatch, FlowRecords, REPLY_NONE } from "../flow/flow_records.ts";
+import { type SessionQuery, SESSIONS_LIMIT_MAX, textMatches } from "../control/query.ts";
+import { TopK } from "../control/top_k.ts";
 import { LocalTargets, TargetKind } from "../flow/local_targets.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import {
@@ -218,6 +220,8 @@ export class TcpRelay {
   private readonly connAddrs: Uint8Array; // 32 bytes each: client, target
   private readonly connPorts: Uint32Array; // client port << 16 | target port
   private active = 0;
+  /** The control plane's selection (`relay sessions`), built once. */
+  private readonly selected = new TopK(SESSIONS_LIMIT_MAX);
 
   /** Ended connections waiting for the flow log (null: no flow log), and who takes them. */
   private readonly flows: FlowRecords | null;
@@ -393,16 +397,49 @@ export class TcpRelay {
     const out: TcpConnectionView[] = [];
     const now = performance.now();
     for (let id = 0; id < this.connectionsMax && out.length < limit; id++) {
-      if (this.connState[id] === ConnState.Free) continue;
-      const ports = this.connPorts[id];
-      out.push({
-        client: formatEndpoint(this.connAddrs, id * 32, ports >>> 16),
-        target: formatEndpoint(this.connAddrs, id * 32 + 16, ports & 0xffff),
-        listener: this.listeners[this.connListener[id]]?.name ?? "?",
-        ageMs: Math.round(now - this.connStartMs[id]),
-      });
+      if (this.connState[id] !== ConnState.Free) out.push(this.connectionView(id, now));
     }
     return out;
+  }
+
+  /**
+   * The open connections `query` selects (`relay sessions`), and how many matched. The
+   * splice engine reports a connection's bytes only when it ends, so there is nothing
+   * live to sort by bytes, packets or idle time: whatever the sort, oldest first. A
+   * TCP connection has no name, so a name filter matches none.
+   */
+  queryConnections(query: SessionQuery): { connections: TcpConnectionView[]; matched: number } {
+    const top = this.selected;
+    top.reset(query.limit);
+    let matched = 0;
+    // No connection has a name: a name filter leaves the loop without a pass.
+    const connectionsSeen = textMatches(null, query.name) ? this.connectionsMax : 0;
+    for (let id = 0; id < connectionsSeen; id++) {
+      if (this.connState[id] === ConnState.Free) continue;
+      const ports = this.connPorts[id];
+      const client = formatEndpoint(this.connAddrs, id * 32, ports >>> 16);
+      if (!textMatches(client, query.client)) continue;
+      const target = formatEndpoint(this.connAddrs, id * 32 + 16, ports & 0xffff);
+      if (!textMatches(target, query.target)) continue;
+      const listener = this.listeners[this.connListener[id]]?.name ?? "?";
+      if (!textMatches(listener, query.listener)) continue;
+      matched++;
+      top.offer(id, -this.connStartMs[id]);
+    }
+    const now = performance.now();
+    const connections: TcpConnectionView[] = [];
+    for (let i = 0; i < top.count; i++) connections.push(this.connectionView(top.items[i], now));
+    return { connections, matched };
+  }
+
+  private connectionView(id: number, now: number): TcpConnectionView {
+    const ports = this.connPorts[id];
+    return {
+      client: formatEndpoint(this.connAddrs, id * 32, ports >>> 16),
+      target: formatEndpoint(this.connAddrs, id * 32 + 16, ports & 0xffff),
+      listener: this.listeners[this.connListener[id]]?.name ?? "?",
+      ageMs: Math.round(now - this.connStartMs[id]),
+    };
   }
 
   // ---- set-up ----

@@ -8,13 +8,19 @@
 // the last counters when they could be read), and the owner ends the process.
 import type { Config } from "../config/load.ts";
 import type { FlowBatch } from "../flow/flow_records.ts";
+import type { SessionQuery } from "../control/query.ts";
 import { StartError } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { UdpRelay, type UdpSnapshot } from "./relay.ts";
 
 export interface UdpPlane {
   start(): Promise<void>;
-  snapshot(sessionsListed: number): Promise<UdpSnapshot>;
+  /**
+   * Counters and the first `sessionsListed` sessions; with a query, the sessions it
+   * selects instead (filtered, sorted and bounded where they live: at most its limit
+   * cross the thread boundary).
+   */
+  snapshot(sessionsListed: number, query?: SessionQuery): Promise<UdpSnapshot>;
   /** Stops the data path (threads joined, sockets closed); returns the final snapshot. */
   stop(sessionsListed: number): Promise<UdpSnapshot>;
 }
@@ -39,8 +45,8 @@ class InThreadPlane implements UdpPlane {
   async start(): Promise<void> {
     this.relay.start();
   }
-  async snapshot(sessionsListed: number): Promise<UdpSnapshot> {
-    return this.relay.snapshot(sessionsListed);
+  async snapshot(sessionsListed: number, query?: SessionQuery): Promise<UdpSnapshot> {
+    return this.relay.snapshot(sessionsListed, query ?? null);
   }
   async stop(sessionsListed: number): Promise<UdpSnapshot> {
     const final = this.relay.snapshot(sessionsListed);
@@ -117,7 +123,11 @@ class WorkerPlane implements UdpPlane {
     });
   }
 
-  private request(type: "snapshot" | "stop", sessionsListed: number): Promise<UdpSnapshot> {
+  private request(
+    type: "snapshot" | "stop",
+    sessionsListed: number,
+    query: SessionQuery | null = null,
+  ): Promise<UdpSnapshot> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -131,12 +141,12 @@ class WorkerPlane implements UdpPlane {
         if (reply.type === "snapshot" || reply.type === "stopped") resolve(reply.data);
         else reject(new Error(reply.type === "error" ? reply.message : "unexpected reply"));
       });
-      this.worker.postMessage({ type, id, sessionsListed });
+      this.worker.postMessage({ type, id, sessionsListed, query });
     });
   }
 
-  snapshot(sessionsListed: number): Promise<UdpSnapshot> {
-    return this.request("snapshot", sessionsListed);
+  snapshot(sessionsListed: number, query?: SessionQuery): Promise<UdpSnapshot> {
+    return this.request("snapshot", sessionsListed, query ?? null);
   }
 
   async stop(sessionsListed: number): Promise<UdpSnapshot> {

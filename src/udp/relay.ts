@@ -27,11 +27,14 @@ import { Sniffer } from "../classify/sniffer.ts";
 import { parsersLoad } from "../classify/wasm.ts";
 import { type Config, type ListenerConfig, PACKET_AREA_BYTES } from "../config/load.ts";
 import { RateLimitedLog } from "../control/log.ts";
+import { type SessionQuery, SESSIONS_LIMIT_MAX } from "../control/query.ts";
+import { TopK } from "../control/top_k.ts";
 import { ReplyPool } from "../egress/reply_pool.ts";
 import { UpstreamPool } from "../egress/upstream_pool.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
 import { type FlowBatch, FlowRecords, REPLY_PKTINFO, REPLY_SOCKET } from "../flow/flow_records.ts";
+import { selectSessions } from "../flow/select.ts";
 import { EndReason, PROTOCOL_NAMES, SessionTable } from "../flow/table.ts";
 import { batchBucket, UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
@@ -100,6 +103,8 @@ export interface UdpSnapshot {
   uptimeMs: number;
   udp: UdpValues;
   sessions: SessionView[];
+  /** With a query: how many sessions matched it (`sessions` holds at most its limit). */
+  sessionsMatched?: number;
 }
 
 export class UdpRelay {
@@ -162,6 +167,12 @@ export class UdpRelay {
   /** Start time of the relay's monotonic clock (performance.now()). */
   readonly startedMs = performance.now();
 
+  // Control plane (snapshots between two waits): built once, reused by every request.
+  private readonly listenerNames: string[];
+  private readonly selected = new TopK(SESSIONS_LIMIT_MAX);
+  private readonly viewKey = new Uint32Array(8);
+  private readonly viewKeyBytes = new Uint8Array(this.viewKey.buffer);
+
   /**
    * inline: the calling thread waits in epoll_wait itself (a Worker; see worker.ts).
    * onFatal: a broken invariant on the data path (a bug): the owner ends the process
@@ -220,6 +231,7 @@ export class UdpRelay {
       this.listenerIpv6[i] = l.ipv6 ? 1 : 0;
     });
     this.listenerQueueDrops = new Uint32Array(listenerCount);
+    this.listenerNames = config.listeners.map((l) => l.name);
 
     this.locals = new LocalTargets(lib);
     this.clients = new ClientLimits(
@@ -341,12 +353,18 @@ export class UdpRelay {
     this.locals.closeWatch();
   }
 
-  /** Counters, gauges and the first `sessionsListed` sessions, for the control plane. */
-  snapshot(sessionsListed: number): UdpSnapshot {
+  /**
+   * Counters, gauges and sessions, for the control plane: the first `sessionsListed`
+   * (the metrics line), or with a query (`relay sessions`) the ones it selects, with
+   * how many matched. Runs between two waits; bounded by the limits of both.
+   */
+  snapshot(sessionsListed: number, query: SessionQuery | null = null): UdpSnapshot {
+    const selected = query === null ? null : this.selectSessions(query);
     return {
       uptimeMs: Math.round(performance.now() - this.startedMs),
       udp: this.values(),
-      sessions: this.sessionViews(sessionsListed),
+      sessions: selected?.sessions ?? this.sessionViews(sessionsListed),
+      sessionsMatched: selected?.matched,
     };
   }
 
@@ -373,29 +391,41 @@ export class UdpRelay {
   sessionViews(limit: number): SessionView[] {
     const out: SessionView[] = [];
     const now = performance.now();
-    const sessions = this.sessions;
-    const key = new Uint32Array(8);
-    const keyBytes = new Uint8Array(key.buffer);
-    sessions.forEach((s) => {
-      if (out.length >= limit) return;
-      for (let w = 0; w < 8; w++) key[w] = sessions.keyWord(s, w);
-      const ports = sessions.keyWord(s, 8);
-      out.push({
-        client: formatEndpoint(keyBytes, 0, ports >>> 16),
-        target: formatEndpoint(keyBytes, 16, ports & 0xffff),
-        listener: this.config.listeners[sessions.listener[s]]?.name ?? "?",
-        reply: sessions.reply[s] >= 0 ? "socket" : "pktinfo",
-        protocol: PROTOCOL_NAMES[sessions.protocol[s]],
-        name: sessions.name[s],
-        ageMs: Math.round(now - sessions.createdMs[s]),
-        idleMs: Math.round(now - sessions.lastSeenMs[s]),
-        packetsToTarget: sessions.packetsToTarget[s],
-        bytesToTarget: sessions.bytesToTarget[s],
-        packetsToClient: sessions.packetsToClient[s],
-        bytesToClient: sessions.bytesToClient[s],
-      });
+    this.sessions.forEach((s) => {
+      if (out.length < limit) out.push(this.sessionView(s, now));
     });
     return out;
+  }
+
+  /** The sessions `query` selects, in its order, and how many matched in all. */
+  private selectSessions(query: SessionQuery): { sessions: SessionView[]; matched: number } {
+    const top = this.selected;
+    const matched = selectSessions(this.sessions, query, this.listenerNames, top);
+    const now = performance.now();
+    const sessions: SessionView[] = [];
+    for (let i = 0; i < top.count; i++) sessions.push(this.sessionView(top.items[i], now));
+    return { sessions, matched };
+  }
+
+  private sessionView(s: number, now: number): SessionView {
+    const sessions = this.sessions;
+    const key = this.viewKey;
+    for (let w = 0; w < 8; w++) key[w] = sessions.keyWord(s, w);
+    const ports = sessions.keyWord(s, 8);
+    return {
+      client: formatEndpoint(this.viewKeyBytes, 0, ports >>> 16),
+      target: formatEndpoint(this.viewKeyBytes, 16, ports & 0xffff),
+      listener: this.listenerNames[sessions.listener[s]] ?? "?",
+      reply: sessions.reply[s] >= 0 ? "socket" : "pktinfo",
+      protocol: PROTOCOL_NAMES[sessions.protocol[s]],
+      name: sessions.name[s],
+      ageMs: Math.round(now - sessions.createdMs[s]),
+      idleMs: Math.round(now - sessions.lastSeenMs[s]),
+      packetsToTarget: sessions.packetsToTarget[s],
+      bytesToTarget: sessions.bytesToTarget[s],
+      packetsToClient: sessions.packetsToClient[s],
+      bytesToClient: sessions.bytesToClient[s],
+    };
   }
 
   // ---- set-up ----

@@ -3,6 +3,7 @@
 // handled between waits (at most every 20 ms when idle).
 import type { Config } from "../config/load.ts";
 import { configureLog } from "../control/log.ts";
+import type { SessionQuery } from "../control/query.ts";
 import { StartError } from "../sys/errno.ts";
 import { loadFfi } from "../sys/ffi.ts";
 import { faultWorkerCrash } from "../sys/test_faults.ts";
@@ -12,7 +13,9 @@ declare const self: Worker;
 
 type Request =
   | { type: "start"; config: Config }
-  | { type: "snapshot"; id: number; sessionsListed: number }
+  // query: the control socket's `sessions` (filter, sort, limit), applied here so that
+  // at most its limit of views is copied to the main thread.
+  | { type: "snapshot"; id: number; sessionsListed: number; query: SessionQuery | null }
   | { type: "stop"; id: number; sessionsListed: number };
 
 let relay: UdpRelay | null = null;
@@ -61,7 +64,8 @@ self.onmessage = (event: MessageEvent<Request>) => {
     return;
   }
   if (m.type === "snapshot") {
-    self.postMessage({ type: "snapshot", id: m.id, data: relay.snapshot(m.sessionsListed) });
+    const data = relay.snapshot(m.sessionsListed, m.query);
+    self.postMessage({ type: "snapshot", id: m.id, data });
     return;
   }
   const data = relay.snapshot(m.sessionsListed);

@@ -2,6 +2,8 @@
 // lines on stdout (ready, metrics on SIGUSR1, final on SIGTERM).
 import type { Subprocess } from "bun";
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { JsonLinesProcess } from "./json_lines.ts";
 import type { Lab } from "./netns.ts";
@@ -29,6 +31,27 @@ function sanitizerPrefix(): string[] {
   ];
 }
 
+/** `raw` with control.socketPath set to `path`, unless it sets one itself. */
+export function withControlSocket(raw: object, path: string): object {
+  const control = (raw as { control?: { socketPath?: string } }).control;
+  if (control?.socketPath !== undefined) return raw;
+  return { ...raw, control: { ...control, socketPath: path } };
+}
+
+/**
+ * A relay in the lab never uses the default control socket: a relay on the host may hold
+ * it, and two labs at once would collide. Unless its config names one, it gets a config
+ * copy with a socket in a temporary directory of its own.
+ */
+function labConfigPath(configPath: string | null): string {
+  const raw = configPath === null ? {} : JSON.parse(readFileSync(configPath, "utf8"));
+  if (raw.control?.socketPath !== undefined) return configPath!;
+  const dir = mkdtempSync(join(tmpdir(), "relay-lab-"));
+  const path = join(dir, "config.json");
+  writeFileSync(path, JSON.stringify(withControlSocket(raw, join(dir, "control.sock"))));
+  return path;
+}
+
 export class RelayProcess extends JsonLinesProcess {
   /** Starts the relay in the router namespace (configPath null: the built-in default). */
   /** prefix: a command the relay runs under (e.g. prlimit --nofile=N --). */
@@ -38,7 +61,7 @@ export class RelayProcess extends JsonLinesProcess {
     timeoutMs = 10_000,
     prefix: string[] = [],
   ): Promise<RelayProcess> {
-    const config = configPath === null ? [] : ["--config", configPath];
+    const config = ["--config", labConfigPath(configPath)];
     const proc = lab.spawn(lab.router, [
       ...prefix,
       ...sanitizerPrefix(),

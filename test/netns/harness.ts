@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../../src/config/load.ts";
 import { Lab, labUnavailableReason } from "../lab/netns.ts";
-import { BUN, RelayProcess } from "../lab/relay_process.ts";
+import { BUN, RelayProcess, withControlSocket } from "../lab/relay_process.ts";
 import { skipReason } from "../lab/skip_policy.ts";
 import { nftRuleset, policyRoutingCommands } from "../../src/rules/nft.ts";
 
@@ -31,6 +31,12 @@ export class RelayLab {
   readonly lab: Lab;
   relay: RelayProcess | null = null;
   private readonly dir = mkdtempSync(join(tmpdir(), "relay-test-"));
+  /**
+   * The control socket of every relay this lab starts, unless its config names one: in
+   * this lab's own directory, so relays of tests running at once never meet on the
+   * default path (and never on a production relay's).
+   */
+  readonly controlPath = join(this.dir, "control.sock");
   private children: Array<{ kill(signal?: number | string): void }> = [];
 
   constructor() {
@@ -45,6 +51,7 @@ export class RelayLab {
    */
   async startRelay(raw: object, prefix: string[] = []): Promise<RelayProcess> {
     if (this.relay) await this.relay.stop();
+    raw = withControlSocket(raw, this.controlPath);
     const config = parseConfig(raw);
     this.lab.installRules(nftRuleset(config), []);
     if (!this.routingInstalled) {

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { labUnavailableReason, run } from "../lab/netns.ts";
 import { BUN, RELAY_MAIN } from "../lab/relay_process.ts";
+import { withControlSocket } from "../lab/relay_process.ts";
 import { labSkipReason } from "./harness.ts";
 
 const DRIVER = join(import.meta.dir, "relay_driver.py");
@@ -34,13 +35,18 @@ if (!skip) {
     };
     const relayArgv = [BUN, RELAY_MAIN, "--config", configPath];
 
+    // Every relay here has its control socket in this test's directory, never on the
+    // default path (a relay of another test, or of the machine, may be on that).
+    const config = (raw: object, name: string) =>
+      JSON.stringify(withControlSocket(raw, join(dir, `${name}.sock`)));
+
     beforeAll(() => {
       const reason = labUnavailableReason();
       if (reason) throw new Error(`end-to-end lab unavailable: ${reason}`);
       run(["ip", "netns", "add", ns]);
       run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
       chmodSync(dir, 0o755); // readable by the unprivileged user of the last case
-      writeFileSync(configPath, JSON.stringify(CONFIG));
+      writeFileSync(configPath, config(CONFIG, "config"));
     });
 
     afterAll(() => {
@@ -82,7 +88,7 @@ if (!skip) {
             "are already in use",
         );
         // TCP alone too: the kernel refuses a second listening socket.
-        writeFileSync(join(dir, "tcp.json"), JSON.stringify({ listeners: [CONFIG.listeners[1]] }));
+        writeFileSync(join(dir, "tcp.json"), config({ listeners: [CONFIG.listeners[1]] }, "tcp"));
         const tcp = inNs([BUN, RELAY_MAIN, "--config", join(dir, "tcp.json")]);
         expect(tcp.status).toBe(1);
         expect(tcp.stderr).toContain('listener "t4" (tcp 127.0.0.1 port 12346)');
@@ -121,7 +127,7 @@ if (!skip) {
     test("a port below 1024 without CAP_NET_BIND_SERVICE: exit 77, says which", () => {
       writeFileSync(
         join(dir, "dns.json"),
-        JSON.stringify({ listeners: [{ name: "dns4", address: "127.0.0.1", port: 53 }] }),
+        config({ listeners: [{ name: "dns4", address: "127.0.0.1", port: 53 }] }, "dns"),
       );
       const r = inNs([
         "setpriv",
