@@ -124,7 +124,9 @@ function makeLab(tmp: string) {
     listeners: [{ name: "m4", address: "127.0.0.1", port: LISTENER_PORT }],
     intercept: [{ listener: "m4", ports: [`${RELAY_PORT}-${RELAY_PORT + FANOUT - 1}`],
       interfaces: [LAB.routerClientIf] }],
-    udp: { sessionsMax: SESSIONS_MAX, idleTimeoutMs: 600_000 },
+    // One generator opens every flow from one address: no per-client bound here (a bound
+    // as large as the table is none), the table itself is what is measured.
+    udp: { sessionsMax: SESSIONS_MAX, sessionsPerClientMax: SESSIONS_MAX, idleTimeoutMs: 600_000 },
   };
   const config = parseConfig(raw);
   lab.installRules(nftRuleset(config), policyRoutingCommands(config));

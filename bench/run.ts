@@ -329,7 +329,8 @@ async function main(): Promise<number> {
     lines.push("## Memory per UDP session", "",
       `${memory.length} repetition(s), median [min-max]; bytes per session = growth since ` +
         "before the first flow / sessions. Relay: VmRSS of the relay process (its session " +
-        "table is allocated at start for udp.sessionsMax 131072, so this is what sessions add " +
+        "table is allocated at start for udp.sessionsMax 131072, lowered at start to fit " +
+        "RLIMIT_NOFILE (src/config/limits.ts), so this is what sessions add " +
         "on top) and the machine's kernel slab (/proc/meminfo Slab: upstream sockets and " +
         "conntrack entries). Kernel forwarding: the same flows through the router with the " +
         "same nft rules and no relay: kernel slab per flow (its conntrack entries). Shape: N " +
