@@ -5,6 +5,7 @@
 // control socket, print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
+import { configJsonSchemaText } from "./config/json_schema.ts";
 import { descriptorsWanted, fitToDescriptors } from "./config/limits.ts";
 import { controlCommands } from "./control/commands.ts";
 import { FlowLog } from "./control/flow_log.ts";
@@ -26,6 +27,7 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
                    127.0.0.1:12345 and [::1]:12345, relay to the original destination)
   --print-rules    print the nftables rules and policy routing for this config, then exit
   --check-config   validate the configuration, print it, then exit
+  --print-schema   print the configuration's JSON Schema (for editors), then exit
   --sessions N     with SIGUSR1: how many sessions to list (default 32)
 
 Metrics: GET /metrics on config.metrics.address:port (Prometheus text; port 0: none).
@@ -86,6 +88,7 @@ interface Args {
   configPath: string | null;
   printRules: boolean;
   checkConfig: boolean;
+  printSchema: boolean;
   sessionsListed: number;
 }
 
@@ -94,6 +97,7 @@ function parseArgs(argv: string[]): Args {
     configPath: null,
     printRules: false,
     checkConfig: false,
+    printSchema: false,
     sessionsListed: 32,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -104,6 +108,8 @@ function parseArgs(argv: string[]): Args {
       args.printRules = true;
     } else if (a === "--check-config") {
       args.checkConfig = true;
+    } else if (a === "--print-schema") {
+      args.printSchema = true;
     } else if (a === "--sessions") {
       const n = Number(argv[++i]);
       if (!Number.isInteger(n) || n < 0 || n > 100_000)
@@ -146,6 +152,10 @@ async function main(): Promise<void> {
   }
   guardOutput();
   const args = parseArgs(process.argv.slice(2));
+  if (args.printSchema) {
+    process.stdout.write(configJsonSchemaText());
+    return;
+  }
   let config: Config;
   try {
     config = args.configPath ? loadConfigFile(args.configPath) : parseConfig({});

@@ -155,6 +155,8 @@ export const TcpSchema = Type.Object(
 
 export const ConfigSchema = Type.Object(
   {
+    /** The JSON Schema an editor validates the file against (dist/relay.schema.json). */
+    $schema: Type.Optional(Type.String({ maxLength: 4096 })),
     listeners: Type.Array(ListenerSchema, {
       minItems: 1,
       maxItems: 64,
