@@ -22,6 +22,7 @@ import { loadFfi } from "./sys/ffi.ts";
 
 const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-config]
        bun run relay stats|sessions|top [--control PATH | --config FILE] ...
+       bun run relay rules apply|remove|print [--config FILE]   (the host's TPROXY rules)
 
   --config FILE    JSON configuration (default: built-in: TPROXY listeners on
                    127.0.0.1:12345 and [::1]:12345, relay to the original destination)
@@ -146,6 +147,10 @@ async function snapshot(
 
 async function main(): Promise<void> {
   const command = process.argv[2];
+  if (command === "rules") {
+    const { rulesCommand } = await import("./cli/rules.ts");
+    process.exit(rulesCommand(process.argv.slice(3)));
+  }
   if (command === "stats" || command === "sessions" || command === "top") {
     const { runCommand } = await import("./cli/main.ts");
     process.exit(await runCommand(command, process.argv.slice(3)));

@@ -1,0 +1,68 @@
+// `bun run relay rules apply|remove|print [--config FILE]`: the host's TPROXY rules and
+// policy routing for the config the relay runs with (src/rules/apply.ts). Exit status:
+// 0 done; 1 a step failed (named; apply left nothing of ours behind); 2 bad arguments or
+// configuration; 77 not permitted (CAP_NET_ADMIN).
+import { spawnSync } from "node:child_process";
+import { ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
+import { applyRules, type RunResult, RulesError, removeRules } from "../rules/apply.ts";
+import { rulesScript } from "../rules/nft.ts";
+
+const USAGE = "usage: bun run relay rules apply|remove|print [--config FILE]";
+/** One nft or ip command gets this long (they answer in milliseconds). */
+const COMMAND_TIMEOUT_MS = 30_000;
+
+function run(argv: string[], input?: string): RunResult {
+  const r = spawnSync(argv[0], argv.slice(1), {
+    input,
+    encoding: "utf8",
+    timeout: COMMAND_TIMEOUT_MS,
+  });
+  const missing = r.error && (r.error as NodeJS.ErrnoException).code === "ENOENT";
+  return {
+    status: r.status ?? -1,
+    stdout: r.stdout ?? "",
+    stderr: missing ? `${argv[0]} not found (Debian: nftables, iproute2)` : (r.stderr ?? ""),
+  };
+}
+
+export function rulesCommand(argv: string[]): number {
+  const [action, ...rest] = argv;
+  let configPath: string | null = null;
+  for (let i = 0; i < rest.length; i++) {
+    if (rest[i] === "--config" && i + 1 < rest.length) configPath = rest[++i];
+    else {
+      console.error(`relay rules: unknown argument ${JSON.stringify(rest[i])}\n${USAGE}`);
+      return 2;
+    }
+  }
+  if (action !== "apply" && action !== "remove" && action !== "print") {
+    console.error(USAGE);
+    return 2;
+  }
+  let config: ReturnType<typeof parseConfig>;
+  try {
+    config = configPath ? loadConfigFile(configPath) : parseConfig({});
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    console.error(`relay rules: invalid configuration:\n  ${err.problems.join("\n  ")}`);
+    return 2;
+  }
+  if (action === "print") {
+    process.stdout.write(rulesScript(config));
+    return 0;
+  }
+  try {
+    if (action === "apply") {
+      applyRules(config, run);
+      console.error("relay rules: applied (nft table, policy rules and routes)");
+    } else {
+      const removed = removeRules(config, run);
+      console.error(`relay rules: removed ${removed.length ? removed.join(", ") : "nothing"}`);
+    }
+    return 0;
+  } catch (err) {
+    if (!(err instanceof RulesError)) throw err;
+    console.error(`relay rules ${action}: ${err.message}`);
+    return err.privilege ? 77 : 1;
+  }
+}
