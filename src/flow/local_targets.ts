@@ -72,6 +72,13 @@ export class LocalTargets {
   private watch = -1;
   /** Refreshes done (each a full dump of the local table). */
   refreshes = 0;
+  /**
+   * Refreshes that changed the set: what a session scan waits for (the periodic re-read
+   * of an unchanged table must not scan every session every few seconds).
+   */
+  changes = 0;
+  /** The last dump, to tell a change from a re-read of the same table. */
+  private lastDump = new Uint8Array(0);
 
   constructor(private readonly lib: RelayLib) {
     this.routesPtr = ptr(this.routes);
@@ -110,6 +117,10 @@ export class LocalTargets {
   refresh(): void {
     const n = this.lib.rl_local_routes(this.routesPtr, LOCAL_ROUTES_MAX);
     if (n < 0) throw new Error(`reading the local routing table: ${errnoName(-n)}`);
+    this.refreshes++;
+    const dump = this.routes.subarray(0, n * ROUTE_BYTES);
+    if (this.changes > 0 && sameBytes(dump, this.lastDump)) return;
+    this.lastDump = dump.slice();
     const prefixes: Array<[Uint8Array, number]> = [];
     for (let i = 0; i < n; i++) {
       const base = i * ROUTE_BYTES;
@@ -121,7 +132,7 @@ export class LocalTargets {
       prefixes.push([addr, text.includes(":") ? bits : 96 + bits]);
     }
     this.sets = build(prefixes);
-    this.refreshes++;
+    this.changes++;
   }
 
   /** Whether the 16-byte address (four little-endian words) is local to this host. */
@@ -160,6 +171,12 @@ export class LocalTargets {
       view.getUint32(12, true),
     );
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** Bytes 8..11 of ::ffff:a.b.c.d (00 00 ff ff) read as a little-endian word. */

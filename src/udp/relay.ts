@@ -940,7 +940,7 @@ export class UdpRelay {
 
   /** The local-address set may have changed: re-read it, end flows now local. */
   private onAddressChange(): void {
-    const before = this.locals.refreshes;
+    const before = this.locals.changes;
     try {
       this.locals.onWatchReadable();
     } catch (err) {
@@ -948,7 +948,7 @@ export class UdpRelay {
       this.log("locals", `local-address refresh failed: ${(err as Error).message}`);
     }
     this.localsRefreshedMs = performance.now();
-    if (this.locals.refreshes !== before) this.endLocalSessions();
+    if (this.locals.changes !== before) this.endLocalSessions();
   }
 
   /**

@@ -46,6 +46,15 @@ describe("LocalTargets (this host's local table)", () => {
       }
     }
   });
+  test("re-reading an unchanged table is not a change (no session scan follows)", () => {
+    const fresh = new LocalTargets(loadFfi());
+    fresh.refresh();
+    fresh.refresh();
+    fresh.refresh();
+    expect(fresh.refreshes).toBe(3);
+    expect(fresh.changes).toBe(1);
+  });
+
   test("the netlink watch opens and drains without error", () => {
     const fd = targets.openWatch();
     expect(fd).toBeGreaterThan(0);
