@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { LAB, run } from "../lab/netns.ts";
 import { RELAY_MAIN } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
+import { BUN, labSkipReason, RelayLab } from "./harness.ts";
 
 const S4 = LAB.server4;
 const CONFIG = {
@@ -57,12 +57,7 @@ if (!skip) {
     beforeAll(async () => {
       env = new RelayLab();
       const { lab } = env;
-      env.spawn(lab.server, [
-        "python3",
-        join(ROOT, "test/lab/udp_echo.py"),
-        `${S4}:7001`,
-        `${S4}:7002`,
-      ]);
+      env.spawnEcho(`${S4}:7001`, `${S4}:7002`);
       await env.startRelay(CONFIG);
       await lab.waitForUdpPort(lab.server, 7001);
       await lab.waitForUdpPort(lab.server, 7002);

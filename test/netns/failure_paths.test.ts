@@ -54,12 +54,7 @@ if (!skip) {
 
     async function lab(faults: string, dataPlane = "worker") {
       env = new RelayLab();
-      env.spawn(env.lab.server, [
-        "python3",
-        join(import.meta.dir, "../lab/udp_echo.py"),
-        `${LAB.server4}:7001`,
-        `${LAB.server4}:7007`,
-      ]);
+      env.spawnEcho(`${LAB.server4}:7001`, `${LAB.server4}:7007`);
       await env.startRelay({ ...CONFIG, udp: { ...CONFIG.udp, dataPlane } }, [
         "env",
         `RELAY_TEST_FAULTS=${faults}`,

@@ -45,12 +45,7 @@ function makeLab(): RelayLab {
   const { lab } = env;
   lab.exec(lab.client, ["ip", "addr", "add", `${OTHER4}/24`, "dev", LAB.clientIf]);
   lab.exec(lab.client, ["ip", "addr", "add", `${OTHER6}/64`, "dev", LAB.clientIf, "nodad"]);
-  env.spawn(lab.server, [
-    "python3",
-    join(import.meta.dir, "../lab/udp_echo.py"),
-    `${LAB.server4}:7001`,
-    `[${LAB.server6}]:7001`,
-  ]);
+  env.spawnEcho(`${LAB.server4}:7001`, `[${LAB.server6}]:7001`);
   return env;
 }
 

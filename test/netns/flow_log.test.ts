@@ -119,12 +119,7 @@ if (!skip) {
       env = new RelayLab();
       const { lab } = env;
       writeFileSync(readerConfig, JSON.stringify({ flowLog: { path } }));
-      env.spawn(lab.server, [
-        "python3",
-        join(ROOT, "test/lab/udp_echo.py"),
-        `${S4}:7002`,
-        `${S4}:7003`,
-      ]);
+      env.spawnEcho(`${S4}:7002`, `${S4}:7003`);
       env.spawn(lab.server, dnsmasqArgv("relay.test", "198.18.1.77", "2001:2:0:2::77"));
       const server = env.spawn(lab.server, ["python3", "-c", tcpServer(3000)]);
       const first = await server.stdout.getReader().read();
@@ -322,7 +317,7 @@ print(n, s.getsockname()[1])`,
 
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawn(env.lab.server, ["python3", join(ROOT, "test/lab/udp_echo.py"), `${S4}:7002`]);
+      env.spawnEcho(`${S4}:7002`);
       await env.startRelay({
         listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
         intercept: [{ listener: "udp4", ports: [7002], interfaces: ["r0"] }],
@@ -374,7 +369,7 @@ print(n, s.getsockname()[1])`,
 
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawn(env.lab.server, ["python3", join(ROOT, "test/lab/udp_echo.py"), `${S4}:7002`]);
+      env.spawnEcho(`${S4}:7002`);
       await env.startRelay(CONFIG);
       await env.lab.waitForUdpPort(env.lab.server, 7002);
       env.lab.warmNeighbours();

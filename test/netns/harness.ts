@@ -65,6 +65,14 @@ export class RelayLab {
   }
   private routingInstalled = false;
 
+  /**
+   * The UDP echo server (test/lab/udp_echo.py) in the server namespace, on ADDR:PORT
+   * endpoints (with "--stamp" first: replies say who the server saw); killed in close().
+   */
+  spawnEcho(...args: string[]) {
+    return this.spawn(this.lab.server, ["python3", join(ROOT, "test/lab/udp_echo.py"), ...args]);
+  }
+
   /** Starts a process in a namespace; it is killed in close(). */
   spawn(ns: string, argv: string[]) {
     return this.track(this.lab.spawn(ns, argv));

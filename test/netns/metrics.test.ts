@@ -15,7 +15,7 @@ import { LAB } from "../lab/netns.ts";
 import { promtoolCheck, promtoolMissing } from "../lab/promtool.ts";
 import { BUN, RELAY_MAIN, RelayProcess } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { labSkipReason, RelayLab, ROOT } from "./harness.ts";
+import { labSkipReason, RelayLab } from "./harness.ts";
 
 const S4 = LAB.server4;
 const METRICS_PORT = 9477;
@@ -103,12 +103,7 @@ if (!skip) {
     beforeAll(async () => {
       env = new RelayLab();
       const { lab } = env;
-      env.spawn(lab.server, [
-        "python3",
-        join(ROOT, "test/lab/udp_echo.py"),
-        `${S4}:${PORT.pktinfo}`,
-        `${S4}:${PORT.socket}`,
-      ]);
+      env.spawnEcho(`${S4}:${PORT.pktinfo}`, `${S4}:${PORT.socket}`);
       env.spawn(lab.server, ["python3", "-c", TCP_ECHO]);
       lab.exec(
         lab.server,

@@ -65,11 +65,7 @@ if (!skip) {
       env = new RelayLab();
       flowLogPath = join(env.controlPath, "..", "flows.log");
       const { lab } = env;
-      env.spawn(lab.server, [
-        "python3",
-        join(ROOT, "test/lab/udp_echo.py"),
-        `${LAB.server4}:${PORT}`,
-      ]);
+      env.spawnEcho(`${LAB.server4}:${PORT}`);
       await env.startRelay({
         listeners: [
           { name: "echo4", address: "127.0.0.1", port: PORT },

@@ -110,12 +110,7 @@ if (!skip) {
     beforeAll(async () => {
       env = new RelayLab();
       const { lab } = env;
-      env.spawn(lab.server, [
-        "python3",
-        join(import.meta.dir, "../lab/udp_echo.py"),
-        `${LAB.server4}:7001`,
-        `[${LAB.server6}]:7001`,
-      ]);
+      env.spawnEcho(`${LAB.server4}:7001`, `[${LAB.server6}]:7001`);
       // The gateway's own DNS server on its LAN address, as dnsmasq on a home router.
       const dns = dnsmasqArgv("gateway.test", "198.18.1.77", "2001:2:0:2::77").map((a) =>
         a === `--listen-address=${LAB.server4}`

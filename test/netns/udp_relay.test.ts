@@ -7,10 +7,9 @@
 // Transparency is what we assert: the client gets every reply from the exact address
 // and port it sent to; the server sees the router (default mode).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { join } from "node:path";
 import { dnsmasqArgv, LAB } from "../lab/netns.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { labSkipReason, RelayLab, ROOT } from "./harness.ts";
+import { labSkipReason, RelayLab } from "./harness.ts";
 
 const S4 = LAB.server4;
 const S6 = `[${LAB.server6}]`;
@@ -82,13 +81,8 @@ if (!skip) {
       env = new RelayLab();
       const { lab } = env;
       const stamp = [...stampTargets4, `${S4}:7007`, ...stampTargets6, `${S6}:7007`];
-      env.spawn(lab.server, ["python3", join(ROOT, "test/lab/udp_echo.py"), "--stamp", ...stamp]);
-      env.spawn(lab.server, [
-        "python3",
-        join(ROOT, "test/lab/udp_echo.py"),
-        `${S4}:7002`,
-        `${S6}:7002`,
-      ]);
+      env.spawnEcho("--stamp", ...stamp);
+      env.spawnEcho(`${S4}:7002`, `${S6}:7002`);
       env.spawn(lab.server, dnsmasqArgv("relay.test", "198.18.1.77", "2001:2:0:2::77"));
       // ICMP host unreachable for one port, so upstream errors can be provoked.
       lab.exec(
@@ -363,13 +357,7 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
     let env: RelayLab;
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawn(env.lab.server, [
-        "python3",
-        join(ROOT, "test/lab/udp_echo.py"),
-        "--stamp",
-        ...stampTargets4,
-        ...stampTargets6,
-      ]);
+      env.spawnEcho("--stamp", ...stampTargets4, ...stampTargets6);
       await env.startRelay({
         listeners: [
           { name: "udp4", address: "127.0.0.1", port: 12345 },
@@ -404,7 +392,7 @@ s.bind(("${LAB.serverExtra4[0]}", 7005)); print("bound", flush=True); time.sleep
     let env: RelayLab;
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawn(env.lab.server, ["python3", join(ROOT, "test/lab/udp_echo.py"), `${S4}:7002`]);
+      env.spawnEcho(`${S4}:7002`);
       await env.startRelay({
         listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
         intercept: [{ listener: "udp4", ports: [7002], interfaces: ["r0"] }],
@@ -467,13 +455,7 @@ for i in range(${count}):
     let env: RelayLab;
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawn(env.lab.server, [
-        "python3",
-        join(ROOT, "test/lab/udp_echo.py"),
-        "--stamp",
-        `${S4}:7001`,
-        `${LAB.serverExtra4[0]}:7001`,
-      ]);
+      env.spawnEcho("--stamp", `${S4}:7001`, `${LAB.serverExtra4[0]}:7001`);
       await env.startRelay({
         listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
         intercept: [{ listener: "udp4", ports: [7001], interfaces: ["r0"] }],
@@ -513,13 +495,7 @@ for i in range(${count}):
 
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawn(env.lab.server, [
-        "python3",
-        join(ROOT, "test/lab/udp_echo.py"),
-        `${S4}:7002`,
-        `${S4}:7003`,
-        `${S4}:7004`,
-      ]);
+      env.spawnEcho(`${S4}:7002`, `${S4}:7003`, `${S4}:7004`);
       await env.startRelay(LIMITS_CONFIG);
       await env.lab.waitForUdpPort(env.lab.server, 7003);
       env.lab.warmNeighbours();
