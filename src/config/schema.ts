@@ -179,6 +179,62 @@ export const ConfigSchema = Type.Object(
      * 32766): a fixed priority makes the rule ours to find, replace and remove.
      */
     rulePriority: Type.Integer({ minimum: 1, maximum: 32_765, default: 32_000 }),
+    /**
+     * The host's interception rules (`bun run relay rules apply|remove|print`, README
+     * "Installing the TPROXY rules"): which firewall, which traffic, what is never
+     * intercepted.
+     */
+    firewall: Type.Object(
+      {
+        /** "nft" (one nftables table), or "iptables" (iptables-nft/ip6tables chains). */
+        backend: Type.Union([Type.Literal("nft"), Type.Literal("iptables")], { default: "nft" }),
+        /**
+         * "gateway": traffic routed through this host (prerouting on intercept[].interfaces);
+         * "local": this host's own outgoing traffic (output chain, rerouted to the relay);
+         * "both".
+         */
+        mode: Type.Union([Type.Literal("gateway"), Type.Literal("local"), Type.Literal("both")], {
+          default: "gateway",
+        }),
+        /**
+         * The relay applies the rules at start (replacing any left by a crash), re-applies
+         * them on reload, and removes them at exit.
+         */
+        manage: Type.Boolean({ default: false }),
+        /** Local mode: this user's traffic (name or uid) is never intercepted (the relay's). */
+        exemptUser: Type.String({ maxLength: 32, default: "" }),
+        /** Local mode: traffic of this cgroup v2 path is never intercepted (e.g. its service). */
+        exemptCgroup: Type.String({ maxLength: 256, default: "" }),
+        /** What is never intercepted, besides the host's own addresses. */
+        bypass: Type.Object(
+          {
+            /** Destination CIDRs (IPv4 or IPv6) never intercepted. */
+            destinations: Type.Array(Type.String({ minLength: 2, maxLength: 49 }), {
+              default: [],
+              maxItems: 4096,
+            }),
+            /** Source CIDRs (clients) never intercepted. */
+            sources: Type.Array(Type.String({ minLength: 2, maxLength: 49 }), {
+              default: [],
+              maxItems: 4096,
+            }),
+            /** Destination ports never intercepted (numbers or "low-high"). */
+            ports: Type.Array(
+              Type.Union([Port, Type.String({ pattern: "^[0-9]{1,5}-[0-9]{1,5}$" })]),
+              { default: [], maxItems: 64 },
+            ),
+            /**
+             * Private and reserved destinations (RFC 1918, CGNAT, link-local, loopback, ULA,
+             * multicast...: README lists them) are never intercepted. Off by default: a
+             * gateway may well proxy to private servers.
+             */
+            reservedRanges: Type.Boolean({ default: false }),
+          },
+          { additionalProperties: false, default: {} },
+        ),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     upstream: Type.Object(
       {
         bindAddress4: Type.String({ default: "0.0.0.0" }),
