@@ -20,7 +20,7 @@
 
 #include <stdint.h>
 
-#define RL_ABI_VERSION 2
+#define RL_ABI_VERSION 3
 
 /* Largest batch one recv/send call handles: the static mmsghdr/iovec/cmsg arrays are
  * sized by it. 256 follows the kernel selftest's drain budget. */
@@ -221,6 +221,17 @@ int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t 
 
 /* Closes with SO_LINGER 0: the peer gets a RST (refusing a connection at the limit). */
 int32_t rl_tcp_abort(int32_t fd);
+
+/* Copies up to cap bytes the client has sent, without consuming them (MSG_PEEK,
+ * non-blocking): while the relay reads a ClientHello the kernel's receive queue is the
+ * hold buffer, and the splice engine later moves the same bytes upstream. Returns the
+ * bytes copied (0: the client closed), or -errno (-EAGAIN: nothing yet). */
+int32_t rl_tcp_peek(int32_t fd, uint8_t *buf, int32_t cap);
+
+/* SO_RCVLOWAT = bytes: epoll reports the socket readable only once that many bytes are
+ * queued (or at EOF or an error), so waiting for the rest of a ClientHello whose prefix
+ * was peeked does not wake the relay on the bytes it has already seen. */
+int32_t rl_tcp_rcvlowat(int32_t fd, int32_t bytes);
 
 /* Starts an engine for ids 0..slots-1 with pipes of pipe_bytes per direction (the
  * bound on what the relay holds per direction). Returns a handle >= 0. */

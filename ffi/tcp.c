@@ -103,3 +103,17 @@ int32_t rl_tcp_abort(int32_t fd) {
   close_with_reset(fd);
   return 0;
 }
+
+int32_t rl_tcp_peek(int32_t fd, uint8_t *buf, int32_t cap) {
+  if (fd < 0) return -EBADF;
+  if (cap <= 0) return -EINVAL;
+  ssize_t n = recv(fd, buf, (size_t)cap, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 ? -errno : (int32_t)n;
+}
+
+int32_t rl_tcp_rcvlowat(int32_t fd, int32_t bytes) {
+  if (fd < 0) return -EBADF;
+  if (bytes < 1) return -EINVAL;
+  int v = bytes;
+  return setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof(v)) == 0 ? 0 : -errno;
+}

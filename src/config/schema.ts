@@ -149,6 +149,19 @@ export const TcpSchema = Type.Object(
     shutdownGraceMs: Type.Integer({ minimum: 0, maximum: 600_000, default: 5_000 }),
     /** listen(2) backlog of TCP listeners. */
     listenBacklog: Type.Integer({ minimum: 1, maximum: 65_535, default: 1024 }),
+    /**
+     * Destination ports whose first bytes are read as a TLS ClientHello before the
+     * upstream connect: the connection records the SNI. The bytes stay in the kernel's
+     * receive queue (peeked, not read), so nothing is copied or lost.
+     */
+    sniffPorts: Type.Array(Port, { default: [443], maxItems: 64 }),
+    /**
+     * A connection on a sniff port that has not sent a whole ClientHello within this
+     * long is relayed without a name (a server-speaks-first protocol waits this long).
+     */
+    sniffTimeoutMs: Type.Integer({ minimum: 10, maximum: 60_000, default: 1000 }),
+    /** Bytes of a ClientHello read at most; a larger one is relayed without a name. */
+    sniffBytesMax: Type.Integer({ minimum: 512, maximum: 65_536, default: 16_384 }),
   },
   { additionalProperties: false },
 );

@@ -26,7 +26,7 @@ import {
   REPLY_SOCKET,
 } from "../flow/flow_records.ts";
 import { formatAddress } from "../sys/addr.ts";
-import { TCP_END_NAMES } from "../tcp/layout.ts";
+import { TCP_END_NAMES, TCP_PARSED_TLS } from "../tcp/layout.ts";
 import { frameBytes, writeFrame } from "./flow_frame.ts";
 import { FIELD, FLOW_RECORD_FIELDS, FLOW_RECORD_VERSION } from "./flow_record.ts";
 import { RateLimitedLog } from "./log.ts";
@@ -98,7 +98,13 @@ export class FlowLog {
       row[FIELD.packetsToClient] = udp ? batch.packetsToClient[i] : null;
       row[FIELD.bytesToClient] = batch.bytesToClient[i];
       row[FIELD.name] = batch.names[i];
-      row[FIELD.parsed] = udp && parsed !== PROTOCOL_UNKNOWN ? PROTOCOL_NAMES[parsed] : null;
+      row[FIELD.parsed] = udp
+        ? parsed !== PROTOCOL_UNKNOWN
+          ? PROTOCOL_NAMES[parsed]
+          : null
+        : parsed === TCP_PARSED_TLS
+          ? "tls"
+          : null;
       // No policy yet: every flow goes to its original destination.
       row[FIELD.rule] = null;
       row[FIELD.outbound] = "direct";

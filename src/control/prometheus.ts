@@ -134,6 +134,13 @@ const F = {
       "protocol on its port), incomplete (QUIC ClientHello unfinished after " +
       "udp.sniffPacketsMax datagrams).",
   ),
+  tcpSniff: family(
+    "relay_tcp_sniff_total",
+    "counter",
+    "Connections on tcp.sniffPorts by what their first bytes were: tls (SNI recorded), " +
+      "malformed (not a TLS ClientHello), incomplete (unfinished within " +
+      "tcp.sniffTimeoutMs or tcp.sniffBytesMax, or the client closed first).",
+  ),
   udpBatch: family(
     "relay_udp_batch_datagrams",
     "histogram",
@@ -307,8 +314,11 @@ const UDP_PLACED: Record<
 
 const TCP_BY_PREFIX: readonly ByPrefix[] = [
   { prefix: "dropped", family: F.tcpEnded, label: "reason" },
+  // "sniffed" before "sniff": sniffedTls is {result="tls"}.
+  { prefix: "sniffed", family: F.tcpSniff, label: "result" },
+  { prefix: "sniff", family: F.tcpSniff, label: "result" },
 ];
-type TcpByPrefix = `dropped${string}`;
+type TcpByPrefix = `dropped${string}` | `sniff${string}`;
 
 const ended = (reason: string): Place => ({ family: F.tcpEnded, labels: { reason } });
 

@@ -43,7 +43,7 @@ export interface FlowBatch {
   bytesToTarget: Float64Array;
   packetsToClient: Float64Array;
   bytesToClient: Float64Array;
-  /** UDP: PROTOCOL_* of src/flow/table.ts; TCP: 0 (not parsed). */
+  /** UDP: PROTOCOL_* of src/flow/table.ts; TCP: TCP_PARSED_TLS or 0 (src/tcp/layout.ts). */
   parsed: Uint8Array;
   names: Array<string | null>;
   /** UDP: EndReason; TCP: TcpEnd. */

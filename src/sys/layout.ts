@@ -203,4 +203,4 @@ export const SOCK = {
 
 /** Largest batch per call: RL_BATCH_COUNT_MAX in relay.h. */
 export const BATCH_COUNT_MAX = 256;
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;

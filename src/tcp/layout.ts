@@ -48,6 +48,9 @@ export const enum TcpEnd {
 }
 
 /** TcpEnd names by value (the flow log's end reasons; 0 is not a reason). */
+/** A TCP flow record's `parsed` code: its first bytes were a TLS ClientHello. */
+export const TCP_PARSED_TLS = 1;
+
 export const TCP_END_NAMES = [
   "unknown",
   "closed",

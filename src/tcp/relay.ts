@@ -22,8 +22,18 @@
 //
 // Wake-ups: the listeners and the engine's event fd sit in one Poller (the C epoll
 // thread, EPOLLONESHOT); each is drained, bounded, and re-armed in a `finally`.
+//
+// Names (tcp.sniffPorts, 443 by default): before the upstream connect, the client's
+// first bytes are peeked (MSG_PEEK) into the WASM parsers' packet area and read as a TLS
+// ClientHello; the connection records the SNI. The kernel's receive queue is the hold
+// buffer: nothing is read, so the splice engine later moves the very same bytes
+// upstream. While a ClientHello is incomplete, SO_RCVLOWAT is set one byte past what was
+// seen, so the next wake-up comes with new bytes, not for the ones already parsed. The
+// client fd sits in the same Poller (token = sniffTokenBase + connection id) until the
+// hello is complete, is not TLS, or tcp.sniffTimeoutMs passes (then it goes unnamed).
 
 import { type Pointer, ptr } from "bun:ffi";
+import { readFileSync } from "node:fs";
 import type { Config, ListenerConfig } from "../config/load.ts";
 import { log, RateLimitedLog } from "../control/log.ts";
 import { FLOW_ADDR_BYTES, type FlowBatch, FlowRecords, REPLY_NONE } from "../flow/flow_records.ts";
@@ -40,6 +50,10 @@ import {
   isResourceErrno,
   StartError,
 } from "../sys/errno.ts";
+import { Code } from "../classify/layout.ts";
+import { TlsParser } from "../classify/tls.ts";
+import { Parsers, WASM_PATH_DEFAULT } from "../classify/wasm.ts";
+import { assert } from "../sys/assert.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { META, META_WORDS, SOCK } from "../sys/layout.ts";
 import { Poller, WAKE_TOKEN_MASK } from "../sys/poller.ts";
@@ -52,6 +66,7 @@ import {
   TCP_EVENT_HALVES,
   TCP_EVENT_WORDS,
   TCP_NEVER_CONNECTED,
+  TCP_PARSED_TLS,
   TCP_STATS,
   TCP_STEP_CONNECT,
   TcpEnd,
@@ -77,7 +92,12 @@ const enum ConnState {
   Free = 0,
   /** Handed to the engine (connecting or open: the engine reports only the end). */
   Busy = 1,
+  /** Accepted; its ClientHello is being read (tcp.sniffPorts), no upstream yet. */
+  Sniffing = 2,
 }
+
+/** End of the sniffing list (an id is never negative). */
+const NIL = -1;
 
 export class TcpCounters {
   /** Connections accepted from clients (before any decision). */
@@ -127,6 +147,16 @@ export class TcpCounters {
   /** No pipe (descriptors/memory) or the engine refused the hand-off. */
   resourceFailures = 0;
 
+  /** tcp.sniffPorts: a whole ClientHello read, its SNI recorded (when it has one). */
+  sniffedTls = 0;
+  /** tcp.sniffPorts: the first bytes were not a TLS ClientHello; relayed unnamed. */
+  sniffMalformed = 0;
+  /**
+   * tcp.sniffPorts: no whole ClientHello within tcp.sniffTimeoutMs or tcp.sniffBytesMax,
+   * or the client half-closed first; relayed unnamed.
+   */
+  sniffIncomplete = 0;
+
   /** Bytes of connections that ended, each way (live totals: see snapshot()). */
   bytesToTargetsClosed = 0;
   bytesToClientsClosed = 0;
@@ -157,6 +187,8 @@ export interface TcpConnectionView {
   client: string;
   target: string;
   listener: string;
+  /** The TLS SNI read on a sniff port, or null. */
+  name: string | null;
   ageMs: number;
 }
 
@@ -218,7 +250,27 @@ export class TcpRelay {
   private readonly connListener: Int16Array;
   private readonly connStartMs: Float64Array;
   private readonly connAddrs: Uint8Array; // 32 bytes each: client, target
+  private readonly connAddrsPtr: Pointer;
   private readonly connPorts: Uint32Array; // client port << 16 | target port
+  private readonly connScope: Uint32Array; // the target's IPv6 scope id
+  private readonly connNames: Array<string | null>;
+
+  // Sniffing (tcp.sniffPorts): the client fd while no upstream exists, the bytes of the
+  // ClientHello seen so far, the deadline, and a list in deadline order (all sniffing
+  // connections share one timeout, so appending keeps it sorted) for the timer.
+  private readonly sniffPort: Uint8Array;
+  private readonly sniffTokenBase: number;
+  private readonly connClientFd: Int32Array;
+  private readonly connPeeked: Int32Array;
+  private readonly connDeadlineMs: Float64Array;
+  private readonly sniffNext: Int32Array;
+  private readonly sniffPrev: Int32Array;
+  private sniffHead = NIL;
+  private sniffTail = NIL;
+  /** The parsers read the peeked bytes in place; their own instance (not the UDP slab). */
+  private readonly tls: TlsParser | null;
+  private readonly sniffPtr: Pointer | null;
+  private readonly sniffOffset: number;
   private active = 0;
   /** The control plane's selection (`relay sessions`), built once. */
   private readonly selected = new TopK(SESSIONS_LIMIT_MAX);
@@ -272,8 +324,34 @@ export class TcpRelay {
     this.connState = new Uint8Array(n);
     this.connListener = new Int16Array(n).fill(-1);
     this.connStartMs = new Float64Array(n);
-    this.connAddrs = new Uint8Array(n * 32);
+    this.connAddrs = new Uint8Array(new ArrayBuffer(n * 32));
+    this.connAddrsPtr = ptr(this.connAddrs);
     this.connPorts = new Uint32Array(n);
+    this.connScope = new Uint32Array(n);
+    this.connNames = new Array<string | null>(n).fill(null);
+
+    this.sniffPort = new Uint8Array(65_536);
+    for (const port of config.tcp.sniffPorts) this.sniffPort[port] = 1;
+    this.sniffTokenBase = this.listeners.length + 2;
+    this.connClientFd = new Int32Array(n).fill(-1);
+    this.connPeeked = new Int32Array(n);
+    this.connDeadlineMs = new Float64Array(n);
+    this.sniffNext = new Int32Array(n).fill(NIL);
+    this.sniffPrev = new Int32Array(n).fill(NIL);
+    if (config.tcp.sniffPorts.length > 0 && this.listeners.length > 0) {
+      const parsers = new Parsers(new WebAssembly.Module(readFileSync(WASM_PATH_DEFAULT)));
+      assert(
+        config.tcp.sniffBytesMax <= parsers.packetArea.bytesMax,
+        "tcp.sniffBytesMax exceeds the parsers' packet area",
+      );
+      this.tls = new TlsParser(parsers);
+      this.sniffOffset = parsers.packetArea.offset;
+      this.sniffPtr = (ptr(parsers.bytes) + this.sniffOffset) as Pointer;
+    } else {
+      this.tls = null;
+      this.sniffPtr = null;
+      this.sniffOffset = 0;
+    }
     this.onFlows = options.onFlows ?? (() => {});
     this.flows =
       config.flowLog.path !== "" && options.onFlows
@@ -283,9 +361,10 @@ export class TcpRelay {
           )
         : null;
 
-    // Listeners and the engine event fd only: a handful of tokens.
+    // Listeners, the engine event fd, the address watch, and one token per connection
+    // id for a client whose ClientHello is being read.
     this.poller = new Poller(lib, (token) => this.onWake(token), {
-      tokensMax: 1024,
+      tokensMax: this.sniffTokenBase + n,
       // A bug on the accept path, or the epoll thread gone: never limp on half alive.
       onError: (err) => {
         if (this.fatal) return;
@@ -347,6 +426,7 @@ export class TcpRelay {
       await Bun.sleep(Math.min(20, Math.max(1, graceEnd - performance.now())));
     }
     if (this.active > 0) {
+      this.abortSniffing();
       this.lib.rl_tcp_engine_abort_all(this.engine);
       const abortEnd = performance.now() + ABORT_WAIT_MS;
       while (this.active > 0 && performance.now() < abortEnd) {
@@ -363,6 +443,7 @@ export class TcpRelay {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     this.pollWakesFinal = this.poller.wakes;
+    this.abortSniffing();
     this.poller.stop();
     this.closeWatch();
     if (this.engine >= 0) {
@@ -406,16 +487,15 @@ export class TcpRelay {
    * The open connections `query` selects (`relay sessions`), and how many matched. The
    * splice engine reports a connection's bytes only when it ends, so there is nothing
    * live to sort by bytes, packets or idle time: whatever the sort, oldest first. A
-   * TCP connection has no name, so a name filter matches none.
+   * name filter matches the SNI read on a sniff port (tcp.sniffPorts).
    */
   queryConnections(query: SessionQuery): { connections: TcpConnectionView[]; matched: number } {
     const top = this.selected;
     top.reset(query.limit);
     let matched = 0;
-    // No connection has a name: a name filter leaves the loop without a pass.
-    const connectionsSeen = textMatches(null, query.name) ? this.connectionsMax : 0;
-    for (let id = 0; id < connectionsSeen; id++) {
+    for (let id = 0; id < this.connectionsMax; id++) {
       if (this.connState[id] === ConnState.Free) continue;
+      if (!textMatches(this.connNames[id], query.name)) continue;
       const ports = this.connPorts[id];
       const client = formatEndpoint(this.connAddrs, id * 32, ports >>> 16);
       if (!textMatches(client, query.client)) continue;
@@ -438,6 +518,7 @@ export class TcpRelay {
       client: formatEndpoint(this.connAddrs, id * 32, ports >>> 16),
       target: formatEndpoint(this.connAddrs, id * 32 + 16, ports & 0xffff),
       listener: this.listeners[this.connListener[id]]?.name ?? "?",
+      name: this.connNames[id],
       ageMs: Math.round(now - this.connStartMs[id]),
     };
   }
@@ -524,6 +605,10 @@ export class TcpRelay {
       }
       return;
     }
+    if (token >= this.sniffTokenBase) {
+      this.onSniffReadable(token - this.sniffTokenBase);
+      return;
+    }
     const fd = this.listenerFd[token];
     if (fd === undefined || fd < 0) return; // closed since the wake-up was queued
     try {
@@ -538,6 +623,7 @@ export class TcpRelay {
 
   private tick(): void {
     if (!this.poller.check()) return;
+    this.expireSniffing(performance.now());
     this.drainEvents();
     this.flushFlows();
     this.checkEngine();
@@ -594,7 +680,6 @@ export class TcpRelay {
     }
     const meta = this.meta;
     const localPort = this.meta16[META.targetPortHalf];
-    let targetPtr = (this.metaPtr + META.targetAddrWord * 4) as Pointer;
     let targetBytes = meta.subarray(16, 32);
     let targetPort = localPort;
     if (l.mode === "redirect") {
@@ -609,7 +694,6 @@ export class TcpRelay {
         this.lib.rl_tcp_abort(clientFd);
         return;
       }
-      targetPtr = this.origDstPtr;
       targetBytes = this.origDst;
       targetPort = port;
     }
@@ -626,11 +710,29 @@ export class TcpRelay {
       return;
     }
 
+    const id = this.freeIds[--this.freeIdCount];
+    this.connState[id] = ConnState.Busy;
+    this.connListener[id] = index;
+    this.connStartMs[id] = performance.now();
+    this.connAddrs.set(meta.subarray(0, 16), id * 32);
+    this.connAddrs.set(targetBytes.subarray(0, 16), id * 32 + 16);
+    this.connPorts[id] = ((this.meta16[META.sourcePortHalf] << 16) | targetPort) >>> 0;
+    this.connScope[id] = this.meta32[META.targetScopeWord];
+    this.connNames[id] = null;
+    this.active++;
+    if (this.tls !== null && this.sniffPort[targetPort] === 1) this.startSniffing(id, clientFd);
+    else this.connectUpstream(id, clientFd);
+  }
+
+  /** Connects connection `id` (held in the conn* arrays) upstream and hands it to the engine. */
+  private connectUpstream(id: number, clientFd: number): void {
+    const l = this.listeners[this.connListener[id]];
+    const targetPort = this.connPorts[id] & 0xffff;
     let flags = 0;
     let sourcePtr: Pointer;
     if (l.source === "client") {
       flags = TCP_CONNECT.transparent | TCP_CONNECT.sourceBind;
-      sourcePtr = (this.metaPtr + META.sourceAddrWord * 4) as Pointer;
+      sourcePtr = (this.connAddrsPtr + id * 32) as Pointer;
     } else if (l.ipv6) {
       sourcePtr = this.upstream6Ptr;
       if (!this.upstream6Any) flags = TCP_CONNECT.sourceBind;
@@ -638,11 +740,10 @@ export class TcpRelay {
       sourcePtr = this.upstream4Ptr;
       if (!this.upstream4Any) flags = TCP_CONNECT.sourceBind;
     }
-    const scope = this.meta32[META.targetScopeWord];
     const upstreamFd = this.lib.rl_tcp_connect(
-      targetPtr,
+      (this.connAddrsPtr + id * 32 + 16) as Pointer,
       targetPort,
-      scope,
+      this.connScope[id],
       sourcePtr,
       flags,
       this.config.mark,
@@ -658,26 +759,122 @@ export class TcpRelay {
       this.log(
         `upstream-${step}-${err.errno}`,
         `upstream for "${l.name}" to ` +
-          `${formatEndpoint(targetBytes, 0, targetPort)}: ${step}: ${errnoName(err.errno)}`,
+          `${formatEndpoint(this.connAddrs, id * 32 + 16, targetPort)}: ${step}: ` +
+          errnoName(err.errno),
       );
       this.lib.rl_tcp_abort(clientFd);
+      this.release(id);
       return;
     }
-
-    const id = this.freeIds[--this.freeIdCount];
-    this.connState[id] = ConnState.Busy;
-    this.connListener[id] = index;
-    this.connStartMs[id] = performance.now();
-    this.connAddrs.set(meta.subarray(0, 16), id * 32);
-    this.connAddrs.set(targetBytes.subarray(0, 16), id * 32 + 16);
-    this.connPorts[id] = ((this.meta16[META.sourcePortHalf] << 16) | targetPort) >>> 0;
-    this.active++;
     const rc = this.lib.rl_tcp_engine_add(this.engine, id, clientFd, upstreamFd);
     if (rc < 0) {
       // The engine closed (reset) both sockets.
       this.counters.resourceFailures++;
       this.log("engine-add", `splice engine refused a connection: ${errnoName(-rc)}`);
       this.release(id);
+    }
+  }
+
+  // ---- names: the ClientHello, peeked before the upstream connect ----
+
+  private startSniffing(id: number, clientFd: number): void {
+    this.connState[id] = ConnState.Sniffing;
+    this.connClientFd[id] = clientFd;
+    this.connPeeked[id] = 0;
+    this.connDeadlineMs[id] = this.connStartMs[id] + this.config.tcp.sniffTimeoutMs;
+    this.sniffPrev[id] = this.sniffTail;
+    this.sniffNext[id] = NIL;
+    if (this.sniffTail === NIL) this.sniffHead = id;
+    else this.sniffNext[this.sniffTail] = id;
+    this.sniffTail = id;
+    const rc = this.poller.add(clientFd, this.sniffTokenBase + id);
+    if (rc < 0) {
+      // The poller refused it (memory): relay it unnamed rather than fail the client.
+      this.log("sniff-poll", `epoll_ctl(ADD) client: ${errnoName(-rc)}: relayed unnamed`);
+      this.stopSniffing(id, false);
+      this.connectUpstream(id, clientFd);
+    }
+  }
+
+  /** Leaves the sniffing state: off the list and the poller, SO_RCVLOWAT back to 1. */
+  private stopSniffing(id: number, registered: boolean): number {
+    const fd = this.connClientFd[id];
+    const prev = this.sniffPrev[id];
+    const next = this.sniffNext[id];
+    if (prev === NIL) this.sniffHead = next;
+    else this.sniffNext[prev] = next;
+    if (next === NIL) this.sniffTail = prev;
+    else this.sniffPrev[next] = prev;
+    this.sniffPrev[id] = NIL;
+    this.sniffNext[id] = NIL;
+    this.connClientFd[id] = -1;
+    this.connState[id] = ConnState.Busy;
+    if (registered) this.poller.remove(fd);
+    // The splice engine must be woken by every byte again.
+    if (this.connPeeked[id] > 0) this.lib.rl_tcp_rcvlowat(fd, 1);
+    return fd;
+  }
+
+  private onSniffReadable(id: number): void {
+    if (this.connState[id] !== ConnState.Sniffing) return; // ended since the wake-up
+    const fd = this.connClientFd[id];
+    const tls = this.tls!;
+    const bytesMax = this.config.tcp.sniffBytesMax;
+    const n = this.lib.rl_tcp_peek(fd, this.sniffPtr!, bytesMax);
+    if (n === -E.EAGAIN) {
+      this.poller.rearm(fd, this.sniffTokenBase + id);
+      return;
+    }
+    if (n < 0) {
+      // The client reset or vanished before any upstream existed.
+      this.stopSniffing(id, true);
+      this.lib.rl_tcp_abort(fd);
+      this.counters.clientResets++;
+      if (this.flows !== null) this.recordFlow(id, TcpEnd.ClientReset, 0, 0);
+      this.release(id);
+      return;
+    }
+    const seen = this.connPeeked[id];
+    const r = n > 0 ? tls.parse(this.sniffOffset, n) : null;
+    if (r !== null && r.code === Code.short && n < bytesMax && n > seen) {
+      // More of the hello to come: wake up only once there is more than n bytes.
+      this.connPeeked[id] = n;
+      const rc = this.lib.rl_tcp_rcvlowat(fd, n + 1);
+      if (rc === 0) {
+        this.poller.rearm(fd, this.sniffTokenBase + id);
+        return;
+      }
+      this.log("sniff-lowat", `SO_RCVLOWAT: ${errnoName(-rc)}: relayed unnamed`);
+    }
+    if (r !== null && r.code === Code.ok) {
+      this.counters.sniffedTls++;
+      if (r.sniPresent) this.connNames[id] = r.sni();
+    } else if (r !== null && r.code !== Code.short) {
+      this.counters.sniffMalformed++;
+    } else {
+      // Half-closed before a whole hello, a hello past sniffBytesMax, or no SO_RCVLOWAT.
+      this.counters.sniffIncomplete++;
+    }
+    this.connectUpstream(id, this.stopSniffing(id, true));
+  }
+
+  /** At shutdown, past the grace period: connections still without an upstream are reset. */
+  private abortSniffing(): void {
+    while (this.sniffHead !== NIL) {
+      const id = this.sniffHead;
+      this.lib.rl_tcp_abort(this.stopSniffing(id, true));
+      this.counters.abortedAtShutdown++;
+      if (this.flows !== null) this.recordFlow(id, TcpEnd.Aborted, 0, 0);
+      this.release(id);
+    }
+  }
+
+  /** Connections whose ClientHello did not complete in time: relayed unnamed. */
+  private expireSniffing(now: number): void {
+    while (this.sniffHead !== NIL && this.connDeadlineMs[this.sniffHead] <= now) {
+      const id = this.sniffHead;
+      this.counters.sniffIncomplete++;
+      this.connectUpstream(id, this.stopSniffing(id, true));
     }
   }
 
@@ -703,6 +900,7 @@ export class TcpRelay {
 
   private release(id: number): void {
     this.connState[id] = ConnState.Free;
+    this.connNames[id] = null;
     this.connListener[id] = -1;
     this.freeIds[this.freeIdCount++] = id;
     this.active--;
@@ -776,15 +974,19 @@ export class TcpRelay {
           default:
             this.log(`reason-${reason}`, `engine: unknown end reason ${reason}`);
         }
-        if (this.flows !== null) this.recordFlow(id, i, reason);
+        if (this.flows !== null) {
+          const up = this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesUpDouble];
+          const down = this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesDownDouble];
+          this.recordFlow(id, reason, up, down);
+        }
         this.release(id);
       }
       if (n < EVENTS_BATCH) return;
     }
   }
 
-  /** Connection `id`'s row in the flow log buffer (event i); dropped and counted when full. */
-  private recordFlow(id: number, i: number, reason: TcpEnd): void {
+  /** Connection `id`'s row in the flow log buffer; dropped and counted when full. */
+  private recordFlow(id: number, reason: TcpEnd, bytesUp: number, bytesDown: number): void {
     const flows = this.flows!;
     const r = flows.reserve();
     if (r < 0) {
@@ -798,11 +1000,12 @@ export class TcpRelay {
     flows.ports[r] = this.connPorts[id];
     flows.listener[r] = this.connListener[id];
     flows.packetsToTarget[r] = Number.NaN;
-    flows.bytesToTarget[r] = this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesUpDouble];
+    flows.bytesToTarget[r] = bytesUp;
     flows.packetsToClient[r] = Number.NaN;
-    flows.bytesToClient[r] = this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesDownDouble];
-    flows.parsed[r] = 0;
-    flows.names[r] = null;
+    flows.bytesToClient[r] = bytesDown;
+    const name = this.connNames[id];
+    flows.parsed[r] = name !== null ? TCP_PARSED_TLS : 0;
+    flows.names[r] = name;
     flows.reason[r] = reason;
     flows.reply[r] = REPLY_NONE;
   }

@@ -38,6 +38,9 @@ describe("TCP config", () => {
       bufferBytesMax: 262_144,
       shutdownGraceMs: 5000,
       listenBacklog: 1024,
+      sniffPorts: [443],
+      sniffTimeoutMs: 1000,
+      sniffBytesMax: 16_384,
     });
     // UDP listeners keep their defaults (and the built-in config has no TCP listener).
     expect(parseConfig({}).listeners.every((l) => l.protocol === "udp")).toBe(true);
