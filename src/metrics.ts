@@ -112,6 +112,18 @@ export class UdpCounters {
   /** QUIC flows whose ClientHello was still incomplete after udp.sniffPacketsMax datagrams. */
   sniffIncomplete = 0;
 
+  // QUIC connections followed across client endpoints (src/flow/quic_ids.ts).
+  /** Server connection IDs learned from long-header replies. */
+  quicConnectionIdsLearned = 0;
+  /** A session moved to its client's new address or port (NAT rebinding), same upstream. */
+  quicRebindsFollowed = 0;
+  /**
+   * A datagram named a session's connection ID from a new endpoint, but the session could
+   * not move (its upstream socket shared, the new endpoint at its bounds or holding a
+   * socket of its own): it opened a new session instead.
+   */
+  quicRebindsRefused = 0;
+
   /** Ended sessions the flow log never got: its buffer was full (src/flow/flow_records.ts). */
   flowLogDropped = 0;
 

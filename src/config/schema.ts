@@ -116,6 +116,11 @@ export const UdpSchema = Type.Object(
     /** Ports whose first datagrams are parsed as QUIC Initials: the session records the SNI. */
     quicPorts: Type.Array(Port, { default: [443], maxItems: 64 }),
     /**
+     * QUIC sessions follow their connection ID: when a client's NAT rebinds its address
+     * or port mid-connection, its datagrams stay on the same session and upstream socket.
+     */
+    quicFollowConnectionIds: Type.Boolean({ default: true }),
+    /**
      * Datagrams per flow offered to the QUIC parser before giving up: a post-quantum
      * ClientHello (Chrome) spans 2 or more Initial packets.
      */

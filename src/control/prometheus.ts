@@ -141,6 +141,17 @@ const F = {
       "malformed (not a TLS ClientHello), incomplete (unfinished within " +
       "tcp.sniffTimeoutMs or tcp.sniffBytesMax, or the client closed first).",
   ),
+  udpQuicIds: family(
+    "relay_udp_quic_connection_ids_learned_total",
+    "counter",
+    "Server connection IDs learned from QUIC long-header replies (udp.quicFollowConnectionIds).",
+  ),
+  udpQuicRebinds: family(
+    "relay_udp_quic_rebinds_total",
+    "counter",
+    "Datagrams from a new client endpoint naming a session's QUIC connection ID: followed " +
+      "(the session and its upstream socket moved there) or refused (a new session instead).",
+  ),
   udpBatch: family(
     "relay_udp_batch_datagrams",
     "histogram",
@@ -298,6 +309,9 @@ const UDP_PLACED: Record<
   // (later ones within udp.replyBindRetryMs are droppedReplyBindCached).
   replySocketBindFailed: { family: F.udpDropped, labels: { reason: "reply_socket_bind_failed" } },
   sessionsEndedLocalTarget: { family: F.udpSessionsLocal },
+  quicConnectionIdsLearned: { family: F.udpQuicIds },
+  quicRebindsFollowed: { family: F.udpQuicRebinds, labels: { result: "followed" } },
+  quicRebindsRefused: { family: F.udpQuicRebinds, labels: { result: "refused" } },
   flowLogDropped: { family: F.flowLogDropped, labels: udp() },
   receiveErrors: { family: F.udpReceiveErrors },
   wakes: { family: F.readyHandled, labels: udp() },

@@ -156,6 +156,39 @@ export class UpstreamPool {
     this.index.remove(upstream);
   }
 
+  /** Whether `upstream` carries one session only (so it may follow that session). */
+  soleSession(upstream: number): boolean {
+    return this.refs[upstream] === 1;
+  }
+
+  /**
+   * Moves a socket that carries one session to a new client endpoint (the client's NAT
+   * rebound it): replies go there from now on, and the server sees nothing change.
+   * False, with nothing changed, when the new endpoint already has a socket of its own.
+   */
+  rebind(
+    upstream: number,
+    a0: number,
+    a1: number,
+    a2: number,
+    a3: number,
+    clientPort: number,
+    clientScope: number,
+  ): boolean {
+    assert(this.refs[upstream] === 1, "rebind of a shared upstream socket");
+    const key = this.index.scratch;
+    key[0] = a0;
+    key[1] = a1;
+    key[2] = a2;
+    key[3] = a3;
+    key[4] = clientPort;
+    key[5] = this.index.keys[upstream * KEY_WORDS + 5];
+    if (this.index.find() >= 0) return false;
+    this.index.rekey(upstream);
+    this.clientScopes[upstream] = clientScope;
+    return true;
+  }
+
   fd(upstream: number): number {
     return this.fds[upstream];
   }

@@ -96,6 +96,26 @@ export class HashIndex {
 
   /** Removes the entry at `slot` (which must be in use). */
   remove(slot: number): void {
+    this.unindex(slot);
+    this.freeSlots[this.freeCount++] = slot;
+  }
+
+  /**
+   * Moves the entry at `slot` (in use) to the scratch key (which must not be present),
+   * keeping its slot, so the caller's per-slot values stay where they are.
+   */
+  rekey(slot: number): void {
+    this.unindex(slot);
+    const hash = this.hashScratch();
+    this.hashes[slot] = hash;
+    this.keys.set(this.scratch, slot * this.keyWords);
+    let bucket = hash & this.bucketMask;
+    while (this.buckets[bucket] !== 0) bucket = (bucket + 1) & this.bucketMask;
+    this.buckets[bucket] = slot + 1;
+  }
+
+  /** Takes `slot`'s entry out of the buckets (the slot itself stays allocated). */
+  private unindex(slot: number): void {
     let bucket = this.hashes[slot] & this.bucketMask;
     let probe = 0;
     while (this.buckets[bucket] !== slot + 1) {
@@ -119,7 +139,6 @@ export class HashIndex {
       next = (next + 1) & this.bucketMask;
     }
     this.buckets[hole] = 0;
-    this.freeSlots[this.freeCount++] = slot;
   }
 
   /** Checks every structural invariant; O(buckets). For tests and debug builds. */

@@ -137,6 +137,14 @@ export class SessionTable {
     return slot;
   }
 
+  /**
+   * Gives session `slot` the key in `key` (which must not be present): the same flow seen
+   * from a new client endpoint (QUIC NAT rebinding). Its values and slot stay.
+   */
+  rekey(slot: number): void {
+    this.index.rekey(slot);
+  }
+
   /** Marks a session as just used. */
   touch(slot: number, nowMs: number): void {
     this.lastSeenMs[slot] = nowMs;

@@ -25,6 +25,7 @@
 import { type Pointer, ptr } from "bun:ffi";
 import { Sniffer } from "../classify/sniffer.ts";
 import { parsersLoad } from "../classify/wasm.ts";
+import { QuicConnectionIds } from "../flow/quic_ids.ts";
 import { type Config, type ListenerConfig, PACKET_AREA_BYTES } from "../config/load.ts";
 import { RateLimitedLog } from "../control/log.ts";
 import { type SessionQuery, SESSIONS_LIMIT_MAX } from "../control/query.ts";
@@ -35,7 +36,7 @@ import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
 import { type FlowBatch, FlowRecords, REPLY_PKTINFO, REPLY_SOCKET } from "../flow/flow_records.ts";
 import { selectSessions } from "../flow/select.ts";
-import { EndReason, PROTOCOL_NAMES, SessionTable } from "../flow/table.ts";
+import { EndReason, PROTOCOL_NAMES, PROTOCOL_QUIC, SessionTable } from "../flow/table.ts";
 import { batchBucket, UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import { assertionFailed } from "../sys/assert.ts";
@@ -152,6 +153,12 @@ export class UdpRelay {
   private readonly listenerQueueDrops: Uint32Array;
 
   /** Per session: its ClientLimits slot, and its (client, reply socket) pair or -1. */
+  /** QUIC connection IDs -> sessions (udp.quicFollowConnectionIds), or null. */
+  private readonly quicIds: QuicConnectionIds | null;
+  /** Per destination port: 1 on udp.quicPorts. */
+  private readonly quicPort = new Uint8Array(65536);
+  /** The whole WASM memory (the slab is in it): packet headers are read from here. */
+  private readonly wasmBytes: Uint8Array;
   private readonly sessionClient: Int32Array;
   private readonly sessionPair: Int32Array;
 
@@ -204,6 +211,12 @@ export class UdpRelay {
     }
     this.sniffer = new Sniffer(parsers, config, this.counters);
     this.slabWasmOffset = parsers.packetArea.offset;
+    this.wasmBytes = parsers.bytes;
+    this.quicIds =
+      udp.quicFollowConnectionIds && udp.quicPorts.length > 0
+        ? new QuicConnectionIds(udp.sessionsMax)
+        : null;
+    for (const port of udp.quicPorts) this.quicPort[port] = 1;
     const slabBytes = this.slotBytes * this.batchCount;
     const slab = new Uint8Array(parsers.memory.buffer, this.slabWasmOffset, slabBytes);
     this.slabPtr = ptr(slab);
@@ -586,6 +599,15 @@ export class UdpRelay {
       key[7] = meta32[w + 7];
       key[8] = (sourcePort << 16) | targetPort;
       let s = sessions.find();
+      if (s < 0 && this.quicIds !== null && this.quicPort[targetPort] === 1) {
+        s = this.followConnection(
+          listener,
+          targetPort,
+          meta32[w + META.sourceScopeWord],
+          i,
+          length,
+        );
+      }
       if (s < 0) {
         s = this.openSession(listener, targetPort, meta32[w + META.sourceScopeWord], now);
         if (s < 0) continue;
@@ -654,6 +676,10 @@ export class UdpRelay {
         continue;
       }
       if (sessions.lastSeenMs[s] !== now) sessions.touch(s, now);
+      if (this.quicIds !== null && sessions.protocol[s] === PROTOCOL_QUIC) {
+        const offset = this.slabWasmOffset + i * this.slotBytes;
+        if (this.quicIds.learn(s, this.wasmBytes, offset, length)) c.quicConnectionIdsLearned++;
+      }
       sessions.packetsToClient[s]++;
       sessions.bytesToClient[s] += length;
       // To the client, from the original destination: on the reply socket bound to
@@ -693,6 +719,72 @@ export class UdpRelay {
   }
 
   // ---- sessions ----
+
+  /**
+   * A datagram from a client endpoint with no session, on a QUIC port (the key holds the
+   * new endpoint and the original destination): if its Destination Connection ID names
+   * a session to the same destination through the same listener, the client's NAT has
+   * rebound it. That session, its upstream socket and its reply path move to the new
+   * endpoint, so the server sees the same 4-tuple and the connection goes on. Returns the
+   * session, or -1 (then it is a new flow).
+   */
+  private followConnection(
+    listener: number,
+    targetPort: number,
+    clientScope: number,
+    i: number,
+    length: number,
+  ): number {
+    const sessions = this.sessions;
+    const key = sessions.key;
+    const offset = this.slabWasmOffset + i * this.slotBytes;
+    const s = this.quicIds!.sessionOfClientPacket(this.wasmBytes, offset, length);
+    if (s < 0) return -1;
+    if (sessions.listener[s] !== listener) return -1;
+    for (let w = 4; w < 8; w++) if (sessions.keyWord(s, w) !== key[w]) return -1;
+    if ((sessions.keyWord(s, 8) & 0xffff) !== targetPort) return -1;
+    const c = this.counters;
+    const upstream = sessions.upstream[s];
+    // A socket shared with the client's other flows (endpoint-independent mapping) cannot
+    // follow one of them; nor may the new endpoint exceed its own bounds.
+    const clients = this.clients;
+    const oldClient = this.sessionClient[s];
+    const sameAddress =
+      sessions.keyWord(s, 0) === key[0] &&
+      sessions.keyWord(s, 1) === key[1] &&
+      sessions.keyWord(s, 2) === key[2] &&
+      sessions.keyWord(s, 3) === key[3];
+    let newClient = oldClient;
+    if (!sameAddress) {
+      newClient = clients.find(key[0], key[1], key[2], key[3]);
+      const reply = sessions.reply[s];
+      if (!clients.maySession(newClient) || (reply >= 0 && !clients.mayReply(newClient, reply))) {
+        c.quicRebindsRefused++;
+        return -1;
+      }
+    }
+    if (!this.upstreams.soleSession(upstream)) {
+      c.quicRebindsRefused++;
+      return -1;
+    }
+    const clientPort = key[8] >>> 16;
+    if (!this.upstreams.rebind(upstream, key[0], key[1], key[2], key[3], clientPort, clientScope)) {
+      c.quicRebindsRefused++;
+      return -1;
+    }
+    if (!sameAddress) {
+      const pair = this.sessionPair[s];
+      const reply = sessions.reply[s];
+      if (pair >= 0) clients.removeReply(oldClient, pair);
+      clients.removeSession(oldClient);
+      newClient = clients.addSession(key[0], key[1], key[2], key[3]);
+      this.sessionClient[s] = newClient;
+      this.sessionPair[s] = reply >= 0 ? clients.addReply(newClient, reply) : -1;
+    }
+    sessions.rekey(s);
+    c.quicRebindsFollowed++;
+    return s;
+  }
 
   /**
    * A new flow (the key holds client and original destination): judge it, then open its
@@ -894,6 +986,7 @@ export class UdpRelay {
     else if (reason === EndReason.Evicted) this.counters.sessionsEvicted++;
     const upstream = this.sessions.upstream[slot];
     if (upstream >= 0) this.upstreams.release(upstream);
+    this.quicIds?.forget(slot);
     const client = this.sessionClient[slot];
     const pair = this.sessionPair[slot];
     if (pair >= 0) this.clients.removeReply(client, pair);

@@ -53,6 +53,45 @@ export class QuicPeers {
     ]);
   }
 
+  /** Writes a file of `bytes` pseudo-random bytes into the served htdocs. */
+  addFile(name: string, bytes: number): Buffer {
+    const data = Buffer.alloc(bytes);
+    let x = 0x9e3779b9;
+    for (let i = 0; i < bytes; i += 4) {
+      x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+      data.writeUInt32LE(x, i);
+    }
+    writeFileSync(join(this.dir, "htdocs", name), data);
+    return data;
+  }
+
+  /**
+   * Starts downloading https://HOST/RESOURCE in the client namespace; `done` resolves
+   * with the bytes received (what gtlsclient wrote) once it exits.
+   */
+  startFetch(host: string, port: number, resource: string) {
+    const out = join(this.dir, "download", `${host}-${port}-${resource}`);
+    mkdirSync(out, { recursive: true });
+    const proc = this.lab.spawn(this.lab.client, [
+      "gtlsclient",
+      "-q",
+      "--timeout=5s",
+      "--exit-on-all-streams-close",
+      `--download=${out}`,
+      host,
+      `${port}`,
+      `https://${host}/${resource}`,
+    ]);
+    const done = proc.exited.then(() => {
+      try {
+        return readFileSync(join(out, resource));
+      } catch {
+        return Buffer.alloc(0);
+      }
+    });
+    return { proc, done };
+  }
+
   /** Downloads https://HOST/index.html from the client namespace; returns the body. */
   fetch(host: string, port: number, extra: string[] = []): string {
     const out = join(this.dir, "download", `${host}-${port}`);

@@ -9,6 +9,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { LAB } from "../lab/netns.ts";
 import { QUIC_BODY, QuicPeers } from "../lab/quic_peers.ts";
+import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason, RelayLab } from "./harness.ts";
 
 const skip = labSkipReason();
@@ -16,6 +17,7 @@ if (!skip) {
   describe("QUIC through the relay (gtlsclient -> gtlsserver)", () => {
     let env: RelayLab;
     let peers: QuicPeers;
+    let BIG: Buffer;
 
     beforeAll(async () => {
       env = new RelayLab();
@@ -26,6 +28,7 @@ if (!skip) {
         [LAB.server6, "quic6.relay.test"],
         [LAB.serverExtra4[0], "big.relay.test"],
       ]);
+      BIG = peers.addFile("big.bin", 6 << 20);
       for (const address of [LAB.server4, LAB.server6, LAB.serverExtra4[0]]) {
         env.track(peers.serve(address, 443));
       }
@@ -65,6 +68,60 @@ if (!skip) {
       expect(m.udp.sniffedQuic).toBe(2);
       expect(m.udp.sniffMalformed).toBe(0);
     });
+
+    for (const [family, host, server, ip] of [
+      ["IPv4", "quic.relay.test", LAB.server4, "ip"],
+      ["IPv6", "quic6.relay.test", `[${LAB.server6}]`, "ip6"],
+    ] as const) {
+      test(`${family}: the client's NAT rebinds its port mid-download: same session`, async () => {
+        const { lab } = env;
+        const before = await env.relay!.metrics();
+        // A slow link to the client keeps the download going while the "NAT" changes.
+        const shape = ["rate", "20mbit", "burst", "32kbit", "latency", "400ms"];
+        lab.exec(lab.router, ["tc", "qdisc", "replace", "dev", "r0", "root", "tbf", ...shape]);
+        const table = `rebind_${family.toLowerCase()}`;
+        try {
+          const download = peers.startFetch(host, 443, "big.bin");
+          env.track(download.proc);
+          // Part-way through (the session has carried 200 datagrams to the client)...
+          const flow = await waitFor(
+            async () =>
+              (await env.relay!.metrics()).sessions.find(
+                (s: any) => s.target === `${server}:443` && s.packetsToClient > 200,
+              ),
+            (found) => found !== undefined,
+            { what: "the download under way", timeoutMs: 10_000 },
+          );
+          const oldPort = Number(flow.client.slice(flow.client.lastIndexOf(":") + 1));
+          const newPort = oldPort === 40_000 ? 40_001 : 40_000;
+          // ...a NAT between client and relay starts using another source port: stateless
+          // rewrites of the client's datagrams and, back, of the replies' destination.
+          lab.exec(
+            lab.client,
+            ["nft", "-f", "-"],
+            `table ${ip} ${table} {
+  chain out { type filter hook postrouting priority 0; udp sport ${oldPort} udp sport set ${newPort}; }
+  chain in { type filter hook prerouting priority 0; udp dport ${newPort} udp dport set ${oldPort}; }
+}
+`,
+          );
+          const body = await download.done;
+          expect(body.length).toBe(BIG.length);
+          expect(body.equals(BIG)).toBe(true);
+          const m = await env.relay!.metrics();
+          expect(m.udp.quicRebindsFollowed - before.udp.quicRebindsFollowed).toBe(1);
+          expect(m.udp.quicRebindsRefused).toBe(before.udp.quicRebindsRefused);
+          // One session for the whole download, on one upstream socket, now at the new port.
+          expect(m.udp.sessionsCreated - before.udp.sessionsCreated).toBe(1);
+          const flows = m.sessions.filter((s: any) => s.target === `${server}:443`);
+          const moved = flows.find((s: any) => s.packetsToClient > 1000);
+          expect(moved.client.endsWith(`:${newPort}`)).toBe(true);
+        } finally {
+          lab.exec(lab.client, ["nft", "delete", "table", ip, table], undefined, true);
+          lab.exec(lab.router, ["tc", "qdisc", "del", "dev", "r0", "root"], undefined, true);
+        }
+      });
+    }
 
     test("a ClientHello spanning two Initial packets is reassembled for the SNI", async () => {
       const before = (await env.relay!.metrics()).udp;
