@@ -207,7 +207,7 @@ function families(config: Config): { v4: boolean; v6: boolean } {
 }
 
 const gateway = (config: Config) => config.firewall.mode !== "local";
-const PERSIST = "(persist it in /etc/sysctl.d/90-transparent-relay.conf)";
+const PERSIST = "; persist it in /etc/sysctl.d/90-transparent-relay.conf";
 
 /** Gateway mode forwards what it does not intercept: forwarding on for each family. */
 export function forwarding(config: Config, host: Host): Check[] {
@@ -226,7 +226,7 @@ export function forwarding(config: Config, host: Host): Check[] {
       detail:
         `${value ?? "unreadable"}: gateway mode needs forwarding (clients route ` +
         "through this host; what is not intercepted is forwarded)",
-      fix: `sysctl -w ${sysctlName(segments)}=1 ${PERSIST}`,
+      fix: `sysctl -w ${sysctlName(segments)}=1${PERSIST}`,
     };
   });
 }
@@ -280,7 +280,7 @@ export function rpFilter(config: Config, host: Host): Check[] {
       name,
       status: "fail",
       detail: `${shown} (strict): strict reverse-path filtering can drop intercepted packets`,
-      fix: `${fixes.join("; ")} (2 = loose, or 0 = off) ${PERSIST}`,
+      fix: `${fixes.join("; ")} (2: loose; 0: off)${PERSIST}`,
     });
   }
   if (missing.length > 0) {
@@ -301,7 +301,7 @@ export function rpFilter(config: Config, host: Host): Check[] {
       detail:
         "net.ipv4.conf.default.rp_filter=1: interfaces created later (a VLAN, a PPP link " +
         "coming back) start strict",
-      fix: `sysctl -w net.ipv4.conf.default.rp_filter=2 ${PERSIST}`,
+      fix: `sysctl -w net.ipv4.conf.default.rp_filter=2${PERSIST}`,
     });
   }
   return checks;
@@ -319,8 +319,9 @@ export function routeLocalnet(config: Config, host: Host): Check[] {
   );
   if (!loopback) return [];
   const name = "sysctl route_localnet";
+  const localnet = (iface: string) => ["net", "ipv4", "conf", iface, "route_localnet"];
   const on = ["all", ...hostInterfaces(host)].filter(
-    (iface) => readSysctl(host, ["net", "ipv4", "conf", iface, "route_localnet"]) === "1",
+    (iface) => readSysctl(host, localnet(iface)) === "1",
   );
   if (on.length === 0) {
     return [
@@ -341,7 +342,7 @@ export function routeLocalnet(config: Config, host: Host): Check[] {
         `on for ${on.join(", ")}: the relay does not need it (TPROXY keeps the original ` +
         "destination), and it accepts 127.0.0.0/8 packets from the network",
       fix:
-        `${on.map((i) => `sysctl -w net.ipv4.conf.${i}.route_localnet=0`).join("; ")} ` +
+        `${on.map((i) => `sysctl -w ${sysctlName(localnet(i))}=0`).join("; ")} ` +
         "(unless something else, a DNAT to 127.0.0.1, needs it)",
     },
   ];
