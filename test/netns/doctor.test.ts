@@ -9,8 +9,10 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Check } from "../../src/doctor/check.ts";
+import { JsonLinesProcess } from "../lab/json_lines.ts";
 import { labUnavailableReason, run } from "../lab/netns.ts";
 import { BUN, RELAY_MAIN } from "../lab/relay_process.ts";
+import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason } from "./harness.ts";
 
 const skip = labSkipReason();
@@ -187,6 +189,53 @@ if (!skip) {
       expect(failed[0].detail).toContain("soft 64, hard 64; the configured bounds need 1358");
       expect(failed[0].fix).toContain("LimitNOFILE=1358");
       expect(r.status).toBe(1);
+    });
+
+    test("a listener's port held by another process fails; held by the relay passes", async () => {
+      const spawn = (argv: string[]) =>
+        new JsonLinesProcess(
+          argv[0],
+          Bun.spawn(["ip", "netns", "exec", ns, ...argv], {
+            stdin: "ignore",
+            stdout: "pipe",
+            stderr: "pipe",
+          }),
+        );
+      const holder = spawn([
+        "python3",
+        "-c",
+        "import json, socket, time\n" +
+          "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n" +
+          "s.bind(('127.0.0.1', 5300))\n" +
+          "print(json.dumps({'event': 'ready'}), flush=True)\n" +
+          "time.sleep(60)",
+      ]);
+      try {
+        await holder.waitFor((l) => l.event === "ready", 10_000);
+        const r = doctor();
+        expect(notPassing(r.checks).map((c) => [c.name, c.status])).toEqual([
+          ["port udp 127.0.0.1:5300 (listener dns4)", "fail"],
+        ]);
+        expect(r.checks.find((c) => c.status === "fail")?.detail).toContain("python3");
+      } finally {
+        holder.proc.kill("SIGKILL");
+        await holder.proc.exited;
+      }
+      const relay = spawn([BUN, RELAY_MAIN, "--config", configPath]);
+      try {
+        await relay.waitFor((l) => l.event === "ready", 30_000);
+        // Polled: the relay is ready, but a loaded machine may be slow to answer doctor.
+        const r = await waitFor(
+          () => doctor(),
+          (d) => d.status === 0,
+          { what: "doctor to pass with the relay running", timeoutMs: 30_000, intervalMs: 500 },
+        );
+        const port = r.checks.find((c) => c.name === "port udp 127.0.0.1:5300 (listener dns4)");
+        expect(port?.detail).toContain("a relay answers");
+      } finally {
+        relay.proc.kill("SIGTERM");
+        await relay.proc.exited;
+      }
     });
 
     test("bad arguments or configuration: exit 2", () => {
