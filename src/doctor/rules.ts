@@ -65,6 +65,27 @@ function quoteLines(lines: string[]): string {
   return shown.join(", ") + more;
 }
 
+/** The comparison of two listings: pass, or a failure naming what differs. */
+function compared(
+  name: string,
+  expected: string[],
+  actual: string[],
+  fix: string,
+  ok: string,
+): Check {
+  const [missing, extra] = listingDiff(expected, actual);
+  if (missing.length > 0 || extra.length > 0) return differences(name, missing, extra, fix);
+  // The same lines in another order are other rules: the first match decides.
+  const at = expected.findIndex((l, i) => l !== actual[i]);
+  if (at < 0) return { name, status: "pass", detail: ok };
+  return {
+    name,
+    status: "fail",
+    detail: `the same rules in another order, from ${JSON.stringify(actual[at].trim())} on`,
+    fix,
+  };
+}
+
 function differences(name: string, missing: string[], extra: string[], fix: string): Check {
   const parts: string[] = [];
   if (missing.length > 0) parts.push(`missing ${quoteLines(missing)}`);
@@ -105,14 +126,9 @@ function nftTable(config: Config, host: Host, configPath: string | null): Check[
       },
     ];
   }
-  const [missing, extra] = listingDiff(
-    normaliseListing(scratch.stdout),
-    normaliseListing(live.stdout),
-  );
-  if (missing.length === 0 && extra.length === 0) {
-    return [{ name, status: "pass", detail: "present, as this config generates it" }];
-  }
-  return [differences(name, missing, extra, fix)];
+  const expected = normaliseListing(scratch.stdout);
+  const ok = "present, as this config generates it";
+  return [compared(name, expected, normaliseListing(live.stdout), fix, ok)];
 }
 
 /** iptables-save lines that are ours (our chains, jumps to them), each with its table. */
@@ -167,16 +183,8 @@ function iptablesChains(config: Config, host: Host, configPath: string | null): 
       });
       continue;
     }
-    const [missing, extra] = listingDiff(ourIptablesLines(scratch.stdout), ours);
-    checks.push(
-      missing.length === 0 && extra.length === 0
-        ? {
-            name,
-            status: "pass",
-            detail: `present (${chains.join(", ")}), as this config generates them`,
-          }
-        : differences(name, missing, extra, fix),
-    );
+    const ok = `present (${chains.join(", ")}), as this config generates them`;
+    checks.push(compared(name, ourIptablesLines(scratch.stdout), ours, fix, ok));
   }
   return checks;
 }

@@ -367,6 +367,23 @@ describe("our rules and routes", () => {
     );
     expect(c.fix).toBe("bun run relay rules apply");
   });
+  test("the same rules in another order fail: the first match decides", () => {
+    const table = (a: string, b: string) =>
+      `table inet transparent_relay {\n\tchain prerouting {\n\t\t${a}\n\t\t${b}\n\t}\n}\n`;
+    const host = fakeHost({
+      run: {
+        "nft list table inet transparent_relay": ok(
+          table("udp dport 53 tproxy", "ct mark 0x1ee7 return"),
+        ),
+        unshare: ok(table("ct mark 0x1ee7 return", "udp dport 53 tproxy")),
+      },
+    });
+    const [c] = rulesChecks(CONFIG, host, null);
+    expect(c).toMatchObject({
+      status: "fail",
+      detail: 'the same rules in another order, from "udp dport 53 tproxy" on',
+    });
+  });
   test("iptables backend: our chains must exist; the comparison is not faked", () => {
     const config = parseConfig({ ...RAW, firewall: { backend: "iptables" } });
     const save =
