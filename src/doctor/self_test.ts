@@ -18,7 +18,7 @@ import { type Config, parseConfig } from "../config/load.ts";
 import { applyRules, type Runner, RulesError } from "../rules/apply.ts";
 import { type Check, complaint, type Host } from "./check.ts";
 
-/** The whole self-test, set-up and clean-up included, stays within this. */
+/** Set-up, the relay's start and the exchange stay within this (clean-up follows). */
 const SELF_TEST_MS = 15_000;
 /** The client resends its datagram this often until the echo arrives (loss is not failure). */
 const RESEND_MS = 250;
@@ -134,6 +134,22 @@ export async function selfTest(config: Config, host: Host): Promise<Check> {
     procs.push(proc);
     return proc;
   };
+  /** Synchronous, so that an interrupt (Ctrl-C) can run it too before exiting. */
+  const cleanUp = () => {
+    for (const p of procs) p.kill("SIGKILL");
+    for (const n of made.splice(0)) {
+      const pids = host.run(["ip", "netns", "pids", n]).stdout.trim();
+      if (pids) host.run(["kill", "-9", ...pids.split(/\s+/)]);
+      host.run(["ip", "netns", "del", n]);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const interrupted = (signal: NodeJS.Signals) => {
+    cleanUp();
+    process.exit(signal === "SIGINT" ? 130 : 143);
+  };
+  process.once("SIGINT", interrupted);
+  process.once("SIGTERM", interrupted);
   try {
     for (const n of [ns.client, ns.router, ns.server]) {
       step("set-up", ["ip", "netns", "add", n]);
@@ -244,13 +260,9 @@ export async function selfTest(config: Config, host: Host): Promise<Check> {
       fix: "fix the failures above first; run `bun run relay doctor` as root (namespaces)",
     };
   } finally {
-    for (const p of procs) p.kill("SIGKILL");
+    process.off("SIGINT", interrupted);
+    process.off("SIGTERM", interrupted);
+    cleanUp();
     await Promise.all(procs.map((p) => p.exited));
-    for (const n of made) {
-      const pids = host.run(["ip", "netns", "pids", n]).stdout.trim();
-      if (pids) host.run(["kill", "-9", ...pids.split(/\s+/)]);
-      host.run(["ip", "netns", "del", n]);
-    }
-    rmSync(dir, { recursive: true, force: true });
   }
 }
