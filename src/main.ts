@@ -1,4 +1,5 @@
 // bun run relay [--config FILE] [--print-rules] [--check-config]
+// bun run relay doctor ...                (can this host run it: src/doctor/)
 // bun run relay stats|sessions|top ...   (the control socket's client: src/cli/)
 // bun run relay log ...                   (the flow log's reader: src/cli/log.ts)
 // Wiring only: parse arguments, load config, check privileges, start the relay and its
@@ -23,6 +24,7 @@ import { loadFfi } from "./sys/ffi.ts";
 const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-config]
        bun run relay stats|sessions|top [--control PATH | --config FILE] ...
        bun run relay rules apply|remove|print [--config FILE]   (the host's TPROXY rules)
+       bun run relay doctor [--config FILE] [--json] [--no-self-test]   (can this host run it?)
 
   --config FILE    JSON configuration (default: built-in: TPROXY listeners on
                    127.0.0.1:12345 and [::1]:12345, relay to the original destination)
@@ -34,6 +36,12 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
 Metrics: GET /metrics on config.metrics.address:port (Prometheus text; port 0: none).
 
 bun run relay log --help: reading the flow log (flowLog.path).
+
+doctor checks kernel support (TPROXY, socket match, policy routing), CAP_NET_ADMIN, the
+descriptor limit, the sysctls (forwarding, rp_filter), our rules and routes against the
+config, the listeners' ports, and (unless --no-self-test) relays a datagram through
+throwaway namespaces. Each failure comes with its fix; exit 0 all passed, 1 a check
+failed, 2 bad arguments or configuration.
 
 A running relay answers on its control socket (control.socketPath, default
 /run/transparent-relay/control.sock, mode 0600):
@@ -150,6 +158,10 @@ async function main(): Promise<void> {
   if (command === "rules") {
     const { rulesCommand } = await import("./cli/rules.ts");
     process.exit(rulesCommand(process.argv.slice(3)));
+  }
+  if (command === "doctor") {
+    const { doctorCommand } = await import("./cli/doctor.ts");
+    process.exit(await doctorCommand(process.argv.slice(3)));
   }
   if (command === "stats" || command === "sessions" || command === "top") {
     const { runCommand } = await import("./cli/main.ts");
