@@ -258,7 +258,8 @@ export function resolvePolicy(
         listenerIndexes.every((k) => listeners[k].protocol !== r.protocol)
       ) {
         warnings.push(
-          `${field}: never matches: protocol "${r.protocol}" but its listeners are not ${r.protocol}`,
+          `${field}: never matches: protocol "${r.protocol}" but its listeners are ` +
+            `not ${r.protocol}`,
         );
       }
     }

@@ -235,7 +235,7 @@ function drive(h: Socks5Handshake, serverChunks: Uint8Array[], writeLimit = 1000
 }
 
 describe("the handshake state machine", () => {
-  test("CONNECT without authentication, writes of one byte, reply in pieces, stream bytes kept", () => {
+  test("CONNECT, no authentication, one-byte writes, the reply in pieces, stream bytes kept", () => {
     const h = new Socks5Handshake({ command: CMD_CONNECT, address: ip("198.18.1.2", 7) });
     const sent = drive(
       h,
