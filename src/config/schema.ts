@@ -232,7 +232,10 @@ export const RuleSchema = Type.Object(
     protocol: Type.Optional(Type.Union([Type.Literal("udp"), Type.Literal("tcp")])),
     /** Listener name(s) the flow arrived on. */
     listener: Type.Optional(
-      Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String(), { minItems: 1 })]),
+      Type.Union([
+        Type.String({ minLength: 1 }),
+        Type.Array(Type.String(), { minItems: 1, maxItems: 64 }),
+      ]),
     ),
     /** Client address CIDRs (IPv4 or IPv6; a bare address is a /32 or /128). */
     sources: Type.Optional(Type.Array(Cidr, { minItems: 1, maxItems: 262_144 })),

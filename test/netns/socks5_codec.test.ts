@@ -29,7 +29,8 @@ const CLOSED_PORT = 7999;
 const E4 = LAB.serverExtra4[0];
 const E6 = LAB.serverExtra6[0];
 
-const skip = labSkipReason(labUnavailableReason() ?? danteUnavailableReason());
+const unavailable = labUnavailableReason() ?? danteUnavailableReason();
+const skip = labSkipReason(unavailable);
 if (!skip) {
   describe("the SOCKS5 codec against Dante", () => {
     let lab: Lab;
@@ -51,6 +52,8 @@ if (!skip) {
     };
 
     beforeAll(async () => {
+      // In CI the tests run whatever the machine lacks, and fail saying what.
+      if (unavailable) throw new Error(`SOCKS5 lab unavailable: ${unavailable}`);
       lab = Lab.create();
       lab.warmNeighbours();
       // Dante resolves CONNECT-by-name in its namespace: /etc/netns/NS/hosts.
