@@ -24,7 +24,8 @@ export const FLOW_TCP = 1;
 /**
  * The facts about a new flow the policy decides on. The caller keeps one and refills it
  * per flow; the addresses stay in the caller's words (the 16-byte form as 4 native-endian
- * words per address, as the session key holds them: src/flow/table.ts).
+ * words per address, as the session key holds them: src/flow/table.ts). The UDP path can
+ * point words at SessionTable.key as is: client at 0, target at 4, port = key[8] & 0xffff.
  */
 export class PolicyFlow {
   /** FLOW_UDP or FLOW_TCP. */
