@@ -297,6 +297,9 @@ export function resolvePolicy(
           const loaded = loadDomainList(path);
           for (const p of loaded.problems) problems.push(`${field}.names.lists: ${p}`);
           set = loaded.set;
+          if (loaded.problems.length === 0 && set.exact.size + set.suffix.size === 0) {
+            warnings.push(`${field}.names.lists: ${path} holds no names`);
+          }
           lists.set(path, set);
         }
         nameSets.push(set);

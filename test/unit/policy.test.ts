@@ -437,5 +437,8 @@ describe("domain lists", () => {
       problems({ rules: [{ names: { lists: [join(dir, "missing")] }, action: "drop" }] })[0],
     ).toStartWith(`config.rules[0].names.lists: ${join(dir, "missing")}: cannot read`);
     expect(DOMAIN_LIST_BYTES_MAX).toBe(64 << 20);
+    const empty = file("empty.list", "# nothing yet\n");
+    const { config } = policyOf({ rules: [{ names: { lists: [empty] }, action: "drop" }] });
+    expect(config.warnings).toEqual([`config.rules[0].names.lists: ${empty} holds no names`]);
   });
 });
