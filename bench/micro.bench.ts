@@ -6,6 +6,8 @@
 //                  datagram per call (baseline) against 64 and 256 per call; ns per datagram.
 //   session table  src/flow/table.ts with 32k live sessions: find (hit) is the baseline,
 //                  find (miss), create + end, touch, create + expire; ns per operation.
+//   policy         src/policy/policy.ts: decide() for a new flow with no rules (baseline),
+//                  10,000 suffix names (half the names hit), 10,000 destination CIDRs.
 //   parsers        bench/parsers.bench.ts (WASM per packet, per batch, the TS oracle).
 //
 // Sockets only exist inside a network namespace this process makes (`trl-<id>-micro`,
@@ -18,6 +20,8 @@ import { type Pointer, ptr } from "bun:ffi";
 import { randomBytes } from "node:crypto";
 import { Bench } from "tinybench";
 import { EndReason, SessionTable } from "../src/flow/table.ts";
+import { parseConfig } from "../src/config/load.ts";
+import { compilePolicy, PolicyFlow } from "../src/policy/policy.ts";
 import { run } from "../test/lab/netns.ts";
 import { mapIPv4 } from "../src/sys/addr.ts";
 import { loadFfi } from "../src/sys/ffi.ts";
@@ -37,6 +41,8 @@ const TABLE_CAPACITY = 65_536;
 const TABLE_LIVE = 32_768;
 const TABLE_OPS = 256;
 const REPS_MAX = 20;
+const POLICY_ENTRIES = 10_000;
+const POLICY_FLOWS = 256;
 const CHILD_TIMEOUT_MS = 300_000;
 
 export interface MicroRow {
@@ -237,10 +243,43 @@ function tableGroup(small: boolean): Group {
   return g;
 }
 
+/** Policy decisions, as the data path makes one per new flow. */
+function policyGroup(small: boolean): Group {
+  const g = group("policy decide", "no rules", "flow", small);
+  const suffix = Array.from({ length: POLICY_ENTRIES }, (_, i) => `site${i}.example`);
+  const cidrs = Array.from({ length: POLICY_ENTRIES }, (_, i) =>
+    `10.${(i >>> 8) & 0xff}.${i & 0xff}.0/24`);
+  const none = compilePolicy(parseConfig({}));
+  const names = compilePolicy(parseConfig({
+    rules: [{ ports: [443], names: { suffix }, action: "drop" }] }));
+  const addresses = compilePolicy(parseConfig({
+    rules: [{ destinations: cidrs, action: "drop" }] }));
+  const flow = new PolicyFlow();
+  flow.words.set(new Uint32Array(mapIPv4(Uint8Array.of(198, 18, 0, 2)).buffer), 0);
+  flow.words.set(new Uint32Array(mapIPv4(Uint8Array.of(198, 18, 1, 2)).buffer), 4);
+  flow.port = 443;
+  const hosts = Array.from({ length: POLICY_FLOWS }, (_, i) =>
+    i % 2 ? `www.site${i * 37}.example` : `www.miss${i}.example`);
+  // Destination word 3 (little-endian): 10.a.b.c, about half of them in the set.
+  const targets = Uint32Array.from({ length: POLICY_FLOWS }, (_, i) =>
+    (10 | ((i % 80) << 8) | ((i * 7) & 0xff) << 16 | (i & 0xff) << 24) >>> 0);
+  const task = (policy: typeof none) => () => {
+    for (let i = 0; i < POLICY_FLOWS; i++) {
+      flow.name = hosts[i];
+      flow.words[7] = targets[i];
+      checksum += policy.decide(flow);
+    }
+  };
+  add(g, "no rules", POLICY_FLOWS, task(none));
+  add(g, "10k suffix names", POLICY_FLOWS, task(names));
+  add(g, "10k destination CIDRs", POLICY_FLOWS, task(addresses));
+  return g;
+}
+
 /** One repetition of every group in this process (which must be in its own namespace). */
 async function runGroups(small: boolean): Promise<Array<Omit<MicroRow, "ns"> & { ns: number }>> {
   const rows: Array<Omit<MicroRow, "ns"> & { ns: number }> = [];
-  for (const setup of [ffiGroup, batchGroup, tableGroup]) {
+  for (const setup of [ffiGroup, batchGroup, tableGroup, policyGroup]) {
     const g = setup(small);
     try {
       await g.bench.run();

@@ -4,8 +4,9 @@
 import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { readFileSync } from "node:fs";
 import { formatAddress, isV4Mapped, parseAddress } from "../sys/addr.ts";
-import { type ConfigInput, ConfigSchema } from "./schema.ts";
+import { type ConfigInput, ConfigSchema, OutboundSchema } from "./schema.ts";
 import { TIMEOUT_CLASS_COUNT_MAX } from "../flow/table.ts";
+import { type PolicyConfig, resolvePolicy } from "../policy/config.ts";
 
 /** Size of the WASM packet area (wasm/src/main.zig packet_area_bytes); UdpRelay asserts it. */
 export const PACKET_AREA_BYTES = 512 * 1024;
@@ -38,9 +39,16 @@ export interface InterceptConfig {
   interfaces: string[];
 }
 
-export type Config = Omit<ConfigInput, "listeners" | "intercept"> & {
+export type Config = Omit<
+  ConfigInput,
+  "listeners" | "intercept" | "outbounds" | "rules" | "defaultAction"
+> & {
   listeners: ListenerConfig[];
   intercept: InterceptConfig[];
+  /** Outbounds, rules and the default action, resolved (src/policy/config.ts). */
+  policy: PolicyConfig;
+  /** What is allowed but probably not meant (a rule that can never match): logged at start. */
+  warnings: string[];
   upstreamAddr4: Uint8Array;
   upstreamAddr6: Uint8Array;
   /** Distinct idle timeouts; class 0 is the default. */
@@ -50,6 +58,13 @@ export type Config = Omit<ConfigInput, "listeners" | "intercept"> & {
 };
 
 const checker = TypeCompiler.Compile(ConfigSchema);
+/** One checker per outbound type, to name the field when an outbound is wrong. */
+const outboundCheckers = new Map(
+  OutboundSchema.anyOf.map((branch) => [
+    branch.properties.type.const as string,
+    TypeCompiler.Compile(branch),
+  ]),
+);
 
 /** A bad value is quoted in an error up to this many characters (a 10 MB value is not). */
 const QUOTE_CHARS_MAX = 48;
@@ -71,9 +86,11 @@ export function quote(value: unknown): string {
 
 interface SchemaNode {
   type?: string;
+  const?: unknown;
   default?: unknown;
   properties?: Record<string, SchemaNode>;
   items?: SchemaNode;
+  anyOf?: SchemaNode[];
 }
 
 /**
@@ -85,6 +102,12 @@ function withDefaults(schema: SchemaNode, value: unknown): unknown {
   if (value === undefined) {
     if (!("default" in schema)) return undefined;
     value = structuredClone(schema.default);
+  }
+  // A union of objects told apart by their "type" (outbounds): the branch it names.
+  if (schema.anyOf && isPlainObject(value)) {
+    const type = (value as Record<string, unknown>).type;
+    const branch = schema.anyOf.find((b) => b.properties?.type?.const === type);
+    if (branch) return withDefaults(branch, value);
   }
   if (schema.type === "object" && schema.properties && isPlainObject(value)) {
     const object = value as Record<string, unknown>;
@@ -140,6 +163,21 @@ function pathToField(path: string): string {
   );
 }
 
+/** What is wrong with an outbound, field by field, judged by the type it names. */
+function outboundProblems(path: string, value: unknown): string[] {
+  const field = pathToField(path);
+  if (!isPlainObject(value)) return [`${field}: Expected object (got ${quote(value)})`];
+  const type = (value as Record<string, unknown>).type;
+  const branch = outboundCheckers.get(type as string);
+  if (typeof type !== "string" || !branch) {
+    const known = [...outboundCheckers.keys()].map((t) => `"${t}"`).join(", ");
+    return [`${field}.type: must be one of ${known} (got ${quote(type)})`];
+  }
+  return [...branch.Errors(value)].map(
+    (e) => `${pathToField(path + e.path)}: ${e.message} (got ${quote(e.value)})`,
+  );
+}
+
 export function parseConfig(input: unknown): Config {
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
     throw new ConfigError(["config: must be a JSON object"]);
@@ -151,8 +189,15 @@ export function parseConfig(input: unknown): Config {
   const filled = withDefaults(ConfigSchema as SchemaNode, raw);
   const problems: string[] = [];
   for (const e of checker.Errors(filled)) {
-    problems.push(`${pathToField(e.path)}: ${e.message} (got ${quote(e.value)})`);
     if (problems.length >= PROBLEMS_MAX) break;
+    // "Expected union value" says nothing: check the outbound against its own type.
+    if (/^\/outbounds\/\d+$/.test(e.path)) {
+      problems.push(...outboundProblems(e.path, e.value));
+      continue;
+    }
+    // An outbound's fields are reported by outboundProblems, once.
+    if (/^\/outbounds\/\d+\//.test(e.path)) continue;
+    problems.push(`${pathToField(e.path)}: ${e.message} (got ${quote(e.value)})`);
   }
   if (problems.length) throw new ConfigError(problems);
   const c = filled as ConfigInput;
@@ -286,12 +331,18 @@ export function parseConfig(input: unknown): Config {
         `64-byte slots) must fit the ${PACKET_AREA_BYTES}-byte packet area; lower one of them`,
     );
   }
-  if (problems.length) throw new ConfigError(problems);
+  const warnings: string[] = [];
+  // Only once the rest is sound: a rule names listeners, and a list file is worth reading.
+  const policy = problems.length ? null : resolvePolicy(c, listeners, problems, warnings);
+  if (problems.length) throw new ConfigError(problems.slice(0, PROBLEMS_MAX));
 
+  const { outbounds: _o, rules: _r, defaultAction: _d, ...rest } = c;
   return {
-    ...c,
+    ...rest,
     listeners,
     intercept,
+    policy: policy!,
+    warnings,
     upstreamAddr4: upstreamAddr4!,
     upstreamAddr6: upstreamAddr6!,
     timeoutClassesMs,

@@ -171,6 +171,120 @@ export const TcpSchema = Type.Object(
   { additionalProperties: false },
 );
 
+const OutboundName = Type.String({ minLength: 1, maxLength: 32, pattern: "^[A-Za-z0-9_.-]+$" });
+/** "IP:PORT" or "[IPv6]:PORT": an address literal, never a host name (no DNS at start). */
+const Endpoint = Type.String({ minLength: 3, maxLength: 53 });
+const Cidr = Type.String({ minLength: 2, maxLength: 49 });
+const PortOrRange = Type.Union([Port, Type.String({ pattern: "^[0-9]{1,5}-[0-9]{1,5}$" })]);
+/** A DNS name as a rule matches it (checked in src/policy/domain_list.ts). */
+const DomainName = Type.String({ minLength: 1, maxLength: 254 });
+
+/** To the flow's original destination, as without a policy. */
+export const DirectOutboundSchema = Type.Object(
+  {
+    name: OutboundName,
+    type: Type.Literal("direct"),
+    /** Source address of upstream sockets (default: config.upstream.bindAddress4/6). */
+    bindAddress4: Type.Optional(Type.String({ minLength: 2, maxLength: 45 })),
+    bindAddress6: Type.Optional(Type.String({ minLength: 2, maxLength: 45 })),
+    /** SO_BINDTODEVICE: upstream traffic leaves by this interface. */
+    interface: Type.Optional(Type.String({ minLength: 1, maxLength: 15 })),
+    /** SO_MARK of upstream sockets (default: config.mark). */
+    mark: Type.Optional(Type.Integer({ minimum: 1, maximum: 0x7fffffff })),
+  },
+  { additionalProperties: false },
+);
+
+/** To fixed addresses instead of the original destination (e.g. DNS to a chosen resolver). */
+export const ForwardOutboundSchema = Type.Object(
+  {
+    name: OutboundName,
+    type: Type.Literal("forward"),
+    /** "IP:PORT" targets; each flow keeps one (a stable choice), failing over when it dies. */
+    targets: Type.Array(Endpoint, { minItems: 1, maxItems: 16 }),
+    healthCheck: Type.Object(
+      {
+        /** A UDP flow unanswered this long (or a TCP connect failing) counts as a failure. */
+        answerTimeoutMs: Type.Integer({ minimum: 100, maximum: 60_000, default: 2_000 }),
+        /** Consecutive failures after which a target is down: its flows go to the next. */
+        failuresMax: Type.Integer({ minimum: 1, maximum: 1000, default: 3 }),
+        /** A down target is offered flows again after this long. */
+        retryIntervalMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 30_000 }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+/** Through a SOCKS5 server (RFC 1928): TCP by CONNECT, UDP by UDP ASSOCIATE. */
+export const Socks5OutboundSchema = Type.Object(
+  {
+    name: OutboundName,
+    type: Type.Literal("socks5"),
+    /** "IP:PORT" of the server (an address literal). */
+    server: Endpoint,
+    /** RFC 1929 username/password authentication: both or neither, 1-255 bytes each. */
+    username: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
+    password: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
+    /** Carry UDP flows (UDP ASSOCIATE); false: UDP flows matching this outbound are dropped. */
+    udp: Type.Boolean({ default: true }),
+    /** UDP associations (each a TCP control connection) open at most. */
+    associationsMax: Type.Integer({ minimum: 1, maximum: 65_536, default: 1024 }),
+    /** TCP connect plus SOCKS5 handshake must complete within this. */
+    connectTimeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 5_000 }),
+  },
+  { additionalProperties: false },
+);
+
+export const OutboundSchema = Type.Union([
+  DirectOutboundSchema,
+  ForwardOutboundSchema,
+  Socks5OutboundSchema,
+]);
+
+export const RuleSchema = Type.Object(
+  {
+    /** Shown in logs and the session list (default: "rules[INDEX]"). */
+    name: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    protocol: Type.Optional(Type.Union([Type.Literal("udp"), Type.Literal("tcp")])),
+    /** Listener name(s) the flow arrived on. */
+    listener: Type.Optional(
+      Type.Union([
+        Type.String({ minLength: 1 }),
+        Type.Array(Type.String(), { minItems: 1, maxItems: 64 }),
+      ]),
+    ),
+    /** Client address CIDRs (IPv4 or IPv6; a bare address is a /32 or /128). */
+    sources: Type.Optional(Type.Array(Cidr, { minItems: 1, maxItems: 262_144 })),
+    /** Original destination CIDRs. */
+    destinations: Type.Optional(Type.Array(Cidr, { minItems: 1, maxItems: 262_144 })),
+    /** Original destination ports, as numbers or "low-high" ranges. */
+    ports: Type.Optional(Type.Array(PortOrRange, { minItems: 1, maxItems: 1024 })),
+    /** The sniffed name (DNS qname, TLS SNI, QUIC SNI); any of these matches. */
+    names: Type.Optional(
+      Type.Object(
+        {
+          /** The name itself. */
+          exact: Type.Optional(Type.Array(DomainName, { maxItems: 1_000_000 })),
+          /** The name or any name under it ("example.com" matches "a.example.com"). */
+          suffix: Type.Optional(Type.Array(DomainName, { maxItems: 1_000_000 })),
+          /** Domain list files (one name a line; full:/domain: prefixes; # comments). */
+          lists: Type.Optional(
+            Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), {
+              maxItems: 64,
+            }),
+          ),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    /** An outbound's name, "drop" or "reject". */
+    action: Type.String({ minLength: 1, maxLength: 32 }),
+  },
+  { additionalProperties: false },
+);
+
 export const ConfigSchema = Type.Object(
   {
     /** The JSON Schema an editor validates the file against (dist/relay.schema.json). */
@@ -253,6 +367,15 @@ export const ConfigSchema = Type.Object(
       },
       { additionalProperties: false, default: {} },
     ),
+    /**
+     * Where flows may go besides their original destination (README "Policy"). A built-in
+     * "direct" outbound exists unless one is named so.
+     */
+    outbounds: Type.Array(OutboundSchema, { default: [], maxItems: 256 }),
+    /** Per-flow policy: the first rule that matches decides; none: defaultAction. */
+    rules: Type.Array(RuleSchema, { default: [], maxItems: 4096 }),
+    /** What a flow no rule matches gets: an outbound's name, "drop" or "reject". */
+    defaultAction: Type.String({ minLength: 1, maxLength: 32, default: "direct" }),
     upstream: Type.Object(
       {
         bindAddress4: Type.String({ default: "0.0.0.0" }),
