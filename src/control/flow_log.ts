@@ -26,6 +26,7 @@ import {
   REPLY_SOCKET,
 } from "../flow/flow_records.ts";
 import { formatAddress } from "../sys/addr.ts";
+import { ACTION_DROP } from "../policy/config.ts";
 import { TCP_END_NAMES, TCP_PARSED_TLS } from "../tcp/layout.ts";
 import { frameBytes, writeFrame } from "./flow_frame.ts";
 import { FIELD, FLOW_RECORD_FIELDS, FLOW_RECORD_VERSION } from "./flow_record.ts";
@@ -105,9 +106,15 @@ export class FlowLog {
         : parsed === TCP_PARSED_TLS
           ? "tls"
           : null;
-      // No policy yet: every flow goes to its original destination.
-      row[FIELD.rule] = null;
-      row[FIELD.outbound] = "direct";
+      const rule = batch.rule[i];
+      const action = batch.outbound[i];
+      row[FIELD.rule] = rule >= 0 ? (batch.ruleNames[rule] ?? "?") : null;
+      row[FIELD.outbound] =
+        action >= 0
+          ? (batch.outboundNames[action] ?? "?")
+          : action === ACTION_DROP
+            ? "drop"
+            : "reject";
       row[FIELD.end] =
         (udp ? END_REASON_NAMES[batch.reason[i]] : TCP_END_NAMES[batch.reason[i]]) ?? "unknown";
       row[FIELD.reply] =

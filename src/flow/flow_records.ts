@@ -7,6 +7,8 @@
 // Addresses keep the 16-byte form of src/sys/addr.ts (IPv4 v4-mapped), client first:
 // the UDP session key's words and the TCP connection's bytes copy in as they are.
 
+import type { Config } from "../config/load.ts";
+
 /** Why there is no reply path (TCP), or which one a UDP session used. */
 export const REPLY_NONE = 0;
 export const REPLY_PKTINFO = 1;
@@ -50,6 +52,12 @@ export interface FlowBatch {
   reason: Uint8Array;
   /** REPLY_*. */
   reply: Uint8Array;
+  /** The policy rule that decided the flow (index into ruleNames), or -1: none. */
+  rule: Int16Array;
+  /** Its action: an outbound index (into outboundNames), or ACTION_DROP / ACTION_REJECT. */
+  outbound: Int16Array;
+  ruleNames: string[];
+  outboundNames: string[];
 }
 
 export class FlowRecords {
@@ -69,6 +77,8 @@ export class FlowRecords {
   readonly names: Array<string | null>;
   readonly reason: Uint8Array;
   readonly reply: Uint8Array;
+  readonly rule: Int16Array;
+  readonly outbound: Int16Array;
   /** Rows in use (0..capacity). */
   count = 0;
 
@@ -76,6 +86,11 @@ export class FlowRecords {
     readonly protocol: "udp" | "tcp",
     private readonly listenerNames: string[],
     capacity = FLOW_RECORDS_MAX,
+    /** Rule names by index (config.policy: each rule's name, then "default"). */
+    private readonly ruleNames: string[] = [],
+    /** Outbound names by index, and the one a row has unless its flow sets another. */
+    private readonly outboundNames: string[] = ["direct"],
+    private readonly outboundDefault = 0,
   ) {
     this.capacity = capacity;
     this.startMs = new Float64Array(capacity);
@@ -92,6 +107,8 @@ export class FlowRecords {
     this.names = new Array<string | null>(capacity).fill(null);
     this.reason = new Uint8Array(capacity);
     this.reply = new Uint8Array(capacity);
+    this.rule = new Int16Array(capacity);
+    this.outbound = new Int16Array(capacity);
   }
 
   get full(): boolean {
@@ -101,7 +118,10 @@ export class FlowRecords {
   /** The next free row for the caller to fill, or -1 when full (the caller counts the drop). */
   reserve(): number {
     if (this.count === this.capacity) return -1;
-    return this.count++;
+    const r = this.count++;
+    this.rule[r] = -1;
+    this.outbound[r] = this.outboundDefault;
+    return r;
   }
 
   /** Copies the rows out and empties the buffer. Control plane: allocates per batch. */
@@ -124,10 +144,28 @@ export class FlowRecords {
       names: this.names.slice(0, n),
       reason: this.reason.slice(0, n),
       reply: this.reply.slice(0, n),
+      rule: this.rule.slice(0, n),
+      outbound: this.outbound.slice(0, n),
+      ruleNames: this.ruleNames,
+      outboundNames: this.outboundNames,
     };
     // Let the names go with the batch (a buffer of old references would pin them).
     this.names.fill(null, 0, n);
     this.count = 0;
     return batch;
   }
+}
+
+/**
+ * The names a flow record's rule and outbound indexes stand for, and the outbound of a
+ * flow no rule decided (the built-in "direct"): FlowRecords' last constructor arguments.
+ */
+export function flowPolicyNames(config: Config): [string[], string[], number] {
+  const policy = config.policy;
+  const outboundNames = policy.outbounds.map((o) => o.name);
+  return [
+    [...policy.rules.map((r) => r.name), "default"],
+    outboundNames,
+    Math.max(0, outboundNames.indexOf("direct")),
+  ];
 }

@@ -36,7 +36,14 @@ import { type Pointer, ptr } from "bun:ffi";
 import { readFileSync } from "node:fs";
 import type { Config, ListenerConfig } from "../config/load.ts";
 import { log, RateLimitedLog } from "../control/log.ts";
-import { FLOW_ADDR_BYTES, type FlowBatch, FlowRecords, REPLY_NONE } from "../flow/flow_records.ts";
+import {
+  FLOW_ADDR_BYTES,
+  type FlowBatch,
+  FlowRecords,
+  flowPolicyNames,
+  FLOW_RECORDS_MAX,
+  REPLY_NONE,
+} from "../flow/flow_records.ts";
 import { type SessionQuery, SESSIONS_LIMIT_MAX, textMatches } from "../control/query.ts";
 import { TopK } from "../control/top_k.ts";
 import { LocalTargets, TargetKind } from "../flow/local_targets.ts";
@@ -358,6 +365,8 @@ export class TcpRelay {
         ? new FlowRecords(
             "tcp",
             this.listeners.map((l) => l.name),
+            FLOW_RECORDS_MAX,
+            ...flowPolicyNames(config),
           )
         : null;
 

@@ -34,7 +34,14 @@ import { ReplyPool } from "../egress/reply_pool.ts";
 import { UpstreamPool } from "../egress/upstream_pool.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
-import { type FlowBatch, FlowRecords, REPLY_PKTINFO, REPLY_SOCKET } from "../flow/flow_records.ts";
+import {
+  type FlowBatch,
+  FlowRecords,
+  flowPolicyNames,
+  FLOW_RECORDS_MAX,
+  REPLY_PKTINFO,
+  REPLY_SOCKET,
+} from "../flow/flow_records.ts";
 import { selectSessions } from "../flow/select.ts";
 import { EndReason, PROTOCOL_NAMES, PROTOCOL_QUIC, SessionTable } from "../flow/table.ts";
 import { batchBucket, UdpCounters } from "../metrics.ts";
@@ -263,6 +270,8 @@ export class UdpRelay {
         ? new FlowRecords(
             "udp",
             config.listeners.map((l) => l.name),
+            FLOW_RECORDS_MAX,
+            ...flowPolicyNames(config),
           )
         : null;
 
