@@ -1,5 +1,5 @@
 // One flow log record: what the file holds per ended UDP session or TCP connection, as
-// a msgpack array (field names are not repeated per record; README "Flow log" lists
+// a msgpack array (field names are not repeated per record; docs/observability.md "Flow log" lists
 // the positions). Position 0 is the layout's version, so a reader can refuse a record
 // it does not know instead of misreading it.
 

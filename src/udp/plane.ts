@@ -2,7 +2,7 @@
 // epoll_wait itself, so a datagram costs one thread wake-up, as in a C relay. "callback":
 // the main thread, woken by the C epoll thread through a threadsafe JSCallback (two
 // wake-ups per burst; under load one wake carries many sockets). bench/udp.ts measures
-// both; README "Performance" has the numbers behind the default.
+// both; docs/performance.md has the numbers behind the default.
 //
 // Either way a failure of the data path is never silent: onFatal gets the message (and
 // the last counters when they could be read), and the owner ends the process.
