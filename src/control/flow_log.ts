@@ -77,6 +77,12 @@ export class FlowLog {
     if (error) throw new Error(`flow log ${options.path}: ${error}`);
   }
 
+  /** A reload: the next write past the new size rotates, keeping the new count. */
+  setRotation(fileBytesMax: number, filesMax: number): void {
+    this.options.fileBytesMax = fileBytesMax;
+    this.options.filesMax = filesMax;
+  }
+
   /** Appends the batch's records. */
   write(batch: FlowBatch): void {
     const row = this.row;
