@@ -14,7 +14,7 @@ import { configureLog, log } from "./control/log.ts";
 import { type MetricsServer, startMetricsServer } from "./control/metrics_server.ts";
 import { ControlSocket } from "./control/socket.ts";
 import { guardOutput, outputErrors } from "./control/output.ts";
-import { Reloader } from "./control/reloader.ts";
+import { type ReloadState, Reloader } from "./control/reloader.ts";
 import { TcpRelay } from "./tcp/relay.ts";
 import type { UdpSnapshot } from "./udp/relay.ts";
 import { createUdpPlane } from "./udp/plane.ts";
@@ -144,6 +144,7 @@ async function snapshot(
   flowLog: FlowLog | null,
   sessionsListed: number,
   event: string,
+  config: ReloadState | null,
 ) {
   return {
     event,
@@ -154,6 +155,8 @@ async function snapshot(
     // null without TCP listeners; connections: the first `--sessions N` open ones.
     tcp: tcp ? { ...tcp.snapshot(), connections: tcp.connectionViews(sessionsListed) } : null,
     flowLog: flowLog ? { ...flowLog.counters } : null,
+    // The config generation and reload results (null until the relay runs).
+    config,
   };
 }
 
@@ -363,7 +366,7 @@ async function main(): Promise<void> {
     lastUdp = data;
     process.stdout.write(
       JSON.stringify({
-        ...(await snapshot(data, tcp, flowLog, args.sessionsListed, event)),
+        ...(await snapshot(data, tcp, flowLog, args.sessionsListed, event, reloader.state())),
         outputErrors,
       }) + "\n",
     );
