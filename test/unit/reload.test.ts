@@ -89,7 +89,7 @@ describe("planReload", () => {
     const plan = planReload(running, next, running);
     expect(plan.refusals).toEqual([]);
     expect(describeChanges(plan.changes)).toBe(
-      "intercept[0].ports [7101] -> [7101,\"7103-7104\"], intercept count 1 -> 2, " +
+      'intercept[0].ports [7101] -> [7101,"7103-7104"], intercept count 1 -> 2, ' +
         "udp.sessionsPerClientMax 8192 -> 2, udp.idleTimeoutMs 60000 -> 30000",
     );
   });
