@@ -148,6 +148,23 @@ if (!skip) {
       expect(inNs(["nft", "list", "table", "inet", "transparent_relay"]).status).not.toBe(0);
     });
 
+    test("firewall.manage: a start that fails after the rules went in removes them", () => {
+      const managed = join(dir, "managed-busy.json");
+      writeFileSync(managed, config({ ...CONFIG, firewall: { manage: true } }, "busy"));
+      const code = [
+        "import socket, subprocess, sys",
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+        "s.bind(('127.0.0.1', 12345))",
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=30)",
+        "print(r.returncode); print(r.stderr)",
+      ].join("\n");
+      const r = inNs(["python3", "-c", code, BUN, RELAY_MAIN, "--config", managed]);
+      expect(r.stdout.split("\n")[0]).toBe("1");
+      expect(r.stdout).toContain("EADDRINUSE");
+      expect(r.stdout).toContain("firewall.manage: removed nft table inet transparent_relay");
+      expect(inNs(["nft", "list", "table", "inet", "transparent_relay"]).status).not.toBe(0);
+    });
+
     test("a port below 1024 without CAP_NET_BIND_SERVICE: exit 77, says which", () => {
       writeFileSync(
         join(dir, "dns.json"),

@@ -4,7 +4,8 @@
 // applied with SIGHUP and nothing open is dropped, and the new port is relayed; (b) an
 // invalid file is refused, naming the field, and the old config goes on; (c) a changed
 // listener port is refused as needing a restart (`relay reload`), nothing applied. Then
-// the host rules: removed at SIGTERM, left by kill -9, replaced by the next start.
+// the host rules: removed at SIGTERM, left by kill -9, replaced by the next start,
+// removed on a data-path failure (exit 70).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Subprocess } from "bun";
 import { spawnSync } from "node:child_process";
@@ -48,8 +49,8 @@ for (const dataPlane of skip ? [] : (["worker", "callback"] as const)) {
       control: { socketPath: env.controlPath },
     });
     const writeConfig = (raw: object) => writeFileSync(configPath, JSON.stringify(raw));
-    const startRelay = async () => {
-      relay = await RelayProcess.start(env.lab, configPath, 20_000);
+    const startRelay = async (prefix: string[] = []) => {
+      relay = await RelayProcess.start(env.lab, configPath, 20_000, prefix);
       env.relay = relay;
       return relay;
     };
@@ -258,6 +259,20 @@ for (const dataPlane of skip ? [] : (["worker", "callback"] as const)) {
       expect(udpOnce(PORT.udpA)).toBe(RELAYED);
       const rules = env.lab.exec(env.lab.router, ["ip", "rule", "list"]).stdout;
       expect(rules.match(/lookup 100/g)).toHaveLength(1);
+    }, 60_000);
+
+    test("a data-path failure (exit 70) removes the rules as it ends", async () => {
+      const { exitCode } = await relay.stop();
+      env.relay = null;
+      expect(exitCode).toBe(0);
+      // The first datagram from a client throws on the data path, as a bug would.
+      await startRelay(["env", "RELAY_TEST_FAULTS=data_path_throw_after=0"]);
+      expect(tableListed().status).toBe(0);
+      udpOnce(PORT.udpA);
+      expect(await relay.proc.exited).toBe(70);
+      env.relay = null;
+      expect(relay.stderr).toContain("firewall.manage: removed nft table inet transparent_relay");
+      expect(tableListed().status).not.toBe(0);
     }, 60_000);
   });
 }
