@@ -153,7 +153,7 @@ const isObject = (v: unknown): v is Record<string, unknown> =>
 
 /**
  * The changes within one field: an array of objects by element and property
- * (listeners[0].port), the count when it differs; anything else as a whole.
+ * (listeners[0].port), and the elements added or removed; anything else as a whole.
  */
 function fieldChanges(field: string, from: unknown, to: unknown, out: ConfigChange[]): void {
   if (sameValue(from, to)) return;
@@ -168,8 +168,9 @@ function fieldChanges(field: string, from: unknown, to: unknown, out: ConfigChan
         }
       }
     }
-    if (from.length !== to.length) {
-      out.push({ path: `${field} count`, field, from: from.length, to: to.length });
+    // Elements past the common length were added (from undefined) or removed (to undefined).
+    for (let i = common; i < Math.max(from.length, to.length); i++) {
+      out.push({ path: `${field}[${i}]`, field, from: from[i], to: to[i] });
     }
     return;
   }
@@ -207,7 +208,15 @@ export function planReload(running: Config, next: Config, started: Config): Relo
 
 /** "udp.idleTimeoutMs 60000 -> 30000, intercept[0].ports [53] -> [53,5353]" */
 export function describeChanges(changes: readonly ConfigChange[]): string {
-  return changes.map((c) => `${c.path} ${quote(c.from)} -> ${quote(c.to)}`).join(", ");
+  return changes
+    .map((c) =>
+      c.from === undefined
+        ? `${c.path} added ${quote(c.to)}`
+        : c.to === undefined
+          ? `${c.path} removed`
+          : `${c.path} ${quote(c.from)} -> ${quote(c.to)}`,
+    )
+    .join(", ");
 }
 
 /** Whether the host rules must be applied again (firewall.manage true after the reload). */

@@ -127,7 +127,8 @@ export class Reloader {
       return this.finish("applied", `reload: nothing changed (generation ${this.generation})`);
     }
     const manageTurnedOff = running.firewall.manage && !next.firewall.manage;
-    if (next.firewall.manage && rulesChanged(plan.changes)) {
+    const rulesToApply = rulesChanged(plan.changes);
+    if (next.firewall.manage && rulesToApply) {
       try {
         this.hooks.applyRules(next, running);
       } catch (err) {
@@ -143,7 +144,10 @@ export class Reloader {
     const note = manageTurnedOff
       ? " (firewall.manage is now false: the host rules stay as they are, and are no " +
         "longer removed at exit)"
-      : "";
+      : rulesToApply && !next.firewall.manage
+        ? " (firewall.manage is false: the host rules were not changed; apply them with " +
+          "bun run relay rules apply)"
+        : "";
     return this.finish(
       "applied",
       `reload: applied ${describeChanges(plan.changes)} (generation ${this.generation})${note}`,

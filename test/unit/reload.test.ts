@@ -89,7 +89,8 @@ describe("planReload", () => {
     const plan = planReload(running, next, running);
     expect(plan.refusals).toEqual([]);
     expect(describeChanges(plan.changes)).toBe(
-      'intercept[0].ports [7101] -> [7101,"7103-7104"], intercept count 1 -> 2, ' +
+      'intercept[0].ports [7101] -> [7101,"7103-7104"], intercept[1] added ' +
+        '{"listener":"t4","ports":[8101],"interfaces":[]}, ' +
         "udp.sessionsPerClientMax 8192 -> 2, udp.idleTimeoutMs 60000 -> 30000",
     );
   });
@@ -231,6 +232,20 @@ describe("Reloader", () => {
     writeFileSync(path, JSON.stringify(wider));
     await reloader.reload();
     expect(applied).toEqual(["rules 1", "live 60000", "rules 2", "live 60000"]);
+  });
+
+  test("firewall.manage false: intercept changes apply, and the log says the rules did not", async () => {
+    const { reloader, applied } = setUp();
+    const wider = structuredClone(BASE);
+    wider.intercept.push({ listener: "t4", ports: [8101] });
+    writeFileSync(path, JSON.stringify(wider));
+    const outcome = await reloader.reload();
+    expect(outcome.message).toBe(
+      'reload: applied intercept[1] added {"listener":"t4","ports":[8101],"interfaces":[]} ' +
+        "(generation 2) (firewall.manage is false: the host rules were not changed; apply " +
+        "them with bun run relay rules apply)",
+    );
+    expect(applied).toEqual(["live 60000"]);
   });
 
   test("rules that fail refuse the reload: nothing else is applied", async () => {
