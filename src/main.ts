@@ -198,6 +198,10 @@ async function main(): Promise<void> {
     );
     return;
   }
+  // A SIGHUP while starting (a `systemctl reload` racing the start) must not end the
+  // relay: Bun's default would exit 129, leaving the host rules of firewall.manage.
+  let onHangUp = () => log.warn("SIGHUP while starting: ignored (reload once the relay runs)");
+  process.on("SIGHUP", () => onHangUp());
   if (!hasNetAdmin()) {
     fail(
       "missing privilege: CAP_NET_ADMIN is not in the effective set. TPROXY listeners " +
@@ -380,9 +384,9 @@ async function main(): Promise<void> {
   // SIGHUP (`systemctl reload`, kill -HUP) reloads; it never ends the relay (Bun's
   // default for SIGHUP would be to exit 129 without final metrics).
   let stopping = false;
-  process.on("SIGHUP", () => {
+  onHangUp = () => {
     if (!stopping) void reloader.reload();
-  });
+  };
   function startMetricsTimer(intervalMs: number): void {
     if (metricsTimer) clearInterval(metricsTimer);
     metricsTimer = intervalMs > 0 ? setInterval(() => print("metrics"), intervalMs) : null;
