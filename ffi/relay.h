@@ -237,6 +237,11 @@ int32_t rl_tcp_rcvlowat(int32_t fd, int32_t bytes);
  * bound on what the relay holds per direction). Returns a handle >= 0. */
 int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_timeout_ms,
                            int32_t idle_timeout_ms);
+/* New timeouts for every connection, open ones included, from the engine's next sweep
+ * (a reload): a connection already idle past the new idle timeout ends at that sweep.
+ * The sweep period follows them (the next period is the old one). */
+int32_t rl_tcp_engine_set_timeouts(int32_t engine, int32_t connect_timeout_ms,
+                                   int32_t idle_timeout_ms);
 /* The eventfd that becomes readable when events wait (register it with rl_poll_add),
  * and also when the engine thread dies (see rl_tcp_engine_failed). */
 int32_t rl_tcp_engine_event_fd(int32_t engine);

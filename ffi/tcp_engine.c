@@ -75,9 +75,12 @@ struct tcp_engine {
   int started;
   int32_t slots;
   int32_t pipe_bytes;
-  int32_t connect_timeout_ms;
-  int32_t idle_timeout_ms;
-  int32_t sweep_ms;
+  /* Written by JS on a reload (rl_tcp_engine_set_timeouts), read by the engine thread
+   * at its next sweep: each value is one atomic word, so the thread sees the old or the
+   * new one, never a torn mix within a value. */
+  atomic_int connect_timeout_ms;
+  atomic_int idle_timeout_ms;
+  atomic_int sweep_ms;
   struct tcp_conn *conns;
   /* Guarded by lock: the command ring (JS -> engine) and the event ring (engine -> JS). */
   pthread_mutex_t lock;
@@ -371,12 +374,15 @@ static void engine_commands(struct tcp_engine *e, int64_t now) {
 }
 
 static void engine_sweep(struct tcp_engine *e, int64_t now) {
+  const int32_t connect_timeout_ms = atomic_load_explicit(&e->connect_timeout_ms,
+                                                          memory_order_relaxed);
+  const int32_t idle_timeout_ms = atomic_load_explicit(&e->idle_timeout_ms, memory_order_relaxed);
   for (int32_t id = 0; id < e->slots; id++) {
     struct tcp_conn *c = &e->conns[id];
-    if (c->state == TCP_CONNECTING && now - c->start_ms >= e->connect_timeout_ms) {
+    if (c->state == TCP_CONNECTING && now - c->start_ms >= connect_timeout_ms) {
       conn_end(e, id, RL_TCP_END_CONNECT_TIMEOUT, ETIMEDOUT, now);
-    } else if (c->state == TCP_OPEN && e->idle_timeout_ms > 0 &&
-               now - c->active_ms >= e->idle_timeout_ms) {
+    } else if (c->state == TCP_OPEN && idle_timeout_ms > 0 &&
+               now - c->active_ms >= idle_timeout_ms) {
       conn_end(e, id, RL_TCP_END_IDLE_TIMEOUT, ETIMEDOUT, now);
     }
   }
@@ -385,7 +391,7 @@ static void engine_sweep(struct tcp_engine *e, int64_t now) {
 static void *engine_main(void *arg) {
   struct tcp_engine *e = arg;
   struct epoll_event events[TCP_EPOLL_EVENTS_MAX];
-  int64_t next_sweep = now_ms() + e->sweep_ms;
+  int64_t next_sweep = now_ms() + atomic_load(&e->sweep_ms);
   while (!atomic_load(&e->stop)) {
     int64_t before = now_ms();
     int timeout = e->ready_count > 0 ? 0 : (int)(next_sweep > before ? next_sweep - before : 0);
@@ -424,10 +430,21 @@ static void *engine_main(void *arg) {
     if (commands) engine_commands(e, now);
     if (now >= next_sweep) {
       engine_sweep(e, now);
-      next_sweep = now + e->sweep_ms;
+      next_sweep = now + atomic_load_explicit(&e->sweep_ms, memory_order_relaxed);
     }
   }
   return NULL;
+}
+
+/* The sweep runs at least 4 times per timeout, so a connection ends within 25% of it. */
+static void engine_store_timeouts(struct tcp_engine *e, int32_t connect_timeout_ms,
+                                  int32_t idle_timeout_ms) {
+  int32_t sweep = TCP_SWEEP_MS_MAX;
+  if (connect_timeout_ms / 4 < sweep) sweep = connect_timeout_ms / 4;
+  if (idle_timeout_ms > 0 && idle_timeout_ms / 4 < sweep) sweep = idle_timeout_ms / 4;
+  atomic_store(&e->connect_timeout_ms, connect_timeout_ms);
+  atomic_store(&e->idle_timeout_ms, idle_timeout_ms);
+  atomic_store(&e->sweep_ms, sweep < TCP_SWEEP_MS_MIN ? TCP_SWEEP_MS_MIN : sweep);
 }
 
 static void engine_free(struct tcp_engine *e) {
@@ -454,12 +471,7 @@ int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_ti
   pthread_mutex_init(&e->lock, NULL);
   e->slots = slots;
   e->pipe_bytes = pipe_bytes;
-  e->connect_timeout_ms = connect_timeout_ms;
-  e->idle_timeout_ms = idle_timeout_ms;
-  int32_t sweep = TCP_SWEEP_MS_MAX;
-  if (connect_timeout_ms / 4 < sweep) sweep = connect_timeout_ms / 4;
-  if (idle_timeout_ms > 0 && idle_timeout_ms / 4 < sweep) sweep = idle_timeout_ms / 4;
-  e->sweep_ms = sweep < TCP_SWEEP_MS_MIN ? TCP_SWEEP_MS_MIN : sweep;
+  engine_store_timeouts(e, connect_timeout_ms, idle_timeout_ms);
   e->ev_cap = slots;
   e->conns = calloc((size_t)slots, sizeof(*e->conns));
   e->cmds = calloc((size_t)slots, sizeof(*e->cmds));
@@ -499,6 +511,15 @@ fail_errno:
 fail:
   engine_free(e);
   return -err;
+}
+
+int32_t rl_tcp_engine_set_timeouts(int32_t engine, int32_t connect_timeout_ms,
+                                   int32_t idle_timeout_ms) {
+  struct tcp_engine *e = engine_get(engine);
+  if (e == NULL) return -EBADF;
+  if (connect_timeout_ms <= 0 || idle_timeout_ms < 0) return -EINVAL;
+  engine_store_timeouts(e, connect_timeout_ms, idle_timeout_ms);
+  return 0;
 }
 
 int32_t rl_tcp_engine_failed(int32_t engine) {

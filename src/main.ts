@@ -1,9 +1,10 @@
 // bun run relay [--config FILE] [--print-rules] [--check-config]
 // bun run relay doctor ...                (can this host run it: src/doctor/)
-// bun run relay stats|sessions|top ...   (the control socket's client: src/cli/)
+// bun run relay stats|sessions|top|reload ...   (the control socket's client: src/cli/)
 // bun run relay log ...                   (the flow log's reader: src/cli/log.ts)
-// Wiring only: parse arguments, load config, check privileges, start the relay and its
-// control socket, print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
+// Wiring only: parse arguments, load config, check privileges, apply the host rules
+// (firewall.manage), start the relay and its control socket, print metrics on SIGUSR1
+// and at exit, reload on SIGHUP, stop cleanly on SIGINT/SIGTERM.
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfigFile, parseConfig, type Config } from "./config/load.ts";
 import { configJsonSchemaText } from "./config/json_schema.ts";
@@ -14,15 +15,18 @@ import { configureLog, log } from "./control/log.ts";
 import { type MetricsServer, startMetricsServer } from "./control/metrics_server.ts";
 import { ControlSocket } from "./control/socket.ts";
 import { guardOutput, outputErrors } from "./control/output.ts";
+import { type ReloadState, Reloader } from "./control/reloader.ts";
 import { TcpRelay } from "./tcp/relay.ts";
 import type { UdpSnapshot } from "./udp/relay.ts";
 import { createUdpPlane } from "./udp/plane.ts";
+import { applyRules, RulesError, removeRules } from "./rules/apply.ts";
 import { rulesScript } from "./rules/nft.ts";
+import { runCommand } from "./sys/command.ts";
 import { StartError } from "./sys/errno.ts";
 import { loadFfi } from "./sys/ffi.ts";
 
 const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-config]
-       bun run relay stats|sessions|top [--control PATH | --config FILE] ...
+       bun run relay stats|sessions|top|reload [--control PATH | --config FILE] ...
        bun run relay rules apply|remove|print [--config FILE]   (the host's TPROXY rules)
        bun run relay doctor [--config FILE] [--json] [--no-self-test]   (can this host run it?)
 
@@ -49,16 +53,24 @@ A running relay answers on its control socket (control.socketPath, default
   sessions         UDP sessions and TCP connections: [--client X] [--target X] [--name X]
                    [--listener X] [--sort bytes|packets|age|idle] [--limit N] [--json]
   top              a live view: flows/s, packets/s, drops, busiest sessions (q quits)
+  reload           as SIGHUP: re-read --config, apply live changes or none (says why)
   (bun run relay stats --help for the details)
 
 Signals: SIGUSR1 prints metrics and sessions as one JSON line on stdout;
 SIGINT/SIGTERM stop the relay (threads joined, sockets closed) and print final metrics;
-SIGHUP is logged and ignored (this version does not reload: restart to apply changes).
+SIGHUP reloads --config: live changes (timeouts, limits, intercept, firewall, log...)
+are applied without dropping flows; if a changed field needs a restart (listeners,
+udp.sessionsMax, ...) or the file is invalid, nothing is applied and the log says why
+(also: bun run relay reload [--control PATH | --config FILE]).
+
+firewall.manage true: the host rules are applied at start (replacing any left by a
+crash), re-applied by a reload that changes them, removed at exit (signal or 70).
 
 Exit status: 0 stopped by a signal; 1 could not start (a listener or the metrics port
-in use, another relay on the control socket, the helper not built, descriptors); 2 bad
-arguments or configuration; 70 the data path failed (a bug: final metrics line, then
-exit, so a service manager restarts it); 77 missing privilege (CAP_NET_ADMIN).`;
+in use, another relay on the control socket, the helper not built, descriptors, the
+host rules failed); 2 bad arguments or configuration; 70 the data path failed (a bug:
+final metrics line, then exit, so a service manager restarts it); 77 missing privilege
+(CAP_NET_ADMIN).`;
 
 /** sysexits.h: the codes service managers and scripts already know. */
 const EXIT = {
@@ -140,6 +152,7 @@ async function snapshot(
   flowLog: FlowLog | null,
   sessionsListed: number,
   event: string,
+  config: ReloadState | null,
 ) {
   return {
     event,
@@ -150,6 +163,8 @@ async function snapshot(
     // null without TCP listeners; connections: the first `--sessions N` open ones.
     tcp: tcp ? { ...tcp.snapshot(), connections: tcp.connectionViews(sessionsListed) } : null,
     flowLog: flowLog ? { ...flowLog.counters } : null,
+    // The config generation and reload results (null until the relay runs).
+    config,
   };
 }
 
@@ -163,7 +178,7 @@ async function main(): Promise<void> {
     const { doctorCommand } = await import("./cli/doctor.ts");
     process.exit(await doctorCommand(process.argv.slice(3)));
   }
-  if (command === "stats" || command === "sessions" || command === "top") {
+  if (command === "stats" || command === "sessions" || command === "top" || command === "reload") {
     const { runCommand } = await import("./cli/main.ts");
     process.exit(await runCommand(command, process.argv.slice(3)));
   }
@@ -195,6 +210,10 @@ async function main(): Promise<void> {
     );
     return;
   }
+  // A SIGHUP while starting (a `systemctl reload` racing the start) must not end the
+  // relay: Bun's default would exit 129, leaving the host rules of firewall.manage.
+  let onHangUp = () => log.warn("SIGHUP while starting: ignored (reload once the relay runs)");
+  process.on("SIGHUP", () => onHangUp());
   if (!hasNetAdmin()) {
     fail(
       "missing privilege: CAP_NET_ADMIN is not in the effective set. TPROXY listeners " +
@@ -231,6 +250,37 @@ async function main(): Promise<void> {
   }
   const onFlows = flowLog ? flowLog.write.bind(flowLog) : null;
 
+  // firewall.manage: the host rules go in before the listeners are bound (applyRules
+  // replaces whatever a crashed run left) and out at every exit after this point.
+  let rulesApplied: Config | null = null;
+  const removeManagedRules = () => {
+    if (rulesApplied === null) return;
+    try {
+      const removed = removeRules(rulesApplied, runCommand);
+      log.info(`firewall.manage: removed ${removed.join(", ") || "nothing (already gone)"}`);
+    } catch (err) {
+      log.error(`firewall.manage: could not remove the host rules: ${(err as Error).message}`);
+    }
+    rulesApplied = null;
+  };
+  const startFailed = (message: string, code: number): never => {
+    removeManagedRules();
+    return fail(message, code);
+  };
+  if (config.firewall.manage) {
+    try {
+      applyRules(config, runCommand);
+    } catch (err) {
+      if (!(err instanceof RulesError)) throw err;
+      fail(
+        `firewall.manage: the host rules could not be applied: ${err.message}`,
+        err.privilege ? EXIT.noPermission : EXIT.startFailed,
+      );
+    }
+    rulesApplied = config;
+    log.info("firewall.manage: host rules applied (removed again at exit)");
+  }
+
   let tcp: TcpRelay | null = null;
   let lastUdp: UdpSnapshot | null = null;
   const onFatal = (message: string, last: UdpSnapshot | null) => {
@@ -245,11 +295,13 @@ async function main(): Promise<void> {
     };
     process.stdout.write(JSON.stringify(final) + "\n");
     log.error(`fatal: ${message}`);
+    removeManagedRules();
     process.exit(EXIT.software);
   };
   // Each relay gets the listeners of its protocol (listener indexes are per relay).
   const udpListeners = config.listeners.filter((l) => l.protocol === "udp");
-  const udp = createUdpPlane(lib, { ...config, listeners: udpListeners }, onFatal, onFlows);
+  const udpConfig = (c: Config): Config => ({ ...c, listeners: udpListeners });
+  const udp = createUdpPlane(lib, udpConfig(config), onFatal, onFlows);
   tcp = config.listeners.some((l) => l.protocol === "tcp")
     ? new TcpRelay(lib, config, {
         onFatal: (message) => onFatal(message, null),
@@ -258,14 +310,62 @@ async function main(): Promise<void> {
     : null;
   let metrics: MetricsServer | null = null;
   let control: ControlSocket | null = null;
+  let metricsTimer: ReturnType<typeof setInterval> | null = null;
+  const reloader = new Reloader(args.configPath, config, nofileLimit, {
+    applyRules: (next) => {
+      const before = rulesApplied;
+      try {
+        // Another backend's rules would not be replaced by this one's: remove them first.
+        if (before && before.firewall.backend !== next.firewall.backend) {
+          removeRules(before, runCommand);
+          rulesApplied = null;
+        }
+        applyRules(next, runCommand);
+        rulesApplied = next;
+      } catch (err) {
+        // A failed apply removed everything of ours: put the running rules back.
+        rulesApplied = null;
+        let restored = "";
+        if (before) {
+          try {
+            applyRules(before, runCommand);
+            rulesApplied = before;
+            restored = "; the previous rules were put back";
+          } catch (again) {
+            restored = `; putting the previous rules back failed too: ${(again as Error).message}`;
+          }
+        }
+        throw new Error(`${(err as Error).message}${restored}`);
+      }
+    },
+    applyLive: async (next) => {
+      await udp.reconfigure(udpConfig(next));
+      tcp?.reconfigure(next);
+      configureLog(next.log);
+      flowLog?.setRotation(next.flowLog.fileBytesMax, next.flowLog.filesMax);
+      if (next.metrics.logIntervalMs !== reloader.config.metrics.logIntervalMs) {
+        startMetricsTimer(next.metrics.logIntervalMs);
+      }
+      if (!next.firewall.manage) rulesApplied = null; // no longer ours to remove
+    },
+  });
   try {
     await udp.start();
     tcp?.start();
-    metrics = startMetricsServer(config.metrics, udp, tcp, () => flowLog?.counters ?? null);
-    control = await ControlSocket.start(config.control.socketPath, controlCommands({ udp, tcp }));
+    metrics = startMetricsServer(
+      config.metrics,
+      udp,
+      tcp,
+      () => flowLog?.counters ?? null,
+      () => reloader.state(),
+    );
+    control = await ControlSocket.start(
+      config.control.socketPath,
+      controlCommands({ udp, tcp, reloader }),
+    );
   } catch (err) {
     const privilege = err instanceof StartError && err.privilege;
-    fail((err as Error).message, privilege ? EXIT.noPermission : EXIT.startFailed);
+    startFailed((err as Error).message, privilege ? EXIT.noPermission : EXIT.startFailed);
   }
   for (const l of config.listeners) {
     const where = l.ipv6 ? `[${l.address}]:${l.port}` : `${l.address}:${l.port}`;
@@ -282,7 +382,7 @@ async function main(): Promise<void> {
     lastUdp = data;
     process.stdout.write(
       JSON.stringify({
-        ...(await snapshot(data, tcp, flowLog, args.sessionsListed, event)),
+        ...(await snapshot(data, tcp, flowLog, args.sessionsListed, event, reloader.state())),
         outputErrors,
       }) + "\n",
     );
@@ -293,23 +393,24 @@ async function main(): Promise<void> {
       (err) => log.warn(`metrics: ${(err as Error).message}`),
     );
   process.on("SIGUSR1", () => print("metrics"));
-  // No reload in this version: a SIGHUP (a closed terminal, `systemctl reload`) must
-  // not end the relay (Bun's default for SIGHUP is to exit 129 without final metrics).
-  process.on("SIGHUP", () => {
-    log.warn("SIGHUP ignored: this version does not reload; restart to apply changes");
-  });
-  let metricsTimer: ReturnType<typeof setInterval> | null = null;
-  if (config.metrics.logIntervalMs > 0) {
-    metricsTimer = setInterval(() => print("metrics"), config.metrics.logIntervalMs);
-  }
+  // SIGHUP (`systemctl reload`, kill -HUP) reloads; it never ends the relay (Bun's
+  // default for SIGHUP would be to exit 129 without final metrics).
   let stopping = false;
+  onHangUp = () => {
+    if (!stopping) void reloader.reload();
+  };
+  function startMetricsTimer(intervalMs: number): void {
+    if (metricsTimer) clearInterval(metricsTimer);
+    metricsTimer = intervalMs > 0 ? setInterval(() => print("metrics"), intervalMs) : null;
+  }
+  startMetricsTimer(config.metrics.logIntervalMs);
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     // Scrapes end first: none races the data path's own stop.
     metrics?.stop();
     // TCP first: no new connections, open ones get tcp.shutdownGraceMs to finish.
-    void (tcp ? tcp.stop(config.tcp.shutdownGraceMs) : Promise.resolve())
+    void (tcp ? tcp.stop(reloader.config.tcp.shutdownGraceMs) : Promise.resolve())
       .then(async () => {
         if (metricsTimer) clearInterval(metricsTimer);
         // No control request may reach the UDP worker once it is asked to stop.
@@ -318,11 +419,13 @@ async function main(): Promise<void> {
         // Every flow has ended by now (its record handed over): on disk before the final line.
         flowLog?.close();
         await write("final", last);
+        removeManagedRules();
         log.info(`stopped (${signal})`);
         process.exit(0);
       })
       .catch((err) => {
         log.error(`stop: ${(err as Error).message}`);
+        removeManagedRules();
         process.exit(EXIT.startFailed);
       });
   };

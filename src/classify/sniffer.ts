@@ -15,7 +15,7 @@ export class Sniffer {
   private readonly quic: QuicParser;
   /** Per destination port: PROTOCOL_DNS / PROTOCOL_QUIC when its first datagrams are parsed. */
   private readonly byPort = new Uint8Array(65536);
-  private readonly quicPacketsMax: number;
+  private quicPacketsMax = 0;
 
   constructor(
     parsers: Parsers,
@@ -24,6 +24,15 @@ export class Sniffer {
   ) {
     this.dns = new DnsParser(parsers);
     this.quic = new QuicParser(parsers);
+    this.configure(config);
+  }
+
+  /**
+   * Which ports are parsed, and how many datagrams. Also on a reload: it decides for new
+   * flows only (a flow's protocol and budget were set when it began).
+   */
+  configure(config: Config): void {
+    this.byPort.fill(PROTOCOL_UNKNOWN);
     for (const port of config.udp.quicPorts) this.byPort[port] = PROTOCOL_QUIC;
     for (const port of config.udp.dnsPorts) this.byPort[port] = PROTOCOL_DNS;
     // A post-quantum ClientHello (Chrome) spans 2 or more Initial packets.

@@ -15,6 +15,7 @@ const USAGE = `usage: bun run relay stats    [--control PATH | --config FILE] [-
                               [--name X] [--listener X] [--sort bytes|packets|age|idle]
                               [--limit N] [--json]
        bun run relay top      [--control PATH | --config FILE] [--interval-ms N]
+       bun run relay reload   [--control PATH | --config FILE] [--json]
 
   --control PATH   the relay's control socket (default: control.socketPath of --config,
                    else /run/transparent-relay/control.sock)
@@ -24,13 +25,16 @@ const USAGE = `usage: bun run relay stats    [--control PATH | --config FILE] [-
                    name or QUIC SNI, or listener name; =X matches exactly
   --sort KEY       descending: bytes (default), packets, age (oldest), idle (longest)
   --limit N        sessions listed per protocol, 0-${SESSIONS_LIMIT_MAX} (default 50)
-  --interval-ms N  top: refresh period, 200-60000 (default 1000); q or Ctrl-C quits`;
+  --interval-ms N  top: refresh period, 200-60000 (default 1000); q or Ctrl-C quits
+
+reload: as SIGHUP, the relay re-reads the config file it was started with and applies
+its live changes, or none (exit 1 and why: a field that needs a restart, or invalid).`;
 
 const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
 const INTERVAL_MS_MIN = 200;
 const INTERVAL_MS_MAX = 60_000;
 
-export type Command = "stats" | "sessions" | "top";
+export type Command = "stats" | "sessions" | "top" | "reload";
 
 interface Options {
   control: string | null;
@@ -123,6 +127,11 @@ export async function runCommand(command: Command, argv: string[]): Promise<numb
     client = await ControlClient.connect(path, packr);
     if (command === "top") return await runTop(client, options.intervalMs);
     const reply = await client.request(options.request);
+    if (command === "reload") {
+      const text = options.json ? JSON.stringify(reply) : String(reply.message ?? reply.error);
+      await new Promise<void>((resolve) => process.stdout.write(`${text}\n`, () => resolve()));
+      return reply.result === "applied" ? EXIT.ok : EXIT.failed;
+    }
     const lines =
       command === "stats"
         ? options.json

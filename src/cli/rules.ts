@@ -2,28 +2,12 @@
 // policy routing for the config the relay runs with (src/rules/apply.ts). Exit status:
 // 0 done; 1 a step failed (named; apply left nothing of ours behind); 2 bad arguments or
 // configuration; 77 not permitted (CAP_NET_ADMIN).
-import { spawnSync } from "node:child_process";
 import { ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
-import { applyRules, type RunResult, RulesError, removeRules } from "../rules/apply.ts";
+import { applyRules, RulesError, removeRules } from "../rules/apply.ts";
 import { rulesScript } from "../rules/nft.ts";
+import { runCommand as run } from "../sys/command.ts";
 
 const USAGE = "usage: bun run relay rules apply|remove|print [--config FILE]";
-/** One nft or ip command gets this long (they answer in milliseconds). */
-const COMMAND_TIMEOUT_MS = 30_000;
-
-function run(argv: string[], input?: string): RunResult {
-  const r = spawnSync(argv[0], argv.slice(1), {
-    input,
-    encoding: "utf8",
-    timeout: COMMAND_TIMEOUT_MS,
-  });
-  const missing = r.error && (r.error as NodeJS.ErrnoException).code === "ENOENT";
-  return {
-    status: r.status ?? -1,
-    stdout: r.stdout ?? "",
-    stderr: missing ? `${argv[0]} not found (Debian: nftables, iproute2)` : (r.stderr ?? ""),
-  };
-}
 
 export function rulesCommand(argv: string[]): number {
   const [action, ...rest] = argv;

@@ -19,7 +19,16 @@ const TCP_CONNECTIONS = ["connectionsActive", "connectionsMax", "accepted", "clo
 export function statsText(reply: Record<string, any>, columns = COLUMNS_DEFAULT): string[] {
   const udp: Counters = reply.udp ?? {};
   const tcp: Counters | null = reply.tcp ?? null;
-  const lines = [`relay up ${duration(reply.uptimeMs ?? 0)}`, ""];
+  const lines = [`relay up ${duration(reply.uptimeMs ?? 0)}`];
+  const config = reply.config;
+  if (config) {
+    const r = config.reloads ?? {};
+    lines.push(
+      `config generation ${config.generation}, reloads: ${r.applied ?? 0} applied, ` +
+        `${r.refused ?? 0} refused, ${r.invalid ?? 0} invalid`,
+    );
+  }
+  lines.push("");
   const shown = new Set<string>();
   const rows = UDP_TRAFFIC.map(([label, packets, bytes]) => {
     shown.add(packets).add(bytes);

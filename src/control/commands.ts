@@ -7,17 +7,21 @@
 //   {cmd: "sessions", client?, target?, name?, listener?, sort?, limit?}
 //                      -> {sort, limit, udp: [...], udpMatched, tcp: [...] | null,
 //                          tcpMatched}: UDP sessions and TCP connections that match
+//   {cmd: "reload"}    -> {result, generation, message}: as SIGHUP (src/control/reloader.ts)
 import type { TcpRelay } from "../tcp/relay.ts";
 import type { UdpPlane } from "../udp/plane.ts";
 import { outputErrors } from "./output.ts";
 import { parseSessionQuery } from "./query.ts";
+import type { Reloader } from "./reloader.ts";
 
-export const COMMANDS = ["stats", "sessions"] as const;
+export const COMMANDS = ["stats", "sessions", "reload"] as const;
 
 export interface ControlSources {
   udp: UdpPlane;
   /** null without TCP listeners. */
   tcp: TcpRelay | null;
+  /** The config's generation and reloads (stats), and `reload`; null: not offered. */
+  reloader: Reloader | null;
 }
 
 export type ControlReply = Record<string, unknown>;
@@ -34,6 +38,10 @@ export function controlCommands(sources: ControlSources): ControlHandler {
     const cmd = fields.cmd;
     if (cmd === "stats") return stats(sources);
     if (cmd === "sessions") return sessions(sources, fields);
+    if (cmd === "reload") {
+      if (!sources.reloader) return { error: "this relay does not reload" };
+      return { ...(await sources.reloader.reload()) };
+    }
     const named =
       typeof cmd === "string" ? `unknown command ${JSON.stringify(cmd.slice(0, 32))}` : "no cmd";
     return { error: `${named}: one of ${COMMANDS.join(", ")}` };
@@ -47,6 +55,7 @@ async function stats(sources: ControlSources): Promise<ControlReply> {
     timeMs: Date.now(),
     udp: udp.udp,
     tcp: sources.tcp ? sources.tcp.snapshot() : null,
+    config: sources.reloader ? sources.reloader.state() : null,
     outputErrors,
   };
 }

@@ -71,11 +71,21 @@ export class FlowLog {
   private regular = true;
   private readonly logger = new RateLimitedLog();
 
+  /** A copy: setRotation() changes it, never the caller's config. */
+  private readonly options: FlowLogOptions;
+
   /** Opens the file; throws when it cannot (a configuration error, reported at start). */
-  constructor(private readonly options: FlowLogOptions) {
+  constructor(options: FlowLogOptions) {
+    this.options = { ...options };
     this.row[FIELD.version] = FLOW_RECORD_VERSION;
     const error = this.open();
     if (error) throw new Error(`flow log ${options.path}: ${error}`);
+  }
+
+  /** A reload: the next write past the new size rotates, keeping the new count. */
+  setRotation(fileBytesMax: number, filesMax: number): void {
+    this.options.fileBytesMax = fileBytesMax;
+    this.options.filesMax = filesMax;
   }
 
   /** Appends the batch's records. */

@@ -10,6 +10,7 @@ import type { UdpPlane } from "../udp/plane.ts";
 import { RateLimitedLog } from "./log.ts";
 import { LoopLag } from "./loop_lag.ts";
 import { readProcessStats } from "./process_stats.ts";
+import type { ReloadState } from "./reloader.ts";
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "./prometheus.ts";
 
 const METRICS_PATH = "/metrics";
@@ -31,6 +32,8 @@ export function startMetricsServer(
   tcp: TcpRelay | null,
   /** The flow log writer's counters, or null without a flow log. */
   flowLog: () => FlowLogCounters | null,
+  /** The config's generation and reload results. */
+  config: () => ReloadState | null = () => null,
 ): MetricsServer | null {
   if (settings.port === 0) return null;
   const lag = new LoopLag();
@@ -48,6 +51,7 @@ export function startMetricsServer(
           process: readProcessStats(),
           loopLag: lag.take(),
           flowLog: flowLog(),
+          config: config(),
         });
       } finally {
         pending = null;

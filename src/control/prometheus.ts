@@ -13,6 +13,7 @@ import type { TcpRelay } from "../tcp/relay.ts";
 import type { UdpSnapshot, UdpValues } from "../udp/relay.ts";
 import type { LoopLagSample } from "./loop_lag.ts";
 import type { ProcessStats } from "./process_stats.ts";
+import type { ReloadState } from "./reloader.ts";
 
 /** Content-Type of the 0.0.4 text format. */
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
@@ -28,6 +29,8 @@ export interface ScrapeInput {
   loopLag: LoopLagSample;
   /** The flow log writer's counters; null without a flow log. */
   flowLog: FlowLogCounters | null;
+  /** The config's generation and reload results (absent: not shown). */
+  config?: ReloadState | null;
 }
 
 type MetricType = "counter" | "gauge" | "histogram" | "summary";
@@ -95,6 +98,18 @@ const F = {
     "Failed writes, opens and renames of the flow log.",
   ),
   flowLogRotations: family("relay_flow_log_rotations_total", "counter", "Flow log rotations."),
+  configReloads: family(
+    "relay_config_reloads_total",
+    "counter",
+    "Reloads (SIGHUP, relay reload) by result: applied (every live change), refused (a " +
+      "field that needs a restart changed, or the host rules failed: nothing applied), " +
+      "invalid (the file did not validate: nothing applied).",
+  ),
+  configGeneration: family(
+    "relay_config_generation",
+    "gauge",
+    "The running configuration: 1 at start, one more for each reload that changed it.",
+  ),
   udpSessionsLocal: family(
     "relay_udp_sessions_ended_local_target_total",
     "counter",
@@ -435,6 +450,13 @@ export function renderPrometheus(input: ScrapeInput): string {
     e.add(F.flowLogLost, flows.recordsLost);
     e.add(F.flowLogWriteErrors, flows.writeErrors);
     e.add(F.flowLogRotations, flows.rotations);
+  }
+  const config = input.config;
+  if (config) {
+    for (const [result, count] of Object.entries(config.reloads)) {
+      e.add(F.configReloads, count, { result });
+    }
+    e.add(F.configGeneration, config.generation);
   }
 
   e.add(F.uptime, input.udp.uptimeMs / 1000);

@@ -45,6 +45,7 @@ export class ReplyPool {
 
   constructor(
     private readonly lib: RelayLib,
+    /** idleMs and bindRetryMs change on a reload (setTimes); the rest is fixed. */
     private readonly options: ReplyPoolOptions,
     private readonly counters: UdpCounters,
     /** Registers a new socket with the poller; returns its token, or -1 (nothing taken). */
@@ -157,6 +158,15 @@ export class ReplyPool {
     if (this.refs[entry] <= 0) throw new Error(`ReplyPool.release: entry ${entry} has no refs`);
     this.refs[entry]--;
     this.lastUsedMs[entry] = nowMs;
+  }
+
+  /**
+   * A reload: sockets already idle are closed by the next sweep that finds them past the
+   * new idleMs; bind failures already cached keep the retry time they were given.
+   */
+  setTimes(idleMs: number, bindRetryMs: number): void {
+    this.options.idleMs = idleMs;
+    this.options.bindRetryMs = bindRetryMs;
   }
 
   /** Closes sockets idle (no sessions) past idleMs; at most `budget`. */

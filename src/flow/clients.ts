@@ -19,9 +19,10 @@ const CLIENT_KEY_WORDS = 4;
 const PAIR_KEY_WORDS = 2;
 
 export class ClientLimits {
-  readonly sessionsMax: number;
-  readonly replySocketsMax: number;
-  private readonly unboundedSessions: boolean;
+  sessionsMax: number;
+  replySocketsMax: number;
+  private unboundedSessions: boolean;
+  private readonly capacity: number;
   private readonly clients: HashIndex;
   private readonly sessions: Int32Array;
   private readonly replySockets: Int32Array;
@@ -30,16 +31,29 @@ export class ClientLimits {
 
   /** capacity: sessions the relay holds at most (each belongs to one client). */
   constructor(capacity: number, sessionsMax: number, replySocketsMax: number) {
+    this.capacity = capacity;
     this.sessionsMax = sessionsMax;
-    // A bound as large as the table bounds nothing: the table's own LRU eviction rules.
-    this.unboundedSessions = sessionsMax >= capacity;
+    this.unboundedSessions = false;
     this.replySocketsMax = replySocketsMax;
+    this.setLimits(sessionsMax, replySocketsMax);
     // +1: a new client is looked up while the table is full, before an eviction.
     this.clients = new HashIndex(CLIENT_KEY_WORDS, capacity + 1);
     this.sessions = new Int32Array(capacity + 1);
     this.replySockets = new Int32Array(capacity + 1);
     this.pairs = new HashIndex(PAIR_KEY_WORDS, capacity);
     this.pairRefs = new Int32Array(capacity);
+  }
+
+  /**
+   * New bounds (a reload). Nothing held is taken away: a client already past a lowered
+   * bound keeps its sessions and pinned sockets, and is refused new ones (maySession,
+   * mayReply) until it is back under the bound.
+   */
+  setLimits(sessionsMax: number, replySocketsMax: number): void {
+    this.sessionsMax = sessionsMax;
+    // A bound as large as the table bounds nothing: the table's own LRU eviction rules.
+    this.unboundedSessions = sessionsMax >= this.capacity;
+    this.replySocketsMax = replySocketsMax;
   }
 
   get clientCount(): number {

@@ -40,7 +40,9 @@ export class SessionTable {
   readonly index: HashIndex;
   /** Fill with the key, then call find()/create(). */
   readonly key: Uint32Array;
-  readonly timeoutsMs: Float64Array; // per class
+  /** Per class (the first classCount entries). */
+  readonly timeoutsMs = new Float64Array(TIMEOUT_CLASS_COUNT_MAX);
+  private classCount = 0;
 
   // Per-session values, indexed by session slot.
   readonly lastSeenMs: Float64Array;
@@ -65,6 +67,8 @@ export class SessionTable {
   private readonly next: Int32Array;
   private readonly heads: Int32Array; // per class: most recently used
   private readonly tails: Int32Array; // per class: least recently used
+  /** setTimeouts' scratch: one cursor per old class list. */
+  private readonly cursors = new Int32Array(TIMEOUT_CLASS_COUNT_MAX);
 
   /** Called for every session that ends, before its slot is reused. */
   onEnd: SessionEnd = () => {};
@@ -76,7 +80,8 @@ export class SessionTable {
     this.capacity = capacity;
     this.index = new HashIndex(SESSION_KEY_WORDS, capacity);
     this.key = this.index.scratch;
-    this.timeoutsMs = Float64Array.from(timeoutsMs);
+    this.classCount = timeoutsMs.length;
+    this.timeoutsMs.set(timeoutsMs);
     this.lastSeenMs = new Float64Array(capacity);
     this.createdMs = new Float64Array(capacity);
     this.timeoutClass = new Uint8Array(capacity);
@@ -92,8 +97,51 @@ export class SessionTable {
     this.bytesToClient = new Float64Array(capacity);
     this.prev = new Int32Array(capacity).fill(-1);
     this.next = new Int32Array(capacity).fill(-1);
-    this.heads = new Int32Array(timeoutsMs.length).fill(-1);
-    this.tails = new Int32Array(timeoutsMs.length).fill(-1);
+    // Room for every class a reload may bring (setTimeouts).
+    this.heads = new Int32Array(TIMEOUT_CLASS_COUNT_MAX).fill(-1);
+    this.tails = new Int32Array(TIMEOUT_CLASS_COUNT_MAX).fill(-1);
+  }
+
+  /**
+   * New timeout classes (a reload): each live session moves to the class `classOf` gives
+   * it (from its key, e.g. its destination port) and keeps its lastSeenMs, so the new
+   * timeouts apply to it from the next expire(): one idle past its new timeout ends
+   * there. O(sessions x classes), with no allocation: the old class lists, each ordered
+   * by lastSeenMs, are merged most recent first and each session is appended at the
+   * tail of its new list, so every new list is ordered too.
+   */
+  setTimeouts(timeoutsMs: readonly number[], classOf: (slot: number) => number): void {
+    if (timeoutsMs.length < 1 || timeoutsMs.length > TIMEOUT_CLASS_COUNT_MAX) {
+      throw new RangeError(`timeout classes: ${timeoutsMs.length}`);
+    }
+    const oldCount = this.classCount;
+    // The old lists' heads are the merge cursors; the old lists are walked, not relinked,
+    // until every session has been moved (next[] is read before a session is appended).
+    const cursors = this.cursors;
+    cursors.set(this.heads);
+    this.heads.fill(-1);
+    this.tails.fill(-1);
+    this.classCount = timeoutsMs.length;
+    this.timeoutsMs.fill(0);
+    this.timeoutsMs.set(timeoutsMs);
+    for (;;) {
+      let from = -1;
+      for (let cls = 0; cls < oldCount; cls++) {
+        const s = cursors[cls];
+        if (s >= 0 && (from < 0 || this.lastSeenMs[s] > this.lastSeenMs[cursors[from]])) {
+          from = cls;
+        }
+      }
+      if (from < 0) break;
+      const slot = cursors[from];
+      cursors[from] = this.next[slot];
+      const cls = classOf(slot);
+      if (!(cls >= 0 && cls < this.classCount)) {
+        throw new RangeError(`session ${slot}: timeout class ${cls} of ${this.classCount}`);
+      }
+      this.timeoutClass[slot] = cls;
+      this.linkTail(slot);
+    }
   }
 
   get count(): number {
@@ -157,7 +205,7 @@ export class SessionTable {
   /** Ends sessions idle past their class timeout; at most `budget`. Returns how many. */
   expire(nowMs: number, budget: number): number {
     let ended = 0;
-    for (let cls = 0; cls < this.heads.length; cls++) {
+    for (let cls = 0; cls < this.classCount; cls++) {
       const timeoutMs = this.timeoutsMs[cls];
       while (ended < budget) {
         const tail = this.tails[cls];
@@ -180,7 +228,7 @@ export class SessionTable {
 
   leastRecentlyUsed(): number {
     let victim = -1;
-    for (let cls = 0; cls < this.tails.length; cls++) {
+    for (let cls = 0; cls < this.classCount; cls++) {
       const tail = this.tails[cls];
       if (tail >= 0 && (victim < 0 || this.lastSeenMs[tail] < this.lastSeenMs[victim])) {
         victim = tail;
@@ -191,7 +239,7 @@ export class SessionTable {
 
   /** Calls fn for each live session, most recently used first within each class. */
   forEach(fn: (slot: number) => void): void {
-    for (let cls = 0; cls < this.heads.length; cls++) {
+    for (let cls = 0; cls < this.classCount; cls++) {
       for (let s = this.heads[cls]; s >= 0; s = this.next[s]) fn(s);
     }
   }
@@ -204,6 +252,17 @@ export class SessionTable {
     if (head >= 0) this.prev[head] = slot;
     else this.tails[cls] = slot;
     this.heads[cls] = slot;
+  }
+
+  /** Appends a session as the least recently used of its class (setTimeouts' merge). */
+  private linkTail(slot: number): void {
+    const cls = this.timeoutClass[slot];
+    const tail = this.tails[cls];
+    this.next[slot] = -1;
+    this.prev[slot] = tail;
+    if (tail >= 0) this.next[tail] = slot;
+    else this.heads[cls] = slot;
+    this.tails[cls] = slot;
   }
 
   private unlink(slot: number): void {
@@ -221,7 +280,13 @@ export class SessionTable {
   invariants(): void {
     this.index.invariants();
     let listed = 0;
-    for (let cls = 0; cls < this.heads.length; cls++) {
+    for (let cls = 0; cls < TIMEOUT_CLASS_COUNT_MAX; cls++) {
+      if (cls >= this.classCount) {
+        if (this.heads[cls] !== -1 || this.tails[cls] !== -1) {
+          throw new Error(`class ${cls} unused but linked`);
+        }
+        continue;
+      }
       let previous = -1;
       for (let s = this.heads[cls]; s >= 0; s = this.next[s]) {
         if (++listed > this.capacity) throw new Error("class list cycle");

@@ -205,7 +205,8 @@ export class TcpRelay {
   readonly startedMs = performance.now();
 
   private readonly lib: RelayLib;
-  private readonly config: Config;
+  /** Replaced by reconfigure() (its live fields only differ; see src/config/reload.ts). */
+  private config: Config;
   private readonly listeners: ListenerConfig[];
   private readonly poller: Poller;
   private engine = -1;
@@ -250,7 +251,10 @@ export class TcpRelay {
   private readonly statsPtr: Pointer;
 
   // Connections by id (the engine slot): what the control plane may list.
+  /** Ids (engine slots) allocated at start: tcp.connectionsMax as the relay started. */
   private readonly connectionsMax: number;
+  /** Open connections at most now: tcp.connectionsMax, lowered (or raised back) live. */
+  private connectionsLimit: number;
   private readonly freeIds: Int32Array;
   private freeIdCount: number;
   private readonly connState: Uint8Array;
@@ -325,6 +329,7 @@ export class TcpRelay {
 
     const n = config.tcp.connectionsMax;
     this.connectionsMax = n;
+    this.connectionsLimit = n;
     this.freeIds = new Int32Array(n);
     for (let i = 0; i < n; i++) this.freeIds[i] = n - 1 - i;
     this.freeIdCount = n;
@@ -446,6 +451,31 @@ export class TcpRelay {
     this.close();
   }
 
+  /**
+   * A reload's live settings (the caller has checked that fields needing a restart are
+   * unchanged, and that tcp.connectionsMax is within the ids allocated at start). Open
+   * connections stay: the connect and idle timeouts apply to them from the engine's next
+   * sweep (one already idle past a lowered timeout is reset there); a lowered
+   * connectionsMax refuses new clients until fewer are open; shutdownGraceMs is read
+   * at stop.
+   */
+  reconfigure(config: Config): void {
+    const tcp = config.tcp;
+    if (tcp.connectionsMax > this.connectionsMax) {
+      throw new Error("tcp.connectionsMax above the ids allocated at start (needs a restart)");
+    }
+    this.config = config;
+    this.connectionsLimit = tcp.connectionsMax;
+    if (this.engine >= 0) {
+      const rc = this.lib.rl_tcp_engine_set_timeouts(
+        this.engine,
+        tcp.connectTimeoutMs,
+        tcp.idleTimeoutMs,
+      );
+      if (rc < 0) throw new Error(`rl_tcp_engine_set_timeouts: ${errnoName(-rc)}`);
+    }
+  }
+
   /** Joins the threads and closes every descriptor (anything still open is reset). */
   private close(): void {
     if (this.closed) return;
@@ -471,7 +501,7 @@ export class TcpRelay {
     return {
       ...this.counters,
       connectionsActive: this.active,
-      connectionsMax: this.connectionsMax,
+      connectionsMax: this.connectionsLimit,
       // Delivered bytes of all connections, open ones included (engine totals).
       bytesToTargets: this.stats[TCP_STATS.bytesUp],
       bytesToClients: this.stats[TCP_STATS.bytesDown],
@@ -680,7 +710,7 @@ export class TcpRelay {
   /** One accepted client: refuse it (RST, counted) or connect upstream and hand off. */
   private admit(index: number, clientFd: number): void {
     const l = this.listeners[index];
-    if (this.active >= this.connectionsMax || this.freeIdCount === 0) {
+    if (this.active >= this.connectionsLimit || this.freeIdCount === 0) {
       // Defined behaviour at the limit: the client learns at once (RST), instead of
       // waiting in a backlog that would hide the overload.
       this.counters.rejectedLimit++;

@@ -23,6 +23,13 @@ export interface UdpPlane {
   snapshot(sessionsListed: number, query?: SessionQuery): Promise<UdpSnapshot>;
   /** Stops the data path (threads joined, sockets closed); returns the final snapshot. */
   stop(sessionsListed: number): Promise<UdpSnapshot>;
+  /**
+   * A reload's new config, whose restart fields equal the running one's (the caller
+   * checked: src/config/reload.ts). Applied on the data path's thread between two rounds,
+   * never inside a batch; resolves once applied. Every live setting, present and future
+   * (policy rules, outbounds), travels in this one message.
+   */
+  reconfigure(config: Config): Promise<void>;
 }
 
 /** The data path died: why, and its last counters if they could be read. */
@@ -53,6 +60,10 @@ class InThreadPlane implements UdpPlane {
     this.relay.stop();
     return final;
   }
+  async reconfigure(config: Config): Promise<void> {
+    // This thread runs the rounds (JSCallback): a task here is between two of them.
+    this.relay.reconfigure(config);
+  }
 }
 
 type WorkerReply =
@@ -61,7 +72,8 @@ type WorkerReply =
   | { type: "fatal"; message: string; data: UdpSnapshot | null }
   | { type: "flows"; batch: FlowBatch }
   | { type: "snapshot"; id: number; data: UdpSnapshot }
-  | { type: "stopped"; id: number; data: UdpSnapshot };
+  | { type: "stopped"; id: number; data: UdpSnapshot }
+  | { type: "reconfigured"; id: number };
 
 class WorkerPlane implements UdpPlane {
   private readonly worker: Worker;
@@ -128,6 +140,14 @@ class WorkerPlane implements UdpPlane {
     sessionsListed: number,
     query: SessionQuery | null = null,
   ): Promise<UdpSnapshot> {
+    return this.ask(type, { sessionsListed, query }).then((reply) => {
+      if (reply.type === "snapshot" || reply.type === "stopped") return reply.data;
+      throw new Error("unexpected reply");
+    });
+  }
+
+  /** Posts a request with a fresh id; resolves with the worker's reply to it. */
+  private ask(type: string, fields: Record<string, unknown>): Promise<WorkerReply> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -138,11 +158,16 @@ class WorkerPlane implements UdpPlane {
       }, WORKER_REPLY_TIMEOUT_MS);
       this.waiting.set(id, (reply) => {
         clearTimeout(timer);
-        if (reply.type === "snapshot" || reply.type === "stopped") resolve(reply.data);
-        else reject(new Error(reply.type === "error" ? reply.message : "unexpected reply"));
+        if (reply.type === "error") reject(new Error(reply.message));
+        else resolve(reply);
       });
-      this.worker.postMessage({ type, id, sessionsListed, query });
+      this.worker.postMessage({ type, id, ...fields });
     });
+  }
+
+  async reconfigure(config: Config): Promise<void> {
+    const reply = await this.ask("reconfigure", { config });
+    if (reply.type !== "reconfigured") throw new Error("unexpected reply");
   }
 
   snapshot(sessionsListed: number, query?: SessionQuery): Promise<UdpSnapshot> {

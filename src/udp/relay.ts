@@ -124,7 +124,8 @@ export class UdpRelay {
   readonly locals: LocalTargets;
 
   private readonly lib: RelayLib;
-  private readonly config: Config;
+  /** Replaced by reconfigure() (its live fields only differ; see src/config/reload.ts). */
+  private config: Config;
   private readonly poller: Poller;
   private readonly registry: SocketRegistry;
   private readonly queue: SendQueue;
@@ -365,6 +366,29 @@ export class UdpRelay {
     this.replies.closeAll();
     this.closeListeners();
     this.closeWatch();
+  }
+
+  /**
+   * A reload's live settings, applied between two rounds (the caller is this thread's
+   * control plane: never inside a batch). The caller has checked that every field that
+   * needs a restart is unchanged. Nothing open is ended by the change itself: sessions
+   * move to their new idle timeout class (one already idle past it ends at the next
+   * tick); lowered per-client bounds refuse new sessions until a client is under them;
+   * dnsPorts, quicPorts and sniffPacketsMax decide for new flows.
+   */
+  reconfigure(config: Config): void {
+    this.config = config;
+    const udp = config.udp;
+    const sessions = this.sessions;
+    const classByPort = config.timeoutClassByPort;
+    // Key word 8 is (client port << 16 | target port).
+    sessions.setTimeouts(
+      config.timeoutClassesMs,
+      (slot) => classByPort[sessions.keyWord(slot, 8) & 0xffff],
+    );
+    this.clients.setLimits(udp.sessionsPerClientMax, udp.replySocketsPerClientMax);
+    this.replies.setTimes(udp.replySocketIdleMs, udp.replyBindRetryMs);
+    this.sniffer.configure(config);
   }
 
   private closeWatch(): void {

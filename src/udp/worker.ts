@@ -16,7 +16,9 @@ type Request =
   // query: the control socket's `sessions` (filter, sort, limit), applied here so that
   // at most its limit of views is copied to the main thread.
   | { type: "snapshot"; id: number; sessionsListed: number; query: SessionQuery | null }
-  | { type: "stop"; id: number; sessionsListed: number };
+  | { type: "stop"; id: number; sessionsListed: number }
+  // A reload (src/udp/plane.ts): handled here, between two epoll waits.
+  | { type: "reconfigure"; id: number; config: Config };
 
 let relay: UdpRelay | null = null;
 
@@ -61,6 +63,12 @@ self.onmessage = (event: MessageEvent<Request>) => {
   }
   if (relay === null) {
     self.postMessage({ type: "error", message: "UDP worker not started", privilege: false });
+    return;
+  }
+  if (m.type === "reconfigure") {
+    configureLog(m.config.log);
+    relay.reconfigure(m.config);
+    self.postMessage({ type: "reconfigured", id: m.id });
     return;
   }
   if (m.type === "snapshot") {

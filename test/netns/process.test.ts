@@ -65,9 +65,9 @@ if (!skip) {
       expect(r.exitCode).toBe(0);
     });
 
-    test("SIGHUP is logged and ignored: the relay goes on and stops cleanly later", () => {
+    test("SIGHUP reloads (an unchanged file): the relay goes on and stops cleanly later", () => {
       const r = JSON.parse(inNs(["python3", DRIVER, "sighup", "--", ...relayArgv]).stdout);
-      expect(r.stderr).toContain("SIGHUP ignored");
+      expect(r.stderr).toContain("reload: nothing changed (generation 1)");
       expect(r.alive).toBe(true);
       expect(r.exitCode).toBe(0);
     });
@@ -122,6 +122,47 @@ if (!skip) {
       ]);
       expect(r.status).toBe(77);
       expect(r.stderr).toContain("missing privilege: CAP_NET_ADMIN");
+    });
+
+    test("firewall.manage: host rules that cannot be applied fail the start (exit 1)", () => {
+      writeFileSync(
+        join(dir, "managed.json"),
+        config(
+          { ...CONFIG, intercept: [{ listener: "u4", ports: [53] }], firewall: { manage: true } },
+          "managed",
+        ),
+      );
+      // No nft on PATH: the first step of applying the rules fails.
+      const r = inNs([
+        "env",
+        "PATH=/nonexistent",
+        BUN,
+        RELAY_MAIN,
+        "--config",
+        join(dir, "managed.json"),
+      ]);
+      expect(r.stderr).toContain(
+        "firewall.manage: the host rules could not be applied: nft -f -: nft not found",
+      );
+      expect(r.status).toBe(1);
+      expect(inNs(["nft", "list", "table", "inet", "transparent_relay"]).status).not.toBe(0);
+    });
+
+    test("firewall.manage: a start that fails after the rules went in removes them", () => {
+      const managed = join(dir, "managed-busy.json");
+      writeFileSync(managed, config({ ...CONFIG, firewall: { manage: true } }, "busy"));
+      const code = [
+        "import socket, subprocess, sys",
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+        "s.bind(('127.0.0.1', 12345))",
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=30)",
+        "print(r.returncode); print(r.stderr)",
+      ].join("\n");
+      const r = inNs(["python3", "-c", code, BUN, RELAY_MAIN, "--config", managed]);
+      expect(r.stdout.split("\n")[0]).toBe("1");
+      expect(r.stdout).toContain("EADDRINUSE");
+      expect(r.stdout).toContain("firewall.manage: removed nft table inet transparent_relay");
+      expect(inNs(["nft", "list", "table", "inet", "transparent_relay"]).status).not.toBe(0);
     });
 
     test("a port below 1024 without CAP_NET_BIND_SERVICE: exit 77, says which", () => {

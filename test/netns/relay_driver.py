@@ -4,7 +4,8 @@
   relay_driver.py epipe -- RELAY ARGV...    reads the ready line, closes the read end of
                                             the relay's stdout, sends SIGUSR1 (a write to
                                             a pipe nobody reads: EPIPE)
-  relay_driver.py sighup -- RELAY ARGV...   reads the ready line, sends SIGHUP
+  relay_driver.py sighup -- RELAY ARGV...   reads the ready line, sends SIGHUP (a reload of
+                                            an unchanged file)
 
 Then it waits (bounded, 10 s) for the relay's stderr to report the event, checks the
 relay is still running, stops it with SIGTERM and prints one JSON line: what stderr
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 
-EXPECT = {"epipe": "stdout: EPIPE", "sighup": "SIGHUP ignored"}
+EXPECT = {"epipe": "stdout: EPIPE", "sighup": "reload: nothing changed"}
 
 
 def main():

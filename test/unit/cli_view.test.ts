@@ -94,6 +94,10 @@ describe("relay stats and sessions text", () => {
     expect(text).not.toContain("droppedOversized");
     expect(text.match(/sniffedDns 1/g)).toHaveLength(1);
     expect(text).toContain("TCP  no TCP listeners");
+    expect(text).not.toContain("config generation");
+    const config = { generation: 3, reloads: { applied: 2, refused: 1, invalid: 4 } };
+    const reloaded = statsText({ uptimeMs: 3000, udp, tcp: null, config }, 100);
+    expect(reloaded[1]).toBe("config generation 3, reloads: 2 applied, 1 refused, 4 invalid");
   });
 
   test("sessions: a table per protocol, or one JSON object per session", () => {

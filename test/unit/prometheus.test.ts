@@ -73,6 +73,7 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
       process: { residentBytes: 52_428_800, openFds: 40, maxFds: 20_000 },
       loopLag: { lastMs: 1.5, maxMs: 250 },
       flowLog,
+      config: { generation: 3, reloads: { applied: 2, refused: 5, invalid: 7 } },
     },
     udpFields,
     tcpFields,
@@ -278,6 +279,14 @@ describe("Prometheus text format", () => {
     expect(value(s, "relay_packets_total", { protocol: "udp", direction: "from_clients" })).toBe(
       "9007199254740992",
     );
+  });
+
+  test("reloads by result, and the config generation", () => {
+    const s = parse(renderPrometheus(synthetic().input));
+    expect(value(s, "relay_config_reloads_total", { result: "applied" })).toBe("2");
+    expect(value(s, "relay_config_reloads_total", { result: "refused" })).toBe("5");
+    expect(value(s, "relay_config_reloads_total", { result: "invalid" })).toBe("7");
+    expect(value(s, "relay_config_generation")).toBe("3");
   });
 
   test("the content type of text format 0.0.4", () => {

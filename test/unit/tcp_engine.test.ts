@@ -257,6 +257,35 @@ describe("TCP splice engine", () => {
     }
   });
 
+  test("set_timeouts (a reload): an open connection gets the new idle timeout", async () => {
+    const server = net.createServer((s) => s.pipe(s));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    // No idle timeout while it opens: only the change below can end it.
+    expect(lib.rl_tcp_engine_set_timeouts(engine, 1000, 0)).toBe(0);
+    try {
+      const { client, fd } = await acceptClient();
+      const seen = collect(client);
+      const id = nextId++ % SLOTS;
+      const upstream = connectUpstream((server.address() as net.AddressInfo).port);
+      expect(lib.rl_tcp_engine_add(engine, id, fd, upstream)).toBe(0);
+      client.write("ping");
+      expect(await pollStats(() => stats[TCP_STATS.bytesDown] > 0 && seen.text() === "ping")).toBe(
+        true,
+      );
+      expect(lib.rl_tcp_engine_set_timeouts(engine, 1000, 100)).toBe(0);
+      const ev = await nextEvent();
+      expect(ev).toMatchObject({ id, reason: TcpEnd.IdleTimeout, bytesUp: 4, bytesDown: 4 });
+      await seen.closed;
+      expect(seen.error()).toBe("ECONNRESET");
+    } finally {
+      expect(lib.rl_tcp_engine_set_timeouts(engine, 1000, 400)).toBe(0);
+      server.close();
+    }
+    expect(lib.rl_tcp_engine_set_timeouts(engine, 0, 400)).toBe(-E.EINVAL);
+    expect(lib.rl_tcp_engine_set_timeouts(engine, 1000, -1)).toBe(-E.EINVAL);
+    expect(lib.rl_tcp_engine_set_timeouts(99, 1000, 400)).toBe(-E.EBADF);
+  });
+
   test("abort_all resets open connections; stats return to zero", async () => {
     const server = net.createServer(() => {});
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
