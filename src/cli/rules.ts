@@ -5,7 +5,7 @@
 import { spawnSync } from "node:child_process";
 import { ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
 import { applyRules, type RunResult, RulesError, removeRules } from "../rules/apply.ts";
-import { rulesScript } from "../rules/nft.ts";
+import { rulesScript, TABLE_NAME } from "../rules/nft.ts";
 
 const USAGE = "usage: bun run relay rules apply|remove|print [--config FILE]";
 /** One nft or ip command gets this long (they answer in milliseconds). */
@@ -21,7 +21,9 @@ function run(argv: string[], input?: string): RunResult {
   return {
     status: r.status ?? -1,
     stdout: r.stdout ?? "",
-    stderr: missing ? `${argv[0]} not found (Debian: nftables, iproute2)` : (r.stderr ?? ""),
+    stderr: missing
+      ? `${argv[0]} not found (Debian: nftables, iptables, iproute2)`
+      : (r.stderr ?? ""),
   };
 }
 
@@ -54,7 +56,11 @@ export function rulesCommand(argv: string[]): number {
   try {
     if (action === "apply") {
       applyRules(config, run);
-      console.error("relay rules: applied (nft table, policy rules and routes)");
+      const what =
+        config.firewall.backend === "iptables"
+          ? "iptables and ip6tables chains"
+          : `nft table inet ${TABLE_NAME}`;
+      console.error(`relay rules: applied (${what}, policy rules and routes)`);
     } else {
       const removed = removeRules(config, run);
       console.error(`relay rules: removed ${removed.length ? removed.join(", ") : "nothing"}`);
