@@ -264,3 +264,23 @@ export class Lab {
     }
   }
 }
+
+/**
+ * Feeds iptables-restore / ip6tables-restore --noflush inputs to a throwaway namespace
+ * (twice: the second must replace the first) and returns iptables-save and
+ * ip6tables-save from it.
+ */
+export function iptablesApplyInScratchNamespace(input4: string, input6: string): string {
+  const ns = `trl-ipt-${randomBytes(4).toString("hex")}`;
+  run(["ip", "netns", "add", ns]);
+  try {
+    for (let round = 0; round < 2; round++) {
+      run(["ip", "netns", "exec", ns, "iptables-restore", "--noflush"], input4);
+      run(["ip", "netns", "exec", ns, "ip6tables-restore", "--noflush"], input6);
+    }
+    const save = (tool: string) => run(["ip", "netns", "exec", ns, tool]).stdout;
+    return `${save("iptables-save")}${save("ip6tables-save")}`;
+  } finally {
+    run(["ip", "netns", "del", ns], undefined, true);
+  }
+}
