@@ -1,5 +1,6 @@
-// `bun run relay rules apply|remove|print [--config FILE]`: the host's TPROXY rules and
-// policy routing for the config the relay runs with (src/rules/apply.ts). Exit status:
+// `bun run relay rules apply|remove|print [--config FILE]`: the host's TPROXY rules (nft
+// or iptables: firewall.backend; gateway, local or both: firewall.mode) and policy
+// routing for the config the relay runs with (src/rules/apply.ts). Exit status:
 // 0 done; 1 a step failed (named; apply left nothing of ours behind); 2 bad arguments or
 // configuration; 77 not permitted (CAP_NET_ADMIN).
 import { spawnSync } from "node:child_process";

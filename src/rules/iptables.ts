@@ -26,7 +26,7 @@ import { bypassSets, cgroupPath, interceptsForwarded, interceptsLocal } from "./
 export type Family = 4 | 6;
 
 /** Our chains: a name with this prefix is ours (removal finds them by it). */
-export const CHAIN_PREFIX = "TRELAY_";
+const CHAIN_PREFIX = "TRELAY_";
 const PRE = "TRELAY_PRE";
 const OUT = "TRELAY_OUT";
 const DIVERT = "TRELAY_DIVERT";

@@ -51,9 +51,15 @@ export function run(argv: string[], input?: string, allowFail = false): RunResul
 /** Why this machine cannot run the lab, or null when it can. */
 export function labUnavailableReason(): string | null {
   if (process.getuid?.() !== 0) return "needs root (network namespaces, nft, TPROXY)";
-  for (const tool of ["ip", "nft"]) {
+  const packages: Record<string, string> = {
+    ip: "iproute2",
+    nft: "nftables",
+    "iptables-restore": "iptables",
+    "ip6tables-restore": "iptables",
+  };
+  for (const [tool, debian] of Object.entries(packages)) {
     if (run(["sh", "-c", `command -v ${tool}`], undefined, true).status !== 0) {
-      return `needs ${tool} (Debian: apt-get install ${tool === "ip" ? "iproute2" : "nftables"})`;
+      return `needs ${tool} (Debian: apt-get install ${debian})`;
     }
   }
   const name = `trl-probe-${randomBytes(3).toString("hex")}`;
