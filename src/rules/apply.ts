@@ -144,7 +144,8 @@ function savedIptables(family: Family, run: Runner, required: boolean) {
 
 /**
  * One family's chains and missing jump rules, in one iptables-restore transaction; our
- * nat chains that this config no longer uses are deleted in it too.
+ * chains that this config no longer uses (a redirect listener's nat chain) are deleted
+ * in it too.
  */
 function applyIptables(config: Config, family: Family, run: Runner): void {
   const saved = savedIptables(family, run, true)!;
@@ -153,11 +154,7 @@ function applyIptables(config: Config, family: Family, run: Runner): void {
     // -C fails (status 1 or 2) when the rule, or our chain it jumps to, is absent.
     return run([tool, "-t", j.table, "-C", j.chain, ...j.spec]).status !== 0;
   });
-  let input = withJumps(config, family, missing);
-  const nat = saved.get("nat")!;
-  if (!input.includes("*nat\n") && nat.chains.length > 0) {
-    input += ["*nat", ...deletionLines(nat), "COMMIT"].join("\n") + "\n";
-  }
+  const input = withJumps(config, family, missing, saved);
   const argv = [iptablesCommand(family, "-restore"), "--noflush"];
   check(run(argv, input), argv);
 }

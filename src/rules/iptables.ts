@@ -241,13 +241,34 @@ export function iptablesRestoreInput(config: Config, family: Family): string {
   return withJumps(config, family, []);
 }
 
-/** The restore input with `jumps` inserted at the top of their built-in chains. */
-export function withJumps(config: Config, family: Family, jumps: JumpRule[]): string {
+/**
+ * The restore input with `jumps` inserted at the top of their built-in chains, and our
+ * chains that iptables-save shows (`saved`, by table) but this config no longer declares
+ * deleted with their jump rules, in the same transaction.
+ */
+export function withJumps(
+  config: Config,
+  family: Family,
+  jumps: JumpRule[],
+  saved: Map<string, { chains: string[]; jumps: string[] }> = new Map(),
+): string {
   const { mangle, nat } = tables(config, family);
-  const insert = (table: string) =>
-    jumps.filter((j) => j.table === table).map((j) => `-I ${j.chain} 1 ${j.spec.join(" ")}`);
-  const lines = [...mangle, ...insert("mangle"), "COMMIT"];
-  if (nat) lines.push(...nat, ...insert("nat"), "COMMIT");
+  const lines: string[] = [];
+  for (const [table, rules] of [
+    ["mangle", mangle],
+    ["nat", nat ?? ["*nat"]],
+  ] as const) {
+    const declared = new Set(rules.filter((l) => l.startsWith(":")).map((l) => l.split(" ")[0]));
+    const old = saved.get(table) ?? { chains: [], jumps: [] };
+    const stale = old.chains.filter((c) => !declared.has(`:${c}`));
+    const staleJumps = old.jumps.filter((l) => stale.some((c) => l.endsWith(`-j ${c}`)));
+    const deletions = deletionLines({ chains: stale, jumps: staleJumps });
+    const inserted = jumps
+      .filter((j) => j.table === table)
+      .map((j) => `-I ${j.chain} 1 ${j.spec.join(" ")}`);
+    if (rules.length === 1 && deletions.length === 0) continue; // no nat section at all
+    lines.push(...rules, ...deletions, ...inserted, "COMMIT");
+  }
   return lines.join("\n") + "\n";
 }
 

@@ -201,6 +201,24 @@ for (const backend of ["nft", "iptables"] as const) {
       );
     });
 
+    test("a changed config replaces ours: a dropped redirect listener's chains go", () => {
+      const before = state();
+      expect(cli("apply").status).toBe(0);
+      const withoutRedirect = parseConfig({
+        ...raw,
+        listeners: raw.listeners.filter((l) => l.name !== "web4"),
+        intercept: raw.intercept.filter((r) => r.listener !== "web4"),
+      });
+      applyRules(withoutRedirect, inNs);
+      const after = state();
+      expect(after).not.toContain("REDIRECT");
+      expect(after).not.toContain("TRELAY_NAT");
+      expect(after).not.toContain("redirect to");
+      expect(after).toContain(backend === "nft" ? "tproxy ip to" : "-j TPROXY");
+      expect(cli("remove").status).toBe(0);
+      expect(state()).toBe(before);
+    });
+
     test("switching backends: apply with the other one leaves only its rules", () => {
       const before = state();
       const other = backend === "nft" ? "iptables" : "nft";
