@@ -179,27 +179,18 @@ for (const backend of ["nft", "iptables"] as const) {
       env = new RelayLab();
       const { lab } = env;
       lab.warmNeighbours();
-      const echo = env.spawnEcho(
+      env.spawnEcho(
         "--stamp",
         ...[LAB.server4, BYPASSED[4]].map((a) => `${a}:${UDP_PORT}`),
         ...[LAB.server6, BYPASSED[6]].map((a) => `[${a}]:${UDP_PORT}`),
       );
-      const peers = env.spawn(lab.server, ["python3", PEERS, `${TCP_PORT}:peer`]);
-      for (const proc of [echo, peers]) {
-        const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader();
-        const decoder = new TextDecoder();
-        let text = "";
-        await waitFor(
-          async () => {
-            const { value, done } = await reader.read();
-            if (!done) text += decoder.decode(value);
-            return done ? "closed" : text;
-          },
-          (t) => t.includes('"ready"') || t === "closed",
-          { what: "the lab's servers to be ready", timeoutMs: 10_000 },
-        );
-        reader.releaseLock();
-      }
+      env.spawn(lab.server, ["python3", PEERS, `${TCP_PORT}:peer`]);
+      await lab.waitForUdpPort(lab.server, UDP_PORT, 10_000);
+      await waitFor(
+        () => lab.exec(lab.server, ["ss", "-Htln", `sport = :${TCP_PORT}`]).stdout.trim(),
+        (listening) => listening.length > 0,
+        { what: `the TCP peer listening on port ${TCP_PORT}`, timeoutMs: 10_000 },
+      );
       await env.startRelay(relayConfig(backend), [], { rules: "cli" });
     });
 
