@@ -9,7 +9,7 @@
 // - the relay's own upstream traffic never re-enters: its loop guards stay at 0, the
 //   exemption rule for its mark counts its packets, and the intercept rules count only
 //   the clients' (not the relay's replies either);
-// - bypass.destinations: reached directly, the relay's sessions unchanged.
+// - bypass.destinations and exemptUser: reached directly, the relay's sessions unchanged.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { LAB } from "../lab/netns.ts";
@@ -39,6 +39,8 @@ function relayConfig(backend: "nft" | "iptables") {
     firewall: {
       backend,
       mode: "both",
+      // The lab's relay runs as root; nobody stands in for a service that must go direct.
+      exemptUser: "nobody",
       bypass: { destinations: [`${BYPASSED[4]}/32`, `${BYPASSED[6]}/128`] },
     },
   };
@@ -284,6 +286,31 @@ for (const backend of ["nft", "iptables"] as const) {
         expect(after.udp.packetsFromClients).toBe(before.udp.packetsFromClients);
       });
     }
+
+    test("exemptUser: that user's own traffic goes direct (IPv4 and IPv6)", async () => {
+      const { lab } = env;
+      const before = await metrics();
+      const userRule = (rule: string) =>
+        backend === "nft"
+          ? rule.startsWith("meta skuid 65534 counter")
+          : rule.endsWith("-A TRELAY_OUT -m owner --uid-owner 65534 -j RETURN");
+      for (const f of FAMILIES) {
+        const exempted = counter(f.family, "output", userRule);
+        const code = UDP_CLIENT.replace(
+          "sys.argv[1], int(sys.argv[2])",
+          `${JSON.stringify(f.server)}, ${UDP_PORT}`,
+        );
+        const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+        // Debian's python3 (python3-pip in setup.sh pulls it in): a user-local install
+        // such as pyenv's shims is not readable by nobody.
+        const r = lab.exec(lab.router, [...asNobody, "/usr/bin/python3", "-c", code]);
+        expect(JSON.parse(r.stdout).from).toEqual([f.server, UDP_PORT]);
+        expect(counter(f.family, "output", userRule) - exempted).toBeGreaterThanOrEqual(1);
+      }
+      const after = await metrics();
+      expect(after.udp.sessionsCreated).toBe(before.udp.sessionsCreated);
+      expect(after.udp.packetsFromClients).toBe(before.udp.packetsFromClients);
+    });
 
     test("the relay's own traffic never re-entered it", async () => {
       const { udp, tcp } = await metrics();
