@@ -13,7 +13,7 @@ ZIG_VERSION="0.14.1"
 # system DNS/DHCP service (package dnsmasq) is installed or enabled on the machine.
 # tmux is the pseudo-terminal in which test/netns/control.test.ts drives `relay top`.
 APT_PACKAGES=(build-essential nftables iproute2 iputils-ping dnsmasq-base knot-dnsutils dnsperf
-  iperf3 ngtcp2-server ngtcp2-client python3-pip curl haproxy tmux dante-server)
+  iperf3 ngtcp2-server ngtcp2-client python3-pip curl haproxy tmux dante-server iptables)
 
 say() { printf '[setup] %s\n' "$*"; }
 # shellcheck source=scripts/policy_rc_d.sh

@@ -27,12 +27,14 @@ import { loadFfi } from "./sys/ffi.ts";
 
 const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-config]
        bun run relay stats|sessions|top|reload [--control PATH | --config FILE] ...
-       bun run relay rules apply|remove|print [--config FILE]   (the host's TPROXY rules)
+       bun run relay rules apply|remove|print [--config FILE]   (the host's TPROXY rules:
+                   firewall.backend nft|iptables, firewall.mode gateway|local|both)
        bun run relay doctor [--config FILE] [--json] [--no-self-test]   (can this host run it?)
 
   --config FILE    JSON configuration (default: built-in: TPROXY listeners on
                    127.0.0.1:12345 and [::1]:12345, relay to the original destination)
-  --print-rules    print the nftables rules and policy routing for this config, then exit
+  --print-rules    print the firewall rules (nft or iptables, as firewall.backend says) and
+                   policy routing for this config as a shell script, then exit
   --check-config   validate the configuration, print it, then exit
   --print-schema   print the configuration's JSON Schema (for editors), then exit
   --sessions N     with SIGUSR1: how many sessions to list (default 32)

@@ -1,10 +1,11 @@
-// `bun run relay rules apply|remove|print [--config FILE]`: the host's TPROXY rules and
-// policy routing for the config the relay runs with (src/rules/apply.ts). Exit status:
+// `bun run relay rules apply|remove|print [--config FILE]`: the host's TPROXY rules (nft
+// or iptables: firewall.backend; gateway, local or both: firewall.mode) and policy
+// routing for the config the relay runs with (src/rules/apply.ts). Exit status:
 // 0 done; 1 a step failed (named; apply left nothing of ours behind); 2 bad arguments or
 // configuration; 77 not permitted (CAP_NET_ADMIN).
 import { ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
 import { applyRules, RulesError, removeRules } from "../rules/apply.ts";
-import { rulesScript } from "../rules/nft.ts";
+import { rulesScript, TABLE_NAME } from "../rules/nft.ts";
 import { runCommand as run } from "../sys/command.ts";
 
 const USAGE = "usage: bun run relay rules apply|remove|print [--config FILE]";
@@ -38,7 +39,11 @@ export function rulesCommand(argv: string[]): number {
   try {
     if (action === "apply") {
       applyRules(config, run);
-      console.error("relay rules: applied (nft table, policy rules and routes)");
+      const what =
+        config.firewall.backend === "iptables"
+          ? "iptables and ip6tables chains"
+          : `nft table inet ${TABLE_NAME}`;
+      console.error(`relay rules: applied (${what}, policy rules and routes)`);
     } else {
       const removed = removeRules(config, run);
       console.error(`relay rules: removed ${removed.length ? removed.join(", ") : "nothing"}`);

@@ -4,6 +4,7 @@
 import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { readFileSync } from "node:fs";
 import { formatAddress, isV4Mapped, parseAddress } from "../sys/addr.ts";
+import { type Cidr, parseCidr } from "./cidr.ts";
 import { type ConfigInput, ConfigSchema, OutboundSchema } from "./schema.ts";
 import { TIMEOUT_CLASS_COUNT_MAX } from "../flow/table.ts";
 import { type PolicyConfig, resolvePolicy } from "../policy/config.ts";
@@ -39,12 +40,20 @@ export interface InterceptConfig {
   interfaces: string[];
 }
 
+/** firewall.bypass, parsed: what the rules never intercept. */
+export interface BypassConfig {
+  destinations: Cidr[];
+  sources: Cidr[];
+  portRanges: Array<[number, number]>;
+}
+
 export type Config = Omit<
   ConfigInput,
   "listeners" | "intercept" | "outbounds" | "rules" | "defaultAction"
 > & {
   listeners: ListenerConfig[];
   intercept: InterceptConfig[];
+  bypass: BypassConfig;
   /** Outbounds, rules and the default action, resolved (src/policy/config.ts). */
   policy: PolicyConfig;
   /** What is allowed but probably not meant (a rule that can never match): logged at start. */
@@ -150,6 +159,91 @@ const DEFAULT_INTERCEPT = [
   { listener: "udp6", ports: [53, 443] },
 ];
 
+/** Ports as numbers or "low-high" strings (the schema checked the form) into ranges. */
+function parsePortRanges(
+  ports: Array<number | string>,
+  field: string,
+  problems: string[],
+): Array<[number, number]> {
+  const ranges: Array<[number, number]> = [];
+  ports.forEach((p, k) => {
+    let low: number;
+    let high: number;
+    if (typeof p === "number") {
+      low = high = p;
+    } else {
+      const dash = p.indexOf("-");
+      low = Number(p.slice(0, dash));
+      high = Number(p.slice(dash + 1));
+    }
+    if (!(low >= 1 && high <= 65535 && low <= high)) {
+      problems.push(`${field}[${k}]: range must be within 1-65535, low <= high (got ${quote(p)})`);
+    }
+    ranges.push([low, high]);
+  });
+  return ranges;
+}
+
+/** A user name as useradd accepts it (Debian's NAME_REGEX, relaxed), or a numeric uid. */
+const USER_NAME = /^[a-z_][a-z0-9_.-]*$/;
+const UID = /^[0-9]{1,10}$/;
+const UID_MAX = 4_294_967_294; // (uid_t)-1 means "no user"
+/** One cgroup v2 path component: what systemd unit and slice names use, nothing a shell or
+ * nft would interpret (no quotes, backslashes, spaces, "$" or glob characters). */
+const CGROUP_COMPONENT = /^[A-Za-z0-9_.@:+-]+$/;
+
+/**
+ * firewall.exemptUser and exemptCgroup go into the generated nft and iptables text as
+ * they are: only characters that cannot end a quoted string, start a comment or be
+ * expanded by a shell get through. Returns the parsed bypass section.
+ */
+function parseFirewall(firewall: ConfigInput["firewall"], problems: string[]): BypassConfig {
+  const user = firewall.exemptUser;
+  if (user !== "") {
+    if (UID.test(user)) {
+      if (Number(user) > UID_MAX) {
+        problems.push(`config.firewall.exemptUser: uid must be 0-${UID_MAX} (got ${quote(user)})`);
+      }
+    } else if (!USER_NAME.test(user)) {
+      problems.push(
+        `config.firewall.exemptUser: must be a user name ([a-z_][a-z0-9_.-]*) or a numeric ` +
+          `uid (got ${quote(user)})`,
+      );
+    }
+  }
+  const cgroup = firewall.exemptCgroup;
+  if (cgroup !== "") {
+    const components = cgroup.replace(/^\//, "").split("/");
+    const bad = components.find(
+      (part) => !CGROUP_COMPONENT.test(part) || part === "." || part === "..",
+    );
+    if (bad !== undefined) {
+      problems.push(
+        `config.firewall.exemptCgroup: must be a cgroup v2 path like ` +
+          `"system.slice/relay.service": components of [A-Za-z0-9_.@:+-], no empty, "." or ` +
+          `".." component, not the root (got ${quote(cgroup)})`,
+      );
+    }
+  }
+  const cidrs = (list: string[], field: string): Cidr[] => {
+    const out: Cidr[] = [];
+    list.forEach((text, k) => {
+      const parsed = parseCidr(text);
+      if ("problem" in parsed) {
+        problems.push(`config.firewall.bypass.${field}[${k}]: ${quote(text)} ${parsed.problem}`);
+      } else {
+        out.push(parsed);
+      }
+    });
+    return out;
+  };
+  return {
+    destinations: cidrs(firewall.bypass.destinations, "destinations"),
+    sources: cidrs(firewall.bypass.sources, "sources"),
+    portRanges: parsePortRanges(firewall.bypass.ports, "config.firewall.bypass.ports", problems),
+  };
+}
+
 function pathToField(path: string): string {
   // TypeBox paths are JSON pointers: /udp/sessionsMax, /listeners/0/port
   if (path === "") return "config";
@@ -246,30 +340,15 @@ export function parseConfig(input: unknown): Config {
       problems.push(`${field}.listener: no listener named "${r.listener}"`);
       return;
     }
-    const portRanges: Array<[number, number]> = [];
-    r.ports.forEach((p, k) => {
-      let low: number;
-      let high: number;
-      if (typeof p === "number") {
-        low = high = p;
-      } else {
-        const dash = p.indexOf("-");
-        low = Number(p.slice(0, dash));
-        high = Number(p.slice(dash + 1));
-      }
-      if (!(low >= 1 && high <= 65535 && low <= high)) {
-        problems.push(
-          `${field}.ports[${k}]: range must be within 1-65535, low <= high (got ${quote(p)})`,
-        );
-      }
-      portRanges.push([low, high]);
-    });
+    const portRanges = parsePortRanges(r.ports, `${field}.ports`, problems);
     r.interfaces.forEach((name, k) => {
       const problem = interfaceNameProblem(name);
       if (problem) problems.push(`${field}.interfaces[${k}]: ${problem} (got ${quote(name)})`);
     });
     intercept.push({ listener, portRanges, interfaces: r.interfaces });
   });
+
+  const bypass = parseFirewall(c.firewall, problems);
 
   const upstreamAddr4 = parseAddress(c.upstream.bindAddress4);
   if (!upstreamAddr4 || !isV4Mapped(upstreamAddr4)) {
@@ -341,6 +420,7 @@ export function parseConfig(input: unknown): Config {
     ...rest,
     listeners,
     intercept,
+    bypass,
     policy: policy!,
     warnings,
     upstreamAddr4: upstreamAddr4!,

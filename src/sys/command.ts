@@ -17,6 +17,8 @@ export function runCommand(argv: string[], input?: string): RunResult {
   return {
     status: r.status ?? -1,
     stdout: r.stdout ?? "",
-    stderr: missing ? `${argv[0]} not found (Debian: nftables, iproute2)` : (r.stderr ?? ""),
+    stderr: missing
+      ? `${argv[0]} not found (Debian: nftables, iptables, iproute2)`
+      : (r.stderr ?? ""),
   };
 }

@@ -51,9 +51,15 @@ export function run(argv: string[], input?: string, allowFail = false): RunResul
 /** Why this machine cannot run the lab, or null when it can. */
 export function labUnavailableReason(): string | null {
   if (process.getuid?.() !== 0) return "needs root (network namespaces, nft, TPROXY)";
-  for (const tool of ["ip", "nft"]) {
+  const packages: Record<string, string> = {
+    ip: "iproute2",
+    nft: "nftables",
+    "iptables-restore": "iptables",
+    "ip6tables-restore": "iptables",
+  };
+  for (const [tool, debian] of Object.entries(packages)) {
     if (run(["sh", "-c", `command -v ${tool}`], undefined, true).status !== 0) {
-      return `needs ${tool} (Debian: apt-get install ${tool === "ip" ? "iproute2" : "nftables"})`;
+      return `needs ${tool} (Debian: apt-get install ${debian})`;
     }
   }
   const name = `trl-probe-${randomBytes(3).toString("hex")}`;
@@ -262,5 +268,25 @@ export class Lab {
       run(["ip", "netns", "del", ns], undefined, true);
       rmSync(`/etc/netns/${ns}`, { recursive: true, force: true });
     }
+  }
+}
+
+/**
+ * Feeds iptables-restore / ip6tables-restore --noflush inputs to a throwaway namespace
+ * (twice: the second must replace the first) and returns iptables-save and
+ * ip6tables-save from it.
+ */
+export function iptablesApplyInScratchNamespace(input4: string, input6: string): string {
+  const ns = `trl-ipt-${randomBytes(4).toString("hex")}`;
+  run(["ip", "netns", "add", ns]);
+  try {
+    for (let round = 0; round < 2; round++) {
+      run(["ip", "netns", "exec", ns, "iptables-restore", "--noflush"], input4);
+      run(["ip", "netns", "exec", ns, "ip6tables-restore", "--noflush"], input6);
+    }
+    const save = (tool: string) => run(["ip", "netns", "exec", ns, tool]).stdout;
+    return `${save("iptables-save")}${save("ip6tables-save")}`;
+  } finally {
+    run(["ip", "netns", "del", ns], undefined, true);
   }
 }

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../../src/config/load.ts";
 import { Lab, labUnavailableReason } from "../lab/netns.ts";
-import { BUN, RelayProcess, withControlSocket } from "../lab/relay_process.ts";
+import { BUN, RELAY_MAIN, RelayProcess, withControlSocket } from "../lab/relay_process.ts";
 import { skipReason } from "../lab/skip_policy.ts";
 import { nftRuleset, policyRoutingCommands } from "../../src/rules/nft.ts";
 
@@ -47,23 +47,38 @@ export class RelayLab {
 
   /**
    * (Re)starts the relay with `raw` config and installs its rules. prefix: a command the
-   * relay runs under (e.g. prlimit).
+   * relay runs under (e.g. prlimit). rules "cli": installed by the product itself
+   * (`relay rules apply` in the router namespace, with the config's firewall section and
+   * backend) instead of the lab's nft-only shortcut.
    */
-  async startRelay(raw: object, prefix: string[] = []): Promise<RelayProcess> {
+  async startRelay(
+    raw: object,
+    prefix: string[] = [],
+    options: { rules?: "lab" | "cli" } = {},
+  ): Promise<RelayProcess> {
     if (this.relay) await this.relay.stop();
     raw = withControlSocket(raw, this.controlPath);
     const config = parseConfig(raw);
-    this.lab.installRules(nftRuleset(config), []);
-    if (!this.routingInstalled) {
-      for (const argv of policyRoutingCommands(config)) this.lab.exec(this.lab.router, argv);
-      this.routingInstalled = true;
-    }
     const path = join(this.dir, `config-${Date.now()}.json`);
     writeFileSync(path, JSON.stringify(raw));
+    if (options.rules === "cli") {
+      this.rulesCli("apply", path);
+    } else {
+      this.lab.installRules(nftRuleset(config), []);
+      if (!this.routingInstalled) {
+        for (const argv of policyRoutingCommands(config)) this.lab.exec(this.lab.router, argv);
+        this.routingInstalled = true;
+      }
+    }
     this.relay = await RelayProcess.start(this.lab, path, 10_000, prefix);
     return this.relay;
   }
   private routingInstalled = false;
+
+  /** `relay rules ACTION --config PATH` in the router namespace; throws unless it exits 0. */
+  rulesCli(action: "apply" | "remove" | "print", path: string) {
+    return this.lab.exec(this.lab.router, [BUN, RELAY_MAIN, "rules", action, "--config", path]);
+  }
 
   /**
    * The UDP echo server (test/lab/udp_echo.py) in the server namespace, on ADDR:PORT

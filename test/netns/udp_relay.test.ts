@@ -228,7 +228,7 @@ if (!skip) {
         ]);
       };
       try {
-        deleteRule(/ct mark 0x0*1ee7 return # handle (\d+)/);
+        deleteRule(/ct mark 0x0*1ee7 counter .*return # handle (\d+)/);
         const viaFib = env.probe([`${S4}:7002`], { flows: 1, packets: 4 });
         expect(viaFib).toMatchObject({ received: 4, lost: 0 });
         // Without both, the replies are intercepted: the relay's loop guard sees a flow

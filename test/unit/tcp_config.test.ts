@@ -98,31 +98,33 @@ describe("TCP rules", () => {
       "meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 " +
         "meta mark set 0x1 accept",
     );
-    const exempt = lines.indexOf("ct mark 0x1ee7 return");
+    const exempt = lines.indexOf("ct mark 0x1ee7 counter return");
     const tcp4 = lines.findIndex((l) => l.includes("tproxy ip to 127.0.0.1:12346"));
     expect(socket).toBeGreaterThan(0);
     expect(exempt).toBeGreaterThan(socket);
     expect(tcp4).toBeGreaterThan(exempt);
     expect(lines[tcp4]).toBe(
-      'iifname { "lan0" } meta nfproto ipv4 tcp dport { 53, 443, 8000-8999 } ' +
+      'iifname { "lan0" } meta nfproto ipv4 tcp dport { 53, 443, 8000-8999 } counter ' +
         'tproxy ip to 127.0.0.1:12346 meta mark set 0x1 accept comment "tcp4"',
     );
     expect(lines).toContain(
-      'iifname != "lo" meta nfproto ipv6 tcp dport 443 tproxy ip6 to [::1]:12346 ' +
+      'iifname != "lo" meta nfproto ipv6 tcp dport 443 counter tproxy ip6 to [::1]:12346 ' +
         'meta mark set 0x1 accept comment "tcp6"',
     );
     expect(lines).toContain(
-      'iifname != "lo" meta nfproto ipv4 udp dport 53 tproxy ip to 127.0.0.1:53 ' +
+      'iifname != "lo" meta nfproto ipv4 udp dport 53 counter tproxy ip to 127.0.0.1:53 ' +
         'meta mark set 0x1 accept comment "dns4"',
     );
     const nat = lines.indexOf("chain prerouting_nat {");
     expect(nat).toBeGreaterThan(tcp4);
     expect(lines[nat + 1]).toBe("type nat hook prerouting priority dstnat; policy accept;");
     // The loop exemption and the local-destination skip come first here too.
-    expect(lines[nat + 2]).toBe("ct mark 0x1ee7 return");
-    expect(lines[nat + 3]).toBe("fib daddr type { local, broadcast, multicast, anycast } return");
+    expect(lines[nat + 2]).toBe("ct mark 0x1ee7 counter return");
+    expect(lines[nat + 3]).toBe(
+      "fib daddr type { local, broadcast, multicast, anycast } counter return",
+    );
     expect(lines[nat + 4]).toBe(
-      'iifname != "lo" meta nfproto ipv4 tcp dport 80 redirect to :12347 comment "nat4"',
+      'iifname != "lo" meta nfproto ipv4 tcp dport 80 counter redirect to :12347 comment "nat4"',
     );
   });
 
