@@ -5,9 +5,9 @@
 // same way as the live one, so nft's (or iptables-save's) normalisation never shows up
 // as a difference.
 import type { Config } from "../config/load.ts";
+import { iptablesJumps, withJumps } from "../rules/iptables.ts";
 import { nftRuleset, policyRoutingCommands, TABLE_NAME } from "../rules/nft.ts";
 import { type Check, complaint, type Host, notPermitted } from "./check.ts";
-import { iptablesRestoreInput } from "./iptables_generator.ts";
 
 /** A difference is quoted with at most this many lines each way. */
 const DIFF_LINES_MAX = 8;
@@ -160,20 +160,11 @@ function iptablesChains(config: Config, host: Host, configPath: string | null): 
       checks.push({ name, status: "fail", detail: "none of our chains exist", fix });
       continue;
     }
-    if (iptablesRestoreInput === null) {
-      checks.push({
-        name,
-        status: "warn",
-        detail:
-          `present (${chains.join(", ")}); not checked against the config: this build ` +
-          "has no iptables rules generator",
-      });
-      continue;
-    }
+    // What `rules apply` would install on an empty host: our chains and their jumps.
     const scratch = inScratchNamespace(
       host,
       `${tool}-restore --noflush && ${tool}-save`,
-      iptablesRestoreInput(config, family),
+      withJumps(config, family, iptablesJumps(config, family)),
     );
     if (scratch.status !== 0) {
       checks.push({

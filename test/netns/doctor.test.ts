@@ -238,6 +238,36 @@ if (!skip) {
       }
     });
 
+    test("iptables backend: our chains compared with the config; a missing one fails", () => {
+      const ipt = join(dir, "iptables.json");
+      writeFileSync(ipt, JSON.stringify({ ...CONFIG, firewall: { backend: "iptables" } }));
+      const ipDoctor = () => {
+        const r = inNs(
+          [BUN, RELAY_MAIN, "doctor", "--config", ipt, "--json", "--no-self-test"],
+          true,
+        );
+        return { status: r.status, checks: JSON.parse(r.stdout) as Check[] };
+      };
+      inNs([BUN, RELAY_MAIN, "rules", "remove", "--config", configPath]);
+      inNs([BUN, RELAY_MAIN, "rules", "apply", "--config", ipt]);
+      try {
+        const good = ipDoctor();
+        expect(notPassing(good.checks)).toEqual([]);
+        expect(good.checks.map((c) => c.name)).toContain("iptables chains TRELAY_*");
+        expect(good.checks.map((c) => c.name)).toContain("ip6tables chains TRELAY_*");
+        expect(good.status).toBe(0);
+        // A rule of ours deleted by hand: named, with the fix.
+        inNs(["iptables", "-t", "mangle", "-F", "TRELAY_DIVERT"]);
+        const bad = ipDoctor();
+        expect(notPassing(bad.checks).map((c) => [c.name, c.status, c.fix])).toEqual([
+          ["iptables chains TRELAY_*", "fail", `bun run relay rules apply --config ${ipt}`],
+        ]);
+        expect(bad.status).toBe(1);
+      } finally {
+        inNs([BUN, RELAY_MAIN, "rules", "remove", "--config", ipt]);
+      }
+    });
+
     test("bad arguments or configuration: exit 2", () => {
       expect(inNs([BUN, RELAY_MAIN, "doctor", "--bogus"], true).status).toBe(2);
       const bad = join(dir, "bad.json");
