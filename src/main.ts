@@ -194,7 +194,7 @@ async function main(): Promise<void> {
   try {
     config = args.configPath ? loadConfigFile(args.configPath) : parseConfig({});
   } catch (err) {
-    if (err instanceof ConfigError) fail(`invalid configuration:\n  ${err.problems.join("\n  ")}`);
+    if (err instanceof ConfigError) fail(err.describe());
     throw err;
   }
   configureLog(config.log);

@@ -1,32 +1,15 @@
 // `bun run relay doctor [--config FILE] [--json] [--no-self-test]`: can this host run the
 // relay as configured (src/doctor/)? Exit status: 0 every check passed (warnings
 // allowed); 1 a check failed; 2 bad arguments or configuration.
-import { spawnSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { ControlClient } from "./client.ts";
-import { ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
 import { createPackr } from "../control/frame.ts";
 import type { Host } from "../doctor/check.ts";
 import { formatText, runDoctor, summary } from "../doctor/doctor.ts";
-import type { RunResult } from "../rules/apply.ts";
+import { runCommand as run } from "../sys/command.ts";
+import { commandConfig } from "./config.ts";
 
 const USAGE = "usage: bun run relay doctor [--config FILE] [--json] [--no-self-test]";
-/** One probe command gets this long (they answer in milliseconds). */
-const COMMAND_TIMEOUT_MS = 30_000;
-
-function run(argv: string[], input?: string): RunResult {
-  const r = spawnSync(argv[0], argv.slice(1), {
-    input,
-    encoding: "utf8",
-    timeout: COMMAND_TIMEOUT_MS,
-  });
-  const missing = r.error && (r.error as NodeJS.ErrnoException).code === "ENOENT";
-  return {
-    status: r.status ?? -1,
-    stdout: r.stdout ?? "",
-    stderr: missing ? `${argv[0]} not found` : (r.stderr ?? ""),
-  };
-}
 
 async function relayAnswers(path: string): Promise<boolean> {
   let client: ControlClient | null = null;
@@ -78,14 +61,8 @@ export async function doctorCommand(argv: string[]): Promise<number> {
       return 2;
     }
   }
-  let config: ReturnType<typeof parseConfig>;
-  try {
-    config = configPath ? loadConfigFile(configPath) : parseConfig({});
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
-    console.error(`relay doctor: invalid configuration:\n  ${err.problems.join("\n  ")}`);
-    return 2;
-  }
+  const config = commandConfig("doctor", configPath);
+  if (config === null) return 2;
   const checks = await runDoctor(config, HOST, { configPath, selfTest });
   const text = json ? `${JSON.stringify(checks, null, 2)}\n` : formatText(checks);
   await new Promise<void>((resolve) => process.stdout.write(text, () => resolve()));

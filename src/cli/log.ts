@@ -375,7 +375,7 @@ export async function runLog(argv: string[]): Promise<number> {
     }
   } catch (err) {
     if (err instanceof ConfigError) {
-      console.error(`relay log: invalid configuration:\n  ${err.problems.join("\n  ")}`);
+      console.error(`relay log: ${err.describe()}`);
       return EXIT_USAGE;
     }
     if (!(err instanceof UsageError)) throw err;

@@ -115,7 +115,7 @@ export async function runCommand(command: Command, argv: string[]): Promise<numb
       return err.message ? EXIT.usage : EXIT.ok;
     }
     if (err instanceof ConfigError) {
-      console.error(`relay ${command}: invalid configuration:\n  ${err.problems.join("\n  ")}`);
+      console.error(`relay ${command}: ${err.describe()}`);
       return EXIT.usage;
     }
     console.error(`relay ${command}: ${(err as Error).message}`);

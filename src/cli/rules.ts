@@ -3,10 +3,10 @@
 // routing for the config the relay runs with (src/rules/apply.ts). Exit status:
 // 0 done; 1 a step failed (named; apply left nothing of ours behind); 2 bad arguments or
 // configuration; 77 not permitted (CAP_NET_ADMIN).
-import { ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
 import { applyRules, RulesError, removeRules } from "../rules/apply.ts";
 import { rulesScript, TABLE_NAME } from "../rules/nft.ts";
 import { runCommand as run } from "../sys/command.ts";
+import { commandConfig } from "./config.ts";
 
 const USAGE = "usage: bun run relay rules apply|remove|print [--config FILE]";
 
@@ -24,14 +24,8 @@ export function rulesCommand(argv: string[]): number {
     console.error(USAGE);
     return 2;
   }
-  let config: ReturnType<typeof parseConfig>;
-  try {
-    config = configPath ? loadConfigFile(configPath) : parseConfig({});
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
-    console.error(`relay rules: invalid configuration:\n  ${err.problems.join("\n  ")}`);
-    return 2;
-  }
+  const config = commandConfig("rules", configPath);
+  if (config === null) return 2;
   if (action === "print") {
     process.stdout.write(rulesScript(config));
     return 0;

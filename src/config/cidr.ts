@@ -3,7 +3,7 @@
 // "10.0.0.0/8", and nft would silently take the network), printed canonically, and
 // reduced to a list without nesting (nft refuses overlapping intervals in a set; iptables
 // needs one rule per prefix, so fewer is better).
-import { isV4Mapped, parseIPv4, parseIPv6 } from "../sys/addr.ts";
+import { formatIPv6, isV4Mapped, parseIPv4, parseIPv6 } from "../sys/addr.ts";
 
 export interface Cidr {
   ipv6: boolean;
@@ -17,27 +17,7 @@ export interface Cidr {
 function formatV6(addr: Uint8Array): string {
   // A v4-mapped IPv6 prefix keeps its IPv6 spelling (formatAddress would print it as IPv4).
   if (isV4Mapped(addr)) return `::ffff:${addr[12]}.${addr[13]}.${addr[14]}.${addr[15]}`;
-  const groups: number[] = [];
-  for (let g = 0; g < 8; g++) groups.push((addr[g * 2] << 8) | addr[g * 2 + 1]);
-  // RFC 5952 §4.2.3: shorten the longest run (>= 2) of zero groups, the first on a tie.
-  let bestStart = -1;
-  let bestLength = 1;
-  for (let g = 0; g < 8; ) {
-    if (groups[g] !== 0) {
-      g++;
-      continue;
-    }
-    let end = g;
-    while (end < 8 && groups[end] === 0) end++;
-    if (end - g > bestLength) {
-      bestStart = g;
-      bestLength = end - g;
-    }
-    g = end;
-  }
-  const hex = (list: number[]) => list.map((g) => g.toString(16)).join(":");
-  if (bestStart < 0) return hex(groups);
-  return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLength))}`;
+  return formatIPv6(addr);
 }
 
 function formatCidr(ipv6: boolean, addr: Uint8Array, prefixLength: number): string {

@@ -17,6 +17,11 @@ export class ConfigError extends Error {
     super(problems.join("\n"));
     this.name = "ConfigError";
   }
+
+  /** What every command prints: "invalid configuration:" and one problem a line. */
+  describe(): string {
+    return `invalid configuration:\n  ${this.problems.join("\n  ")}`;
+  }
 }
 
 export interface ListenerConfig {
@@ -159,6 +164,20 @@ const DEFAULT_INTERCEPT = [
   { listener: "udp6", ports: [53, 443] },
 ];
 
+/** Parses 80 or "1000-2000" (as the schema lets through) into a checked range, or null. */
+export function parsePortRange(p: number | string): [number, number] | null {
+  let low: number;
+  let high: number;
+  if (typeof p === "number") {
+    low = high = p;
+  } else {
+    const dash = p.indexOf("-");
+    low = Number(p.slice(0, dash));
+    high = Number(p.slice(dash + 1));
+  }
+  return low >= 1 && high <= 65535 && low <= high ? [low, high] : null;
+}
+
 /** Ports as numbers or "low-high" strings (the schema checked the form) into ranges. */
 function parsePortRanges(
   ports: Array<number | string>,
@@ -167,19 +186,11 @@ function parsePortRanges(
 ): Array<[number, number]> {
   const ranges: Array<[number, number]> = [];
   ports.forEach((p, k) => {
-    let low: number;
-    let high: number;
-    if (typeof p === "number") {
-      low = high = p;
-    } else {
-      const dash = p.indexOf("-");
-      low = Number(p.slice(0, dash));
-      high = Number(p.slice(dash + 1));
-    }
-    if (!(low >= 1 && high <= 65535 && low <= high)) {
+    const range = parsePortRange(p);
+    if (range) ranges.push(range);
+    else {
       problems.push(`${field}[${k}]: range must be within 1-65535, low <= high (got ${quote(p)})`);
     }
-    ranges.push([low, high]);
   });
   return ranges;
 }

@@ -90,13 +90,7 @@ export class UpstreamPool {
     clientScope: number,
     ipv6: boolean,
   ): number {
-    const key = this.index.scratch;
-    key[0] = a0;
-    key[1] = a1;
-    key[2] = a2;
-    key[3] = a3;
-    key[4] = clientPort;
-    key[5] = this.endpointIndependent ? ALL_DESTINATIONS : session;
+    this.setKey(a0, a1, a2, a3, clientPort, this.endpointIndependent ? ALL_DESTINATIONS : session);
     let upstream = this.index.find();
     if (upstream >= 0) {
       this.refs[upstream]++;
@@ -176,17 +170,22 @@ export class UpstreamPool {
     clientScope: number,
   ): boolean {
     assert(this.refs[upstream] === 1, "rebind of a shared upstream socket");
+    this.setKey(a0, a1, a2, a3, clientPort, this.index.keys[upstream * KEY_WORDS + 5]);
+    if (this.index.find() >= 0) return false;
+    this.index.rekey(upstream);
+    this.clientScopes[upstream] = clientScope;
+    return true;
+  }
+
+  /** The index key: client address words, client port, and whose socket it is. */
+  private setKey(a0: number, a1: number, a2: number, a3: number, port: number, owner: number) {
     const key = this.index.scratch;
     key[0] = a0;
     key[1] = a1;
     key[2] = a2;
     key[3] = a3;
-    key[4] = clientPort;
-    key[5] = this.index.keys[upstream * KEY_WORDS + 5];
-    if (this.index.find() >= 0) return false;
-    this.index.rekey(upstream);
-    this.clientScopes[upstream] = clientScope;
-    return true;
+    key[4] = port;
+    key[5] = owner;
   }
 
   fd(upstream: number): number {

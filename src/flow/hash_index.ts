@@ -84,6 +84,12 @@ export class HashIndex {
   insert(): number {
     if (this.freeCount === 0) return -1;
     const slot = this.freeSlots[--this.freeCount];
+    this.place(slot);
+    return slot;
+  }
+
+  /** Stores the scratch key at `slot` and indexes it. */
+  private place(slot: number): void {
     const hash = this.hashScratch();
     this.hashes[slot] = hash;
     this.keys.set(this.scratch, slot * this.keyWords);
@@ -91,7 +97,6 @@ export class HashIndex {
     // Bounded: at least half the buckets are empty (load factor <= 0.5).
     while (this.buckets[bucket] !== 0) bucket = (bucket + 1) & this.bucketMask;
     this.buckets[bucket] = slot + 1;
-    return slot;
   }
 
   /** Removes the entry at `slot` (which must be in use). */
@@ -106,12 +111,7 @@ export class HashIndex {
    */
   rekey(slot: number): void {
     this.unindex(slot);
-    const hash = this.hashScratch();
-    this.hashes[slot] = hash;
-    this.keys.set(this.scratch, slot * this.keyWords);
-    let bucket = hash & this.bucketMask;
-    while (this.buckets[bucket] !== 0) bucket = (bucket + 1) & this.bucketMask;
-    this.buckets[bucket] = slot + 1;
+    this.place(slot);
   }
 
   /** Takes `slot`'s entry out of the buckets (the slot itself stays allocated). */

@@ -3,36 +3,17 @@
 // path holds it (the 16-byte form as four native-endian words, the session key's layout,
 // see src/flow/table.ts) and allocates nothing. Built once per config, on the control
 // plane, where BigInt arithmetic is fine.
-import { isV4Mapped, parseAddress } from "../sys/addr.ts";
+import type { Cidr } from "../config/cidr.ts";
 import { V4_MAPPED_WORD } from "../flow/local_targets.ts";
 
-/** A prefix in the 16-byte form; an IPv4 /n is its v4-mapped /(96 + n). */
-export interface Cidr {
-  addr: Uint8Array;
-  bits: number;
-}
-
-/** Parses "198.18.0.0/15", "2001:2::/48", or a bare address (a /32 or /128); null if bad. */
-export function parseCidr(text: string): { cidr: Cidr } | { problem: string } {
-  const slash = text.indexOf("/");
-  const addr = parseAddress(slash < 0 ? text : text.slice(0, slash));
-  if (!addr) return { problem: "not an IPv4 or IPv6 address" };
-  const v4 = isV4Mapped(addr);
-  const familyBits = v4 ? 32 : 128;
-  let bits = familyBits;
-  if (slash >= 0) {
-    const digits = text.slice(slash + 1);
-    if (!/^[0-9]{1,3}$/.test(digits) || Number(digits) > familyBits) {
-      return { problem: `prefix length must be 0-${familyBits}` };
-    }
-    bits = Number(digits);
-  }
-  // The host bits must be zero: "198.18.0.1/15" is usually a typo for a host or a network.
-  const total = v4 ? 96 + bits : bits;
-  const value = bigOf(addr);
-  const hostMask = (1n << BigInt(128 - total)) - 1n;
-  if ((value & hostMask) !== 0n) return { problem: "host bits set beyond the prefix length" };
-  return { cidr: { addr, bits: total } };
+/** A prefix's first address and length in the 16-byte form (IPv4 /n: v4-mapped /96+n). */
+function mapped(c: Cidr): { addr: Uint8Array; bits: number } {
+  if (c.ipv6) return { addr: c.addr, bits: c.prefixLength };
+  const addr = new Uint8Array(16);
+  addr[10] = 0xff;
+  addr[11] = 0xff;
+  addr.set(c.addr, 12);
+  return { addr, bits: 96 + c.prefixLength };
 }
 
 function bigOf(addr: Uint8Array): bigint {
@@ -62,7 +43,8 @@ export class AddressSet {
   constructor(cidrs: readonly Cidr[]) {
     const v4: Array<[bigint, bigint]> = [];
     const v6: Array<[bigint, bigint]> = [];
-    for (const c of cidrs) {
+    for (const cidr of cidrs) {
+      const c = mapped(cidr);
       const start = bigOf(c.addr);
       const end = start | ((1n << BigInt(128 - c.bits)) - 1n);
       if (start >= V4_BASE && end <= V4_END) v4.push([start - V4_BASE, end - V4_BASE]);

@@ -4,8 +4,13 @@
 // can never be decided by name gets a warning instead (the config still works).
 import { formatAddress, isV4Mapped, parseAddress } from "../sys/addr.ts";
 import type { ConfigInput } from "../config/schema.ts";
-import { type ListenerConfig, interfaceNameProblem, quote } from "../config/load.ts";
-import { type Cidr, parseCidr } from "./address_set.ts";
+import {
+  type ListenerConfig,
+  interfaceNameProblem,
+  parsePortRange,
+  quote,
+} from "../config/load.ts";
+import { type Cidr, parseCidr } from "../config/cidr.ts";
 import { type NameSet, loadDomainList, nameProblem, normalizeName } from "./domain_list.ts";
 
 /** Rule actions besides an outbound index (>= 0). */
@@ -80,20 +85,6 @@ export function parseEndpoint(text: string): Endpoint | null {
   if (!addr || port < 1 || port > 65535) return null;
   if (!text.startsWith("[") && !isV4Mapped(addr)) return null;
   return { address: formatAddress(addr), addr, port };
-}
-
-/** Parses "80" or "1000-2000" (as the schema lets through) into a checked range. */
-export function parsePortRange(p: number | string): [number, number] | null {
-  let low: number;
-  let high: number;
-  if (typeof p === "number") {
-    low = high = p;
-  } else {
-    const dash = p.indexOf("-");
-    low = Number(p.slice(0, dash));
-    high = Number(p.slice(dash + 1));
-  }
-  return low >= 1 && high <= 65535 && low <= high ? [low, high] : null;
 }
 
 function resolveOutbound(
@@ -195,7 +186,7 @@ function cidrs(texts: string[], field: string, problems: string[]): Cidr[] {
   let bad = 0;
   texts.forEach((text, k) => {
     const parsed = parseCidr(text);
-    if ("cidr" in parsed) out.push(parsed.cidr);
+    if (!("problem" in parsed)) out.push(parsed);
     // A country list with a broken tail should not bury the other errors.
     else if (bad++ < 5) problems.push(`${field}[${k}]: ${parsed.problem} (got ${quote(text)})`);
   });

@@ -127,6 +127,11 @@ export function formatAddress(addr: Uint8Array, offset = 0): string {
     const b = offset + 12;
     return `${addr[b]}.${addr[b + 1]}.${addr[b + 2]}.${addr[b + 3]}`;
   }
+  return formatIPv6(addr, offset);
+}
+
+/** 16 bytes (at offset) in RFC 5952 text, even when v4-mapped ("::ffff:c612:1"). */
+export function formatIPv6(addr: Uint8Array, offset = 0): string {
   const groups: number[] = [];
   for (let g = 0; g < 8; g++) groups.push((addr[offset + g * 2] << 8) | addr[offset + g * 2 + 1]);
   // RFC 5952 §4.2.3: shorten the longest run (>= 2) of zero groups, the first one on a tie.

@@ -384,19 +384,29 @@ describe("our rules and routes", () => {
       detail: 'the same rules in another order, from "udp dport 53 tproxy" on',
     });
   });
-  test("iptables backend: our chains must exist; the comparison is not faked", () => {
+  test("iptables backend: our chains must exist; compared in a scratch namespace", () => {
     const config = parseConfig({ ...RAW, firewall: { backend: "iptables" } });
     const save =
       "*mangle\n:PREROUTING ACCEPT [0:0]\n:TRELAY_PRE - [0:0]\n" +
       "-A PREROUTING -j TRELAY_PRE\nCOMMIT\n";
-    const host = fakeHost({ run: { "iptables-save": ok(save), "ip6tables-save": ok("") } });
-    const checks = rulesChecks(config, host, null);
+    // The scratch namespace (what `rules apply` would install) lists the same rules.
+    const same = { "iptables-save": ok(save), "ip6tables-save": ok(""), unshare: ok(save) };
+    const checks = rulesChecks(config, fakeHost({ run: same }), null);
     expect(statuses(checks).slice(0, 2)).toEqual([
-      ["iptables chains TRELAY_*", "warn"],
+      ["iptables chains TRELAY_*", "pass"],
       ["ip6tables chains TRELAY_*", "fail"],
     ]);
-    expect(checks[0].detail).toContain("present (TRELAY_PRE); not checked against the config");
     expect(checks[1].detail).toBe("none of our chains exist");
+    // It lists one rule more: ours differ from the config, named.
+    const more = save.replace("COMMIT", "-A TRELAY_PRE -j RETURN\nCOMMIT");
+    const differ = rulesChecks(config, fakeHost({ run: { ...same, unshare: ok(more) } }), null);
+    expect(statuses(differ)[0]).toEqual(["iptables chains TRELAY_*", "fail"]);
+    expect(differ[0].detail).toContain("-A TRELAY_PRE -j RETURN");
+    // It cannot be built: said, never faked as a pass.
+    const failed = { status: 1, stdout: "", stderr: "unshare: Operation not permitted" };
+    const unbuilt = rulesChecks(config, fakeHost({ run: { ...same, unshare: failed } }), null);
+    expect(statuses(unbuilt)[0]).toEqual(["iptables chains TRELAY_*", "warn"]);
+    expect(unbuilt[0].detail).toStartWith("present; not compared: ");
   });
 });
 

@@ -6,7 +6,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Config, parseConfig } from "../../src/config/load.ts";
-import { AddressSet, parseCidr } from "../../src/policy/address_set.ts";
+import { parseCidr } from "../../src/config/cidr.ts";
+import { AddressSet } from "../../src/policy/address_set.ts";
 import { ACTION_DROP, ACTION_REJECT } from "../../src/policy/config.ts";
 import {
   DOMAIN_LIST_BYTES_MAX,
@@ -198,9 +199,9 @@ describe("policy config", () => {
       'config.rules[0].names.exact[1]: empty label (two dots, or a leading dot) (got "a..b")',
       "config.rules[0].names.suffix[0]: label longer than 63 characters " +
         `(got "${"x".repeat(47)}... (70 chars))`,
-      'config.rules[0].sources[1]: host bits set beyond the prefix length (got "198.18.0.1/15")',
+      'config.rules[0].sources[1]: has host bits set (198.18.0.0/15?) (got "198.18.0.1/15")',
       'config.rules[0].sources[2]: prefix length must be 0-128 (got "2001:2::/129")',
-      'config.rules[0].sources[3]: not an IPv4 or IPv6 address (got "host")',
+      'config.rules[0].sources[3]: not an IPv4 address or prefix (got "host")',
     ]);
   });
 
@@ -364,8 +365,8 @@ describe("address sets", () => {
     }
     const parsed = texts.map((t) => {
       const p = parseCidr(t);
-      if (!("cidr" in p)) throw new Error(`${t}: ${p.problem}`);
-      return p.cidr;
+      if ("problem" in p) throw new Error(`${t}: ${p.problem}`);
+      return p;
     });
     const set = new AddressSet(parsed);
     const words = new Uint32Array(4);
@@ -394,7 +395,7 @@ describe("address sets", () => {
   test("overlapping and adjacent prefixes merge", () => {
     const cidrs = ["198.18.0.0/24", "198.18.1.0/24", "198.18.0.128/25", "2001:2::/48", "2001:2::1"]
       .map((t) => parseCidr(t))
-      .map((p) => ("cidr" in p ? p.cidr : null)!);
+      .map((p) => ("problem" in p ? null : p)!);
     expect(new AddressSet(cidrs).intervalCount).toBe(2);
   });
 });
