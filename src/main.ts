@@ -1,6 +1,7 @@
 // bun run relay [--config FILE] [--print-rules] [--check-config]
 // bun run relay stats|sessions|top ...   (the control socket's client: src/cli/)
 // bun run relay log ...                   (the flow log's reader: src/cli/log.ts)
+// bun run relay service print ...         (the systemd unit: src/cli/service.ts)
 // Wiring only: parse arguments, load config, check privileges, start the relay and its
 // control socket, print metrics on SIGUSR1 and at exit, stop cleanly on SIGINT/SIGTERM.
 import { readFileSync } from "node:fs";
@@ -23,6 +24,8 @@ import { loadFfi } from "./sys/ffi.ts";
 const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-config]
        bun run relay stats|sessions|top [--control PATH | --config FILE] ...
        bun run relay rules apply|remove|print [--config FILE]   (the host's TPROXY rules)
+       bun run relay service print [--config FILE] [--user NAME] [--group NAME]
+                   (the systemd unit of this checkout: CAP_NET_ADMIN only, docs/install.md)
 
   --config FILE    JSON configuration (default: built-in: TPROXY listeners on
                    127.0.0.1:12345 and [::1]:12345, relay to the original destination)
@@ -150,6 +153,10 @@ async function main(): Promise<void> {
   if (command === "rules") {
     const { rulesCommand } = await import("./cli/rules.ts");
     process.exit(rulesCommand(process.argv.slice(3)));
+  }
+  if (command === "service") {
+    const { serviceCommand } = await import("./cli/service.ts");
+    process.exit(serviceCommand(process.argv.slice(3)));
   }
   if (command === "stats" || command === "sessions" || command === "top") {
     const { runCommand } = await import("./cli/main.ts");
