@@ -193,8 +193,10 @@ async function main(): Promise<void> {
   if (!hasNetAdmin()) {
     fail(
       "missing privilege: CAP_NET_ADMIN is not in the effective set. TPROXY listeners " +
-        "need it (IP_TRANSPARENT) and upstream sockets need it (SO_MARK). Run as root " +
-        "with it, or grant it (systemd: AmbientCapabilities=CAP_NET_ADMIN).",
+        "need it (IP_TRANSPARENT) and upstream sockets need it (SO_MARK). Run as root, " +
+        "or give this process that one capability: systemd AmbientCapabilities=" +
+        "CAP_NET_ADMIN (bun run relay service print), or setpriv --ambient-caps=+net_admin " +
+        "(docs/install.md). Never setcap the bun binary: every Bun script would get it.",
       EXIT.noPermission,
     );
   }

@@ -26,6 +26,8 @@ const NOFILE_MAX = 1 << 20;
 const NOFILE_STEP = 1024;
 /** systemd's default TimeoutStopSec; more when TCP connections get longer to finish. */
 const STOP_TIMEOUT_S_MIN = 90;
+/** Binding a port below it needs CAP_NET_BIND_SERVICE (net.ipv4.ip_unprivileged_port_start). */
+const PRIVILEGED_PORT_END = 1024;
 /** useradd's rule for names (NAME_REGEX), and its length limit. */
 const NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
 /** What a unit can carry without quoting or specifier escapes (no spaces, %, $, quotes). */
@@ -64,6 +66,25 @@ function writableDirectives(config: Config): string[] {
   return directives;
 }
 
+/**
+ * Why the relay binds a privileged port, or null. A UDP flow's replies leave from a socket
+ * bound to the original destination (reply socket), so intercepting DNS (53) or QUIC (443)
+ * binds those ports: CAP_NET_ADMIN (IP_TRANSPARENT) lets it bind a foreign address, not a
+ * port below 1024 (test/netns/nonroot.test.ts shows both).
+ */
+function privilegedPortReason(config: Config): string | null {
+  const low = (port: number) => port > 0 && port < PRIVILEGED_PORT_END;
+  const listener = config.listeners.find((l) => low(l.port));
+  if (listener) return `listener ${listener.name} on port ${listener.port}`;
+  if (low(config.metrics.port)) return `metrics.port ${config.metrics.port}`;
+  for (const rule of config.intercept) {
+    if (rule.listener.protocol !== "udp") continue;
+    const range = rule.portRanges.find(([first]) => low(first));
+    if (range) return `UDP intercept of port ${range[0]}, whose replies leave from that port`;
+  }
+  return null;
+}
+
 /** Why the unit cannot be rendered for these options (each names the field), or []. */
 function unitProblems(o: UnitOptions): string[] {
   const problems: string[] = [];
@@ -90,7 +111,8 @@ function unitProblems(o: UnitOptions): string[] {
 export function serviceUnit(o: UnitOptions): string {
   const problems = unitProblems(o);
   if (problems.length > 0) throw new ConfigError(problems);
-  const relay = `${join(o.checkout, "node_modules", ".bin", "bun")} ${join(o.checkout, "src", "main.ts")}`;
+  const bun = join(o.checkout, "node_modules", ".bin", "bun");
+  const relay = `${bun} ${join(o.checkout, "src", "main.ts")}`;
   const config = `--config ${o.configPath}`;
   const wanted = descriptorsWanted(o.config);
   const nofile = Math.min(Math.ceil(wanted / NOFILE_STEP) * NOFILE_STEP, NOFILE_MAX);
@@ -99,6 +121,9 @@ export function serviceUnit(o: UnitOptions): string {
   // A checkout under a home directory stays readable (ProtectHome=yes would hide it), if
   // the user may enter it at all (scripts/install.sh --service checks).
   const home = /^\/(home|root|run\/user)\//.test(`${o.checkout}/`);
+  const bindReason = privilegedPortReason(o.config);
+  const caps = bindReason ? "CAP_NET_ADMIN CAP_NET_BIND_SERVICE" : "CAP_NET_ADMIN";
+  const bindNote = bindReason ? `# CAP_NET_BIND_SERVICE: a port below 1024: ${bindReason}.\n` : "";
   return `# transparent-relay, rendered by \`bun run relay service print\` for the checkout
 # ${o.checkout} and the configuration ${o.configPath}.
 # Render it again after moving the checkout or raising the configuration's bounds.
@@ -113,10 +138,11 @@ After=network-online.target
 Type=simple
 User=${o.user}
 Group=${o.group}
-# The one privilege: TPROXY listeners (IP_TRANSPARENT), the upstream mark (SO_MARK), and
-# the nft and ip commands of \`relay rules\`. Nothing more, and nothing gained by exec.
-AmbientCapabilities=CAP_NET_ADMIN
-CapabilityBoundingSet=CAP_NET_ADMIN
+# CAP_NET_ADMIN: TPROXY listeners (IP_TRANSPARENT), the upstream mark (SO_MARK), and the
+# nft and ip commands of \`relay rules\`.
+${bindNote}# No other capability, and none gained by exec.
+AmbientCapabilities=${caps}
+CapabilityBoundingSet=${caps}
 NoNewPrivileges=yes
 # descriptorsWanted for this configuration: ${wanted} (rounded up; at most fs.nr_open's
 # default ${NOFILE_MAX}). Past it the relay lowers its bounds and says so at start.

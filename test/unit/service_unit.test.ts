@@ -25,7 +25,12 @@ const base = {
   user: "transparent-relay",
   group: "transparent-relay",
 };
-const render = (raw: object = {}, options: Partial<typeof base> = {}) =>
+/** Ports above 1023 only: CAP_NET_ADMIN is all it needs. */
+const HIGH = {
+  listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
+  intercept: [{ listener: "udp4", ports: ["1024-65535"] }],
+};
+const render = (raw: object = HIGH, options: Partial<typeof base> = {}) =>
   serviceUnit({ ...base, config: parseConfig(raw), ...options });
 /** The values of `key=` lines, in order. */
 const values = (unit: string, key: string) =>
@@ -66,6 +71,30 @@ describe("relay service print: the systemd unit", () => {
     expect(values(unit, "ProtectHome")).toEqual(["yes"]);
   });
 
+  test("a port below 1024 adds CAP_NET_BIND_SERVICE, and says why", () => {
+    const both = ["CAP_NET_ADMIN CAP_NET_BIND_SERVICE"];
+    const cases: Array<[object, string]> = [
+      // The built-in configuration intercepts DNS and QUIC.
+      [{}, "UDP intercept of port 53, whose replies leave from that port"],
+      [{ ...HIGH, intercept: [{ listener: "udp4", ports: ["443-444"] }] }, "port 443"],
+      [{ ...HIGH, listeners: [{ ...HIGH.listeners[0], port: 853 }] }, "listener udp4 on port 853"],
+      [{ ...HIGH, metrics: { port: 99 } }, "metrics.port 99"],
+    ];
+    for (const [raw, why] of cases) {
+      const unit = render(raw);
+      expect(values(unit, "AmbientCapabilities")).toEqual(both);
+      expect(values(unit, "CapabilityBoundingSet")).toEqual(both);
+      expect(unit).toContain(`# CAP_NET_BIND_SERVICE: a port below 1024: `);
+      expect(unit).toContain(why);
+    }
+    // TCP replies leave from the accepted socket: intercepting port 80 binds nothing.
+    const tcp = {
+      listeners: [{ name: "t", address: "127.0.0.1", port: 12346, protocol: "tcp" }],
+      intercept: [{ listener: "t", ports: [80] }],
+    };
+    expect(values(render(tcp), "AmbientCapabilities")).toEqual(["CAP_NET_ADMIN"]);
+  });
+
   test("checks the config, applies the rules, runs, and removes the rules after it stops", () => {
     const unit = render();
     const relay = `${join(ROOT, "node_modules/.bin/bun")} ${join(ROOT, "src/main.ts")}`;
@@ -85,7 +114,7 @@ describe("relay service print: the systemd unit", () => {
   test("LimitNOFILE is what the configuration's bounds want, rounded up, capped", () => {
     for (const raw of [
       {},
-      { udp: { sessionsMax: 1000 } },
+      { ...HIGH, udp: { sessionsMax: 1000 } },
       { listeners: [{ name: "t", address: "127.0.0.1", port: 1, protocol: "tcp" }] },
     ]) {
       const limit = Number(values(render(raw), "LimitNOFILE")[0]);
@@ -102,12 +131,12 @@ describe("relay service print: the systemd unit", () => {
   });
 
   test("the flow log's directory is writable: systemd's own under /var/log, else named", () => {
-    const logs = render({ flowLog: { path: "/var/log/transparent-relay/flows.log" } });
+    const logs = render({ ...HIGH, flowLog: { path: "/var/log/transparent-relay/flows.log" } });
     expect(values(logs, "LogsDirectory")).toEqual(["transparent-relay"]);
     expect(values(logs, "ReadWritePaths")).toEqual([]);
-    const srv = render({ flowLog: { path: "/srv/relay/flows.log" } });
+    const srv = render({ ...HIGH, flowLog: { path: "/srv/relay/flows.log" } });
     expect(values(srv, "ReadWritePaths")).toEqual(["-/srv/relay"]);
-    const socket = render({ control: { socketPath: "/run/relay-b/control.sock" } });
+    const socket = render({ ...HIGH, control: { socketPath: "/run/relay-b/control.sock" } });
     expect(values(socket, "RuntimeDirectory")).toEqual(["transparent-relay", "relay-b"]);
   });
 
@@ -132,13 +161,14 @@ describe("relay service print: the systemd unit", () => {
     expect(problems(() => render({}, { configPath: "/etc/my relay.json" }))[0]).toStartWith(
       '--config "/etc/my relay.json": must be an absolute path',
     );
-    expect(problems(() => render({ flowLog: { path: "flows.log" } }))[0]).toStartWith(
+    expect(problems(() => render({ ...HIGH, flowLog: { path: "flows.log" } }))[0]).toStartWith(
       'config.flowLog.path "flows.log": must be an absolute path',
     );
   });
 
   test("systemd-analyze verify accepts it (default and flow-log configurations)", () => {
-    for (const raw of [{}, { flowLog: { path: "/var/log/transparent-relay/flows.log" } }]) {
+    const flowLog = { flowLog: { path: "/var/log/transparent-relay/flows.log" } };
+    for (const raw of [HIGH, {}, { ...HIGH, ...flowLog }]) {
       const r = verify(render(raw));
       if (r === null) return;
       expect(r).toEqual({ status: 0, output: "" });
