@@ -100,6 +100,10 @@ if $print_packages; then
   printf '%s\n' "${packages[@]}"
   exit 0
 fi
+# Said before anything is done, rather than after the build.
+if $service && [[ $(id -u) -ne 0 ]]; then
+  die "--service needs root (a system user, files in /etc): run it with sudo"
+fi
 
 # shellcheck source=scripts/policy_rc_d.sh
 source scripts/policy_rc_d.sh
@@ -160,8 +164,8 @@ if ! $service; then exit 0; fi
 
 # The systemd service: a system user, the default configuration, the rendered unit.
 # Nothing is enabled or started here: the operator does that (docs/install.md).
-[[ $(id -u) -eq 0 ]] || die "--service needs root (a system user, files in /etc)"
-unit_path=/etc/systemd/system/transparent-relay.service
+# Elsewhere only for a trial run (or a packager's staging directory).
+unit_path="${INSTALL_UNIT_DIR:-/etc/systemd/system}/transparent-relay.service"
 if ! id -u "$service_user" >/dev/null 2>&1; then
   say "creating the system user $service_user (no login shell, no home)"
   useradd --system --user-group --no-create-home --home-dir /nonexistent \

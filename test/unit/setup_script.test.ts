@@ -118,18 +118,31 @@ describe("install.sh: what running the relay needs; setup.sh: that and the test 
     expect(lines).toContain("npm ci --omit=dev --no-audit --no-fund >/dev/null");
   });
 
+  /** install.sh ARGS as nobody (as root) or as the user running the tests. */
+  const installAsUser = (...args: string[]) => {
+    const argv = [join(SCRIPTS, "install.sh"), ...args];
+    const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash"];
+    return process.getuid?.() === 0
+      ? spawnSync(asNobody[0], [...asNobody.slice(1), ...argv], { encoding: "utf8" })
+      : spawnSync("bash", argv, { encoding: "utf8" });
+  };
+
   test("without root, missing packages are named and root asked for; nothing else runs", () => {
     // A package no machine has: the Debian step is the one that must stop.
-    const argv = [join(SCRIPTS, "install.sh"), "--extra-packages", "no-such-package-trl"];
-    const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash"];
-    const r =
-      process.getuid?.() === 0
-        ? spawnSync(asNobody[0], [...asNobody.slice(1), ...argv], { encoding: "utf8" })
-        : spawnSync("bash", argv, { encoding: "utf8" });
+    const r = installAsUser("--extra-packages", "no-such-package-trl");
     expect(r.status).toBe(1);
     expect(r.stdout).toBe("");
     expect(r.stderr).toContain("missing Debian packages: no-such-package-trl");
     expect(r.stderr).toContain("needs root");
+  });
+
+  test("without root, --service stops before any step (not after the build)", () => {
+    const r = installAsUser("--service");
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toBe(
+      "[install] --service needs root (a system user, files in /etc): run it with sudo\n",
+    );
   });
 });
 
