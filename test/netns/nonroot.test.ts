@@ -24,7 +24,8 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { LAB } from "../lab/netns.ts";
+import { randomBytes } from "node:crypto";
+import { LAB, labUnavailableReason, run } from "../lab/netns.ts";
 import { RELAY_MAIN } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
@@ -190,6 +191,51 @@ if (!skip) {
       const r = env.probe([`${S4}:53`], { flows: 2, packets: 4, stamped: true });
       expect(r).toMatchObject({ received: 8, lost: 0, wrongSource: 0, wrongFlow: 0 });
       expect((await env.relay!.metrics()).udp.replySocketBindFailed).toBe(0);
+    });
+  });
+
+  // The unit's ExecStartPre and ExecStopPost: `relay rules apply|remove` as the same user.
+  describe("relay rules apply / remove as nobody with CAP_NET_ADMIN only", () => {
+    const ns = `trl-nonroot-${randomBytes(4).toString("hex")}`;
+    const dir = mkdtempSync(join(tmpdir(), "relay-nonroot-rules-"));
+    const path = join(dir, "config.json");
+    const inNs = (argv: string[]) => run(["ip", "netns", "exec", ns, ...argv], undefined, true);
+    const rules = (prefix: string[], action: string) =>
+      inNs([...prefix, BUN, RELAY_MAIN, "rules", action, "--config", path]);
+
+    beforeAll(() => {
+      const reason = labUnavailableReason();
+      if (reason) throw new Error(`end-to-end lab unavailable: ${reason}`);
+      chmodSync(dir, 0o755);
+      writeFileSync(
+        path,
+        JSON.stringify({
+          listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
+          intercept: [{ listener: "udp4", ports: [7001] }],
+        }),
+      );
+      run(["ip", "netns", "add", ns]);
+      inNs(["ip", "link", "set", "lo", "up"]);
+    });
+
+    afterAll(() => {
+      run(["ip", "netns", "del", ns], undefined, true);
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    test("applied and removed with the capability; exit 77 without it", () => {
+      const before = inNs(["nft", "list", "ruleset"]).stdout;
+      const denied = rules(NO_CAPS, "apply");
+      expect(denied.status).toBe(77);
+      expect(inNs(["nft", "list", "ruleset"]).stdout).toBe(before);
+      const applied = rules(NET_ADMIN_ONLY, "apply");
+      expect([applied.status, applied.stderr]).toEqual([0, expect.stringContaining("applied")]);
+      expect(inNs(["nft", "list", "ruleset"]).stdout).toContain("table inet transparent_relay");
+      expect(inNs(["ip", "-4", "rule"]).stdout).toContain("fwmark 0x1 lookup 100");
+      const removed = rules(NET_ADMIN_ONLY, "remove");
+      expect([removed.status, removed.stderr]).toEqual([0, expect.stringContaining("removed")]);
+      expect(inNs(["nft", "list", "ruleset"]).stdout).toBe(before);
+      expect(inNs(["ip", "-4", "rule"]).stdout).not.toContain("fwmark 0x1");
     });
   });
 }
