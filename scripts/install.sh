@@ -163,7 +163,8 @@ bash scripts/build.sh
 if ! $service; then exit 0; fi
 
 # The systemd service: a system user, the default configuration, the rendered unit.
-# Nothing is enabled or started here: the operator does that (docs/install.md).
+# Nothing is enabled or started here: the operator does that (the README's "Running as a
+# systemd service").
 # Elsewhere only for a trial run (or a packager's staging directory).
 unit_path="${INSTALL_UNIT_DIR:-/etc/systemd/system}/transparent-relay.service"
 if ! id -u "$service_user" >/dev/null 2>&1; then

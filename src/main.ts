@@ -25,7 +25,7 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
        bun run relay stats|sessions|top [--control PATH | --config FILE] ...
        bun run relay rules apply|remove|print [--config FILE]   (the host's TPROXY rules)
        bun run relay service print [--config FILE] [--user NAME] [--group NAME]
-                   (the systemd unit of this checkout: CAP_NET_ADMIN only, docs/install.md)
+                   (the systemd unit of this checkout, run as its own user; see the README)
 
   --config FILE    JSON configuration (default: built-in: TPROXY listeners on
                    127.0.0.1:12345 and [::1]:12345, relay to the original destination)
@@ -196,7 +196,7 @@ async function main(): Promise<void> {
         "need it (IP_TRANSPARENT) and upstream sockets need it (SO_MARK). Run as root, " +
         "or give this process that one capability: systemd AmbientCapabilities=" +
         "CAP_NET_ADMIN (bun run relay service print), or setpriv --ambient-caps=+net_admin " +
-        "(docs/install.md). Never setcap the bun binary: every Bun script would get it.",
+        "(see the README). Never setcap the bun binary: every Bun script would get it.",
       EXIT.noPermission,
     );
   }

@@ -1,9 +1,11 @@
 // `bun run relay service print [--config FILE] [--user NAME] [--group NAME]`: the systemd
-// unit that runs this checkout as a service, with its absolute paths (docs/install.md;
-// scripts/install.sh --service installs it). The relay runs as an unprivileged user whose
-// only capability is CAP_NET_ADMIN; the rules are applied before it starts and removed
-// after it stops (a crash included). Rendered, not templated: LimitNOFILE and the writable
-// paths come from the configuration. Exit status: 0 printed; 2 bad arguments or config.
+// unit that runs this checkout as a service, with its absolute paths (the README's
+// "Running as a systemd service"; scripts/install.sh --service installs it). The relay runs
+// as an unprivileged user whose only capability is CAP_NET_ADMIN (and CAP_NET_BIND_SERVICE
+// when the configuration binds a port below 1024); the rules are applied before it starts
+// and removed after it stops (a crash included). Rendered, not templated: LimitNOFILE and
+// the writable paths come from the configuration. Exit status: 0 printed; 2 bad arguments
+// or configuration.
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { type Config, ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
@@ -130,7 +132,7 @@ export function serviceUnit(o: UnitOptions): string {
 
 [Unit]
 Description=Transparent UDP/TCP relay for Linux TPROXY
-Documentation=file://${o.checkout}/docs/install.md
+Documentation=file://${o.checkout}/README.md
 Wants=network-online.target
 After=network-online.target
 

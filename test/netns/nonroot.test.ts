@@ -1,8 +1,8 @@
 // End-to-end: the relay run as an unprivileged user (nobody, 65534) whose one capability
 // is CAP_NET_ADMIN, granted the documented way for a shell (setpriv --ambient-caps; the
-// systemd unit uses AmbientCapabilities, docs/install.md). It relays UDP with replies from
-// the original destination, writes its control socket and flow log in a directory that
-// user owns, and answers `relay sessions`. Without the capability it exits 77 and says
+// systemd unit uses AmbientCapabilities). It relays UDP with replies from the original
+// destination, writes its control socket and flow log in a directory that user owns, and
+// answers `relay sessions`. Without the capability it exits 77 and says
 // what to do. nobody exists on every Debian system: nothing is created, nothing left.
 // A port below 1024 is the exception: a UDP flow's replies leave from a socket bound to
 // the original destination's port (DNS: 53), which takes CAP_NET_BIND_SERVICE as well

@@ -7,7 +7,17 @@
 // through --print-packages: install.sh has no test peer, setup.sh has them all.
 import { describe, expect, test } from "bun:test";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -118,13 +128,27 @@ describe("install.sh: what running the relay needs; setup.sh: that and the test 
     expect(lines).toContain("npm ci --omit=dev --no-audit --no-fund >/dev/null");
   });
 
-  /** install.sh ARGS as nobody (as root) or as the user running the tests. */
+  /**
+   * install.sh ARGS as nobody (when the tests run as root) or as the user running them.
+   * From a copy of the scripts in a 0755 directory: nobody may not be able to read the
+   * checkout (under /root), and nothing of the checkout is touched.
+   */
   const installAsUser = (...args: string[]) => {
-    const argv = [join(SCRIPTS, "install.sh"), ...args];
-    const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash"];
-    return process.getuid?.() === 0
-      ? spawnSync(asNobody[0], [...asNobody.slice(1), ...argv], { encoding: "utf8" })
-      : spawnSync("bash", argv, { encoding: "utf8" });
+    const dir = mkdtempSync(join(tmpdir(), "install-as-user-"));
+    try {
+      chmodSync(dir, 0o755);
+      mkdirSync(join(dir, "scripts"), { mode: 0o755 });
+      for (const name of ["install.sh", "policy_rc_d.sh"]) {
+        copyFileSync(join(SCRIPTS, name), join(dir, "scripts", name));
+      }
+      const argv = [join(dir, "scripts", "install.sh"), ...args];
+      const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash"];
+      return process.getuid?.() === 0
+        ? spawnSync(asNobody[0], [...asNobody.slice(1), ...argv], { encoding: "utf8" })
+        : spawnSync("bash", argv, { encoding: "utf8" });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   };
 
   test("without root, missing packages are named and root asked for; nothing else runs", () => {
