@@ -28,8 +28,9 @@ ZIG_VERSION="0.14.1"
 
 # Debian packages the relay needs to run and to be built: the nft and ip commands (relay
 # rules apply|remove), a C compiler for ffi/ (scripts/build.sh: make, cc, libc headers),
-# and pip, which fetches Zig. No package here starts a service.
-RUNTIME_PACKAGES=(nftables iproute2 gcc make libc6-dev python3-pip)
+# pip, which fetches Zig, and /bin/kill (procps; the unit's ExecReload). No package here
+# starts a service.
+RUNTIME_PACKAGES=(nftables iproute2 gcc make libc6-dev python3-pip procps)
 
 say() { printf '[install] %s\n' "$*"; }
 die() {

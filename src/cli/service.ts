@@ -16,8 +16,8 @@ const USAGE =
   "  prints the systemd unit of this checkout (scripts/install.sh --service installs it)\n" +
   "  --config FILE  the configuration the service runs with\n" +
   "                 (default /etc/transparent-relay/config.json)\n" +
-  "  --user NAME    the user it runs as, CAP_NET_ADMIN its only privilege\n" +
-  "                 (default transparent-relay)\n" +
+  "  --user NAME    the user it runs as (default transparent-relay), with CAP_NET_ADMIN\n" +
+  "                 (and CAP_NET_BIND_SERVICE when the config binds a port below 1024)\n" +
   "  --group NAME   its group (default: the user's name)";
 
 const CHECKOUT = resolve(import.meta.dir, "..", "..");
