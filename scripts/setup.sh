@@ -8,21 +8,22 @@ cd "$(dirname "$0")/.."
 
 # The part a gateway needs too (Debian packages, Bun, Zig, the build) is scripts/install.sh;
 # this adds what development and the tests need: npm's devDependencies, the real peers
-# the tests drive, and promtool.
+# the tests drive (APT_PACKAGES: the test set-up's Debian packages, installed by install.sh
+# with its own), and promtool.
 # dnsmasq-base is the binary alone: the lab runs its own dnsmasq in a namespace, so no
 # system DNS/DHCP service (package dnsmasq) is installed or enabled on the machine.
 # tmux is the pseudo-terminal in which test/netns/control.test.ts drives `relay top`.
 # iptables: the rules' iptables backend; systemd: `systemd-analyze verify` of the unit
 # (test/unit/service_unit.test.ts), never started.
-LAB_PACKAGES=(iputils-ping dnsmasq-base knot-dnsutils dnsperf iperf3 ngtcp2-server ngtcp2-client
+APT_PACKAGES=(iputils-ping dnsmasq-base knot-dnsutils dnsperf iperf3 ngtcp2-server ngtcp2-client
   curl haproxy tmux iptables systemd)
 
 say() { printf '[setup] %s\n' "$*"; }
 
 if [[ ${1:-} == --print-packages ]]; then
-  exec bash scripts/install.sh --print-packages --extra-packages "${LAB_PACKAGES[*]}"
+  exec bash scripts/install.sh --print-packages --extra-packages "${APT_PACKAGES[*]}"
 fi
-bash scripts/install.sh --dev --extra-packages "${LAB_PACKAGES[*]}"
+bash scripts/install.sh --dev --extra-packages "${APT_PACKAGES[*]}"
 
 # promtool (Prometheus' metrics checker), for the tests of the /metrics endpoint. Taken
 # out of Debian's prometheus package, which is never installed: installing it would enable

@@ -95,7 +95,7 @@ describe("install.sh: what running the relay needs; setup.sh: that and the test 
 
   test("setup.sh runs install.sh for the shared part (no step of it written twice)", () => {
     const lines = commands("setup.sh");
-    const lab = '--extra-packages "$' + '{LAB_PACKAGES[*]}"';
+    const lab = '--extra-packages "$' + '{APT_PACKAGES[*]}"';
     expect(lines.filter((l) => l.includes("scripts/install.sh"))).toEqual([
       `exec bash scripts/install.sh --print-packages ${lab}`,
       `bash scripts/install.sh --dev ${lab}`,
