@@ -173,9 +173,12 @@ if ! id -u "$service_user" >/dev/null 2>&1; then
   useradd --system --user-group --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin "$service_user"
 fi
-# The service runs the checkout as that user: every directory above it must let it in.
-if ! setpriv --reuid="$service_user" --regid="$service_user" --init-groups \
-  test -r build/librelay.so -a -x node_modules/.bin/bun -a -r src/main.ts; then
+service_group=$(id -gn "$service_user")
+# The service runs the checkout as that user: every directory above it must let it in
+# (absolute paths: a relative one would start inside the checkout and skip its parents).
+if ! setpriv --reuid="$service_user" --regid="$service_group" --init-groups \
+  test -r "$PWD/build/librelay.so" -a -x "$PWD/node_modules/.bin/bun" -a -r "$PWD/src/main.ts"
+then
   die "user $service_user cannot read this checkout ($PWD): put it where every parent" \
     "directory is world-searchable (e.g. /opt/transparent-relay), not under /root or /home"
 fi
@@ -188,7 +191,7 @@ fi
 rendered=$(mktemp)
 trap 'rm -f "$rendered"' EXIT
 node_modules/.bin/bun src/main.ts service print --config "$config_path" \
-  --user "$service_user" >"$rendered"
+  --user "$service_user" --group "$service_group" >"$rendered"
 if cmp -s "$rendered" "$unit_path"; then
   say "$unit_path is current"
 else
