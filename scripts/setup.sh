@@ -1,46 +1,30 @@
 #!/usr/bin/env bash
-# One idempotent set-up step for a fresh Debian 12 machine: system packages, Bun (npm),
-# Zig (PyPI), then a build of the C helper and the WASM parsers from source.
+# One idempotent set-up step of a fresh Debian 12 machine for development and the tests:
+# scripts/install.sh (what running the relay needs, and the build), then the test lab.
 # Every step is skipped when its result is already present, so `npm test` stays fast.
+# --print-packages: the Debian packages it would install, one a line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Pinned toolchain versions. Bun's pin lives in package.json (devDependencies.bun).
-ZIG_VERSION="0.14.1"
-
-# Debian packages: the kernel tools the relay drives, and the real peers tests use.
+# The part a gateway needs too (Debian packages, Bun, Zig, the build) is scripts/install.sh;
+# this adds what development and the tests need: npm's devDependencies, the real peers
+# the tests drive (APT_PACKAGES: the test set-up's Debian packages, installed by install.sh
+# with its own), and promtool.
 # dnsmasq-base is the binary alone: the lab runs its own dnsmasq in a namespace, so no
 # system DNS/DHCP service (package dnsmasq) is installed or enabled on the machine.
 # tmux is the pseudo-terminal in which test/netns/control.test.ts drives `relay top`.
-APT_PACKAGES=(build-essential nftables iproute2 iputils-ping dnsmasq-base knot-dnsutils dnsperf
-  iperf3 ngtcp2-server ngtcp2-client python3-pip curl haproxy tmux dante-server iptables)
+# iptables: the rules' iptables backend; systemd: `systemd-analyze verify` of the unit
+# (test/unit/service_unit.test.ts), never started; dante-server: a real SOCKS5 server (UDP
+# ASSOCIATE too) that test/lab/dante.ts runs in a lab namespace, never as the service.
+APT_PACKAGES=(iputils-ping dnsmasq-base knot-dnsutils dnsperf iperf3 ngtcp2-server ngtcp2-client
+  curl haproxy tmux iptables systemd dante-server)
 
 say() { printf '[setup] %s\n' "$*"; }
-# shellcheck source=scripts/policy_rc_d.sh
-source scripts/policy_rc_d.sh
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  if [[ $(id -u) -ne 0 ]]; then
-    say "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
-    exit 1
-  fi
-  say "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # No package starts or restarts a service during the install (see policy_rc_d.sh).
-  trap service_starts_restore EXIT
-  if service_starts_forbid; then
-    say "services stay as they are during the install ($POLICY_RC_D, removed afterwards)"
-  else
-    say "keeping the existing $POLICY_RC_D: it decides whether packages start services"
-  fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  service_starts_restore
+if [[ ${1:-} == --print-packages ]]; then
+  exec bash scripts/install.sh --print-packages --extra-packages "${APT_PACKAGES[*]}"
 fi
+bash scripts/install.sh --dev --extra-packages "${APT_PACKAGES[*]}"
 
 # promtool (Prometheus' metrics checker), for the tests of the /metrics endpoint. Taken
 # out of Debian's prometheus package, which is never installed: installing it would enable
@@ -66,17 +50,3 @@ if ! .tools/promtool --version >/dev/null 2>&1; then
   say "installing .tools/promtool (from Debian's prometheus package, not installed)"
   install_promtool
 fi
-
-if [[ ! -x node_modules/.bin/bun ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
-  say "installing npm packages (Bun $(node -p 'require("./package.json").devDependencies.bun'))"
-  npm ci --no-audit --no-fund >/dev/null
-fi
-
-if [[ ! -x .tools/zig/ziglang/zig ]] || ! grep -qx "$ZIG_VERSION" .tools/zig/.version 2>/dev/null; then
-  say "installing Zig $ZIG_VERSION (PyPI ziglang)"
-  rm -rf .tools/zig
-  python3 -m pip install --quiet --disable-pip-version-check --target .tools/zig "ziglang==$ZIG_VERSION"
-  echo "$ZIG_VERSION" > .tools/zig/.version
-fi
-
-bash scripts/build.sh

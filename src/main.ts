@@ -2,6 +2,7 @@
 // bun run relay doctor ...                (can this host run it: src/doctor/)
 // bun run relay stats|sessions|top|reload ...   (the control socket's client: src/cli/)
 // bun run relay log ...                   (the flow log's reader: src/cli/log.ts)
+// bun run relay service print ...         (the systemd unit: src/cli/service.ts)
 // Wiring only: parse arguments, load config, check privileges, apply the host rules
 // (firewall.manage), start the relay and its control socket, print metrics on SIGUSR1
 // and at exit, reload on SIGHUP, stop cleanly on SIGINT/SIGTERM.
@@ -30,6 +31,8 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
        bun run relay rules apply|remove|print [--config FILE]   (the host's TPROXY rules:
                    firewall.backend nft|iptables, firewall.mode gateway|local|both)
        bun run relay doctor [--config FILE] [--json] [--no-self-test]   (can this host run it?)
+       bun run relay service print [--config FILE] [--user NAME] [--group NAME]
+                   (the systemd unit of this checkout, run as its own user; see the README)
 
   --config FILE    JSON configuration (default: built-in: TPROXY listeners on
                    127.0.0.1:12345 and [::1]:12345, relay to the original destination)
@@ -180,6 +183,10 @@ async function main(): Promise<void> {
     const { doctorCommand } = await import("./cli/doctor.ts");
     process.exit(await doctorCommand(process.argv.slice(3)));
   }
+  if (command === "service") {
+    const { serviceCommand } = await import("./cli/service.ts");
+    process.exit(serviceCommand(process.argv.slice(3)));
+  }
   if (command === "stats" || command === "sessions" || command === "top" || command === "reload") {
     const { runCommand } = await import("./cli/main.ts");
     process.exit(await runCommand(command, process.argv.slice(3)));
@@ -219,8 +226,10 @@ async function main(): Promise<void> {
   if (!hasNetAdmin()) {
     fail(
       "missing privilege: CAP_NET_ADMIN is not in the effective set. TPROXY listeners " +
-        "need it (IP_TRANSPARENT) and upstream sockets need it (SO_MARK). Run as root " +
-        "with it, or grant it (systemd: AmbientCapabilities=CAP_NET_ADMIN).",
+        "need it (IP_TRANSPARENT) and upstream sockets need it (SO_MARK). Run as root, " +
+        "or give this process that one capability: systemd AmbientCapabilities=" +
+        "CAP_NET_ADMIN (bun run relay service print), or setpriv --ambient-caps=+net_admin " +
+        "(see the README). Never setcap the bun binary: every Bun script would get it.",
       EXIT.noPermission,
     );
   }

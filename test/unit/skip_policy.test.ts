@@ -24,10 +24,15 @@ function testFiles(dir: string): string[] {
 const FILES = testFiles(join(ROOT, "test"))
   .filter((f) => f !== import.meta.path)
   .map((f) => ({ path: relative(ROOT, f), text: readFileSync(f, "utf8") }));
+/**
+ * Files that go through the policy for a tool any user can run, not for privileges: as
+ * nobody they run (service_unit.test.ts: systemd-analyze).
+ */
+const TOOL_GATED = ["test/unit/service_unit.test.ts"];
 /** Files that go through the policy: the ones that need privileges. */
-const PRIVILEGED = FILES.filter((f) => /\b(labSkipReason|skipReason|skipped)\(/.test(f.text)).map(
-  (f) => f.path,
-);
+const PRIVILEGED = FILES.filter((f) => /\b(labSkipReason|skipReason|skipped)\(/.test(f.text))
+  .map((f) => f.path)
+  .filter((path) => !TOOL_GATED.includes(path));
 
 describe("skip policy", () => {
   test("CI=true: never a skip; the tests are registered and fail with the reason", () => {
@@ -68,12 +73,15 @@ describe("skip policy", () => {
 
   test("every test file that checks for privileges goes through the policy", () => {
     // cli.test.ts asserts what the relay does without privileges (exit 77) in both
-    // branches: that is a test of the product, not a skip.
+    // branches, setup_script.test.ts what install.sh does without root (as nobody when
+    // root): tests of the product, not skips.
     const own = /getuid|[uU]navailableReason\(/;
+    const products = ["test/unit/cli.test.ts", "test/unit/setup_script.test.ts"];
     const bypass = FILES.filter((f) => own.test(f.text))
       .map((f) => f.path)
-      .filter((p) => !PRIVILEGED.includes(p) && p !== "test/unit/cli.test.ts");
+      .filter((p) => !PRIVILEGED.includes(p) && !products.includes(p));
     expect(bypass).toEqual([]);
+    for (const path of TOOL_GATED) expect(FILES.map((f) => f.path)).toContain(path);
     expect(PRIVILEGED).toContain("test/netns/udp_relay.test.ts");
     expect(PRIVILEGED).toContain("test/unit/ffi.test.ts");
     expect(PRIVILEGED.length).toBeGreaterThanOrEqual(7);
