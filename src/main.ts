@@ -25,6 +25,12 @@ import { rulesScript } from "./rules/nft.ts";
 import { runCommand } from "./sys/command.ts";
 import { StartError } from "./sys/errno.ts";
 import { loadFfi } from "./sys/ffi.ts";
+import {
+  CAP,
+  effectiveCapabilities,
+  hasCapability,
+  privilegedPortReason,
+} from "./sys/capabilities.ts";
 
 const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-config]
        bun run relay stats|sessions|top|reload [--control PATH | --config FILE] ...
@@ -85,23 +91,16 @@ const EXIT = {
   noPermission: 77, // EX_NOPERM
 } as const;
 
-/** CAP_NET_ADMIN is bit 12 of CapEff (linux/capability.h). */
-const CAP_NET_ADMIN_BIT = 12n;
-
 /**
- * Whether the effective set holds CAP_NET_ADMIN. Read even as root: a root process can
- * run with its capabilities dropped (a container, capsh --drop), and then the sockets
- * would fail half way instead of here with a clear message.
+ * The effective capability set. Read even as root: a root process can run with its
+ * capabilities dropped (a container, capsh --drop), and then the sockets would fail half
+ * way instead of here with a clear message.
  */
-function hasNetAdmin(): boolean {
+function effectiveMask(): bigint {
   try {
-    const status = readFileSync("/proc/self/status", "utf8");
-    const line = status.split("\n").find((l) => l.startsWith("CapEff:"));
-    if (!line) return false;
-    const caps = BigInt(`0x${line.slice(7).trim()}`);
-    return ((caps >> CAP_NET_ADMIN_BIT) & 1n) === 1n;
+    return effectiveCapabilities(readFileSync("/proc/self/status", "utf8")) ?? 0n;
   } catch {
-    return false;
+    return 0n;
   }
 }
 
@@ -223,7 +222,8 @@ async function main(): Promise<void> {
   // relay: Bun's default would exit 129, leaving the host rules of firewall.manage.
   let onHangUp = () => log.warn("SIGHUP while starting: ignored (reload once the relay runs)");
   process.on("SIGHUP", () => onHangUp());
-  if (!hasNetAdmin()) {
+  const capabilities = effectiveMask();
+  if (!hasCapability(capabilities, CAP.netAdmin)) {
     fail(
       "missing privilege: CAP_NET_ADMIN is not in the effective set. TPROXY listeners " +
         "need it (IP_TRANSPARENT) and upstream sockets need it (SO_MARK). Run as root, " +
@@ -231,6 +231,16 @@ async function main(): Promise<void> {
         "CAP_NET_ADMIN (bun run relay service print), or setpriv --ambient-caps=+net_admin " +
         "(see the README). Never setcap the bun binary: every Bun script would get it.",
       EXIT.noPermission,
+    );
+  }
+  const lowPort = privilegedPortReason(config);
+  if (lowPort !== null && !hasCapability(capabilities, CAP.netBindService)) {
+    // Not fatal: a listener below 1024 fails its bind at once (exit 77), but reply sockets
+    // bind per flow, and those flows' replies would be lost (replySocketBindFailed).
+    log.warn(
+      `CAP_NET_BIND_SERVICE is not in the effective set, but the config binds a port ` +
+        `below 1024 (${lowPort}): replies from there will fail to bind. Grant it with ` +
+        "AmbientCapabilities (bun run relay service print adds it) or setpriv.",
     );
   }
 

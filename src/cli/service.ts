@@ -6,6 +6,7 @@
 // and removed after it stops (a crash included). Rendered, not templated: LimitNOFILE and
 // the writable paths come from the configuration. Exit status: 0 printed; 2 bad arguments
 // or configuration.
+import { privilegedPortReason } from "../sys/capabilities.ts";
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { type Config, ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
@@ -28,8 +29,6 @@ const NOFILE_MAX = 1 << 20;
 const NOFILE_STEP = 1024;
 /** systemd's default TimeoutStopSec; more when TCP connections get longer to finish. */
 const STOP_TIMEOUT_S_MIN = 90;
-/** Binding a port below it needs CAP_NET_BIND_SERVICE (net.ipv4.ip_unprivileged_port_start). */
-const PRIVILEGED_PORT_END = 1024;
 /** useradd's rule for names (NAME_REGEX), and its length limit. */
 const NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
 /** What a unit can carry without quoting or specifier escapes (no spaces, %, $, quotes). */
@@ -66,25 +65,6 @@ function writableDirectives(config: Config): string[] {
     if (!directives.includes(line)) directives.push(line);
   }
   return directives;
-}
-
-/**
- * Why the relay binds a privileged port, or null. A UDP flow's replies leave from a socket
- * bound to the original destination (reply socket), so intercepting DNS (53) or QUIC (443)
- * binds those ports: CAP_NET_ADMIN (IP_TRANSPARENT) lets it bind a foreign address, not a
- * port below 1024 (test/netns/nonroot.test.ts shows both).
- */
-function privilegedPortReason(config: Config): string | null {
-  const low = (port: number) => port > 0 && port < PRIVILEGED_PORT_END;
-  const listener = config.listeners.find((l) => low(l.port));
-  if (listener) return `listener ${listener.name} on port ${listener.port}`;
-  if (low(config.metrics.port)) return `metrics.port ${config.metrics.port}`;
-  for (const rule of config.intercept) {
-    if (rule.listener.protocol !== "udp") continue;
-    const range = rule.portRanges.find(([first]) => low(first));
-    if (range) return `UDP intercept of port ${range[0]}, whose replies leave from that port`;
-  }
-  return null;
 }
 
 /** Why the unit cannot be rendered for these options (each names the field), or []. */

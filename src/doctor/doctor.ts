@@ -28,7 +28,7 @@ export async function runDoctor(
   const checks: Check[] = [
     ...kernelSupport(config, host),
     policyRouting(host),
-    capabilities(host),
+    capabilities(config, host),
     descriptors(config, host),
     ...forwarding(config, host),
     ...rpFilter(config, host),

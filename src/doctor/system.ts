@@ -2,11 +2,14 @@
 // routing), the process's capabilities and descriptor limit, and the sysctls that decide
 // whether intercepted packets arrive at all.
 import type { Config } from "../config/load.ts";
+import {
+  CAP,
+  effectiveCapabilities,
+  hasCapability,
+  privilegedPortReason,
+} from "../sys/capabilities.ts";
 import { descriptorsWanted, fitToDescriptors } from "../config/limits.ts";
 import { type Check, complaint, type Host, notPermitted, readSysctl, sysctlName } from "./check.ts";
-
-/** Capability numbers (linux/capability.h). */
-const CAP_NET_ADMIN = 12n;
 
 /** A throwaway table that uses every expression the relay's rules need; checked, not loaded. */
 const NFT_PROBE = `table inet trelay_doctor_probe {
@@ -111,15 +114,30 @@ function statusField(status: string, field: string): string | null {
  * SO_MARK on upstream sockets). Read even as root: a container or `capsh --drop` may
  * have taken it away.
  */
-export function capabilities(host: Host): Check {
+export function capabilities(config: Config, host: Host): Check {
   const name = "capabilities";
   const status = host.readFile("/proc/self/status");
   const capEff = status === null ? null : statusField(status, "CapEff");
-  if (status === null || capEff === null || !/^[0-9a-f]+$/i.test(capEff)) {
+  const mask = status === null ? null : effectiveCapabilities(status);
+  if (status === null || capEff === null || mask === null) {
     return { name, status: "warn", detail: "cannot read CapEff from /proc/self/status" };
   }
   const euid = statusField(status, "Uid")?.split(/\s+/)[1] ?? "?";
-  const has = ((BigInt(`0x${capEff}`) >> CAP_NET_ADMIN) & 1n) === 1n;
+  const has = hasCapability(mask, CAP.netAdmin);
+  const lowPort = privilegedPortReason(config);
+  if (has && lowPort !== null && !hasCapability(mask, CAP.netBindService)) {
+    return {
+      name,
+      status: "fail",
+      detail:
+        `CAP_NET_ADMIN but not CAP_NET_BIND_SERVICE, and the config binds a port below ` +
+        `1024 (${lowPort})`,
+      fix:
+        "grant it too: systemd `AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE` " +
+        "(`bun run relay service print` adds it), or setpriv " +
+        "`--ambient-caps=+net_admin,+net_bind_service`",
+    };
+  }
   const scope = "of this process (run doctor as the relay runs: same user, same service)";
   if (has && euid === "0") {
     return {

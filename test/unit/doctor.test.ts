@@ -152,32 +152,45 @@ describe("capabilities", () => {
         "/proc/self/status": `Uid:\t${uid}\t${uid}\t${uid}\t${uid}\n` + `CapEff:\t${capEff}\n`,
       },
     });
+  // No port below 1024 anywhere: CAP_NET_ADMIN alone is enough.
+  const high = parseConfig({
+    listeners: [{ name: "u", address: "127.0.0.1", port: 12345 }],
+    intercept: [{ listener: "u", ports: [5353] }],
+    metrics: { port: 9477 },
+  });
   test("root with CAP_NET_ADMIN: passes, and says CAP_NET_RAW is not needed", () => {
-    const c = capabilities(status(0, "000001ffffffffff"));
+    const c = capabilities(CONFIG, status(0, "000001ffffffffff"));
     expect(c.status).toBe("pass");
     expect(c.detail).toContain("running as root");
     expect(c.detail).toContain("not CAP_NET_RAW");
   });
-  test("an unprivileged user with CAP_NET_ADMIN alone passes", () => {
-    const c = capabilities(status(1000, "0000000000001000"));
+  test("an unprivileged user with CAP_NET_ADMIN alone passes when no port is below 1024", () => {
+    const c = capabilities(high, status(1000, "0000000000001000"));
     expect(c.status).toBe("pass");
     expect(c.detail).toContain("CAP_NET_RAW is not needed");
+  });
+  test("a port below 1024 without CAP_NET_BIND_SERVICE fails, naming why and the fix", () => {
+    const c = capabilities(CONFIG, status(1000, "0000000000001000"));
+    expect(c.status).toBe("fail");
+    expect(c.detail).toContain("listener dns4 on port 53");
+    expect(c.fix).toContain("AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE");
+    // With both (bits 10 and 12): passes.
+    expect(capabilities(CONFIG, status(1000, "0000000000001400")).status).toBe("pass");
   });
   test("without it (CAP_NET_RAW alone; root with it dropped): fails, says how to grant it", () => {
     for (const [uid, mask] of [
       [1000, "0000000000002000"],
       [0, "000001ffffffefff"],
     ] as const) {
-      const c = capabilities(status(uid, mask));
+      const c = capabilities(high, status(uid, mask));
       expect(c.status).toBe("fail");
       expect(c.fix).toContain("AmbientCapabilities=CAP_NET_ADMIN");
       expect(c.fix).toContain("setpriv");
     }
   });
   test("an unreadable status is a warning, not a pass", () => {
-    expect(capabilities(fakeHost({ files: { "/proc/self/status": "Name: x\n" } })).status).toBe(
-      "warn",
-    );
+    const unreadable = fakeHost({ files: { "/proc/self/status": "Name: x\n" } });
+    expect(capabilities(CONFIG, unreadable).status).toBe("warn");
   });
 });
 
