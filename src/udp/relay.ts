@@ -925,6 +925,7 @@ export class UdpRelay {
       clientPort,
       clientScope,
       ipv6,
+      this.config.listeners[listener].source === "client", // docs/udp_client_source.md
     );
     if (upstream < 0) {
       sessions.end(s, EndReason.Closed);
