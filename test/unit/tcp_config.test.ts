@@ -62,10 +62,6 @@ describe("TCP config", () => {
       'config.listeners[0].mode: "redirect" is for TCP listeners only (REDIRECT loses a UDP ' +
         "datagram's original destination)",
     ]);
-    // UDP listeners may use the client's source too (docs/udp_client_source.md).
-    expect(
-      problems({ listeners: [{ name: "u", address: "::1", port: 1, source: "client" }] }),
-    ).toEqual([]);
     expect(
       problems({ listeners: [{ name: "t", protocol: "sctp", address: "::1", port: 1 }] })[0],
     ).toStartWith("config.listeners[0].protocol:");
