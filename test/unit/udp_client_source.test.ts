@@ -81,7 +81,8 @@ describe("UDP client source: rules", () => {
       const socketRule =
         "-A TRELAY_PRE -p udp -m conntrack --ctdir REPLY -m socket --transparent " +
         "-j TRELAY_DIVERT";
-      const markReturn = `-A TRELAY_PRE -m conntrack --ctdir REPLY -m connmark --mark ${MARK} -j RETURN`;
+      const markReturn =
+        `-A TRELAY_PRE -m conntrack --ctdir REPLY -m connmark --mark ${MARK} ` + "-j RETURN";
       expect(lines).toContain(socketRule);
       expect(lines).toContain(markReturn);
       expect(lines.indexOf(socketRule)).toBeLessThan(lines.indexOf(markReturn));
