@@ -3,6 +3,8 @@
 // client's own ip:port, and both rule backends deliver the server's replies to it.
 import { describe, expect, test } from "bun:test";
 import { parseConfig } from "../../src/config/load.ts";
+import type { Host } from "../../src/doctor/check.ts";
+import { kernelSupport } from "../../src/doctor/system.ts";
 import { UpstreamPool } from "../../src/egress/upstream_pool.ts";
 import { iptablesRestoreInput } from "../../src/rules/iptables.ts";
 import { nftRuleset, TABLE_NAME } from "../../src/rules/nft.ts";
@@ -105,6 +107,27 @@ describe("UDP client source: rules", () => {
       iptablesRestoreInput(config, 6),
     );
     expect(saved).toContain("-m socket --transparent");
+  });
+});
+
+describe("UDP client source: doctor", () => {
+  test("the kernel probe checks the expressions client-source UDP needs, only then", () => {
+    const inputs: string[] = [];
+    const host = {
+      run: (_argv: string[], input: string) => {
+        inputs.push(input);
+        return { status: 0, stdout: "", stderr: "" };
+      },
+    } as unknown as Host;
+    kernelSupport(parseConfig(RAW), host);
+    kernelSupport(parseConfig({ ...RAW, firewall: { backend: "iptables" } }), host);
+    kernelSupport(parseConfig(PLAIN), host);
+    expect(inputs).toHaveLength(4);
+    expect(inputs[0]).toContain("ct direction reply socket transparent 1 socket wildcard 0");
+    for (const iptables of inputs.slice(1, 3)) {
+      expect(iptables).toContain("-p udp -m conntrack --ctdir REPLY -m socket --transparent");
+    }
+    expect(inputs[3]).not.toContain("socket wildcard");
   });
 });
 
