@@ -11,7 +11,7 @@ const CAP_NET_ADMIN = 12n;
 
 /**
  * A throwaway table that uses every expression the relay's rules need; checked, not
- * loaded. Client-source UDP adds `ct direction` and `socket wildcard` (Linux 5.3).
+ * loaded. Client-source UDP adds `ct direction` and `socket wildcard` (Linux 5.10).
  */
 function nftProbe(udpClientSource: boolean): string {
   const udp = udpClientSource
