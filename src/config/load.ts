@@ -414,7 +414,7 @@ export function parseConfig(input: unknown): Config {
     warnings.push(
       `config.listeners[${udpClientSource}].source: "client" serves clients routed through ` +
         `this host; with firewall.mode "local" every client is this host itself, whose ` +
-        `own socket holds the address the upstream socket would bind`,
+        `flows leave from the relay's address as with source "relay"`,
     );
   }
   // Only once the rest is sound: a rule names listeners, and a list file is worth reading.

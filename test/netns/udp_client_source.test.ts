@@ -51,9 +51,10 @@ interface Reply {
 }
 
 /**
- * In the client namespace: one socket per port in `ports` (bound to client:port), each
- * sending `count` datagrams to every target before any reply is read (the sessions are
- * open at once); then every reply, in order of arrival. Bounded: 3 s per reply.
+ * In namespace `ns` (the client's by default): one socket per port in `ports` (bound to
+ * client:port), each sending `count` datagrams to every target before any reply is read
+ * (the sessions are open at once); then every reply, in order of arrival. Bounded: 3 s
+ * per reply.
  */
 function exchange(
   env: RelayLab,
@@ -61,13 +62,14 @@ function exchange(
   ports: number[],
   targets: string[],
   count: number,
+  ns = env.lab.client,
 ): Reply[] {
   const pairs = targets.map((t) => {
     const colon = t.lastIndexOf(":");
     return `("${t.slice(0, colon).replace(/^\[|\]$/g, "")}", ${t.slice(colon + 1)})`;
   });
   const r = env.python(
-    env.lab.client,
+    ns,
     `import json, socket
 family = socket.AF_INET6 if ":" in "${client}" else socket.AF_INET
 targets = [${pairs.join(", ")}]
@@ -230,4 +232,58 @@ print("ok")`,
       });
     });
   }
+
+  describe(`UDP source "client" with firewall.mode both`, () => {
+    let env: RelayLab;
+
+    beforeAll(async () => {
+      env = new RelayLab();
+      const { lab } = env;
+      env.spawnEcho("--stamp", `${LAB.server4}:7001`, `[${LAB.server6}]:7001`);
+      const raw = {
+        listeners: CONFIG.listeners.slice(0, 2),
+        intercept: CONFIG.intercept.slice(0, 2),
+        udp: CONFIG.udp,
+        firewall: { mode: "both" },
+      };
+      await env.startRelay(raw, [], { rules: "cli" });
+      await lab.waitForUdpPort(lab.server, 7001);
+      lab.warmNeighbours();
+    }, 60_000);
+
+    afterAll(async () => {
+      await env?.close();
+    });
+
+    for (const [client, router, server] of [
+      [LAB.client4, LAB.routerServer4, LAB.server4],
+      [LAB.client6, LAB.routerServer6, LAB.server6],
+    ] as const) {
+      const target = server.includes(":") ? `[${server}]:7001` : `${server}:7001`;
+      const what = `routed clients lend their address, this host's own flows do not (${server})`;
+      test(what, async () => {
+        const relay = env.relay!;
+        const before = (await relay.metrics()).udp;
+        const routed = exchange(env, client, [41011], [target], 2);
+        expect(routed.map((r) => r.stamp)).toEqual([
+          stampOf(client, 41011),
+          stampOf(client, 41011),
+        ]);
+        // A process on the relay's host: intercepted in output, relayed from the relay's
+        // own address (its socket holds its ip:port), replies still from the destination.
+        const local = exchange(env, router, [41012], [target], 2, env.lab.router);
+        for (const r of local) {
+          expect(r.from).toBe(`${server}/7001`);
+          const address = r.stamp.slice(0, r.stamp.lastIndexOf(":"));
+          expect(address).toBe(router.includes(":") ? `[${router}]` : router);
+          expect(r.stamp).not.toBe(stampOf(router, 41012));
+        }
+        const after = (await relay.metrics()).udp;
+        expect(after.sessionsCreated - before.sessionsCreated).toBe(2);
+        expect(after.packetsFromClients - before.packetsFromClients).toBe(4);
+        expect(after.droppedUpstreamSocketFailed).toBe(0);
+        expect(after.droppedOwnTraffic).toBe(0);
+      });
+    }
+  });
 }

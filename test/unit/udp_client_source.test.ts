@@ -45,12 +45,12 @@ describe("UDP client source: config", () => {
     expect(config.warnings).toEqual([]);
   });
 
-  test("firewall.mode local warns: the clients are this host, holding their own ports", () => {
+  test("firewall.mode local warns: every client is this host, which lends no address", () => {
     const config = parseConfig({ ...RAW, firewall: { mode: "local" } });
     expect(config.warnings).toEqual([
       'config.listeners[0].source: "client" serves clients routed through this host; with ' +
-        'firewall.mode "local" every client is this host itself, whose own socket holds ' +
-        "the address the upstream socket would bind",
+        'firewall.mode "local" every client is this host itself, whose flows leave from ' +
+        'the relay\'s address as with source "relay"',
     ]);
   });
 });
