@@ -23,8 +23,9 @@ const CONFIG = {
     { name: "pk6", address: "::1", port: 7007, source: "client" },
   ],
   intercept: [
-    { listener: "cs4", ports: [7001] },
-    { listener: "cs6", ports: [7001] },
+    // 7998: nothing listens there (the server's host answers port unreachable).
+    { listener: "cs4", ports: [7001, 7998] },
+    { listener: "cs6", ports: [7001, 7998] },
     { listener: "pk4", ports: [7007] },
     { listener: "pk6", ports: [7007] },
   ],
@@ -220,6 +221,30 @@ print("ok")`,
           expect(after.sessionsCreated - before.sessionsCreated).toBe(1);
         });
       }
+
+      test("the client sees the port unreachable of a closed server port", () => {
+        for (const [client, server] of [
+          [LAB.client4, LAB.server4],
+          [LAB.client6, LAB.server6],
+        ]) {
+          const r = env.python(
+            env.lab.client,
+            `import socket
+family = socket.AF_INET6 if ":" in "${client}" else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.bind(("${client}", 41004))
+s.connect(("${server}", 7998))
+s.send(b"anyone?")
+try:
+    s.recv(2000)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")`,
+          );
+          expect(r.stdout.trim()).toBe("refused");
+        }
+      });
 
       test("a new session from an expired client endpoint binds it again", () => {
         // Same endpoint as the test above, after its socket was closed by expiry.
