@@ -408,7 +408,8 @@ export function parseConfig(input: unknown): Config {
     );
   }
   const warnings: string[] = [];
-  // This host's own sockets hold their ip:port: an upstream bound to it would clash.
+  // A client on this host lends no address (its own socket holds it: src/udp/relay.ts
+  // falls back to the relay's); with only such clients the setting does nothing.
   const udpClientSource = listeners.findIndex((l) => l.protocol === "udp" && l.source === "client");
   if (udpClientSource >= 0 && c.firewall.mode === "local") {
     warnings.push(
