@@ -250,6 +250,7 @@ async function main(): Promise<void> {
   } catch (err) {
     fail((err as Error).message, EXIT.startFailed);
   }
+  for (const warning of config.warnings) log.warn(warning);
   // Descriptors: ask for what the bounds may need, then fit the bounds under what we got.
   const nofileLimit = lib.rl_raise_nofile(Math.min(descriptorsWanted(config), 0x7fffffff));
   try {
@@ -390,7 +391,10 @@ async function main(): Promise<void> {
   }
   for (const l of config.listeners) {
     const where = l.ipv6 ? `[${l.address}]:${l.port}` : `${l.address}:${l.port}`;
-    const how = l.protocol === "udp" ? `reply ${l.reply}` : `${l.mode}, source ${l.source}`;
+    const how =
+      l.protocol === "udp"
+        ? `reply ${l.reply}, source ${l.source}`
+        : `${l.mode}, source ${l.source}`;
     log.info(`listening ${l.protocol} ${where} (${l.name}, ${how})`);
   }
   log.info(

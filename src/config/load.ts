@@ -33,7 +33,7 @@ export interface ListenerConfig {
   protocol: "udp" | "tcp";
   /** TCP: how traffic reaches the listener (TPROXY, or REDIRECT/DNAT). */
   mode: "tproxy" | "redirect";
-  /** TCP: upstream source address, the relay's or the client's. */
+  /** Upstream source address, the relay's or the client's (UDP: the client's ip:port). */
   source: "relay" | "client";
   reply: "auto" | "pktinfo" | "socket";
   reusePort: boolean;
@@ -336,9 +336,6 @@ export function parseConfig(input: unknown): Config {
           `UDP datagram's original destination)`,
       );
     }
-    if (l.protocol === "udp" && l.source !== "relay") {
-      problems.push(`${field}.source: "${l.source}" is for TCP listeners only`);
-    }
     seenBinds.set(bind, i);
     listeners.push({ ...l, addr, ipv6: !isV4Mapped(addr) });
   });
@@ -422,6 +419,16 @@ export function parseConfig(input: unknown): Config {
     );
   }
   const warnings: string[] = [];
+  // A client on this host lends no address (its own socket holds it: src/udp/relay.ts
+  // falls back to the relay's); with only such clients the setting does nothing.
+  const udpClientSource = listeners.findIndex((l) => l.protocol === "udp" && l.source === "client");
+  if (udpClientSource >= 0 && c.firewall.mode === "local") {
+    warnings.push(
+      `config.listeners[${udpClientSource}].source: "client" serves clients routed through ` +
+        `this host; with firewall.mode "local" every client is this host itself, whose ` +
+        `flows leave from the relay's address as with source "relay"`,
+    );
+  }
   // Only once the rest is sound: a rule names listeners, and a list file is worth reading.
   const policy = problems.length ? null : resolvePolicy(c, listeners, problems, warnings);
   if (problems.length) throw new ConfigError(problems.slice(0, PROBLEMS_MAX));

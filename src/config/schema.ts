@@ -15,9 +15,10 @@ export const ListenerSchema = Type.Object(
      */
     mode: Type.Union([Type.Literal("tproxy"), Type.Literal("redirect")], { default: "tproxy" }),
     /**
-     * TCP only. Source address of upstream connections: "relay" (upstream.bindAddress4/6)
-     * or "client" (the client's own address, IP_TRANSPARENT: HAProxy `usesrc clientip`;
-     * needs the return-path rules, see README "TCP").
+     * Source address of upstream traffic: "relay" (upstream.bindAddress4/6) or "client"
+     * (the client's own address, IP_TRANSPARENT: HAProxy `usesrc clientip`; TCP with a
+     * kernel-chosen port, UDP with the client's own port; needs the return-path rules,
+     * see README "TCP" and docs/udp_client_source.md).
      */
     source: Type.Union([Type.Literal("relay"), Type.Literal("client")], { default: "relay" }),
     /** Address the TPROXY listener binds (nft: `tproxy to ADDRESS:PORT`). */

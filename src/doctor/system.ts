@@ -9,24 +9,38 @@ import {
   privilegedPortReason,
 } from "../sys/capabilities.ts";
 import { descriptorsWanted, fitToDescriptors } from "../config/limits.ts";
+import { hasUdpClientSource } from "../rules/bypass.ts";
 import { type Check, complaint, type Host, notPermitted, readSysctl, sysctlName } from "./check.ts";
 
-/** A throwaway table that uses every expression the relay's rules need; checked, not loaded. */
-const NFT_PROBE = `table inet trelay_doctor_probe {
+/**
+ * A throwaway table that uses every expression the relay's rules need; checked, not
+ * loaded. Client-source UDP adds `ct direction` and `socket wildcard` (Linux 5.10).
+ */
+function nftProbe(udpClientSource: boolean): string {
+  const udp = udpClientSource
+    ? "    meta l4proto udp ct direction reply socket transparent 1 socket wildcard 0 accept\n"
+    : "";
+  return `table inet trelay_doctor_probe {
   chain probe {
     type filter hook prerouting priority mangle; policy accept;
     meta l4proto tcp socket transparent 1 accept
-    meta nfproto ipv4 meta l4proto udp tproxy ip to 127.0.0.1:9 accept
+${udp}    meta nfproto ipv4 meta l4proto udp tproxy ip to 127.0.0.1:9 accept
     meta nfproto ipv6 meta l4proto udp tproxy ip6 to [::1]:9 accept
   }
 }
 `;
+}
 
 /** The same for iptables: a throwaway chain, `iptables-restore --test` (nothing loaded). */
-function iptablesProbe(loopback: string): string {
+function iptablesProbe(loopback: string, udpClientSource: boolean): string {
+  const udp = udpClientSource
+    ? `-A TRELAY_DOCTOR_PROBE -p udp -m conntrack --ctdir REPLY -m socket --transparent ` +
+      `-j ACCEPT\n`
+    : "";
   return (
     `*mangle\n:TRELAY_DOCTOR_PROBE - [0:0]\n` +
     `-A TRELAY_DOCTOR_PROBE -p tcp -m socket --transparent -j ACCEPT\n` +
+    udp +
     `-A TRELAY_DOCTOR_PROBE -p udp -j TPROXY --on-port 9 --on-ip ${loopback} ` +
     `--tproxy-mark 0x1/0x1\nCOMMIT\n`
   );
@@ -39,19 +53,20 @@ const KERNEL_FIX =
 
 /** TPROXY and the socket match, as the configured firewall backend loads them. */
 export function kernelSupport(config: Config, host: Host): Check[] {
+  const udp = hasUdpClientSource(config);
   if (config.firewall.backend === "nft") {
-    const r = host.run(["nft", "-c", "-f", "-"], NFT_PROBE);
+    const r = host.run(["nft", "-c", "-f", "-"], nftProbe(udp));
     return [probeResult("kernel: nft tproxy + socket", r, "nft")];
   }
   return [
     probeResult(
       "kernel: iptables TPROXY + socket (IPv4)",
-      host.run(["iptables-restore", "--test"], iptablesProbe("127.0.0.1")),
+      host.run(["iptables-restore", "--test"], iptablesProbe("127.0.0.1", udp)),
       "iptables",
     ),
     probeResult(
       "kernel: iptables TPROXY + socket (IPv6)",
-      host.run(["ip6tables-restore", "--test"], iptablesProbe("::1")),
+      host.run(["ip6tables-restore", "--test"], iptablesProbe("::1", udp)),
       "iptables",
     ),
   ];

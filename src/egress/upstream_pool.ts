@@ -12,6 +12,14 @@
 // (IP_RECVERR). Its local port is recorded: a datagram that reaches a listener from a
 // local address and one of these ports is the relay's own traffic come back.
 //
+// Client source (a listener with source "client", docs/udp_client_source.md): the socket
+// is bound to the client's own ip:port instead (IP_TRANSPARENT, SO_REUSEADDR, same mark),
+// so the server sees the client. One such socket per client endpoint, shared by all its
+// destinations whatever udp.mapping says: two unconnected sockets on one ip:port would
+// leave the kernel to pick which gets a reply, so the endpoint may hold one only. The
+// 4-tuple is the client's own, unique as the client made it. Its port is not recorded
+// as ours: the address is not local, so nothing local sends from it.
+//
 // Set-up is all or nothing: socket, port, poller registration, index entry; a failure
 // at any step undoes the earlier ones, and the caller counts the drop by the reason
 // this pool reports (lastFailure).
@@ -32,6 +40,8 @@ import { type Pointer, ptr } from "bun:ffi";
 const KEY_WORDS = 6;
 /** Session word of an endpoint-independent socket: one socket for every destination. */
 const ALL_DESTINATIONS = 0xffffffff;
+/** Session word of a client-source socket (bound to the client endpoint itself). */
+const CLIENT_ENDPOINT = 0xfffffffe;
 
 export type UpstreamFailure = "descriptors" | "socket" | "register";
 
@@ -43,12 +53,17 @@ export class UpstreamPool {
   private readonly ports: Uint16Array;
   /** IPv6 scope id of a link-local client (replies go back on that link). */
   private readonly clientScopes: Uint32Array;
+  /** 1: bound to the client's own ip:port (client source). */
+  private readonly clientSourced: Uint8Array;
   /** Per local port: sockets of ours bound to it (v4 and v6 may share a number). */
   private readonly portRefs = new Uint16Array(65536);
   private readonly endpointIndependent: boolean;
   /** 16 bytes for rl_local_port's address (own ArrayBuffer: see SendQueue). */
   private readonly scratchAddr = new Uint8Array(new ArrayBuffer(16));
   private readonly scratchAddrPtr: Pointer = ptr(this.scratchAddr);
+  /** The client's address for a client-source bind, written as the key's words. */
+  private readonly bindAddr = new Uint8Array(new ArrayBuffer(16));
+  private readonly bindWords = new Uint32Array(this.bindAddr.buffer);
   lastFailure: UpstreamFailure | null = null;
   lastMessage = "";
 
@@ -68,6 +83,7 @@ export class UpstreamPool {
     this.refs = new Int32Array(capacity);
     this.ports = new Uint16Array(capacity);
     this.clientScopes = new Uint32Array(capacity);
+    this.clientSourced = new Uint8Array(capacity);
     this.endpointIndependent = config.udp.mapping === "endpoint-independent";
   }
 
@@ -77,8 +93,9 @@ export class UpstreamPool {
 
   /**
    * The socket for a new session of client (a0..a3, clientPort): shared with the
-   * client's other sessions when endpoint-independent, else its own. Returns the
-   * upstream index, or -1 (lastFailure, lastMessage say why; nothing is held).
+   * client's other sessions when endpoint-independent or client-source (bound to the
+   * client's ip:port: clientSource), else its own. Returns the upstream index, or -1
+   * (lastFailure, lastMessage say why; nothing is held).
    */
   acquire(
     session: number,
@@ -89,28 +106,51 @@ export class UpstreamPool {
     clientPort: number,
     clientScope: number,
     ipv6: boolean,
+    clientSource: boolean,
   ): number {
-    this.setKey(a0, a1, a2, a3, clientPort, this.endpointIndependent ? ALL_DESTINATIONS : session);
+    const owner = clientSource
+      ? CLIENT_ENDPOINT
+      : this.endpointIndependent
+        ? ALL_DESTINATIONS
+        : session;
+    this.setKey(a0, a1, a2, a3, clientPort, owner);
     let upstream = this.index.find();
     if (upstream >= 0) {
       this.refs[upstream]++;
       return upstream;
     }
-    const flags = SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
     const udp = this.config.udp;
-    const fd = this.lib.rl_socket(
-      flags,
-      ipv6 ? this.config.upstreamAddr6 : this.config.upstreamAddr4,
-      0,
-      this.config.mark,
-      udp.socketReceiveBytes,
-      udp.socketSendBytes,
-    );
+    let fd: number;
+    if (clientSource) {
+      const words = this.bindWords;
+      words[0] = a0;
+      words[1] = a1;
+      words[2] = a2;
+      words[3] = a3;
+      fd = this.lib.rl_socket(
+        SOCK.recvErr | SOCK.transparent | SOCK.reuseAddr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0),
+        this.bindAddr,
+        clientPort,
+        this.config.mark,
+        udp.socketReceiveBytes,
+        udp.socketSendBytes,
+      );
+    } else {
+      fd = this.lib.rl_socket(
+        SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0),
+        ipv6 ? this.config.upstreamAddr6 : this.config.upstreamAddr4,
+        0,
+        this.config.mark,
+        udp.socketReceiveBytes,
+        udp.socketSendBytes,
+      );
+    }
     if (fd < 0) {
       const err = decodeSocketError(fd);
+      const what = clientSource ? "client-source upstream socket" : "upstream socket";
       return this.fail(
         isResourceErrno(err.errno) ? "descriptors" : "socket",
-        `upstream socket: ${describeSocketError(err, ipv6)}`,
+        `${what}: ${describeSocketError(err, ipv6)}`,
       );
     }
     const port = this.lib.rl_local_port(fd, this.scratchAddrPtr);
@@ -134,7 +174,8 @@ export class UpstreamPool {
     this.refs[upstream] = 1;
     this.ports[upstream] = port;
     this.clientScopes[upstream] = clientScope;
-    this.portRefs[port]++;
+    this.clientSourced[upstream] = clientSource ? 1 : 0;
+    if (!clientSource) this.portRefs[port]++;
     return upstream;
   }
 
@@ -144,7 +185,7 @@ export class UpstreamPool {
     if (--this.refs[upstream] > 0) return;
     this.unregister(this.tokens[upstream]);
     this.lib.rl_close(this.fds[upstream]);
-    this.portRefs[this.ports[upstream]]--;
+    if (this.clientSourced[upstream] === 0) this.portRefs[this.ports[upstream]]--;
     this.fds[upstream] = -1;
     this.tokens[upstream] = -1;
     this.index.remove(upstream);
@@ -158,7 +199,8 @@ export class UpstreamPool {
   /**
    * Moves a socket that carries one session to a new client endpoint (the client's NAT
    * rebound it): replies go there from now on, and the server sees nothing change.
-   * False, with nothing changed, when the new endpoint already has a socket of its own.
+   * False, with nothing changed, when the new endpoint already has a socket of its own,
+   * or the socket is bound to the old endpoint itself (client source).
    */
   rebind(
     upstream: number,
@@ -170,6 +212,8 @@ export class UpstreamPool {
     clientScope: number,
   ): boolean {
     assert(this.refs[upstream] === 1, "rebind of a shared upstream socket");
+    // Bound to the old client endpoint itself: it cannot serve the new one.
+    if (this.clientSourced[upstream] === 1) return false;
     this.setKey(a0, a1, a2, a3, clientPort, this.index.keys[upstream * KEY_WORDS + 5]);
     if (this.index.find() >= 0) return false;
     this.index.rekey(upstream);

@@ -98,3 +98,8 @@ export function interceptsForwarded(config: Config): boolean {
 export function interceptsLocal(config: Config): boolean {
   return config.firewall.mode !== "gateway";
 }
+
+/** Whether a UDP listener sends upstream from the client's own address and port. */
+export function hasUdpClientSource(config: Config): boolean {
+  return config.listeners.some((l) => l.protocol === "udp" && l.source === "client");
+}

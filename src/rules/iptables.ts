@@ -7,7 +7,8 @@
 //                         host's own packets looped back through lo)
 //   mangle TRELAY_OUT     from OUTPUT: the relay's connections into conntrack (CONNMARK);
 //                         local mode: marks this host's own traffic for the policy route
-//   mangle TRELAY_DIVERT  packets of established transparent TCP sockets: mark, accept
+//   mangle TRELAY_DIVERT  packets of established transparent TCP sockets, and replies to
+//                         client-source UDP sockets: mark, accept
 //   nat TRELAY_NAT_PRE    from PREROUTING: REDIRECT for redirect-mode TCP listeners
 //   nat TRELAY_NAT_OUT    from OUTPUT: the same, local mode
 //
@@ -21,7 +22,13 @@
 // iptables has no sets without ipset: one rule per bypass prefix (bounded by the schema's
 // maxItems), and `-m multiport` (15 ports, a range counting 2) for ports.
 import type { Config } from "../config/load.ts";
-import { bypassSets, cgroupPath, interceptsForwarded, interceptsLocal } from "./bypass.ts";
+import {
+  bypassSets,
+  cgroupPath,
+  hasUdpClientSource,
+  interceptsForwarded,
+  interceptsLocal,
+} from "./bypass.ts";
 
 export type Family = 4 | 6;
 
@@ -138,7 +145,16 @@ function tables(config: Config, family: Family): { mangle: string[]; nat: string
       `-A ${PRE} -p tcp -m tcp ! --tcp-flags SYN,ACK SYN -m socket --transparent -j ${DIVERT}`,
     );
   }
-  pre.push(`-A ${PRE} -m connmark --mark ${mark} -j RETURN`);
+  const udpClientSource = hasUdpClientSource(config);
+  if (udpClientSource) {
+    // As nft: the server's replies to UDP upstream sockets bound to the client's
+    // address (reply direction; sockets on a wildcard address ignored, the default).
+    pre.push(`-A ${PRE} -p udp -m conntrack --ctdir REPLY -m socket --transparent -j ${DIVERT}`);
+  }
+  // With client-source UDP the relay's datagrams share the client's conntrack entry
+  // (same 4-tuple) and mark it: only replies may return here (src/rules/nft.ts).
+  const replies = udpClientSource ? "-m conntrack --ctdir REPLY " : "";
+  pre.push(`-A ${PRE} ${replies}-m connmark --mark ${mark} -j RETURN`);
   pre.push(...addressTypeReturns(PRE, family));
   pre.push(...bypassReturns(config, PRE, family));
   const localPre: string[] = [];

@@ -22,6 +22,7 @@ import {
   type BypassSets,
   bypassSets,
   cgroupPath,
+  hasUdpClientSource,
   interceptsForwarded,
   interceptsLocal,
   isUid,
@@ -151,8 +152,25 @@ export function nftRuleset(config: Config): string {
         `meta mark set ${tproxyMark} accept`,
     );
   }
+  const udpClientSource = hasUdpClientSource(config);
+  if (udpClientSource) {
+    // The server's reply to a client-source UDP socket (bound to the client's ip:port)
+    // is delivered to it. Reply direction only: a client's own datagram (original
+    // direction) would otherwise match a reply socket bound to its destination, and
+    // skip the bypass and tproxy rules. Wildcard sockets (a listener on 0.0.0.0 or ::)
+    // are no reply's destination.
+    lines.push(`    # replies to UDP upstream sockets bound to a client address: deliver locally`);
+    lines.push(
+      `    meta l4proto udp ct direction reply socket transparent 1 socket wildcard 0 ` +
+        `meta mark set ${tproxyMark} accept`,
+    );
+  }
   lines.push(`    # replies to the relay's own upstream sockets: never intercept (no loop)`);
-  lines.push(`    ct mark ${hex(config.mark)} counter return`);
+  // A client-source UDP socket sends on the client's own 4-tuple, so its datagrams join
+  // the conntrack entry the client's first datagram made and mark it: the client's later
+  // datagrams (original direction) must still reach the tproxy rule.
+  const replies = udpClientSource ? "ct direction reply " : "";
+  lines.push(`    ${replies}ct mark ${hex(config.mark)} counter return`);
   lines.push(`    # the host itself (its services answer directly), broadcast, multicast, anycast`);
   lines.push(`    ${NOT_INTERCEPTED_TYPES} counter return`);
   lines.push(...bypassRules);

@@ -925,6 +925,10 @@ export class UdpRelay {
       clientPort,
       clientScope,
       ipv6,
+      // From the client's own ip:port (docs/udp_client_source.md); never a local address
+      // (a client on this host holds it itself): that one leaves from the relay's.
+      this.config.listeners[listener].source === "client" &&
+        !this.locals.isLocal(client0, client1, client2, client3),
     );
     if (upstream < 0) {
       sessions.end(s, EndReason.Closed);

@@ -63,9 +63,6 @@ describe("TCP config", () => {
         "datagram's original destination)",
     ]);
     expect(
-      problems({ listeners: [{ name: "u", address: "::1", port: 1, source: "client" }] }),
-    ).toEqual(['config.listeners[0].source: "client" is for TCP listeners only']);
-    expect(
       problems({ listeners: [{ name: "t", protocol: "sctp", address: "::1", port: 1 }] })[0],
     ).toStartWith("config.listeners[0].protocol:");
   });
