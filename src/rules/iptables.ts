@@ -21,7 +21,13 @@
 // iptables has no sets without ipset: one rule per bypass prefix (bounded by the schema's
 // maxItems), and `-m multiport` (15 ports, a range counting 2) for ports.
 import type { Config } from "../config/load.ts";
-import { bypassSets, cgroupPath, interceptsForwarded, interceptsLocal } from "./bypass.ts";
+import {
+  bypassSets,
+  cgroupPath,
+  interceptsForwarded,
+  interceptsLocal,
+  relayMarks,
+} from "./bypass.ts";
 
 export type Family = 4 | 6;
 
@@ -107,7 +113,7 @@ function bypassReturns(config: Config, chain: string, family: Family): string[] 
 
 /** Local mode: the relay's own sockets (SO_MARK), its user and its cgroup. */
 function localExemptReturns(config: Config, chain: string): string[] {
-  const lines = [`-A ${chain} -m mark --mark ${hex(config.mark)} -j RETURN`];
+  const lines = relayMarks(config).map((m) => `-A ${chain} -m mark --mark ${hex(m)} -j RETURN`);
   if (config.firewall.exemptUser !== "") {
     lines.push(`-A ${chain} -m owner --uid-owner ${config.firewall.exemptUser} -j RETURN`);
   }
@@ -127,7 +133,8 @@ function tables(config: Config, family: Family): { mangle: string[]; nat: string
   const local = interceptsLocal(config);
   const rules = listenersOf(config, family);
   const tproxyMark = `${hex(config.tproxyMark)}/0xffffffff`;
-  const mark = hex(config.mark);
+  // The relay's own marks (config.mark and the direct outbounds'): see relayMarks.
+  const marks = relayMarks(config);
 
   const pre: string[] = [];
   const tcp = config.listeners.filter((l) => l.protocol === "tcp");
@@ -138,14 +145,15 @@ function tables(config: Config, family: Family): { mangle: string[]; nat: string
       `-A ${PRE} -p tcp -m tcp ! --tcp-flags SYN,ACK SYN -m socket --transparent -j ${DIVERT}`,
     );
   }
-  pre.push(`-A ${PRE} -m connmark --mark ${mark} -j RETURN`);
+  for (const m of marks) pre.push(`-A ${PRE} -m connmark --mark ${hex(m)} -j RETURN`);
   pre.push(...addressTypeReturns(PRE, family));
   pre.push(...bypassReturns(config, PRE, family));
   const localPre: string[] = [];
-  const out = [
-    `-A ${OUT} -m mark --mark ${mark} -m conntrack --ctstate NEW --ctdir ORIGINAL ` +
-      `-j CONNMARK --set-xmark ${mark}/0xffffffff`,
-  ];
+  const out = marks.map(
+    (m) =>
+      `-A ${OUT} -m mark --mark ${hex(m)} -m conntrack --ctstate NEW --ctdir ORIGINAL ` +
+      `-j CONNMARK --set-xmark ${hex(m)}/0xffffffff`,
+  );
   const localOut: string[] = [];
   const natPre: string[] = [];
   const natOut: string[] = [];
@@ -202,7 +210,7 @@ function tables(config: Config, family: Family): { mangle: string[]; nat: string
   if (natPre.length > 0) nat.push(`:${NAT_PRE} - [0:0]`);
   if (natOut.length > 0) nat.push(`:${NAT_OUT} - [0:0]`);
   if (natPre.length > 0) {
-    nat.push(`-A ${NAT_PRE} -m connmark --mark ${mark} -j RETURN`);
+    for (const m of marks) nat.push(`-A ${NAT_PRE} -m connmark --mark ${hex(m)} -j RETURN`);
     nat.push(...addressTypeReturns(NAT_PRE, family));
     nat.push(...bypassReturns(config, NAT_PRE, family), ...natPre);
   }
