@@ -11,7 +11,7 @@
 //     broken SOCKS5 servers 1081-1083 (1084: nothing listens)
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { danteUnavailableReason, startDante } from "../lab/dante.ts";
@@ -33,6 +33,7 @@ const PORT = {
   tlsB: 8444,
   reject: 8001,
   drop: 8002,
+  direct: 8003,
   http: 8080,
   iperf: 5201,
   failover: 8200,
@@ -48,8 +49,12 @@ const PORT = {
   viaClose: 8102,
   viaGarbage: 8103,
   viaDown: 8104,
+  viaSilent: 8105,
+  socksSilent: 1085,
 } as const;
+const WAN2 = { mark: 0x2222, addr4: "198.18.1.200", addr6: "2001:2:0:2::200" };
 const FAILURES_MAX = 2;
+const SOCKS_TIMEOUT_MS = 600;
 
 const RELAY_CONFIG = {
   listeners: [
@@ -58,11 +63,22 @@ const RELAY_CONFIG = {
   ],
   intercept: ["tcp4", "tcp6"].map((listener) => ({
     listener,
-    ports: [PORT.tls, PORT.reject, PORT.drop, PORT.http, PORT.iperf, PORT.failover, "8101-8104"],
+    ports: [
+      ...[PORT.tls, PORT.reject, PORT.drop, PORT.direct, PORT.http, PORT.iperf],
+      ...[PORT.failover, "8101-8105"],
+    ],
   })),
   // No sniff ports: the rules on names alone make the relay read the ClientHello.
   tcp: { sniffPorts: [], connectTimeoutMs: 2000 },
   outbounds: [
+    {
+      name: "wan2",
+      type: "direct",
+      bindAddress4: WAN2.addr4,
+      bindAddress6: WAN2.addr6,
+      interface: LAB.routerServerIf,
+      mark: WAN2.mark,
+    },
     { name: "server-a", type: "forward", targets: [`${E3}:${PORT.tlsA}`] },
     { name: "server-b", type: "forward", targets: [`${E4}:${PORT.tlsB}`] },
     {
@@ -79,12 +95,13 @@ const RELAY_CONFIG = {
         ["socks-close", PORT.socksClose],
         ["socks-garbage", PORT.socksGarbage],
         ["socks-down", PORT.socksDown],
+        ["socks-silent", PORT.socksSilent],
       ] as const
     ).map(([name, port]) => ({
       name,
       type: "socks5",
       server: `${LAB.server4}:${port}`,
-      connectTimeoutMs: 2000,
+      connectTimeoutMs: SOCKS_TIMEOUT_MS,
     })),
   ],
   rules: [
@@ -92,6 +109,7 @@ const RELAY_CONFIG = {
     { name: "sni-b", ports: [PORT.tls], names: { suffix: ["b.relay.test"] }, action: "server-b" },
     { name: "no-8001", ports: [PORT.reject], action: "reject" },
     { name: "quiet-8002", ports: [PORT.drop], action: "drop" },
+    { name: "by-wan2", ports: [PORT.direct], action: "wan2" },
     {
       name: "via-dante6",
       ports: [PORT.http, PORT.iperf],
@@ -104,6 +122,7 @@ const RELAY_CONFIG = {
     { name: "close", ports: [PORT.viaClose], action: "socks-close" },
     { name: "garbage", ports: [PORT.viaGarbage], action: "socks-garbage" },
     { name: "down", ports: [PORT.viaDown], action: "socks-down" },
+    { name: "silent", ports: [PORT.viaSilent], action: "socks-silent" },
   ],
 };
 
@@ -187,7 +206,8 @@ if (!skip) {
         "tcp_peers",
         env.spawn(lab.server, [
           ...["python3", TCP_PEERS],
-          ...[`${PORT.reject}:peer`, `${PORT.drop}:peer`, `${PORT.failoverLive}:peer`],
+          ...[`${PORT.reject}:peer`, `${PORT.drop}:peer`, `${PORT.direct}:peer`],
+          `${PORT.failoverLive}:peer`,
         ]),
       );
       fakes = new JsonLinesProcess(
@@ -195,7 +215,7 @@ if (!skip) {
         env.spawn(lab.server, [
           ...["python3", SOCKS_FAKES],
           ...[`${PORT.socksRefuse}:refuse`, `${PORT.socksClose}:close`],
-          `${PORT.socksGarbage}:garbage`,
+          ...[`${PORT.socksGarbage}:garbage`, `${PORT.socksSilent}:silent`],
         ]),
       );
       writeFileSync(join(dir, "blob"), Buffer.alloc(1 << 20, 7));
@@ -221,6 +241,24 @@ if (!skip) {
             new RegExp(`:${p}\\b`).test(out),
           ),
         { what: "the TLS, HTTP and iperf3 servers listening", timeoutMs: 10_000 },
+      );
+      // The direct outbound "wan2" leaves from a second address of the router.
+      lab.exec(lab.router, ["ip", "addr", "add", `${WAN2.addr4}/24`, "dev", LAB.routerServerIf]);
+      lab.exec(lab.router, [
+        ...["ip", "-6", "addr", "add", `${WAN2.addr6}/64`, "dev", LAB.routerServerIf, "nodad"],
+      ]);
+      // Counts the relay's packets that carry wan2's mark (SO_MARK is not on the wire).
+      lab.exec(
+        lab.router,
+        ["nft", "-f", "-"],
+        [
+          "table inet markcheck {",
+          "  chain out {",
+          "    type filter hook output priority 0; policy accept;",
+          `    meta mark ${WAN2.mark} tcp dport ${PORT.direct} counter`,
+          "  }",
+          "}",
+        ].join("\n") + "\n",
       );
       await env.startRelay({ ...RELAY_CONFIG, flowLog: { path: flowLog } });
       lab.warmNeighbours();
@@ -289,6 +327,21 @@ if (!skip) {
         );
       });
 
+      test(`${f.name}: a direct outbound's source address, interface and mark`, async () => {
+        const before = await tcp();
+        const r = client("peer", f.extra, PORT.direct, 10_000);
+        expect(r).toMatchObject({
+          peer: f.name === "IPv4" ? WAN2.addr4 : WAN2.addr6,
+          local: f.extra,
+          echoOk: true,
+          bye: "BYE 10000",
+        });
+        const listed = env.lab.exec(env.lab.router, ["nft", "list", "table", "inet", "markcheck"]);
+        expect(Number(listed.stdout.match(/packets (\d+)/)?.[1] ?? 0)).toBeGreaterThan(0);
+        const after = await settle();
+        expect(after.closed - before.closed).toBe(1);
+      });
+
       test(`${f.name}: through Dante: curl and iperf3; the client sees the destination; nothing left open`, async () => {
         const before = await tcp();
         const out = env.lab.exec(env.lab.client, [
@@ -328,7 +381,8 @@ if (!skip) {
       test(`${f.name}: broken SOCKS5 servers: each failure counted, the client reset, nothing leaked`, async () => {
         const fdsBefore = await fdsWithoutPool();
         const before = await tcp();
-        for (const port of [PORT.viaRefuse, PORT.viaClose, PORT.viaGarbage, PORT.viaDown]) {
+        const ports = [PORT.viaRefuse, PORT.viaClose, PORT.viaGarbage, PORT.viaDown];
+        for (const port of [...ports, PORT.viaSilent]) {
           const r = client("fails", f.extra, port);
           expect(r.error).toBe("ConnectionResetError");
         }
@@ -338,8 +392,16 @@ if (!skip) {
           closed: after.socks5Closed - before.socks5Closed,
           protocolErrors: after.socks5ProtocolErrors - before.socks5ProtocolErrors,
           refused: after.socks5Refused - before.socks5Refused,
+          timeouts: after.socks5Timeouts - before.socks5Timeouts,
           connected: after.socks5Connected - before.socks5Connected,
-        }).toEqual({ replyErrors: 1, closed: 1, protocolErrors: 1, refused: 1, connected: 0 });
+        }).toEqual({
+          replyErrors: 1,
+          closed: 1,
+          protocolErrors: 1,
+          refused: 1,
+          timeouts: 1,
+          connected: 0,
+        });
         // Other connections are unaffected: Dante still carries one.
         const size = env.lab.exec(env.lab.client, [
           "sh",
@@ -377,6 +439,51 @@ if (!skip) {
       const log = env.relay!.stderr;
       expect(log).toContain('socks5 outbound "socks-refuse": the server replied');
       expect(log).toContain('socks5 outbound "socks-down": connect: ECONNREFUSED');
+    });
+
+    test("reload: new connections follow the new rules, an open one keeps its decision", async () => {
+      // A connection held open through the failover rule: its view names rule and outbound.
+      const held = env.spawn(env.lab.client, [
+        "python3",
+        "-c",
+        `import socket,time\ns=socket.create_connection(("${E5}",${PORT.failover}))\n` +
+          "print(s.recv(100).decode().strip(), flush=True)\ntime.sleep(60)\n",
+      ]);
+      const view = async () =>
+        ((await tcp()).connections as any[]).find((c) => c.target === `${E5}:${PORT.failover}`);
+      expect(
+        await waitFor(view, (c) => c !== undefined, {
+          what: "the held connection",
+          timeoutMs: 10_000,
+        }),
+      ).toMatchObject({ rule: "failover", outbound: "failover", name: null });
+      // The new config: port 8001 is dropped instead of rejected, the failover rule renamed.
+      const cmdline = readFileSync(`/proc/${env.relay!.proc.pid}/cmdline`, "utf8").split("\0");
+      const path = cmdline[cmdline.indexOf("--config") + 1];
+      const raw = JSON.parse(readFileSync(path, "utf8"));
+      for (const r of raw.rules) {
+        if (r.name === "no-8001") r.action = "drop";
+        if (r.name === "failover") r.name = "failover-renamed";
+      }
+      writeFileSync(path, JSON.stringify(raw));
+      const before = await tcp();
+      env.relay!.proc.kill("SIGHUP");
+      await waitFor(
+        async () => (await env.relay!.metrics()).config.reloads.applied,
+        (n) => n >= 1,
+        { what: "the reload applied", timeoutMs: 10_000 },
+      );
+      expect(client("quiet", E3, PORT.reject), env.relay!.stderr).toMatchObject({
+        error: null,
+        received: 0,
+      });
+      const after = await tcp();
+      expect(after.droppedByRule - before.droppedByRule).toBe(1);
+      expect(after.rejectedByRule).toBe(before.rejectedByRule);
+      // The open connection keeps the rule it was decided by.
+      expect(await view()).toMatchObject({ rule: "failover", outbound: "failover" });
+      held.kill();
+      await settle();
     });
   });
 }
