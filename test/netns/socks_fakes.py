@@ -5,6 +5,10 @@
 #   close    close the connection without a word
 #   garbage  answer an HTTP error, as a web server on the wrong port would
 #   silent   answer nothing, ever (the client's connectTimeoutMs ends it)
+#   auth     a working proxy that wants username "relay", password "s3cret" (RFC 1929;
+#            a wrong one gets status 1 and the connection closed); after a CONNECT it
+#            sends "EARLY\n" in the same write as its reply (bytes a server may send
+#            before the destination's), then relays both ways
 # Prints {"event": "ready"} once every port listens, and {"port", "event": "greeted"} per
 # greeting read.
 import json
@@ -31,6 +35,42 @@ def read_exactly(conn, n):
     return data
 
 
+def proxy(conn):
+    conn.sendall(b"\x05\x02")
+    ver, ulen = read_exactly(conn, 2)
+    user = read_exactly(conn, ulen).decode()
+    plen = read_exactly(conn, 1)[0]
+    password = read_exactly(conn, plen).decode()
+    if ver != 1 or user != "relay" or password != "s3cret":
+        conn.sendall(b"\x01\x01")
+        return
+    conn.sendall(b"\x01\x00")
+    _, cmd, _, atyp = read_exactly(conn, 4)
+    raw = read_exactly(conn, 4 if atyp == 1 else 16)
+    port = int.from_bytes(read_exactly(conn, 2), "big")
+    family = socket.AF_INET if atyp == 1 else socket.AF_INET6
+    host = socket.inet_ntop(family, raw)
+    upstream = socket.create_connection((host, port), timeout=TIMEOUT_S)
+    conn.sendall(b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00EARLY\n")
+
+    def pump(src, dst):
+        try:
+            while True:
+                chunk = src.recv(65536)
+                if not chunk:
+                    break
+                dst.sendall(chunk)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    back = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+    back.start()
+    pump(conn, upstream)
+    back.join(TIMEOUT_S)
+    upstream.close()
+
+
 def serve(conn, port, mode):
     try:
         head = read_exactly(conn, 2)
@@ -47,6 +87,8 @@ def serve(conn, port, mode):
             conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
         elif mode == "silent":
             conn.recv(1)  # until the client gives up (EOF or reset)
+        elif mode == "auth":
+            proxy(conn)
     except OSError:
         pass
     finally:

@@ -157,6 +157,15 @@ def case_line(host, port, arg):
     return {"error": err, "line": line[0] if line else None}
 
 
+def case_lines(host, port, arg):
+    """Connect, read ARG lines, close (with a reset when bytes are left unread)."""
+    s = connect(host, port)
+    lines = []
+    err = error_name(lambda: [lines.append(read_line(s)) for _ in range(int(arg or 1))])
+    s.close()
+    return {"error": err, "lines": lines}
+
+
 def case_fails(host, port, arg):
     """Upstream refuses or never answers: the client's accepted connection must end."""
     start = time.monotonic()
@@ -279,6 +288,7 @@ CASES = {
     "fails": case_fails,
     "quiet": case_quiet,
     "line": case_line,
+    "lines": case_lines,
     "limit": case_limit,
     "idle": case_idle,
     "grace": case_grace,

@@ -51,6 +51,9 @@ const PORT = {
   viaDown: 8104,
   viaSilent: 8105,
   socksSilent: 1085,
+  viaAuth: 8106,
+  viaBadAuth: 8107,
+  socksAuth: 1086,
 } as const;
 const WAN2 = { mark: 0x2222, addr4: "198.18.1.200", addr6: "2001:2:0:2::200" };
 const FAILURES_MAX = 2;
@@ -65,7 +68,7 @@ const RELAY_CONFIG = {
     listener,
     ports: [
       ...[PORT.tls, PORT.reject, PORT.drop, PORT.direct, PORT.http, PORT.iperf],
-      ...[PORT.failover, "8101-8105"],
+      ...[PORT.failover, "8101-8107"],
     ],
   })),
   // No sniff ports: the rules on names alone make the relay read the ClientHello.
@@ -88,6 +91,18 @@ const RELAY_CONFIG = {
       healthCheck: { failuresMax: FAILURES_MAX, retryIntervalMs: 600_000 },
     },
     { name: "dante", type: "socks5", server: `${LAB.server4}:${PORT.socks}` },
+    ...(
+      [
+        ["socks-auth", "s3cret"],
+        ["socks-badauth", "wrong"],
+      ] as const
+    ).map(([name, password]) => ({
+      name,
+      type: "socks5",
+      server: `${LAB.server4}:${PORT.socksAuth}`,
+      username: "relay",
+      password,
+    })),
     { name: "dante6", type: "socks5", server: `[${LAB.server6}]:${PORT.socks}` },
     ...(
       [
@@ -123,6 +138,8 @@ const RELAY_CONFIG = {
     { name: "garbage", ports: [PORT.viaGarbage], action: "socks-garbage" },
     { name: "down", ports: [PORT.viaDown], action: "socks-down" },
     { name: "silent", ports: [PORT.viaSilent], action: "socks-silent" },
+    { name: "auth", ports: [PORT.viaAuth], action: "socks-auth" },
+    { name: "badauth", ports: [PORT.viaBadAuth], action: "socks-badauth" },
   ],
 };
 
@@ -207,7 +224,7 @@ if (!skip) {
         env.spawn(lab.server, [
           ...["python3", TCP_PEERS],
           ...[`${PORT.reject}:peer`, `${PORT.drop}:peer`, `${PORT.direct}:peer`],
-          `${PORT.failoverLive}:peer`,
+          ...[`${PORT.failoverLive}:peer`, `${PORT.viaAuth}:peer`, `${PORT.viaBadAuth}:peer`],
         ]),
       );
       fakes = new JsonLinesProcess(
@@ -216,6 +233,7 @@ if (!skip) {
           ...["python3", SOCKS_FAKES],
           ...[`${PORT.socksRefuse}:refuse`, `${PORT.socksClose}:close`],
           ...[`${PORT.socksGarbage}:garbage`, `${PORT.socksSilent}:silent`],
+          `${PORT.socksAuth}:auth`,
         ]),
       );
       writeFileSync(join(dir, "blob"), Buffer.alloc(1 << 20, 7));
@@ -376,6 +394,21 @@ if (!skip) {
           (text) => text === "",
           { what: "no connection left to Dante nor from it to the servers", timeoutMs: 10_000 },
         );
+      });
+
+      test(`${f.name}: SOCKS5 with username/password; what the server sends first comes first`, async () => {
+        const before = await tcp();
+        const r = client("lines", f.extra, PORT.viaAuth, 2);
+        // The proxy's early line, then the destination's: in order, nothing lost.
+        expect(r.error).toBeNull();
+        expect(r.lines[0]).toBe("EARLY");
+        expect(r.lines[1]).toMatch(new RegExp(`^PEER \\S+ \\d+ ${f.extra}$`));
+        const bad = client("fails", f.extra, PORT.viaBadAuth);
+        expect(bad.error).toBe("ConnectionResetError");
+        const after = await settle();
+        expect(after.socks5Connected - before.socks5Connected).toBe(1);
+        expect(after.socks5AuthFailed - before.socks5AuthFailed).toBe(1);
+        expect(peers.lines.filter((l) => l.port === PORT.viaBadAuth)).toEqual([]);
       });
 
       test(`${f.name}: broken SOCKS5 servers: each failure counted, the client reset, nothing leaked`, async () => {
