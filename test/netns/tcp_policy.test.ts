@@ -53,6 +53,7 @@ const PORT = {
   socksSilent: 1085,
   viaAuth: 8106,
   viaBadAuth: 8107,
+  viaOne: 8108,
   socksAuth: 1086,
 } as const;
 const WAN2 = { mark: 0x2222, addr4: "198.18.1.200", addr6: "2001:2:0:2::200" };
@@ -68,7 +69,7 @@ const RELAY_CONFIG = {
     listener,
     ports: [
       ...[PORT.tls, PORT.reject, PORT.drop, PORT.direct, PORT.http, PORT.iperf],
-      ...[PORT.failover, "8101-8107"],
+      ...[PORT.failover, "8101-8108"],
     ],
   })),
   // No sniff ports: the rules on names alone make the relay read the ClientHello.
@@ -91,6 +92,14 @@ const RELAY_CONFIG = {
       healthCheck: { failuresMax: FAILURES_MAX, retryIntervalMs: 600_000 },
     },
     { name: "dante", type: "socks5", server: `${LAB.server4}:${PORT.socks}` },
+    // One handshake at a time to a server that never answers: the bound is reached.
+    {
+      name: "socks-one",
+      type: "socks5",
+      server: `${LAB.server4}:${PORT.socksSilent}`,
+      associationsMax: 1,
+      connectTimeoutMs: 3000,
+    },
     ...(
       [
         ["socks-auth", "s3cret"],
@@ -140,6 +149,7 @@ const RELAY_CONFIG = {
     { name: "silent", ports: [PORT.viaSilent], action: "socks-silent" },
     { name: "auth", ports: [PORT.viaAuth], action: "socks-auth" },
     { name: "badauth", ports: [PORT.viaBadAuth], action: "socks-badauth" },
+    { name: "one", ports: [PORT.viaOne], action: "socks-one" },
   ],
 };
 
@@ -445,6 +455,23 @@ if (!skip) {
         expect(await fdsWithoutPool()).toBe(fdsBefore);
       });
     }
+
+    test("socks5: past associationsMax handshakes in progress, the next client is reset", async () => {
+      const before = await tcp();
+      // The first waits in its handshake (the server never answers) until connectTimeoutMs.
+      const first = env.spawn(env.lab.client, ["python3", CLIENT, "fails", E3, `${PORT.viaOne}`]);
+      await waitFor(tcp, (m) => m.accepted > before.accepted, {
+        what: "the first connection accepted",
+        timeoutMs: 10_000,
+      });
+      expect(client("fails", E3, PORT.viaOne).error).toBe("ConnectionResetError");
+      const busy = await tcp();
+      expect(busy.socks5Busy - before.socks5Busy).toBe(1);
+      expect(busy.socks5Timeouts).toBe(before.socks5Timeouts);
+      await first.exited;
+      const after = await settle();
+      expect(after.socks5Timeouts - before.socks5Timeouts).toBe(1);
+    });
 
     test("forward failover: the dead target is marked down after failuresMax failures", async () => {
       const before = await tcp();
