@@ -152,7 +152,8 @@ const F = {
   tcpSniff: family(
     "relay_tcp_sniff_total",
     "counter",
-    "Connections on tcp.sniffPorts by what their first bytes were: tls (SNI recorded), " +
+    "Connections whose first bytes were read (tcp.sniffPorts, or for a policy rule on " +
+      "names) by what they were: tls (SNI recorded), " +
       "malformed (not a TLS ClientHello), incomplete (unfinished within " +
       "tcp.sniffTimeoutMs or tcp.sniffBytesMax, or the client closed first).",
   ),

@@ -230,6 +230,8 @@ export class TcpCounters {
   /** No pipe (descriptors/memory) or the engine refused the hand-off. */
   resourceFailures = 0;
 
+  // The sniff counters count every ClientHello read: on tcp.sniffPorts, and wherever a
+  // policy rule on names waited for one.
   /** tcp.sniffPorts: a whole ClientHello read, its SNI recorded (when it has one). */
   sniffedTls = 0;
   /** tcp.sniffPorts: the first bytes were not a TLS ClientHello; relayed unnamed. */
@@ -270,7 +272,7 @@ export interface TcpConnectionView {
   client: string;
   target: string;
   listener: string;
-  /** The TLS SNI read on a sniff port, or null. */
+  /** The TLS SNI read (on a sniff port, or for a rule on names), or null. */
   name: string | null;
   /** The policy rule that decided it (null: not decided yet, its name being read). */
   rule: string | null;
