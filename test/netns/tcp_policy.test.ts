@@ -54,11 +54,15 @@ const PORT = {
   viaAuth: 8106,
   viaBadAuth: 8107,
   viaOne: 8108,
+  // A name rule, then a fallback to an echo server, on a port never sniffed by default.
+  named: 9443,
+  echo: 9444,
   socksAuth: 1086,
 } as const;
 const WAN2 = { mark: 0x2222, addr4: "198.18.1.200", addr6: "2001:2:0:2::200" };
 const FAILURES_MAX = 2;
 const SOCKS_TIMEOUT_MS = 600;
+const SNIFF_TIMEOUT_MS = 500;
 
 const RELAY_CONFIG = {
   listeners: [
@@ -69,11 +73,11 @@ const RELAY_CONFIG = {
     listener,
     ports: [
       ...[PORT.tls, PORT.reject, PORT.drop, PORT.direct, PORT.http, PORT.iperf],
-      ...[PORT.failover, "8101-8108"],
+      ...[PORT.failover, "8101-8108", PORT.named],
     ],
   })),
   // No sniff ports: the rules on names alone make the relay read the ClientHello.
-  tcp: { sniffPorts: [], connectTimeoutMs: 2000 },
+  tcp: { sniffPorts: [], connectTimeoutMs: 2000, sniffTimeoutMs: SNIFF_TIMEOUT_MS },
   outbounds: [
     {
       name: "wan2",
@@ -85,6 +89,7 @@ const RELAY_CONFIG = {
     },
     { name: "server-a", type: "forward", targets: [`${E3}:${PORT.tlsA}`] },
     { name: "server-b", type: "forward", targets: [`${E4}:${PORT.tlsB}`] },
+    { name: "echo", type: "forward", targets: [`${E3}:${PORT.echo}`] },
     {
       name: "failover",
       type: "forward",
@@ -131,6 +136,8 @@ const RELAY_CONFIG = {
   rules: [
     { name: "sni-a", ports: [PORT.tls], names: { exact: ["a.relay.test"] }, action: "server-a" },
     { name: "sni-b", ports: [PORT.tls], names: { suffix: ["b.relay.test"] }, action: "server-b" },
+    { name: "named", ports: [PORT.named], names: { exact: ["a.relay.test"] }, action: "server-a" },
+    { name: "fallback", ports: [PORT.named], action: "echo" },
     { name: "no-8001", ports: [PORT.reject], action: "reject" },
     { name: "quiet-8002", ports: [PORT.drop], action: "drop" },
     { name: "by-wan2", ports: [PORT.direct], action: "wan2" },
@@ -229,6 +236,7 @@ if (!skip) {
           ...[join(dir, "cert.pem"), join(dir, "key.pem")],
         ]);
       }
+      env.spawn(lab.server, ["python3", TLS_PEERS, "echo", E3, `${PORT.echo}`]);
       peers = new JsonLinesProcess(
         "tcp_peers",
         env.spawn(lab.server, [
@@ -265,7 +273,7 @@ if (!skip) {
       await waitFor(
         () => lab.exec(lab.server, ["ss", "-Htln"], undefined, true).stdout,
         (out) =>
-          [PORT.tlsA, PORT.tlsB, PORT.http, PORT.iperf].every((p) =>
+          [PORT.tlsA, PORT.tlsB, PORT.echo, PORT.http, PORT.iperf].every((p) =>
             new RegExp(`:${p}\\b`).test(out),
           ),
         { what: "the TLS, HTTP and iperf3 servers listening", timeoutMs: 10_000 },
@@ -455,6 +463,48 @@ if (!skip) {
         expect(await fdsWithoutPool()).toBe(fdsBefore);
       });
     }
+
+    test("a ClientHello that never completes: decided without the name after the timeout, bytes intact", async () => {
+      const before = await tcp();
+      const hello = env.lab.spawn(
+        env.lab.client,
+        [
+          "python3",
+          TLS_PEERS,
+          "hello",
+          "a.relay.test",
+          E5,
+          `${PORT.named}`,
+          "--split",
+          "20",
+        ].concat(["--pause"]),
+        { stdin: "pipe" },
+      );
+      env.track(hello);
+      const out = hello.stdout.getReader();
+      expect(new TextDecoder().decode((await out.read()).value).trim()).toBe("part-sent");
+      // Held while the name is awaited (no upstream yet); then decided by the next rule.
+      const timedOut = await waitFor(tcp, (t) => t.sniffIncomplete > before.sniffIncomplete, {
+        what: "the sniff timeout",
+        timeoutMs: 10_000,
+      });
+      expect(timedOut.connectionsActive).toBe(1);
+      const view = (timedOut.connections as any[]).find((c) => c.target === `${E5}:${PORT.named}`);
+      expect(view).toMatchObject({ name: null, rule: "fallback", outbound: "echo" });
+      const stdin = hello.stdin as import("bun").FileSink;
+      stdin.write("go\n");
+      stdin.end();
+      let text = "";
+      for (let i = 0; i < 16 && !text.includes("}"); i++) {
+        const chunk = await out.read();
+        if (chunk.done) break;
+        text += new TextDecoder().decode(chunk.value);
+      }
+      // The echo server got the whole hello, the 20 bytes held first included.
+      expect(JSON.parse(text.trim()).equal).toBe(true);
+      await hello.exited;
+      await settle();
+    });
 
     test("socks5: past associationsMax handshakes in progress, the next client is reset", async () => {
       const before = await tcp();
