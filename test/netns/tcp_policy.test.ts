@@ -1,14 +1,17 @@
 // The policy on the TCP path, end to end: each accepted connection is decided by the
 // rules (a rule on names waits for the ClientHello, whatever the port) and carried out:
 // forward to chosen servers by SNI, reject (RST) and drop (closed, nothing upstream),
-// socks5 through Dante (curl and iperf3), broken SOCKS5 servers (each failure counted by
-// reason, the client reset, no descriptor leaked), and a forward outbound failing over
-// from a dead target. Whatever the outbound, the client talks to its original
-// destination's address: transparency is the point.
+// direct with its own source address, interface and mark, socks5 through Dante (curl
+// and iperf3) and through a proxy that wants a password, broken SOCKS5 servers (each
+// failure counted by reason, the client reset, no descriptor leaked), the bound on
+// handshakes in progress, a forward outbound failing over from a dead target, a
+// ClientHello that never completes, and a reload of the rules. Whatever the outbound,
+// the client talks to its original destination's address: transparency is the point.
 //
-//   client ns ── router ns (relay) ── server ns: TLS servers E3:8443 and E4:8444 (forward
-//     targets), tcp_peers (8001 8002 8201), http.server 8080, iperf3 5201, danted :1080,
-//     broken SOCKS5 servers 1081-1083 (1084: nothing listens)
+//   client ns ── router ns (relay; wan2 = a second address on r1) ── server ns:
+//     TLS servers E3:8443 and E4:8444, echo E3:9444 (forward targets), tcp_peers
+//     (8001-8003 8106-8107 8201), http.server 8080, iperf3 5201, danted :1080, broken
+//     SOCKS5 servers 1081-1083 and 1085, a password-checking proxy 1086 (1084: nothing)
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
