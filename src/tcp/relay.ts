@@ -1558,6 +1558,7 @@ export class TcpRelay {
     if (gen !== this.gen) {
       // Decided under a policy since reloaded: the rows index the new names.
       rule = this.gen.policy.ruleNames.indexOf(gen.policy.ruleNames[rule]);
+      if (rule < 0) rule = this.gen.policy.ruleNames.length; // gone: the log shows "?"
       if (action >= 0) {
         const name = gen.outbounds[action].name;
         action = this.gen.outbounds.findIndex((o) => o.name === name);
