@@ -81,6 +81,7 @@ enum rl_step {
   RL_STEP_BIND = 12,
   RL_STEP_CONNECT = 13, /* rl_tcp_connect's connect() */
   RL_STEP_RXQ_OVFL = 14,
+  RL_STEP_BINDTODEVICE = 15, /* rl_tcp_connect_via's SO_BINDTODEVICE */
 };
 
 /* Closes fd and returns the step's error: the failure path of a set-up sequence. */

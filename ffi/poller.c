@@ -90,12 +90,21 @@ int32_t rl_poll_open(int32_t tokens_max) {
 
 static struct poller *poller_get(int32_t handle) { return handles_get(&pollers, handle); }
 
-static int32_t poll_ctl(int32_t handle, int op, int32_t fd, int32_t token) {
+static int32_t poll_ctl_events(int32_t handle, int op, int32_t fd, int32_t token,
+                               uint32_t wanted) {
   struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;
-  uint32_t events = p->level_triggered ? EPOLLIN : EPOLLIN | EPOLLONESHOT;
+  uint32_t events = p->level_triggered ? wanted : wanted | EPOLLONESHOT;
   struct epoll_event ev = {.events = events, .data.u64 = (uint32_t)token};
   return epoll_ctl(p->epfd, op, fd, op == EPOLL_CTL_DEL ? NULL : &ev) == 0 ? 0 : -errno;
+}
+
+static int32_t poll_ctl(int32_t handle, int op, int32_t fd, int32_t token) {
+  return poll_ctl_events(handle, op, fd, token, EPOLLIN);
+}
+
+int32_t rl_poll_arm_out(int32_t poller, int32_t fd, int32_t token, int32_t add) {
+  return poll_ctl_events(poller, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, token, EPOLLOUT);
 }
 
 int32_t rl_poll_level_triggered(int32_t handle) {

@@ -141,6 +141,10 @@ int32_t rl_poll_open(int32_t tokens_max);
 int32_t rl_poll_add(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_rearm(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_del(int32_t poller, int32_t fd);
+/* Arms fd for writability instead (EPOLLOUT, one-shot like the rest): a connect in
+ * progress completes, or a full send buffer drains. add: 1 to register fd (EPOLL_CTL_ADD),
+ * 0 to re-arm a registered one. rl_poll_rearm() arms it for reading again. */
+int32_t rl_poll_arm_out(int32_t poller, int32_t fd, int32_t token, int32_t add);
 int32_t rl_poll_start(int32_t poller, rl_wake_fn wake);
 int32_t rl_poll_take(int32_t poller, uint32_t *out, int32_t count);
 int32_t rl_poll_sleep(int32_t poller);
@@ -218,6 +222,19 @@ int32_t rl_tcp_accept(int32_t listener_fd, struct rl_meta *meta);
  * step 13 for connect(). */
 int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t target_scope,
                        const uint8_t *source_addr, int32_t flags, int32_t mark);
+
+/* rl_tcp_connect, plus SO_BINDTODEVICE to device (a NUL-terminated interface name; NULL
+ * or "" for none) before the connect: an outbound's "interface". Step 15 on failure. */
+int32_t rl_tcp_connect_via(const uint8_t *target_addr, int32_t target_port,
+                           int32_t target_scope, const uint8_t *source_addr, int32_t flags,
+                           int32_t mark, const uint8_t *device);
+/* A connect in progress, once the socket is writable: 0 when it succeeded, else the
+ * connect's -errno (SO_ERROR: -ECONNREFUSED, -ETIMEDOUT, -EHOSTUNREACH...). */
+int32_t rl_tcp_connect_result(int32_t fd);
+/* Non-blocking recv/send for a SOCKS5 handshake run by TypeScript: bytes moved (recv 0:
+ * the peer closed), or -errno (-EAGAIN: not now). send never raises SIGPIPE. */
+int32_t rl_tcp_recv(int32_t fd, uint8_t *buf, int32_t cap);
+int32_t rl_tcp_send(int32_t fd, const uint8_t *buf, int32_t len);
 
 /* Closes with SO_LINGER 0: the peer gets a RST (refusing a connection at the limit). */
 int32_t rl_tcp_abort(int32_t fd);

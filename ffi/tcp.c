@@ -6,6 +6,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <net/if.h>
 #include <netinet/tcp.h>
 #include <string.h>
 #include <unistd.h>
@@ -59,6 +60,13 @@ int32_t rl_tcp_accept(int32_t listener_fd, struct rl_meta *meta) {
 
 int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t target_scope,
                        const uint8_t *source_addr, int32_t flags, int32_t mark) {
+  return rl_tcp_connect_via(target_addr, target_port, target_scope, source_addr, flags, mark,
+                            NULL);
+}
+
+int32_t rl_tcp_connect_via(const uint8_t *target_addr, int32_t target_port,
+                           int32_t target_scope, const uint8_t *source_addr, int32_t flags,
+                           int32_t mark, const uint8_t *device) {
   /* Socket options of listeners (RL_SOCK_*) have no meaning here: refused, not ignored. */
   if (flags & ~RL_TCP_FLAGS_ALL) return -((RL_STEP_CONNECT << 16) | EINVAL);
   if (target_port <= 0 || target_port > 65535) return -((RL_STEP_CONNECT << 16) | EINVAL);
@@ -74,6 +82,16 @@ int32_t rl_tcp_connect(const uint8_t *target_addr, int32_t target_port, int32_t 
     if (rc != 0) STEP_FAIL(RL_STEP_TRANSPARENT);
   }
   if (mark != 0 && set_int(fd, SOL_SOCKET, SO_MARK, mark) != 0) STEP_FAIL(RL_STEP_MARK);
+  if (device != NULL && device[0] != 0) {
+    /* A NUL-terminated interface name; the kernel bounds it (IFNAMSIZ) with ENODEV. */
+    size_t len = strnlen((const char *)device, IFNAMSIZ);
+    if (len >= IFNAMSIZ) {
+      close(fd);
+      return -((RL_STEP_BINDTODEVICE << 16) | EINVAL);
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, device, (socklen_t)len) != 0)
+      STEP_FAIL(RL_STEP_BINDTODEVICE);
+  }
   (void)set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
   if (flags & RL_TCP_SOURCE_BIND) {
     struct sockaddr_storage source;
@@ -116,4 +134,26 @@ int32_t rl_tcp_rcvlowat(int32_t fd, int32_t bytes) {
   if (bytes < 1) return -EINVAL;
   int v = bytes;
   return setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof(v)) == 0 ? 0 : -errno;
+}
+
+int32_t rl_tcp_connect_result(int32_t fd) {
+  if (fd < 0) return -EBADF;
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return -errno;
+  return -err;
+}
+
+int32_t rl_tcp_recv(int32_t fd, uint8_t *buf, int32_t cap) {
+  if (fd < 0) return -EBADF;
+  if (cap <= 0) return -EINVAL;
+  ssize_t n = recv(fd, buf, (size_t)cap, MSG_DONTWAIT);
+  return n < 0 ? -errno : (int32_t)n;
+}
+
+int32_t rl_tcp_send(int32_t fd, const uint8_t *buf, int32_t len) {
+  if (fd < 0) return -EBADF;
+  if (len <= 0) return -EINVAL;
+  ssize_t n = send(fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  return n < 0 ? -errno : (int32_t)n;
 }

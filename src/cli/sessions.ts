@@ -50,8 +50,17 @@ export function sessionsText(reply: View): string[] {
   const tcp: View[] = reply.tcp;
   // The splice engine reports bytes when a connection ends: nothing live to sort by.
   lines.push(`TCP connections: ${tcp.length} of ${reply.tcpMatched} matching, oldest first`);
-  const rows = tcp.map((c) => [c.client, c.target, c.listener, c.name ?? "-", duration(c.ageMs)]);
-  const header = ["client", "target", "listener", "name", "age"];
+  const rows = tcp.map((c) => [
+    c.client,
+    c.target,
+    c.listener,
+    c.name ?? "-",
+    // null while its ClientHello is read for a name rule: not decided yet.
+    c.rule ?? "-",
+    c.outbound ?? "-",
+    duration(c.ageMs),
+  ]);
+  const header = ["client", "target", "listener", "name", "rule", "outbound", "age"];
   lines.push(...(rows.length > 0 ? table(header, rows) : []));
   if (rows.length === 0) lines.push("  (none)");
   return lines;

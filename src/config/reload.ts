@@ -5,6 +5,7 @@
 // "restart" fields are bound or allocated at start (sockets, preallocated tables,
 // threads, the rules' own identity), and one changed refuses the whole reload.
 import { quote, type Config } from "./load.ts";
+import { formatAddress } from "../sys/addr.ts";
 
 export type ReloadApply = "live" | "restart";
 
@@ -131,6 +132,35 @@ function schemaView(config: Config): Record<string, unknown> {
       ports: r.portRanges.map(([low, high]) => (low === high ? low : `${low}-${high}`)),
       interfaces: r.interfaces,
     })),
+    ...policyView(config),
+  };
+}
+
+/**
+ * outbounds, rules and defaultAction live resolved in config.policy: compared in a plain
+ * form (addresses as text, name sets as sorted arrays: a Set has no keys to compare, and
+ * a domain list file's new content is a change), actions by name.
+ */
+function policyView(config: Config): Record<string, unknown> {
+  const p = config.policy;
+  const text = (addr: Uint8Array | null) => (addr === null ? null : formatAddress(addr));
+  const endpoint = (e: { address: string; port: number }) =>
+    e.address.includes(":") ? `[${e.address}]:${e.port}` : `${e.address}:${e.port}`;
+  const actionName = (a: number) => (a >= 0 ? p.outbounds[a].name : a === -1 ? "drop" : "reject");
+  return {
+    outbounds: p.outbounds.map((o) => {
+      if (o.type === "direct")
+        return { ...o, bindAddr4: text(o.bindAddr4), bindAddr6: text(o.bindAddr6) };
+      if (o.type === "forward") return { ...o, targets: o.targets.map(endpoint) };
+      return { ...o, server: endpoint(o.server) };
+    }),
+    rules: p.rules.map((r) => ({
+      ...r,
+      names:
+        r.names?.map((n) => ({ exact: [...n.exact].sort(), suffix: [...n.suffix].sort() })) ?? null,
+      action: actionName(r.action),
+    })),
+    defaultAction: actionName(p.defaultAction),
   };
 }
 

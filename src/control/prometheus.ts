@@ -152,9 +152,24 @@ const F = {
   tcpSniff: family(
     "relay_tcp_sniff_total",
     "counter",
-    "Connections on tcp.sniffPorts by what their first bytes were: tls (SNI recorded), " +
+    "Connections whose first bytes were read (tcp.sniffPorts, or for a policy rule on " +
+      "names) by what they were: tls (SNI recorded), " +
       "malformed (not a TLS ClientHello), incomplete (unfinished within " +
       "tcp.sniffTimeoutMs or tcp.sniffBytesMax, or the client closed first).",
+  ),
+  tcpSocks5: family(
+    "relay_tcp_socks5_handshakes_total",
+    "counter",
+    "TCP connections sent to a socks5 outbound, by how the handshake ended: connected, " +
+      "busy (associationsMax in progress), refused/unreachable (no TCP connection to the " +
+      "server), closed (mid-handshake), protocol_errors (not SOCKS5), auth_failed, " +
+      "reply_errors (the server's REP said no), timeouts (connectTimeoutMs).",
+  ),
+  tcpForward: family(
+    "relay_tcp_forward_target_events_total",
+    "counter",
+    "forward outbounds: target_failures (a connect to a target failed), " +
+      "targets_marked_down (healthCheck.failuresMax failures in a row).",
   ),
   udpQuicIds: family(
     "relay_udp_quic_connection_ids_learned_total",
@@ -346,8 +361,10 @@ const TCP_BY_PREFIX: readonly ByPrefix[] = [
   // "sniffed" before "sniff": sniffedTls is {result="tls"}.
   { prefix: "sniffed", family: F.tcpSniff, label: "result" },
   { prefix: "sniff", family: F.tcpSniff, label: "result" },
+  { prefix: "socks5", family: F.tcpSocks5, label: "result" },
+  { prefix: "forward", family: F.tcpForward, label: "event" },
 ];
-type TcpByPrefix = `dropped${string}` | `sniff${string}`;
+type TcpByPrefix = `dropped${string}` | `sniff${string}` | `socks5${string}` | `forward${string}`;
 
 const ended = (reason: string): Place => ({ family: F.tcpEnded, labels: { reason } });
 
@@ -355,6 +372,7 @@ const TCP_PLACED: Record<Exclude<keyof TcpValues, TcpByPrefix>, Place> = {
   accepted: { family: F.tcpAccepted },
   flowLogDropped: { family: F.flowLogDropped, labels: tcp() },
   rejectedLimit: ended("limit"),
+  rejectedByRule: ended("rejected_by_rule"),
   acceptNoDescriptors: { family: F.tcpAcceptErrors, labels: { reason: "no_descriptors" } },
   acceptErrors: { family: F.tcpAcceptErrors, labels: { reason: "other" } },
   upstreamNoDescriptors: ended("upstream_no_descriptors"),

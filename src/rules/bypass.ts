@@ -103,3 +103,18 @@ export function interceptsLocal(config: Config): boolean {
 export function hasUdpClientSource(config: Config): boolean {
   return config.listeners.some((l) => l.protocol === "udp" && l.source === "client");
 }
+
+/**
+ * The marks of the relay's own upstream sockets: config.mark, and the distinct `mark` of
+ * each direct outbound (0 sets none). Each is exempted like config.mark (never diverted
+ * back into the relay; its replies never intercepted); config.mark first.
+ */
+export function relayMarks(config: Config): number[] {
+  const marks = [config.mark];
+  for (const o of config.policy.outbounds) {
+    if (o.type === "direct" && o.mark !== null && o.mark !== 0 && !marks.includes(o.mark)) {
+      marks.push(o.mark);
+    }
+  }
+  return marks;
+}

@@ -28,6 +28,7 @@ import {
   hasUdpClientSource,
   interceptsForwarded,
   interceptsLocal,
+  relayMarks,
 } from "./bypass.ts";
 
 export type Family = 4 | 6;
@@ -114,7 +115,7 @@ function bypassReturns(config: Config, chain: string, family: Family): string[] 
 
 /** Local mode: the relay's own sockets (SO_MARK), its user and its cgroup. */
 function localExemptReturns(config: Config, chain: string): string[] {
-  const lines = [`-A ${chain} -m mark --mark ${hex(config.mark)} -j RETURN`];
+  const lines = relayMarks(config).map((m) => `-A ${chain} -m mark --mark ${hex(m)} -j RETURN`);
   if (config.firewall.exemptUser !== "") {
     lines.push(`-A ${chain} -m owner --uid-owner ${config.firewall.exemptUser} -j RETURN`);
   }
@@ -134,7 +135,8 @@ function tables(config: Config, family: Family): { mangle: string[]; nat: string
   const local = interceptsLocal(config);
   const rules = listenersOf(config, family);
   const tproxyMark = `${hex(config.tproxyMark)}/0xffffffff`;
-  const mark = hex(config.mark);
+  // The relay's own marks (config.mark and the direct outbounds'): see relayMarks.
+  const marks = relayMarks(config);
 
   const pre: string[] = [];
   const tcp = config.listeners.filter((l) => l.protocol === "tcp");
@@ -154,14 +156,15 @@ function tables(config: Config, family: Family): { mangle: string[]; nat: string
   // With client-source UDP the relay's datagrams share the client's conntrack entry
   // (same 4-tuple) and mark it: only replies may return here (src/rules/nft.ts).
   const replies = udpClientSource ? "-m conntrack --ctdir REPLY " : "";
-  pre.push(`-A ${PRE} ${replies}-m connmark --mark ${mark} -j RETURN`);
+  for (const m of marks) pre.push(`-A ${PRE} ${replies}-m connmark --mark ${hex(m)} -j RETURN`);
   pre.push(...addressTypeReturns(PRE, family));
   pre.push(...bypassReturns(config, PRE, family));
   const localPre: string[] = [];
-  const out = [
-    `-A ${OUT} -m mark --mark ${mark} -m conntrack --ctstate NEW --ctdir ORIGINAL ` +
-      `-j CONNMARK --set-xmark ${mark}/0xffffffff`,
-  ];
+  const out = marks.map(
+    (m) =>
+      `-A ${OUT} -m mark --mark ${hex(m)} -m conntrack --ctstate NEW --ctdir ORIGINAL ` +
+      `-j CONNMARK --set-xmark ${hex(m)}/0xffffffff`,
+  );
   const localOut: string[] = [];
   const natPre: string[] = [];
   const natOut: string[] = [];
@@ -218,7 +221,7 @@ function tables(config: Config, family: Family): { mangle: string[]; nat: string
   if (natPre.length > 0) nat.push(`:${NAT_PRE} - [0:0]`);
   if (natOut.length > 0) nat.push(`:${NAT_OUT} - [0:0]`);
   if (natPre.length > 0) {
-    nat.push(`-A ${NAT_PRE} -m connmark --mark ${mark} -j RETURN`);
+    for (const m of marks) nat.push(`-A ${NAT_PRE} -m connmark --mark ${hex(m)} -j RETURN`);
     nat.push(...addressTypeReturns(NAT_PRE, family));
     nat.push(...bypassReturns(config, NAT_PRE, family), ...natPre);
   }

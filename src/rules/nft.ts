@@ -26,6 +26,7 @@ import {
   interceptsForwarded,
   interceptsLocal,
   isUid,
+  relayMarks,
 } from "./bypass.ts";
 import { iptablesScript } from "./iptables.ts";
 
@@ -106,7 +107,7 @@ function bypassRuleLines(sets: BypassSets): string[] {
 function localExemptLines(config: Config): string[] {
   const lines = [
     `    # the relay's own upstream sockets (SO_MARK): out directly, never back into it`,
-    `    meta mark ${hex(config.mark)} counter return`,
+    `    meta mark ${markMatch(config)} counter return`,
   ];
   const user = config.firewall.exemptUser;
   if (user !== "") {
@@ -117,6 +118,12 @@ function localExemptLines(config: Config): string[] {
     lines.push(`    socket cgroupv2 level ${cgroup.level} "${cgroup.path}" counter return`);
   }
   return lines;
+}
+
+/** config.mark, or a set of it and the direct outbounds' own marks (relayMarks). */
+function markMatch(config: Config): string {
+  const marks = relayMarks(config);
+  return marks.length === 1 ? hex(marks[0]) : `{ ${marks.map(hex).join(", ")} }`;
 }
 
 const NOT_INTERCEPTED_TYPES = "fib daddr type { local, broadcast, multicast, anycast }";
@@ -170,7 +177,7 @@ export function nftRuleset(config: Config): string {
   // the conntrack entry the client's first datagram made and mark it: the client's later
   // datagrams (original direction) must still reach the tproxy rule.
   const replies = udpClientSource ? "ct direction reply " : "";
-  lines.push(`    ${replies}ct mark ${hex(config.mark)} counter return`);
+  lines.push(`    ${replies}ct mark ${markMatch(config)} counter return`);
   lines.push(`    # the host itself (its services answer directly), broadcast, multicast, anycast`);
   lines.push(`    ${NOT_INTERCEPTED_TYPES} counter return`);
   lines.push(...bypassRules);
@@ -215,7 +222,7 @@ export function nftRuleset(config: Config): string {
   if (redirects.length > 0) {
     lines.push(`  chain prerouting_nat {`);
     lines.push(`    type nat hook prerouting priority dstnat; policy accept;`);
-    lines.push(`    ct mark ${hex(config.mark)} counter return`);
+    lines.push(`    ct mark ${markMatch(config)} counter return`);
     lines.push(`    ${NOT_INTERCEPTED_TYPES} counter return`);
     lines.push(...bypassRules);
     lines.push(...redirects);
@@ -225,7 +232,7 @@ export function nftRuleset(config: Config): string {
   lines.push(`    type route hook output priority mangle; policy accept;`);
   // Only connections the relay opens (original direction); never a client's entry.
   lines.push(
-    `    meta mark ${hex(config.mark)} ct direction original ct state new ct mark set meta mark`,
+    `    meta mark ${markMatch(config)} ct direction original ct state new ct mark set meta mark`,
   );
   if (localMarks.length > 0) {
     lines.push(...localExemptLines(config));

@@ -60,6 +60,7 @@ export const SOCKET_STEPS: Record<number, string> = {
   12: "bind()",
   13: "connect()", // rl_tcp_connect only
   14: "SO_RXQ_OVFL",
+  15: "SO_BINDTODEVICE", // rl_tcp_connect_via only
 };
 
 /** A socket set-up failure, decoded from -(step << 16 | errno). */

@@ -23,6 +23,7 @@ const symbols = {
   rl_poll_add: { args: [i32, i32, i32], returns: i32 },
   rl_poll_rearm: { args: [i32, i32, i32], returns: i32 },
   rl_poll_del: { args: [i32, i32], returns: i32 },
+  rl_poll_arm_out: { args: [i32, i32, i32, i32], returns: i32 },
   rl_poll_start: { args: [i32, FFIType.function], returns: i32 },
   rl_poll_take: { args: [i32, ptr, i32], returns: i32 },
   rl_poll_sleep: { args: [i32], returns: i32 },
@@ -34,6 +35,10 @@ const symbols = {
   // TCP (issue 4): accept/connect for TypeScript's decisions, a splice engine for bytes.
   rl_tcp_accept: { args: [i32, ptr], returns: i32 },
   rl_tcp_connect: { args: [ptr, i32, i32, ptr, i32, i32], returns: i32 },
+  rl_tcp_connect_via: { args: [ptr, i32, i32, ptr, i32, i32, ptr], returns: i32 },
+  rl_tcp_connect_result: { args: [i32], returns: i32 },
+  rl_tcp_recv: { args: [i32, ptr, i32], returns: i32 },
+  rl_tcp_send: { args: [i32, ptr, i32], returns: i32 },
   rl_tcp_abort: { args: [i32], returns: i32 },
   rl_tcp_peek: { args: [i32, ptr, i32], returns: i32 },
   rl_tcp_rcvlowat: { args: [i32, i32], returns: i32 },

@@ -103,6 +103,14 @@ export class Poller {
     return this.lib.rl_poll_rearm(this.handle, fd, token);
   }
 
+  /**
+   * Arms fd for writability (a connect in progress, a full send buffer), one-shot like
+   * the rest; `add` registers it first. rearm() arms it for reading again.
+   */
+  armOut(fd: number, token: number, add: boolean): number {
+    return this.lib.rl_poll_arm_out(this.handle, fd, token, add ? 1 : 0);
+  }
+
   remove(fd: number): number {
     return this.lib.rl_poll_del(this.handle, fd);
   }

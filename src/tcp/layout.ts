@@ -45,6 +45,13 @@ export const enum TcpEnd {
   Aborted = 8,
   /** No pipe could be made (descriptors or memory); RST to both. */
   Resources = 9,
+  // Ends decided in TypeScript before any splice (never reported by the engine):
+  /** A policy rule's "drop": the client's connection closed, nothing sent upstream. */
+  Dropped = 10,
+  /** A policy rule's "reject": the client reset. */
+  Rejected = 11,
+  /** A SOCKS5 outbound's server failed (refused, closed, garbage, REP, timeout): reset. */
+  ProxyFailed = 12,
 }
 
 /** TcpEnd names by value (the flow log's end reasons; 0 is not a reason). */
@@ -62,6 +69,9 @@ export const TCP_END_NAMES = [
   "idle-timeout",
   "aborted",
   "resources",
+  "dropped",
+  "rejected",
+  "proxy-failed",
 ] as const;
 
 /** rl_tcp_connect() flags. */

@@ -31,8 +31,18 @@
 // seen, so the next wake-up comes with new bytes, not for the ones already parsed. The
 // client fd sits in the same Poller (token = sniffTokenBase + connection id) until the
 // hello is complete, is not TLS, or tcp.sniffTimeoutMs passes (then it goes unnamed).
+//
+// Policy (docs/policy.md): each accepted connection (past the loop guard) is decided by
+// the compiled policy: a rule on names makes it wait for its ClientHello whatever the
+// port. The rule's action: drop (closed, nothing sent upstream), reject (RST), or an
+// outbound: direct (the original destination, with the outbound's source address,
+// interface and mark), forward (one of the outbound's targets instead, by health:
+// src/egress/forward_targets.ts), or socks5 (a CONNECT through the server: the handshake
+// runs here, non-blocking, with the server's socket in the same Poller armed for
+// writability while it connects; then both sockets go to the splice engine as usual).
+// The client always talks to its original destination's address: only the upstream differs.
 
-import { type Pointer, ptr } from "bun:ffi";
+import { type Pointer, ptr, toArrayBuffer } from "bun:ffi";
 import { readFileSync } from "node:fs";
 import type { Config, ListenerConfig } from "../config/load.ts";
 import { log, RateLimitedLog } from "../control/log.ts";
@@ -47,7 +57,7 @@ import {
 import { type SessionQuery, SESSIONS_LIMIT_MAX, textMatches } from "../control/query.ts";
 import { TopK } from "../control/top_k.ts";
 import { LocalTargets, TargetKind } from "../flow/local_targets.ts";
-import { formatEndpoint } from "../sys/addr.ts";
+import { formatEndpoint, isV4Mapped } from "../sys/addr.ts";
 import {
   decodeSocketError,
   describeSocketError,
@@ -57,6 +67,10 @@ import {
   isResourceErrno,
   StartError,
 } from "../sys/errno.ts";
+import { ForwardTargets, flowHash } from "../egress/forward_targets.ts";
+import { CMD_CONNECT, Socks5Handshake } from "../egress/socks5.ts";
+import { ACTION_DROP, ACTION_REJECT, type OutboundConfig } from "../policy/config.ts";
+import { compilePolicy, FLOW_TCP, NEED_NAME, type Policy, PolicyFlow } from "../policy/policy.ts";
 import { Code } from "../classify/layout.ts";
 import { TlsParser } from "../classify/tls.ts";
 import { Parsers, WASM_PATH_DEFAULT } from "../classify/wasm.ts";
@@ -86,6 +100,10 @@ const EVENTS_BATCH = 256;
 const EVENTS_BATCHES_MAX = 16;
 /** Timer period: drains events (lost wake-up recovery), re-arms paused listeners. */
 const TICK_MS = 100;
+/** Bytes read from a SOCKS5 server per recv() while its handshake runs. */
+const SOCKS_RECV_BYTES = 2048;
+/** recv() calls per SOCKS5 wake-up (the socket is re-armed if more is queued). */
+const SOCKS_RECVS_MAX = 4;
 /** After the grace period, how long the engine gets to report the resets. */
 const ABORT_WAIT_MS = 2000;
 /** The local-address set is re-read this often besides on netlink notifications. */
@@ -101,7 +119,37 @@ const enum ConnState {
   Busy = 1,
   /** Accepted; its ClientHello is being read (tcp.sniffPorts), no upstream yet. */
   Sniffing = 2,
+  /** A socks5 outbound: connecting to the server or in its handshake (no engine yet). */
+  Socks = 3,
 }
+
+/**
+ * The policy in force when a connection was decided (reconfigure() makes a new one; open
+ * connections keep theirs): what its rule and action indexes mean.
+ */
+interface PolicyGeneration {
+  policy: Policy;
+  outbounds: OutboundConfig[];
+  /** Per outbound: the forward targets' health, else null. */
+  forward: Array<ForwardTargets | null>;
+  /** Per outbound: SOCKS5 handshakes in progress (bounded by its associationsMax). */
+  handshakes: Int32Array;
+  /** Per outbound (direct): its interface as a NUL-terminated name, else null. */
+  devices: Array<Uint8Array | null>;
+  /** Per outbound (direct): its bindAddress4/6 (own buffers for ptr()), else null. */
+  bind4: Array<Uint8Array | null>;
+  bind6: Array<Uint8Array | null>;
+}
+
+/** Why a SOCKS5 outbound's handshake failed: the counter it goes to. */
+type SocksFailure =
+  | "socks5Refused"
+  | "socks5Unreachable"
+  | "socks5Closed"
+  | "socks5ProtocolErrors"
+  | "socks5AuthFailed"
+  | "socks5ReplyErrors"
+  | "socks5Timeouts";
 
 /** End of the sniffing list (an id is never negative). */
 const NIL = -1;
@@ -131,6 +179,34 @@ export class TcpCounters {
   upstreamNoDescriptors = 0;
   /** socket/bind/connect failed at once (e.g. EADDRNOTAVAIL, ENETUNREACH): client reset. */
   upstreamSocketFailed = 0;
+  /** A policy rule said drop: the client's connection closed, nothing sent upstream. */
+  droppedByRule = 0;
+  /** A policy rule said reject: the client reset at once. */
+  rejectedByRule = 0;
+
+  /** forward outbounds: connects to a target that failed (each counts against it). */
+  forwardTargetFailures = 0;
+  /** forward outbounds: a target marked down (healthCheck.failuresMax failures in a row). */
+  forwardTargetsMarkedDown = 0;
+
+  /** socks5 outbounds: handshakes that succeeded (the connection went to the engine). */
+  socks5Connected = 0;
+  /** socks5: associationsMax handshakes already in progress to the server: client reset. */
+  socks5Busy = 0;
+  /** socks5: the server refused the TCP connection (no listener): client reset. */
+  socks5Refused = 0;
+  /** socks5: the server could not be reached otherwise (unreachable, socket error). */
+  socks5Unreachable = 0;
+  /** socks5: the server closed or reset the connection mid-handshake. */
+  socks5Closed = 0;
+  /** socks5: the server answered something that is not SOCKS5 (garbage). */
+  socks5ProtocolErrors = 0;
+  /** socks5: the server refused the username/password (RFC 1929) or wanted them. */
+  socks5AuthFailed = 0;
+  /** socks5: the server answered the CONNECT with an error REP (refused, unreachable...). */
+  socks5ReplyErrors = 0;
+  /** socks5: connect plus handshake took longer than the outbound's connectTimeoutMs. */
+  socks5Timeouts = 0;
 
   /** Upstream connections that were established (counted when they end). */
   connected = 0;
@@ -154,6 +230,8 @@ export class TcpCounters {
   /** No pipe (descriptors/memory) or the engine refused the hand-off. */
   resourceFailures = 0;
 
+  // The sniff counters count every ClientHello read: on tcp.sniffPorts, and wherever a
+  // policy rule on names waited for one.
   /** tcp.sniffPorts: a whole ClientHello read, its SNI recorded (when it has one). */
   sniffedTls = 0;
   /** tcp.sniffPorts: the first bytes were not a TLS ClientHello; relayed unnamed. */
@@ -194,8 +272,12 @@ export interface TcpConnectionView {
   client: string;
   target: string;
   listener: string;
-  /** The TLS SNI read on a sniff port, or null. */
+  /** The TLS SNI read (on a sniff port, or for a rule on names), or null. */
   name: string | null;
+  /** The policy rule that decided it (null: not decided yet, its name being read). */
+  rule: string | null;
+  /** Its outbound's name (null: not decided yet). */
+  outbound: string | null;
   ageMs: number;
 }
 
@@ -208,7 +290,13 @@ export class TcpRelay {
   /** Replaced by reconfigure() (its live fields only differ; see src/config/reload.ts). */
   private config: Config;
   private readonly listeners: ListenerConfig[];
+  /** Per TCP listener: its index in config.listeners (what the policy's rules name). */
+  private readonly listenerIndex: Int16Array;
   private readonly poller: Poller;
+  /** The policy for new connections (replaced by reconfigure()). */
+  private gen: PolicyGeneration;
+  /** One flow, refilled per decision; its words are connAddrs' (client at id*8). */
+  private readonly flow = new PolicyFlow();
   private engine = -1;
   private eventsFd = -1;
   private readonly eventsToken: number;
@@ -265,6 +353,25 @@ export class TcpRelay {
   private readonly connPorts: Uint32Array; // client port << 16 | target port
   private readonly connScope: Uint32Array; // the target's IPv6 scope id
   private readonly connNames: Array<string | null>;
+  /** The deciding rule (-1: not decided yet), its action, and the policy they index. */
+  private readonly connRule: Int32Array;
+  private readonly connAction: Int32Array;
+  private readonly connGen: Array<PolicyGeneration | null>;
+  /** forward: the chosen target's index (-1: not a forward outbound). */
+  private readonly connTarget: Int16Array;
+
+  // socks5 outbounds: the server's socket and the handshake, while no engine holds them.
+  private readonly socksTokenBase: number;
+  private readonly connUpstreamFd: Int32Array;
+  private readonly connSocksConnecting: Uint8Array;
+  private readonly handshakes: Array<Socks5Handshake | null>;
+  /** Ids in a SOCKS5 handshake (bounded by the outbounds' associationsMax), for timeouts. */
+  private readonly socksIds = new Set<number>();
+  private readonly socksRecv = new Uint8Array(new ArrayBuffer(SOCKS_RECV_BYTES));
+  private readonly socksRecvPtr: Pointer;
+  /** The forward target's address for rl_tcp_connect (its own buffer for ptr()). */
+  private readonly forwardAddr = new Uint8Array(new ArrayBuffer(16));
+  private readonly forwardAddrPtr: Pointer;
 
   // Sniffing (tcp.sniffPorts): the client fd while no upstream exists, the bytes of the
   // ClientHello seen so far, the deadline, and a list in deadline order (all sniffing
@@ -279,15 +386,15 @@ export class TcpRelay {
   private sniffHead = NIL;
   private sniffTail = NIL;
   /** The parsers read the peeked bytes in place; their own instance (not the UDP slab). */
-  private readonly tls: TlsParser | null;
-  private readonly sniffPtr: Pointer | null;
-  private readonly sniffOffset: number;
+  private tls: TlsParser | null = null;
+  private sniffPtr: Pointer | null = null;
+  private sniffOffset = 0;
   private active = 0;
   /** The control plane's selection (`relay sessions`), built once. */
   private readonly selected = new TopK(SESSIONS_LIMIT_MAX);
 
   /** Ended connections waiting for the flow log (null: no flow log), and who takes them. */
-  private readonly flows: FlowRecords | null;
+  private flows: FlowRecords | null;
   private readonly onFlows: (batch: FlowBatch) => void;
 
   private timer: ReturnType<typeof setInterval> | null = null;
@@ -303,6 +410,8 @@ export class TcpRelay {
     this.config = config;
     this.onFatal = options.onFatal ?? exitOnFatal;
     this.listeners = config.listeners.filter((l) => l.protocol === "tcp");
+    this.listenerIndex = Int16Array.from(this.listeners.map((l) => config.listeners.indexOf(l)));
+    this.gen = this.makeGeneration(config, null);
     this.eventsToken = this.listeners.length;
     this.watchToken = this.listeners.length + 1;
     this.locals = new LocalTargets(lib);
@@ -341,6 +450,12 @@ export class TcpRelay {
     this.connPorts = new Uint32Array(n);
     this.connScope = new Uint32Array(n);
     this.connNames = new Array<string | null>(n).fill(null);
+    this.connRule = new Int32Array(n).fill(-1);
+    this.connAction = new Int32Array(n);
+    this.connGen = new Array<PolicyGeneration | null>(n).fill(null);
+    this.connTarget = new Int16Array(n).fill(-1);
+    this.flow.protocol = FLOW_TCP;
+    this.flow.words = new Uint32Array(this.connAddrs.buffer);
 
     this.sniffPort = new Uint8Array(65_536);
     for (const port of config.tcp.sniffPorts) this.sniffPort[port] = 1;
@@ -350,20 +465,13 @@ export class TcpRelay {
     this.connDeadlineMs = new Float64Array(n);
     this.sniffNext = new Int32Array(n).fill(NIL);
     this.sniffPrev = new Int32Array(n).fill(NIL);
-    if (config.tcp.sniffPorts.length > 0 && this.listeners.length > 0) {
-      const parsers = new Parsers(new WebAssembly.Module(readFileSync(WASM_PATH_DEFAULT)));
-      assert(
-        config.tcp.sniffBytesMax <= parsers.packetArea.bytesMax,
-        "tcp.sniffBytesMax exceeds the parsers' packet area",
-      );
-      this.tls = new TlsParser(parsers);
-      this.sniffOffset = parsers.packetArea.offset;
-      this.sniffPtr = (ptr(parsers.bytes) + this.sniffOffset) as Pointer;
-    } else {
-      this.tls = null;
-      this.sniffPtr = null;
-      this.sniffOffset = 0;
-    }
+    this.socksTokenBase = this.sniffTokenBase + n;
+    this.connUpstreamFd = new Int32Array(n).fill(-1);
+    this.connSocksConnecting = new Uint8Array(n);
+    this.handshakes = new Array<Socks5Handshake | null>(n).fill(null);
+    this.socksRecvPtr = ptr(this.socksRecv);
+    this.forwardAddrPtr = ptr(this.forwardAddr);
+    if (config.tcp.sniffPorts.length > 0 || this.gen.policy.usesNames) this.openParser();
     this.onFlows = options.onFlows ?? (() => {});
     this.flows =
       config.flowLog.path !== "" && options.onFlows
@@ -375,10 +483,10 @@ export class TcpRelay {
           )
         : null;
 
-    // Listeners, the engine event fd, the address watch, and one token per connection
-    // id for a client whose ClientHello is being read.
+    // Listeners, the engine event fd, the address watch, one token per connection id for
+    // a client whose ClientHello is being read, and one for its SOCKS5 server's socket.
     this.poller = new Poller(lib, (token) => this.onWake(token), {
-      tokensMax: this.sniffTokenBase + n,
+      tokensMax: this.socksTokenBase + n,
       // A bug on the accept path, or the epoll thread gone: never limp on half alive.
       onError: (err) => {
         if (this.fatal) return;
@@ -386,6 +494,56 @@ export class TcpRelay {
         this.onFatal(`TCP accept path failed: ${(err as Error).stack ?? err}`);
       },
     });
+  }
+
+  /** The TLS parser for names (tcp.sniffPorts, or a policy rule on names). */
+  private openParser(): void {
+    if (this.tls !== null || this.listeners.length === 0) return;
+    const parsers = new Parsers(new WebAssembly.Module(readFileSync(WASM_PATH_DEFAULT)));
+    assert(
+      this.config.tcp.sniffBytesMax <= parsers.packetArea.bytesMax,
+      "tcp.sniffBytesMax exceeds the parsers' packet area",
+    );
+    this.tls = new TlsParser(parsers);
+    this.sniffOffset = parsers.packetArea.offset;
+    this.sniffPtr = (ptr(parsers.bytes) + this.sniffOffset) as Pointer;
+  }
+
+  /**
+   * The compiled policy and its outbounds' state. A forward outbound of the same name and
+   * targets as in `previous` keeps its targets' health across a reload.
+   */
+  private makeGeneration(config: Config, previous: PolicyGeneration | null): PolicyGeneration {
+    const outbounds = config.policy.outbounds;
+    const own = (addr: Uint8Array | null) => {
+      if (addr === null) return null;
+      const copy = new Uint8Array(new ArrayBuffer(16));
+      copy.set(addr);
+      return copy;
+    };
+    const targetsKey = (o: OutboundConfig) =>
+      o.type === "forward" ? o.targets.map((t) => `${t.address}:${t.port}`).join(",") : "";
+    return {
+      policy: compilePolicy(config),
+      outbounds,
+      forward: outbounds.map((o) => {
+        if (o.type !== "forward") return null;
+        const k = previous?.outbounds.findIndex(
+          (p) => p.name === o.name && p.type === "forward" && targetsKey(p) === targetsKey(o),
+        );
+        if (previous && k !== undefined && k >= 0 && previous.forward[k]) {
+          return previous.forward[k];
+        }
+        const h = o.healthCheck;
+        return new ForwardTargets(o.targets, h.failuresMax, h.retryIntervalMs);
+      }),
+      handshakes: new Int32Array(outbounds.length),
+      devices: outbounds.map((o) =>
+        o.type === "direct" && o.interface !== null ? Buffer.from(`${o.interface}\0`) : null,
+      ),
+      bind4: outbounds.map((o) => (o.type === "direct" ? own(o.bindAddr4) : null)),
+      bind6: outbounds.map((o) => (o.type === "direct" ? own(o.bindAddr6) : null)),
+    };
   }
 
   /** Opens the listeners, the splice engine and the poll thread. Throws with a clear message. */
@@ -441,6 +599,7 @@ export class TcpRelay {
     }
     if (this.active > 0) {
       this.abortSniffing();
+      this.abortSocks();
       this.lib.rl_tcp_engine_abort_all(this.engine);
       const abortEnd = performance.now() + ABORT_WAIT_MS;
       while (this.active > 0 && performance.now() < abortEnd) {
@@ -466,6 +625,21 @@ export class TcpRelay {
     }
     this.config = config;
     this.connectionsLimit = tcp.connectionsMax;
+    // New connections follow the new policy; open ones keep the generation they were
+    // decided under (their rule and outbound names, a forward target's health).
+    this.gen = this.makeGeneration(config, this.gen);
+    if (this.gen.policy.usesNames) this.openParser();
+    if (this.flows !== null) {
+      // Rows index the names of the policy they were written under: hand those over
+      // first, then index the new names.
+      this.flushFlows();
+      this.flows = new FlowRecords(
+        "tcp",
+        this.listeners.map((l) => l.name),
+        FLOW_RECORDS_MAX,
+        ...flowPolicyNames(config),
+      );
+    }
     if (this.engine >= 0) {
       const rc = this.lib.rl_tcp_engine_set_timeouts(
         this.engine,
@@ -483,6 +657,7 @@ export class TcpRelay {
     if (this.timer) clearInterval(this.timer);
     this.pollWakesFinal = this.poller.wakes;
     this.abortSniffing();
+    this.abortSocks();
     this.poller.stop();
     this.closeWatch();
     if (this.engine >= 0) {
@@ -553,11 +728,16 @@ export class TcpRelay {
 
   private connectionView(id: number, now: number): TcpConnectionView {
     const ports = this.connPorts[id];
+    const gen = this.connGen[id];
+    const rule = this.connRule[id];
+    const decided = gen !== null && rule >= 0;
     return {
       client: formatEndpoint(this.connAddrs, id * 32, ports >>> 16),
       target: formatEndpoint(this.connAddrs, id * 32 + 16, ports & 0xffff),
       listener: this.listeners[this.connListener[id]]?.name ?? "?",
       name: this.connNames[id],
+      rule: decided ? (gen.policy.ruleNames[rule] ?? "?") : null,
+      outbound: decided ? actionName(gen, this.connAction[id]) : null,
       ageMs: Math.round(now - this.connStartMs[id]),
     };
   }
@@ -644,6 +824,10 @@ export class TcpRelay {
       }
       return;
     }
+    if (token >= this.socksTokenBase) {
+      this.onSocksReady(token - this.socksTokenBase);
+      return;
+    }
     if (token >= this.sniffTokenBase) {
       this.onSniffReadable(token - this.sniffTokenBase);
       return;
@@ -663,6 +847,7 @@ export class TcpRelay {
   private tick(): void {
     if (!this.poller.check()) return;
     this.expireSniffing(performance.now());
+    this.expireSocks(performance.now());
     this.drainEvents();
     this.flushFlows();
     this.checkEngine();
@@ -758,34 +943,127 @@ export class TcpRelay {
     this.connPorts[id] = ((this.meta16[META.sourcePortHalf] << 16) | targetPort) >>> 0;
     this.connScope[id] = this.meta32[META.targetScopeWord];
     this.connNames[id] = null;
+    this.connRule[id] = -1;
+    this.connAction[id] = 0;
+    this.connGen[id] = this.gen;
+    this.connTarget[id] = -1;
     this.active++;
-    if (this.tls !== null && this.sniffPort[targetPort] === 1) this.startSniffing(id, clientFd);
-    else this.connectUpstream(id, clientFd);
+    if (this.tls !== null && this.sniffPort[targetPort] === 1) {
+      this.startSniffing(id, clientFd);
+      return;
+    }
+    // A rule on names that could match makes the connection wait for its ClientHello,
+    // whatever its port.
+    const rule = this.decide(id, this.tls !== null);
+    if (rule === NEED_NAME) this.startSniffing(id, clientFd);
+    else this.act(id, clientFd, rule);
   }
 
-  /** Connects connection `id` (held in the conn* arrays) upstream and hands it to the engine. */
-  private connectUpstream(id: number, clientFd: number): void {
-    const l = this.listeners[this.connListener[id]];
-    const targetPort = this.connPorts[id] & 0xffff;
-    let flags = 0;
-    let sourcePtr: Pointer;
-    if (l.source === "client") {
-      flags = TCP_CONNECT.transparent | TCP_CONNECT.sourceBind;
-      sourcePtr = (this.connAddrsPtr + id * 32) as Pointer;
-    } else if (l.ipv6) {
-      sourcePtr = this.upstream6Ptr;
-      if (!this.upstream6Any) flags = TCP_CONNECT.sourceBind;
-    } else {
-      sourcePtr = this.upstream4Ptr;
-      if (!this.upstream4Any) flags = TCP_CONNECT.sourceBind;
+  /** The policy's rule for connection `id` (NEED_NAME: namePending and a rule wants it). */
+  private decide(id: number, namePending: boolean): number {
+    const flow = this.flow;
+    flow.listener = this.listenerIndex[this.connListener[id]];
+    flow.sourceAt = id * 8;
+    flow.destinationAt = id * 8 + 4;
+    flow.port = this.connPorts[id] & 0xffff;
+    flow.name = this.connNames[id];
+    flow.namePending = namePending;
+    return this.connGen[id]!.policy.decide(flow);
+  }
+
+  /** After its ClientHello was read (or not): decide with the name known, and act. */
+  private decideNamed(id: number, clientFd: number): void {
+    this.act(id, clientFd, this.decide(id, false));
+  }
+
+  /** Carries out rule `rule`'s action for connection `id`. */
+  private act(id: number, clientFd: number, rule: number): void {
+    const gen = this.connGen[id]!;
+    const action = gen.policy.actions[rule];
+    this.connRule[id] = rule;
+    this.connAction[id] = action;
+    if (action === ACTION_DROP) {
+      // Closed, not reset: the client sees the end of the stream, the target nothing.
+      this.counters.droppedByRule++;
+      this.lib.rl_close(clientFd);
+      if (this.flows !== null) this.recordFlow(id, TcpEnd.Dropped, 0, 0);
+      this.release(id);
+      return;
     }
-    const upstreamFd = this.lib.rl_tcp_connect(
-      (this.connAddrsPtr + id * 32 + 16) as Pointer,
-      targetPort,
-      this.connScope[id],
-      sourcePtr,
-      flags,
-      this.config.mark,
+    if (action === ACTION_REJECT) {
+      this.counters.rejectedByRule++;
+      this.lib.rl_tcp_abort(clientFd);
+      if (this.flows !== null) this.recordFlow(id, TcpEnd.Rejected, 0, 0);
+      this.release(id);
+      return;
+    }
+    const o = gen.outbounds[action];
+    const at = id * 32 + 16;
+    const port = this.connPorts[id] & 0xffff;
+    if (o.type === "direct") {
+      const v6 = !isV4Mapped(this.connAddrs, at);
+      const bind = v6 ? gen.bind6[action] : gen.bind4[action];
+      const [flags, source] =
+        bind !== null ? [TCP_CONNECT.sourceBind, ptr(bind)] : this.upstreamSource(id, v6, true);
+      this.connectUpstream(id, clientFd, {
+        target: (this.connAddrsPtr + at) as Pointer,
+        port,
+        scope: this.connScope[id],
+        flags,
+        source,
+        mark: o.mark ?? this.config.mark,
+        device: gen.devices[action],
+      });
+    } else if (o.type === "forward") {
+      const health = gen.forward[action]!;
+      const words = this.flow.words;
+      const k = health.choose(flowHash(words, id * 8, this.connPorts[id]), performance.now());
+      const t = o.targets[k];
+      this.connTarget[id] = k;
+      this.forwardAddr.set(t.addr);
+      const [flags, source] = this.upstreamSource(id, !isV4Mapped(t.addr), true);
+      this.connectUpstream(id, clientFd, {
+        target: this.forwardAddrPtr,
+        port: t.port,
+        scope: 0,
+        flags,
+        source,
+        mark: this.config.mark,
+        device: null,
+      });
+    } else {
+      this.startSocks(id, clientFd, action, o);
+    }
+  }
+
+  /**
+   * The upstream socket's source: the client's own address (listener source "client",
+   * when the upstream is of the client's family and `transparent` allows), else
+   * upstream.bindAddress4/6 (none when unspecified).
+   */
+  private upstreamSource(id: number, v6: boolean, transparent: boolean): [number, Pointer] {
+    const l = this.listeners[this.connListener[id]];
+    if (transparent && l.source === "client" && v6 === !isV4Mapped(this.connAddrs, id * 32)) {
+      return [
+        TCP_CONNECT.transparent | TCP_CONNECT.sourceBind,
+        (this.connAddrsPtr + id * 32) as Pointer,
+      ];
+    }
+    if (v6) return [this.upstream6Any ? 0 : TCP_CONNECT.sourceBind, this.upstream6Ptr];
+    return [this.upstream4Any ? 0 : TCP_CONNECT.sourceBind, this.upstream4Ptr];
+  }
+
+  /** Connects connection `id` upstream as `how` says and hands it to the engine. */
+  private connectUpstream(id: number, clientFd: number, how: UpstreamConnect): void {
+    const l = this.listeners[this.connListener[id]];
+    const upstreamFd = this.lib.rl_tcp_connect_via(
+      how.target,
+      how.port,
+      how.scope,
+      how.source,
+      how.flags,
+      how.mark,
+      how.device,
     );
     if (upstreamFd < 0) {
       const err = decodeSocketError(upstreamFd);
@@ -793,13 +1071,12 @@ export class TcpRelay {
         this.counters.upstreamNoDescriptors++;
       } else {
         this.counters.upstreamSocketFailed++;
+        this.targetFailed(id);
       }
       const step = upstreamFd === -((TCP_STEP_CONNECT << 16) | err.errno) ? "connect()" : err.step;
       this.log(
         `upstream-${step}-${err.errno}`,
-        `upstream for "${l.name}" to ` +
-          `${formatEndpoint(this.connAddrs, id * 32 + 16, targetPort)}: ${step}: ` +
-          errnoName(err.errno),
+        `upstream for "${l.name}" to ${describeUpstream(how)}: ${step}: ` + errnoName(err.errno),
       );
       this.lib.rl_tcp_abort(clientFd);
       this.release(id);
@@ -810,6 +1087,220 @@ export class TcpRelay {
       // The engine closed (reset) both sockets.
       this.counters.resourceFailures++;
       this.log("engine-add", `splice engine refused a connection: ${errnoName(-rc)}`);
+      this.release(id);
+    }
+  }
+
+  /** A forward connection's connect failed: it counts against its target. */
+  private targetFailed(id: number): void {
+    const k = this.connTarget[id];
+    if (k < 0) return;
+    const gen = this.connGen[id]!;
+    const health = gen.forward[this.connAction[id]]!;
+    this.counters.forwardTargetFailures++;
+    if (health.failed(k, performance.now())) {
+      this.counters.forwardTargetsMarkedDown++;
+      const t = health.targets[k];
+      this.log(
+        `forward-down-${t.address}-${t.port}`,
+        `forward outbound "${gen.outbounds[this.connAction[id]].name}": target ` +
+          `${formatEndpoint(t.addr, 0, t.port)} marked down after failed connects`,
+      );
+    }
+  }
+
+  // ---- socks5 outbounds: CONNECT through the server, without blocking ----
+
+  private startSocks(
+    id: number,
+    clientFd: number,
+    action: number,
+    o: Extract<OutboundConfig, { type: "socks5" }>,
+  ): void {
+    const gen = this.connGen[id]!;
+    if (gen.handshakes[action] >= o.associationsMax) {
+      this.counters.socks5Busy++;
+      this.log("socks5-busy", `socks5 outbound "${o.name}": ${o.associationsMax} handshakes busy`);
+      this.lib.rl_tcp_abort(clientFd);
+      if (this.flows !== null) this.recordFlow(id, TcpEnd.ProxyFailed, 0, 0);
+      this.release(id);
+      return;
+    }
+    // The server is a proxy, not the destination: never the client's address as source.
+    const [flags, source] = this.upstreamSource(id, !isV4Mapped(o.server.addr), false);
+    this.forwardAddr.set(o.server.addr);
+    const fd = this.lib.rl_tcp_connect_via(
+      this.forwardAddrPtr,
+      o.server.port,
+      0,
+      source,
+      flags,
+      this.config.mark,
+      null,
+    );
+    if (fd < 0) {
+      const err = decodeSocketError(fd);
+      if (isResourceErrno(err.errno)) this.counters.upstreamNoDescriptors++;
+      else this.counters.socks5Unreachable++;
+      this.log(
+        `socks5-connect-${err.errno}`,
+        `socks5 outbound "${o.name}" (${o.server.address} port ${o.server.port}): ` +
+          `${err.step}: ${errnoName(err.errno)}`,
+      );
+      this.lib.rl_tcp_abort(clientFd);
+      if (this.flows !== null) this.recordFlow(id, TcpEnd.ProxyFailed, 0, 0);
+      this.release(id);
+      return;
+    }
+    const at = id * 32 + 16;
+    const target = new Uint8Array(16);
+    target.set(this.connAddrs.subarray(at, at + 16));
+    this.handshakes[id] = new Socks5Handshake({
+      command: CMD_CONNECT,
+      address: { kind: "ip", addr: target, port: this.connPorts[id] & 0xffff },
+      username: o.username,
+      password: o.password,
+    });
+    this.connState[id] = ConnState.Socks;
+    this.connClientFd[id] = clientFd;
+    this.connUpstreamFd[id] = fd;
+    this.connSocksConnecting[id] = 1;
+    this.connDeadlineMs[id] = performance.now() + o.connectTimeoutMs;
+    gen.handshakes[action]++;
+    this.socksIds.add(id);
+    const rc = this.poller.armOut(fd, this.socksTokenBase + id, true);
+    if (rc < 0) this.socksFail(id, "socks5Unreachable", `epoll_ctl(ADD): ${errnoName(-rc)}`);
+  }
+
+  /** The SOCKS5 server's socket is writable (connected) or readable (its answer). */
+  private onSocksReady(id: number): void {
+    if (this.connState[id] !== ConnState.Socks) return; // ended since the wake-up
+    const fd = this.connUpstreamFd[id];
+    const hs = this.handshakes[id]!;
+    if (this.connSocksConnecting[id] === 1) {
+      const rc = this.lib.rl_tcp_connect_result(fd);
+      if (rc < 0) {
+        const reason = rc === -E.ECONNREFUSED ? "socks5Refused" : "socks5Unreachable";
+        this.socksFail(id, reason, `connect: ${errnoName(-rc)}`);
+        return;
+      }
+      this.connSocksConnecting[id] = 0;
+    } else {
+      for (let k = 0; k < SOCKS_RECVS_MAX && !hs.done && !hs.failed; k++) {
+        const n = this.lib.rl_tcp_recv(fd, this.socksRecvPtr, SOCKS_RECV_BYTES);
+        if (n === -E.EAGAIN) break;
+        if (n <= 0) {
+          hs.closed(); // closed (0) or reset (-errno) before the handshake ended
+          break;
+        }
+        hs.received(this.socksRecv.slice(0, n));
+      }
+    }
+    if (hs.failed) {
+      const message = hs.error ?? "handshake failed";
+      let reason: SocksFailure = "socks5ProtocolErrors";
+      if (hs.replyCode > 0) reason = "socks5ReplyErrors";
+      else if (message.startsWith("the server closed")) reason = "socks5Closed";
+      else if (message.startsWith("authentication failed")) reason = "socks5AuthFailed";
+      else if (message.startsWith("no acceptable authentication")) reason = "socks5AuthFailed";
+      this.socksFail(id, reason, message);
+      return;
+    }
+    if (hs.done) {
+      this.socksConnected(id);
+      return;
+    }
+    const out = hs.output();
+    if (out.length > 0) {
+      const copy = new Uint8Array(new ArrayBuffer(out.length));
+      copy.set(out);
+      const w = this.lib.rl_tcp_send(fd, ptr(copy), copy.length);
+      if (w < 0 && w !== -E.EAGAIN) {
+        this.socksFail(id, "socks5Closed", `send: ${errnoName(-w)}`);
+        return;
+      }
+      if (w > 0) hs.written(w);
+    }
+    const token = this.socksTokenBase + id;
+    // Bytes the socket did not take: wait until it can; else wait for the answer.
+    if (hs.output().length > 0) this.poller.armOut(fd, token, false);
+    else this.poller.rearm(fd, token);
+  }
+
+  /** The server said yes: whatever it sent past its reply goes to the client first. */
+  private socksConnected(id: number): void {
+    const fd = this.connUpstreamFd[id];
+    const clientFd = this.connClientFd[id];
+    const rest = this.handshakes[id]!.rest();
+    this.endSocks(id, true);
+    if (rest.length > 0) {
+      const copy = new Uint8Array(new ArrayBuffer(rest.length));
+      copy.set(rest);
+      const w = this.lib.rl_tcp_send(clientFd, ptr(copy), copy.length);
+      if (w !== copy.length) {
+        // A fresh connection's send buffer takes a few KiB; losing bytes is never an option.
+        this.counters.resourceFailures++;
+        this.log("socks5-rest", `socks5: ${rest.length} early bytes did not fit the client`);
+        this.lib.rl_tcp_abort(fd);
+        this.lib.rl_tcp_abort(clientFd);
+        if (this.flows !== null) this.recordFlow(id, TcpEnd.Resources, 0, 0);
+        this.release(id);
+        return;
+      }
+    }
+    this.counters.socks5Connected++;
+    const rc = this.lib.rl_tcp_engine_add(this.engine, id, clientFd, fd);
+    if (rc < 0) {
+      this.counters.resourceFailures++;
+      this.log("engine-add", `splice engine refused a connection: ${errnoName(-rc)}`);
+      this.release(id);
+    }
+  }
+
+  /** The handshake failed: both sockets reset, counted by reason. */
+  private socksFail(id: number, reason: SocksFailure, message: string): void {
+    const fd = this.connUpstreamFd[id];
+    const clientFd = this.connClientFd[id];
+    const gen = this.connGen[id]!;
+    const o = gen.outbounds[this.connAction[id]];
+    this.endSocks(id, true);
+    this.counters[reason]++;
+    this.log(`${reason}`, `socks5 outbound "${o.name}": ${message}`);
+    this.lib.rl_tcp_abort(fd);
+    this.lib.rl_tcp_abort(clientFd);
+    if (this.flows !== null) this.recordFlow(id, TcpEnd.ProxyFailed, 0, 0);
+    this.release(id);
+  }
+
+  /** Leaves the SOCKS5 state (the sockets stay open: the caller hands or closes them). */
+  private endSocks(id: number, registered: boolean): void {
+    if (registered) this.poller.remove(this.connUpstreamFd[id]);
+    this.socksIds.delete(id);
+    this.connGen[id]!.handshakes[this.connAction[id]]--;
+    this.handshakes[id] = null;
+    this.connUpstreamFd[id] = -1;
+    this.connClientFd[id] = -1;
+    this.connState[id] = ConnState.Busy;
+  }
+
+  private expireSocks(now: number): void {
+    for (const id of this.socksIds) {
+      if (this.connDeadlineMs[id] > now) continue;
+      const stage = this.connSocksConnecting[id] === 1 ? "connect" : "handshake";
+      this.socksFail(id, "socks5Timeouts", `no ${stage} within connectTimeoutMs`);
+    }
+  }
+
+  /** At shutdown: handshakes still running are reset. */
+  private abortSocks(): void {
+    for (const id of this.socksIds) {
+      const fd = this.connUpstreamFd[id];
+      const clientFd = this.connClientFd[id];
+      this.endSocks(id, true);
+      this.lib.rl_tcp_abort(fd);
+      this.lib.rl_tcp_abort(clientFd);
+      this.counters.abortedAtShutdown++;
+      if (this.flows !== null) this.recordFlow(id, TcpEnd.Aborted, 0, 0);
       this.release(id);
     }
   }
@@ -831,7 +1322,7 @@ export class TcpRelay {
       // The poller refused it (memory): relay it unnamed rather than fail the client.
       this.log("sniff-poll", `epoll_ctl(ADD) client: ${errnoName(-rc)}: relayed unnamed`);
       this.stopSniffing(id, false);
-      this.connectUpstream(id, clientFd);
+      this.decideNamed(id, clientFd);
     }
   }
 
@@ -894,7 +1385,7 @@ export class TcpRelay {
       // Half-closed before a whole hello, a hello past sniffBytesMax, or no SO_RCVLOWAT.
       this.counters.sniffIncomplete++;
     }
-    this.connectUpstream(id, this.stopSniffing(id, true));
+    this.decideNamed(id, this.stopSniffing(id, true));
   }
 
   /** At shutdown, past the grace period: connections still without an upstream are reset. */
@@ -913,7 +1404,7 @@ export class TcpRelay {
     while (this.sniffHead !== NIL && this.connDeadlineMs[this.sniffHead] <= now) {
       const id = this.sniffHead;
       this.counters.sniffIncomplete++;
-      this.connectUpstream(id, this.stopSniffing(id, true));
+      this.decideNamed(id, this.stopSniffing(id, true));
     }
   }
 
@@ -940,6 +1431,8 @@ export class TcpRelay {
   private release(id: number): void {
     this.connState[id] = ConnState.Free;
     this.connNames[id] = null;
+    this.connGen[id] = null;
+    this.connTarget[id] = -1;
     this.connListener[id] = -1;
     this.freeIds[this.freeIdCount++] = id;
     this.active--;
@@ -976,6 +1469,17 @@ export class TcpRelay {
           c.connectMsTotal += connectMs;
         }
         const reason = this.event16[i * TCP_EVENT_HALVES + TCP_EVENT.reasonHalf] as TcpEnd;
+        if (this.connTarget[id] >= 0) {
+          if (connectMs !== TCP_NEVER_CONNECTED) {
+            this.connGen[id]!.forward[this.connAction[id]]!.succeeded(this.connTarget[id]);
+          } else if (
+            reason === TcpEnd.ConnectRefused ||
+            reason === TcpEnd.ConnectTimeout ||
+            reason === TcpEnd.ConnectFailed
+          ) {
+            this.targetFailed(id);
+          }
+        }
         c.bytesToTargetsClosed += this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesUpDouble];
         c.bytesToClientsClosed += this.event64[i * TCP_EVENT_DOUBLES + TCP_EVENT.bytesDownDouble];
         switch (reason) {
@@ -1047,6 +1551,22 @@ export class TcpRelay {
     flows.names[r] = name;
     flows.reason[r] = reason;
     flows.reply[r] = REPLY_NONE;
+    let rule = this.connRule[id];
+    let action = this.connAction[id];
+    const gen = this.connGen[id];
+    if (rule < 0 || gen === null) return; // undecided: the row's defaults (no rule, direct)
+    if (gen !== this.gen) {
+      // Decided under a policy since reloaded: the rows index the new names.
+      rule = this.gen.policy.ruleNames.indexOf(gen.policy.ruleNames[rule]);
+      if (rule < 0) rule = this.gen.policy.ruleNames.length; // gone: the log shows "?"
+      if (action >= 0) {
+        const name = gen.outbounds[action].name;
+        action = this.gen.outbounds.findIndex((o) => o.name === name);
+        if (action < 0) action = this.gen.outbounds.length; // gone: the log shows "?"
+      }
+    }
+    flows.rule[r] = rule;
+    flows.outbound[r] = action;
   }
 
   /** Hands the ended connections to the flow log (from the timer, and at close). */
@@ -1057,4 +1577,29 @@ export class TcpRelay {
   private log(reason: string, message: string): void {
     this.logger.log(reason, message);
   }
+}
+
+/** How connectUpstream() connects (rl_tcp_connect_via's arguments). */
+interface UpstreamConnect {
+  target: Pointer;
+  port: number;
+  scope: number;
+  flags: number;
+  source: Pointer;
+  mark: number;
+  /** The interface (SO_BINDTODEVICE), NUL-terminated, or null. */
+  device: Uint8Array | null;
+}
+
+function describeUpstream(how: UpstreamConnect): string {
+  const addr = new Uint8Array(16);
+  addr.set(new Uint8Array(toArrayBuffer(how.target, 0, 16)));
+  return formatEndpoint(addr, 0, how.port);
+}
+
+/** An action's name: its outbound's, or "drop" / "reject". */
+function actionName(gen: PolicyGeneration, action: number): string {
+  if (action === ACTION_DROP) return "drop";
+  if (action === ACTION_REJECT) return "reject";
+  return gen.outbounds[action]?.name ?? "?";
 }

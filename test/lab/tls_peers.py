@@ -2,6 +2,7 @@
 """TLS peers for the lab (test/netns/tcp_sniff.test.ts, and policy tests by name).
 
   tls_peers.py serve ADDR PORT CERT KEY   HTTPS: GET / answers "sni=<name the client sent>"
+      (header X-Served-By: the server's own address)
   tls_peers.py echo ADDR PORT             plain TCP: echoes until the client's FIN
   tls_peers.py hello NAME ADDR PORT [--split N] [--pause]
       connects, sends a real TLS 1.3 ClientHello for NAME (made by Python's ssl module)
@@ -78,6 +79,8 @@ def serve_tls(addr, port, cert, key):
             body = f"sni={names.get(id(self.connection), '-')}\n".encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
+            # Which server answered (a forward outbound picks among several).
+            self.send_header("X-Served-By", self.connection.getsockname()[0])
             self.end_headers()
             self.wfile.write(body)
 

@@ -135,6 +135,37 @@ def case_vanish(host, port, arg):
     return {"read": got}
 
 
+def case_quiet(host, port, arg):
+    """Connect, send nothing, read to the end: closed (error None) or reset."""
+    try:
+        s = connect(host, port)
+    except OSError as err:
+        # A reset close behind the handshake is reported by connect() itself.
+        return {"error": type(err).__name__, "received": 0}
+    data = []
+    err = error_name(lambda: data.append(read_all(s)))
+    s.close()
+    return {"error": err, "received": len(data[0]) if data else 0}
+
+
+def case_line(host, port, arg):
+    """Connect, read the server's first line, close: the line, or the error instead."""
+    s = connect(host, port)
+    line = []
+    err = error_name(lambda: line.append(read_line(s)))
+    s.close()
+    return {"error": err, "line": line[0] if line else None}
+
+
+def case_lines(host, port, arg):
+    """Connect, read ARG lines, close (with a reset when bytes are left unread)."""
+    s = connect(host, port)
+    lines = []
+    err = error_name(lambda: [lines.append(read_line(s)) for _ in range(int(arg or 1))])
+    s.close()
+    return {"error": err, "lines": lines}
+
+
 def case_fails(host, port, arg):
     """Upstream refuses or never answers: the client's accepted connection must end."""
     start = time.monotonic()
@@ -255,6 +286,9 @@ CASES = {
     "slow": case_slow,
     "vanish": case_vanish,
     "fails": case_fails,
+    "quiet": case_quiet,
+    "line": case_line,
+    "lines": case_lines,
     "limit": case_limit,
     "idle": case_idle,
     "grace": case_grace,

@@ -105,13 +105,19 @@ describe("relay stats and sessions text", () => {
       sort: "bytes",
       udp: [session],
       udpMatched: 4,
-      tcp: [{ client: "198.18.0.2:5000", target: "198.18.1.2:80", listener: "t", ageMs: 10 }],
+      tcp: [
+        {
+          ...{ client: "198.18.0.2:5000", target: "198.18.1.2:80", listener: "t" },
+          ...{ name: null, rule: "via-proxy", outbound: "proxy", ageMs: 10 },
+        },
+      ],
       tcpMatched: 1,
     };
     const text = sessionsText(reply).join("\n");
     expect(text).toContain("UDP sessions: 1 of 4 matching, by bytes");
     expect(text).toMatch(/www\.relay\.test +1m 05s +250 ms +10 +3000 +9 +2700/);
     expect(text).toContain("TCP connections: 1 of 1 matching, oldest first");
+    expect(text).toMatch(/198\.18\.1\.2:80 +t +- +via-proxy +proxy +10 ms/);
     const lines = sessionsJsonLines(reply).map((l) => JSON.parse(l));
     expect(lines).toEqual([
       { transport: "udp", ...session },

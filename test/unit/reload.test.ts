@@ -95,6 +95,30 @@ describe("planReload", () => {
     );
   });
 
+  test("the policy (outbounds, rules, defaultAction) is compared as the file says it", () => {
+    const withPolicy = (patch: (raw: any) => void = () => {}) =>
+      config((raw) => {
+        raw.outbounds = [{ name: "f", type: "forward", targets: ["198.18.1.2:53"] }];
+        raw.rules = [{ name: "r", ports: [443], names: { exact: ["a.test"] }, action: "reject" }];
+        patch(raw);
+      });
+    const before = withPolicy();
+    expect(planReload(before, withPolicy(), before).changes).toEqual([]);
+    const next = withPolicy((raw) => {
+      raw.outbounds[0].targets = ["[2001:2::53]:53"];
+      raw.rules[0].names.exact = ["b.test"];
+      raw.rules[0].action = "drop";
+      raw.defaultAction = "f";
+    });
+    const plan = planReload(before, next, before);
+    expect(plan.refusals).toEqual([]);
+    expect(describeChanges(plan.changes)).toBe(
+      'outbounds[0].targets ["198.18.1.2:53"] -> ["[2001:2::53]:53"], ' +
+        'rules[0].names [{"exact":["a.test"],"suffix":[]}] -> [{"exact":["b.test"],"suffix":[]}], ' +
+        'rules[0].action "reject" -> "drop", defaultAction "direct" -> "f"',
+    );
+  });
+
   test("a listener's port: refused as needing a restart, named with its index", () => {
     const next = config((raw) => {
       raw.listeners[0].port = 12355;

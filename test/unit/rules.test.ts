@@ -463,3 +463,53 @@ describe("firewall validation", () => {
     expect(nftRuleset(c)).not.toContain("skuid"); // gateway mode: no output exemptions
   });
 });
+
+describe("direct outbounds with their own mark", () => {
+  // A direct outbound's mark other than config.mark is the relay's own traffic too:
+  // exempted like config.mark in both backends, or its replies would loop back in.
+  const marked = parseConfig({
+    ...BASE,
+    firewall: { mode: "both" },
+    outbounds: [
+      { name: "via-wan2", type: "direct", mark: 0x2222 },
+      { name: "same", type: "direct", mark: 0x1ee7 },
+    ],
+  });
+
+  test("nft: every mark in one set where config.mark alone was", () => {
+    const lines = trimmed(nftRuleset(marked));
+    expect(lines).toContain("ct mark { 0x1ee7, 0x2222 } counter return");
+    expect(lines).toContain("meta mark { 0x1ee7, 0x2222 } counter return");
+    expect(lines).toContain(
+      "meta mark { 0x1ee7, 0x2222 } ct direction original ct state new ct mark set meta mark",
+    );
+    // Without such an outbound, the text is as before.
+    expect(trimmed(nftRuleset(config))).toContain("ct mark 0x1ee7 counter return");
+  });
+
+  test("iptables: one return (and one CONNMARK) per mark", () => {
+    const text = iptablesRestoreInput(
+      parseConfig({
+        ...BASE,
+        firewall: { backend: "iptables", mode: "both" },
+        outbounds: [{ name: "via-wan2", type: "direct", mark: 0x2222 }],
+      }),
+      4,
+    );
+    for (const m of ["0x1ee7", "0x2222"]) {
+      expect(text).toContain(`-A TRELAY_PRE -m connmark --mark ${m} -j RETURN`);
+      expect(text).toContain(`-A TRELAY_OUT -m mark --mark ${m} -j RETURN`);
+      expect(text).toContain(
+        `-A TRELAY_OUT -m mark --mark ${m} -m conntrack --ctstate NEW --ctdir ORIGINAL ` +
+          `-j CONNMARK --set-xmark ${m}/0xffffffff`,
+      );
+    }
+  });
+
+  const reason = labUnavailableReason();
+  test("nft accepts the mark sets (applied in a scratch namespace)", () => {
+    if (skipped(reason, "nft check in a scratch namespace")) return;
+    const listed = nftApplyInScratchNamespace(nftRuleset(marked), TABLE_NAME);
+    expect(listed).toContain("0x00002222");
+  });
+});
