@@ -92,7 +92,7 @@ export function parseArgs(argv: string[]): Args {
 }
 
 /** Builds tcp_load when missing or older than its source. */
-function buildLoad(): void {
+export function buildLoad(): void {
   const stale = (() => {
     try {
       return statSync(LOAD).mtimeMs < statSync(LOAD_SOURCE).mtimeMs;
@@ -111,7 +111,7 @@ function median(values: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
-async function waitForTcpPort(lab: Lab, ns: string, port: number, timeoutMs = 5000): Promise<void> {
+export async function waitForTcpPort(lab: Lab, ns: string, port: number, timeoutMs = 5000): Promise<void> {
   const end = performance.now() + timeoutMs;
   while (performance.now() < end) {
     const r = lab.exec(ns, ["ss", "-Htln", `sport = :${port}`], undefined, true);
@@ -132,7 +132,7 @@ function cpuSeconds(pid: number, ticksPerSecond: number): number {
   return ticks / ticksPerSecond;
 }
 
-function iperf(lab: Lab, port: number, seconds: number) {
+export function iperf(lab: Lab, port: number, seconds: number) {
   const r = lab.exec(lab.client, ["iperf3", "-c", LAB.server4, "-p", `${port}`, "-t", `${seconds}`,
     "-O", "1", "-J"]);
   const report = JSON.parse(r.stdout);
@@ -143,7 +143,7 @@ function iperf(lab: Lab, port: number, seconds: number) {
   return { gbps: report.end.sum_received.bits_per_second / 1e9, bytes, senderCpu };
 }
 
-function cps(lab: Lab, port: number, warmupMs: number, measureMs: number) {
+export function cps(lab: Lab, port: number, warmupMs: number, measureMs: number) {
   const argv = ["ip", "netns", "exec", lab.client, LOAD, "client", LAB.server4, `${port}`,
     `${CPS_CONCURRENCY}`, `${warmupMs}`, `${measureMs}`];
   const started = performance.now();
