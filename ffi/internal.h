@@ -10,6 +10,7 @@
  *   tcp_engine.c  the splice engine thread
  *   pipe_pool.c   the engine's pipes, kept for reuse
  *   handles.c     the one handle table behind poller and engine handles; RL_ASSERT
+ *   icmp.c        ICMP port unreachable for UDP reject; SO_BINDTODEVICE
  *
  * Everything declared here is hidden from the shared object's symbol table: only the
  * rl_* functions of relay.h are exported.

@@ -126,6 +126,18 @@ int32_t rl_recv_errors(int32_t fd, int32_t count, struct rl_meta *meta);
  * sent successfully. */
 int32_t rl_send_batch(uint8_t *slab, uint32_t slab_bytes, struct rl_send *sends, int32_t count);
 
+/* ICMP port unreachable for the policy's UDP `reject` (icmp.c). rl_icmp_open(ipv6)
+ * returns a send-only raw socket (CAP_NET_RAW) or -errno. rl_icmp_unreachable() sends one
+ * to the client (16-byte addresses, ports in host order, the client's IPv6 scope) from
+ * target_addr, the original destination, quoting the client's datagram (its header and
+ * payload's start); returns bytes sent or -errno. */
+int32_t rl_icmp_open(int32_t ipv6);
+int32_t rl_icmp_unreachable(int32_t fd, const uint8_t *client_addr, int32_t client_port,
+                            int32_t client_scope, const uint8_t *target_addr, int32_t target_port,
+                            const uint8_t *payload, int32_t length);
+/* SO_BINDTODEVICE to the interface name[0..length) (an outbound's `interface`). */
+int32_t rl_bind_device(int32_t fd, const uint8_t *name, int32_t length);
+
 /* TCP helpers: original destination under REDIRECT/DNAT (SO_ORIGINAL_DST). */
 int32_t rl_original_dst(int32_t fd, uint8_t *addr_out);
 

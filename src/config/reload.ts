@@ -54,6 +54,11 @@ export const RELOAD_POLICY: Readonly<Record<string, ReloadRule>> = {
   "udp.sniffPacketsMax": live(NEW_FLOWS),
   "udp.quicFollowConnectionIds": restart("the connection-ID index is allocated at start"),
   "udp.dataPlane": restart("the thread that runs the data path"),
+  "udp.holdBytesMax": restart("the hold arena is allocated at start"),
+  "udp.holdPacketsPerFlowMax": live(NEW_FLOWS),
+  "udp.holdBytesPerFlowMax": live(NEW_FLOWS),
+  "udp.holdTimeoutMs": live("held flows too, from the next check"),
+  "udp.rejectIcmpPerSecondMax": live("from the next second"),
   "tcp.connectTimeoutMs": live("connections still connecting too, from the next sweep"),
   "tcp.idleTimeoutMs": live("open connections too, from the splice engine's next sweep"),
   "tcp.connectionsMax": {

@@ -28,12 +28,31 @@ import type { RelayLib } from "../sys/ffi.ts";
 import { SOCK } from "../sys/layout.ts";
 import { type Pointer, ptr } from "bun:ffi";
 
-/** Key: client address (4 words), client port, session slot (or ALL_DESTINATIONS). */
-const KEY_WORDS = 6;
+/**
+ * Key: client address (4 words), client port, session slot (or ALL_DESTINATIONS), and
+ * the outbound (its runtime index, src/egress/outbounds.ts): flows of one client through
+ * two outbounds (say, two bind addresses or marks) never share a socket.
+ */
+const KEY_WORDS = 7;
 /** Session word of an endpoint-independent socket: one socket for every destination. */
 const ALL_DESTINATIONS = 0xffffffff;
 
 export type UpstreamFailure = "descriptors" | "socket" | "register";
+
+/** How an outbound's sockets are made (a direct outbound's options; null: the defaults). */
+export interface UpstreamOptions {
+  /** The outbound's runtime index (part of the key). */
+  outbound: number;
+  /** One socket per session even when endpoint-independent (forward: replies from one
+   * resolver for two original destinations would be ambiguous on a shared socket). */
+  perSession: boolean;
+  bindAddr4: Uint8Array | null;
+  bindAddr6: Uint8Array | null;
+  /** SO_MARK; null: config.mark. */
+  mark: number | null;
+  /** SO_BINDTODEVICE; null: none. */
+  interface: string | null;
+}
 
 export class UpstreamPool {
   private readonly index: HashIndex;
@@ -43,6 +62,8 @@ export class UpstreamPool {
   private readonly ports: Uint16Array;
   /** IPv6 scope id of a link-local client (replies go back on that link). */
   private readonly clientScopes: Uint32Array;
+  /** Per socket: the one session it carries when made per session, else -1. */
+  private readonly sessions: Int32Array;
   /** Per local port: sockets of ours bound to it (v4 and v6 may share a number). */
   private readonly portRefs = new Uint16Array(65536);
   private readonly endpointIndependent: boolean;
@@ -68,6 +89,7 @@ export class UpstreamPool {
     this.refs = new Int32Array(capacity);
     this.ports = new Uint16Array(capacity);
     this.clientScopes = new Uint32Array(capacity);
+    this.sessions = new Int32Array(capacity).fill(-1);
     this.endpointIndependent = config.udp.mapping === "endpoint-independent";
   }
 
@@ -89,14 +111,17 @@ export class UpstreamPool {
     clientPort: number,
     clientScope: number,
     ipv6: boolean,
+    options: UpstreamOptions,
   ): number {
     const key = this.index.scratch;
+    const perSession = options.perSession || !this.endpointIndependent;
     key[0] = a0;
     key[1] = a1;
     key[2] = a2;
     key[3] = a3;
     key[4] = clientPort;
-    key[5] = this.endpointIndependent ? ALL_DESTINATIONS : session;
+    key[5] = perSession ? session : ALL_DESTINATIONS;
+    key[6] = options.outbound;
     let upstream = this.index.find();
     if (upstream >= 0) {
       this.refs[upstream]++;
@@ -104,11 +129,14 @@ export class UpstreamPool {
     }
     const flags = SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
     const udp = this.config.udp;
+    const bind = ipv6
+      ? (options.bindAddr6 ?? this.config.upstreamAddr6)
+      : (options.bindAddr4 ?? this.config.upstreamAddr4);
     const fd = this.lib.rl_socket(
       flags,
-      ipv6 ? this.config.upstreamAddr6 : this.config.upstreamAddr4,
+      bind,
       0,
-      this.config.mark,
+      options.mark ?? this.config.mark,
       udp.socketReceiveBytes,
       udp.socketSendBytes,
     );
@@ -118,6 +146,17 @@ export class UpstreamPool {
         isResourceErrno(err.errno) ? "descriptors" : "socket",
         `upstream socket: ${describeSocketError(err, ipv6)}`,
       );
+    }
+    if (options.interface !== null) {
+      const name = this.deviceName(options.interface);
+      const rc = this.lib.rl_bind_device(fd, name, name.length);
+      if (rc < 0) {
+        this.lib.rl_close(fd);
+        return this.fail(
+          "socket",
+          `upstream socket: SO_BINDTODEVICE ${options.interface}: ${errnoName(-rc)}`,
+        );
+      }
     }
     const port = this.lib.rl_local_port(fd, this.scratchAddrPtr);
     if (port <= 0) {
@@ -140,9 +179,32 @@ export class UpstreamPool {
     this.refs[upstream] = 1;
     this.ports[upstream] = port;
     this.clientScopes[upstream] = clientScope;
+    this.sessions[upstream] = perSession ? session : -1;
     this.portRefs[port]++;
     return upstream;
   }
+
+  /** The session a per-session socket carries, or -1 for a shared one. */
+  sessionOf(upstream: number): number {
+    return this.sessions[upstream];
+  }
+
+  /** The outbound (runtime index) whose socket this is. */
+  outboundOf(upstream: number): number {
+    return this.index.keys[upstream * KEY_WORDS + 6];
+  }
+
+  /** An interface name as bytes for rl_bind_device (cached: one per outbound). */
+  private deviceName(name: string): Uint8Array {
+    let bytes = this.deviceNames.get(name);
+    if (!bytes) {
+      bytes = new Uint8Array(new ArrayBuffer(name.length));
+      bytes.set(new TextEncoder().encode(name));
+      this.deviceNames.set(name, bytes);
+    }
+    return bytes;
+  }
+  private readonly deviceNames = new Map<string, Uint8Array>();
 
   /** One session fewer on the socket; the last one closes it. */
   release(upstream: number): void {
@@ -183,6 +245,7 @@ export class UpstreamPool {
     key[3] = a3;
     key[4] = clientPort;
     key[5] = this.index.keys[upstream * KEY_WORDS + 5];
+    key[6] = this.index.keys[upstream * KEY_WORDS + 6];
     if (this.index.find() >= 0) return false;
     this.index.rekey(upstream);
     this.clientScopes[upstream] = clientScope;
