@@ -130,6 +130,11 @@ export class HoldBuffer {
     return HoldResult.Held;
   }
 
+  /** Datagrams session s holds. */
+  packetsOf(s: number): number {
+    return this.packets[s];
+  }
+
   /** The first held datagram of session s (an arena slot), or -1. */
   firstOf(s: number): number {
     return this.head[s];

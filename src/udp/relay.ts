@@ -831,10 +831,11 @@ export class UdpRelay {
       } else if (sessions.lastSeenMs[s] !== now) {
         sessions.touch(s, now);
       }
-      const outbound = sessions.outbound[s];
+      let outbound = sessions.outbound[s];
       if (outbound < 0) {
-        // Held (its name awaited), dropped or rejected: decided by the session.
-        this.undecided(
+        // Held (its name awaited), dropped or rejected: consumed here, unless this very
+        // datagram decided it for an outbound (then it goes like any other).
+        const consumed = this.undecided(
           s,
           i,
           length,
@@ -842,7 +843,8 @@ export class UdpRelay {
           meta32[w + META.sourceScopeWord],
           now,
         );
-        continue;
+        if (consumed) continue;
+        outbound = sessions.outbound[s];
       }
       if (sessions.sniffLeft[s] !== 0) {
         this.sniffer.sniff(sessions, s, this.slabWasmOffset + i * this.slotBytes, length);
@@ -1158,7 +1160,7 @@ export class UdpRelay {
       return s;
     }
     sessions.rule[s] = rule;
-    if (!this.openUpstream(s, action, clientScope)) {
+    if (!this.openUpstream(s, action, clientScope, 1)) {
       sessions.end(s, EndReason.Closed);
       return -1;
     }
@@ -1187,7 +1189,7 @@ export class UdpRelay {
    * and its upstream socket made. False (counted, logged) when the socket could not be
    * made or the outbound cannot carry UDP; the caller ends the session.
    */
-  private openUpstream(s: number, action: number, clientScope: number): boolean {
+  private openUpstream(s: number, action: number, clientScope: number, datagrams: number): boolean {
     const sessions = this.sessions;
     const c = this.counters;
     const runtime = this.outbounds.ofPolicy(action);
@@ -1195,7 +1197,7 @@ export class UdpRelay {
     sessions.outbound[s] = runtime;
     const type = this.outbounds.config(runtime).type;
     if (type === "socks5") {
-      c.droppedOutboundUnavailable++;
+      c.droppedOutboundUnavailable += datagrams;
       this.log(
         "socks5-udp",
         `outbound "${this.outbounds.name(runtime)}": socks5 does not carry UDP yet (dropped)`,
@@ -1218,8 +1220,8 @@ export class UdpRelay {
     );
     if (upstream < 0) {
       const up = this.upstreams;
-      if (up.lastFailure === "descriptors") c.droppedNoDescriptors++;
-      else c.droppedUpstreamSocketFailed++;
+      if (up.lastFailure === "descriptors") c.droppedNoDescriptors += datagrams;
+      else c.droppedUpstreamSocketFailed += datagrams;
       this.log(`upstream-${up.lastFailure}`, up.lastMessage);
       return false;
     }
@@ -1268,8 +1270,11 @@ export class UdpRelay {
 
   /**
    * A datagram (slot i) of session s, which is held, dropped or rejected. A held flow's
-   * datagram is copied into the hold buffer and offered to the sniffer; once the name is
-   * known (or sniffing gave up) the flow is decided and its datagrams released.
+   * datagram is offered to the sniffer: if the flow is still undecided it is copied into
+   * the hold buffer; once the name is known (or sniffing gave up) the flow is decided and
+   * its held datagrams released. Returns whether the datagram was consumed (dropped,
+   * rejected, held); false: the flow now has an outbound and the caller sends it, from
+   * the slab, after the held ones.
    */
   private undecided(
     s: number,
@@ -1278,39 +1283,43 @@ export class UdpRelay {
     targetScope: number,
     clientScope: number,
     now: number,
-  ): void {
+  ): boolean {
     const sessions = this.sessions;
     const c = this.counters;
-    const outbound = sessions.outbound[s];
+    let outbound = sessions.outbound[s];
+    const offset = i * this.slotBytes;
+    if (outbound === OUTBOUND_PENDING) {
+      if (sessions.sniffLeft[s] !== 0) {
+        this.sniffer.sniff(sessions, s, this.slabWasmOffset + offset, length);
+      }
+      if (sessions.name[s] === null && sessions.sniffLeft[s] !== 0) {
+        const wasm = this.slabWasmOffset + offset;
+        const held = this.hold.hold(s, this.wasm32, wasm, length, targetScope);
+        if (held === HoldResult.FlowFull) c.droppedHoldFull++;
+        else if (held === HoldResult.ArenaFull) c.droppedHoldArenaFull++;
+        return true;
+      }
+      if (sessions.name[s] !== null) c.holdReleasedNamed++;
+      else c.holdReleasedUnnamed++;
+      if (!this.release(s, 1, clientScope, now)) return true; // ended: counted
+      outbound = sessions.outbound[s];
+      if (outbound >= 0) return false;
+    }
     if (outbound === ACTION_DROP) {
       c.droppedByRule++;
-      return;
+      return true;
     }
-    const offset = i * this.slotBytes;
-    if (outbound === ACTION_REJECT) {
-      this.reject(s, this.slabPtr, offset, length, clientScope, now);
-      return;
-    }
-    const held = this.hold.hold(s, this.wasm32, this.slabWasmOffset + offset, length, targetScope);
-    if (held === HoldResult.FlowFull) c.droppedHoldFull++;
-    else if (held === HoldResult.ArenaFull) c.droppedHoldArenaFull++;
-    if (sessions.sniffLeft[s] !== 0) {
-      this.sniffer.sniff(sessions, s, this.slabWasmOffset + offset, length);
-    }
-    if (sessions.name[s] !== null) {
-      c.holdReleasedNamed++;
-      this.release(s, clientScope, now);
-    } else if (sessions.sniffLeft[s] === 0) {
-      c.holdReleasedUnnamed++;
-      this.release(s, clientScope, now);
-    }
+    this.reject(s, this.slabPtr, offset, length, clientScope, now);
+    return true;
   }
 
   /**
    * Decides held session s now (with its name, or without: namePending false) and sends
-   * its held datagrams, in order, the way the decision says.
+   * its held datagrams, in order, the way the decision says. False when the session
+   * ended instead (its upstream socket could not be made: its held datagrams and the
+   * `current` one, 0 or 1, the caller's, counted).
    */
-  private release(s: number, clientScope: number, now: number): void {
+  private release(s: number, current: number, clientScope: number, now: number): boolean {
     const sessions = this.sessions;
     const hold = this.hold;
     const c = this.counters;
@@ -1330,14 +1339,11 @@ export class UdpRelay {
         }
       }
       hold.end(s);
-      return;
+      return true;
     }
-    if (!this.openUpstream(s, action, clientScope)) {
-      for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
-        c.droppedUpstreamSocketFailed++;
-      }
+    if (!this.openUpstream(s, action, clientScope, hold.packetsOf(s) + current)) {
       sessions.end(s, EndReason.Closed); // ends the hold too
-      return;
+      return false;
     }
     const runtime = sessions.outbound[s];
     const forward = this.outbounds.forward(runtime) !== null;
@@ -1366,6 +1372,7 @@ export class UdpRelay {
     // Now, before any later datagram of the flow (those queue behind, in this round).
     queue.flush();
     hold.end(s);
+    return true;
   }
 
   /** Held sessions past udp.holdTimeoutMs: decided without their name (oldest first). */
@@ -1381,7 +1388,7 @@ export class UdpRelay {
         return;
       }
       this.counters.holdReleasedTimeout++;
-      this.release(s, 0, now);
+      this.release(s, 0, 0, now);
     }
   }
 
