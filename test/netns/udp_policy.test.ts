@@ -1,0 +1,311 @@
+// End-to-end: the policy on the UDP path, with real clients through kernel TPROXY.
+//
+//   client ns ── router ns (relay, rules by name/port) ── server ns
+//   kdig @198.18.1.2   a.test -> forward "resolverA" ─────► dnsmasq A on .3 / ::3
+//                      b.test -> forward "resolverB" ─────► dnsmasq B on .4 / ::4
+//   gtlsclient qa.test (SNI) -> forward "quicA" ──────────► gtlsserver A on .3 / ::3
+//              qb.test (SNI) -> forward "quicB" ──────────► gtlsserver B on .4 / ::4
+//   port 9001 -> drop; port 9002 -> reject (ICMP port unreachable from the destination)
+//
+// Nothing listens on the original destination 198.18.1.2 / 2001:2:0:2::2: every answer
+// proves the forward, and the client checks it came from the address it asked.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { clientHello, hex, multiInitial, QUIC_V1, toHex } from "../fixtures/classify/build.ts";
+import { LAB } from "../lab/netns.ts";
+import { QUIC_BODY, QuicPeers } from "../lab/quic_peers.ts";
+import { waitFor } from "../lab/wait_for.ts";
+import { labSkipReason, RelayLab } from "./harness.ts";
+
+const [A4, B4, DEAD4] = LAB.serverExtra4;
+const [A6, B6, DEAD6] = LAB.serverExtra6;
+const QUIC_BODY_B = "served by B\n";
+const HOLD_PACKETS_PER_FLOW = 4;
+/** The arena: 32 slots of 2048 bytes. */
+const HOLD_BYTES = 65_536;
+const FAILURES_MAX = 2;
+
+/** dnsmasq on one server address pair, answering each name with its own addresses. */
+function dnsmasq(address4: string, address6: string, records: string[][]): string[] {
+  return [
+    "dnsmasq",
+    "--keep-in-foreground",
+    "--no-resolv",
+    "--no-hosts",
+    "--bind-interfaces",
+    `--listen-address=${address4}`,
+    `--listen-address=${address6}`,
+    "--port=53",
+    "--user=root",
+    "--pid-file",
+    "--log-facility=-",
+    ...records.map((r) => `--host-record=${r.join(",")}`),
+  ];
+}
+
+const forward = (name: string, targets: string[], healthCheck = {}) => ({
+  name,
+  type: "forward",
+  targets,
+  healthCheck,
+});
+
+const CONFIG = {
+  listeners: [
+    { name: "udp4", address: "127.0.0.1", port: 12345 },
+    { name: "udp6", address: "::1", port: 12345 },
+  ],
+  intercept: [
+    { listener: "udp4", ports: [53, 443, 9001, 9002], interfaces: ["r0"] },
+    { listener: "udp6", ports: [53, 443, 9001, 9002], interfaces: ["r0"] },
+  ],
+  udp: {
+    datagramBytesMax: 2048,
+    holdBytesMax: HOLD_BYTES,
+    holdPacketsPerFlowMax: HOLD_PACKETS_PER_FLOW,
+    holdTimeoutMs: 2000,
+    // The hostile flows below never complete their ClientHello: sniffing must not give
+    // up before they fill their bound.
+    sniffPacketsMax: 16,
+  },
+  outbounds: [
+    forward("resolverA", [`${A4}:53`, `[${A6}]:53`]),
+    forward("resolverB", [`${B4}:53`, `[${B6}]:53`]),
+    // The first IPv4 target answers nothing (ICMP port unreachable): failover to B.
+    forward("failover", [`${DEAD4}:53`, `${B4}:53`, `[${DEAD6}]:53`, `[${B6}]:53`], {
+      answerTimeoutMs: 300,
+      failuresMax: FAILURES_MAX,
+      retryIntervalMs: 600_000,
+    }),
+    forward("quicA", [`${A4}:443`, `[${A6}]:443`]),
+    forward("quicB", [`${B4}:443`, `[${B6}]:443`]),
+  ],
+  rules: [
+    { name: "a", names: { exact: ["a.test"] }, action: "resolverA" },
+    { name: "b", names: { exact: ["b.test"] }, action: "resolverB" },
+    { name: "f", names: { exact: ["f.test"] }, action: "failover" },
+    { name: "qa", names: { suffix: ["qa.test"] }, action: "quicA" },
+    { name: "qb", names: { suffix: ["qb.test"] }, action: "quicB" },
+    { name: "blocked", ports: [9001], action: "drop" },
+    { name: "refused", ports: [9002], action: "reject" },
+  ],
+};
+
+/** Polls the relay's UDP counters until `done` holds. */
+function waitForUdp(env: RelayLab, what: string, done: (udp: any) => boolean) {
+  return waitFor(async () => (await env.relay!.metrics()).udp, done, {
+    what,
+    timeoutMs: 10_000,
+  });
+}
+
+/** kdig @server name type from the client namespace: its output (never throws). */
+function kdig(env: RelayLab, server: string, name: string, type: string): string {
+  const argv = ["kdig", `@${server}`, name, type, "+notcp", "+timeout=1", "+retry=0"];
+  return env.lab.exec(env.lab.client, argv, undefined, true).stdout;
+}
+
+/**
+ * A connected UDP socket with IP_RECVERR sends one datagram to target:port; prints
+ * "refused ADDRESS TYPE CODE" (the ICMP error's offender, from the error queue) or
+ * "silent" when nothing came back within the timeout.
+ */
+function connectedProbe(family: 4 | 6, target: string, port: number, timeoutS: number) {
+  const af = family === 4 ? "socket.AF_INET" : "socket.AF_INET6";
+  const level = family === 4 ? "socket.IPPROTO_IP" : "socket.IPPROTO_IPV6";
+  const recvErr = family === 4 ? 11 : 25; // IP_RECVERR, IPV6_RECVERR
+  const addrAt = family === 4 ? "4:8" : "8:24";
+  return `import socket
+s = socket.socket(${af}, socket.SOCK_DGRAM)
+s.setsockopt(${level}, ${recvErr}, 1)
+s.connect(("${target}", ${port}))
+s.settimeout(${timeoutS})
+s.send(b"blocked datagram 0123456789")
+try:
+    s.recv(100)
+    print("answered")
+except ConnectionRefusedError:
+    _, anc, _, _ = s.recvmsg(100, 512, socket.MSG_ERRQUEUE)
+    d = anc[0][2]
+    offender = socket.inet_ntop(${af}, d[16:][${addrAt}])
+    print("refused", offender, d[5], d[6])
+except socket.timeout:
+    print("silent")
+`;
+}
+
+const skip = labSkipReason();
+if (!skip) {
+  describe("UDP policy: rules by name and port, forward, drop, reject, hold", () => {
+    let env: RelayLab;
+    let peersA: QuicPeers;
+    let peersB: QuicPeers;
+
+    beforeAll(async () => {
+      env = new RelayLab();
+      const { lab } = env;
+      env.spawn(
+        lab.server,
+        dnsmasq(A4, A6, [
+          ["a.test", "198.18.1.101", "2001:2:0:2::101"],
+          ["b.test", "198.18.1.102", "2001:2:0:2::102"],
+          ["f.test", "198.18.1.103", "2001:2:0:2::103"],
+        ]),
+      );
+      env.spawn(
+        lab.server,
+        dnsmasq(B4, B6, [
+          ["a.test", "198.18.1.201", "2001:2:0:2::201"],
+          ["b.test", "198.18.1.202", "2001:2:0:2::202"],
+          ["f.test", "198.18.1.203", "2001:2:0:2::203"],
+        ]),
+      );
+      peersA = new QuicPeers(lab);
+      peersB = new QuicPeers(lab);
+      writeFileSync(join(peersB.dir, "htdocs", "index.html"), QUIC_BODY_B);
+      for (const address of [A4, A6]) env.track(peersA.serve(address, 443));
+      for (const address of [B4, B6]) env.track(peersB.serve(address, 443));
+      // Every name leads to the one original destination: only the SNI tells them apart.
+      lab.setHosts(lab.client, [
+        [LAB.server4, "qa.test"],
+        [LAB.server4, "qb.test"],
+        [LAB.server6, "v6.qa.test"],
+        [LAB.server6, "v6.qb.test"],
+      ]);
+      await env.startRelay(CONFIG);
+      await lab.waitForUdpPort(lab.server, 53);
+      await lab.waitForUdpPort(lab.server, 443);
+      lab.warmNeighbours();
+    }, 60_000);
+
+    afterAll(async () => {
+      try {
+        await env?.close();
+      } finally {
+        peersA?.close();
+        peersB?.close();
+      }
+    });
+
+    test("kdig: two names reach two resolvers; answers come from the address asked", async () => {
+      const cases = [
+        [LAB.server4, "a.test", "A", "198.18.1.101"],
+        [LAB.server4, "b.test", "A", "198.18.1.202"],
+        [LAB.server6, "a.test", "AAAA", "2001:2:0:2::101"],
+        [LAB.server6, "b.test", "AAAA", "2001:2:0:2::202"],
+      ];
+      for (const [server, name, type, answer] of cases) {
+        const out = kdig(env, server, name, type);
+        expect(out).toContain("status: NOERROR");
+        expect(out).toContain(answer);
+        // kdig names where the answer came from: the original destination.
+        expect(out).toContain(`;; From ${server}@53(UDP)`);
+      }
+      const m = await env.relay!.metrics();
+      const dns = m.sessions.filter((s: any) => s.protocol === "dns" && s.name === "a.test");
+      expect(dns.length).toBeGreaterThanOrEqual(2);
+      expect(dns.every((s: any) => s.rule === "a" && s.outbound === "resolverA")).toBe(true);
+      const b = m.sessions.filter((s: any) => s.name === "b.test");
+      expect(b.every((s: any) => s.rule === "b" && s.outbound === "resolverB")).toBe(true);
+      expect(m.udp.holdReleasedNamed).toBeGreaterThanOrEqual(4);
+    });
+
+    test("QUIC: two SNIs end at two servers; a ClientHello over two Initials too", () => {
+      const fetch = (host: string, peers: QuicPeers, extra: string[] = []) =>
+        peers.fetch(host, 443, extra);
+      expect(fetch("qa.test", peersA)).toBe(QUIC_BODY);
+      expect(fetch("qb.test", peersB)).toBe(QUIC_BODY_B);
+      expect(fetch("v6.qa.test", peersA)).toBe(QUIC_BODY);
+      expect(fetch("v6.qb.test", peersB)).toBe(QUIC_BODY_B);
+      // FFDHE8192: the ClientHello spans two Initials, both held until the SNI is known.
+      const split = ["--groups=-GROUP-ALL:+GROUP-FFDHE8192:+GROUP-X25519"];
+      expect(fetch("qb.test", peersB, split)).toBe(QUIC_BODY_B);
+      expect(fetch("v6.qa.test", peersA, split)).toBe(QUIC_BODY);
+    });
+
+    for (const family of [4, 6] as const) {
+      const target = family === 4 ? LAB.serverExtra4[2] : LAB.serverExtra6[2];
+      test(`reject (IPv${family}): ECONNREFUSED at once, ICMP from the original destination`, async () => {
+        const before = (await env.relay!.metrics()).udp;
+        const out = env.python(env.lab.client, connectedProbe(family, target, 9002, 5));
+        // ICMP type/code: port unreachable (3/3 for IPv4, 1/4 for ICMPv6).
+        expect(out.stdout.trim()).toBe(`refused ${target} ${family === 4 ? "3 3" : "1 4"}`);
+        const udp = await waitForUdp(env, "the reject counted", (u) => u.rejectIcmpSent > 0);
+        expect(udp.rejectIcmpSent - before.rejectIcmpSent).toBe(1);
+        expect(udp.droppedRejected - before.droppedRejected).toBe(1);
+      });
+
+      test(`drop (IPv${family}): nothing comes back, each datagram counted`, async () => {
+        const before = (await env.relay!.metrics()).udp;
+        const out = env.python(env.lab.client, connectedProbe(family, target, 9001, 0.3));
+        expect(out.stdout.trim()).toBe("silent");
+        await waitForUdp(env, "the drop counted", (u) => u.droppedByRule > before.droppedByRule);
+        // The session remembers: a second datagram of the flow is dropped undecided.
+        const m = await env.relay!.metrics();
+        const dropped = m.sessions.find((s: any) => s.target.endsWith(":9001"));
+        expect(dropped).toMatchObject({ rule: "blocked", outbound: "drop" });
+      });
+    }
+
+    test("forward failover: after failuresMax unanswered flows the dead target is skipped", async () => {
+      // Each kdig is a new flow (a new source port); its hash picks a target. Flows that
+      // pick the dead one go unanswered until it is marked down.
+      await waitFor(
+        async () => {
+          kdig(env, LAB.server4, "f.test", "A");
+          return (await env.relay!.metrics()).udp;
+        },
+        (u) => u.forwardTargetsDown >= 1,
+        { what: "the dead target marked down", timeoutMs: 60_000 },
+      );
+      const udp = (await env.relay!.metrics()).udp;
+      expect(udp.forwardAnswerTimeouts).toBeGreaterThanOrEqual(FAILURES_MAX);
+      for (let i = 0; i < 5; i++) {
+        const out = kdig(env, LAB.server4, "f.test", "A");
+        expect(out).toContain("198.18.1.203");
+        expect(out).toContain(`;; From ${LAB.server4}@53(UDP)`);
+      }
+    });
+
+    test("hold buffer: flows that never finish a ClientHello fill only their own bound", async () => {
+      const before = (await env.relay!.metrics()).udp;
+      // 10 flows (one socket each), each sending 6 copies of the first of 4 Initials
+      // of a large ClientHello: never complete. 8 flows fill the 32-slot arena with 4
+      // each (2 more each over their own bound); the last 2 find it full.
+      const hello = clientHello({ sni: "never.test", paddingBytes: 3000 });
+      const flows = Array.from({ length: 10 }, (_, k) => {
+        const dcid = hex(`0badc0de${k.toString(16).padStart(8, "0")}`);
+        return toHex(multiInitial(QUIC_V1, dcid, hello, 4)[0]);
+      });
+      env.python(
+        env.lab.client,
+        `import socket
+for packet in ${JSON.stringify(flows)}:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("${LAB.server4}", 443))
+    for _ in range(6):
+        s.send(bytes.fromhex(packet))
+`,
+      );
+      const held = await waitForUdp(
+        env,
+        "60 hostile datagrams read",
+        (u) => u.packetsFromClients - before.packetsFromClients >= 60,
+      );
+      expect(held.droppedHoldFull - before.droppedHoldFull).toBe(16);
+      expect(held.droppedHoldArenaFull - before.droppedHoldArenaFull).toBe(12);
+      // Other flows go on while the arena is full: a DNS query is decided by its own
+      // datagram and sent from the receive slab.
+      const out = kdig(env, LAB.server4, "a.test", "A");
+      expect(out).toContain("198.18.1.101");
+      const after = await waitForUdp(
+        env,
+        "the held flows released on timeout",
+        (u) => u.holdReleasedTimeout - before.holdReleasedTimeout >= 10,
+      );
+      expect(after.holdBytes).toBe(0);
+      expect(after.sessionsHolding).toBe(0);
+    });
+  });
+}
