@@ -4,6 +4,7 @@
 // added without one fails): "live" fields are applied without dropping a flow;
 // "restart" fields are bound or allocated at start (sockets, preallocated tables,
 // threads, the rules' own identity), and one changed refuses the whole reload.
+import { ACTION_DROP, ACTION_REJECT } from "../policy/config.ts";
 import { quote, type Config } from "./load.ts";
 
 export type ReloadApply = "live" | "restart";
@@ -136,6 +137,26 @@ function schemaView(config: Config): Record<string, unknown> {
       ports: r.portRanges.map(([low, high]) => (low === high ? low : `${low}-${high}`)),
       interfaces: r.interfaces,
     })),
+    // The policy is resolved into config.policy: compared in a plain form (name sets
+    // as sorted arrays, addresses as byte arrays, actions by name).
+    ...policyView(config),
+  };
+}
+
+function policyView(config: Config): Record<string, unknown> {
+  const p = config.policy;
+  const plain = (value: unknown) =>
+    JSON.parse(
+      JSON.stringify(value, (_key, v) =>
+        v instanceof Set ? [...v].sort() : v instanceof Uint8Array ? Array.from(v) : v,
+      ),
+    );
+  const action = (a: number) =>
+    a === ACTION_DROP ? "drop" : a === ACTION_REJECT ? "reject" : (p.outbounds[a]?.name ?? a);
+  return {
+    outbounds: p.outbounds.map(plain),
+    rules: p.rules.map((r) => ({ ...plain(r), action: action(r.action) })),
+    defaultAction: action(p.defaultAction),
   };
 }
 

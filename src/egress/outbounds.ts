@@ -9,6 +9,7 @@
 // it down for retryIntervalMs; any answer resets its count. A flow's target is a stable
 // choice (its hash) among the targets that are up; when all are down, the hash's own.
 import { V4_MAPPED_WORD } from "../flow/local_targets.ts";
+import type { UdpCounters } from "../metrics.ts";
 import type { OutboundConfig } from "../policy/config.ts";
 import { assert } from "../sys/assert.ts";
 
@@ -117,11 +118,11 @@ export class Outbounds {
   private readonly awaitPrev: Int32Array;
   private readonly awaitNext: Int32Array;
 
-  /** Targets marked down, answers that never came (counters, read by the relay). */
-  targetsMarkedDown = 0;
-  answerTimeouts = 0;
-
-  constructor(sessionsMax: number) {
+  constructor(
+    sessionsMax: number,
+    /** forwardAnswerTimeouts and forwardTargetsDown are counted here. */
+    private readonly counters: UdpCounters,
+  ) {
     this.awaitRuntime = new Int16Array(sessionsMax).fill(-1);
     this.awaitTarget = new Int16Array(sessionsMax);
     this.awaitSinceMs = new Float64Array(sessionsMax);
@@ -195,8 +196,20 @@ export class Outbounds {
     this.runtimes[runtime]!.refs++;
   }
 
-  release(runtime: number, session: number): void {
-    this.answered(session);
+  /**
+   * Session ends: it stops holding `runtime`. A datagram it still awaits an answer for,
+   * unanswered past answerTimeoutMs already, is a failure (a short idle timeout ends a
+   * DNS flow about when its answer is due).
+   */
+  release(runtime: number, session: number, now: number): void {
+    const awaited = this.awaitRuntime[session];
+    if (awaited >= 0) {
+      const f = this.runtimes[awaited]!.forward!;
+      const t = this.awaitTarget[session];
+      const late = this.awaitSinceMs[session] + f.answerTimeoutMs <= now;
+      this.answered(session);
+      if (late) this.fail(f, t, now);
+    }
     const r = this.runtimes[runtime]!;
     assert(r.refs > 0, "outbound released with no sessions");
     r.refs--;
@@ -232,13 +245,18 @@ export class Outbounds {
         if (this.awaitSinceMs[s] + f.answerTimeoutMs > now) break;
         const t = this.awaitTarget[s];
         this.answered(s);
-        this.answerTimeouts++;
-        if (++f.failures[t] >= f.failuresMax) {
-          f.failures[t] = 0;
-          f.downUntilMs[t] = now + f.retryIntervalMs;
-          this.targetsMarkedDown++;
-        }
+        this.fail(f, t, now);
       }
+    }
+  }
+
+  /** A datagram to target t went unanswered: failuresMax in a row mark it down. */
+  private fail(f: ForwardTargets, t: number, now: number): void {
+    this.counters.forwardAnswerTimeouts++;
+    if (++f.failures[t] >= f.failuresMax) {
+      f.failures[t] = 0;
+      f.downUntilMs[t] = now + f.retryIntervalMs;
+      this.counters.forwardTargetsDown++;
     }
   }
 

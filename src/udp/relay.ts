@@ -332,7 +332,7 @@ export class UdpRelay {
     this.sessionGeneration = new Uint16Array(udp.sessionsMax);
     this.sessionHash = new Uint32Array(udp.sessionsMax);
     this.policy = compilePolicy(config);
-    this.outbounds = new Outbounds(udp.sessionsMax);
+    this.outbounds = new Outbounds(udp.sessionsMax, this.counters);
     this.setOutbounds(config);
     this.hold = new HoldBuffer(
       this.slotBytes,
@@ -1561,7 +1561,7 @@ export class UdpRelay {
     const upstream = this.sessions.upstream[slot];
     if (upstream >= 0) this.upstreams.release(upstream);
     const outbound = this.sessions.outbound[slot];
-    if (outbound >= 0) this.outbounds.release(outbound, slot);
+    if (outbound >= 0) this.outbounds.release(outbound, slot, now);
     if (outbound === OUTBOUND_PENDING) {
       // Its held datagrams were never sent: they are lost with it.
       this.hold.end(slot);
@@ -1696,13 +1696,11 @@ export class UdpRelay {
   private tick(): void {
     if (!this.poller.check()) return; // the epoll thread died: onFatal has been called
     const now = performance.now();
+    const outbounds = this.outbounds;
+    outbounds.expire(now); // before expiry: a flow that ends now still counts its silence
     this.sessions.expire(now, EXPIRE_BUDGET_PER_TICK);
     this.replies.sweep(now, REPLY_SWEEP_BUDGET_PER_TICK);
     this.releaseExpiredHolds(now);
-    const outbounds = this.outbounds;
-    outbounds.expire(now);
-    this.counters.forwardAnswerTimeouts = outbounds.answerTimeouts;
-    this.counters.forwardTargetsDown = outbounds.targetsMarkedDown;
     if (now - this.localsRefreshedMs >= LOCAL_REFRESH_MS) this.onAddressChange();
     // Lost wake-up recovery: drain listeners directly (cheap: one recvmmsg each when idle).
     for (let i = 0; i < this.listenerFd.length; i++) {

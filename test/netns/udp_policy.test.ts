@@ -10,13 +10,17 @@
 // Nothing listens on the original destination 198.18.1.2 / 2001:2:0:2::2: every answer
 // proves the forward, and the client checks it came from the address it asked.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import type { Subprocess } from "bun";
 import { clientHello, hex, multiInitial, QUIC_V1, toHex } from "../fixtures/classify/build.ts";
+import { JsonLinesProcess } from "../lab/json_lines.ts";
 import { LAB } from "../lab/netns.ts";
 import { QUIC_BODY, QuicPeers } from "../lab/quic_peers.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { labSkipReason, RelayLab } from "./harness.ts";
+import { withControlSocket } from "../lab/relay_process.ts";
+import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
 const [A4, B4, DEAD4] = LAB.serverExtra4;
 const [A6, B6, DEAD6] = LAB.serverExtra6;
@@ -51,14 +55,14 @@ const forward = (name: string, targets: string[], healthCheck = {}) => ({
   healthCheck,
 });
 
-const CONFIG = {
+const config = (dataPlane: string, flowLogPath: string) => ({
   listeners: [
     { name: "udp4", address: "127.0.0.1", port: 12345 },
     { name: "udp6", address: "::1", port: 12345 },
   ],
   intercept: [
-    { listener: "udp4", ports: [53, 443, 9001, 9002], interfaces: ["r0"] },
-    { listener: "udp6", ports: [53, 443, 9001, 9002], interfaces: ["r0"] },
+    { listener: "udp4", ports: [53, 443, 9001, 9002, 9003], interfaces: ["r0"] },
+    { listener: "udp6", ports: [53, 443, 9001, 9002, 9003], interfaces: ["r0"] },
   ],
   udp: {
     datagramBytesMax: 2048,
@@ -68,7 +72,11 @@ const CONFIG = {
     // The hostile flows below never complete their ClientHello: sniffing must not give
     // up before they fill their bound.
     sniffPacketsMax: 16,
+    dataPlane,
+    // DNS and drop flows end soon after their traffic: their flow records show.
+    idleTimeoutMsByPort: { "53": 300, "9001": 300 },
   },
+  flowLog: { path: flowLogPath },
   outbounds: [
     forward("resolverA", [`${A4}:53`, `[${A6}]:53`]),
     forward("resolverB", [`${B4}:53`, `[${B6}]:53`]),
@@ -87,10 +95,37 @@ const CONFIG = {
     { name: "f", names: { exact: ["f.test"] }, action: "failover" },
     { name: "qa", names: { suffix: ["qa.test"] }, action: "quicA" },
     { name: "qb", names: { suffix: ["qb.test"] }, action: "quicB" },
-    { name: "blocked", ports: [9001], action: "drop" },
+    { name: "blocked", ports: [9001, 9003], action: "drop" },
     { name: "refused", ports: [9002], action: "reject" },
   ],
-};
+});
+
+/** `bun run relay log --json` of the flow log at `path`: its records. */
+function flowRecords(dir: string, path: string): any[] {
+  const reader = join(dir, "reader.json");
+  writeFileSync(reader, JSON.stringify({ flowLog: { path } }));
+  const r = Bun.spawnSync([BUN, join(ROOT, "src/main.ts"), "log", "--config", reader, "--json"]);
+  return r.stdout
+    .toString()
+    .split("\n")
+    .filter((l) => l !== "")
+    .map((l) => JSON.parse(l));
+}
+
+/**
+ * One UDP socket to target:port in the client namespace that sends a datagram per line
+ * on its stdin and reports {"sent": n}: a flow that stays open across a reload.
+ */
+const LONG_FLOW = (target: string, port: number) => `import json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("${target}", ${port}))
+print(json.dumps({"port": s.getsockname()[1]}), flush=True)
+n = 0
+for line in sys.stdin:
+    s.send(b"datagram")
+    n += 1
+    print(json.dumps({"sent": n}), flush=True)
+`;
 
 /** Polls the relay's UDP counters until `done` holds. */
 function waitForUdp(env: RelayLab, what: string, done: (udp: any) => boolean) {
@@ -111,7 +146,7 @@ function kdig(env: RelayLab, server: string, name: string, type: string): string
  * "refused ADDRESS TYPE CODE" (the ICMP error's offender, from the error queue) or
  * "silent" when nothing came back within the timeout.
  */
-function connectedProbe(family: 4 | 6, target: string, port: number, timeoutS: number) {
+function connectedProbe(family: 4 | 6, target: string, port: number, timeoutS: number, sends = 1) {
   const af = family === 4 ? "socket.AF_INET" : "socket.AF_INET6";
   const level = family === 4 ? "socket.IPPROTO_IP" : "socket.IPPROTO_IPV6";
   const recvErr = family === 4 ? 11 : 25; // IP_RECVERR, IPV6_RECVERR
@@ -121,7 +156,8 @@ s = socket.socket(${af}, socket.SOCK_DGRAM)
 s.setsockopt(${level}, ${recvErr}, 1)
 s.connect(("${target}", ${port}))
 s.settimeout(${timeoutS})
-s.send(b"blocked datagram 0123456789")
+for _ in range(${sends}):
+    s.send(b"blocked datagram 0123456789")
 try:
     s.recv(100)
     print("answered")
@@ -136,11 +172,14 @@ except socket.timeout:
 }
 
 const skip = labSkipReason();
-if (!skip) {
-  describe("UDP policy: rules by name and port, forward, drop, reject, hold", () => {
+for (const dataPlane of skip ? [] : ["worker", "callback"]) {
+  describe(`UDP policy (${dataPlane}): rules by name and port, forward, drop, reject, hold`, () => {
     let env: RelayLab;
     let peersA: QuicPeers;
     let peersB: QuicPeers;
+    const dir = mkdtempSync(join(tmpdir(), "relay-udp-policy-"));
+    const flowLogPath = join(dir, "flow.log");
+    const CONFIG = config(dataPlane, flowLogPath);
 
     beforeAll(async () => {
       env = new RelayLab();
@@ -185,6 +224,7 @@ if (!skip) {
       } finally {
         peersA?.close();
         peersB?.close();
+        rmSync(dir, { recursive: true, force: true });
       }
     });
 
@@ -238,13 +278,16 @@ if (!skip) {
 
       test(`drop (IPv${family}): nothing comes back, each datagram counted`, async () => {
         const before = (await env.relay!.metrics()).udp;
-        const out = env.python(env.lab.client, connectedProbe(family, target, 9001, 0.3));
+        const out = env.python(env.lab.client, connectedProbe(family, target, 9001, 0.3, 2));
         expect(out.stdout.trim()).toBe("silent");
-        await waitForUdp(env, "the drop counted", (u) => u.droppedByRule > before.droppedByRule);
-        // The session remembers: a second datagram of the flow is dropped undecided.
-        const m = await env.relay!.metrics();
-        const dropped = m.sessions.find((s: any) => s.target.endsWith(":9001"));
-        expect(dropped).toMatchObject({ rule: "blocked", outbound: "drop" });
+        const udp = await waitForUdp(
+          env,
+          "the drops counted",
+          (u) => u.droppedByRule - before.droppedByRule >= 2,
+        );
+        // One session: it remembers, the second datagram is dropped without a decision.
+        expect(udp.sessionsCreated - before.sessionsCreated).toBe(1);
+        expect(udp.droppedByRule - before.droppedByRule).toBe(2);
       });
     }
 
@@ -306,6 +349,74 @@ for packet in ${JSON.stringify(flows)}:
       );
       expect(after.holdBytes).toBe(0);
       expect(after.sessionsHolding).toBe(0);
+    });
+
+    test("flow records carry the rule and the outbound", async () => {
+      const records = await waitFor(
+        async () => flowRecords(dir, flowLogPath),
+        (r) =>
+          r.some((x) => x.name === "a.test" && x.rule === "a") &&
+          r.some((x) => x.targetPort === 9001),
+        { what: "records of the a.test and port 9001 flows", timeoutMs: 15_000 },
+      );
+      const a = records.filter((x) => x.name === "a.test" && x.rule === "a");
+      expect(a.every((x) => x.outbound === "resolverA" && x.packetsToClient === 1)).toBe(true);
+      const dropped = records.filter((x) => x.targetPort === 9001);
+      expect(dropped.every((x) => x.rule === "blocked" && x.outbound === "drop")).toBe(true);
+    });
+
+    test("reload: new flows follow the new rules, an open flow keeps its decision", async () => {
+      const relay = env.relay!;
+      const argv = ["python3", "-c", LONG_FLOW(LAB.serverExtra4[2], 9003)];
+      const proc = env.track(env.lab.spawn(env.lab.client, argv, { stdin: "pipe" }));
+      const flow = new JsonLinesProcess("long flow", proc as Subprocess<"pipe", "pipe", "pipe">);
+      const send = async (n: number) => {
+        proc.stdin!.write("x\n");
+        proc.stdin!.flush();
+        await flow.waitFor((l) => l.sent === n, 5000);
+      };
+      const { port } = await flow.waitFor((l) => l.port !== undefined, 5000);
+      const before = (await relay.metrics()).udp;
+      await send(1);
+      await waitForUdp(env, "the drop", (u) => u.droppedByRule > before.droppedByRule);
+
+      // The new policy: a.test goes to resolver B, ports 9001 and 9003 are not dropped.
+      const next: any = config(dataPlane, flowLogPath);
+      next.rules = next.rules.filter((r: any) => r.name !== "blocked");
+      next.rules[0].action = "resolverB";
+      const configDir = dirname(env.controlPath);
+      const configFile = readdirSync(configDir).find((f) => f.startsWith("config-"));
+      const configPath = join(configDir, configFile!);
+      writeFileSync(configPath, JSON.stringify(withControlSocket(next, env.controlPath)));
+      relay.proc.kill("SIGHUP");
+      await waitFor(
+        async () => (await relay.metrics()).config.reloads,
+        (r) => r.applied >= 1,
+        { what: "the reload applied", timeoutMs: 20_000 },
+      );
+      const out = kdig(env, LAB.server4, "a.test", "A");
+      expect(out).toContain("198.18.1.201");
+      expect(out).toContain(`;; From ${LAB.server4}@53(UDP)`);
+
+      // The open flow is still dropped by the rule it was decided by.
+      await send(2);
+      const udp = await waitForUdp(
+        env,
+        "the open flow's second drop",
+        (u) => u.droppedByRule - before.droppedByRule >= 2,
+      );
+      expect(udp.droppedByRule - before.droppedByRule).toBe(2);
+      const m = await relay.metrics();
+      const open = m.sessions.find((s: any) => s.client === `${LAB.client4}:${port}`);
+      expect(open).toMatchObject({ outbound: "drop", rule: "(before reload)" });
+      // A new flow to the same port goes direct now (the default).
+      env.python(env.lab.client, connectedProbe(4, LAB.serverExtra4[2], 9003, 0.5));
+      const after = await relay.metrics();
+      const fresh = after.sessions.filter(
+        (s: any) => s.target.endsWith(":9003") && s.client !== `${LAB.client4}:${port}`,
+      );
+      expect(fresh.some((s: any) => s.outbound === "direct" && s.rule === "default")).toBe(true);
+      expect(after.udp.droppedByRule - before.droppedByRule).toBe(2);
     });
   });
 }
