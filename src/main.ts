@@ -237,6 +237,8 @@ async function main(): Promise<void> {
     const fitted = fitToDescriptors(config, nofileLimit);
     config = fitted.config;
     for (const note of fitted.notes) log.warn(note);
+    // A policy rule that can never match (src/policy/config.ts) loads, with a warning.
+    for (const warning of config.warnings) log.warn(warning);
   } catch (err) {
     fail((err as Error).message, EXIT.startFailed);
   }
