@@ -29,6 +29,10 @@ const HOLD_PACKETS_PER_FLOW = 4;
 /** The arena: 32 slots of 2048 bytes. */
 const HOLD_BYTES = 65_536;
 const FAILURES_MAX = 2;
+/** The "pinned" direct outbound's source addresses (added to the router) and mark. */
+const PINNED4 = "198.18.1.250";
+const PINNED6 = "2001:2:0:2::250";
+const PINNED_MARK = 0x77;
 
 /** dnsmasq on one server address pair, answering each name with its own addresses. */
 function dnsmasq(address4: string, address6: string, records: string[][]): string[] {
@@ -61,8 +65,8 @@ const config = (dataPlane: string, flowLogPath: string) => ({
     { name: "udp6", address: "::1", port: 12345 },
   ],
   intercept: [
-    { listener: "udp4", ports: [53, 443, 9001, 9002, 9003], interfaces: ["r0"] },
-    { listener: "udp6", ports: [53, 443, 9001, 9002, 9003], interfaces: ["r0"] },
+    { listener: "udp4", ports: [53, 443, 7001, 9001, 9002, 9003], interfaces: ["r0"] },
+    { listener: "udp6", ports: [53, 443, 7001, 9001, 9002, 9003], interfaces: ["r0"] },
   ],
   udp: {
     datagramBytesMax: 2048,
@@ -88,6 +92,14 @@ const config = (dataPlane: string, flowLogPath: string) => ({
     }),
     forward("quicA", [`${A4}:443`, `[${A6}]:443`]),
     forward("quicB", [`${B4}:443`, `[${B6}]:443`]),
+    {
+      name: "pinned",
+      type: "direct",
+      bindAddress4: PINNED4,
+      bindAddress6: PINNED6,
+      interface: "r1",
+      mark: PINNED_MARK,
+    },
   ],
   rules: [
     { name: "a", names: { exact: ["a.test"] }, action: "resolverA" },
@@ -97,6 +109,7 @@ const config = (dataPlane: string, flowLogPath: string) => ({
     { name: "qb", names: { suffix: ["qb.test"] }, action: "quicB" },
     { name: "blocked", ports: [9001, 9003], action: "drop" },
     { name: "refused", ports: [9002], action: "reject" },
+    { name: "echo", ports: [7001], action: "pinned" },
   ],
 });
 
@@ -212,6 +225,18 @@ for (const dataPlane of skip ? [] : ["worker", "callback"]) {
         [LAB.server6, "v6.qa.test"],
         [LAB.server6, "v6.qb.test"],
       ]);
+      lab.exec(lab.router, ["ip", "addr", "add", `${PINNED4}/24`, "dev", "r1"]);
+      lab.exec(lab.router, ["ip", "addr", "add", `${PINNED6}/64`, "dev", "r1", "nodad"]);
+      // Counts the datagrams the relay sends with the pinned outbound's mark.
+      lab.exec(
+        lab.router,
+        ["nft", "-f", "-"],
+        `table inet pinned {
+  chain out { type filter hook output priority 0; meta mark ${PINNED_MARK} udp dport 7001 counter; }
+}
+`,
+      );
+      env.spawnEcho("--stamp", `${LAB.server4}:7001`, `[${LAB.server6}]:7001`);
       await env.startRelay(CONFIG);
       await lab.waitForUdpPort(lab.server, 53);
       await lab.waitForUdpPort(lab.server, 443);
@@ -290,6 +315,24 @@ for (const dataPlane of skip ? [] : ["worker", "callback"]) {
         expect(udp.droppedByRule - before.droppedByRule).toBe(2);
       });
     }
+
+    test("direct with options: source address, interface and mark of the outbound", () => {
+      const r4 = env.probe([`${LAB.server4}:7001`], { flows: 2, packets: 3, stamped: true });
+      expect(r4).toMatchObject({ received: 6, lost: 0, wrongSource: 0 });
+      expect(r4.serverSaw).toEqual([PINNED4]);
+      const r6 = env.probe([`[${LAB.server6}]:7001`], { flows: 2, packets: 3, stamped: true });
+      expect(r6).toMatchObject({ received: 6, lost: 0, wrongSource: 0 });
+      expect(r6.serverSaw).toEqual([`[${PINNED6}]`]);
+      const counted = env.lab.exec(env.lab.router, [
+        "nft",
+        "list",
+        "chain",
+        "inet",
+        "pinned",
+        "out",
+      ]);
+      expect(counted.stdout).toContain("packets 12 ");
+    });
 
     test("forward failover: after failuresMax unanswered flows the dead target is skipped", async () => {
       // Each kdig is a new flow (a new source port); its hash picks a target. Flows that
