@@ -10,16 +10,18 @@
 // Nothing listens on the original destination 198.18.1.2 / 2001:2:0:2::2: every answer
 // proves the forward, and the client checks it came from the address it asked.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { Subprocess } from "bun";
 import { clientHello, hex, multiInitial, QUIC_V1, toHex } from "../fixtures/classify/build.ts";
 import { JsonLinesProcess } from "../lab/json_lines.ts";
-import { LAB } from "../lab/netns.ts";
+import { LAB, run } from "../lab/netns.ts";
 import { QUIC_BODY, QuicPeers } from "../lab/quic_peers.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { withControlSocket } from "../lab/relay_process.ts";
+import { RELAY_MAIN, withControlSocket } from "../lab/relay_process.ts";
 import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
 const [A4, B4, DEAD4] = LAB.serverExtra4;
@@ -460,6 +462,56 @@ for packet in ${JSON.stringify(flows)}:
       );
       expect(fresh.some((s: any) => s.outbound === "direct" && s.rule === "default")).toBe(true);
       expect(after.udp.droppedByRule - before.droppedByRule).toBe(2);
+    });
+  });
+}
+
+if (!skip) {
+  describe("UDP reject needs CAP_NET_RAW", () => {
+    const ns = `trl-rej-${randomBytes(4).toString("hex")}`;
+    const dir = mkdtempSync(join(tmpdir(), "relay-reject-"));
+    const inNs = (argv: string[]) => {
+      const r = spawnSync("ip", ["netns", "exec", ns, ...argv], {
+        encoding: "utf8",
+        timeout: 30_000,
+      });
+      return { status: r.status, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
+    };
+    const withoutNetRaw = ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"];
+    const configFile = (action: string) => {
+      const path = join(dir, `${action}.json`);
+      const raw = {
+        listeners: [{ name: "u4", address: "127.0.0.1", port: 12345 }],
+        rules: [{ ports: [443], action }],
+      };
+      writeFileSync(path, JSON.stringify(withControlSocket(raw, join(dir, `${action}.sock`))));
+      return path;
+    };
+
+    beforeAll(() => {
+      run(["ip", "netns", "add", ns]);
+      run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
+    });
+
+    afterAll(() => {
+      const pids = run(["ip", "netns", "pids", ns], undefined, true).stdout.trim();
+      if (pids) run(["kill", "-9", ...pids.split(/\s+/)], undefined, true);
+      run(["ip", "netns", "del", ns], undefined, true);
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    test("a reject rule without CAP_NET_RAW fails the start (exit 77), naming it", () => {
+      const r = inNs([...withoutNetRaw, BUN, RELAY_MAIN, "--config", configFile("reject")]);
+      expect(r.stderr).toContain("It needs CAP_NET_RAW besides CAP_NET_ADMIN");
+      expect(r.status).toBe(77);
+    });
+
+    test("without a reject rule CAP_NET_RAW is not needed", () => {
+      const driver = join(import.meta.dir, "relay_driver.py");
+      const relay = [...withoutNetRaw, BUN, RELAY_MAIN, "--config", configFile("drop")];
+      const r = JSON.parse(inNs(["python3", driver, "sighup", "--", ...relay]).stdout);
+      expect(r.ready).toContain('"event":"ready"');
+      expect(r.exitCode).toBe(0);
     });
   });
 }
