@@ -114,6 +114,16 @@ int32_t rl_poll_rearm(int32_t poller, int32_t fd, int32_t token) {
 }
 int32_t rl_poll_del(int32_t poller, int32_t fd) { return poll_ctl(poller, EPOLL_CTL_DEL, fd, 0); }
 
+int32_t rl_poll_arm_out(int32_t handle, int32_t fd, int32_t token) {
+  struct poller *p = poller_get(handle);
+  if (p == NULL) return -EBADF;
+  /* Readable or writable (a connect finishing, room to write); rl_poll_rearm() goes
+   * back to readable only. */
+  uint32_t events = EPOLLIN | EPOLLOUT | (p->level_triggered ? 0 : EPOLLONESHOT);
+  struct epoll_event ev = {.events = events, .data.u64 = (uint32_t)token};
+  return epoll_ctl(p->epfd, EPOLL_CTL_MOD, fd, &ev) == 0 ? 0 : -errno;
+}
+
 /* Pushes ready events into the ring; returns how many, or -1 on the stop token. */
 static int poll_push(struct poller *p, const struct epoll_event *events, int n) {
   int pushed = 0;

@@ -138,6 +138,17 @@ int32_t rl_icmp_unreachable(int32_t fd, const uint8_t *client_addr, int32_t clie
 /* SO_BINDTODEVICE to the interface name[0..length) (an outbound's `interface`). */
 int32_t rl_bind_device(int32_t fd, const uint8_t *name, int32_t length);
 
+/* SOCKS5 UDP associations (stream.c): non-blocking send/recv on the TCP control
+ * connection (recv: 0 at EOF), the pending error of a socket (a connect's result: 0 or
+ * -errno), and one datagram sent as header + payload (two iovecs, no copy) to addr:port.
+ * Each returns n >= 0 or -errno. */
+int32_t rl_stream_send(int32_t fd, const uint8_t *buf, int32_t length);
+int32_t rl_stream_recv(int32_t fd, uint8_t *buf, int32_t capacity);
+int32_t rl_socket_error(int32_t fd);
+int32_t rl_send_wrapped(int32_t fd, const uint8_t *header, int32_t header_length,
+                        const uint8_t *payload, int32_t payload_length, const uint8_t *addr,
+                        int32_t port, int32_t scope);
+
 /* TCP helpers: original destination under REDIRECT/DNAT (SO_ORIGINAL_DST). */
 int32_t rl_original_dst(int32_t fd, uint8_t *addr_out);
 
@@ -153,6 +164,9 @@ int32_t rl_poll_open(int32_t tokens_max);
 int32_t rl_poll_add(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_rearm(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_del(int32_t poller, int32_t fd);
+/* Watches fd for writability too (EPOLLIN|EPOLLOUT, one-shot unless level-triggered):
+ * a non-blocking connect's end, room to write. rl_poll_rearm() watches reads only. */
+int32_t rl_poll_arm_out(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_start(int32_t poller, rl_wake_fn wake);
 int32_t rl_poll_take(int32_t poller, uint32_t *out, int32_t count);
 int32_t rl_poll_sleep(int32_t poller);

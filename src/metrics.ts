@@ -145,6 +145,20 @@ export class UdpCounters {
   rejectIcmpSent = 0;
   rejectIcmpRateLimited = 0;
   rejectIcmpFailed = 0;
+  /** SOCKS5 UDP associations: opened (connect begun), failed to set up, control lost. */
+  socks5AssociationsOpened = 0;
+  socks5AssociationsFailed = 0;
+  socks5ControlLost = 0;
+  /** Sessions ended because their association failed or its control connection ended. */
+  sessionsEndedSocks5 = 0;
+  /** A new association past the outbound's associationsMax. */
+  droppedSocks5AssociationsLimit = 0;
+  /** Replies with FRAG != 0 (not reassembled, RFC 1928 §7 allows dropping them). */
+  droppedSocks5Fragmented = 0;
+  /** Replies whose SOCKS5 UDP header is truncated or names a domain. */
+  droppedSocks5Malformed = 0;
+  /** Datagrams of sessions whose association failed (held ones included). */
+  droppedSocks5Failed = 0;
   /** Forward outbounds: datagrams not answered in answerTimeoutMs; targets marked down. */
   forwardAnswerTimeouts = 0;
   forwardTargetsDown = 0;

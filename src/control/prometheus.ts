@@ -144,6 +144,22 @@ const F = {
     "ICMP port unreachable for rejected UDP flows, by result: sent, rate_limited " +
       "(udp.rejectIcmpPerSecondMax), failed.",
   ),
+  udpSocks5: family(
+    "relay_udp_socks5_associations_total",
+    "counter",
+    "SOCKS5 UDP associations by event: opened (connect begun), failed (connect, " +
+      "handshake or connectTimeoutMs), control_lost (the proxy ended the control connection).",
+  ),
+  udpSocks5Open: family(
+    "relay_udp_socks5_associations",
+    "gauge",
+    "SOCKS5 UDP associations open now (each holds a TCP control connection).",
+  ),
+  udpSessionsSocks5: family(
+    "relay_udp_sessions_ended_socks5_total",
+    "counter",
+    "UDP sessions ended because their SOCKS5 association failed or ended.",
+  ),
   udpForward: family(
     "relay_udp_forward_events_total",
     "counter",
@@ -366,6 +382,11 @@ const UDP_PLACED: Record<
   rejectIcmpSent: { family: F.udpRejectIcmp, labels: { result: "sent" } },
   rejectIcmpRateLimited: { family: F.udpRejectIcmp, labels: { result: "rate_limited" } },
   rejectIcmpFailed: { family: F.udpRejectIcmp, labels: { result: "failed" } },
+  socks5AssociationsOpened: { family: F.udpSocks5, labels: { event: "opened" } },
+  socks5AssociationsFailed: { family: F.udpSocks5, labels: { event: "failed" } },
+  socks5ControlLost: { family: F.udpSocks5, labels: { event: "control_lost" } },
+  sessionsEndedSocks5: { family: F.udpSessionsSocks5 },
+  socks5Associations: { family: F.udpSocks5Open },
   forwardAnswerTimeouts: { family: F.udpForward, labels: { event: "answer_timeout" } },
   forwardTargetsDown: { family: F.udpForward, labels: { event: "target_down" } },
   receiveErrors: { family: F.udpReceiveErrors },

@@ -103,6 +103,16 @@ export class Poller {
     return this.lib.rl_poll_rearm(this.handle, fd, token);
   }
 
+  /** Watches fd for writability too (one event; rearm() goes back to reads only). */
+  armOut(fd: number, token: number): number {
+    return this.lib.rl_poll_arm_out(this.handle, fd, token);
+  }
+
+  /** Back to reads only after armOut(), in either mode (level-triggered too). */
+  readsOnly(fd: number, token: number): number {
+    return this.lib.rl_poll_rearm(this.handle, fd, token);
+  }
+
   remove(fd: number): number {
     return this.lib.rl_poll_del(this.handle, fd);
   }

@@ -46,6 +46,8 @@ export class HoldBuffer {
   /** The list of held sessions, oldest first. */
   private readonly prev: Int32Array;
   private readonly next: Int32Array;
+  /** Per session: 1 while holding. */
+  private readonly active: Uint8Array;
   private first = -1;
   private last = -1;
   /** Sessions holding now. */
@@ -80,6 +82,7 @@ export class HoldBuffer {
     this.sinceMs = new Float64Array(sessionsMax);
     this.prev = new Int32Array(sessionsMax).fill(-1);
     this.next = new Int32Array(sessionsMax).fill(-1);
+    this.active = new Uint8Array(sessionsMax);
     this.packetsPerFlowMax = packetsPerFlowMax;
     this.bytesPerFlowMax = bytesPerFlowMax;
   }
@@ -89,19 +92,43 @@ export class HoldBuffer {
     return (this.slotsMax - this.freeCount) * this.slotBytes;
   }
 
-  /** Session s begins holding (it is decided later: release() or drop()). */
-  begin(s: number, now: number): void {
+  /**
+   * Session s begins holding. timed: it joins the list the holding timeout reads (a flow
+   * awaiting its name); untimed: its owner ends it (a flow awaiting its SOCKS5
+   * association, bounded by the outbound's connectTimeoutMs).
+   */
+  begin(s: number, now: number, timed = true): void {
     this.sinceMs[s] = now;
     this.head[s] = -1;
     this.tail[s] = -1;
     this.packets[s] = 0;
     this.bytes[s] = 0;
+    this.active[s] = 1;
+    this.count++;
+    if (!timed) return;
     this.prev[s] = this.last;
     this.next[s] = -1;
     if (this.last >= 0) this.next[this.last] = s;
     else this.first = s;
     this.last = s;
-    this.count++;
+  }
+
+  /** Session s keeps its datagrams but leaves the holding timeout's list. */
+  untime(s: number): void {
+    if (!this.isListed(s)) return;
+    const p = this.prev[s];
+    const n = this.next[s];
+    if (p >= 0) this.next[p] = n;
+    else this.first = n;
+    if (n >= 0) this.prev[n] = p;
+    else this.last = p;
+    this.prev[s] = -1;
+    this.next[s] = -1;
+  }
+
+  /** Whether session s is holding (timed or not). */
+  holding(s: number): boolean {
+    return this.active[s] === 1;
   }
 
   /**
@@ -157,7 +184,9 @@ export class HoldBuffer {
 
   /** Session s stops holding: its slots go back to the arena (the caller sent them). */
   end(s: number): void {
-    if (!this.isListed(s)) return;
+    if (this.active[s] === 0) return;
+    this.active[s] = 0;
+    this.count--;
     for (let slot = this.head[s]; slot >= 0; ) {
       const following = this.nextSlot[slot];
       this.free[this.freeCount++] = slot;
@@ -167,15 +196,7 @@ export class HoldBuffer {
     this.tail[s] = -1;
     this.packets[s] = 0;
     this.bytes[s] = 0;
-    const p = this.prev[s];
-    const n = this.next[s];
-    if (p >= 0) this.next[p] = n;
-    else this.first = n;
-    if (n >= 0) this.prev[n] = p;
-    else this.last = p;
-    this.prev[s] = -1;
-    this.next[s] = -1;
-    this.count--;
+    this.untime(s);
   }
 
   private isListed(s: number): boolean {

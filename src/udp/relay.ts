@@ -45,6 +45,8 @@ import { type SessionQuery, SESSIONS_LIMIT_MAX } from "../control/query.ts";
 import { TopK } from "../control/top_k.ts";
 import { ReplyPool } from "../egress/reply_pool.ts";
 import { Outbounds } from "../egress/outbounds.ts";
+import { parseUdpHeader, UDP_FRAGMENTED, UdpSource, writeUdpHeader } from "../egress/socks5.ts";
+import { AssociationEvent, AssociationState, Socks5Associations } from "../egress/socks5_udp.ts";
 import { type UpstreamOptions, UpstreamPool } from "../egress/upstream_pool.ts";
 import { ACTION_DROP, ACTION_REJECT } from "../policy/config.ts";
 import { compilePolicy, FLOW_UDP, NEED_NAME, type Policy, PolicyFlow } from "../policy/policy.ts";
@@ -223,6 +225,21 @@ export class UdpRelay {
     this.releaseExpiredHolds(performance.now());
     this.endRound();
   };
+  /** SOCKS5 UDP associations, by upstream socket (src/egress/socks5_udp.ts). */
+  private readonly socks: Socks5Associations;
+  /** Per upstream socket: its sessions waiting for the association (a list through
+   * waitNext/waitPrev, per session), released in order once it is ready. */
+  private readonly waitHead: Int32Array;
+  private readonly waitNext: Int32Array;
+  private readonly waitPrev: Int32Array;
+  /** The SOCKS5 UDP header of a datagram being sent (its end is where the payload
+   * starts: written right-aligned), and its destination. */
+  private readonly socksHeader = new Uint8Array(new ArrayBuffer(32));
+  private readonly socksHeaderPtr: Pointer = ptr(this.socksHeader);
+  private readonly socksDest = new Uint8Array(new ArrayBuffer(16));
+  private readonly socksDest32 = new Uint32Array(this.socksDest.buffer);
+  private readonly socksSource = new UdpSource();
+  private readonly socksSource32 = new Uint32Array(this.socksSource.addr.buffer);
   /** Raw sockets for reject's ICMP (-1: none), and the rate limit's current second. */
   private icmp4Fd = -1;
   private icmp6Fd = -1;
@@ -365,7 +382,14 @@ export class UdpRelay {
         : null;
 
     // Tokens: listeners + one upstream socket per session at most + reply sockets.
-    const tokensMax = listenerCount + udp.sessionsMax + udp.replySocketsMax + EXTRA_TOKENS;
+    // SOCKS5 control connections: associationsMax per socks5 outbound at start (a reload
+    // that adds more finds the registry full: those associations fail, counted).
+    const controlsMax = config.policy.outbounds.reduce(
+      (sum, o) => sum + (o.type === "socks5" && o.udp ? o.associationsMax : 0),
+      0,
+    );
+    const tokensMax =
+      listenerCount + udp.sessionsMax + udp.replySocketsMax + EXTRA_TOKENS + controlsMax;
     this.poller = new Poller(lib, (token) => this.onToken(token), {
       tokensMax,
       inline: options.inline === true,
@@ -388,6 +412,20 @@ export class UdpRelay {
       (token) => registry.unregister(token),
       () => registry.lastErrno,
     );
+    const poller = this.poller;
+    this.socks = new Socks5Associations(
+      lib,
+      udp.sessionsMax,
+      this.counters,
+      config.mark,
+      (fd, upstream) => registry.register(SocketKind.Socks5Control, fd, upstream),
+      (token) => registry.unregister(token),
+      (fd, token) => poller.armOut(fd, token),
+      (fd, token) => poller.readsOnly(fd, token),
+    );
+    this.waitHead = new Int32Array(udp.sessionsMax).fill(-1);
+    this.waitNext = new Int32Array(udp.sessionsMax).fill(-1);
+    this.waitPrev = new Int32Array(udp.sessionsMax).fill(-1);
     this.replies = new ReplyPool(
       lib,
       {
@@ -593,6 +631,7 @@ export class UdpRelay {
       replySockets: this.replies.count,
       holdBytes: this.hold.bytesUsed,
       sessionsHolding: this.hold.count,
+      socks5Associations: this.socks.count,
       // Tokens in use: listeners + the address watch + upstream + reply sockets.
       socketsRegistered: this.registry.used,
       pollWakes: this.poller.wakes,
@@ -723,11 +762,21 @@ export class UdpRelay {
         this.onAddressChange();
         return;
       }
+      if (kind === SocketKind.Socks5Control) {
+        // It re-arms itself (for writes while connecting or handshaking).
+        this.onAssociation(registry.ref(token));
+        return;
+      }
       if (wake & WAKE_ERROR_FLAG) this.drainErrors(fd);
       this.drain(token, kind, fd);
     } finally {
       // Re-arm even if the drain threw; a socket closed during the drain is Free now.
-      if (registry.kind(token) !== SocketKind.Free && registry.fd(token) === fd) {
+      const current = registry.kind(token);
+      if (
+        current !== SocketKind.Free &&
+        current !== SocketKind.Socks5Control &&
+        registry.fd(token) === fd
+      ) {
         this.poller.rearm(fd, token);
       }
     }
@@ -855,6 +904,11 @@ export class UdpRelay {
         this.forward(this.queue, s, outbound, i * this.slotBytes, length, now);
         continue;
       }
+      if (this.viaSocks(s)) {
+        const offset = i * this.slotBytes;
+        this.toSocks(s, this.slabPtr, this.wasm32, this.slabWasmOffset + offset, offset, length);
+        continue;
+      }
       // To the original destination, from the session's upstream socket.
       this.queue.push(
         Direction.ToTarget,
@@ -888,6 +942,7 @@ export class UdpRelay {
     const outboundRuntime = up.outboundOf(upstream);
     const forward = this.outbounds.forward(outboundRuntime);
     const forwardSession = up.sessionOf(upstream);
+    const socks = this.socks.stateOf(upstream) === AssociationState.Ready;
     for (let i = first; i < first + n; i++) {
       const w = i * META_WORDS;
       const h = w * 2;
@@ -900,7 +955,51 @@ export class UdpRelay {
       }
       const sourcePort = meta16[h + META.sourcePortHalf];
       let s: number;
-      if (forward !== null) {
+      let offset = i * this.slotBytes;
+      let size = length;
+      if (socks) {
+        // From the proxy's UDP relay only; the header names where the reply came from.
+        const b = upstream * 4;
+        const bound = this.socks.boundWords;
+        if (
+          sourcePort !== this.socks.boundPort[upstream] ||
+          meta32[w] !== bound[b] ||
+          meta32[w + 1] !== bound[b + 1] ||
+          meta32[w + 2] !== bound[b + 2] ||
+          meta32[w + 3] !== bound[b + 3]
+        ) {
+          c.droppedUnsolicitedReply++;
+          continue;
+        }
+        const source = this.socksSource;
+        const at = this.slabWasmOffset + offset;
+        const payloadAt = parseUdpHeader(this.wasmBytes, at, length, source);
+        if (payloadAt === UDP_FRAGMENTED) {
+          c.droppedSocks5Fragmented++;
+          continue;
+        }
+        if (payloadAt < 0 || source.domain !== null) {
+          c.droppedSocks5Malformed++;
+          continue;
+        }
+        offset += payloadAt - at;
+        size -= payloadAt - at;
+        const words = this.socksSource32;
+        key[0] = client0;
+        key[1] = client1;
+        key[2] = client2;
+        key[3] = client3;
+        key[4] = words[0];
+        key[5] = words[1];
+        key[6] = words[2];
+        key[7] = words[3];
+        key[8] = (clientPort << 16) | source.port;
+        s = sessions.find();
+        if (s < 0 || sessions.upstream[s] !== upstream) {
+          c.droppedUnsolicitedReply++;
+          continue;
+        }
+      } else if (forward !== null) {
         // A forward session's own socket: replies come from one of its targets, and go
         // to the client from the original destination (the session's key).
         s = forwardSession;
@@ -930,11 +1029,11 @@ export class UdpRelay {
       }
       if (sessions.lastSeenMs[s] !== now) sessions.touch(s, now);
       if (this.quicIds !== null && sessions.protocol[s] === PROTOCOL_QUIC) {
-        const offset = this.slabWasmOffset + i * this.slotBytes;
-        if (this.quicIds.learn(s, this.wasmBytes, offset, length)) c.quicConnectionIdsLearned++;
+        const at = this.slabWasmOffset + offset;
+        if (this.quicIds.learn(s, this.wasmBytes, at, size)) c.quicConnectionIdsLearned++;
       }
       sessions.packetsToClient[s]++;
-      sessions.bytesToClient[s] += length;
+      sessions.bytesToClient[s] += size;
       // To the client, from the original destination: on the reply socket bound to
       // it, or on the listener with the source set by IP_PKTINFO.
       const reply = sessions.reply[s];
@@ -948,8 +1047,8 @@ export class UdpRelay {
           client3,
           clientPort,
           clientScope,
-          i * this.slotBytes,
-          length,
+          offset,
+          size,
         );
       } else {
         this.queue.toClientFrom(
@@ -964,8 +1063,8 @@ export class UdpRelay {
           key[5],
           key[6],
           key[7],
-          i * this.slotBytes,
-          length,
+          offset,
+          size,
         );
       }
     }
@@ -1195,13 +1294,10 @@ export class UdpRelay {
     const runtime = this.outbounds.ofPolicy(action);
     this.outbounds.acquire(runtime);
     sessions.outbound[s] = runtime;
-    const type = this.outbounds.config(runtime).type;
-    if (type === "socks5") {
+    const o = this.outbounds.config(runtime);
+    if (o.type === "socks5" && !o.udp) {
       c.droppedOutboundUnavailable += datagrams;
-      this.log(
-        "socks5-udp",
-        `outbound "${this.outbounds.name(runtime)}": socks5 does not carry UDP yet (dropped)`,
-      );
+      this.log("socks5-udp", `outbound "${o.name}": udp is false: UDP flows are dropped`);
       return false;
     }
     let hash = 0x811c9dc5;
@@ -1215,7 +1311,10 @@ export class UdpRelay {
       sessions.keyWord(s, 3),
       sessions.keyWord(s, 8) >>> 16,
       clientScope,
-      this.listenerIpv6[sessions.listener[s]] === 1,
+      // A SOCKS5 association's datagrams go to the proxy: its family, not the client's.
+      o.type === "socks5"
+        ? !(o.server.addr[10] === 0xff && o.server.addr[11] === 0xff)
+        : this.listenerIpv6[sessions.listener[s]] === 1,
       this.upstreamOptions[runtime],
     );
     if (upstream < 0) {
@@ -1226,7 +1325,120 @@ export class UdpRelay {
       return false;
     }
     sessions.upstream[s] = upstream;
+    if (o.type === "socks5" && this.socks.stateOf(upstream) === AssociationState.None) {
+      // The client endpoint's first flow through this proxy: open its association.
+      let problem: string | null = null;
+      if (!this.socks.mayOpen(runtime, o)) {
+        c.droppedSocks5AssociationsLimit += datagrams;
+        problem = `associationsMax (${o.associationsMax}) reached`;
+      } else if (!this.socks.begin(upstream, runtime, o, performance.now())) {
+        c.droppedSocks5Failed += datagrams;
+        c.socks5AssociationsFailed++;
+        problem = this.socks.lastError;
+      }
+      if (problem !== null) {
+        this.log("socks5-associate", `outbound "${o.name}": UDP ASSOCIATE: ${problem}`);
+        return false; // the caller ends the session, which releases the upstream socket
+      }
+    }
     return true;
+  }
+
+  /** Whether session s goes through a SOCKS5 association (its upstream socket has one). */
+  private viaSocks(s: number): boolean {
+    const u = this.sessions.upstream[s];
+    return u >= 0 && this.socks.stateOf(u) !== AssociationState.None;
+  }
+
+  /**
+   * A datagram of session s (through a SOCKS5 association) at `offset` from `base`:
+   * wrapped and sent now when the association is ready; else held until it is.
+   */
+  private toSocks(
+    s: number,
+    base: Pointer,
+    source: Uint32Array | null,
+    wasmOffset: number,
+    offset: number,
+    length: number,
+  ): void {
+    const sessions = this.sessions;
+    const u = sessions.upstream[s];
+    const c = this.counters;
+    if (this.socks.stateOf(u) !== AssociationState.Ready) {
+      const hold = this.hold;
+      if (!hold.holding(s)) {
+        hold.begin(s, performance.now(), false);
+        const head = this.waitHead[u];
+        this.waitNext[s] = head;
+        this.waitPrev[s] = -1;
+        if (head >= 0) this.waitPrev[head] = s;
+        this.waitHead[u] = s;
+      }
+      const held = hold.hold(s, source!, wasmOffset, length, 0);
+      if (held === HoldResult.FlowFull) c.droppedHoldFull++;
+      else if (held === HoldResult.ArenaFull) c.droppedHoldArenaFull++;
+      return;
+    }
+    const dest = this.socksDest32;
+    for (let k = 0; k < 4; k++) dest[k] = sessions.keyWord(s, 4 + k);
+    const port = sessions.keyWord(s, 8) & 0xffff;
+    const start = writeUdpHeader(this.socksHeader, 32, this.socksDest, 0, port);
+    const n = this.lib.rl_send_wrapped(
+      this.upstreams.fd(u),
+      (this.socksHeaderPtr + start) as Pointer,
+      32 - start,
+      (base + offset) as Pointer,
+      length,
+      this.socks.boundAddrPtr(u),
+      this.socks.boundPort[u],
+      0,
+    );
+    if (n < 0) this.queue.countError(-n);
+    else {
+      c.packetsToTargets++;
+      c.bytesToTargets += length;
+    }
+  }
+
+  /** An event on the control connection of upstream u's association. */
+  private onAssociation(u: number): void {
+    const event = this.socks.onEvent(u);
+    if (event === AssociationEvent.Ready) {
+      // Release the waiting sessions' datagrams, oldest session first, each in order.
+      const hold = this.hold;
+      let last = -1;
+      for (let s = this.waitHead[u]; s >= 0; s = this.waitNext[s]) last = s;
+      for (let s = last; s >= 0; ) {
+        const previous = this.waitPrev[s];
+        for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
+          this.toSocks(s, hold.arenaPtr, null, 0, hold.offsetOf(slot), hold.length[slot]);
+        }
+        hold.end(s);
+        this.waitNext[s] = -1;
+        this.waitPrev[s] = -1;
+        s = previous;
+      }
+      this.waitHead[u] = -1;
+    } else if (event === AssociationEvent.Ended) {
+      this.endAssociation(u);
+    }
+  }
+
+  /** Upstream u's association failed or ended: its sessions end (the last closes it). */
+  private endAssociation(u: number): void {
+    const sessions = this.sessions;
+    const ended: number[] = [];
+    sessions.forEach((s) => {
+      if (sessions.upstream[s] === u) ended.push(s);
+    });
+    this.log("socks5-ended", `SOCKS5 UDP association ended: ${this.socks.lastError}`);
+    this.queue.flush(); // their upstream fd may be in this round's sends
+    for (const s of ended) {
+      this.counters.droppedSocks5Failed += this.hold.packetsOf(s);
+      sessions.end(s, EndReason.Closed);
+    }
+    this.counters.sessionsEndedSocks5 += ended.length;
   }
 
   /**
@@ -1348,6 +1560,30 @@ export class UdpRelay {
     const runtime = sessions.outbound[s];
     const forward = this.outbounds.forward(runtime) !== null;
     const queue = this.holdQueue;
+    if (this.viaSocks(s)) {
+      // Sent as they are when the association is ready; else they wait for it, as they
+      // are (moved from the name wait to the association's).
+      const u = sessions.upstream[s];
+      const ready = this.socks.stateOf(u) === AssociationState.Ready;
+      for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
+        sessions.packetsToTarget[s]++;
+        sessions.bytesToTarget[s] += hold.length[slot];
+      }
+      if (ready) {
+        for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
+          this.toSocks(s, hold.arenaPtr, null, 0, hold.offsetOf(slot), hold.length[slot]);
+        }
+        hold.end(s);
+      } else {
+        hold.untime(s);
+        const head = this.waitHead[u];
+        this.waitNext[s] = head;
+        this.waitPrev[s] = -1;
+        if (head >= 0) this.waitPrev[head] = s;
+        this.waitHead[u] = s;
+      }
+      return true;
+    }
     const fd = this.upstreams.fd(sessions.upstream[s]);
     for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
       const length = hold.length[slot];
@@ -1559,13 +1795,18 @@ export class UdpRelay {
     if (reason === EndReason.Idle) this.counters.sessionsExpired++;
     else if (reason === EndReason.Evicted) this.counters.sessionsEvicted++;
     const upstream = this.sessions.upstream[slot];
-    if (upstream >= 0) this.upstreams.release(upstream);
+    if (upstream >= 0) {
+      if (this.socks.stateOf(upstream) !== AssociationState.None) {
+        this.unwait(upstream, slot);
+        // The association's last session: its control connection closes with it.
+        if (this.upstreams.soleSession(upstream)) this.socks.close(upstream);
+      }
+      this.upstreams.release(upstream);
+    }
     const outbound = this.sessions.outbound[slot];
     if (outbound >= 0) this.outbounds.release(outbound, slot, now);
-    if (outbound === OUTBOUND_PENDING) {
-      // Its held datagrams were never sent: they are lost with it.
-      this.hold.end(slot);
-    }
+    // Held datagrams never sent (a name or an association awaited) are lost with it.
+    this.hold.end(slot);
     this.quicIds?.forget(slot);
     const client = this.sessionClient[slot];
     const pair = this.sessionPair[slot];
@@ -1580,6 +1821,18 @@ export class UdpRelay {
     if (this.flows !== null && (upstream >= 0 || outbound < 0)) {
       this.recordFlow(slot, reason, now);
     }
+  }
+
+  /** Session s stops waiting for upstream u's association (if it was). */
+  private unwait(u: number, s: number): void {
+    const p = this.waitPrev[s];
+    const n = this.waitNext[s];
+    if (p < 0 && this.waitHead[u] !== s) return; // not waiting
+    if (p >= 0) this.waitNext[p] = n;
+    else this.waitHead[u] = n;
+    if (n >= 0) this.waitPrev[n] = p;
+    this.waitNext[s] = -1;
+    this.waitPrev[s] = -1;
   }
 
   /** The ended session's row in the flow log buffer; when it is full, dropped and counted. */
@@ -1701,6 +1954,14 @@ export class UdpRelay {
     this.sessions.expire(now, EXPIRE_BUDGET_PER_TICK);
     this.replies.sweep(now, REPLY_SWEEP_BUDGET_PER_TICK);
     this.releaseExpiredHolds(now);
+    if (this.socks.count > 0) {
+      const overdue: number[] = [];
+      this.socks.overdue(now, overdue);
+      for (const u of overdue) {
+        this.socks.timedOut();
+        this.endAssociation(u);
+      }
+    }
     if (now - this.localsRefreshedMs >= LOCAL_REFRESH_MS) this.onAddressChange();
     // Lost wake-up recovery: drain listeners directly (cheap: one recvmmsg each when idle).
     for (let i = 0; i < this.listenerFd.length; i++) {

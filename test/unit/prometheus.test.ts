@@ -46,6 +46,7 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
     replySockets: 0,
     holdBytes: 0,
     sessionsHolding: 0,
+    socks5Associations: 0,
     socketsRegistered: 0,
     pollWakes: 0,
     pollEvents: 0,
@@ -110,7 +111,7 @@ describe("Prometheus text format", () => {
       ...Object.entries(input.udp.udp).filter(([k]) => !(k in new UdpCounters())),
       ...Object.entries(input.tcp!).filter(([k]) => !(k in new TcpCounters())),
     ];
-    expect(gauges.length).toBe(10 + 8);
+    expect(gauges.length).toBe(11 + 8);
     expect(gauges.filter(([, v]) => !values.has(`${v}`))).toEqual([]);
   });
 
