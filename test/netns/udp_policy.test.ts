@@ -18,7 +18,8 @@ import { dirname, join } from "node:path";
 import type { Subprocess } from "bun";
 import { clientHello, hex, multiInitial, QUIC_V1, toHex } from "../fixtures/classify/build.ts";
 import { JsonLinesProcess } from "../lab/json_lines.ts";
-import { LAB, run } from "../lab/netns.ts";
+import { type Dante, danteUnavailableReason, startDante } from "../lab/dante.ts";
+import { dnsmasqArgv, LAB, labUnavailableReason, run } from "../lab/netns.ts";
 import { QUIC_BODY, QuicPeers } from "../lab/quic_peers.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { RELAY_MAIN, withControlSocket } from "../lab/relay_process.ts";
@@ -512,6 +513,132 @@ if (!skip) {
       const r = JSON.parse(inNs(["python3", driver, "sighup", "--", ...relay]).stdout);
       expect(r.ready).toContain('"event":"ready"');
       expect(r.exitCode).toBe(0);
+    });
+  });
+}
+
+const danteUnavailable = labUnavailableReason() ?? danteUnavailableReason();
+const socksSkip = labSkipReason(danteUnavailable);
+if (!socksSkip) {
+  describe("UDP through a socks5 outbound (Dante, UDP ASSOCIATE)", () => {
+    let env: RelayLab;
+    let dante: Dante;
+    const dir = mkdtempSync(join(tmpdir(), "relay-socks-udp-"));
+    const PROXY4 = LAB.serverExtra4[2];
+    const PROXY6 = LAB.serverExtra6[2];
+
+    beforeAll(async () => {
+      if (danteUnavailable) throw new Error(`SOCKS5 lab unavailable: ${danteUnavailable}`);
+      env = new RelayLab();
+      const { lab } = env;
+      env.spawn(lab.server, dnsmasqArgv("s.test", "198.18.1.77", "2001:2:0:2::77"));
+      dante = await startDante(lab, lab.server, dir, {
+        listen: [PROXY4, PROXY6],
+        port: 1080,
+        externalInterface: LAB.serverIf,
+        clients: ["198.18.0.0/15", "2001:2::/48"],
+        logPath: join(dir, "danted.log"),
+      });
+      env.track(dante.proc);
+      await env.startRelay({
+        listeners: [
+          { name: "udp4", address: "127.0.0.1", port: 12345 },
+          { name: "udp6", address: "::1", port: 12345 },
+        ],
+        intercept: [
+          { listener: "udp4", ports: [53, 9053], interfaces: ["r0"] },
+          { listener: "udp6", ports: [53, 9053], interfaces: ["r0"] },
+        ],
+        // Short idle timeouts: the flows end soon, and their associations with them.
+        udp: { idleTimeoutMsByPort: { "53": 500 } },
+        outbounds: [
+          { name: "proxy4", type: "socks5", server: `${PROXY4}:1080`, associationsMax: 8 },
+          { name: "proxy6", type: "socks5", server: `[${PROXY6}]:1080`, associationsMax: 8 },
+        ],
+        rules: [
+          { sources: ["198.18.0.0/15"], action: "proxy4" },
+          { sources: ["2001:2::/48"], action: "proxy6" },
+        ],
+      });
+      await lab.waitForUdpPort(lab.server, 53);
+      lab.warmNeighbours();
+    }, 60_000);
+
+    afterAll(async () => {
+      try {
+        await env?.close();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    /** Established TCP connections to the proxy's port, seen in namespace ns. */
+    const controls = (ns: string, filter: string) =>
+      env.lab
+        .exec(ns, ["ss", "-Htn", "state", "established", filter])
+        .stdout.split("\n")
+        .filter((l) => l.trim() !== "").length;
+
+    test("kdig through the proxy: the answer comes from the original destination", async () => {
+      for (const [server, type, answer] of [
+        [LAB.server4, "A", "198.18.1.77"],
+        [LAB.server6, "AAAA", "2001:2:0:2::77"],
+      ]) {
+        const out = kdig(env, server, "s.test", type);
+        expect(out).toContain("status: NOERROR");
+        expect(out).toContain(answer);
+        expect(out).toContain(`;; From ${server}@53(UDP)`);
+      }
+      const m = await env.relay!.metrics();
+      expect(m.udp.socks5AssociationsOpened).toBeGreaterThanOrEqual(2);
+      expect(m.udp.socks5AssociationsFailed).toBe(0);
+      const viaProxy = m.sessions.filter((s: any) => s.outbound.startsWith("proxy"));
+      expect(viaProxy.length).toBeGreaterThanOrEqual(2);
+    });
+
+    test("once the flows expire: no control connection at the relay, none at Dante", async () => {
+      await waitForUdp(env, "the associations closed", (u) => u.socks5Associations === 0);
+      await waitFor(
+        async () => controls(env.lab.router, "dport = :1080"),
+        (n) => n === 0,
+        { what: "no control connection from the relay", timeoutMs: 10_000 },
+      );
+      await waitFor(
+        async () => controls(env.lab.server, "sport = :1080"),
+        (n) => n === 0,
+        { what: "no association left at Dante", timeoutMs: 10_000 },
+      );
+    });
+
+    test("the control connection's end ends its sessions (counted)", async () => {
+      const argv = ["python3", "-c", LONG_FLOW(LAB.server4, 9053)];
+      const proc = env.track(env.lab.spawn(env.lab.client, argv, { stdin: "pipe" }));
+      const flow = new JsonLinesProcess("long flow", proc as Subprocess<"pipe", "pipe", "pipe">);
+      await flow.waitFor((l) => l.port !== undefined, 5000);
+      proc.stdin!.write("x\n");
+      proc.stdin!.flush();
+      await flow.waitFor((l) => l.sent === 1, 5000);
+      const before = await waitForUdp(
+        env,
+        "the association ready",
+        (u) => u.packetsToTargets > 0 && u.socks5Associations === 1,
+      );
+      // Dante's children hold the association: end every danted of the server namespace
+      // (by pid: only those this test started live there).
+      const ours = run(["ip", "netns", "pids", env.lab.server]).stdout.split(/\s+/);
+      const danted = ours.filter((pid) => {
+        const comm = run(["cat", `/proc/${pid}/comm`], undefined, true).stdout.trim();
+        return pid !== "" && comm === "danted";
+      });
+      expect(danted.length).toBeGreaterThan(0);
+      run(["kill", "-9", ...danted]);
+      const after = await waitForUdp(
+        env,
+        "the session ended with its association",
+        (u) => u.sessionsEndedSocks5 > before.sessionsEndedSocks5,
+      );
+      expect(after.socks5ControlLost).toBeGreaterThanOrEqual(1);
+      expect(after.socks5Associations).toBe(0);
     });
   });
 }
