@@ -519,8 +519,8 @@ if (!skip) {
 
 const danteUnavailable = labUnavailableReason() ?? danteUnavailableReason();
 const socksSkip = labSkipReason(danteUnavailable);
-if (!socksSkip) {
-  describe("UDP through a socks5 outbound (Dante, UDP ASSOCIATE)", () => {
+for (const dataPlane of socksSkip ? [] : ["worker", "callback"]) {
+  describe(`UDP through a socks5 outbound (${dataPlane}; Dante, UDP ASSOCIATE)`, () => {
     let env: RelayLab;
     let dante: Dante;
     const dir = mkdtempSync(join(tmpdir(), "relay-socks-udp-"));
@@ -550,7 +550,7 @@ if (!socksSkip) {
           { listener: "udp6", ports: [53, 9053], interfaces: ["r0"] },
         ],
         // Short idle timeouts: the flows end soon, and their associations with them.
-        udp: { idleTimeoutMsByPort: { "53": 500 } },
+        udp: { idleTimeoutMsByPort: { "53": 500 }, dataPlane },
         outbounds: [
           { name: "proxy4", type: "socks5", server: `${PROXY4}:1080`, associationsMax: 8 },
           { name: "proxy6", type: "socks5", server: `[${PROXY6}]:1080`, associationsMax: 8 },
