@@ -8,7 +8,9 @@
 //   port 9001 -> drop; port 9002 -> reject (ICMP port unreachable from the destination)
 //
 // Nothing listens on the original destination 198.18.1.2 / 2001:2:0:2::2: every answer
-// proves the forward, and the client checks it came from the address it asked.
+// proves the forward, and the client checks it came from the address it asked. Both
+// udp.dataPlane modes. Below: reject without CAP_NET_RAW (a throwaway namespace), and
+// UDP through a socks5 outbound with Dante (UDP ASSOCIATE) to dnsmasq on 198.18.1.2.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
