@@ -10,6 +10,8 @@
  *   tcp_engine.c  the splice engine thread
  *   pipe_pool.c   the engine's pipes, kept for reuse
  *   handles.c     the one handle table behind poller and engine handles; RL_ASSERT
+ *   icmp.c        ICMP port unreachable for UDP reject; SO_BINDTODEVICE
+ *   stream.c      a SOCKS5 UDP association's control connection I/O, wrapped sends
  *
  * Everything declared here is hidden from the shared object's symbol table: only the
  * rl_* functions of relay.h are exported.

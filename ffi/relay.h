@@ -126,6 +126,29 @@ int32_t rl_recv_errors(int32_t fd, int32_t count, struct rl_meta *meta);
  * sent successfully. */
 int32_t rl_send_batch(uint8_t *slab, uint32_t slab_bytes, struct rl_send *sends, int32_t count);
 
+/* ICMP port unreachable for the policy's UDP `reject` (icmp.c). rl_icmp_open(ipv6)
+ * returns a send-only raw socket (CAP_NET_RAW) or -errno. rl_icmp_unreachable() sends one
+ * to the client (16-byte addresses, ports in host order, the client's IPv6 scope) from
+ * target_addr, the original destination, quoting the client's datagram (its header and
+ * payload's start); returns bytes sent or -errno. */
+int32_t rl_icmp_open(int32_t ipv6);
+int32_t rl_icmp_unreachable(int32_t fd, const uint8_t *client_addr, int32_t client_port,
+                            int32_t client_scope, const uint8_t *target_addr, int32_t target_port,
+                            const uint8_t *payload, int32_t length);
+/* SO_BINDTODEVICE to the interface name[0..length) (an outbound's `interface`). */
+int32_t rl_bind_device(int32_t fd, const uint8_t *name, int32_t length);
+
+/* SOCKS5 UDP associations (stream.c): non-blocking send/recv on the TCP control
+ * connection (recv: 0 at EOF), the pending error of a socket (a connect's result: 0 or
+ * -errno), and one datagram sent as header + payload (two iovecs, no copy) to addr:port.
+ * Each returns n >= 0 or -errno. */
+int32_t rl_stream_send(int32_t fd, const uint8_t *buf, int32_t length);
+int32_t rl_stream_recv(int32_t fd, uint8_t *buf, int32_t capacity);
+int32_t rl_socket_error(int32_t fd);
+int32_t rl_send_wrapped(int32_t fd, const uint8_t *header, int32_t header_length,
+                        const uint8_t *payload, int32_t payload_length, const uint8_t *addr,
+                        int32_t port, int32_t scope);
+
 /* TCP helpers: original destination under REDIRECT/DNAT (SO_ORIGINAL_DST). */
 int32_t rl_original_dst(int32_t fd, uint8_t *addr_out);
 
@@ -141,9 +164,10 @@ int32_t rl_poll_open(int32_t tokens_max);
 int32_t rl_poll_add(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_rearm(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_del(int32_t poller, int32_t fd);
-/* Arms fd for writability instead (EPOLLOUT, one-shot like the rest): a connect in
- * progress completes, or a full send buffer drains. add: 1 to register fd (EPOLL_CTL_ADD),
- * 0 to re-arm a registered one. rl_poll_rearm() arms it for reading again. */
+/* Arms fd for writability instead (EPOLLOUT, one-shot unless the poller is
+ * level-triggered): a connect in progress completes, or a full send buffer drains; errors
+ * and hang-ups are reported whatever is armed. add: 1 to register fd (EPOLL_CTL_ADD), 0 to
+ * re-arm a registered one. rl_poll_rearm() arms it for reading again. */
 int32_t rl_poll_arm_out(int32_t poller, int32_t fd, int32_t token, int32_t add);
 int32_t rl_poll_start(int32_t poller, rl_wake_fn wake);
 int32_t rl_poll_take(int32_t poller, uint32_t *out, int32_t count);

@@ -19,7 +19,7 @@ import { guardOutput, outputErrors } from "./control/output.ts";
 import { type ReloadState, Reloader } from "./control/reloader.ts";
 import { TcpRelay } from "./tcp/relay.ts";
 import type { UdpSnapshot } from "./udp/relay.ts";
-import { createUdpPlane } from "./udp/plane.ts";
+import { createUdpPlane, udpPlaneConfig } from "./udp/plane.ts";
 import { applyRules, RulesError, removeRules } from "./rules/apply.ts";
 import { rulesScript } from "./rules/nft.ts";
 import { runCommand } from "./sys/command.ts";
@@ -257,6 +257,8 @@ async function main(): Promise<void> {
     const fitted = fitToDescriptors(config, nofileLimit);
     config = fitted.config;
     for (const note of fitted.notes) log.warn(note);
+    // A policy rule that can never match (src/policy/config.ts) loads, with a warning.
+    for (const warning of config.warnings) log.warn(warning);
   } catch (err) {
     fail((err as Error).message, EXIT.startFailed);
   }
@@ -321,8 +323,7 @@ async function main(): Promise<void> {
     process.exit(EXIT.software);
   };
   // Each relay gets the listeners of its protocol (listener indexes are per relay).
-  const udpListeners = config.listeners.filter((l) => l.protocol === "udp");
-  const udpConfig = (c: Config): Config => ({ ...c, listeners: udpListeners });
+  const udpConfig = udpPlaneConfig;
   const udp = createUdpPlane(lib, udpConfig(config), onFatal, onFlows);
   tcp = config.listeners.some((l) => l.protocol === "tcp")
     ? new TcpRelay(lib, config, {

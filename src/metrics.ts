@@ -124,6 +124,45 @@ export class UdpCounters {
    */
   quicRebindsRefused = 0;
 
+  // The policy (src/policy/, decided per new flow in src/udp/relay.ts).
+  /** Datagrams of flows a rule drops (the session remembers: later ones too). */
+  droppedByRule = 0;
+  /** Datagrams of flows a rule rejects (each answered by ICMP, within the rate). */
+  droppedRejected = 0;
+  /** A held flow's own bound (holdPacketsPerFlowMax / holdBytesPerFlowMax) was full. */
+  droppedHoldFull = 0;
+  /** The hold arena (udp.holdBytesMax) was full. */
+  droppedHoldArenaFull = 0;
+  /** The rule's outbound cannot carry UDP here (socks5 UDP is not built yet). */
+  droppedOutboundUnavailable = 0;
+  /** Sessions whose first datagrams were held while the policy waited for the name. */
+  sessionsHeld = 0;
+  /** Held sessions decided: with the name, without it (sniffing gave up), on timeout. */
+  holdReleasedNamed = 0;
+  holdReleasedUnnamed = 0;
+  holdReleasedTimeout = 0;
+  /** ICMP port unreachable for `reject`: sent, over udp.rejectIcmpPerSecondMax, failed. */
+  rejectIcmpSent = 0;
+  rejectIcmpRateLimited = 0;
+  rejectIcmpFailed = 0;
+  /** SOCKS5 UDP associations: opened (connect begun), failed to set up, control lost. */
+  socks5AssociationsOpened = 0;
+  socks5AssociationsFailed = 0;
+  socks5ControlLost = 0;
+  /** Sessions ended because their association failed or its control connection ended. */
+  sessionsEndedSocks5 = 0;
+  /** A new association past the outbound's associationsMax. */
+  droppedSocks5AssociationsLimit = 0;
+  /** Replies with FRAG != 0 (not reassembled, RFC 1928 §7 allows dropping them). */
+  droppedSocks5Fragmented = 0;
+  /** Replies whose SOCKS5 UDP header is truncated or names a domain. */
+  droppedSocks5Malformed = 0;
+  /** Datagrams of sessions whose association failed (held ones included). */
+  droppedSocks5Failed = 0;
+  /** Forward outbounds: datagrams not answered in answerTimeoutMs; targets marked down. */
+  forwardAnswerTimeouts = 0;
+  forwardTargetsDown = 0;
+
   /** Ended sessions the flow log never got: its buffer was full (src/flow/flow_records.ts). */
   flowLogDropped = 0;
 

@@ -39,6 +39,11 @@ export class Sniffer {
     this.quicPacketsMax = config.udp.sniffPacketsMax;
   }
 
+  /** Whether flows to destination `port` are sniffed (their name may become known). */
+  parses(port: number): boolean {
+    return this.byPort[port] !== PROTOCOL_UNKNOWN;
+  }
+
   /** Marks a new session of destination `port` for sniffing (protocol, datagram budget). */
   begin(sessions: SessionTable, s: number, port: number): void {
     const protocol = this.byPort[port];

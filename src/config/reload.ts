@@ -4,6 +4,7 @@
 // added without one fails): "live" fields are applied without dropping a flow;
 // "restart" fields are bound or allocated at start (sockets, preallocated tables,
 // threads, the rules' own identity), and one changed refuses the whole reload.
+import { ACTION_DROP, ACTION_REJECT } from "../policy/config.ts";
 import { quote, type Config } from "./load.ts";
 import { formatAddress } from "../sys/addr.ts";
 
@@ -55,6 +56,11 @@ export const RELOAD_POLICY: Readonly<Record<string, ReloadRule>> = {
   "udp.sniffPacketsMax": live(NEW_FLOWS),
   "udp.quicFollowConnectionIds": restart("the connection-ID index is allocated at start"),
   "udp.dataPlane": restart("the thread that runs the data path"),
+  "udp.holdBytesMax": restart("the hold arena is allocated at start"),
+  "udp.holdPacketsPerFlowMax": live(NEW_FLOWS),
+  "udp.holdBytesPerFlowMax": live(NEW_FLOWS),
+  "udp.holdTimeoutMs": live("held flows too, from the next check"),
+  "udp.rejectIcmpPerSecondMax": live("from the next second"),
   "tcp.connectTimeoutMs": live("connections still connecting too, from the next sweep"),
   "tcp.idleTimeoutMs": live("open connections too, from the splice engine's next sweep"),
   "tcp.connectionsMax": {
@@ -132,6 +138,8 @@ function schemaView(config: Config): Record<string, unknown> {
       ports: r.portRanges.map(([low, high]) => (low === high ? low : `${low}-${high}`)),
       interfaces: r.interfaces,
     })),
+    // The policy is resolved into config.policy: compared in a plain form (name sets
+    // as sorted arrays, addresses as byte arrays, actions by name).
     ...policyView(config),
   };
 }
@@ -146,21 +154,24 @@ function policyView(config: Config): Record<string, unknown> {
   const text = (addr: Uint8Array | null) => (addr === null ? null : formatAddress(addr));
   const endpoint = (e: { address: string; port: number }) =>
     e.address.includes(":") ? `[${e.address}]:${e.port}` : `${e.address}:${e.port}`;
-  const actionName = (a: number) => (a >= 0 ? p.outbounds[a].name : a === -1 ? "drop" : "reject");
+  const action = (a: number) =>
+    a === ACTION_DROP ? "drop" : a === ACTION_REJECT ? "reject" : (p.outbounds[a]?.name ?? a);
   return {
     outbounds: p.outbounds.map((o) => {
-      if (o.type === "direct")
+      if (o.type === "direct") {
         return { ...o, bindAddr4: text(o.bindAddr4), bindAddr6: text(o.bindAddr6) };
+      }
       if (o.type === "forward") return { ...o, targets: o.targets.map(endpoint) };
       return { ...o, server: endpoint(o.server) };
     }),
     rules: p.rules.map((r) => ({
       ...r,
       names:
-        r.names?.map((n) => ({ exact: [...n.exact].sort(), suffix: [...n.suffix].sort() })) ?? null,
-      action: actionName(r.action),
+        r.names?.map((n) => ({ exact: [...n.exact].sort(), suffix: [...n.suffix].sort() })) ??
+        null,
+      action: action(r.action),
     })),
-    defaultAction: actionName(p.defaultAction),
+    defaultAction: action(p.defaultAction),
   };
 }
 

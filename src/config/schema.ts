@@ -127,6 +127,19 @@ export const UdpSchema = Type.Object(
      */
     sniffPacketsMax: Type.Integer({ minimum: 1, maximum: 16, default: 4 }),
     /**
+     * The hold buffer: while a policy rule waits for a flow's name (DNS qname, QUIC SNI),
+     * the flow's datagrams are copied here and released in order once it is decided.
+     * holdBytesMax is the whole arena, allocated at start (in slots of datagramBytesMax).
+     */
+    holdBytesMax: Type.Integer({ minimum: 65_536, maximum: 1 << 30, default: 4 << 20 }),
+    /** Datagrams and bytes one flow may hold: past either, its datagrams are dropped. */
+    holdPacketsPerFlowMax: Type.Integer({ minimum: 1, maximum: 64, default: 8 }),
+    holdBytesPerFlowMax: Type.Integer({ minimum: 1_500, maximum: 1 << 20, default: 16_384 }),
+    /** A held flow is decided without its name after this long. */
+    holdTimeoutMs: Type.Integer({ minimum: 10, maximum: 10_000, default: 300 }),
+    /** ICMP port unreachable messages sent per second at most for the `reject` action. */
+    rejectIcmpPerSecondMax: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 100 }),
+    /**
      * Where the UDP data path runs: "worker", a Bun Worker blocking in epoll_wait (one
      * thread wake-up per burst, lowest latency); "callback", the main thread woken by
      * the C epoll thread through a threadsafe JSCallback.

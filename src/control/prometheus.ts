@@ -121,6 +121,51 @@ const F = {
     "UDP sessions opened, by reply path: pktinfo (the listener, source set by IP_PKTINFO) " +
       "or socket (a reply socket bound to the original destination).",
   ),
+  udpSessionsHeld: family(
+    "relay_udp_sessions_held_total",
+    "counter",
+    "UDP sessions whose first datagrams were held while a rule waited for the name.",
+  ),
+  udpHoldReleased: family(
+    "relay_udp_hold_released_total",
+    "counter",
+    "Held UDP sessions decided, by how: named (the name was sniffed), unnamed (sniffing " +
+      "gave up), timeout (udp.holdTimeoutMs).",
+  ),
+  udpHoldBytes: family(
+    "relay_udp_hold_bytes",
+    "gauge",
+    "Bytes of the hold arena in use (whole slots of udp.datagramBytesMax).",
+  ),
+  udpSessionsHolding: family("relay_udp_sessions_holding", "gauge", "UDP sessions held now."),
+  udpRejectIcmp: family(
+    "relay_udp_reject_icmp_total",
+    "counter",
+    "ICMP port unreachable for rejected UDP flows, by result: sent, rate_limited " +
+      "(udp.rejectIcmpPerSecondMax), failed.",
+  ),
+  udpSocks5: family(
+    "relay_udp_socks5_associations_total",
+    "counter",
+    "SOCKS5 UDP associations by event: opened (connect begun), failed (connect, " +
+      "handshake or connectTimeoutMs), control_lost (the proxy ended the control connection).",
+  ),
+  udpSocks5Open: family(
+    "relay_udp_socks5_associations",
+    "gauge",
+    "SOCKS5 UDP associations open now (each holds a TCP control connection).",
+  ),
+  udpSessionsSocks5: family(
+    "relay_udp_sessions_ended_socks5_total",
+    "counter",
+    "UDP sessions ended because their SOCKS5 association failed or ended.",
+  ),
+  udpForward: family(
+    "relay_udp_forward_events_total",
+    "counter",
+    "Forward outbounds: answer_timeout (a datagram unanswered in answerTimeoutMs), " +
+      "target_down (failuresMax in a row: the target is skipped for retryIntervalMs).",
+  ),
   udpDropped: family(
     "relay_udp_dropped_total",
     "counter",
@@ -343,6 +388,22 @@ const UDP_PLACED: Record<
   quicRebindsFollowed: { family: F.udpQuicRebinds, labels: { result: "followed" } },
   quicRebindsRefused: { family: F.udpQuicRebinds, labels: { result: "refused" } },
   flowLogDropped: { family: F.flowLogDropped, labels: udp() },
+  sessionsHeld: { family: F.udpSessionsHeld },
+  holdReleasedNamed: { family: F.udpHoldReleased, labels: { reason: "named" } },
+  holdReleasedUnnamed: { family: F.udpHoldReleased, labels: { reason: "unnamed" } },
+  holdReleasedTimeout: { family: F.udpHoldReleased, labels: { reason: "timeout" } },
+  holdBytes: { family: F.udpHoldBytes },
+  sessionsHolding: { family: F.udpSessionsHolding },
+  rejectIcmpSent: { family: F.udpRejectIcmp, labels: { result: "sent" } },
+  rejectIcmpRateLimited: { family: F.udpRejectIcmp, labels: { result: "rate_limited" } },
+  rejectIcmpFailed: { family: F.udpRejectIcmp, labels: { result: "failed" } },
+  socks5AssociationsOpened: { family: F.udpSocks5, labels: { event: "opened" } },
+  socks5AssociationsFailed: { family: F.udpSocks5, labels: { event: "failed" } },
+  socks5ControlLost: { family: F.udpSocks5, labels: { event: "control_lost" } },
+  sessionsEndedSocks5: { family: F.udpSessionsSocks5 },
+  socks5Associations: { family: F.udpSocks5Open },
+  forwardAnswerTimeouts: { family: F.udpForward, labels: { event: "answer_timeout" } },
+  forwardTargetsDown: { family: F.udpForward, labels: { event: "target_down" } },
   receiveErrors: { family: F.udpReceiveErrors },
   wakes: { family: F.readyHandled, labels: udp() },
   batches: WITH_HISTOGRAM,

@@ -36,14 +36,38 @@ import type { RelayLib } from "../sys/ffi.ts";
 import { SOCK } from "../sys/layout.ts";
 import { type Pointer, ptr } from "bun:ffi";
 
-/** Key: client address (4 words), client port, session slot (or ALL_DESTINATIONS). */
-const KEY_WORDS = 6;
-/** Session word of an endpoint-independent socket: one socket for every destination. */
-const ALL_DESTINATIONS = 0xffffffff;
+/**
+ * Key: client address (4 words), client port, session slot (or ALL_DESTINATIONS), and
+ * the outbound (its runtime index, src/egress/outbounds.ts): flows of one client through
+ * two outbounds (say, two bind addresses or marks) never share a socket.
+ */
+const KEY_WORDS = 7;
 /** Session word of a client-source socket (bound to the client endpoint itself). */
 const CLIENT_ENDPOINT = 0xfffffffe;
+/** Session word of an endpoint-independent socket: one socket for every destination. */
+const ALL_DESTINATIONS = 0xffffffff;
 
 export type UpstreamFailure = "descriptors" | "socket" | "register";
+
+/** How an outbound's sockets are made (a direct outbound's options; null: the defaults). */
+export interface UpstreamOptions {
+  /** The outbound's runtime index (part of the key). */
+  outbound: number;
+  /** One socket per session even when endpoint-independent (forward: replies from one
+   * resolver for two original destinations would be ambiguous on a shared socket). */
+  perSession: boolean;
+  bindAddr4: Uint8Array | null;
+  bindAddr6: Uint8Array | null;
+  /** SO_MARK; null: config.mark. */
+  mark: number | null;
+  /** SO_BINDTODEVICE; null: none. */
+  interface: string | null;
+  /**
+   * Bound to the client's own ip:port (a listener with source "client"): one socket per
+   * client endpoint, whatever perSession and udp.mapping say.
+   */
+  clientSource: boolean;
+}
 
 export class UpstreamPool {
   private readonly index: HashIndex;
@@ -53,17 +77,19 @@ export class UpstreamPool {
   private readonly ports: Uint16Array;
   /** IPv6 scope id of a link-local client (replies go back on that link). */
   private readonly clientScopes: Uint32Array;
+  /** Per socket: the one session it carries when made per session, else -1. */
+  private readonly sessions: Int32Array;
   /** 1: bound to the client's own ip:port (client source). */
   private readonly clientSourced: Uint8Array;
+  /** The client's address for a client-source bind, written as the key's words. */
+  private readonly bindAddr = new Uint8Array(new ArrayBuffer(16));
+  private readonly bindWords = new Uint32Array(this.bindAddr.buffer);
   /** Per local port: sockets of ours bound to it (v4 and v6 may share a number). */
   private readonly portRefs = new Uint16Array(65536);
   private readonly endpointIndependent: boolean;
   /** 16 bytes for rl_local_port's address (own ArrayBuffer: see SendQueue). */
   private readonly scratchAddr = new Uint8Array(new ArrayBuffer(16));
   private readonly scratchAddrPtr: Pointer = ptr(this.scratchAddr);
-  /** The client's address for a client-source bind, written as the key's words. */
-  private readonly bindAddr = new Uint8Array(new ArrayBuffer(16));
-  private readonly bindWords = new Uint32Array(this.bindAddr.buffer);
   lastFailure: UpstreamFailure | null = null;
   lastMessage = "";
 
@@ -83,6 +109,7 @@ export class UpstreamPool {
     this.refs = new Int32Array(capacity);
     this.ports = new Uint16Array(capacity);
     this.clientScopes = new Uint32Array(capacity);
+    this.sessions = new Int32Array(capacity).fill(-1);
     this.clientSourced = new Uint8Array(capacity);
     this.endpointIndependent = config.udp.mapping === "endpoint-independent";
   }
@@ -93,9 +120,8 @@ export class UpstreamPool {
 
   /**
    * The socket for a new session of client (a0..a3, clientPort): shared with the
-   * client's other sessions when endpoint-independent or client-source (bound to the
-   * client's ip:port: clientSource), else its own. Returns the upstream index, or -1
-   * (lastFailure, lastMessage say why; nothing is held).
+   * client's other sessions when endpoint-independent, else its own. Returns the
+   * upstream index, or -1 (lastFailure, lastMessage say why; nothing is held).
    */
   acquire(
     session: number,
@@ -106,52 +132,60 @@ export class UpstreamPool {
     clientPort: number,
     clientScope: number,
     ipv6: boolean,
-    clientSource: boolean,
+    options: UpstreamOptions,
   ): number {
-    const owner = clientSource
-      ? CLIENT_ENDPOINT
-      : this.endpointIndependent
-        ? ALL_DESTINATIONS
-        : session;
-    this.setKey(a0, a1, a2, a3, clientPort, owner);
+    const clientSource = options.clientSource;
+    const perSession = !clientSource && (options.perSession || !this.endpointIndependent);
+    const owner = clientSource ? CLIENT_ENDPOINT : perSession ? session : ALL_DESTINATIONS;
+    this.setKey(a0, a1, a2, a3, clientPort, owner, options.outbound);
     let upstream = this.index.find();
     if (upstream >= 0) {
       this.refs[upstream]++;
       return upstream;
     }
+    let flags = SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
     const udp = this.config.udp;
-    let fd: number;
+    let bind = ipv6
+      ? (options.bindAddr6 ?? this.config.upstreamAddr6)
+      : (options.bindAddr4 ?? this.config.upstreamAddr4);
+    let bindPort = 0;
     if (clientSource) {
+      // From the client's own ip:port (IP_TRANSPARENT: a foreign address).
       const words = this.bindWords;
       words[0] = a0;
       words[1] = a1;
       words[2] = a2;
       words[3] = a3;
-      fd = this.lib.rl_socket(
-        SOCK.recvErr | SOCK.transparent | SOCK.reuseAddr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0),
-        this.bindAddr,
-        clientPort,
-        this.config.mark,
-        udp.socketReceiveBytes,
-        udp.socketSendBytes,
-      );
-    } else {
-      fd = this.lib.rl_socket(
-        SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0),
-        ipv6 ? this.config.upstreamAddr6 : this.config.upstreamAddr4,
-        0,
-        this.config.mark,
-        udp.socketReceiveBytes,
-        udp.socketSendBytes,
-      );
+      bind = this.bindAddr;
+      bindPort = clientPort;
+      flags |= SOCK.transparent | SOCK.reuseAddr;
     }
+    const fd = this.lib.rl_socket(
+      flags,
+      bind,
+      bindPort,
+      options.mark ?? this.config.mark,
+      udp.socketReceiveBytes,
+      udp.socketSendBytes,
+    );
     if (fd < 0) {
       const err = decodeSocketError(fd);
-      const what = clientSource ? "client-source upstream socket" : "upstream socket";
       return this.fail(
         isResourceErrno(err.errno) ? "descriptors" : "socket",
-        `${what}: ${describeSocketError(err, ipv6)}`,
+        `${clientSource ? "client-source upstream socket" : "upstream socket"}: ` +
+          describeSocketError(err, ipv6),
       );
+    }
+    if (options.interface !== null) {
+      const name = this.deviceName(options.interface);
+      const rc = this.lib.rl_bind_device(fd, name, name.length);
+      if (rc < 0) {
+        this.lib.rl_close(fd);
+        return this.fail(
+          "socket",
+          `upstream socket: SO_BINDTODEVICE ${options.interface}: ${errnoName(-rc)}`,
+        );
+      }
     }
     const port = this.lib.rl_local_port(fd, this.scratchAddrPtr);
     if (port <= 0) {
@@ -174,10 +208,34 @@ export class UpstreamPool {
     this.refs[upstream] = 1;
     this.ports[upstream] = port;
     this.clientScopes[upstream] = clientScope;
+    this.sessions[upstream] = perSession ? session : -1;
     this.clientSourced[upstream] = clientSource ? 1 : 0;
+    // A client-source socket's port is the client's, not ours (nothing local sends from it).
     if (!clientSource) this.portRefs[port]++;
     return upstream;
   }
+
+  /** The session a per-session socket carries, or -1 for a shared one. */
+  sessionOf(upstream: number): number {
+    return this.sessions[upstream];
+  }
+
+  /** The outbound (runtime index) whose socket this is. */
+  outboundOf(upstream: number): number {
+    return this.index.keys[upstream * KEY_WORDS + 6];
+  }
+
+  /** An interface name as bytes for rl_bind_device (cached: one per outbound). */
+  private deviceName(name: string): Uint8Array {
+    let bytes = this.deviceNames.get(name);
+    if (!bytes) {
+      bytes = new Uint8Array(new ArrayBuffer(name.length));
+      bytes.set(new TextEncoder().encode(name));
+      this.deviceNames.set(name, bytes);
+    }
+    return bytes;
+  }
+  private readonly deviceNames = new Map<string, Uint8Array>();
 
   /** One session fewer on the socket; the last one closes it. */
   release(upstream: number): void {
@@ -199,8 +257,7 @@ export class UpstreamPool {
   /**
    * Moves a socket that carries one session to a new client endpoint (the client's NAT
    * rebound it): replies go there from now on, and the server sees nothing change.
-   * False, with nothing changed, when the new endpoint already has a socket of its own,
-   * or the socket is bound to the old endpoint itself (client source).
+   * False, with nothing changed, when the new endpoint already has a socket of its own.
    */
   rebind(
     upstream: number,
@@ -214,15 +271,25 @@ export class UpstreamPool {
     assert(this.refs[upstream] === 1, "rebind of a shared upstream socket");
     // Bound to the old client endpoint itself: it cannot serve the new one.
     if (this.clientSourced[upstream] === 1) return false;
-    this.setKey(a0, a1, a2, a3, clientPort, this.index.keys[upstream * KEY_WORDS + 5]);
+    const keys = this.index.keys;
+    const base = upstream * KEY_WORDS;
+    this.setKey(a0, a1, a2, a3, clientPort, keys[base + 5], keys[base + 6]);
     if (this.index.find() >= 0) return false;
     this.index.rekey(upstream);
     this.clientScopes[upstream] = clientScope;
     return true;
   }
 
-  /** The index key: client address words, client port, and whose socket it is. */
-  private setKey(a0: number, a1: number, a2: number, a3: number, port: number, owner: number) {
+  /** The index key: client address words and port, whose socket, and the outbound. */
+  private setKey(
+    a0: number,
+    a1: number,
+    a2: number,
+    a3: number,
+    port: number,
+    owner: number,
+    outbound: number,
+  ): void {
     const key = this.index.scratch;
     key[0] = a0;
     key[1] = a1;
@@ -230,6 +297,7 @@ export class UpstreamPool {
     key[3] = a3;
     key[4] = port;
     key[5] = owner;
+    key[6] = outbound;
   }
 
   fd(upstream: number): number {

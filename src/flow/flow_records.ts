@@ -87,10 +87,10 @@ export class FlowRecords {
     private readonly listenerNames: string[],
     capacity = FLOW_RECORDS_MAX,
     /** Rule names by index (config.policy: each rule's name, then "default"). */
-    private readonly ruleNames: string[] = [],
+    private ruleNames: string[] = [],
     /** Outbound names by index, and the one a row has unless its flow sets another. */
-    private readonly outboundNames: string[] = ["direct"],
-    private readonly outboundDefault = 0,
+    private outboundNames: string[] = ["direct"],
+    private outboundDefault = 0,
   ) {
     this.capacity = capacity;
     this.startMs = new Float64Array(capacity);
@@ -113,6 +113,16 @@ export class FlowRecords {
 
   get full(): boolean {
     return this.count === this.capacity;
+  }
+
+  /**
+   * A reload's policy names (flowPolicyNames), for the rows from now on: the caller
+   * hands the buffered rows over first (take()), so each batch has its own names.
+   */
+  setPolicyNames(ruleNames: string[], outboundNames: string[], outboundDefault: number): void {
+    this.ruleNames = ruleNames;
+    this.outboundNames = outboundNames;
+    this.outboundDefault = outboundDefault;
   }
 
   /** The next free row for the caller to fill, or -1 when full (the caller counts the drop). */

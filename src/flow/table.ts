@@ -19,6 +19,9 @@ export const PROTOCOL_DNS = 1;
 export const PROTOCOL_QUIC = 2;
 export const PROTOCOL_NAMES = ["udp", "dns", "quic"] as const;
 
+/** SessionTable.outbound of a flow held until its name is known (beside ACTION_*). */
+export const OUTBOUND_PENDING = -3;
+
 export const enum EndReason {
   Idle = 0,
   Evicted = 1,
@@ -58,6 +61,13 @@ export class SessionTable {
   readonly name: Array<string | null>;
   /** Datagrams still to offer to the parser (0: done). */
   readonly sniffLeft: Uint8Array;
+  /** The policy rule that decided the flow (index into the policy's rules), -1: none yet. */
+  readonly rule: Int16Array;
+  /**
+   * What the flow does, decided once (src/udp/relay.ts): an outbound (>= 0), or
+   * ACTION_DROP / ACTION_REJECT, or OUTBOUND_PENDING while its name is awaited.
+   */
+  readonly outbound: Int16Array;
   readonly packetsToTarget: Float64Array;
   readonly bytesToTarget: Float64Array;
   readonly packetsToClient: Float64Array;
@@ -91,6 +101,8 @@ export class SessionTable {
     this.protocol = new Uint8Array(capacity);
     this.name = new Array<string | null>(capacity).fill(null);
     this.sniffLeft = new Uint8Array(capacity);
+    this.rule = new Int16Array(capacity).fill(-1);
+    this.outbound = new Int16Array(capacity);
     this.packetsToTarget = new Float64Array(capacity);
     this.bytesToTarget = new Float64Array(capacity);
     this.packetsToClient = new Float64Array(capacity);
@@ -177,6 +189,8 @@ export class SessionTable {
     this.protocol[slot] = PROTOCOL_UNKNOWN;
     this.name[slot] = null;
     this.sniffLeft[slot] = 0;
+    this.rule[slot] = -1;
+    this.outbound[slot] = 0;
     this.packetsToTarget[slot] = 0;
     this.bytesToTarget[slot] = 0;
     this.packetsToClient[slot] = 0;

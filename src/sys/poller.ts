@@ -105,10 +105,16 @@ export class Poller {
 
   /**
    * Arms fd for writability (a connect in progress, a full send buffer), one-shot like
-   * the rest; `add` registers it first. rearm() arms it for reading again.
+   * the rest unless level-triggered; `add` registers it first. rearm() / readsOnly() arm
+   * it for reading again.
    */
-  armOut(fd: number, token: number, add: boolean): number {
+  armOut(fd: number, token: number, add = false): number {
     return this.lib.rl_poll_arm_out(this.handle, fd, token, add ? 1 : 0);
+  }
+
+  /** Back to reads only after armOut(), in either mode (level-triggered too). */
+  readsOnly(fd: number, token: number): number {
+    return this.lib.rl_poll_rearm(this.handle, fd, token);
   }
 
   remove(fd: number): number {

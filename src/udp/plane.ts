@@ -193,3 +193,23 @@ export function createUdpPlane(
     ? new WorkerPlane(config, onFatal, onFlows)
     : new InThreadPlane(lib, config, onFatal, onFlows);
 }
+
+/**
+ * The config the UDP plane runs on: its listeners only (its listener indexes are its
+ * own), and the policy's rules with their listener indexes moved to that list (a rule on
+ * TCP listeners only keeps an empty list: it never matches a UDP flow).
+ */
+export function udpPlaneConfig(config: Config): Config {
+  const udpIndex = new Map<number, number>();
+  const listeners = config.listeners.filter((l, i) => {
+    if (l.protocol !== "udp") return false;
+    udpIndex.set(i, udpIndex.size);
+    return true;
+  });
+  const rules = config.policy.rules.map((r) =>
+    r.listeners === null
+      ? r
+      : { ...r, listeners: r.listeners.flatMap((i) => udpIndex.get(i) ?? []) },
+  );
+  return { ...config, listeners, policy: { ...config.policy, rules } };
+}

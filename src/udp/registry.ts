@@ -16,6 +16,8 @@ export const enum SocketKind {
   Reply = 3,
   /** The netlink socket that reports address changes (LocalTargets). */
   AddressWatch = 4,
+  /** The TCP control connection of a SOCKS5 UDP association (src/egress/socks5_udp.ts). */
+  Socks5Control = 5,
 }
 
 export class SocketRegistry {

@@ -16,6 +16,19 @@
 //   src/classify/sniffer.ts    DNS name / QUIC SNI of a flow's first datagrams
 //   src/flow/table.ts          sessions; src/flow/clients.ts per-client bounds;
 //   src/flow/local_targets.ts  what is this host (never relayed to)
+//   src/policy/policy.ts       the rules: what a new flow does (once per flow)
+//   src/udp/hold_buffer.ts     a flow's first datagrams while the rules await its name
+//   src/egress/outbounds.ts    outbounds as sessions hold them; forward target health
+//
+// The policy decides once per new flow, from its addresses, ports and listener, and
+// when a rule looks at names and the flow's port is sniffed, from its name: until the
+// sniffer has it (or gives up, or udp.holdTimeoutMs passes) the flow is PENDING and its
+// datagrams wait, copied, in the hold buffer; then they are released in order through
+// the outbound chosen. The decision stays on the session (rule, outbound): the per-
+// datagram path only reads it. drop: datagrams counted and dropped; reject: each answered
+// by an ICMP port unreachable from the original destination (rate-limited); direct: to the
+// original destination; forward: to one of the outbound's targets, whose replies go
+// back to the client from the original destination like any other.
 //
 // Memory: one receive slab (batchCountMax slots of datagramBytesMax, in the WASM
 // parsers' packet area so they parse in place), one metadata table and one send table,
@@ -31,7 +44,12 @@ import { RateLimitedLog } from "../control/log.ts";
 import { type SessionQuery, SESSIONS_LIMIT_MAX } from "../control/query.ts";
 import { TopK } from "../control/top_k.ts";
 import { ReplyPool } from "../egress/reply_pool.ts";
-import { UpstreamPool } from "../egress/upstream_pool.ts";
+import { Outbounds } from "../egress/outbounds.ts";
+import { parseUdpHeader, UDP_FRAGMENTED, UdpSource, writeUdpHeader } from "../egress/socks5.ts";
+import { AssociationEvent, AssociationState, Socks5Associations } from "../egress/socks5_udp.ts";
+import { type UpstreamOptions, UpstreamPool } from "../egress/upstream_pool.ts";
+import { ACTION_DROP, ACTION_REJECT } from "../policy/config.ts";
+import { compilePolicy, FLOW_UDP, NEED_NAME, type Policy, PolicyFlow } from "../policy/policy.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
 import {
@@ -43,7 +61,13 @@ import {
   REPLY_SOCKET,
 } from "../flow/flow_records.ts";
 import { selectSessions } from "../flow/select.ts";
-import { EndReason, PROTOCOL_NAMES, PROTOCOL_QUIC, SessionTable } from "../flow/table.ts";
+import {
+  EndReason,
+  OUTBOUND_PENDING,
+  PROTOCOL_NAMES,
+  PROTOCOL_QUIC,
+  SessionTable,
+} from "../flow/table.ts";
 import { batchBucket, UdpCounters } from "../metrics.ts";
 import { formatEndpoint } from "../sys/addr.ts";
 import { assertionFailed } from "../sys/assert.ts";
@@ -70,6 +94,7 @@ import {
 } from "../sys/layout.ts";
 import { Poller, WAKE_ERROR_FLAG, WAKE_TOKEN_MASK } from "../sys/poller.ts";
 import { faultDataPath } from "../sys/test_faults.ts";
+import { HoldBuffer, HoldResult } from "./hold_buffer.ts";
 import { SocketKind, SocketRegistry } from "./registry.ts";
 import { Direction, SendQueue } from "./send_queue.ts";
 
@@ -87,6 +112,8 @@ const LOCAL_REFRESH_MS = 5_000;
 const EXTRA_TOKENS = 1;
 /** Timer period: expiry, idle reply sockets, lost wake-up recovery. */
 const TICK_MS = 250;
+/** udp.holdPacketsPerFlowMax's schema maximum (the hold send queue's capacity). */
+const HOLD_PACKETS_PER_FLOW_MAX = 64;
 
 export interface SessionView {
   client: string;
@@ -96,6 +123,10 @@ export interface SessionView {
   /** "dns", "quic" or "udp" (not recognised), and the DNS name or QUIC SNI. */
   protocol: string;
   name: string | null;
+  /** The policy rule that decided the flow (null: not decided yet), and what it does:
+   * an outbound's name, "drop", "reject", or "pending" while the name is awaited. */
+  rule: string | null;
+  outbound: string;
   ageMs: number;
   idleMs: number;
   packetsToTarget: number;
@@ -170,6 +201,57 @@ export class UdpRelay {
   private readonly sessionClient: Int32Array;
   private readonly sessionPair: Int32Array;
 
+  // The policy. Recompiled by reconfigure(): new flows only; sessions keep their rule and
+  // outbound (a runtime index in `outbounds`, which outlives the config that made it).
+  private policy: Policy;
+  /** Bumped per reconfigure: a session's rule index is its generation's. */
+  private policyGeneration = 0;
+  private readonly sessionGeneration: Uint16Array;
+  /** The facts a decision reads; its words are refilled from the key per decision. */
+  private readonly flow = new PolicyFlow();
+  private readonly outbounds: Outbounds;
+  /** Per outbound runtime: how its upstream sockets are made (rebuilt with the policy). */
+  private upstreamOptions: UpstreamOptions[] = [];
+  /** The same for sessions of a client-source listener (direct outbounds only). */
+  private upstreamOptionsClientSource: UpstreamOptions[] = [];
+  /** Per session: a hash of its key, for a forward outbound's stable target choice. */
+  private readonly sessionHash: Uint32Array;
+  private readonly hold: HoldBuffer;
+  /** Sends the held datagrams (its slab is the hold arena). */
+  private readonly holdQueue: SendQueue;
+  /** The WASM memory as words: held datagrams are copied from the slab through it. */
+  private readonly wasm32: Uint32Array;
+  private holdTimer: ReturnType<typeof setTimeout> | null = null;
+  private readonly holdTimerBound = () => {
+    this.holdTimer = null;
+    this.releaseExpiredHolds(performance.now());
+    this.endRound();
+  };
+  /** SOCKS5 UDP associations, by upstream socket (src/egress/socks5_udp.ts). */
+  private readonly socks: Socks5Associations;
+  /** Per upstream socket: its sessions waiting for the association (a list through
+   * waitNext/waitPrev, per session), released in order once it is ready. */
+  private readonly waitHead: Int32Array;
+  private readonly waitNext: Int32Array;
+  private readonly waitPrev: Int32Array;
+  /** The SOCKS5 UDP header of a datagram being sent (its end is where the payload
+   * starts: written right-aligned), and its destination. */
+  private readonly socksHeader = new Uint8Array(new ArrayBuffer(32));
+  private readonly socksHeaderPtr: Pointer = ptr(this.socksHeader);
+  private readonly socksDest = new Uint8Array(new ArrayBuffer(16));
+  private readonly socksDest32 = new Uint32Array(this.socksDest.buffer);
+  private readonly socksSource = new UdpSource();
+  private readonly socksSource32 = new Uint32Array(this.socksSource.addr.buffer);
+  /** Raw sockets for reject's ICMP (-1: none), and the rate limit's current second. */
+  private icmp4Fd = -1;
+  private icmp6Fd = -1;
+  private rejectSecond = 0;
+  private rejectSentInSecond = 0;
+  /** Client and target addresses for rl_icmp_unreachable (own ArrayBuffer). */
+  private readonly icmpAddrs = new Uint8Array(new ArrayBuffer(32));
+  private readonly icmpAddrs32 = new Uint32Array(this.icmpAddrs.buffer);
+  private readonly icmpAddrsPtr: Pointer = ptr(this.icmpAddrs);
+
   /** Ended sessions waiting for the flow log (null: no flow log), and who takes them. */
   private readonly flows: FlowRecords | null;
   private readonly onFlows: (batch: FlowBatch) => void;
@@ -220,6 +302,10 @@ export class UdpRelay {
     this.sniffer = new Sniffer(parsers, config, this.counters);
     this.slabWasmOffset = parsers.packetArea.offset;
     this.wasmBytes = parsers.bytes;
+    if (this.slabWasmOffset % 64 !== 0) {
+      throw new Error("WASM packet area is not 64-byte aligned: rebuild (bash scripts/build.sh)");
+    }
+    this.wasm32 = new Uint32Array(parsers.memory.buffer);
     this.quicIds =
       udp.quicFollowConnectionIds && udp.quicPorts.length > 0
         ? new QuicConnectionIds(udp.sessionsMax)
@@ -262,6 +348,27 @@ export class UdpRelay {
     );
     this.sessionClient = new Int32Array(udp.sessionsMax).fill(-1);
     this.sessionPair = new Int32Array(udp.sessionsMax).fill(-1);
+    this.sessionGeneration = new Uint16Array(udp.sessionsMax);
+    this.sessionHash = new Uint32Array(udp.sessionsMax);
+    this.policy = compilePolicy(config);
+    this.outbounds = new Outbounds(udp.sessionsMax, this.counters);
+    this.setOutbounds(config);
+    this.hold = new HoldBuffer(
+      this.slotBytes,
+      udp.holdBytesMax,
+      udp.sessionsMax,
+      udp.holdPacketsPerFlowMax,
+      udp.holdBytesPerFlowMax,
+    );
+    this.holdQueue = new SendQueue(
+      lib,
+      this.hold.arenaPtr,
+      this.hold.arena.byteLength,
+      // The schema's maximum of holdPacketsPerFlowMax: a reload may raise it.
+      HOLD_PACKETS_PER_FLOW_MAX,
+      this.counters,
+      log,
+    );
     this.sessions = new SessionTable(udp.sessionsMax, config.timeoutClassesMs);
     this.sessions.onEnd = (slot, reason) => this.onSessionEnd(slot, reason);
     const onFlows = options.onFlows;
@@ -277,7 +384,14 @@ export class UdpRelay {
         : null;
 
     // Tokens: listeners + one upstream socket per session at most + reply sockets.
-    const tokensMax = listenerCount + udp.sessionsMax + udp.replySocketsMax + EXTRA_TOKENS;
+    // SOCKS5 control connections: associationsMax per socks5 outbound at start (a reload
+    // that adds more finds the registry full: those associations fail, counted).
+    const controlsMax = config.policy.outbounds.reduce(
+      (sum, o) => sum + (o.type === "socks5" && o.udp ? o.associationsMax : 0),
+      0,
+    );
+    const tokensMax =
+      listenerCount + udp.sessionsMax + udp.replySocketsMax + EXTRA_TOKENS + controlsMax;
     this.poller = new Poller(lib, (token) => this.onToken(token), {
       tokensMax,
       inline: options.inline === true,
@@ -300,6 +414,20 @@ export class UdpRelay {
       (token) => registry.unregister(token),
       () => registry.lastErrno,
     );
+    const poller = this.poller;
+    this.socks = new Socks5Associations(
+      lib,
+      udp.sessionsMax,
+      this.counters,
+      config.mark,
+      (fd, upstream) => registry.register(SocketKind.Socks5Control, fd, upstream),
+      (token) => registry.unregister(token),
+      (fd, token) => poller.armOut(fd, token),
+      (fd, token) => poller.readsOnly(fd, token),
+    );
+    this.waitHead = new Int32Array(udp.sessionsMax).fill(-1);
+    this.waitNext = new Int32Array(udp.sessionsMax).fill(-1);
+    this.waitPrev = new Int32Array(udp.sessionsMax).fill(-1);
     this.replies = new ReplyPool(
       lib,
       {
@@ -335,9 +463,12 @@ export class UdpRelay {
       this.config.listeners.forEach((l, i) => {
         this.openListener(l, i);
       });
+      const problem = this.openRejectSockets();
+      if (problem !== null) throw new StartError(problem, true);
     } catch (err) {
       this.closeListeners();
       this.closeWatch();
+      this.closeRejectSockets();
       throw err;
     }
     this.poller.start();
@@ -366,6 +497,76 @@ export class UdpRelay {
     this.replies.closeAll();
     this.closeListeners();
     this.closeWatch();
+    this.closeRejectSockets();
+    if (this.holdTimer !== null) clearTimeout(this.holdTimer);
+  }
+
+  /**
+   * When a rule can reject UDP: the raw sockets its ICMP messages leave on, one per
+   * family of the listeners. Returns null, or why they cannot be opened (CAP_NET_RAW).
+   */
+  private openRejectSockets(): string | null {
+    const p = this.config.policy;
+    const rejects =
+      p.defaultAction === ACTION_REJECT ||
+      p.rules.some((r) => r.action === ACTION_REJECT && r.protocol !== "tcp");
+    if (!rejects) return null;
+    const listeners = this.config.listeners;
+    for (const ipv6 of [false, true]) {
+      if (!listeners.some((l) => l.ipv6 === ipv6)) continue;
+      if ((ipv6 ? this.icmp6Fd : this.icmp4Fd) >= 0) continue;
+      const fd = this.lib.rl_icmp_open(ipv6 ? 1 : 0);
+      if (fd < 0) {
+        return (
+          `a rule rejects UDP: the ICMP${ipv6 ? "v6" : ""} port-unreachable socket (raw, ` +
+          `${ipv6 ? "IPV6_TRANSPARENT" : "IPPROTO_RAW"}) could not be opened: ` +
+          `${errnoName(-fd)}. It needs CAP_NET_RAW besides CAP_NET_ADMIN ` +
+          `(or use "drop" instead of "reject")`
+        );
+      }
+      if (ipv6) this.icmp6Fd = fd;
+      else this.icmp4Fd = fd;
+    }
+    return null;
+  }
+
+  private closeRejectSockets(): void {
+    if (this.icmp4Fd >= 0) this.lib.rl_close(this.icmp4Fd);
+    if (this.icmp6Fd >= 0) this.lib.rl_close(this.icmp6Fd);
+    this.icmp4Fd = -1;
+    this.icmp6Fd = -1;
+  }
+
+  /** The policy's outbounds as sessions will hold them, and how their sockets are made. */
+  private setOutbounds(config: Config): void {
+    this.outbounds.setPolicy(config.policy.outbounds);
+    config.policy.outbounds.forEach((o, i) => {
+      const runtime = this.outbounds.ofPolicy(i);
+      this.upstreamOptions[runtime] =
+        o.type === "direct"
+          ? {
+              outbound: runtime,
+              perSession: false,
+              bindAddr4: o.bindAddr4,
+              bindAddr6: o.bindAddr6,
+              mark: o.mark,
+              interface: o.interface,
+              clientSource: false,
+            }
+          : {
+              outbound: runtime,
+              perSession: true,
+              bindAddr4: null,
+              bindAddr6: null,
+              mark: null,
+              interface: null,
+              clientSource: false,
+            };
+      this.upstreamOptionsClientSource[runtime] = {
+        ...this.upstreamOptions[runtime],
+        clientSource: o.type === "direct",
+      };
+    });
   }
 
   /**
@@ -389,6 +590,17 @@ export class UdpRelay {
     this.clients.setLimits(udp.sessionsPerClientMax, udp.replySocketsPerClientMax);
     this.replies.setTimes(udp.replySocketIdleMs, udp.replyBindRetryMs);
     this.sniffer.configure(config);
+    this.hold.packetsPerFlowMax = udp.holdPacketsPerFlowMax;
+    this.hold.bytesPerFlowMax = udp.holdBytesPerFlowMax;
+    // New flows follow the new rules; open ones keep their rule and outbound. Records of
+    // the flows decided so far go out with the names they were decided by.
+    this.flushFlows();
+    this.policy = compilePolicy(config);
+    this.policyGeneration = (this.policyGeneration + 1) & 0xffff;
+    this.setOutbounds(config);
+    this.flows?.setPolicyNames(...flowPolicyNames(config));
+    const problem = this.openRejectSockets();
+    if (problem !== null) this.log("reject-socket", `${problem}: rejected flows are dropped`);
   }
 
   private closeWatch(): void {
@@ -425,6 +637,9 @@ export class UdpRelay {
       sessionsMax: this.sessions.capacity,
       upstreamSockets: this.upstreams.count,
       replySockets: this.replies.count,
+      holdBytes: this.hold.bytesUsed,
+      sessionsHolding: this.hold.count,
+      socks5Associations: this.socks.count,
       // Tokens in use: listeners + the address watch + upstream + reply sockets.
       socketsRegistered: this.registry.used,
       pollWakes: this.poller.wakes,
@@ -465,6 +680,8 @@ export class UdpRelay {
       reply: sessions.reply[s] >= 0 ? "socket" : "pktinfo",
       protocol: PROTOCOL_NAMES[sessions.protocol[s]],
       name: sessions.name[s],
+      rule: this.ruleName(s),
+      outbound: this.outboundName(sessions.outbound[s]),
       ageMs: Math.round(now - sessions.createdMs[s]),
       idleMs: Math.round(now - sessions.lastSeenMs[s]),
       packetsToTarget: sessions.packetsToTarget[s],
@@ -472,6 +689,20 @@ export class UdpRelay {
       packetsToClient: sessions.packetsToClient[s],
       bytesToClient: sessions.bytesToClient[s],
     };
+  }
+
+  private ruleName(s: number): string | null {
+    const rule = this.sessions.rule[s];
+    if (rule < 0) return null;
+    if (this.sessionGeneration[s] !== this.policyGeneration) return "(before reload)";
+    return this.policy.ruleNames[rule] ?? "?";
+  }
+
+  private outboundName(outbound: number): string {
+    if (outbound === ACTION_DROP) return "drop";
+    if (outbound === ACTION_REJECT) return "reject";
+    if (outbound === OUTBOUND_PENDING) return "pending";
+    return this.outbounds.name(outbound);
   }
 
   // ---- set-up ----
@@ -539,11 +770,21 @@ export class UdpRelay {
         this.onAddressChange();
         return;
       }
+      if (kind === SocketKind.Socks5Control) {
+        // It re-arms itself (for writes while connecting or handshaking).
+        this.onAssociation(registry.ref(token));
+        return;
+      }
       if (wake & WAKE_ERROR_FLAG) this.drainErrors(fd);
       this.drain(token, kind, fd);
     } finally {
       // Re-arm even if the drain threw; a socket closed during the drain is Free now.
-      if (registry.kind(token) !== SocketKind.Free && registry.fd(token) === fd) {
+      const current = registry.kind(token);
+      if (
+        current !== SocketKind.Free &&
+        current !== SocketKind.Socks5Control &&
+        registry.fd(token) === fd
+      ) {
         this.poller.rearm(fd, token);
       }
     }
@@ -647,11 +888,35 @@ export class UdpRelay {
       } else if (sessions.lastSeenMs[s] !== now) {
         sessions.touch(s, now);
       }
+      let outbound = sessions.outbound[s];
+      if (outbound < 0) {
+        // Held (its name awaited), dropped or rejected: consumed here, unless this very
+        // datagram decided it for an outbound (then it goes like any other).
+        const consumed = this.undecided(
+          s,
+          i,
+          length,
+          meta32[w + META.targetScopeWord],
+          meta32[w + META.sourceScopeWord],
+          now,
+        );
+        if (consumed) continue;
+        outbound = sessions.outbound[s];
+      }
       if (sessions.sniffLeft[s] !== 0) {
         this.sniffer.sniff(sessions, s, this.slabWasmOffset + i * this.slotBytes, length);
       }
       sessions.packetsToTarget[s]++;
       sessions.bytesToTarget[s] += length;
+      if (this.outbounds.forward(outbound) !== null) {
+        this.forward(this.queue, s, outbound, i * this.slotBytes, length, now);
+        continue;
+      }
+      if (this.viaSocks(s)) {
+        const offset = i * this.slotBytes;
+        this.toSocks(s, this.slabPtr, this.wasm32, this.slabWasmOffset + offset, offset, length);
+        continue;
+      }
       // To the original destination, from the session's upstream socket.
       this.queue.push(
         Direction.ToTarget,
@@ -682,6 +947,10 @@ export class UdpRelay {
     const client3 = up.clientWord(upstream, 3);
     const clientPort = up.clientPort(upstream);
     const clientScope = up.clientScope(upstream);
+    const outboundRuntime = up.outboundOf(upstream);
+    const forward = this.outbounds.forward(outboundRuntime);
+    const forwardSession = up.sessionOf(upstream);
+    const socks = this.socks.stateOf(upstream) === AssociationState.Ready;
     for (let i = first; i < first + n; i++) {
       const w = i * META_WORDS;
       const h = w * 2;
@@ -693,28 +962,86 @@ export class UdpRelay {
         continue;
       }
       const sourcePort = meta16[h + META.sourcePortHalf];
-      // The session is (client endpoint, the address this reply came from).
-      key[0] = client0;
-      key[1] = client1;
-      key[2] = client2;
-      key[3] = client3;
-      key[4] = meta32[w];
-      key[5] = meta32[w + 1];
-      key[6] = meta32[w + 2];
-      key[7] = meta32[w + 3];
-      key[8] = (clientPort << 16) | sourcePort;
-      const s = sessions.find();
-      if (s < 0 || sessions.upstream[s] !== upstream) {
-        c.droppedUnsolicitedReply++;
-        continue;
+      let s: number;
+      let offset = i * this.slotBytes;
+      let size = length;
+      if (socks) {
+        // From the proxy's UDP relay only; the header names where the reply came from.
+        const b = upstream * 4;
+        const bound = this.socks.boundWords;
+        if (
+          sourcePort !== this.socks.boundPort[upstream] ||
+          meta32[w] !== bound[b] ||
+          meta32[w + 1] !== bound[b + 1] ||
+          meta32[w + 2] !== bound[b + 2] ||
+          meta32[w + 3] !== bound[b + 3]
+        ) {
+          c.droppedUnsolicitedReply++;
+          continue;
+        }
+        const source = this.socksSource;
+        const at = this.slabWasmOffset + offset;
+        const payloadAt = parseUdpHeader(this.wasmBytes, at, length, source);
+        if (payloadAt === UDP_FRAGMENTED) {
+          c.droppedSocks5Fragmented++;
+          continue;
+        }
+        if (payloadAt < 0 || source.domain !== null) {
+          c.droppedSocks5Malformed++;
+          continue;
+        }
+        offset += payloadAt - at;
+        size -= payloadAt - at;
+        const words = this.socksSource32;
+        key[0] = client0;
+        key[1] = client1;
+        key[2] = client2;
+        key[3] = client3;
+        key[4] = words[0];
+        key[5] = words[1];
+        key[6] = words[2];
+        key[7] = words[3];
+        key[8] = (clientPort << 16) | source.port;
+        s = sessions.find();
+        if (s < 0 || sessions.upstream[s] !== upstream) {
+          c.droppedUnsolicitedReply++;
+          continue;
+        }
+      } else if (forward !== null) {
+        // A forward session's own socket: replies come from one of its targets, and go
+        // to the client from the original destination (the session's key).
+        s = forwardSession;
+        const t = forward.find(meta32, w, sourcePort);
+        if (t < 0) {
+          c.droppedUnsolicitedReply++;
+          continue;
+        }
+        this.outbounds.answer(s, outboundRuntime, t);
+        for (let k = 4; k < 9; k++) key[k] = sessions.keyWord(s, k);
+      } else {
+        // The session is (client endpoint, the address this reply came from).
+        key[0] = client0;
+        key[1] = client1;
+        key[2] = client2;
+        key[3] = client3;
+        key[4] = meta32[w];
+        key[5] = meta32[w + 1];
+        key[6] = meta32[w + 2];
+        key[7] = meta32[w + 3];
+        key[8] = (clientPort << 16) | sourcePort;
+        s = sessions.find();
+        if (s < 0 || sessions.upstream[s] !== upstream) {
+          c.droppedUnsolicitedReply++;
+          continue;
+        }
       }
       if (sessions.lastSeenMs[s] !== now) sessions.touch(s, now);
       if (this.quicIds !== null && sessions.protocol[s] === PROTOCOL_QUIC) {
-        const offset = this.slabWasmOffset + i * this.slotBytes;
-        if (this.quicIds.learn(s, this.wasmBytes, offset, length)) c.quicConnectionIdsLearned++;
+        const at = this.slabWasmOffset + offset;
+        if (this.quicIds.learn(s, this.wasmBytes, at, size)) c.quicConnectionIdsLearned++;
       }
       sessions.packetsToClient[s]++;
-      sessions.bytesToClient[s] += length;
+      sessions.bytesToClient[s] += size;
       // To the client, from the original destination: on the reply socket bound to
       // it, or on the listener with the source set by IP_PKTINFO.
       const reply = sessions.reply[s];
@@ -728,8 +1055,8 @@ export class UdpRelay {
           client3,
           clientPort,
           clientScope,
-          i * this.slotBytes,
-          length,
+          offset,
+          size,
         );
       } else {
         this.queue.toClientFrom(
@@ -744,8 +1071,8 @@ export class UdpRelay {
           key[5],
           key[6],
           key[7],
-          i * this.slotBytes,
-          length,
+          offset,
+          size,
         );
       }
     }
@@ -778,6 +1105,7 @@ export class UdpRelay {
     if ((sessions.keyWord(s, 8) & 0xffff) !== targetPort) return -1;
     const c = this.counters;
     const upstream = sessions.upstream[s];
+    if (upstream < 0) return -1; // held, dropped or rejected: nothing to move
     // A socket shared with the client's other flows (endpoint-independent mapping) cannot
     // follow one of them; nor may the new endpoint exceed its own bounds.
     const clients = this.clients;
@@ -836,6 +1164,14 @@ export class UdpRelay {
     const key = sessions.key;
     const c = this.counters;
     if (!this.admissible(listener, targetPort)) return -1;
+    // The policy, once per flow: on its addresses and port now, or (NEED_NAME) when its
+    // name is known; a dropped or rejected flow needs no reply path nor upstream socket.
+    const pending = this.policy.usesNames && this.sniffer.parses(targetPort);
+    const rule = this.decide(listener, null, pending);
+    const action = rule === NEED_NAME ? OUTBOUND_PENDING : this.policy.actions[rule];
+    if (action === ACTION_DROP || action === ACTION_REJECT) {
+      return this.openDecidedSession(listener, targetPort, rule, action, now);
+    }
     const ipv6 = this.listenerIpv6[listener] === 1;
     const mode = this.config.listeners[listener].reply;
     const samePort = targetPort === this.listenerPort[listener];
@@ -916,33 +1252,488 @@ export class UdpRelay {
     sessions.reply[s] = reply;
     this.sessionPair[s] = reply >= 0 ? clients.addReply(client, reply) : -1;
     this.sniffer.begin(sessions, s, targetPort);
-    const upstream = this.upstreams.acquire(
-      s,
-      client0,
-      client1,
-      client2,
-      client3,
-      clientPort,
-      clientScope,
-      ipv6,
-      // From the client's own ip:port (docs/udp_client_source.md); never a local address
-      // (a client on this host holds it itself): that one leaves from the relay's.
-      this.config.listeners[listener].source === "client" &&
-        !this.locals.isLocal(client0, client1, client2, client3),
-    );
-    if (upstream < 0) {
-      sessions.end(s, EndReason.Closed);
-      const up = this.upstreams;
-      if (up.lastFailure === "descriptors") c.droppedNoDescriptors++;
-      else c.droppedUpstreamSocketFailed++;
-      this.log(`upstream-${up.lastFailure}`, up.lastMessage);
-      return -1;
-    }
-    sessions.upstream[s] = upstream;
+    this.sessionGeneration[s] = this.policyGeneration;
     c.sessionsCreated++;
     if (reply >= 0) c.sessionsReplySocket++;
     else c.sessionsReplyPktinfo++;
+    if (action === OUTBOUND_PENDING) {
+      // Its datagrams wait in the hold buffer until the name is known (undecided()).
+      sessions.outbound[s] = OUTBOUND_PENDING;
+      c.sessionsHeld++;
+      this.hold.begin(s, now);
+      if (this.holdTimer === null) {
+        this.holdTimer = setTimeout(this.holdTimerBound, this.config.udp.holdTimeoutMs);
+      }
+      return s;
+    }
+    sessions.rule[s] = rule;
+    if (!this.openUpstream(s, action, clientScope, 1)) {
+      sessions.end(s, EndReason.Closed);
+      return -1;
+    }
     return s;
+  }
+
+  /**
+   * The flow in the key, on `listener`: the rule that decides it, or NEED_NAME (only when
+   * its name may still come: namePending).
+   */
+  private decide(listener: number, name: string | null, namePending: boolean): number {
+    const flow = this.flow;
+    const key = this.sessions.key;
+    const words = flow.words;
+    for (let k = 0; k < 8; k++) words[k] = key[k];
+    flow.protocol = FLOW_UDP;
+    flow.listener = listener;
+    flow.port = key[8] & 0xffff;
+    flow.name = name;
+    flow.namePending = namePending;
+    return this.policy.decide(flow);
+  }
+
+  /**
+   * Session s (open, held) goes through policy outbound `action`: its runtime is held,
+   * and its upstream socket made. False (counted, logged) when the socket could not be
+   * made or the outbound cannot carry UDP; the caller ends the session.
+   */
+  private openUpstream(s: number, action: number, clientScope: number, datagrams: number): boolean {
+    const sessions = this.sessions;
+    const c = this.counters;
+    const runtime = this.outbounds.ofPolicy(action);
+    this.outbounds.acquire(runtime);
+    sessions.outbound[s] = runtime;
+    const o = this.outbounds.config(runtime);
+    if (o.type === "socks5" && !o.udp) {
+      c.droppedOutboundUnavailable += datagrams;
+      this.log("socks5-udp", `outbound "${o.name}": udp is false: UDP flows are dropped`);
+      return false;
+    }
+    let hash = 0x811c9dc5;
+    for (let k = 0; k < 9; k++) hash = Math.imul(hash ^ sessions.keyWord(s, k), 0x01000193);
+    this.sessionHash[s] = hash >>> 0;
+    const upstream = this.upstreams.acquire(
+      s,
+      sessions.keyWord(s, 0),
+      sessions.keyWord(s, 1),
+      sessions.keyWord(s, 2),
+      sessions.keyWord(s, 3),
+      sessions.keyWord(s, 8) >>> 16,
+      clientScope,
+      // A SOCKS5 association's datagrams go to the proxy: its family, not the client's.
+      o.type === "socks5"
+        ? !(o.server.addr[10] === 0xff && o.server.addr[11] === 0xff)
+        : this.listenerIpv6[sessions.listener[s]] === 1,
+      // From the client's own ip:port (docs/udp_client_source.md); never a local address
+      // (a client on this host holds it itself): that one leaves from the relay's.
+      this.config.listeners[sessions.listener[s]].source === "client" &&
+        !this.locals.isLocal(
+          sessions.keyWord(s, 0),
+          sessions.keyWord(s, 1),
+          sessions.keyWord(s, 2),
+          sessions.keyWord(s, 3),
+        )
+        ? this.upstreamOptionsClientSource[runtime]
+        : this.upstreamOptions[runtime],
+    );
+    if (upstream < 0) {
+      const up = this.upstreams;
+      if (up.lastFailure === "descriptors") c.droppedNoDescriptors += datagrams;
+      else c.droppedUpstreamSocketFailed += datagrams;
+      this.log(`upstream-${up.lastFailure}`, up.lastMessage);
+      return false;
+    }
+    sessions.upstream[s] = upstream;
+    if (o.type === "socks5" && this.socks.stateOf(upstream) === AssociationState.None) {
+      // The client endpoint's first flow through this proxy: open its association.
+      let problem: string | null = null;
+      if (!this.socks.mayOpen(runtime, o)) {
+        c.droppedSocks5AssociationsLimit += datagrams;
+        problem = `associationsMax (${o.associationsMax}) reached`;
+      } else if (!this.socks.begin(upstream, runtime, o, performance.now())) {
+        c.droppedSocks5Failed += datagrams;
+        c.socks5AssociationsFailed++;
+        problem = this.socks.lastError;
+      }
+      if (problem !== null) {
+        this.log("socks5-associate", `outbound "${o.name}": UDP ASSOCIATE: ${problem}`);
+        return false; // the caller ends the session, which releases the upstream socket
+      }
+    }
+    return true;
+  }
+
+  /** Whether session s goes through a SOCKS5 association (its upstream socket has one). */
+  private viaSocks(s: number): boolean {
+    const u = this.sessions.upstream[s];
+    return u >= 0 && this.socks.stateOf(u) !== AssociationState.None;
+  }
+
+  /**
+   * A datagram of session s (through a SOCKS5 association) at `offset` from `base`:
+   * wrapped and sent now when the association is ready; else held until it is.
+   */
+  private toSocks(
+    s: number,
+    base: Pointer,
+    source: Uint32Array | null,
+    wasmOffset: number,
+    offset: number,
+    length: number,
+  ): void {
+    const sessions = this.sessions;
+    const u = sessions.upstream[s];
+    const c = this.counters;
+    if (this.socks.stateOf(u) !== AssociationState.Ready) {
+      const hold = this.hold;
+      if (!hold.holding(s)) {
+        hold.begin(s, performance.now(), false);
+        const head = this.waitHead[u];
+        this.waitNext[s] = head;
+        this.waitPrev[s] = -1;
+        if (head >= 0) this.waitPrev[head] = s;
+        this.waitHead[u] = s;
+      }
+      const held = hold.hold(s, source!, wasmOffset, length, 0);
+      if (held === HoldResult.FlowFull) c.droppedHoldFull++;
+      else if (held === HoldResult.ArenaFull) c.droppedHoldArenaFull++;
+      return;
+    }
+    const dest = this.socksDest32;
+    for (let k = 0; k < 4; k++) dest[k] = sessions.keyWord(s, 4 + k);
+    const port = sessions.keyWord(s, 8) & 0xffff;
+    const start = writeUdpHeader(this.socksHeader, 32, this.socksDest, 0, port);
+    const n = this.lib.rl_send_wrapped(
+      this.upstreams.fd(u),
+      (this.socksHeaderPtr + start) as Pointer,
+      32 - start,
+      (base + offset) as Pointer,
+      length,
+      this.socks.boundAddrPtr(u),
+      this.socks.boundPort[u],
+      0,
+    );
+    if (n < 0) this.queue.countError(-n);
+    else {
+      c.packetsToTargets++;
+      c.bytesToTargets += length;
+    }
+  }
+
+  /** An event on the control connection of upstream u's association. */
+  private onAssociation(u: number): void {
+    const event = this.socks.onEvent(u);
+    if (event === AssociationEvent.Ready) {
+      // Release the waiting sessions' datagrams, oldest session first, each in order.
+      const hold = this.hold;
+      let last = -1;
+      for (let s = this.waitHead[u]; s >= 0; s = this.waitNext[s]) last = s;
+      for (let s = last; s >= 0; ) {
+        const previous = this.waitPrev[s];
+        for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
+          this.toSocks(s, hold.arenaPtr, null, 0, hold.offsetOf(slot), hold.length[slot]);
+        }
+        hold.end(s);
+        this.waitNext[s] = -1;
+        this.waitPrev[s] = -1;
+        s = previous;
+      }
+      this.waitHead[u] = -1;
+    } else if (event === AssociationEvent.Ended) {
+      this.endAssociation(u);
+    }
+  }
+
+  /** Upstream u's association failed or ended: its sessions end (the last closes it). */
+  private endAssociation(u: number): void {
+    const sessions = this.sessions;
+    const ended: number[] = [];
+    sessions.forEach((s) => {
+      if (sessions.upstream[s] === u) ended.push(s);
+    });
+    this.log("socks5-ended", `SOCKS5 UDP association ended: ${this.socks.lastError}`);
+    this.queue.flush(); // their upstream fd may be in this round's sends
+    for (const s of ended) {
+      this.counters.droppedSocks5Failed += this.hold.packetsOf(s);
+      sessions.end(s, EndReason.Closed);
+    }
+    this.counters.sessionsEndedSocks5 += ended.length;
+  }
+
+  /**
+   * A new flow the rules drop or reject: a session that remembers it (later datagrams
+   * are not decided again), with no reply path nor upstream socket. Returns the session.
+   */
+  private openDecidedSession(
+    listener: number,
+    targetPort: number,
+    rule: number,
+    action: number,
+    now: number,
+  ): number {
+    const sessions = this.sessions;
+    const key = sessions.key;
+    const clients = this.clients;
+    const client = clients.find(key[0], key[1], key[2], key[3]);
+    if (!clients.maySession(client)) {
+      this.counters.droppedClientSessionsLimit++;
+      return -1;
+    }
+    if (sessions.index.full) {
+      // Its upstream socket's fd may be in this round's sends: send them first.
+      const saved = this.flow.words; // the key is the flow's: keep it across the flush
+      for (let k = 0; k < 8; k++) saved[k] = key[k];
+      const ports = key[8];
+      this.queue.flush();
+      sessions.end(sessions.leastRecentlyUsed(), EndReason.Evicted);
+      for (let k = 0; k < 8; k++) key[k] = saved[k];
+      key[8] = ports;
+    }
+    const s = sessions.create(now, this.config.timeoutClassByPort[targetPort]);
+    this.sessionClient[s] = clients.addSession(key[0], key[1], key[2], key[3]);
+    sessions.listener[s] = listener;
+    sessions.rule[s] = rule;
+    sessions.outbound[s] = action;
+    this.sessionGeneration[s] = this.policyGeneration;
+    this.counters.sessionsCreated++;
+    return s;
+  }
+
+  /**
+   * A datagram (slot i) of session s, which is held, dropped or rejected. A held flow's
+   * datagram is offered to the sniffer: if the flow is still undecided it is copied into
+   * the hold buffer; once the name is known (or sniffing gave up) the flow is decided and
+   * its held datagrams released. Returns whether the datagram was consumed (dropped,
+   * rejected, held); false: the flow now has an outbound and the caller sends it, from
+   * the slab, after the held ones.
+   */
+  private undecided(
+    s: number,
+    i: number,
+    length: number,
+    targetScope: number,
+    clientScope: number,
+    now: number,
+  ): boolean {
+    const sessions = this.sessions;
+    const c = this.counters;
+    let outbound = sessions.outbound[s];
+    const offset = i * this.slotBytes;
+    if (outbound === OUTBOUND_PENDING) {
+      if (sessions.sniffLeft[s] !== 0) {
+        this.sniffer.sniff(sessions, s, this.slabWasmOffset + offset, length);
+      }
+      if (sessions.name[s] === null && sessions.sniffLeft[s] !== 0) {
+        const wasm = this.slabWasmOffset + offset;
+        const held = this.hold.hold(s, this.wasm32, wasm, length, targetScope);
+        if (held === HoldResult.FlowFull) c.droppedHoldFull++;
+        else if (held === HoldResult.ArenaFull) c.droppedHoldArenaFull++;
+        return true;
+      }
+      if (sessions.name[s] !== null) c.holdReleasedNamed++;
+      else c.holdReleasedUnnamed++;
+      if (!this.release(s, 1, clientScope, now)) return true; // ended: counted
+      outbound = sessions.outbound[s];
+      if (outbound >= 0) return false;
+    }
+    if (outbound === ACTION_DROP) {
+      c.droppedByRule++;
+      return true;
+    }
+    this.reject(s, this.slabPtr, offset, length, clientScope, now);
+    return true;
+  }
+
+  /**
+   * Decides held session s now (with its name, or without: namePending false) and sends
+   * its held datagrams, in order, the way the decision says. False when the session
+   * ended instead (its upstream socket could not be made: its held datagrams and the
+   * `current` one, 0 or 1, the caller's, counted).
+   */
+  private release(s: number, current: number, clientScope: number, now: number): boolean {
+    const sessions = this.sessions;
+    const hold = this.hold;
+    const c = this.counters;
+    const key = sessions.key;
+    for (let k = 0; k < 9; k++) key[k] = sessions.keyWord(s, k);
+    const decided = this.decide(sessions.listener[s], sessions.name[s], false);
+    sessions.rule[s] = decided;
+    this.sessionGeneration[s] = this.policyGeneration;
+    const action = this.policy.actions[decided];
+    if (action === ACTION_DROP || action === ACTION_REJECT) {
+      sessions.outbound[s] = action;
+      for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
+        if (action === ACTION_DROP) c.droppedByRule++;
+        else {
+          const length = hold.length[slot];
+          this.reject(s, hold.arenaPtr, hold.offsetOf(slot), length, clientScope, now);
+        }
+      }
+      hold.end(s);
+      return true;
+    }
+    if (!this.openUpstream(s, action, clientScope, hold.packetsOf(s) + current)) {
+      sessions.end(s, EndReason.Closed); // ends the hold too
+      return false;
+    }
+    const runtime = sessions.outbound[s];
+    const forward = this.outbounds.forward(runtime) !== null;
+    const queue = this.holdQueue;
+    if (this.viaSocks(s)) {
+      // Sent as they are when the association is ready; else they wait for it, as they
+      // are (moved from the name wait to the association's).
+      const u = sessions.upstream[s];
+      const ready = this.socks.stateOf(u) === AssociationState.Ready;
+      for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
+        sessions.packetsToTarget[s]++;
+        sessions.bytesToTarget[s] += hold.length[slot];
+      }
+      if (ready) {
+        for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
+          this.toSocks(s, hold.arenaPtr, null, 0, hold.offsetOf(slot), hold.length[slot]);
+        }
+        hold.end(s);
+      } else {
+        hold.untime(s);
+        const head = this.waitHead[u];
+        this.waitNext[s] = head;
+        this.waitPrev[s] = -1;
+        if (head >= 0) this.waitPrev[head] = s;
+        this.waitHead[u] = s;
+      }
+      return true;
+    }
+    const fd = this.upstreams.fd(sessions.upstream[s]);
+    for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
+      const length = hold.length[slot];
+      sessions.packetsToTarget[s]++;
+      sessions.bytesToTarget[s] += length;
+      if (forward) this.forward(queue, s, runtime, hold.offsetOf(slot), length, now);
+      else {
+        queue.push(
+          Direction.ToTarget,
+          fd,
+          sessions.keyWord(s, 4),
+          sessions.keyWord(s, 5),
+          sessions.keyWord(s, 6),
+          sessions.keyWord(s, 7),
+          sessions.keyWord(s, 8) & 0xffff,
+          hold.scope[slot],
+          hold.offsetOf(slot),
+          length,
+        );
+      }
+    }
+    // Now, before any later datagram of the flow (those queue behind, in this round).
+    queue.flush();
+    hold.end(s);
+    return true;
+  }
+
+  /** Held sessions past udp.holdTimeoutMs: decided without their name (oldest first). */
+  private releaseExpiredHolds(now: number): void {
+    const hold = this.hold;
+    const timeoutMs = this.config.udp.holdTimeoutMs;
+    for (let s = hold.oldest; s >= 0; s = hold.oldest) {
+      if (hold.sinceMs[s] + timeoutMs > now) {
+        if (this.holdTimer === null) {
+          const wait = Math.max(1, hold.sinceMs[s] + timeoutMs - now);
+          this.holdTimer = setTimeout(this.holdTimerBound, wait);
+        }
+        return;
+      }
+      this.counters.holdReleasedTimeout++;
+      this.release(s, 0, 0, now);
+    }
+  }
+
+  /**
+   * Queues a datagram of forward session s (runtime `runtime`) at `offset` in the
+   * queue's slab to the target its hash picks among those up, and starts waiting for
+   * the answer (the target's health).
+   */
+  private forward(
+    queue: SendQueue,
+    s: number,
+    runtime: number,
+    offset: number,
+    length: number,
+    now: number,
+  ): void {
+    const f = this.outbounds.forward(runtime)!;
+    const ipv6 = this.listenerIpv6[this.sessions.listener[s]] === 1;
+    const t = f.pick(this.sessionHash[s], ipv6, now);
+    if (t < 0) {
+      // No target of the flow's family (the config warned): nowhere to send it.
+      this.counters.droppedOutboundUnavailable++;
+      return;
+    }
+    const w = t * 4;
+    const words = f.words;
+    queue.push(
+      Direction.ToTarget,
+      this.upstreams.fd(this.sessions.upstream[s]),
+      words[w],
+      words[w + 1],
+      words[w + 2],
+      words[w + 3],
+      f.ports[t],
+      0,
+      offset,
+      length,
+    );
+    this.outbounds.sent(s, runtime, t, now);
+  }
+
+  /**
+   * A rejected datagram (at `offset` from `base`): an ICMP port unreachable goes to the
+   * client from the original destination, within udp.rejectIcmpPerSecondMax.
+   */
+  private reject(
+    s: number,
+    base: Pointer,
+    offset: number,
+    length: number,
+    clientScope: number,
+    now: number,
+  ): void {
+    const c = this.counters;
+    const sessions = this.sessions;
+    c.droppedRejected++;
+    const second = Math.floor(now / 1000);
+    if (second !== this.rejectSecond) {
+      this.rejectSecond = second;
+      this.rejectSentInSecond = 0;
+    }
+    if (this.rejectSentInSecond >= this.config.udp.rejectIcmpPerSecondMax) {
+      c.rejectIcmpRateLimited++;
+      return;
+    }
+    const fd = this.listenerIpv6[sessions.listener[s]] === 1 ? this.icmp6Fd : this.icmp4Fd;
+    if (fd < 0) {
+      c.rejectIcmpFailed++; // a reload added the rule and the socket could not be opened
+      return;
+    }
+    this.rejectSentInSecond++;
+    const addrs = this.icmpAddrs32;
+    for (let k = 0; k < 8; k++) addrs[k] = sessions.keyWord(s, k);
+    const ports = sessions.keyWord(s, 8);
+    const p = this.icmpAddrsPtr;
+    const rc = this.lib.rl_icmp_unreachable(
+      fd,
+      p,
+      ports >>> 16,
+      clientScope,
+      (p + 16) as Pointer,
+      ports & 0xffff,
+      (base + offset) as Pointer,
+      length,
+    );
+    if (rc < 0) {
+      c.rejectIcmpFailed++;
+      this.log("reject-icmp", `ICMP port unreachable: ${errnoName(-rc)}`);
+    } else {
+      c.rejectIcmpSent++;
+    }
   }
 
   /**
@@ -1022,7 +1813,18 @@ export class UdpRelay {
     if (reason === EndReason.Idle) this.counters.sessionsExpired++;
     else if (reason === EndReason.Evicted) this.counters.sessionsEvicted++;
     const upstream = this.sessions.upstream[slot];
-    if (upstream >= 0) this.upstreams.release(upstream);
+    if (upstream >= 0) {
+      if (this.socks.stateOf(upstream) !== AssociationState.None) {
+        this.unwait(upstream, slot);
+        // The association's last session: its control connection closes with it.
+        if (this.upstreams.soleSession(upstream)) this.socks.close(upstream);
+      }
+      this.upstreams.release(upstream);
+    }
+    const outbound = this.sessions.outbound[slot];
+    if (outbound >= 0) this.outbounds.release(outbound, slot, now);
+    // Held datagrams never sent (a name or an association awaited) are lost with it.
+    this.hold.end(slot);
     this.quicIds?.forget(slot);
     const client = this.sessionClient[slot];
     const pair = this.sessionPair[slot];
@@ -1033,8 +1835,22 @@ export class UdpRelay {
     const reply = this.sessions.reply[slot];
     if (reply >= 0) this.replies.release(reply, now);
     // A session whose upstream socket was never made carried no datagram (its first one
-    // was counted as dropped): no flow to log.
-    if (this.flows !== null && upstream >= 0) this.recordFlow(slot, reason, now);
+    // was counted as dropped): no flow to log. Dropped, rejected and held ones are flows.
+    if (this.flows !== null && (upstream >= 0 || outbound < 0)) {
+      this.recordFlow(slot, reason, now);
+    }
+  }
+
+  /** Session s stops waiting for upstream u's association (if it was). */
+  private unwait(u: number, s: number): void {
+    const p = this.waitPrev[s];
+    const n = this.waitNext[s];
+    if (p < 0 && this.waitHead[u] !== s) return; // not waiting
+    if (p >= 0) this.waitNext[p] = n;
+    else this.waitHead[u] = n;
+    if (n >= 0) this.waitPrev[n] = p;
+    this.waitNext[s] = -1;
+    this.waitPrev[s] = -1;
   }
 
   /** The ended session's row in the flow log buffer; when it is full, dropped and counted. */
@@ -1061,6 +1877,13 @@ export class UdpRelay {
     flows.names[r] = sessions.name[slot];
     flows.reason[r] = reason;
     flows.reply[r] = sessions.reply[slot] >= 0 ? REPLY_SOCKET : REPLY_PKTINFO;
+    const outbound = sessions.outbound[slot];
+    // Rule indexes are the running policy's: a flow decided by an earlier one has none.
+    const current = this.sessionGeneration[slot] === this.policyGeneration;
+    flows.rule[r] = current ? sessions.rule[slot] : -1;
+    if (outbound >= 0) flows.outbound[r] = this.outbounds.policyIndexOf(outbound);
+    // A flow ended while held: its datagrams never left.
+    else flows.outbound[r] = outbound === OUTBOUND_PENDING ? ACTION_DROP : outbound;
   }
 
   /** Hands the ended sessions to the flow log (from the timer, and at stop). */
@@ -1144,8 +1967,19 @@ export class UdpRelay {
   private tick(): void {
     if (!this.poller.check()) return; // the epoll thread died: onFatal has been called
     const now = performance.now();
+    const outbounds = this.outbounds;
+    outbounds.expire(now); // before expiry: a flow that ends now still counts its silence
     this.sessions.expire(now, EXPIRE_BUDGET_PER_TICK);
     this.replies.sweep(now, REPLY_SWEEP_BUDGET_PER_TICK);
+    this.releaseExpiredHolds(now);
+    if (this.socks.count > 0) {
+      const overdue: number[] = [];
+      this.socks.overdue(now, overdue);
+      for (const u of overdue) {
+        this.socks.timedOut();
+        this.endAssociation(u);
+      }
+    }
     if (now - this.localsRefreshedMs >= LOCAL_REFRESH_MS) this.onAddressChange();
     // Lost wake-up recovery: drain listeners directly (cheap: one recvmmsg each when idle).
     for (let i = 0; i < this.listenerFd.length; i++) {

@@ -142,6 +142,11 @@ export class SendQueue {
     }
   }
 
+  /** Counts a send made outside the queue (a SOCKS5 wrapped datagram) that failed. */
+  countError(errno: number): void {
+    this.onError(-1, errno);
+  }
+
   private onError(k: number, errno: number): void {
     const c = this.counters;
     switch (classifyIoErrno(errno)) {

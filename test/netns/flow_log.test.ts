@@ -158,7 +158,7 @@ if (!skip) {
           bytesToClient: 500,
           name: null,
           parsed: null,
-          rule: null,
+          rule: "default", // no rules: the default decided
           outbound: "direct",
           end: "idle",
           reply: "socket",

@@ -14,6 +14,8 @@ const session = {
   reply: "socket",
   protocol: "dns",
   name: "www.relay.test",
+  rule: "dns",
+  outbound: "resolver",
   ageMs: 65_000,
   idleMs: 250,
   packetsToTarget: 10,
@@ -115,7 +117,7 @@ describe("relay stats and sessions text", () => {
     };
     const text = sessionsText(reply).join("\n");
     expect(text).toContain("UDP sessions: 1 of 4 matching, by bytes");
-    expect(text).toMatch(/www\.relay\.test +1m 05s +250 ms +10 +3000 +9 +2700/);
+    expect(text).toMatch(/www\.relay\.test +dns +resolver +1m 05s +250 ms +10 +3000 +9 +2700/);
     expect(text).toContain("TCP connections: 1 of 1 matching, oldest first");
     expect(text).toMatch(/198\.18\.1\.2:80 +t +- +via-proxy +proxy +10 ms/);
     const lines = sessionsJsonLines(reply).map((l) => JSON.parse(l));

@@ -176,12 +176,23 @@ describe("UDP client source: upstream pool", () => {
     return { pool, ...fake };
   };
 
+  const RELAY = {
+    outbound: 0,
+    perSession: false,
+    bindAddr4: null,
+    bindAddr6: null,
+    mark: null,
+    interface: null,
+    clientSource: false,
+  };
+  const OWN = { ...RELAY, clientSource: true };
+
   test("bound to the client's ip:port, transparent, marked; one per client endpoint", () => {
     const { pool, calls, closed } = make();
     const client = words("198.18.0.2");
-    const a = pool.acquire(0, ...client, 40001, 0, false, true);
-    const b = pool.acquire(1, ...client, 40001, 0, false, true); // another destination
-    const c = pool.acquire(2, ...client, 40002, 0, false, true); // another client port
+    const a = pool.acquire(0, ...client, 40001, 0, false, OWN);
+    const b = pool.acquire(1, ...client, 40001, 0, false, OWN); // another destination
+    const c = pool.acquire(2, ...client, 40002, 0, false, OWN); // another client port
     expect(a).toBeGreaterThanOrEqual(0);
     expect(b).toBe(a);
     expect(c).not.toBe(a);
@@ -209,7 +220,7 @@ describe("UDP client source: upstream pool", () => {
 
   test("IPv6: the client's address and port, v6-only", () => {
     const { pool, calls } = make();
-    const upstream = pool.acquire(0, ...words("2001:2:0:1::2"), 5353, 0, true, true);
+    const upstream = pool.acquire(0, ...words("2001:2:0:1::2"), 5353, 0, true, OWN);
     expect(upstream).toBeGreaterThanOrEqual(0);
     expect(calls[0].flags).toBe(
       SOCK.recvErr | SOCK.transparent | SOCK.reuseAddr | SOCK.ipv6 | SOCK.v6Only,
@@ -221,8 +232,8 @@ describe("UDP client source: upstream pool", () => {
   test("the same client endpoint through a relay-source listener gets its own socket", () => {
     const { pool, calls } = make();
     const client = words("198.18.0.2");
-    const own = pool.acquire(0, ...client, 40001, 0, false, true);
-    const relay = pool.acquire(1, ...client, 40001, 0, false, false);
+    const own = pool.acquire(0, ...client, 40001, 0, false, OWN);
+    const relay = pool.acquire(1, ...client, 40001, 0, false, RELAY);
     expect(relay).not.toBe(own);
     expect(calls[1].port).toBe(0);
     expect(calls[1].flags & SOCK.transparent).toBe(0);
