@@ -6,7 +6,7 @@
 // and removed after it stops (a crash included). Rendered, not templated: LimitNOFILE and
 // the writable paths come from the configuration. Exit status: 0 printed; 2 bad arguments
 // or configuration.
-import { privilegedPortReason } from "../sys/capabilities.ts";
+import { privilegedPortReason, rawSocketReason } from "../sys/capabilities.ts";
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { type Config, ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
@@ -104,8 +104,15 @@ export function serviceUnit(o: UnitOptions): string {
   // the user may enter it at all (scripts/install.sh --service checks).
   const home = /^\/(home|root|run\/user)\//.test(`${o.checkout}/`);
   const bindReason = privilegedPortReason(o.config);
-  const caps = bindReason ? "CAP_NET_ADMIN CAP_NET_BIND_SERVICE" : "CAP_NET_ADMIN";
-  const bindNote = bindReason ? `# CAP_NET_BIND_SERVICE: a port below 1024: ${bindReason}.\n` : "";
+  const rawReason = rawSocketReason(o.config);
+  const caps = [
+    "CAP_NET_ADMIN",
+    ...(bindReason ? ["CAP_NET_BIND_SERVICE"] : []),
+    ...(rawReason ? ["CAP_NET_RAW"] : []),
+  ].join(" ");
+  const bindNote =
+    (bindReason ? `# CAP_NET_BIND_SERVICE: a port below 1024: ${bindReason}.\n` : "") +
+    (rawReason ? `# CAP_NET_RAW: ${rawReason}.\n` : "");
   return `# transparent-relay, rendered by \`bun run relay service print\` for the checkout
 # ${o.checkout} and the configuration ${o.configPath}.
 # Render it again after moving the checkout or raising the configuration's bounds.

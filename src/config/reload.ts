@@ -167,8 +167,7 @@ function policyView(config: Config): Record<string, unknown> {
     rules: p.rules.map((r) => ({
       ...r,
       names:
-        r.names?.map((n) => ({ exact: [...n.exact].sort(), suffix: [...n.suffix].sort() })) ??
-        null,
+        r.names?.map((n) => ({ exact: [...n.exact].sort(), suffix: [...n.suffix].sort() })) ?? null,
       action: action(r.action),
     })),
     defaultAction: action(p.defaultAction),

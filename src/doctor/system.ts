@@ -7,6 +7,7 @@ import {
   effectiveCapabilities,
   hasCapability,
   privilegedPortReason,
+  rawSocketReason,
 } from "../sys/capabilities.ts";
 import { descriptorsWanted, fitToDescriptors } from "../config/limits.ts";
 import { hasUdpClientSource } from "../rules/bypass.ts";
@@ -140,6 +141,18 @@ export function capabilities(config: Config, host: Host): Check {
   const euid = statusField(status, "Uid")?.split(/\s+/)[1] ?? "?";
   const has = hasCapability(mask, CAP.netAdmin);
   const lowPort = privilegedPortReason(config);
+  const raw = rawSocketReason(config);
+  if (has && raw !== null && !hasCapability(mask, CAP.netRaw)) {
+    return {
+      name,
+      status: "fail",
+      detail: `CAP_NET_ADMIN but not CAP_NET_RAW, which the config needs: ${raw}`,
+      fix:
+        "grant it too: systemd `AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW` " +
+        "(`bun run relay service print` adds it), or setpriv `--ambient-caps=+net_admin," +
+        "+net_raw`; or make the rule `drop` instead of `reject`",
+    };
+  }
   if (has && lowPort !== null && !hasCapability(mask, CAP.netBindService)) {
     return {
       name,
@@ -160,15 +173,19 @@ export function capabilities(config: Config, host: Host): Check {
       status: "pass",
       detail:
         `CAP_NET_ADMIN in the effective set ${scope}; running as root, but the relay ` +
-        "needs only CAP_NET_ADMIN (not CAP_NET_RAW): it can run as an unprivileged user " +
-        "with AmbientCapabilities=CAP_NET_ADMIN",
+        "needs only CAP_NET_ADMIN" +
+        (raw ? " and CAP_NET_RAW (a rule rejects UDP)" : " (not CAP_NET_RAW)") +
+        ": " +
+        "it can run as an unprivileged user with AmbientCapabilities",
     };
   }
   if (has) {
     return {
       name,
       status: "pass",
-      detail: `CAP_NET_ADMIN in the effective set ${scope} (CAP_NET_RAW is not needed)`,
+      detail:
+        `CAP_NET_ADMIN in the effective set ${scope}` +
+        (raw ? " (CAP_NET_RAW too: a rule rejects UDP)" : " (CAP_NET_RAW is not needed)"),
     };
   }
   return {

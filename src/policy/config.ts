@@ -331,3 +331,11 @@ export function resolvePolicy(
   const defaultAction = resolveAction(c.defaultAction, outbounds, "config.defaultAction", problems);
   return { outbounds, rules, defaultAction };
 }
+
+/** Whether a rule (or the default) can reject a UDP flow: an ICMP message, a raw socket. */
+export function rejectsUdp(p: PolicyConfig): boolean {
+  return (
+    p.defaultAction === ACTION_REJECT ||
+    p.rules.some((r) => r.action === ACTION_REJECT && r.protocol !== "tcp")
+  );
+}

@@ -3,9 +3,10 @@
 // instead of a socket failing half way), by `relay doctor`, and by `relay service print`
 // (the unit grants exactly these).
 import type { Config } from "../config/load.ts";
+import { rejectsUdp } from "../policy/config.ts";
 
 /** Capability numbers (linux/capability.h). */
-export const CAP = { netBindService: 10n, netAdmin: 12n } as const;
+export const CAP = { netBindService: 10n, netAdmin: 12n, netRaw: 13n } as const;
 
 /** Binding a port below it needs CAP_NET_BIND_SERVICE (net.ipv4.ip_unprivileged_port_start). */
 const PRIVILEGED_PORT_END = 1024;
@@ -38,4 +39,11 @@ export function privilegedPortReason(config: Config): string | null {
     if (range) return `UDP intercept of port ${range[0]}, whose replies leave from that port`;
   }
   return null;
+}
+
+/** Why the relay needs a raw socket (CAP_NET_RAW), or null. */
+export function rawSocketReason(config: Config): string | null {
+  return rejectsUdp(config.policy)
+    ? "a rule rejects UDP: the ICMP port unreachable leaves on a raw socket"
+    : null;
 }

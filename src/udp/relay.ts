@@ -48,7 +48,7 @@ import { Outbounds } from "../egress/outbounds.ts";
 import { parseUdpHeader, UDP_FRAGMENTED, UdpSource, writeUdpHeader } from "../egress/socks5.ts";
 import { AssociationEvent, AssociationState, Socks5Associations } from "../egress/socks5_udp.ts";
 import { type UpstreamOptions, UpstreamPool } from "../egress/upstream_pool.ts";
-import { ACTION_DROP, ACTION_REJECT } from "../policy/config.ts";
+import { ACTION_DROP, ACTION_REJECT, rejectsUdp } from "../policy/config.ts";
 import { compilePolicy, FLOW_UDP, NEED_NAME, type Policy, PolicyFlow } from "../policy/policy.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
@@ -506,11 +506,7 @@ export class UdpRelay {
    * family of the listeners. Returns null, or why they cannot be opened (CAP_NET_RAW).
    */
   private openRejectSockets(): string | null {
-    const p = this.config.policy;
-    const rejects =
-      p.defaultAction === ACTION_REJECT ||
-      p.rules.some((r) => r.action === ACTION_REJECT && r.protocol !== "tcp");
-    if (!rejects) return null;
+    if (!rejectsUdp(this.config.policy)) return null;
     const listeners = this.config.listeners;
     for (const ipv6 of [false, true]) {
       if (!listeners.some((l) => l.ipv6 === ipv6)) continue;

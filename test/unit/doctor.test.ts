@@ -188,6 +188,22 @@ describe("capabilities", () => {
       expect(c.fix).toContain("setpriv");
     }
   });
+  test("a rule that rejects UDP needs CAP_NET_RAW too: fails without it, with the fix", () => {
+    const rejecting = parseConfig({
+      listeners: [{ name: "u", address: "127.0.0.1", port: 12345 }],
+      intercept: [{ listener: "u", ports: [5353] }],
+      metrics: { port: 9477 },
+      rules: [{ ports: [5353], action: "reject" }],
+    });
+    const c = capabilities(rejecting, status(1000, "0000000000001000"));
+    expect(c.status).toBe("fail");
+    expect(c.detail).toContain("CAP_NET_RAW");
+    expect(c.fix).toContain("AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW");
+    // With both (bits 12 and 13): passes, and says why CAP_NET_RAW is there.
+    const both = capabilities(rejecting, status(1000, "0000000000003000"));
+    expect(both.status).toBe("pass");
+    expect(both.detail).toContain("CAP_NET_RAW too");
+  });
   test("an unreadable status is a warning, not a pass", () => {
     const unreadable = fakeHost({ files: { "/proc/self/status": "Name: x\n" } });
     expect(capabilities(CONFIG, unreadable).status).toBe("warn");

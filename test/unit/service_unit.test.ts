@@ -71,6 +71,17 @@ describe("relay service print: the systemd unit", () => {
     expect(values(unit, "ProtectHome")).toEqual(["yes"]);
   });
 
+  test("a rule that rejects UDP adds CAP_NET_RAW (the ICMP leaves on a raw socket)", () => {
+    const rejecting = { ...HIGH, rules: [{ ports: [5353], action: "reject" }] };
+    const unit = render(rejecting);
+    expect(values(unit, "AmbientCapabilities")).toEqual(["CAP_NET_ADMIN CAP_NET_RAW"]);
+    expect(values(unit, "CapabilityBoundingSet")).toEqual(["CAP_NET_ADMIN CAP_NET_RAW"]);
+    expect(unit).toContain("# CAP_NET_RAW: a rule rejects UDP");
+    // A TCP-only reject answers with a reset: no raw socket.
+    const tcpOnly = { ...HIGH, rules: [{ protocol: "tcp", action: "reject" }] };
+    expect(values(render(tcpOnly), "AmbientCapabilities")).toEqual(["CAP_NET_ADMIN"]);
+  });
+
   test("a port below 1024 adds CAP_NET_BIND_SERVICE, and says why", () => {
     const both = ["CAP_NET_ADMIN CAP_NET_BIND_SERVICE"];
     const cases: Array<[object, string]> = [
