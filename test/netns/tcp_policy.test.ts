@@ -20,6 +20,7 @@ import { join } from "node:path";
 import { danteUnavailableReason, startDante } from "../lab/dante.ts";
 import { JsonLinesProcess } from "../lab/json_lines.ts";
 import { LAB, labUnavailableReason } from "../lab/netns.ts";
+import { startPausedHello } from "../lab/paused_hello.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
@@ -469,23 +470,8 @@ if (!skip) {
 
     test("a ClientHello that never completes: decided without the name after the timeout, bytes intact", async () => {
       const before = await tcp();
-      const hello = env.lab.spawn(
-        env.lab.client,
-        [
-          "python3",
-          TLS_PEERS,
-          "hello",
-          "a.relay.test",
-          E5,
-          `${PORT.named}`,
-          "--split",
-          "20",
-        ].concat(["--pause"]),
-        { stdin: "pipe" },
-      );
-      env.track(hello);
-      const out = hello.stdout.getReader();
-      expect(new TextDecoder().decode((await out.read()).value).trim()).toBe("part-sent");
+      const hello = await startPausedHello(env.lab, "a.relay.test", E5, PORT.named, 20);
+      env.track(hello.proc);
       // Held while the name is awaited (no upstream yet); then decided by the next rule.
       const timedOut = await waitFor(tcp, (t) => t.sniffIncomplete > before.sniffIncomplete, {
         what: "the sniff timeout",
@@ -494,18 +480,8 @@ if (!skip) {
       expect(timedOut.connectionsActive).toBe(1);
       const view = (timedOut.connections as any[]).find((c) => c.target === `${E5}:${PORT.named}`);
       expect(view).toMatchObject({ name: null, rule: "fallback", outbound: "echo" });
-      const stdin = hello.stdin as import("bun").FileSink;
-      stdin.write("go\n");
-      stdin.end();
-      let text = "";
-      for (let i = 0; i < 16 && !text.includes("}"); i++) {
-        const chunk = await out.read();
-        if (chunk.done) break;
-        text += new TextDecoder().decode(chunk.value);
-      }
       // The echo server got the whole hello, the 20 bytes held first included.
-      expect(JSON.parse(text.trim()).equal).toBe(true);
-      await hello.exited;
+      expect((await hello.finish()).equal).toBe(true);
       await settle();
     });
 

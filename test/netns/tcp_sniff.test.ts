@@ -12,6 +12,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LAB } from "../lab/netns.ts";
+import { startPausedHello } from "../lab/paused_hello.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
@@ -129,34 +130,13 @@ if (!skip) {
 
       test(`${f.name}: a client stalled mid-hello is relayed unnamed after the timeout`, async () => {
         const before = await tcp();
-        const client = lab.lab.spawn(
-          lab.lab.client,
-          ["python3", PEERS, "hello", "stall.relay.test", f.server, `${PORT.echo}`].concat([
-            "--split",
-            "20",
-            "--pause",
-          ]),
-          { stdin: "pipe" },
-        );
-        const out = client.stdout.getReader();
-        const first = new TextDecoder().decode((await out.read()).value);
-        expect(first.trim()).toBe("part-sent");
+        const client = await startPausedHello(lab.lab, "stall.relay.test", f.server, PORT.echo, 20);
         // The relay gives up on the name, connects, and the 20 bytes go upstream.
         await waitFor(tcp, (t) => t.sniffIncomplete > before.sniffIncomplete, {
           what: "the sniff timeout",
           timeoutMs: 5_000,
         });
-        const stdin = client.stdin as import("bun").FileSink;
-        stdin.write("go\n");
-        stdin.end();
-        let text = "";
-        for (let i = 0; i < 16 && !text.includes("}"); i++) {
-          const chunk = await out.read();
-          if (chunk.done) break;
-          text += new TextDecoder().decode(chunk.value);
-        }
-        expect(JSON.parse(text.trim()).equal).toBe(true);
-        await client.exited;
+        expect((await client.finish()).equal).toBe(true);
         const after = await tcp();
         expect(after.sniffedTls).toBe(before.sniffedTls);
       });
