@@ -123,7 +123,7 @@ if (!skip) {
 
     for (const f of FAMILIES) {
       describe(f.name, () => {
-        test("kdig +tcp to the original destination gets the forced resolver's answer", async () => {
+        test("kdig +tcp to the original destination: the forced answer", async () => {
           const before = await tcp();
           const out = kdig(["+tcp", `@${f.original}`, FORCED.name, f.type]);
           expect(out).toContain(`${FORCED.name}.`);
@@ -172,7 +172,7 @@ if (!skip) {
           expect(after.connected - before.connected).toBe(1);
         });
 
-        test("a length prefix and nothing more: closed by the idle timeout, no fd left", async () => {
+        test("a length prefix and nothing more: idle timeout, no fd left", async () => {
           const fdsBefore = await fdsWithoutPool();
           const before = await tcp();
           const r = peer(["stall", f.original]);
@@ -183,7 +183,7 @@ if (!skip) {
           expect(await fdsWithoutPool()).toBe(fdsBefore);
         });
 
-        test("malformed DNS over TCP passes as bytes; other connections are unaffected", async () => {
+        test("malformed DNS over TCP passes; other connections unaffected", async () => {
           const fdsBefore = await fdsWithoutPool();
           const r = peer(["malformed", f.original]);
           // dnsmasq answers nothing to garbage and holds on: the idle timeout ends it.
