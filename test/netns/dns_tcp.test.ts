@@ -7,7 +7,8 @@
 // client that sends a length prefix and stops is closed by tcp.idleTimeoutMs (counted,
 // no descriptor left), and malformed DNS over TCP passes through as bytes without
 // harming other connections. The relay keeps no per-message state on TCP: it relays the
-// byte stream, so no name rule answers a TCP query in place (docs/dns_tcp.md).
+// byte stream, so no name rule answers a TCP query in place (docs/dns_tcp.md): the last
+// test shows a rule on names finding no ClientHello there and the query forced anyway.
 //
 //   client ns ── router ns (relay, tcp/53 intercepted) ── server ns:
 //     dnsmasq on E3:53 / E3v6:53 (the forced resolver, forced.relay.test -> .77 / ::77)
@@ -194,5 +195,24 @@ if (!skip) {
         });
       });
     }
+
+    // Last: it restarts the relay with a rule on names in front of the forced ones.
+    test("a rule on names does not match DNS over TCP (documented as not done)", async () => {
+      const blocked = {
+        name: "blocked",
+        protocol: "tcp",
+        ports: [53],
+        names: { exact: [FORCED.name] },
+        action: "reject",
+      };
+      await env.startRelay({ ...RELAY_CONFIG, rules: [blocked, ...RELAY_CONFIG.rules] });
+      const before = await tcp();
+      // The relay looks for a TLS ClientHello, finds a DNS message: no name, forced.
+      const out = kdig(["+tcp", `@${E5}`, FORCED.name, "A"]);
+      expect(out).toContain(FORCED.a);
+      const after = await settle();
+      expect(after.sniffMalformed - before.sniffMalformed).toBe(1);
+      expect(after.accepted - before.accepted).toBe(1);
+    });
   });
 }
