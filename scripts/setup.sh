@@ -16,8 +16,10 @@ cd "$(dirname "$0")/.."
 # iptables: the rules' iptables backend; systemd: `systemd-analyze verify` of the unit
 # (test/unit/service_unit.test.ts), never started; dante-server: a real SOCKS5 server (UDP
 # ASSOCIATE too) that test/lab/dante.ts runs in a lab namespace, never as the service.
+# dnsdist: the resolver proxy bench/dns_forced.ts compares the forced resolver with, run
+# in the lab's router namespace with its own config file, never as the service.
 APT_PACKAGES=(iputils-ping dnsmasq-base knot-dnsutils dnsperf iperf3 ngtcp2-server ngtcp2-client
-  curl haproxy tmux iptables systemd dante-server)
+  curl haproxy tmux iptables systemd dante-server dnsdist)
 
 say() { printf '[setup] %s\n' "$*"; }
 

@@ -1,0 +1,306 @@
+// bun bench/dns_forced.ts [--quick] [--reps N]
+//
+// The forced resolver (issue 12) beside kernel forwarding and beside dnsdist, in one lab
+// and one run: dnsperf in the client namespace, one dnsmasq on E3:5300 in the server
+// namespace behind all three paths.
+//
+//   kernel    dnsperf -s E3 -p 5300: the router forwards, nothing intercepts (the ceiling)
+//   relay     dnsperf -s E5 -p 53 (nothing listens there): nft TPROXY hands udp/53 to the
+//             relay, whose rule sends it to a `forward` outbound (E3:5300); answers go
+//             back from E5:53. Whatever the relay's forwarder is (per-session sockets or
+//             the multiplexed one), this script does not care.
+//   dnsdist   dnsperf -s the router's address -p 5353: Debian's dnsdist, started here in
+//             the router namespace with its own config file (never the system service),
+//             a plain resolver proxy in front of the same dnsmasq. The client addresses
+//             it, as a LAN's clients address a dnsdist they are configured with.
+//
+// dnsperf: DNSPERF_CLIENTS sockets, DNSPERF_OUTSTANDING queries in flight, for -l
+// seconds, over A/AAAA questions for names dnsmasq answers, with -v: one line per query
+// with its latency, from which p50/p99 (answered queries only) are computed; -v costs
+// dnsperf some CPU, the same on every path. Queries/s is dnsperf's own figure; lost %
+// its lost/sent. Paths run back to back in an order that rotates per repetition. Results
+// to bench/results/dns-forced-latest.md. Never run beside other work (2 vCPUs).
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, release, tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { parseConfig } from "../src/config/load.ts";
+import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
+import { LAB, Lab, labUnavailableReason } from "../test/lab/netns.ts";
+import { RelayProcess } from "../test/lab/relay_process.ts";
+
+const RESULTS = join(import.meta.dir, "results", "dns-forced-latest.md");
+const USAGE = "usage: bun bench/dns_forced.ts [--quick] [--reps N]";
+
+type PathName = "kernel" | "relay" | "dnsdist";
+const PATHS: PathName[] = ["kernel", "relay", "dnsdist"];
+const LABEL: Record<PathName, string> = {
+  kernel: "kernel forwarding",
+  relay: "relay, forced mode",
+  dnsdist: "dnsdist",
+};
+const [E3, , E5] = LAB.serverExtra4;
+const RESOLVER = { address: E3, port: 5300 };
+const DNSDIST = { address: LAB.routerClient4, port: 5353 };
+/** Where dnsperf sends, per path. */
+const SERVER: Record<PathName, { address: string; port: number }> = {
+  kernel: RESOLVER,
+  relay: { address: E5, port: 53 },
+  dnsdist: DNSDIST,
+};
+const LISTENER_PORT = 12354;
+const DNSPERF_CLIENTS = 16;
+const DNSPERF_OUTSTANDING = 200;
+const SECONDS = { full: 5, quick: 1 };
+const REPS = { full: 3, quick: 1, max: 20 };
+const NAMES = 64;
+const READY_TIMEOUT_MS = 10_000;
+
+interface Args {
+  quick: boolean;
+  reps: number;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { quick: false, reps: REPS.full };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--quick") {
+      args.quick = true;
+      args.reps = REPS.quick;
+    } else if (a === "--reps") {
+      const n = Number(argv[++i]);
+      if (!Number.isInteger(n) || n < 1 || n > REPS.max) throw new Error(`--reps 1-${REPS.max}`);
+      args.reps = n;
+    } else if (a === "--help" || a === "-h") {
+      console.log(USAGE);
+      process.exit(0);
+    } else {
+      throw new Error(`unknown argument ${JSON.stringify(a)}\n${USAGE}`);
+    }
+  }
+  return args;
+}
+
+interface Sample {
+  qps: number;
+  lostFraction: number;
+  p50Ms: number;
+  p99Ms: number;
+  averageMs: number;
+}
+
+function percentile(sorted: number[], q: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+function dnsperf(lab: Lab, file: string, path: PathName, seconds: number): Sample {
+  const { address, port } = SERVER[path];
+  const argv = [
+    ...["ip", "netns", "exec", lab.client, "dnsperf", "-s", address, "-p", `${port}`],
+    ...["-d", file, "-l", `${seconds}`, "-c", `${DNSPERF_CLIENTS}`],
+    ...["-q", `${DNSPERF_OUTSTANDING}`, "-T", "1", "-t", "2", "-v"],
+  ];
+  const r = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe", timeout: (seconds + 15) * 1000 });
+  const out = r.stdout.toString();
+  if (r.exitCode !== 0) {
+    throw new Error(`dnsperf exit ${r.exitCode}: ${out.slice(-2000)}${r.stderr}`);
+  }
+  const num = (re: RegExp) => {
+    const m = re.exec(out);
+    if (!m) throw new Error(`dnsperf output without ${re}:\n${out.slice(-2000)}`);
+    return Number(m[1]);
+  };
+  // -v: "> NOERROR n0.bench.test A 0.000253" per answered query ("> T ..." when lost).
+  const latencies: number[] = [];
+  for (const m of out.matchAll(/^> [A-Z]+ \S+ \S+ ([\d.]+)$/gm)) {
+    latencies.push(Number(m[1]) * 1000);
+  }
+  latencies.sort((a, b) => a - b);
+  const sent = num(/Queries sent:\s+(\d+)/);
+  const lost = num(/Queries lost:\s+(\d+)/);
+  return {
+    qps: num(/Queries per second:\s+([\d.]+)/),
+    lostFraction: sent > 0 ? lost / sent : 1,
+    p50Ms: percentile(latencies, 0.5),
+    p99Ms: percentile(latencies, 0.99),
+    averageMs: num(/Average Latency \(s\):\s+([\d.]+)/) * 1000,
+  };
+}
+
+async function waitAnswers(lab: Lab, path: PathName): Promise<void> {
+  const { address, port } = SERVER[path];
+  const deadline = performance.now() + READY_TIMEOUT_MS;
+  while (performance.now() < deadline) {
+    const r = lab.exec(
+      lab.client,
+      ["kdig", `@${address}`, "-p", `${port}`, "+short", "+timeout=1", "+retry=0"].concat([
+        "n0.bench.test",
+        "A",
+      ]),
+      undefined,
+      true,
+    );
+    if (r.stdout.trim() === "198.18.1.100") return;
+    await Bun.sleep(100);
+  }
+  throw new Error(`${path}: no answer from ${address}:${port} within ${READY_TIMEOUT_MS} ms`);
+}
+
+function dnsdistConfig(): string {
+  return [
+    `setLocal("${DNSDIST.address}:${DNSDIST.port}")`,
+    // Its default ACL is the private ranges only; the lab's clients are in 198.18.0.0/15.
+    'setACL({"198.18.0.0/15", "2001:2::/48"})',
+    // The health check asks a name dnsmasq answers (it knows no root servers).
+    `newServer({address="${RESOLVER.address}:${RESOLVER.port}", checkName="n0.bench.test."})`,
+    'setSecurityPollSuffix("")',
+    "",
+  ].join("\n");
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function fmt(x: number): string {
+  if (!Number.isFinite(x)) return "-";
+  if (x >= 100_000) return `${(x / 1000).toFixed(0)}k`;
+  if (x >= 10_000) return `${(x / 1000).toFixed(1)}k`;
+  if (x >= 100) return x.toFixed(0);
+  return x.toFixed(2);
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const reason = labUnavailableReason();
+  if (reason) throw new Error(`bench/dns_forced.ts: ${reason}`);
+  const seconds = args.quick ? SECONDS.quick : SECONDS.full;
+  const dir = mkdtempSync(join(tmpdir(), "relay-bench-dns-forced-"));
+  const lab = Lab.create();
+  const onSignal = () => {
+    lab.destroy();
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(130);
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  const children: Subprocess[] = [];
+  let relay: RelayProcess | null = null;
+  const started = performance.now();
+  const load = loadavg()[0];
+  try {
+    const raw = {
+      listeners: [{ name: "dns4", address: "127.0.0.1", port: LISTENER_PORT }],
+      intercept: [{ listener: "dns4", ports: [53], interfaces: [LAB.routerClientIf] }],
+      outbounds: [
+        { name: "resolver", type: "forward", targets: [`${RESOLVER.address}:${RESOLVER.port}`] },
+      ],
+      rules: [{ name: "forced", protocol: "udp", ports: [53], action: "resolver" }],
+      metrics: { port: 0 },
+      control: { socketPath: join(dir, "relay.sock") },
+    };
+    const config = parseConfig(raw);
+    lab.installRules(nftRuleset(config), policyRoutingCommands(config));
+    const configPath = join(dir, "relay.json");
+    writeFileSync(configPath, JSON.stringify(raw));
+
+    const records: string[] = [];
+    const questions: string[] = [];
+    for (let i = 0; i < NAMES; i++) {
+      records.push(`--host-record=n${i}.bench.test,198.18.1.${100 + i},2001:2:0:2::${100 + i}`);
+      questions.push(`n${i}.bench.test A`, `n${i}.bench.test AAAA`);
+    }
+    const queryFile = join(dir, "queries.txt");
+    writeFileSync(queryFile, `${questions.join("\n")}\n`);
+    children.push(
+      lab.spawn(lab.server, [
+        ...["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces"],
+        ...[`--listen-address=${RESOLVER.address}`, `--port=${RESOLVER.port}`, "--user=root"],
+        ...["--pid-file", "--log-facility=-", "--dns-forward-max=10000", ...records],
+      ]),
+    );
+    const dnsdistConf = join(dir, "dnsdist.conf");
+    writeFileSync(dnsdistConf, dnsdistConfig());
+    children.push(
+      lab.spawn(lab.router, ["dnsdist", "--supervised", "--disable-syslog", "-C", dnsdistConf]),
+    );
+    relay = await RelayProcess.start(lab, configPath);
+    lab.warmNeighbours();
+    for (const path of PATHS) await waitAnswers(lab, path);
+
+    const samples: Record<PathName, Sample[]> = { kernel: [], relay: [], dnsdist: [] };
+    for (let rep = 0; rep < args.reps; rep++) {
+      // Rotate the order per repetition: no path always runs first (or last).
+      for (const path of PATHS.map((_, k) => PATHS[(k + rep) % PATHS.length])) {
+        const s = dnsperf(lab, queryFile, path, seconds);
+        samples[path].push(s);
+        process.stderr.write(
+          `[dns-forced] rep ${rep + 1}/${args.reps} ${path.padEnd(7)} ${fmt(s.qps)} q/s, ` +
+            `p50/p99 ${fmt(s.p50Ms)}/${fmt(s.p99Ms)} ms, lost ` +
+            `${(s.lostFraction * 100).toFixed(2)}%\n`,
+        );
+      }
+    }
+    const udp = (await relay.metrics()).udp;
+
+    const range = (xs: number[]) =>
+      `${fmt(median(xs))} [${fmt(Math.min(...xs))}-${fmt(Math.max(...xs))}]`;
+    const med = (p: PathName, f: (s: Sample) => number) => median(samples[p].map(f));
+    const ratio = (a: number, b: number) =>
+      Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `**${(a / b).toFixed(2)}**` : "-";
+    const lines: string[] = [];
+    lines.push("# DNS forced mode: the relay beside kernel forwarding and dnsdist");
+    lines.push("");
+    lines.push(
+      `\`bun bench/dns_forced.ts${args.quick ? " --quick" : ""}` +
+        `${args.reps !== REPS.full && !args.quick ? ` --reps ${args.reps}` : ""}\`, ` +
+        `${new Date().toISOString()}, ${cpus().length} vCPUs (${cpus()[0]?.model ?? "?"}), ` +
+        `kernel ${release()}, load average ${load.toFixed(2)} at start, ` +
+        `${((performance.now() - started) / 1000).toFixed(0)} s. dnsperf -c ` +
+        `${DNSPERF_CLIENTS} -q ${DNSPERF_OUTSTANDING} -l ${seconds} -v, medians of ` +
+        `${args.reps} repetition(s) [min-max]; p50/p99 from dnsperf's per-query latencies ` +
+        "(answered queries), average from dnsperf's summary; ratios of medians.",
+    );
+    lines.push("");
+    lines.push("| path | queries/s | p50 ms | p99 ms | average ms | lost % |");
+    lines.push("|---|---|---|---|---|---|");
+    for (const p of PATHS) {
+      const xs = samples[p];
+      lines.push(
+        `| ${LABEL[p]} | ${range(xs.map((s) => s.qps))} | ${fmt(med(p, (s) => s.p50Ms))} | ` +
+          `${fmt(med(p, (s) => s.p99Ms))} | ${fmt(med(p, (s) => s.averageMs))} | ` +
+          `${(med(p, (s) => s.lostFraction) * 100).toFixed(2)} |`,
+      );
+    }
+    lines.push("");
+    const qps = (p: PathName) => med(p, (s) => s.qps);
+    const p99 = (p: PathName) => med(p, (s) => s.p99Ms);
+    lines.push(
+      `queries/s relay/dnsdist ${ratio(qps("relay"), qps("dnsdist"))}, relay/kernel ` +
+        `${ratio(qps("relay"), qps("kernel"))}; p99 relay/dnsdist ` +
+        `${ratio(p99("relay"), p99("dnsdist"))}, relay/kernel ` +
+        `${ratio(p99("relay"), p99("kernel"))}.`,
+    );
+    lines.push("");
+    const counters = Object.entries(udp).filter(
+      ([k, v]) => typeof v === "number" && v > 0 && /^(dropped|sessionsCreated)/.test(k),
+    );
+    lines.push(`Relay UDP counters at the end: ${JSON.stringify(Object.fromEntries(counters))}.`);
+    const report = `${lines.join("\n")}\n`;
+    mkdirSync(join(import.meta.dir, "results"), { recursive: true });
+    writeFileSync(RESULTS, report);
+    process.stdout.write(report);
+    return 0;
+  } finally {
+    if (relay) await relay.stop().catch(() => undefined);
+    for (const c of children) c.kill("SIGKILL");
+    lab.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (import.meta.main) process.exit(await main());
