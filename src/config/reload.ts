@@ -52,6 +52,8 @@ export const RELOAD_POLICY: Readonly<Record<string, ReloadRule>> = {
   "udp.socketReceiveBytes": restart("set on upstream and reply sockets, given at start"),
   "udp.socketSendBytes": restart("set on upstream and reply sockets, given at start"),
   "udp.dnsPorts": live(NEW_FLOWS),
+  "udp.dnsUpstreamSocketsPerTarget": restart("DNS upstream sockets are counted at start"),
+  "udp.dnsQueriesInFlightMax": restart("the in-flight table is allocated at start"),
   "udp.quicPorts": live(NEW_FLOWS),
   "udp.sniffPacketsMax": live(NEW_FLOWS),
   "udp.quicFollowConnectionIds": restart("the connection-ID index is allocated at start"),

@@ -114,6 +114,13 @@ export const UdpSchema = Type.Object(
     socketSendBytes: Type.Integer({ minimum: 0, maximum: 1 << 30, default: 0 }),
     /** Ports whose first datagram is parsed as DNS: the session records the name asked. */
     dnsPorts: Type.Array(Port, { default: [53], maxItems: 64 }),
+    /**
+     * Forced DNS (docs/dns.md): a query on dnsPorts that a rule sends to a forward
+     * outbound leaves on one of this many sockets per resolver, its ID remapped.
+     */
+    dnsUpstreamSocketsPerTarget: Type.Integer({ minimum: 1, maximum: 64, default: 4 }),
+    /** Forced DNS queries awaiting their answer at once (the table is allocated at start). */
+    dnsQueriesInFlightMax: Type.Integer({ minimum: 1, maximum: 1_048_576, default: 65_536 }),
     /** Ports whose first datagrams are parsed as QUIC Initials: the session records the SNI. */
     quicPorts: Type.Array(Port, { default: [443], maxItems: 64 }),
     /**

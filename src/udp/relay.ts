@@ -43,8 +43,9 @@ import { type Config, type ListenerConfig, PACKET_AREA_BYTES } from "../config/l
 import { RateLimitedLog } from "../control/log.ts";
 import { type SessionQuery, SESSIONS_LIMIT_MAX } from "../control/query.ts";
 import { TopK } from "../control/top_k.ts";
+import { DnsForwarder, parseQuestion, questionName } from "../dns/forwarder.ts";
 import { ReplyPool } from "../egress/reply_pool.ts";
-import { Outbounds } from "../egress/outbounds.ts";
+import { type ForwardTargets, Outbounds } from "../egress/outbounds.ts";
 import { parseUdpHeader, UDP_FRAGMENTED, UdpSource, writeUdpHeader } from "../egress/socks5.ts";
 import { AssociationEvent, AssociationState, Socks5Associations } from "../egress/socks5_udp.ts";
 import { type UpstreamOptions, UpstreamPool } from "../egress/upstream_pool.ts";
@@ -217,6 +218,9 @@ export class UdpRelay {
   /** Per session: a hash of its key, for a forward outbound's stable target choice. */
   private readonly sessionHash: Uint32Array;
   private readonly hold: HoldBuffer;
+  /** Forced DNS (src/dns/forwarder.ts); per port: 1 on udp.dnsPorts. */
+  private readonly dns: DnsForwarder;
+  private readonly dnsPort = new Uint8Array(65536);
   /** Sends the held datagrams (its slab is the hold arena). */
   private readonly holdQueue: SendQueue;
   /** The WASM memory as words: held datagrams are copied from the slab through it. */
@@ -390,8 +394,21 @@ export class UdpRelay {
       (sum, o) => sum + (o.type === "socks5" && o.udp ? o.associationsMax : 0),
       0,
     );
+    // Forced DNS: dnsUpstreamSocketsPerTarget per forward target at start (a reload that
+    // adds targets may find them taken: those queries are dropped, counted).
+    const dnsSocketsMax =
+      udp.dnsUpstreamSocketsPerTarget *
+      config.policy.outbounds.reduce(
+        (sum, o) => sum + (o.type === "forward" ? o.targets.length : 0),
+        0,
+      );
     const tokensMax =
-      listenerCount + udp.sessionsMax + udp.replySocketsMax + EXTRA_TOKENS + controlsMax;
+      listenerCount +
+      udp.sessionsMax +
+      udp.replySocketsMax +
+      EXTRA_TOKENS +
+      controlsMax +
+      dnsSocketsMax;
     this.poller = new Poller(lib, (token) => this.onToken(token), {
       tokensMax,
       inline: options.inline === true,
@@ -445,6 +462,34 @@ export class UdpRelay {
       (fd, entry) => registry.register(SocketKind.Reply, fd, entry),
       (token) => registry.unregister(token),
     );
+    for (const port of udp.dnsPorts) this.dnsPort[port] = 1;
+    this.dns = new DnsForwarder(
+      {
+        lib,
+        counters: this.counters,
+        bytes: this.wasmBytes,
+        slabAt: this.slabWasmOffset,
+        slotBytes: this.slotBytes,
+        meta32: this.meta32,
+        meta16: this.meta16,
+        queue: this.queue,
+        replies: this.replies,
+        listenerFd: this.listenerFd,
+        mark: config.mark,
+        bind4: config.upstreamAddr4,
+        bind6: config.upstreamAddr6,
+        socketReceiveBytes: udp.socketReceiveBytes,
+        socketSendBytes: udp.socketSendBytes,
+        register: (fd, socket) => registry.register(SocketKind.DnsUpstream, fd, socket),
+        unregister: (token) => registry.unregister(token),
+        log,
+      },
+      udp.dnsQueriesInFlightMax,
+      udp.dnsUpstreamSocketsPerTarget,
+      dnsSocketsMax,
+      (arenaPtr, arenaBytes, capacity) =>
+        new SendQueue(lib, arenaPtr, arenaBytes, capacity, this.counters, log),
+    );
   }
 
   /** Opens the listeners and starts the poll thread. Throws with a clear message. */
@@ -495,6 +540,7 @@ export class UdpRelay {
     }
     this.flushFlows();
     this.replies.closeAll();
+    this.dns.closeAll();
     this.closeListeners();
     this.closeWatch();
     this.closeRejectSockets();
@@ -586,6 +632,8 @@ export class UdpRelay {
     this.clients.setLimits(udp.sessionsPerClientMax, udp.replySocketsPerClientMax);
     this.replies.setTimes(udp.replySocketIdleMs, udp.replyBindRetryMs);
     this.sniffer.configure(config);
+    this.dnsPort.fill(0);
+    for (const port of udp.dnsPorts) this.dnsPort[port] = 1;
     this.hold.packetsPerFlowMax = udp.holdPacketsPerFlowMax;
     this.hold.bytesPerFlowMax = udp.holdBytesPerFlowMax;
     // New flows follow the new rules; open ones keep their rule and outbound. Records of
@@ -633,6 +681,8 @@ export class UdpRelay {
       sessionsMax: this.sessions.capacity,
       upstreamSockets: this.upstreams.count,
       replySockets: this.replies.count,
+      dnsUpstreamSockets: this.dns.sockets,
+      dnsQueriesInFlight: this.dns.inFlight,
       holdBytes: this.hold.bytesUsed,
       sessionsHolding: this.hold.count,
       socks5Associations: this.socks.count,
@@ -810,6 +860,7 @@ export class UdpRelay {
       this.counters.batchDatagrams[batchBucket(n)]++;
       this.slotsUsed += n;
       if (kind === SocketKind.Upstream) this.fromTargets(ref, first, n, now);
+      else if (kind === SocketKind.DnsUpstream) this.dns.fromResolvers(ref, first, n, now);
       else {
         faultDataPath(n);
         const listener = kind === SocketKind.Listener ? ref : this.replies.listenerOf(ref);
@@ -869,6 +920,9 @@ export class UdpRelay {
       key[7] = meta32[w + 7];
       key[8] = (sourcePort << 16) | targetPort;
       let s = sessions.find();
+      if (s < 0 && this.dnsPort[targetPort] === 1 && this.forcedDns(listener, i, length, now)) {
+        continue;
+      }
       if (s < 0 && this.quicIds !== null && this.quicPort[targetPort] === 1) {
         s = this.followConnection(
           listener,
@@ -1072,6 +1126,60 @@ export class UdpRelay {
         );
       }
     }
+  }
+
+  private readonly failTarget = (f: ForwardTargets, t: number, now: number) =>
+    this.outbounds.fail(f, t, now);
+
+  /**
+   * A datagram with no session on a DNS port (the key holds client and original
+   * destination): when it is a DNS query the policy sends to a forward outbound, the
+   * forwarder takes it (no session) and this returns true. False: the session way (a
+   * non-query is counted as malformed; other outbounds keep their sessions).
+   */
+  private forcedDns(listener: number, slot: number, length: number, now: number): boolean {
+    const key = this.sessions.key;
+    const targetPort = key[8] & 0xffff;
+    const at = this.slabWasmOffset + slot * this.slotBytes;
+    const bytes = this.wasmBytes;
+    const dns = this.dns;
+    if ((bytes[at + 2] & 0xf8) !== 0 || !parseQuestion(bytes, at, length, dns.question)) {
+      this.counters.dnsQueriesMalformed++; // QR set, an opcode other than QUERY, or no question
+      return false;
+    }
+    const name = this.policy.usesNames ? questionName(bytes, at) : null;
+    const rule = this.decide(listener, name, false);
+    const action = this.policy.actions[rule];
+    if (action < 0) return false;
+    const f = this.outbounds.forward(this.outbounds.ofPolicy(action));
+    if (f === null) return false;
+    if (!this.admissible(listener, targetPort)) return true;
+    const ipv6 = this.listenerIpv6[listener] === 1;
+    const mode = this.config.listeners[listener].reply;
+    const samePort = targetPort === this.listenerPort[listener];
+    if (mode === "pktinfo" && !samePort) {
+      this.counters.droppedReplyModeMismatch++;
+      return true;
+    }
+    const t = f.pick(dns.question.hash ^ key[3] ^ key[8], ipv6, now);
+    if (t < 0) {
+      this.counters.droppedOutboundUnavailable++;
+      return true;
+    }
+    const meta = slot * META_WORDS;
+    dns.forward(
+      f,
+      t,
+      key,
+      this.meta32[meta + META.sourceScopeWord],
+      listener,
+      ipv6,
+      mode === "pktinfo" || (mode === "auto" && samePort),
+      slot,
+      length,
+      now,
+    );
+    return true;
   }
 
   // ---- sessions ----
@@ -1965,6 +2073,7 @@ export class UdpRelay {
     const now = performance.now();
     const outbounds = this.outbounds;
     outbounds.expire(now); // before expiry: a flow that ends now still counts its silence
+    this.dns.expire(now, this.failTarget);
     this.sessions.expire(now, EXPIRE_BUDGET_PER_TICK);
     this.replies.sweep(now, REPLY_SWEEP_BUDGET_PER_TICK);
     this.releaseExpiredHolds(now);
