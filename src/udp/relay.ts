@@ -1161,7 +1161,7 @@ export class UdpRelay {
       this.counters.droppedReplyModeMismatch++;
       return true;
     }
-    const t = f.pick(dns.question.hash ^ key[3] ^ key[8], ipv6, now);
+    const t = f.pick((dns.question.hash ^ key[3] ^ key[8]) >>> 0, ipv6, now);
     if (t < 0) {
       this.counters.droppedOutboundUnavailable++;
       return true;
