@@ -170,6 +170,8 @@ export class UdpCounters {
    * datagrams on dnsPorts that are no DNS query (they go the session way).
    */
   dnsQueriesForwarded = 0;
+  /** Queries a dnsAnswer outbound answered in place (never upstream). */
+  dnsQueriesAnsweredLocally = 0;
   dnsAnswersRelayed = 0;
   dnsAnswersSpoofed = 0;
   dnsAnswersLate = 0;

@@ -258,10 +258,35 @@ export const Socks5OutboundSchema = Type.Object(
   { additionalProperties: false },
 );
 
+/**
+ * Answers a DNS query in place (docs/dns.md), never upstream: for a rule with
+ * protocol "udp" that matches queries on udp.dnsPorts (e.g. blocked names).
+ */
+export const DnsAnswerOutboundSchema = Type.Object(
+  {
+    name: OutboundName,
+    type: Type.Literal("dnsAnswer"),
+    rcode: Type.Union(
+      [Type.Literal("NXDOMAIN"), Type.Literal("REFUSED"), Type.Literal("NOERROR")],
+      {
+        default: "NXDOMAIN",
+      },
+    ),
+    /** With rcode NOERROR: the A record of an A query (none: an empty answer). */
+    address4: Type.Optional(Type.String({ minLength: 2, maxLength: 45 })),
+    /** With rcode NOERROR: the AAAA record of an AAAA query (none: an empty answer). */
+    address6: Type.Optional(Type.String({ minLength: 2, maxLength: 45 })),
+    /** TTL of the record. */
+    ttlS: Type.Integer({ minimum: 0, maximum: 86_400, default: 60 }),
+  },
+  { additionalProperties: false },
+);
+
 export const OutboundSchema = Type.Union([
   DirectOutboundSchema,
   ForwardOutboundSchema,
   Socks5OutboundSchema,
+  DnsAnswerOutboundSchema,
 ]);
 
 export const RuleSchema = Type.Object(

@@ -235,8 +235,9 @@ const F = {
   udpDnsQueries: family(
     "relay_udp_dns_queries_total",
     "counter",
-    "Forced DNS: forwarded, answered, spoofed (answer dropped), late (answer dropped), " +
-      "retried, timed_out, in_flight_full, ids_exhausted, malformed, socket_failed.",
+    "Forced DNS: forwarded, answered, answered_locally (dnsAnswer), spoofed and late " +
+      "(answers dropped), retried, timed_out, in_flight_full, ids_exhausted, malformed, " +
+      "socket_failed.",
   ),
   udpDnsUpstreamSockets: family(
     "relay_udp_dns_upstream_sockets",
@@ -426,6 +427,7 @@ const UDP_PLACED: Record<
   sessionsActive: { family: F.sessionsActive, labels: udp() },
   sessionsMax: { family: F.sessionsLimit, labels: udp() },
   dnsQueriesForwarded: { family: F.udpDnsQueries, labels: { event: "forwarded" } },
+  dnsQueriesAnsweredLocally: { family: F.udpDnsQueries, labels: { event: "answered_locally" } },
   dnsAnswersRelayed: { family: F.udpDnsQueries, labels: { event: "answered" } },
   dnsAnswersSpoofed: { family: F.udpDnsQueries, labels: { event: "spoofed" } },
   dnsAnswersLate: { family: F.udpDnsQueries, labels: { event: "late" } },

@@ -15,7 +15,10 @@ import { randomFillSync } from "node:crypto";
 import type { ForwardTargets } from "../egress/outbounds.ts";
 import { V4_MAPPED_WORD } from "../flow/local_targets.ts";
 import type { ReplyPool } from "../egress/reply_pool.ts";
+import { type FlowRecords, REPLY_PKTINFO, REPLY_SOCKET } from "../flow/flow_records.ts";
+import { EndReason, PROTOCOL_DNS } from "../flow/table.ts";
 import type { UdpCounters } from "../metrics.ts";
+import type { DnsAnswerConfig } from "../policy/config.ts";
 import { decodeSocketError, describeSocketError } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { META, META_WORDS, SOCK } from "../sys/layout.ts";
@@ -50,6 +53,17 @@ export interface DnsPlane {
   register: (fd: number, socket: number) => number;
   unregister: (token: number) => void;
   log: (reason: string, message: string) => void;
+  /** The flow log's buffer (null: off): one record per query, ended here. */
+  flows: FlowRecords | null;
+  /** The running policy's generation: a record names its rule only if still current. */
+  generation: () => number;
+}
+
+/** Who decided a query, for its record: rule, outbound (policy index), name, when. */
+export interface QueryDecision {
+  rule: number;
+  outbound: number;
+  name: string | null;
 }
 
 /** The upstream sockets of one resolver, and the next one to use (round robin). */
@@ -155,6 +169,11 @@ export class DnsForwarder {
   private readonly eRetried: Uint8Array;
   private readonly eLength: Uint16Array;
   private readonly eTargets: Array<ForwardTargets | null>;
+  private readonly eRule: Int16Array;
+  private readonly eOutbound: Int16Array;
+  private readonly eGeneration: Int32Array;
+  private readonly eName: Array<string | null>;
+  private readonly eStartMs: Float64Array;
   /** Per entry: a copy of its query (ID remapped), for the retry. */
   private readonly arena: Uint8Array;
   private readonly retryQueue: SendQueue;
@@ -192,6 +211,11 @@ export class DnsForwarder {
     this.eRetried = new Uint8Array(entriesMax);
     this.eLength = new Uint16Array(entriesMax);
     this.eTargets = new Array(entriesMax).fill(null);
+    this.eRule = new Int16Array(entriesMax);
+    this.eOutbound = new Int16Array(entriesMax);
+    this.eGeneration = new Int32Array(entriesMax);
+    this.eName = new Array(entriesMax).fill(null);
+    this.eStartMs = new Float64Array(entriesMax);
     this.arena = new Uint8Array(new ArrayBuffer(entriesMax * QUERY_COPY_BYTES));
     this.retryQueue = makeQueue(ptr(this.arena), this.arena.byteLength, RETRY_BATCH);
   }
@@ -212,6 +236,7 @@ export class DnsForwarder {
    * original destination. Returns nothing: every drop is counted.
    */
   forward(
+    decision: QueryDecision,
     f: ForwardTargets,
     t: number,
     key: Uint32Array,
@@ -256,6 +281,11 @@ export class DnsForwarder {
     this.eHash[e] = this.question.hash;
     this.eTargets[e] = f;
     this.eRetried[e] = 0;
+    this.eRule[e] = decision.rule;
+    this.eOutbound[e] = decision.outbound;
+    this.eName[e] = decision.name;
+    this.eGeneration[e] = plane.generation();
+    this.eStartMs[e] = now;
     this.eLength[e] = length <= QUERY_COPY_BYTES ? length : 0;
     this.bindId(e, sock);
     bytes[at] = this.eId[e] >>> 8;
@@ -265,6 +295,116 @@ export class DnsForwarder {
     }
     this.send(plane.queue, e, t, slot * plane.slotBytes, length, now);
     c.dnsQueriesForwarded++;
+  }
+
+  /**
+   * A dnsAnswer outbound answers the query in receive slot `slot` (parsed into
+   * this.question) in place: the reply is built over the query (same ID, question and
+   * RD; QR, RA, the rcode; an A/AAAA record when configured for the query's type; no
+   * EDNS OPT) and sent from the original destination. Arguments as forward()'s.
+   */
+  answer(
+    decision: QueryDecision,
+    a: DnsAnswerConfig,
+    key: Uint32Array,
+    clientScope: number,
+    listener: number,
+    ipv6: boolean,
+    replyPktinfo: boolean,
+    slot: number,
+    now: number,
+  ): void {
+    const plane = this.plane;
+    const bytes = plane.bytes;
+    const at = plane.slabAt + slot * plane.slotBytes;
+    const q = this.question;
+    bytes[at + 2] = 0x80 | (bytes[at + 2] & 0x01);
+    bytes[at + 3] = 0x80 | a.rcode;
+    const record = a.rcode !== 0 ? null : q.type === 1 ? a.addr4 : q.type === 28 ? a.addr6 : null;
+    // QDCOUNT 1, ANCOUNT 0 or 1, NSCOUNT 0, ARCOUNT 0 (the query's OPT is cut off).
+    bytes.fill(0, at + 6, at + 12);
+    let p = at + q.end;
+    if (record !== null) {
+      bytes[at + 7] = 1;
+      const data = q.type === 1 ? record.subarray(12) : record;
+      bytes[p++] = 0xc0; // the name: a pointer to the question's
+      bytes[p++] = HEADER_BYTES;
+      bytes[p++] = 0;
+      bytes[p++] = q.type;
+      bytes[p++] = 0;
+      bytes[p++] = 1; // class IN
+      bytes[p++] = a.ttlS >>> 24;
+      bytes[p++] = (a.ttlS >>> 16) & 0xff;
+      bytes[p++] = (a.ttlS >>> 8) & 0xff;
+      bytes[p++] = a.ttlS & 0xff;
+      bytes[p++] = 0;
+      bytes[p++] = data.length;
+      bytes.set(data, p);
+      p += data.length;
+    }
+    let reply = -1;
+    if (!replyPktinfo) {
+      plane.replies.setKey(key[4], key[5], key[6], key[7], key[8] & 0xffff);
+      reply = plane.replies.acquire(listener, ipv6, now);
+      if (reply < 0) return; // counted by the pool
+    }
+    const offset = slot * plane.slotBytes;
+    const length = p - at;
+    const clientPort = key[8] >>> 16;
+    const flows = plane.flows;
+    const r = flows === null ? -1 : flows.reserve();
+    if (flows !== null && r < 0) plane.counters.flowLogDropped++;
+    if (r >= 0) {
+      const row = flows!;
+      row.endMs[r] = row.startMs[r] = Date.now();
+      for (let k = 0; k < 8; k++) row.addrWords[r * 8 + k] = key[k];
+      row.ports[r] = key[8];
+      row.listener[r] = listener;
+      row.packetsToTarget[r] = 1;
+      row.bytesToTarget[r] = q.end;
+      row.packetsToClient[r] = 1;
+      row.bytesToClient[r] = length;
+      row.parsed[r] = PROTOCOL_DNS;
+      row.names[r] = decision.name;
+      row.reason[r] = EndReason.DnsAnsweredLocally;
+      row.reply[r] = reply >= 0 ? REPLY_SOCKET : REPLY_PKTINFO;
+      row.rule[r] = decision.rule;
+      row.outbound[r] = decision.outbound;
+    }
+    if (reply >= 0) {
+      const fd = plane.replies.fdOf(reply);
+      plane.queue.push(
+        Direction.ToClient,
+        fd,
+        key[0],
+        key[1],
+        key[2],
+        key[3],
+        clientPort,
+        clientScope,
+        offset,
+        length,
+      );
+      // Idle in the pool from now on; it is closed only by a sweep, after this round's sends.
+      plane.replies.release(reply, now);
+    } else {
+      plane.queue.toClientFrom(
+        plane.listenerFd[listener],
+        key[0],
+        key[1],
+        key[2],
+        key[3],
+        clientPort,
+        clientScope,
+        key[4],
+        key[5],
+        key[6],
+        key[7],
+        offset,
+        length,
+      );
+    }
+    plane.counters.dnsQueriesAnsweredLocally++;
   }
 
   /** Answers on upstream socket `sock`, in receive slots first..first+n-1. */
@@ -316,6 +456,7 @@ export class DnsForwarder {
       bytes[at + 1] = this.eOrigId[e] & 0xff;
       this.toClient(e, i * plane.slotBytes, length);
       c.dnsAnswersRelayed++;
+      if (plane.flows !== null) this.record(e, EndReason.DnsAnswered, length, now);
       this.free(e, now);
     }
   }
@@ -337,6 +478,7 @@ export class DnsForwarder {
       const sock = next < 0 ? -1 : this.socketFor(f, next, !isV4(f, next));
       if (sock < 0) {
         c.dnsQueriesTimedOut++;
+        if (this.plane.flows !== null) this.record(e, EndReason.DnsTimedOut, 0, now);
         this.free(e, now);
         continue;
       }
@@ -426,6 +568,36 @@ export class DnsForwarder {
     }
   }
 
+  /** The flow log's record of query e (answered: the answer's bytes). */
+  private record(e: number, reason: EndReason, answerBytes: number, now: number): void {
+    const flows = this.plane.flows!;
+    const r = flows.reserve();
+    if (r < 0) {
+      this.plane.counters.flowLogDropped++;
+      return;
+    }
+    const endMs = Date.now();
+    flows.endMs[r] = endMs;
+    flows.startMs[r] = endMs - (now - this.eStartMs[e]);
+    const w = r * 8;
+    for (let k = 0; k < 4; k++) {
+      flows.addrWords[w + k] = this.eClient[e * 4 + k];
+      flows.addrWords[w + 4 + k] = this.eDest[e * 5 + k];
+    }
+    flows.ports[r] = ((this.eClientPort[e] << 16) | this.eDest[e * 5 + 4]) >>> 0;
+    flows.listener[r] = this.eListener[e];
+    flows.packetsToTarget[r] = 1 + this.eRetried[e];
+    flows.bytesToTarget[r] = this.eLength[e] * (1 + this.eRetried[e]);
+    flows.packetsToClient[r] = answerBytes > 0 ? 1 : 0;
+    flows.bytesToClient[r] = answerBytes;
+    flows.parsed[r] = PROTOCOL_DNS;
+    flows.names[r] = this.eName[e];
+    flows.reason[r] = reason;
+    flows.reply[r] = this.eReply[e] >= 0 ? REPLY_SOCKET : REPLY_PKTINFO;
+    flows.rule[r] = this.eGeneration[e] === this.plane.generation() ? this.eRule[e] : -1;
+    flows.outbound[r] = this.eOutbound[e];
+  }
+
   /** The next target after t of the same family that is up, or -1. */
   private nextUp(f: ForwardTargets, t: number, now: number): number {
     const v4 = isV4(f, t);
@@ -440,6 +612,7 @@ export class DnsForwarder {
     this.unbindId(e, false);
     if (this.eReply[e] >= 0) this.plane.replies.release(this.eReply[e], now);
     this.eTargets[e] = null;
+    this.eName[e] = null;
     this.freeEntries[this.freeCount++] = e;
   }
 

@@ -43,13 +43,13 @@ import { type Config, type ListenerConfig, PACKET_AREA_BYTES } from "../config/l
 import { RateLimitedLog } from "../control/log.ts";
 import { type SessionQuery, SESSIONS_LIMIT_MAX } from "../control/query.ts";
 import { TopK } from "../control/top_k.ts";
-import { DnsForwarder, parseQuestion, questionName } from "../dns/forwarder.ts";
+import { DnsForwarder, parseQuestion, type QueryDecision, questionName } from "../dns/forwarder.ts";
 import { ReplyPool } from "../egress/reply_pool.ts";
 import { type ForwardTargets, Outbounds } from "../egress/outbounds.ts";
 import { parseUdpHeader, UDP_FRAGMENTED, UdpSource, writeUdpHeader } from "../egress/socks5.ts";
 import { AssociationEvent, AssociationState, Socks5Associations } from "../egress/socks5_udp.ts";
 import { type UpstreamOptions, UpstreamPool } from "../egress/upstream_pool.ts";
-import { ACTION_DROP, ACTION_REJECT, rejectsUdp } from "../policy/config.ts";
+import { ACTION_DNS_ANSWER, ACTION_DROP, ACTION_REJECT, rejectsUdp } from "../policy/config.ts";
 import { compilePolicy, FLOW_UDP, NEED_NAME, type Policy, PolicyFlow } from "../policy/policy.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
@@ -98,6 +98,12 @@ import { faultDataPath } from "../sys/test_faults.ts";
 import { HoldBuffer, HoldResult } from "./hold_buffer.ts";
 import { SocketKind, SocketRegistry } from "./registry.ts";
 import { Direction, SendQueue } from "./send_queue.ts";
+
+/**
+ * A policy action as a session takes it: a dnsAnswer outbound answers DNS queries only
+ * (src/dns/forwarder.ts); any other flow its rule matches is dropped.
+ */
+const sessionAction = (action: number) => (action <= ACTION_DNS_ANSWER ? ACTION_DROP : action);
 
 /** Sessions ended per timer tick at most, so a mass expiry cannot stall the data path. */
 const EXPIRE_BUDGET_PER_TICK = 8192;
@@ -221,6 +227,7 @@ export class UdpRelay {
   /** Forced DNS (src/dns/forwarder.ts); per port: 1 on udp.dnsPorts. */
   private readonly dns: DnsForwarder;
   private readonly dnsPort = new Uint8Array(65536);
+  private readonly dnsDecision: QueryDecision = { rule: -1, outbound: -1, name: null };
   /** Sends the held datagrams (its slab is the hold arena). */
   private readonly holdQueue: SendQueue;
   /** The WASM memory as words: held datagrams are copied from the slab through it. */
@@ -483,6 +490,8 @@ export class UdpRelay {
         register: (fd, socket) => registry.register(SocketKind.DnsUpstream, fd, socket),
         unregister: (token) => registry.unregister(token),
         log,
+        flows: this.flows,
+        generation: () => this.policyGeneration,
       },
       udp.dnsQueriesInFlightMax,
       udp.dnsUpstreamSocketsPerTarget,
@@ -1147,12 +1156,13 @@ export class UdpRelay {
       this.counters.dnsQueriesMalformed++; // QR set, an opcode other than QUERY, or no question
       return false;
     }
-    const name = this.policy.usesNames ? questionName(bytes, at) : null;
+    const name = this.policy.usesNames || this.flows !== null ? questionName(bytes, at) : null;
     const rule = this.decide(listener, name, false);
     const action = this.policy.actions[rule];
-    if (action < 0) return false;
-    const f = this.outbounds.forward(this.outbounds.ofPolicy(action));
-    if (f === null) return false;
+    const answer =
+      action <= ACTION_DNS_ANSWER ? this.config.policy.answers[ACTION_DNS_ANSWER - action] : null;
+    const f = action >= 0 ? this.outbounds.forward(this.outbounds.ofPolicy(action)) : null;
+    if (f === null && answer === null) return false;
     if (!this.admissible(listener, targetPort)) return true;
     const ipv6 = this.listenerIpv6[listener] === 1;
     const mode = this.config.listeners[listener].reply;
@@ -1161,24 +1171,27 @@ export class UdpRelay {
       this.counters.droppedReplyModeMismatch++;
       return true;
     }
-    const t = f.pick((dns.question.hash ^ key[3] ^ key[8]) >>> 0, ipv6, now);
+    const pktinfo = mode === "pktinfo" || (mode === "auto" && samePort);
+    const clientScope = this.meta32[slot * META_WORDS + META.sourceScopeWord];
+    const decision = this.dnsDecision;
+    decision.rule = rule;
+    decision.outbound =
+      answer !== null
+        ? this.config.policy.outbounds.length + ACTION_DNS_ANSWER - action
+        : this.outbounds.policyIndexOf(this.outbounds.ofPolicy(action));
+    decision.name = name;
+    if (answer !== null) {
+      dns.answer(decision, answer, key, clientScope, listener, ipv6, pktinfo, slot, now);
+      return true;
+    }
+    // The client endpoint picks the target (its port changes per query, mostly).
+    const h = Math.imul(key[8] ^ key[3], 0x9e3779b1);
+    const t = f!.pick((h ^ (h >>> 15)) >>> 0, ipv6, now);
     if (t < 0) {
       this.counters.droppedOutboundUnavailable++;
       return true;
     }
-    const meta = slot * META_WORDS;
-    dns.forward(
-      f,
-      t,
-      key,
-      this.meta32[meta + META.sourceScopeWord],
-      listener,
-      ipv6,
-      mode === "pktinfo" || (mode === "auto" && samePort),
-      slot,
-      length,
-      now,
-    );
+    dns.forward(decision, f!, t, key, clientScope, listener, ipv6, pktinfo, slot, length, now);
     return true;
   }
 
@@ -1272,7 +1285,7 @@ export class UdpRelay {
     // name is known; a dropped or rejected flow needs no reply path nor upstream socket.
     const pending = this.policy.usesNames && this.sniffer.parses(targetPort);
     const rule = this.decide(listener, null, pending);
-    const action = rule === NEED_NAME ? OUTBOUND_PENDING : this.policy.actions[rule];
+    const action = rule === NEED_NAME ? OUTBOUND_PENDING : sessionAction(this.policy.actions[rule]);
     if (action === ACTION_DROP || action === ACTION_REJECT) {
       return this.openDecidedSession(listener, targetPort, rule, action, now);
     }
@@ -1662,7 +1675,7 @@ export class UdpRelay {
     const decided = this.decide(sessions.listener[s], sessions.name[s], false);
     sessions.rule[s] = decided;
     this.sessionGeneration[s] = this.policyGeneration;
-    const action = this.policy.actions[decided];
+    const action = sessionAction(this.policy.actions[decided]);
     if (action === ACTION_DROP || action === ACTION_REJECT) {
       sessions.outbound[s] = action;
       for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {

@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LAB } from "../lab/netns.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { labSkipReason, RelayLab } from "./harness.ts";
+import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
 const [A4, B4, C4] = LAB.serverExtra4;
 const [A6, B6, C6] = LAB.serverExtra6;
@@ -46,7 +46,7 @@ const forward = (name: string, targets: string[], healthCheck = {}) => ({
   healthCheck,
 });
 
-const config = (inFlightMax: number) => ({
+const config = (inFlightMax: number, flowLogPath = "") => ({
   listeners: [
     { name: "udp4", address: "127.0.0.1", port: 12345 },
     { name: "udp6", address: "::1", port: 12345 },
@@ -60,6 +60,7 @@ const config = (inFlightMax: number) => ({
     dnsQueriesInFlightMax: inFlightMax,
     idleTimeoutMsByPort: { "53": 300 },
   },
+  flowLog: { path: flowLogPath },
   outbounds: [
     forward("resolver", [`${A4}:53`, `[${A6}]:53`]),
     forward("failover", [`${C4}:54`, `${B4}:53`, `[${C6}]:54`, `[${B6}]:53`], {
@@ -69,11 +70,22 @@ const config = (inFlightMax: number) => ({
     }),
     forward("spoofer", [`${C4}:53`], { answerTimeoutMs: 2000 }),
     forward("silent", [`${C4}:55`], { answerTimeoutMs: 60_000 }),
+    { name: "blocked", type: "dnsAnswer", rcode: "NXDOMAIN" },
+    {
+      name: "pinned",
+      type: "dnsAnswer",
+      rcode: "NOERROR",
+      address4: "198.18.1.99",
+      address6: "2001:2:0:2::99",
+      ttlS: 30,
+    },
   ],
   rules: [
     { name: "f", names: { exact: ["f.test"] }, action: "failover" },
     { name: "s", names: { exact: ["s.test"] }, action: "spoofer" },
     { name: "q", names: { exact: ["q.test"] }, action: "silent" },
+    { name: "block", protocol: "udp", names: { suffix: ["blocked.test"] }, action: "blocked" },
+    { name: "pin", protocol: "udp", names: { exact: ["pinned.test"] }, action: "pinned" },
     { name: "dns", ports: [53], action: "resolver" },
   ],
 });
@@ -103,6 +115,18 @@ while True:
     s.sendto(wrong_question, peer)
     s.sendto(good, peer)
 `;
+
+/** `bun run relay log --json` of the flow log at `path`: its records. */
+function flowRecords(dir: string, path: string): any[] {
+  const reader = join(dir, "reader.json");
+  writeFileSync(reader, JSON.stringify({ flowLog: { path } }));
+  const r = Bun.spawnSync([BUN, join(ROOT, "src/main.ts"), "log", "--config", reader, "--json"]);
+  return r.stdout
+    .toString()
+    .split("\n")
+    .filter((l) => l !== "")
+    .map((l) => JSON.parse(l));
+}
 
 function kdig(env: RelayLab, server: string, name: string, type: string, timeoutS = 2) {
   const argv = ["kdig", `@${server}`, name, type, "+notcp", `+timeout=${timeoutS}`, "+retry=0"];
@@ -137,7 +161,7 @@ for (const _ of skip === null ? [1] : []) {
         ]),
       );
       env.spawn(lab.server, ["python3", "-c", SPOOFER]);
-      await env.startRelay(config(65_536));
+      await env.startRelay(config(65_536, join(dir, "flow.log")));
       await lab.waitForUdpPort(lab.server, 53);
       lab.warmNeighbours();
     }, 60_000);
@@ -223,6 +247,43 @@ for (const _ of skip === null ? [1] : []) {
       expect(u.forwardTargetsDown).toBeGreaterThanOrEqual(1);
       expect(u.dnsQueriesRetried).toBeGreaterThanOrEqual(1);
     }, 60_000);
+
+    test("blocked names get the configured answer in place, nothing goes upstream", async () => {
+      const before = await udp(env);
+      const cases = [
+        [LAB.server4, "ads.blocked.test", "A", "status: NXDOMAIN", null],
+        [LAB.server6, "blocked.test", "AAAA", "status: NXDOMAIN", null],
+        [LAB.server4, "pinned.test", "A", "status: NOERROR", "198.18.1.99"],
+        [LAB.server6, "pinned.test", "AAAA", "status: NOERROR", "2001:2:0:2::99"],
+        [LAB.server4, "pinned.test", "MX", "ANSWER: 0", null],
+      ];
+      for (const [server, name, type, status, answer] of cases) {
+        const out = kdig(env, server!, name!, type!);
+        expect(out).toContain(status!);
+        if (answer !== null) expect(out).toMatch(/pinned\.test\.\s+30\s+IN\s+/);
+        if (answer !== null) expect(out).toContain(answer);
+        expect(out).toContain(`;; From ${server}@53(UDP)`);
+      }
+      const u = await udp(env);
+      expect(u.dnsQueriesAnsweredLocally - before.dnsQueriesAnsweredLocally).toBe(cases.length);
+      expect(u.dnsQueriesForwarded).toBe(before.dnsQueriesForwarded);
+      expect(u.packetsToTargets).toBe(before.packetsToTargets);
+    });
+
+    test("the flow log has one record per query: name, rule, outbound, end", async () => {
+      const path = join(dir, "flow.log");
+      const records = await waitFor(
+        async () => flowRecords(dir, path),
+        (r: any[]) =>
+          r.some((x) => x.name === "x.test" && x.end === "dns-answered") &&
+          r.some((x) => x.name === "pinned.test" && x.end === "dns-local"),
+        { what: "query records", timeoutMs: 10_000 },
+      );
+      const x = records.find((r: any) => r.name === "x.test" && r.end === "dns-answered");
+      expect(x).toMatchObject({ rule: "dns", outbound: "resolver", target: LAB.server4 });
+      const pinned = records.find((r: any) => r.name === "pinned.test");
+      expect(pinned).toMatchObject({ rule: "pin", outbound: "pinned", targetPort: 53 });
+    });
 
     test("malformed DNS on port 53 is counted and goes the session way; queries go on", async () => {
       const before = await udp(env);
