@@ -21,6 +21,9 @@ const [A6, B6, C6] = LAB.serverExtra6;
 const SOCKETS_PER_TARGET = 4;
 const QUERIES = 50_000;
 
+/** A TXT record of 3 strings of 200 bytes: more than 512 bytes of answer. */
+const BIG_TXT = ["a", "b", "c"].map((c) => `"${c.repeat(200)}"`).join(",");
+
 function dnsmasq(address4: string, address6: string, records: string[][]): string[] {
   return [
     "dnsmasq",
@@ -35,6 +38,7 @@ function dnsmasq(address4: string, address6: string, records: string[][]): strin
     "--pid-file",
     "--log-facility=-",
     "--dns-forward-max=10000",
+    `--txt-record=big.test,${BIG_TXT}`,
     ...records.map((r) => `--host-record=${r.join(",")}`),
   ];
 }
@@ -247,6 +251,20 @@ for (const _ of skip === null ? [1] : []) {
       expect(u.forwardTargetsDown).toBeGreaterThanOrEqual(1);
       expect(u.dnsQueriesRetried).toBeGreaterThanOrEqual(1);
     }, 60_000);
+
+    test("EDNS(0) and truncated answers pass unchanged", () => {
+      const base = ["kdig", `@${LAB.server4}`, "big.test", "TXT", "+timeout=2", "+retry=0"];
+      // Without EDNS, 512 bytes at most: dnsmasq truncates, the client sees TC (and would
+      // retry over TCP; +ignore keeps kdig on UDP).
+      const truncated = env.lab.exec(env.lab.client, [...base, "+noedns", "+ignore"]).stdout;
+      expect(truncated).toMatch(/;; Flags: .*\btc\b/);
+      expect(truncated).toContain(`;; From ${LAB.server4}@53(UDP)`);
+      // With EDNS (a 4096-byte buffer) the whole answer comes, its OPT record too.
+      const full = env.lab.exec(env.lab.client, [...base, "+notcp", "+bufsize=4096"]).stdout;
+      expect(full).toContain("EDNS PSEUDOSECTION");
+      expect(full).toContain("c".repeat(200));
+      expect(full).not.toMatch(/;; Flags: .*\btc\b/);
+    });
 
     test("blocked names get the configured answer in place, nothing goes upstream", async () => {
       const before = await udp(env);
