@@ -105,6 +105,9 @@ import { Direction, SendQueue } from "./send_queue.ts";
  */
 const sessionAction = (action: number) => (action <= ACTION_DNS_ANSWER ? ACTION_DROP : action);
 
+/** Forced DNS: upstream sockets are reserved for at least this many resolvers. */
+const DNS_RESOLVERS_MIN = 16;
+
 /** Sessions ended per timer tick at most, so a mass expiry cannot stall the data path. */
 const EXPIRE_BUDGET_PER_TICK = 8192;
 const REPLY_SWEEP_BUDGET_PER_TICK = 1024;
@@ -401,13 +404,17 @@ export class UdpRelay {
       (sum, o) => sum + (o.type === "socks5" && o.udp ? o.associationsMax : 0),
       0,
     );
-    // Forced DNS: dnsUpstreamSocketsPerTarget per forward target at start (a reload that
-    // adds targets may find them taken: those queries are dropped, counted).
+    // Forced DNS: dnsUpstreamSocketsPerTarget per forward target at start, and room for
+    // DNS_RESOLVERS_MIN resolvers at least, so a reload may add some (beyond that, queries
+    // to a resolver with no socket are dropped and counted: socket_failed).
     const dnsSocketsMax =
       udp.dnsUpstreamSocketsPerTarget *
-      config.policy.outbounds.reduce(
-        (sum, o) => sum + (o.type === "forward" ? o.targets.length : 0),
-        0,
+      Math.max(
+        DNS_RESOLVERS_MIN,
+        config.policy.outbounds.reduce(
+          (sum, o) => sum + (o.type === "forward" ? o.targets.length : 0),
+          0,
+        ),
       );
     const tokensMax =
       listenerCount +
