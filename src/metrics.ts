@@ -162,6 +162,25 @@ export class UdpCounters {
   /** Forward outbounds: datagrams not answered in answerTimeoutMs; targets marked down. */
   forwardAnswerTimeouts = 0;
   forwardTargetsDown = 0;
+  /**
+   * Forced DNS (src/dns/forwarder.ts): queries sent upstream with a remapped ID, answers
+   * relayed; answers dropped as spoofed (wrong source, unknown ID, wrong question) or late
+   * (their query had timed out); queries retried on the next resolver, given up, dropped
+   * (in-flight table full, every ID of the resolver's sockets in flight), and first
+   * datagrams on dnsPorts that are no DNS query (they go the session way).
+   */
+  dnsQueriesForwarded = 0;
+  /** Queries a dnsAnswer outbound answered in place (never upstream). */
+  dnsQueriesAnsweredLocally = 0;
+  dnsAnswersRelayed = 0;
+  dnsAnswersSpoofed = 0;
+  dnsAnswersLate = 0;
+  dnsQueriesRetried = 0;
+  dnsQueriesTimedOut = 0;
+  dnsQueriesDroppedInFlightFull = 0;
+  dnsQueriesDroppedIdsExhausted = 0;
+  dnsQueriesMalformed = 0;
+  dnsUpstreamSocketFailed = 0;
 
   /** Ended sessions the flow log never got: its buffer was full (src/flow/flow_records.ts). */
   flowLogDropped = 0;

@@ -4,7 +4,7 @@
 // added without one fails): "live" fields are applied without dropping a flow;
 // "restart" fields are bound or allocated at start (sockets, preallocated tables,
 // threads, the rules' own identity), and one changed refuses the whole reload.
-import { ACTION_DROP, ACTION_REJECT } from "../policy/config.ts";
+import { ACTION_DNS_ANSWER, ACTION_DROP, ACTION_REJECT } from "../policy/config.ts";
 import { quote, type Config } from "./load.ts";
 import { formatAddress } from "../sys/addr.ts";
 
@@ -52,6 +52,8 @@ export const RELOAD_POLICY: Readonly<Record<string, ReloadRule>> = {
   "udp.socketReceiveBytes": restart("set on upstream and reply sockets, given at start"),
   "udp.socketSendBytes": restart("set on upstream and reply sockets, given at start"),
   "udp.dnsPorts": live(NEW_FLOWS),
+  "udp.dnsUpstreamSocketsPerTarget": restart("DNS upstream sockets are counted at start"),
+  "udp.dnsQueriesInFlightMax": restart("the in-flight table is allocated at start"),
   "udp.quicPorts": live(NEW_FLOWS),
   "udp.sniffPacketsMax": live(NEW_FLOWS),
   "udp.quicFollowConnectionIds": restart("the connection-ID index is allocated at start"),
@@ -155,15 +157,24 @@ function policyView(config: Config): Record<string, unknown> {
   const endpoint = (e: { address: string; port: number }) =>
     e.address.includes(":") ? `[${e.address}]:${e.port}` : `${e.address}:${e.port}`;
   const action = (a: number) =>
-    a === ACTION_DROP ? "drop" : a === ACTION_REJECT ? "reject" : (p.outbounds[a]?.name ?? a);
+    a === ACTION_DROP
+      ? "drop"
+      : a === ACTION_REJECT
+        ? "reject"
+        : a < 0
+          ? (p.answers[ACTION_DNS_ANSWER - a]?.name ?? a)
+          : (p.outbounds[a]?.name ?? a);
   return {
-    outbounds: p.outbounds.map((o) => {
-      if (o.type === "direct") {
-        return { ...o, bindAddr4: text(o.bindAddr4), bindAddr6: text(o.bindAddr6) };
-      }
-      if (o.type === "forward") return { ...o, targets: o.targets.map(endpoint) };
-      return { ...o, server: endpoint(o.server) };
-    }),
+    outbounds: [
+      ...p.outbounds.map((o) => {
+        if (o.type === "direct") {
+          return { ...o, bindAddr4: text(o.bindAddr4), bindAddr6: text(o.bindAddr6) };
+        }
+        if (o.type === "forward") return { ...o, targets: o.targets.map(endpoint) };
+        return { ...o, server: endpoint(o.server) };
+      }),
+      ...p.answers.map((o) => ({ ...o, addr4: text(o.addr4), addr6: text(o.addr6) })),
+    ],
     rules: p.rules.map((r) => ({
       ...r,
       names:

@@ -114,6 +114,13 @@ export const UdpSchema = Type.Object(
     socketSendBytes: Type.Integer({ minimum: 0, maximum: 1 << 30, default: 0 }),
     /** Ports whose first datagram is parsed as DNS: the session records the name asked. */
     dnsPorts: Type.Array(Port, { default: [53], maxItems: 64 }),
+    /**
+     * Forced DNS (docs/dns.md): a query on dnsPorts that a rule sends to a forward
+     * outbound leaves on one of this many sockets per resolver, its ID remapped.
+     */
+    dnsUpstreamSocketsPerTarget: Type.Integer({ minimum: 1, maximum: 64, default: 4 }),
+    /** Forced DNS queries awaiting their answer at once (the table is allocated at start). */
+    dnsQueriesInFlightMax: Type.Integer({ minimum: 1, maximum: 1_048_576, default: 65_536 }),
     /** Ports whose first datagrams are parsed as QUIC Initials: the session records the SNI. */
     quicPorts: Type.Array(Port, { default: [443], maxItems: 64 }),
     /**
@@ -251,10 +258,35 @@ export const Socks5OutboundSchema = Type.Object(
   { additionalProperties: false },
 );
 
+/**
+ * Answers a DNS query in place (docs/dns.md), never upstream: for a rule with
+ * protocol "udp" that matches queries on udp.dnsPorts (e.g. blocked names).
+ */
+export const DnsAnswerOutboundSchema = Type.Object(
+  {
+    name: OutboundName,
+    type: Type.Literal("dnsAnswer"),
+    rcode: Type.Union(
+      [Type.Literal("NXDOMAIN"), Type.Literal("REFUSED"), Type.Literal("NOERROR")],
+      {
+        default: "NXDOMAIN",
+      },
+    ),
+    /** With rcode NOERROR: the A record of an A query (none: an empty answer). */
+    address4: Type.Optional(Type.String({ minLength: 2, maxLength: 45 })),
+    /** With rcode NOERROR: the AAAA record of an AAAA query (none: an empty answer). */
+    address6: Type.Optional(Type.String({ minLength: 2, maxLength: 45 })),
+    /** TTL of the record. */
+    ttlS: Type.Integer({ minimum: 0, maximum: 86_400, default: 60 }),
+  },
+  { additionalProperties: false },
+);
+
 export const OutboundSchema = Type.Union([
   DirectOutboundSchema,
   ForwardOutboundSchema,
   Socks5OutboundSchema,
+  DnsAnswerOutboundSchema,
 ]);
 
 export const RuleSchema = Type.Object(

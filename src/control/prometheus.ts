@@ -232,6 +232,23 @@ const F = {
     "histogram",
     "Datagrams read per recvmmsg batch (at most udp.batchCountMax).",
   ),
+  udpDnsQueries: family(
+    "relay_udp_dns_queries_total",
+    "counter",
+    "Forced DNS: forwarded, answered, answered_locally (dnsAnswer), spoofed and late " +
+      "(answers dropped), retried, timed_out, in_flight_full, ids_exhausted, malformed, " +
+      "socket_failed.",
+  ),
+  udpDnsUpstreamSockets: family(
+    "relay_udp_dns_upstream_sockets",
+    "gauge",
+    "Forced DNS: open upstream sockets (udp.dnsUpstreamSocketsPerTarget per resolver).",
+  ),
+  udpDnsInFlight: family(
+    "relay_udp_dns_queries_in_flight",
+    "gauge",
+    "Forced DNS: queries awaiting their answer (at most udp.dnsQueriesInFlightMax).",
+  ),
   udpUpstreamSockets: family(
     "relay_udp_upstream_sockets",
     "gauge",
@@ -409,6 +426,19 @@ const UDP_PLACED: Record<
   batches: WITH_HISTOGRAM,
   sessionsActive: { family: F.sessionsActive, labels: udp() },
   sessionsMax: { family: F.sessionsLimit, labels: udp() },
+  dnsQueriesForwarded: { family: F.udpDnsQueries, labels: { event: "forwarded" } },
+  dnsQueriesAnsweredLocally: { family: F.udpDnsQueries, labels: { event: "answered_locally" } },
+  dnsAnswersRelayed: { family: F.udpDnsQueries, labels: { event: "answered" } },
+  dnsAnswersSpoofed: { family: F.udpDnsQueries, labels: { event: "spoofed" } },
+  dnsAnswersLate: { family: F.udpDnsQueries, labels: { event: "late" } },
+  dnsQueriesRetried: { family: F.udpDnsQueries, labels: { event: "retried" } },
+  dnsQueriesTimedOut: { family: F.udpDnsQueries, labels: { event: "timed_out" } },
+  dnsQueriesDroppedInFlightFull: { family: F.udpDnsQueries, labels: { event: "in_flight_full" } },
+  dnsQueriesDroppedIdsExhausted: { family: F.udpDnsQueries, labels: { event: "ids_exhausted" } },
+  dnsQueriesMalformed: { family: F.udpDnsQueries, labels: { event: "malformed" } },
+  dnsUpstreamSocketFailed: { family: F.udpDnsQueries, labels: { event: "socket_failed" } },
+  dnsUpstreamSockets: { family: F.udpDnsUpstreamSockets },
+  dnsQueriesInFlight: { family: F.udpDnsInFlight },
   upstreamSockets: { family: F.udpUpstreamSockets },
   replySockets: { family: F.udpReplySockets },
   socketsRegistered: { family: F.udpRegistered },

@@ -251,7 +251,7 @@ export class Outbounds {
   }
 
   /** A datagram to target t went unanswered: failuresMax in a row mark it down. */
-  private fail(f: ForwardTargets, t: number, now: number): void {
+  fail(f: ForwardTargets, t: number, now: number): void {
     this.counters.forwardAnswerTimeouts++;
     if (++f.failures[t] >= f.failuresMax) {
       f.failures[t] = 0;

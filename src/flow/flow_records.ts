@@ -172,7 +172,8 @@ export class FlowRecords {
  */
 export function flowPolicyNames(config: Config): [string[], string[], number] {
   const policy = config.policy;
-  const outboundNames = policy.outbounds.map((o) => o.name);
+  // dnsAnswer outbound k is row outbound outbounds.length + k (forced DNS records).
+  const outboundNames = [...policy.outbounds, ...policy.answers].map((o) => o.name);
   return [
     [...policy.rules.map((r) => r.name), "default"],
     outboundNames,

@@ -29,10 +29,25 @@ export const enum EndReason {
   Closed = 2,
   /** Its original destination became an address of this host (it would loop). */
   LocalTarget = 3,
+  /**
+   * Forced DNS queries (src/dns/forwarder.ts: no session, one record per query): the
+   * answer relayed; no answer from any resolver tried; answered in place (dnsAnswer).
+   */
+  DnsAnswered = 4,
+  DnsTimedOut = 5,
+  DnsAnsweredLocally = 6,
 }
 
 /** EndReason names, as the flow log writes them. */
-export const END_REASON_NAMES = ["idle", "evicted", "closed", "local-target"] as const;
+export const END_REASON_NAMES = [
+  "idle",
+  "evicted",
+  "closed",
+  "local-target",
+  "dns-answered",
+  "dns-timeout",
+  "dns-local",
+] as const;
 
 export interface SessionEnd {
   (session: number, reason: EndReason): void;

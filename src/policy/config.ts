@@ -16,6 +16,22 @@ import { type NameSet, loadDomainList, nameProblem, normalizeName } from "./doma
 /** Rule actions besides an outbound index (>= 0). */
 export const ACTION_DROP = -1;
 export const ACTION_REJECT = -2;
+/**
+ * A dnsAnswer outbound k is action ACTION_DNS_ANSWER - k (PolicyConfig.answers[k]); far
+ * below the other negative values (OUTBOUND_PENDING is -3).
+ */
+export const ACTION_DNS_ANSWER = -16;
+
+/** A dnsAnswer outbound, resolved: the rcode's number, addresses in 16 bytes. */
+export interface DnsAnswerConfig {
+  name: string;
+  rcode: number;
+  addr4: Uint8Array | null;
+  addr6: Uint8Array | null;
+  ttlS: number;
+}
+
+const RCODES = { NOERROR: 0, NXDOMAIN: 3, REFUSED: 5 } as const;
 
 export interface Endpoint {
   /** Canonical text ("198.18.0.53", "2001:2::53"). */
@@ -67,6 +83,8 @@ export interface RuleConfig {
 
 export interface PolicyConfig {
   outbounds: OutboundConfig[];
+  /** dnsAnswer outbounds: rule actions ACTION_DNS_ANSWER - k, UDP rules only. */
+  answers: DnsAnswerConfig[];
   rules: RuleConfig[];
   defaultAction: number;
 }
@@ -87,8 +105,35 @@ export function parseEndpoint(text: string): Endpoint | null {
   return { address: formatAddress(addr), addr, port };
 }
 
+function resolveAnswer(
+  o: Extract<ConfigInput["outbounds"][number], { type: "dnsAnswer" }>,
+  field: string,
+  problems: string[],
+): DnsAnswerConfig {
+  const address = (key: "address4" | "address6", v4: boolean): Uint8Array | null => {
+    const text = o[key];
+    if (text === undefined) return null;
+    if (o.rcode !== "NOERROR") {
+      problems.push(`${field}.${key}: an address needs rcode "NOERROR" (got ${quote(o.rcode)})`);
+    }
+    const addr = parseAddress(text);
+    if (!addr || isV4Mapped(addr) !== v4) {
+      problems.push(`${field}.${key}: not an IPv${v4 ? 4 : 6} address (got ${quote(text)})`);
+      return null;
+    }
+    return addr;
+  };
+  return {
+    name: o.name,
+    rcode: RCODES[o.rcode],
+    addr4: address("address4", true),
+    addr6: address("address6", false),
+    ttlS: o.ttlS,
+  };
+}
+
 function resolveOutbound(
-  o: ConfigInput["outbounds"][number],
+  o: Exclude<ConfigInput["outbounds"][number], { type: "dnsAnswer" }>,
   field: string,
   problems: string[],
 ): OutboundConfig {
@@ -168,14 +213,22 @@ function resolveOutbound(
 function resolveAction(
   action: string,
   outbounds: OutboundConfig[],
+  answers: DnsAnswerConfig[],
   field: string,
   problems: string[],
 ): number {
   if (action === "drop") return ACTION_DROP;
   if (action === "reject") return ACTION_REJECT;
+  const answer = answers.findIndex((o) => o.name === action);
+  if (answer >= 0) return ACTION_DNS_ANSWER - answer;
   const index = outbounds.findIndex((o) => o.name === action);
   if (index < 0) {
-    const known = ["drop", "reject", ...outbounds.map((o) => o.name)].join(", ");
+    const known = [
+      "drop",
+      "reject",
+      ...outbounds.map((o) => o.name),
+      ...answers.map((o) => o.name),
+    ].join(", ");
     problems.push(`${field}: no outbound named ${quote(action)} (known: ${known})`);
   }
   return index;
@@ -205,6 +258,7 @@ export function resolvePolicy(
   warnings: string[],
 ): PolicyConfig {
   const outbounds: OutboundConfig[] = [];
+  const answers: DnsAnswerConfig[] = [];
   const names = new Map<string, number>();
   c.outbounds.forEach((o, i) => {
     const field = `config.outbounds[${i}]`;
@@ -216,7 +270,8 @@ export function resolvePolicy(
       problems.push(`${field}.name: duplicate outbound name "${o.name}" (outbounds[${other}])`);
     }
     names.set(o.name, i);
-    outbounds.push(resolveOutbound(o, field, problems));
+    if (o.type === "dnsAnswer") answers.push(resolveAnswer(o, field, problems));
+    else outbounds.push(resolveOutbound(o, field, problems));
   });
   if (!names.has("direct")) {
     outbounds.push({
@@ -325,11 +380,29 @@ export function resolvePolicy(
           : cidrs(r.destinations, `${field}.destinations`, problems),
       portRanges,
       names: nameSets,
-      action: resolveAction(r.action, outbounds, `${field}.action`, problems),
+      action: resolveAction(r.action, outbounds, answers, `${field}.action`, problems),
     });
+    if (rules[rules.length - 1].action <= ACTION_DNS_ANSWER && r.protocol !== "udp") {
+      problems.push(
+        `${field}.protocol: action ${quote(r.action)} is a dnsAnswer outbound (it answers ` +
+          `DNS queries on UDP): set protocol "udp"`,
+      );
+    }
   });
-  const defaultAction = resolveAction(c.defaultAction, outbounds, "config.defaultAction", problems);
-  return { outbounds, rules, defaultAction };
+  const defaultAction = resolveAction(
+    c.defaultAction,
+    outbounds,
+    answers,
+    "config.defaultAction",
+    problems,
+  );
+  if (defaultAction <= ACTION_DNS_ANSWER) {
+    problems.push(
+      `config.defaultAction: ${quote(c.defaultAction)} is a dnsAnswer outbound: ` +
+        `only a rule with protocol "udp" can use it`,
+    );
+  }
+  return { outbounds, answers, rules, defaultAction };
 }
 
 /** Whether a rule (or the default) can reject a UDP flow: an ICMP message, a raw socket. */

@@ -18,6 +18,8 @@ export const enum SocketKind {
   AddressWatch = 4,
   /** The TCP control connection of a SOCKS5 UDP association (src/egress/socks5_udp.ts). */
   Socks5Control = 5,
+  /** An upstream socket of the DNS forwarder (src/dns/forwarder.ts). */
+  DnsUpstream = 6,
 }
 
 export class SocketRegistry {

@@ -43,12 +43,13 @@ import { type Config, type ListenerConfig, PACKET_AREA_BYTES } from "../config/l
 import { RateLimitedLog } from "../control/log.ts";
 import { type SessionQuery, SESSIONS_LIMIT_MAX } from "../control/query.ts";
 import { TopK } from "../control/top_k.ts";
+import { DnsForwarder, parseQuestion, type QueryDecision, questionName } from "../dns/forwarder.ts";
 import { ReplyPool } from "../egress/reply_pool.ts";
-import { Outbounds } from "../egress/outbounds.ts";
+import { type ForwardTargets, Outbounds } from "../egress/outbounds.ts";
 import { parseUdpHeader, UDP_FRAGMENTED, UdpSource, writeUdpHeader } from "../egress/socks5.ts";
 import { AssociationEvent, AssociationState, Socks5Associations } from "../egress/socks5_udp.ts";
 import { type UpstreamOptions, UpstreamPool } from "../egress/upstream_pool.ts";
-import { ACTION_DROP, ACTION_REJECT, rejectsUdp } from "../policy/config.ts";
+import { ACTION_DNS_ANSWER, ACTION_DROP, ACTION_REJECT, rejectsUdp } from "../policy/config.ts";
 import { compilePolicy, FLOW_UDP, NEED_NAME, type Policy, PolicyFlow } from "../policy/policy.ts";
 import { ClientLimits } from "../flow/clients.ts";
 import { LocalTargets, TargetKind, V4_MAPPED_WORD } from "../flow/local_targets.ts";
@@ -97,6 +98,15 @@ import { faultDataPath } from "../sys/test_faults.ts";
 import { HoldBuffer, HoldResult } from "./hold_buffer.ts";
 import { SocketKind, SocketRegistry } from "./registry.ts";
 import { Direction, SendQueue } from "./send_queue.ts";
+
+/**
+ * A policy action as a session takes it: a dnsAnswer outbound answers DNS queries only
+ * (src/dns/forwarder.ts); any other flow its rule matches is dropped.
+ */
+const sessionAction = (action: number) => (action <= ACTION_DNS_ANSWER ? ACTION_DROP : action);
+
+/** Forced DNS: upstream sockets are reserved for at least this many resolvers. */
+const DNS_RESOLVERS_MIN = 16;
 
 /** Sessions ended per timer tick at most, so a mass expiry cannot stall the data path. */
 const EXPIRE_BUDGET_PER_TICK = 8192;
@@ -217,6 +227,10 @@ export class UdpRelay {
   /** Per session: a hash of its key, for a forward outbound's stable target choice. */
   private readonly sessionHash: Uint32Array;
   private readonly hold: HoldBuffer;
+  /** Forced DNS (src/dns/forwarder.ts); per port: 1 on udp.dnsPorts. */
+  private readonly dns: DnsForwarder;
+  private readonly dnsPort = new Uint8Array(65536);
+  private readonly dnsDecision: QueryDecision = { rule: -1, outbound: -1, name: null };
   /** Sends the held datagrams (its slab is the hold arena). */
   private readonly holdQueue: SendQueue;
   /** The WASM memory as words: held datagrams are copied from the slab through it. */
@@ -390,8 +404,25 @@ export class UdpRelay {
       (sum, o) => sum + (o.type === "socks5" && o.udp ? o.associationsMax : 0),
       0,
     );
+    // Forced DNS: dnsUpstreamSocketsPerTarget per forward target at start, and room for
+    // DNS_RESOLVERS_MIN resolvers at least, so a reload may add some (beyond that, queries
+    // to a resolver with no socket are dropped and counted: socket_failed).
+    const dnsSocketsMax =
+      udp.dnsUpstreamSocketsPerTarget *
+      Math.max(
+        DNS_RESOLVERS_MIN,
+        config.policy.outbounds.reduce(
+          (sum, o) => sum + (o.type === "forward" ? o.targets.length : 0),
+          0,
+        ),
+      );
     const tokensMax =
-      listenerCount + udp.sessionsMax + udp.replySocketsMax + EXTRA_TOKENS + controlsMax;
+      listenerCount +
+      udp.sessionsMax +
+      udp.replySocketsMax +
+      EXTRA_TOKENS +
+      controlsMax +
+      dnsSocketsMax;
     this.poller = new Poller(lib, (token) => this.onToken(token), {
       tokensMax,
       inline: options.inline === true,
@@ -445,6 +476,36 @@ export class UdpRelay {
       (fd, entry) => registry.register(SocketKind.Reply, fd, entry),
       (token) => registry.unregister(token),
     );
+    for (const port of udp.dnsPorts) this.dnsPort[port] = 1;
+    this.dns = new DnsForwarder(
+      {
+        lib,
+        counters: this.counters,
+        bytes: this.wasmBytes,
+        slabAt: this.slabWasmOffset,
+        slotBytes: this.slotBytes,
+        meta32: this.meta32,
+        meta16: this.meta16,
+        queue: this.queue,
+        replies: this.replies,
+        listenerFd: this.listenerFd,
+        mark: config.mark,
+        bind4: config.upstreamAddr4,
+        bind6: config.upstreamAddr6,
+        socketReceiveBytes: udp.socketReceiveBytes,
+        socketSendBytes: udp.socketSendBytes,
+        register: (fd, socket) => registry.register(SocketKind.DnsUpstream, fd, socket),
+        unregister: (token) => registry.unregister(token),
+        log,
+        flows: this.flows,
+        generation: () => this.policyGeneration,
+      },
+      udp.dnsQueriesInFlightMax,
+      udp.dnsUpstreamSocketsPerTarget,
+      dnsSocketsMax,
+      (arenaPtr, arenaBytes, capacity) =>
+        new SendQueue(lib, arenaPtr, arenaBytes, capacity, this.counters, log),
+    );
   }
 
   /** Opens the listeners and starts the poll thread. Throws with a clear message. */
@@ -495,6 +556,7 @@ export class UdpRelay {
     }
     this.flushFlows();
     this.replies.closeAll();
+    this.dns.closeAll();
     this.closeListeners();
     this.closeWatch();
     this.closeRejectSockets();
@@ -586,6 +648,8 @@ export class UdpRelay {
     this.clients.setLimits(udp.sessionsPerClientMax, udp.replySocketsPerClientMax);
     this.replies.setTimes(udp.replySocketIdleMs, udp.replyBindRetryMs);
     this.sniffer.configure(config);
+    this.dnsPort.fill(0);
+    for (const port of udp.dnsPorts) this.dnsPort[port] = 1;
     this.hold.packetsPerFlowMax = udp.holdPacketsPerFlowMax;
     this.hold.bytesPerFlowMax = udp.holdBytesPerFlowMax;
     // New flows follow the new rules; open ones keep their rule and outbound. Records of
@@ -633,6 +697,8 @@ export class UdpRelay {
       sessionsMax: this.sessions.capacity,
       upstreamSockets: this.upstreams.count,
       replySockets: this.replies.count,
+      dnsUpstreamSockets: this.dns.sockets,
+      dnsQueriesInFlight: this.dns.inFlight,
       holdBytes: this.hold.bytesUsed,
       sessionsHolding: this.hold.count,
       socks5Associations: this.socks.count,
@@ -810,6 +876,7 @@ export class UdpRelay {
       this.counters.batchDatagrams[batchBucket(n)]++;
       this.slotsUsed += n;
       if (kind === SocketKind.Upstream) this.fromTargets(ref, first, n, now);
+      else if (kind === SocketKind.DnsUpstream) this.dns.fromResolvers(ref, first, n, now);
       else {
         faultDataPath(n);
         const listener = kind === SocketKind.Listener ? ref : this.replies.listenerOf(ref);
@@ -869,6 +936,9 @@ export class UdpRelay {
       key[7] = meta32[w + 7];
       key[8] = (sourcePort << 16) | targetPort;
       let s = sessions.find();
+      if (s < 0 && this.dnsPort[targetPort] === 1 && this.forcedDns(listener, i, length, now)) {
+        continue;
+      }
       if (s < 0 && this.quicIds !== null && this.quicPort[targetPort] === 1) {
         s = this.followConnection(
           listener,
@@ -1074,6 +1144,64 @@ export class UdpRelay {
     }
   }
 
+  private readonly failTarget = (f: ForwardTargets, t: number, now: number) =>
+    this.outbounds.fail(f, t, now);
+
+  /**
+   * A datagram with no session on a DNS port (the key holds client and original
+   * destination): when it is a DNS query the policy sends to a forward outbound, the
+   * forwarder takes it (no session) and this returns true. False: the session way (a
+   * non-query is counted as malformed; other outbounds keep their sessions).
+   */
+  private forcedDns(listener: number, slot: number, length: number, now: number): boolean {
+    const key = this.sessions.key;
+    const targetPort = key[8] & 0xffff;
+    const at = this.slabWasmOffset + slot * this.slotBytes;
+    const bytes = this.wasmBytes;
+    const dns = this.dns;
+    if ((bytes[at + 2] & 0xf8) !== 0 || !parseQuestion(bytes, at, length, dns.question)) {
+      this.counters.dnsQueriesMalformed++; // QR set, an opcode other than QUERY, or no question
+      return false;
+    }
+    const name = this.policy.usesNames || this.flows !== null ? questionName(bytes, at) : null;
+    const rule = this.decide(listener, name, false);
+    const action = this.policy.actions[rule];
+    const answer =
+      action <= ACTION_DNS_ANSWER ? this.config.policy.answers[ACTION_DNS_ANSWER - action] : null;
+    const f = action >= 0 ? this.outbounds.forward(this.outbounds.ofPolicy(action)) : null;
+    if (f === null && answer === null) return false;
+    if (!this.admissible(listener, targetPort)) return true;
+    const ipv6 = this.listenerIpv6[listener] === 1;
+    const mode = this.config.listeners[listener].reply;
+    const samePort = targetPort === this.listenerPort[listener];
+    if (mode === "pktinfo" && !samePort) {
+      this.counters.droppedReplyModeMismatch++;
+      return true;
+    }
+    const pktinfo = mode === "pktinfo" || (mode === "auto" && samePort);
+    const clientScope = this.meta32[slot * META_WORDS + META.sourceScopeWord];
+    const decision = this.dnsDecision;
+    decision.rule = rule;
+    decision.outbound =
+      answer !== null
+        ? this.config.policy.outbounds.length + ACTION_DNS_ANSWER - action
+        : this.outbounds.policyIndexOf(this.outbounds.ofPolicy(action));
+    decision.name = name;
+    if (answer !== null) {
+      dns.answer(decision, answer, key, clientScope, listener, ipv6, pktinfo, slot, now);
+      return true;
+    }
+    // The client endpoint picks the target (its port changes per query, mostly).
+    const h = Math.imul(key[8] ^ key[3], 0x9e3779b1);
+    const t = f!.pick((h ^ (h >>> 15)) >>> 0, ipv6, now);
+    if (t < 0) {
+      this.counters.droppedOutboundUnavailable++;
+      return true;
+    }
+    dns.forward(decision, f!, t, key, clientScope, listener, ipv6, pktinfo, slot, length, now);
+    return true;
+  }
+
   // ---- sessions ----
 
   /**
@@ -1164,7 +1292,7 @@ export class UdpRelay {
     // name is known; a dropped or rejected flow needs no reply path nor upstream socket.
     const pending = this.policy.usesNames && this.sniffer.parses(targetPort);
     const rule = this.decide(listener, null, pending);
-    const action = rule === NEED_NAME ? OUTBOUND_PENDING : this.policy.actions[rule];
+    const action = rule === NEED_NAME ? OUTBOUND_PENDING : sessionAction(this.policy.actions[rule]);
     if (action === ACTION_DROP || action === ACTION_REJECT) {
       return this.openDecidedSession(listener, targetPort, rule, action, now);
     }
@@ -1554,7 +1682,7 @@ export class UdpRelay {
     const decided = this.decide(sessions.listener[s], sessions.name[s], false);
     sessions.rule[s] = decided;
     this.sessionGeneration[s] = this.policyGeneration;
-    const action = this.policy.actions[decided];
+    const action = sessionAction(this.policy.actions[decided]);
     if (action === ACTION_DROP || action === ACTION_REJECT) {
       sessions.outbound[s] = action;
       for (let slot = hold.firstOf(s); slot >= 0; slot = hold.after(slot)) {
@@ -1965,6 +2093,7 @@ export class UdpRelay {
     const now = performance.now();
     const outbounds = this.outbounds;
     outbounds.expire(now); // before expiry: a flow that ends now still counts its silence
+    this.dns.expire(now, this.failTarget);
     this.sessions.expire(now, EXPIRE_BUDGET_PER_TICK);
     this.replies.sweep(now, REPLY_SWEEP_BUDGET_PER_TICK);
     this.releaseExpiredHolds(now);

@@ -272,13 +272,10 @@ for (const dataPlane of skip ? [] : ["worker", "callback"]) {
         // kdig names where the answer came from: the original destination.
         expect(out).toContain(`;; From ${server}@53(UDP)`);
       }
+      // Forced DNS (src/dns/forwarder.ts): each query decided by its own name, no session.
       const m = await env.relay!.metrics();
-      const dns = m.sessions.filter((s: any) => s.protocol === "dns" && s.name === "a.test");
-      expect(dns.length).toBeGreaterThanOrEqual(2);
-      expect(dns.every((s: any) => s.rule === "a" && s.outbound === "resolverA")).toBe(true);
-      const b = m.sessions.filter((s: any) => s.name === "b.test");
-      expect(b.every((s: any) => s.rule === "b" && s.outbound === "resolverB")).toBe(true);
-      expect(m.udp.holdReleasedNamed).toBeGreaterThanOrEqual(4);
+      expect(m.udp.dnsAnswersRelayed).toBeGreaterThanOrEqual(4);
+      expect(m.sessions.some((s: any) => s.protocol === "dns")).toBe(false);
     });
 
     test("QUIC: two SNIs end at two servers; a ClientHello over two Initials too", () => {

@@ -116,7 +116,8 @@ describe("policy config", () => {
 
   test("each bad outbound names its field and why", () => {
     expect(problems({ outbounds: [{ name: "p", type: "socks" }] })).toEqual([
-      'config.outbounds[0].type: must be one of "direct", "forward", "socks5" (got "socks")',
+      'config.outbounds[0].type: must be one of "direct", "forward", "socks5", "dnsAnswer" ' +
+        '(got "socks")',
     ]);
     expect(problems({ outbounds: [{ name: "p", type: "socks5" }] })[0]).toStartWith(
       "config.outbounds[0].server: Expected required property",
@@ -161,6 +162,27 @@ describe("policy config", () => {
     ]);
     expect(problems({ outbounds: [{ name: "d", type: "direct", extra: 1 }] })).toEqual([
       "config.outbounds[0].extra: Unexpected property (got 1)",
+    ]);
+  });
+
+  test("dnsAnswer: addresses of their family with NOERROR, rules with protocol udp", () => {
+    const block = { name: "b", type: "dnsAnswer" };
+    expect(
+      problems({
+        outbounds: [
+          { ...block, address4: "1.2.3.4" },
+          { name: "c", type: "dnsAnswer", rcode: "NOERROR", address6: "1.2.3.4" },
+        ],
+        rules: [{ names: { exact: ["x.test"] }, action: "b" }],
+        defaultAction: "c",
+      }),
+    ).toEqual([
+      'config.outbounds[0].address4: an address needs rcode "NOERROR" (got "NXDOMAIN")',
+      'config.outbounds[1].address6: not an IPv6 address (got "1.2.3.4")',
+      'config.rules[0].protocol: action "b" is a dnsAnswer outbound (it answers DNS queries ' +
+        'on UDP): set protocol "udp"',
+      'config.defaultAction: "c" is a dnsAnswer outbound: only a rule with protocol "udp" ' +
+        "can use it",
     ]);
   });
 

@@ -44,6 +44,8 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
     sessionsMax: 0,
     upstreamSockets: 0,
     replySockets: 0,
+    dnsUpstreamSockets: 0,
+    dnsQueriesInFlight: 0,
     holdBytes: 0,
     sessionsHolding: 0,
     socks5Associations: 0,
@@ -111,7 +113,7 @@ describe("Prometheus text format", () => {
       ...Object.entries(input.udp.udp).filter(([k]) => !(k in new UdpCounters())),
       ...Object.entries(input.tcp!).filter(([k]) => !(k in new TcpCounters())),
     ];
-    expect(gauges.length).toBe(11 + 8);
+    expect(gauges.length).toBe(13 + 8);
     expect(gauges.filter(([, v]) => !values.has(`${v}`))).toEqual([]);
   });
 

@@ -1,0 +1,361 @@
+// End-to-end: the forced DNS resolver on UDP (src/dns/forwarder.ts), real peers.
+//
+//   client ns ── router ns (relay) ── server ns
+//   kdig / dnsperf @198.18.1.2:53 (nothing listens there)
+//     x.test  -> forward "resolver" ─► dnsmasq A on .3 / ::3 (answers .101 / ::101)
+//     f.test  -> forward "failover" ─► .5:54 (nobody: ICMP) then dnsmasq B on .4 / ::4
+//     s.test  -> forward "spoofer"  ─► a python fake resolver on .5:53 that answers with a
+//                                      wrong ID, then a wrong question, then right
+//
+// Every answer must come from the address the client asked (kdig prints ";; From").
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { LAB } from "../lab/netns.ts";
+import { waitFor } from "../lab/wait_for.ts";
+import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
+
+const [A4, B4, C4] = LAB.serverExtra4;
+const [A6, B6, C6] = LAB.serverExtra6;
+const SOCKETS_PER_TARGET = 4;
+const QUERIES = 50_000;
+
+/** A TXT record of 3 strings of 200 bytes: more than 512 bytes of answer. */
+const BIG_TXT = ["a", "b", "c"].map((c) => `"${c.repeat(200)}"`).join(",");
+
+function dnsmasq(address4: string, address6: string, records: string[][]): string[] {
+  return [
+    "dnsmasq",
+    "--keep-in-foreground",
+    "--no-resolv",
+    "--no-hosts",
+    "--bind-interfaces",
+    `--listen-address=${address4}`,
+    `--listen-address=${address6}`,
+    "--port=53",
+    "--user=root",
+    "--pid-file",
+    "--log-facility=-",
+    "--dns-forward-max=10000",
+    `--txt-record=big.test,${BIG_TXT}`,
+    ...records.map((r) => `--host-record=${r.join(",")}`),
+  ];
+}
+
+const forward = (name: string, targets: string[], healthCheck = {}) => ({
+  name,
+  type: "forward",
+  targets,
+  healthCheck,
+});
+
+const config = (inFlightMax: number, flowLogPath = "") => ({
+  listeners: [
+    { name: "udp4", address: "127.0.0.1", port: 12345 },
+    { name: "udp6", address: "::1", port: 12345 },
+  ],
+  intercept: [
+    { listener: "udp4", ports: [53], interfaces: ["r0"] },
+    { listener: "udp6", ports: [53], interfaces: ["r0"] },
+  ],
+  udp: {
+    dnsUpstreamSocketsPerTarget: SOCKETS_PER_TARGET,
+    dnsQueriesInFlightMax: inFlightMax,
+    idleTimeoutMsByPort: { "53": 300 },
+  },
+  flowLog: { path: flowLogPath },
+  outbounds: [
+    forward("resolver", [`${A4}:53`, `[${A6}]:53`]),
+    forward("failover", [`${C4}:54`, `${B4}:53`, `[${C6}]:54`, `[${B6}]:53`], {
+      answerTimeoutMs: 300,
+      failuresMax: 1,
+      retryIntervalMs: 600_000,
+    }),
+    forward("spoofer", [`${C4}:53`], { answerTimeoutMs: 2000 }),
+    forward("silent", [`${C4}:55`], { answerTimeoutMs: 60_000 }),
+    { name: "blocked", type: "dnsAnswer", rcode: "NXDOMAIN" },
+    {
+      name: "pinned",
+      type: "dnsAnswer",
+      rcode: "NOERROR",
+      address4: "198.18.1.99",
+      address6: "2001:2:0:2::99",
+      ttlS: 30,
+    },
+  ],
+  rules: [
+    { name: "f", names: { exact: ["f.test"] }, action: "failover" },
+    { name: "s", names: { exact: ["s.test"] }, action: "spoofer" },
+    { name: "q", names: { exact: ["q.test"] }, action: "silent" },
+    { name: "block", protocol: "udp", names: { suffix: ["blocked.test"] }, action: "blocked" },
+    { name: "pin", protocol: "udp", names: { exact: ["pinned.test"] }, action: "pinned" },
+    { name: "dns", ports: [53], action: "resolver" },
+  ],
+});
+
+/** A fake resolver on C4:53: for each query a wrong-ID answer, a wrong-question one, then
+ * the right one (198.18.1.77). */
+const SPOOFER = `import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("${C4}", 53))
+while True:
+    q, peer = s.recvfrom(2048)
+    end = 12
+    while q[end]:
+        end += q[end] + 1
+    end += 5
+    header = bytearray(q[:12])
+    header[2] |= 0x80
+    header[3] = 0x80
+    header[6:12] = b"\\x00\\x01\\x00\\x00\\x00\\x00"
+    record = b"\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x3c\\x00\\x04" + bytes([198, 18, 1, 77])
+    good = bytes(header) + q[12:end] + record
+    wrong_id = bytes([q[0] ^ 0x5a, q[1]]) + good[2:]
+    question = bytearray(q[12:end])
+    question[1] ^= 0x01
+    wrong_question = bytes(header) + bytes(question) + record
+    s.sendto(wrong_id, peer)
+    s.sendto(wrong_question, peer)
+    s.sendto(good, peer)
+`;
+
+/** `bun run relay log --json` of the flow log at `path`: its records. */
+function flowRecords(dir: string, path: string): any[] {
+  const reader = join(dir, "reader.json");
+  writeFileSync(reader, JSON.stringify({ flowLog: { path } }));
+  const r = Bun.spawnSync([BUN, join(ROOT, "src/main.ts"), "log", "--config", reader, "--json"]);
+  return r.stdout
+    .toString()
+    .split("\n")
+    .filter((l) => l !== "")
+    .map((l) => JSON.parse(l));
+}
+
+function kdig(env: RelayLab, server: string, name: string, type: string, timeoutS = 2) {
+  const argv = ["kdig", `@${server}`, name, type, "+notcp", `+timeout=${timeoutS}`, "+retry=0"];
+  return env.lab.exec(env.lab.client, argv, undefined, true).stdout;
+}
+
+async function udp(env: RelayLab) {
+  return (await env.relay!.metrics()).udp;
+}
+
+const skip = labSkipReason();
+for (const _ of skip === null ? [1] : []) {
+  describe("forced DNS on UDP: ID-multiplexed upstream sockets", () => {
+    let env: RelayLab;
+    const dir = mkdtempSync(join(tmpdir(), "relay-dns-forced-"));
+
+    beforeAll(async () => {
+      env = new RelayLab();
+      const { lab } = env;
+      env.spawn(
+        lab.server,
+        dnsmasq(A4, A6, [
+          ["x.test", "198.18.1.101", "2001:2:0:2::101"],
+          ["f.test", "198.18.1.103", "2001:2:0:2::103"],
+        ]),
+      );
+      env.spawn(
+        lab.server,
+        dnsmasq(B4, B6, [
+          ["x.test", "198.18.1.201", "2001:2:0:2::201"],
+          ["f.test", "198.18.1.203", "2001:2:0:2::203"],
+        ]),
+      );
+      env.spawn(lab.server, ["python3", "-c", SPOOFER]);
+      await env.startRelay(config(65_536, join(dir, "flow.log")));
+      await lab.waitForUdpPort(lab.server, 53);
+      lab.warmNeighbours();
+    }, 60_000);
+
+    afterAll(async () => {
+      try {
+        await env?.close();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    test("kdig gets the configured resolver's answer from the address it asked", async () => {
+      const cases = [
+        [LAB.server4, "A", "198.18.1.101"],
+        [LAB.server6, "AAAA", "2001:2:0:2::101"],
+      ];
+      for (const [server, type, answer] of cases) {
+        const out = kdig(env, server, "x.test", type);
+        expect(out).toContain("status: NOERROR");
+        expect(out).toContain(answer);
+        expect(out).toContain(`;; From ${server}@53(UDP)`);
+      }
+      const u = await udp(env);
+      expect(u.dnsAnswersRelayed).toBeGreaterThanOrEqual(2);
+      // No session: the forwarder holds the query until its answer only.
+      expect(u.sessionsCreated).toBe(0);
+    });
+
+    test(`${QUERIES} queries from dnsperf: all answered, few sockets, no sessions`, async () => {
+      const data = join(dir, "queries.txt");
+      writeFileSync(data, "x.test A\n".repeat(1000));
+      const r = env.lab.exec(
+        env.lab.client,
+        [
+          "dnsperf",
+          ...["-s", LAB.server4, "-p", "53", "-d", data, "-c", "50"],
+          ...["-n", `${QUERIES / 1000}`, "-Q", "5000", "-t", "5"],
+        ],
+        undefined,
+        true,
+      );
+      const completed = /Queries completed:\s+(\d+)/.exec(r.stdout);
+      expect(completed?.[1], r.stdout + r.stderr).toBe(`${QUERIES}`);
+      const u = await waitFor(
+        () => udp(env),
+        (v) => v.sessionsActive <= 2 && v.dnsQueriesInFlight === 0,
+        { what: "the session table near-empty", timeoutMs: 10_000 },
+      );
+      // The resolver's IPv4 target (and IPv6, from the test above): 4 sockets each.
+      expect(u.dnsUpstreamSockets).toBeLessThanOrEqual(2 * SOCKETS_PER_TARGET);
+      expect(u.dnsAnswersRelayed).toBeGreaterThanOrEqual(QUERIES);
+      expect(u.sessionsCreated).toBe(0);
+    }, 120_000);
+
+    test("answers with a wrong ID or a wrong question are dropped and counted", async () => {
+      const before = await udp(env);
+      const out = kdig(env, LAB.server4, "s.test", "A");
+      expect(out).toContain("198.18.1.77");
+      expect(out).toContain(`;; From ${LAB.server4}@53(UDP)`);
+      const u = await waitFor(
+        () => udp(env),
+        (v) => v.dnsAnswersSpoofed >= before.dnsAnswersSpoofed + 2,
+        { what: "two spoofed answers counted", timeoutMs: 5000 },
+      );
+      expect(u.dnsAnswersRelayed).toBe(before.dnsAnswersRelayed + 1);
+    });
+
+    test("failover: the first resolver down, answers come from the second", async () => {
+      // Each kdig is a new client port: its hash picks a target. A query sent to the dead
+      // one is retried on the next (and the dead one marked down at once: failuresMax 1).
+      for (const [server, type, answer] of [
+        [LAB.server4, "A", "198.18.1.203"],
+        [LAB.server6, "AAAA", "2001:2:0:2::203"],
+      ]) {
+        for (let i = 0; i < 8; i++) {
+          const out = kdig(env, server, "f.test", type, 3);
+          expect(out).toContain(answer);
+          expect(out).toContain(`;; From ${server}@53(UDP)`);
+        }
+      }
+      const u = await udp(env);
+      expect(u.forwardTargetsDown).toBeGreaterThanOrEqual(1);
+      expect(u.dnsQueriesRetried).toBeGreaterThanOrEqual(1);
+    }, 60_000);
+
+    test("EDNS(0) and truncated answers pass unchanged", () => {
+      const base = ["kdig", `@${LAB.server4}`, "big.test", "TXT", "+timeout=2", "+retry=0"];
+      // Without EDNS, 512 bytes at most: dnsmasq truncates, the client sees TC (and would
+      // retry over TCP; +ignore keeps kdig on UDP).
+      const truncated = env.lab.exec(env.lab.client, [...base, "+noedns", "+ignore"]).stdout;
+      expect(truncated).toMatch(/;; Flags: .*\btc\b/);
+      expect(truncated).toContain(`;; From ${LAB.server4}@53(UDP)`);
+      // With EDNS (a 4096-byte buffer) the whole answer comes, its OPT record too.
+      const full = env.lab.exec(env.lab.client, [...base, "+notcp", "+bufsize=4096"]).stdout;
+      expect(full).toContain("EDNS PSEUDOSECTION");
+      expect(full).toContain("c".repeat(200));
+      expect(full).not.toMatch(/;; Flags: .*\btc\b/);
+    });
+
+    test("blocked names get the configured answer in place, nothing goes upstream", async () => {
+      const before = await udp(env);
+      const cases = [
+        [LAB.server4, "ads.blocked.test", "A", "status: NXDOMAIN", null],
+        [LAB.server6, "blocked.test", "AAAA", "status: NXDOMAIN", null],
+        [LAB.server4, "pinned.test", "A", "status: NOERROR", "198.18.1.99"],
+        [LAB.server6, "pinned.test", "AAAA", "status: NOERROR", "2001:2:0:2::99"],
+        [LAB.server4, "pinned.test", "MX", "ANSWER: 0", null],
+      ];
+      for (const [server, name, type, status, answer] of cases) {
+        const out = kdig(env, server!, name!, type!);
+        expect(out).toContain(status!);
+        if (answer !== null) expect(out).toMatch(/pinned\.test\.\s+30\s+IN\s+/);
+        if (answer !== null) expect(out).toContain(answer);
+        expect(out).toContain(`;; From ${server}@53(UDP)`);
+      }
+      const u = await udp(env);
+      expect(u.dnsQueriesAnsweredLocally - before.dnsQueriesAnsweredLocally).toBe(cases.length);
+      expect(u.dnsQueriesForwarded).toBe(before.dnsQueriesForwarded);
+      expect(u.packetsToTargets).toBe(before.packetsToTargets);
+    });
+
+    test("the flow log has one record per query: name, rule, outbound, end", async () => {
+      const path = join(dir, "flow.log");
+      const records = await waitFor(
+        async () => flowRecords(dir, path),
+        (r: any[]) =>
+          r.some((x) => x.name === "x.test" && x.end === "dns-answered") &&
+          r.some((x) => x.name === "pinned.test" && x.end === "dns-local"),
+        { what: "query records", timeoutMs: 10_000 },
+      );
+      const x = records.find((r: any) => r.name === "x.test" && r.end === "dns-answered");
+      expect(x).toMatchObject({ rule: "dns", outbound: "resolver", target: LAB.server4 });
+      const pinned = records.find((r: any) => r.name === "pinned.test");
+      expect(pinned).toMatchObject({ rule: "pin", outbound: "pinned", targetPort: 53 });
+    });
+
+    test("malformed DNS on port 53 is counted and goes the session way; queries go on", async () => {
+      const before = await udp(env);
+      env.python(
+        env.lab.client,
+        `import socket
+for datagram in [b"\\x01\\x02not dns at all", b"\\x00"]:
+    # One socket each: a second datagram of the same flow would be its session's.
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(datagram, ("${LAB.server4}", 53))
+`,
+      );
+      await waitFor(
+        () => udp(env),
+        (v) => v.dnsQueriesMalformed >= before.dnsQueriesMalformed + 2,
+        { what: "two malformed queries counted", timeoutMs: 5000 },
+      );
+      expect(kdig(env, LAB.server4, "x.test", "A")).toContain("198.18.1.101");
+    });
+  });
+
+  describe("forced DNS: a tiny in-flight table", () => {
+    let env: RelayLab;
+
+    beforeAll(async () => {
+      env = new RelayLab();
+      env.spawn(env.lab.server, dnsmasq(A4, A6, [["x.test", "198.18.1.101", "2001:2:0:2::101"]]));
+      await env.startRelay(config(2));
+      await env.lab.waitForUdpPort(env.lab.server, 53);
+      env.lab.warmNeighbours();
+    }, 60_000);
+
+    afterAll(async () => {
+      await env?.close();
+    });
+
+    test("more queries in flight than entries: dropped and counted, no crash", async () => {
+      // q.test goes to a resolver that never answers (60 s timeout): 2 fill the table.
+      env.python(
+        env.lab.client,
+        `import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(10):
+    q = struct.pack(">HHHHHH", i, 0x0100, 1, 0, 0, 0) + b"\\x01q\\x04test\\x00\\x00\\x01\\x00\\x01"
+    s.sendto(q, ("${LAB.server4}", 53))
+`,
+      );
+      const u = await waitFor(
+        () => udp(env),
+        (v) => v.dnsQueriesDroppedInFlightFull >= 8,
+        { what: "8 queries dropped", timeoutMs: 5000 },
+      );
+      expect(u.dnsQueriesInFlight).toBe(2);
+      expect(u.dnsQueriesForwarded).toBe(2);
+    });
+  });
+}
