@@ -287,7 +287,7 @@ async function main(): Promise<number> {
     );
     lines.push("");
     const counters = Object.entries(udp).filter(
-      ([k, v]) => typeof v === "number" && v > 0 && /^(dropped|sessionsCreated)/.test(k),
+      ([k, v]) => typeof v === "number" && v > 0 && /^(dropped|sessionsCreated|dns)/.test(k),
     );
     lines.push(`Relay UDP counters at the end: ${JSON.stringify(Object.fromEntries(counters))}.`);
     const report = `${lines.join("\n")}\n`;
