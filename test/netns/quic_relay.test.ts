@@ -123,6 +123,36 @@ if (!skip) {
       });
     }
 
+    test("impossible connection ID lengths: parsed safely, counted, QUIC goes on", async () => {
+      const before = (await env.relay!.metrics()).udp;
+      // Long headers claiming DCID lengths of 255 and 21 (RFC 9000: at most 20), one cut
+      // inside its DCID, and a one-byte "short header": each from its own source port.
+      env.python(
+        env.lab.client,
+        `import socket
+for payload in [bytes([0xc3, 0, 0, 0, 1, 255]) + bytes(40),
+                bytes([0xc3, 0, 0, 0, 1, 21]) + bytes(21) + bytes([8]) + bytes(8),
+                bytes([0xc3, 0, 0, 0, 1, 20]) + bytes(5),
+                bytes([0x40])]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(payload, ("${LAB.server4}", 443))
+    s.close()`,
+      );
+      const m = await waitFor(
+        async () => (await env.relay!.metrics()).udp,
+        (u) => u.packetsFromClients - before.packetsFromClients >= 4,
+        { what: "the four datagrams at the relay", timeoutMs: 10_000 },
+      );
+      // Not QUIC Initials: counted as malformed, no connection ID learned or followed. The
+      // one cut inside its DCID is a prefix that may yet complete: still being sniffed
+      // (counted as incomplete if udp.sniffPacketsMax datagrams never complete it).
+      expect(m.sniffMalformed - before.sniffMalformed).toBe(3);
+      expect(m.quicRebindsFollowed).toBe(before.quicRebindsFollowed);
+      expect(m.quicConnectionIdsLearned).toBe(before.quicConnectionIdsLearned);
+      // The relay goes on: a real download right after.
+      expect(fetch("quic.relay.test")).toBe(QUIC_BODY);
+    });
+
     test("a ClientHello spanning two Initial packets is reassembled for the SNI", async () => {
       const before = (await env.relay!.metrics()).udp;
       const body = fetch("big.relay.test", ["--groups=-GROUP-ALL:+GROUP-FFDHE8192:+GROUP-X25519"]);
