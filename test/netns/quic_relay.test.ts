@@ -7,6 +7,14 @@
 //
 //   client ns (gtlsclient) ── router ns (relay, tproxy udp/443) ── server ns (gtlsserver)
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import {
+  clientHello,
+  clientInitial,
+  concat,
+  cryptoFrame,
+  QUIC_V1,
+  toHex,
+} from "../fixtures/classify/build.ts";
 import { LAB } from "../lab/netns.ts";
 import { QUIC_BODY, QuicPeers } from "../lab/quic_peers.ts";
 import { waitFor } from "../lab/wait_for.ts";
@@ -151,6 +159,51 @@ for payload in [bytes([0xc3, 0, 0, 0, 1, 255]) + bytes(40),
       expect(m.quicConnectionIdsLearned).toBe(before.quicConnectionIdsLearned);
       // The relay goes on: a real download right after.
       expect(fetch("quic.relay.test")).toBe(QUIC_BODY);
+    });
+
+    test("version negotiation and stateless resets pass through unchanged", async () => {
+      // An echo "server" on udp/443 sends back what it gets: the client's Initial (to the
+      // relay, a server long header whose SCID it learns), then a Version Negotiation
+      // packet (version 0: nothing to learn) and a stateless-reset-shaped short packet.
+      const target = LAB.serverExtra4[1];
+      env.spawnEcho(`${target}:443`);
+      await env.lab.waitForUdpPort(env.lab.server, 443);
+      const before = (await env.relay!.metrics()).udp;
+      const dcid = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8]);
+      const scid = Uint8Array.from([9, 9, 9, 9, 8, 8, 8, 8]);
+      const initial = clientInitial({
+        version: QUIC_V1,
+        dcid,
+        scid,
+        packetNumber: 0,
+        frames: cryptoFrame(0, clientHello({ sni: "vn.relay.test" })),
+      });
+      const vn = concat(
+        Uint8Array.from([0x8a, 0, 0, 0, 0, 8]),
+        scid,
+        Uint8Array.from([8]),
+        dcid,
+        Uint8Array.from([0, 0, 0, 1, 0x6b, 0x33, 0x43, 0xcf]),
+      );
+      const reset = concat(Uint8Array.from([0x4f]), new Uint8Array(42).fill(0x5a));
+      const r = env.python(
+        env.lab.client,
+        `import json, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.connect(("${target}", 443))  # only datagrams from the original destination come in
+same = []
+for h in ["${toHex(initial)}", "${toHex(vn)}", "${toHex(reset)}"]:
+    sent = bytes.fromhex(h)
+    s.send(sent)
+    same.append(s.recv(4096) == sent)
+print(json.dumps(same))`,
+      );
+      expect(JSON.parse(r.stdout.trim())).toEqual([true, true, true]);
+      const m = await env.relay!.metrics();
+      // The echoed Initial's SCID was learned; the Version Negotiation packet taught nothing.
+      expect(m.udp.quicConnectionIdsLearned - before.quicConnectionIdsLearned).toBe(1);
+      expect(m.udp.sniffedQuic - before.sniffedQuic).toBe(1);
     });
 
     test("a ClientHello spanning two Initial packets is reassembled for the SNI", async () => {
