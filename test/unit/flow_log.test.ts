@@ -12,7 +12,7 @@ import {
   writeFrame,
 } from "../../src/control/flow_frame.ts";
 import { FlowLog } from "../../src/control/flow_log.ts";
-import { recordFromArray } from "../../src/control/flow_record.ts";
+import { qtypeName, rcodeName, recordFromArray } from "../../src/control/flow_record.ts";
 import { FlowRecords, REPLY_PKTINFO, REPLY_SOCKET } from "../../src/flow/flow_records.ts";
 import { EndReason, PROTOCOL_UNKNOWN } from "../../src/flow/table.ts";
 import {
@@ -311,6 +311,16 @@ describe("flow log reader", () => {
       ["host0.relay.test", 100, null, null, null],
       ["host1.relay.test", 101, null, null, null],
     ]);
+  });
+
+  test("DNS type and rcode names: the common ones, else TYPE<n> / RCODE<n>", () => {
+    const types = [1, 28, 5, 15, 16, 2, 12, 33, 6, 65, 64, 255, 0, 99, 65535];
+    expect(types.map(qtypeName)).toEqual(
+      "A AAAA CNAME MX TXT NS PTR SRV SOA HTTPS SVCB ANY TYPE0 TYPE99 TYPE65535".split(" "),
+    );
+    expect([0, 1, 2, 3, 4, 5, 6, 15].map(rcodeName)).toEqual(
+      "NOERROR FORMERR SERVFAIL NXDOMAIN NOTIMP REFUSED RCODE6 RCODE15".split(" "),
+    );
   });
 
   test(`the scan for the next record is bounded (${RESYNC_BYTES_MAX} bytes)`, () => {
