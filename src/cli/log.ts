@@ -7,7 +7,13 @@ import { closeSync, existsSync, fstatSync, openSync, readSync, statSync } from "
 import { Unpackr } from "msgpackr";
 import { ConfigError, loadConfigFile } from "../config/load.ts";
 import { FrameDecoder, READ_CHUNK_BYTES_MAX } from "../control/flow_frame.ts";
-import { type FlowRecord, looksLikeRecord, recordFromArray } from "../control/flow_record.ts";
+import {
+  type FlowRecord,
+  looksLikeRecord,
+  qtypeName,
+  rcodeName,
+  recordFromArray,
+} from "../control/flow_record.ts";
 import { formatAddress, parseAddress } from "../sys/addr.ts";
 
 const USAGE = `usage: bun run relay log [--file PATH | --config FILE] [--follow] [--json]
@@ -197,7 +203,7 @@ export function formatRecord(r: FlowRecord): string {
   const way = (packets: number | null, bytes: number) =>
     packets === null ? `${bytes}B` : `${packets}p/${bytes}B`;
   const seconds = ((r.endMs - r.startMs) / 1000).toFixed(3);
-  return [
+  const fields = [
     new Date(r.endMs).toISOString(),
     r.protocol,
     endpoint(r.client, r.clientPort),
@@ -213,7 +219,16 @@ export function formatRecord(r: FlowRecord): string {
     `reply=${r.reply ?? "-"}`,
     `rule=${r.rule === null ? "-" : printable(r.rule)}`,
     `outbound=${printable(r.outbound)}`,
-  ].join(" ");
+  ];
+  // DNS records of a version 2 file: the query log's fields (v1 and other flows: none).
+  if (r.qtype !== null) {
+    fields.push(
+      `qtype=${qtypeName(r.qtype)}`,
+      `rcode=${r.rcode === null ? "-" : rcodeName(r.rcode)}`,
+      `resolver=${r.resolver === null ? "-" : printable(r.resolver)}`,
+    );
+  }
+  return fields.join(" ");
 }
 
 /** Prints records (to --limit) and reports damage; shared by every file read. */

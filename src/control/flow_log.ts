@@ -25,7 +25,7 @@ import {
   REPLY_PKTINFO,
   REPLY_SOCKET,
 } from "../flow/flow_records.ts";
-import { formatAddress } from "../sys/addr.ts";
+import { formatAddress, formatEndpoint } from "../sys/addr.ts";
 import { ACTION_DROP } from "../policy/config.ts";
 import { TCP_END_NAMES, TCP_PARSED_TLS } from "../tcp/layout.ts";
 import { frameBytes, writeFrame } from "./flow_frame.ts";
@@ -129,6 +129,13 @@ export class FlowLog {
         (udp ? END_REASON_NAMES[batch.reason[i]] : TCP_END_NAMES[batch.reason[i]]) ?? "unknown";
       row[FIELD.reply] =
         reply === REPLY_PKTINFO ? "pktinfo" : reply === REPLY_SOCKET ? "socket" : null;
+      const rcode = batch.rcode[i];
+      const resolverPort = batch.resolverPort[i];
+      row[FIELD.qtype] = batch.qtype[i] !== 0 ? batch.qtype[i] : null;
+      row[FIELD.rcode] = rcode >= 0 ? rcode : null;
+      // The resolver's text only here, on the main thread (the data side keeps numbers).
+      row[FIELD.resolver] =
+        resolverPort !== 0 ? formatEndpoint(batch.resolverAddrs, i * 16, resolverPort) : null;
       this.append(this.packr.pack(row));
     }
     this.flush();

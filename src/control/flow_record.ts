@@ -1,9 +1,13 @@
 // One flow log record: what the file holds per ended UDP session or TCP connection, as
 // a msgpack array (field names are not repeated per record; docs/observability.md "Flow log" lists
 // the positions). Position 0 is the layout's version, so a reader can refuse a record
-// it does not know instead of misreading it.
+// it does not know instead of misreading it. Version 2 added the DNS query log's three
+// fields at the end (qtype, rcode, resolver); version 1 files are still read (null there).
 
-export const FLOW_RECORD_VERSION = 1;
+export const FLOW_RECORD_VERSION = 2;
+/** The first layout: 19 fields, no query log fields. */
+const FLOW_RECORD_VERSION_1 = 1;
+const FLOW_RECORD_FIELDS_1 = 19;
 
 /** Positions in the record array. */
 export const FIELD = {
@@ -26,8 +30,11 @@ export const FIELD = {
   outbound: 16,
   end: 17,
   reply: 18,
+  qtype: 19,
+  rcode: 20,
+  resolver: 21,
 } as const;
-export const FLOW_RECORD_FIELDS = 19;
+export const FLOW_RECORD_FIELDS = 22;
 
 /** msgpack "array 16" (0xdc + 2-byte count): how a record of 16 or more fields starts. */
 const MSGPACK_ARRAY16 = 0xdc;
@@ -61,15 +68,25 @@ export interface FlowRecord {
   end: string;
   /** UDP: how replies left (IP_PKTINFO on the listener, or a reply socket); TCP: null. */
   reply: "pktinfo" | "socket" | null;
+  /** DNS records (version 2): the question's type number, else null. */
+  qtype: number | null;
+  /** DNS records (version 2): the answer's response code; null: none (a timeout). */
+  rcode: number | null;
+  /** DNS records (version 2): the resolver that answered, "address:port", else null. */
+  resolver: string | null;
 }
 
 /** Whether a payload (possibly only its first bytes) starts like a record of this layout. */
 export function looksLikeRecord(payload: Uint8Array): boolean {
   if (payload.length >= 1 && payload[0] !== MSGPACK_ARRAY16) return false;
   if (payload.length >= 2 && payload[1] !== 0) return false;
-  if (payload.length >= 3 && payload[2] !== FLOW_RECORD_FIELDS) return false;
+  if (payload.length < 3) return true;
   // A positive fixint is its own byte.
-  return payload.length < 4 || payload[3] === FLOW_RECORD_VERSION;
+  if (payload[2] === FLOW_RECORD_FIELDS) return payload.length < 4 || payload[3] === 2;
+  if (payload[2] === FLOW_RECORD_FIELDS_1) {
+    return payload.length < 4 || payload[3] === FLOW_RECORD_VERSION_1;
+  }
+  return false;
 }
 
 const isNumber = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
@@ -83,7 +100,10 @@ const isCountOrNull = (v: unknown): v is number | null => v === null || isNumber
  */
 export function recordFromArray(value: unknown): FlowRecord | string {
   if (!Array.isArray(value)) return "not an array";
-  if (value.length !== FLOW_RECORD_FIELDS || value[FIELD.version] !== FLOW_RECORD_VERSION) {
+  const version = value[FIELD.version];
+  const v2 = value.length === FLOW_RECORD_FIELDS && version === FLOW_RECORD_VERSION;
+  const v1 = value.length === FLOW_RECORD_FIELDS_1 && version === FLOW_RECORD_VERSION_1;
+  if (!v1 && !v2) {
     return `unknown record layout (version ${JSON.stringify(value[FIELD.version])})`;
   }
   const v = value;
@@ -107,7 +127,9 @@ export function recordFromArray(value: unknown): FlowRecord | string {
     isTextOrNull(v[FIELD.rule]) &&
     isText(v[FIELD.outbound]) &&
     isText(v[FIELD.end]) &&
-    (reply === null || reply === "pktinfo" || reply === "socket");
+    (reply === null || reply === "pktinfo" || reply === "socket") &&
+    (v1 || (isCountOrNull(v[FIELD.qtype]) && isCountOrNull(v[FIELD.rcode]))) &&
+    (v1 || isTextOrNull(v[FIELD.resolver]));
   if (!ok) return "a field of the wrong type";
   return {
     startMs: v[FIELD.startMs],
@@ -128,5 +150,34 @@ export function recordFromArray(value: unknown): FlowRecord | string {
     outbound: v[FIELD.outbound],
     end: v[FIELD.end],
     reply,
+    qtype: v2 ? v[FIELD.qtype] : null,
+    rcode: v2 ? v[FIELD.rcode] : null,
+    resolver: v2 ? v[FIELD.resolver] : null,
   };
+}
+
+const QTYPE_NAMES: Record<number, string> = {
+  1: "A",
+  2: "NS",
+  5: "CNAME",
+  6: "SOA",
+  12: "PTR",
+  15: "MX",
+  16: "TXT",
+  28: "AAAA",
+  33: "SRV",
+  64: "SVCB",
+  65: "HTTPS",
+  255: "ANY",
+};
+const RCODE_NAMES = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"];
+
+/** A DNS type's mnemonic (RFC 1035 and successors), or TYPE<n> (RFC 3597). */
+export function qtypeName(qtype: number): string {
+  return QTYPE_NAMES[qtype] ?? `TYPE${qtype}`;
+}
+
+/** A DNS response code's mnemonic, or RCODE<n>. */
+export function rcodeName(rcode: number): string {
+  return RCODE_NAMES[rcode] ?? `RCODE${rcode}`;
 }

@@ -174,6 +174,8 @@ export class DnsForwarder {
   private readonly eGeneration: Int32Array;
   private readonly eName: Array<string | null>;
   private readonly eStartMs: Float64Array;
+  /** The question's type, for the query log. */
+  private readonly eType: Uint16Array;
   /** Per entry: a copy of its query (ID remapped), for the retry. */
   private readonly arena: Uint8Array;
   private readonly retryQueue: SendQueue;
@@ -216,6 +218,7 @@ export class DnsForwarder {
     this.eGeneration = new Int32Array(entriesMax);
     this.eName = new Array(entriesMax).fill(null);
     this.eStartMs = new Float64Array(entriesMax);
+    this.eType = new Uint16Array(entriesMax);
     this.arena = new Uint8Array(new ArrayBuffer(entriesMax * QUERY_COPY_BYTES));
     this.retryQueue = makeQueue(ptr(this.arena), this.arena.byteLength, RETRY_BATCH);
   }
@@ -286,6 +289,7 @@ export class DnsForwarder {
     this.eName[e] = decision.name;
     this.eGeneration[e] = plane.generation();
     this.eStartMs[e] = now;
+    this.eType[e] = this.question.type;
     this.eLength[e] = length <= QUERY_COPY_BYTES ? length : 0;
     this.bindId(e, sock);
     bytes[at] = this.eId[e] >>> 8;
@@ -370,6 +374,8 @@ export class DnsForwarder {
       row.reply[r] = reply >= 0 ? REPLY_SOCKET : REPLY_PKTINFO;
       row.rule[r] = decision.rule;
       row.outbound[r] = decision.outbound;
+      row.qtype[r] = q.type;
+      row.rcode[r] = a.rcode; // no resolver: answered here
     }
     if (reply >= 0) {
       const fd = plane.replies.fdOf(reply);
@@ -456,7 +462,9 @@ export class DnsForwarder {
       bytes[at + 1] = this.eOrigId[e] & 0xff;
       this.toClient(e, i * plane.slotBytes, length);
       c.dnsAnswersRelayed++;
-      if (plane.flows !== null) this.record(e, EndReason.DnsAnswered, length, now);
+      if (plane.flows !== null) {
+        this.record(e, EndReason.DnsAnswered, length, now, bytes[at + 3] & 0x0f);
+      }
       this.free(e, now);
     }
   }
@@ -478,7 +486,7 @@ export class DnsForwarder {
       const sock = next < 0 ? -1 : this.socketFor(f, next, !isV4(f, next));
       if (sock < 0) {
         c.dnsQueriesTimedOut++;
-        if (this.plane.flows !== null) this.record(e, EndReason.DnsTimedOut, 0, now);
+        if (this.plane.flows !== null) this.record(e, EndReason.DnsTimedOut, 0, now, -1);
         this.free(e, now);
         continue;
       }
@@ -568,8 +576,17 @@ export class DnsForwarder {
     }
   }
 
-  /** The flow log's record of query e (answered: the answer's bytes). */
-  private record(e: number, reason: EndReason, answerBytes: number, now: number): void {
+  /**
+   * The flow log's record of query e (answered: the answer's bytes and its header's
+   * rcode, from eTarget, the resolver that answered; timed out: rcode -1, no resolver).
+   */
+  private record(
+    e: number,
+    reason: EndReason,
+    answerBytes: number,
+    now: number,
+    rcode: number,
+  ): void {
     const flows = this.plane.flows!;
     const r = flows.reserve();
     if (r < 0) {
@@ -596,6 +613,14 @@ export class DnsForwarder {
     flows.reply[r] = this.eReply[e] >= 0 ? REPLY_SOCKET : REPLY_PKTINFO;
     flows.rule[r] = this.eGeneration[e] === this.plane.generation() ? this.eRule[e] : -1;
     flows.outbound[r] = this.eOutbound[e];
+    flows.qtype[r] = this.eType[e];
+    flows.rcode[r] = rcode;
+    if (rcode >= 0) {
+      const f = this.eTargets[e]!;
+      const t = this.eTarget[e];
+      for (let k = 0; k < 4; k++) flows.resolverWords[r * 4 + k] = f.words[t * 4 + k];
+      flows.resolverPort[r] = f.ports[t];
+    }
   }
 
   /** The next target after t of the same family that is up, or -1. */

@@ -18,7 +18,7 @@ export const REPLY_SOCKET = 2;
  * Rows of one buffer. The UDP timer (250 ms) ends at most 8192 sessions by expiry
  * (EXPIRE_BUDGET_PER_TICK) plus the evictions of that tick; the TCP timer (100 ms)
  * follows drainEvents' 4096 events per wake-up. Twice the expiry budget covers a
- * mass expiry with room for evictions; ~100 bytes a row, 1.6 MiB per buffer, allocated
+ * mass expiry with room for evictions; ~120 bytes a row, 2 MiB per buffer, allocated
  * only when the flow log is on.
  */
 export const FLOW_RECORDS_MAX = 16_384;
@@ -58,6 +58,14 @@ export interface FlowBatch {
   outbound: Int16Array;
   ruleNames: string[];
   outboundNames: string[];
+  /** DNS records: the question's type (0: not a DNS record). */
+  qtype: Uint16Array;
+  /** DNS records: the answer's response code, or -1 (none: timed out, not DNS). */
+  rcode: Int16Array;
+  /** DNS records: the resolver that answered, 16 bytes a row (src/sys/addr.ts form). */
+  resolverAddrs: Uint8Array;
+  /** Its port; 0: no resolver (answered locally, timed out, not DNS). */
+  resolverPort: Uint16Array;
 }
 
 export class FlowRecords {
@@ -79,6 +87,13 @@ export class FlowRecords {
   readonly reply: Uint8Array;
   readonly rule: Int16Array;
   readonly outbound: Int16Array;
+  /** The DNS query log's columns (FlowBatch): set by the forwarder, empty otherwise. */
+  readonly qtype: Uint16Array;
+  readonly rcode: Int16Array;
+  readonly resolverAddrs: Uint8Array;
+  /** The same bytes as `resolverAddrs`, 4 words a row (ForwardTargets.words' layout). */
+  readonly resolverWords: Uint32Array;
+  readonly resolverPort: Uint16Array;
   /** Rows in use (0..capacity). */
   count = 0;
 
@@ -109,6 +124,11 @@ export class FlowRecords {
     this.reply = new Uint8Array(capacity);
     this.rule = new Int16Array(capacity);
     this.outbound = new Int16Array(capacity);
+    this.qtype = new Uint16Array(capacity);
+    this.rcode = new Int16Array(capacity);
+    this.resolverAddrs = new Uint8Array(new ArrayBuffer(capacity * 16));
+    this.resolverWords = new Uint32Array(this.resolverAddrs.buffer);
+    this.resolverPort = new Uint16Array(capacity);
   }
 
   get full(): boolean {
@@ -131,6 +151,9 @@ export class FlowRecords {
     const r = this.count++;
     this.rule[r] = -1;
     this.outbound[r] = this.outboundDefault;
+    this.qtype[r] = 0;
+    this.rcode[r] = -1;
+    this.resolverPort[r] = 0;
     return r;
   }
 
@@ -158,6 +181,10 @@ export class FlowRecords {
       outbound: this.outbound.slice(0, n),
       ruleNames: this.ruleNames,
       outboundNames: this.outboundNames,
+      qtype: this.qtype.slice(0, n),
+      rcode: this.rcode.slice(0, n),
+      resolverAddrs: this.resolverAddrs.slice(0, n * 16),
+      resolverPort: this.resolverPort.slice(0, n),
     };
     // Let the names go with the batch (a buffer of old references would pin them).
     this.names.fill(null, 0, n);

@@ -74,6 +74,8 @@ const config = (inFlightMax: number, flowLogPath = "") => ({
     }),
     forward("spoofer", [`${C4}:53`], { answerTimeoutMs: 2000 }),
     forward("silent", [`${C4}:55`], { answerTimeoutMs: 60_000 }),
+    // Nothing listens there and there is no other target: a query times out, unretried.
+    forward("dead", [`${C4}:56`], { answerTimeoutMs: 300 }),
     { name: "blocked", type: "dnsAnswer", rcode: "NXDOMAIN" },
     {
       name: "pinned",
@@ -88,6 +90,7 @@ const config = (inFlightMax: number, flowLogPath = "") => ({
     { name: "f", names: { exact: ["f.test"] }, action: "failover" },
     { name: "s", names: { exact: ["s.test"] }, action: "spoofer" },
     { name: "q", names: { exact: ["q.test"] }, action: "silent" },
+    { name: "t", names: { exact: ["t.test"] }, action: "dead" },
     { name: "block", protocol: "udp", names: { suffix: ["blocked.test"] }, action: "blocked" },
     { name: "pin", protocol: "udp", names: { exact: ["pinned.test"] }, action: "pinned" },
     { name: "dns", ports: [53], action: "resolver" },
@@ -122,14 +125,19 @@ while True:
 
 /** `bun run relay log --json` of the flow log at `path`: its records. */
 function flowRecords(dir: string, path: string): any[] {
+  return relayLog(dir, path, ["--json"]).map((l) => JSON.parse(l));
+}
+
+/** `bun run relay log` of the flow log at `path` with `args`: its lines. */
+function relayLog(dir: string, path: string, args: string[]): string[] {
   const reader = join(dir, "reader.json");
   writeFileSync(reader, JSON.stringify({ flowLog: { path } }));
-  const r = Bun.spawnSync([BUN, join(ROOT, "src/main.ts"), "log", "--config", reader, "--json"]);
+  const main = join(ROOT, "src/main.ts");
+  const r = Bun.spawnSync([BUN, main, "log", "--config", reader, ...args]);
   return r.stdout
     .toString()
     .split("\n")
-    .filter((l) => l !== "")
-    .map((l) => JSON.parse(l));
+    .filter((l) => l !== "");
 }
 
 function kdig(env: RelayLab, server: string, name: string, type: string, timeoutS = 2) {
@@ -301,6 +309,44 @@ for (const _ of skip === null ? [1] : []) {
       expect(x).toMatchObject({ rule: "dns", outbound: "resolver", target: LAB.server4 });
       const pinned = records.find((r: any) => r.name === "pinned.test");
       expect(pinned).toMatchObject({ rule: "pin", outbound: "pinned", targetPort: 53 });
+    });
+
+    test("the query log: qtype, rcode and the resolver that answered", async () => {
+      // A query to a resolver that never answers ends as a timeout record.
+      kdig(env, LAB.server4, "t.test", "A", 1);
+      const path = join(dir, "flow.log");
+      const records = await waitFor(
+        async () => flowRecords(dir, path),
+        (r: any[]) => r.some((x) => x.name === "t.test" && x.end === "dns-timeout"),
+        { what: "the timed-out query's record", timeoutMs: 10_000 },
+      );
+      const summary = (name: string, end: string) => [
+        ...new Set(
+          records
+            .filter((r: any) => r.name === name && r.end === end)
+            .map((r: any) => `${r.qtype} ${r.rcode} ${r.resolver}`),
+        ),
+      ];
+      // x.test: A (dnsperf, kdig) and AAAA (kdig over IPv6), from the one resolver.
+      expect(summary("x.test", "dns-answered").sort()).toEqual([`1 0 ${A4}:53`, `28 0 [${A6}]:53`]);
+      // f.test: the first targets are dead; every answer came from the second ones
+      // (retried there, or sent there once the dead ones were down).
+      expect(summary("f.test", "dns-answered").sort()).toEqual([`1 0 ${B4}:53`, `28 0 [${B6}]:53`]);
+      // Answered here: the configured rcode, no resolver.
+      expect(summary("ads.blocked.test", "dns-local")).toEqual(["1 3 null"]);
+      expect(summary("blocked.test", "dns-local")).toEqual(["28 3 null"]);
+      expect(summary("pinned.test", "dns-local").sort()).toEqual([
+        "1 0 null",
+        "15 0 null",
+        "28 0 null",
+      ]);
+      // A timeout: no rcode, no resolver.
+      expect(summary("t.test", "dns-timeout")).toEqual(["1 null null"]);
+      // The text form names them.
+      const text = (name: string) => relayLog(dir, path, ["--name", name, "--limit", "1"])[0];
+      expect(text("x.test")).toEndWith(`qtype=A rcode=NOERROR resolver=${A4}:53`);
+      expect(text("ads.blocked.test")).toEndWith("qtype=A rcode=NXDOMAIN resolver=-");
+      expect(text("t.test")).toEndWith("qtype=A rcode=- resolver=-");
     });
 
     test("malformed DNS on port 53 is counted and goes the session way; queries go on", async () => {

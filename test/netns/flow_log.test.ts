@@ -206,6 +206,10 @@ if (!skip) {
           bytesToClient: received[i],
           reply: "pktinfo",
           end: "idle",
+          // A DNS session (not the forced resolver): no query log fields.
+          qtype: null,
+          rcode: null,
+          resolver: null,
         });
       }
       // The text form and a filter on the name find the same two.
@@ -254,6 +258,10 @@ print(n, s.getsockname()[1])`,
           outbound: "direct",
           end: "closed",
           reply: null,
+          // The DNS query log's fields (layout 2): only forced DNS records have them.
+          qtype: null,
+          rcode: null,
+          resolver: null,
         },
       ]);
       expect(tcp[0].endMs).toBeGreaterThanOrEqual(tcp[0].startMs);

@@ -1,10 +1,10 @@
 // Flow log fixtures shared by the writer/reader tests and the `relay log` tests: known
 // batches of UDP and TCP records, and a decoder that collects what a file holds.
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Unpackr } from "msgpackr";
-import { FrameDecoder } from "../../src/control/flow_frame.ts";
+import { Packr, Unpackr } from "msgpackr";
+import { FrameDecoder, frameBytes, writeFrame } from "../../src/control/flow_frame.ts";
 import { FlowLog } from "../../src/control/flow_log.ts";
 import {
   type FlowRecord,
@@ -55,6 +55,84 @@ export function udpBatch(n: number, first = 0): FlowBatch {
     f.reply[r] = REPLY_PKTINFO;
   }
   return f.take();
+}
+
+/**
+ * Three forced DNS queries (the query log's fields), 198.18.0.2:(41000+k) -> 198.18.1.2:53:
+ * an A query answered NOERROR by 198.18.1.3:53, an AAAA query answered NXDOMAIN locally
+ * (a blocked name: no resolver), an HTTPS query that timed out (no rcode, no resolver).
+ */
+export function dnsBatch(): FlowBatch {
+  const f = new FlowRecords("udp", ["dns4"], 3, ["dns"], ["resolvers", "blocked"], 0);
+  const client = parseAddress("198.18.0.2")!;
+  const target = parseAddress("198.18.1.2")!;
+  const rows: Array<[number, number, EndReason, number]> = [
+    [1, 0, EndReason.DnsAnswered, 0],
+    [28, 3, EndReason.DnsAnsweredLocally, 1],
+    [65, -1, EndReason.DnsTimedOut, 0],
+  ];
+  for (const [k, [qtype, rcode, reason, outbound]] of rows.entries()) {
+    const r = f.reserve();
+    f.endMs[r] = EPOCH_MS + k * 1000;
+    f.startMs[r] = f.endMs[r] - 20;
+    f.addrs.set(client, r * 32);
+    f.addrs.set(target, r * 32 + 16);
+    f.ports[r] = ((41000 + k) << 16) | 53;
+    f.packetsToTarget[r] = 1;
+    f.bytesToTarget[r] = 30;
+    f.packetsToClient[r] = rcode >= 0 ? 1 : 0;
+    f.bytesToClient[r] = rcode >= 0 ? 46 : 0;
+    f.parsed[r] = PROTOCOL_DNS;
+    f.names[r] = `q${k}.relay.test`;
+    f.reason[r] = reason;
+    f.reply[r] = REPLY_PKTINFO;
+    f.rule[r] = 0;
+    f.outbound[r] = outbound;
+    f.qtype[r] = qtype;
+    f.rcode[r] = rcode;
+    if (reason === EndReason.DnsAnswered) {
+      f.resolverAddrs.set(parseAddress("198.18.1.3")!, r * 16);
+      f.resolverPort[r] = 53;
+    }
+  }
+  return f.take();
+}
+
+/**
+ * A flow log file of layout version 1 (19 fields, before the query log's), as the relay
+ * wrote it then: two UDP records, host0/host1.relay.test, 198.18.0.2:4000k -> :53.
+ */
+export function v1File(path: string): string {
+  const packr = new Packr({ useRecords: false });
+  const out = new Uint8Array(4096);
+  let at = 0;
+  for (let k = 0; k < 2; k++) {
+    const payload = packr.pack([
+      1,
+      EPOCH_MS + k * 1000 - 1500,
+      EPOCH_MS + k * 1000,
+      "udp",
+      "198.18.0.2",
+      40000 + k,
+      "dns4",
+      "198.18.1.2",
+      53,
+      1,
+      40 + k,
+      2,
+      100 + k,
+      `host${k}.relay.test`,
+      "dns",
+      null,
+      "direct",
+      "idle",
+      "pktinfo",
+    ]);
+    if (at + frameBytes(payload.length) > out.length) throw new Error("fixture too big");
+    at = writeFrame(out, at, payload);
+  }
+  writeFileSync(path, out.subarray(0, at));
+  return path;
 }
 
 /** One IPv6 TCP connection, [2001:2:0:1::2]:50000 -> [2001:2:0:2::2]:8080. */

@@ -12,16 +12,18 @@ import {
   writeFrame,
 } from "../../src/control/flow_frame.ts";
 import { FlowLog } from "../../src/control/flow_log.ts";
-import { recordFromArray } from "../../src/control/flow_record.ts";
+import { qtypeName, rcodeName, recordFromArray } from "../../src/control/flow_record.ts";
 import { FlowRecords, REPLY_PKTINFO, REPLY_SOCKET } from "../../src/flow/flow_records.ts";
 import { EndReason, PROTOCOL_UNKNOWN } from "../../src/flow/table.ts";
 import {
   decode,
+  dnsBatch,
   EPOCH_MS,
   names,
   tcpBatch,
   tempDir,
   udpBatch,
+  v1File,
   validFile,
 } from "./flow_fixtures.ts";
 
@@ -86,6 +88,9 @@ describe("flow log writer", () => {
         outbound: "direct",
         end: "idle",
         reply: "pktinfo",
+        qtype: null,
+        rcode: null,
+        resolver: null,
       },
       {
         startMs: EPOCH_MS + 2000,
@@ -106,6 +111,9 @@ describe("flow log writer", () => {
         outbound: "direct",
         end: "upstream-reset",
         reply: null,
+        qtype: null,
+        rcode: null,
+        resolver: null,
       },
     ]);
     expect(log.counters).toMatchObject({ records: 2, recordsLost: 0, writeErrors: 0 });
@@ -279,6 +287,42 @@ describe("flow log reader", () => {
     ]);
   });
 
+  test("DNS records carry the query log's qtype, rcode and resolver (layout 2)", () => {
+    const path = tempPath();
+    const log = new FlowLog({ path, fileBytesMax: 1 << 20, filesMax: 1 });
+    log.write(dnsBatch());
+    log.close();
+    const bytes = new Uint8Array(readFileSync(path));
+    // A record is a msgpack array16 of 22 fields, version 2 first.
+    expect([...bytes.subarray(4, 8)]).toEqual([0xdc, 0, 22, 2]);
+    const { records, problems } = decode(bytes);
+    expect(problems).toEqual([]);
+    expect(records.map((r) => [r.end, r.rule, r.outbound, r.qtype, r.rcode, r.resolver])).toEqual([
+      ["dns-answered", "dns", "resolvers", 1, 0, "198.18.1.3:53"],
+      ["dns-local", "dns", "blocked", 28, 3, null],
+      ["dns-timeout", "dns", "resolvers", 65, null, null],
+    ]);
+  });
+
+  test("a version 1 file (19 fields) still reads, without the query log's fields", () => {
+    const { records, problems } = decode(new Uint8Array(readFileSync(v1File(tempPath()))));
+    expect(problems).toEqual([]);
+    expect(records.map((r) => [r.name, r.bytesToClient, r.qtype, r.rcode, r.resolver])).toEqual([
+      ["host0.relay.test", 100, null, null, null],
+      ["host1.relay.test", 101, null, null, null],
+    ]);
+  });
+
+  test("DNS type and rcode names: the common ones, else TYPE<n> / RCODE<n>", () => {
+    const types = [1, 28, 5, 15, 16, 2, 12, 33, 6, 65, 64, 255, 0, 99, 65535];
+    expect(types.map(qtypeName)).toEqual(
+      "A AAAA CNAME MX TXT NS PTR SRV SOA HTTPS SVCB ANY TYPE0 TYPE99 TYPE65535".split(" "),
+    );
+    expect([0, 1, 2, 3, 4, 5, 6, 15].map(rcodeName)).toEqual(
+      "NOERROR FORMERR SERVFAIL NXDOMAIN NOTIMP REFUSED RCODE6 RCODE15".split(" "),
+    );
+  });
+
   test(`the scan for the next record is bounded (${RESYNC_BYTES_MAX} bytes)`, () => {
     const { bytes, bounds } = validFile(tempPath(), 3);
     const file = new Uint8Array(bounds[1] + RESYNC_BYTES_MAX + 16 + bytes.length);
@@ -299,5 +343,9 @@ describe("flow log reader", () => {
     const fields = new Array(19).fill(null);
     fields[0] = 1;
     expect(recordFromArray(fields)).toBe("a field of the wrong type");
+    // Each version has its own length.
+    fields[0] = 2;
+    expect(recordFromArray(fields)).toContain("unknown record layout");
+    expect(recordFromArray([1, ...new Array(21).fill(null)])).toContain("unknown record layout");
   });
 });

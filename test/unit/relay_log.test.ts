@@ -9,7 +9,16 @@ import { flowLogFiles, formatRecord, parseLogArgs } from "../../src/cli/log.ts";
 import { FlowLog } from "../../src/control/flow_log.ts";
 import { type FlowRecord, recordFromArray } from "../../src/control/flow_record.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { EPOCH_MS, names, tcpBatch, tempDir, udpBatch, validFile } from "./flow_fixtures.ts";
+import {
+  dnsBatch,
+  EPOCH_MS,
+  names,
+  tcpBatch,
+  tempDir,
+  udpBatch,
+  v1File,
+  validFile,
+} from "./flow_fixtures.ts";
 
 const ROOT = join(import.meta.dir, "..", "..");
 const BUN = join(ROOT, "node_modules", ".bin", "bun");
@@ -46,6 +55,46 @@ describe("bun run relay log", () => {
       "2023-11-14T22:13:25.000Z tcp [2001:2:0:1::2]:50000 -> [2001:2:0:2::2]:8080 " +
         "name=- parsed=- up=10000B down=3000B duration=3.000s end=upstream-reset " +
         "listener=tcp6 reply=- rule=- outbound=direct",
+    ]);
+  });
+
+  test("DNS records show qtype, rcode and resolver, in text and --json", () => {
+    const path = tempPath();
+    const log = new FlowLog({ path, fileBytesMax: 1 << 20, filesMax: 1 });
+    log.write(dnsBatch());
+    log.close();
+    const text = relayLog(["--file", path]);
+    expect(text.status).toBe(0);
+    const tails = lines(text.stdout).map((l) => l.slice(l.indexOf(" end=")));
+    expect(tails).toEqual([
+      " end=dns-answered listener=dns4 reply=pktinfo rule=dns outbound=resolvers " +
+        "qtype=A rcode=NOERROR resolver=198.18.1.3:53",
+      " end=dns-local listener=dns4 reply=pktinfo rule=dns outbound=blocked " +
+        "qtype=AAAA rcode=NXDOMAIN resolver=-",
+      " end=dns-timeout listener=dns4 reply=pktinfo rule=dns outbound=resolvers " +
+        "qtype=HTTPS rcode=- resolver=-",
+    ]);
+    const json = relayLog(["--file", path, "--json"]);
+    expect(json.status).toBe(0);
+    const objects = lines(json.stdout).map((l) => JSON.parse(l));
+    expect(objects.map((o) => [o.qtype, o.rcode, o.resolver])).toEqual([
+      [1, 0, "198.18.1.3:53"],
+      [28, 3, null],
+      [65, null, null],
+    ]);
+  });
+
+  test("a version 1 file prints as before (no query log fields)", () => {
+    const text = relayLog(["--file", v1File(tempPath())]);
+    expect(text.status).toBe(0);
+    expect(text.stderr).toBe("");
+    expect(lines(text.stdout)).toEqual([
+      "2023-11-14T22:13:20.000Z udp 198.18.0.2:40000 -> 198.18.1.2:53 " +
+        "name=host0.relay.test parsed=dns up=1p/40B down=2p/100B duration=1.500s end=idle " +
+        "listener=dns4 reply=pktinfo rule=- outbound=direct",
+      "2023-11-14T22:13:21.000Z udp 198.18.0.2:40001 -> 198.18.1.2:53 " +
+        "name=host1.relay.test parsed=dns up=1p/41B down=2p/101B duration=1.500s end=idle " +
+        "listener=dns4 reply=pktinfo rule=- outbound=direct",
     ]);
   });
 
@@ -190,6 +239,7 @@ describe("relay log argument parsing", () => {
       "idle",
       "pktinfo",
     ]) as FlowRecord;
+    expect(formatRecord(record)).not.toContain("qtype=");
     expect(formatRecord(record)).toContain("name=a\\x1b[31m\\x20b\\x22\\x5c parsed=dns");
   });
 });
