@@ -28,6 +28,7 @@ import { parseConfig } from "../src/config/load.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 import { LAB, Lab, labUnavailableReason } from "../test/lab/netns.ts";
 import { RelayProcess } from "../test/lab/relay_process.ts";
+import { fmt, median } from "./report.ts";
 
 const RESULTS = join(import.meta.dir, "results", "dns-forced-latest.md");
 const USAGE = "usage: bun bench/dns_forced.ts [--quick] [--reps N]";
@@ -158,20 +159,6 @@ function dnsdistConfig(): string {
     'setSecurityPollSuffix("")',
     "",
   ].join("\n");
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-function fmt(x: number): string {
-  if (!Number.isFinite(x)) return "-";
-  if (x >= 100_000) return `${(x / 1000).toFixed(0)}k`;
-  if (x >= 10_000) return `${(x / 1000).toFixed(1)}k`;
-  if (x >= 100) return x.toFixed(0);
-  return x.toFixed(2);
 }
 
 async function main(): Promise<number> {

@@ -23,6 +23,7 @@ import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 import { startDante } from "../test/lab/dante.ts";
 import { LAB, Lab, labUnavailableReason, run } from "../test/lab/netns.ts";
 import { RelayProcess } from "../test/lab/relay_process.ts";
+import { fmt, median } from "./report.ts";
 import { buildLoad, cps, iperf, waitForTcpPort } from "./tcp.ts";
 import { startTool, type ToolProcess } from "./udp.ts";
 
@@ -186,20 +187,6 @@ async function sample(lab: Lab, cell: CellName, path: PathName, args: Args): Pro
   const r = cps(lab, p.cps, args.quick ? 300 : 500, args.quick ? 1500 : 3000);
   const failed = r.failedSocket + r.failedReset + r.failedShort;
   return { value: r.cps, detail: `${r.completed} completed, ${failed} failed` };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-function fmt(x: number): string {
-  if (!Number.isFinite(x)) return "-";
-  if (x >= 100_000) return `${(x / 1000).toFixed(0)}k`;
-  if (x >= 10_000) return `${(x / 1000).toFixed(1)}k`;
-  if (x >= 100) return x.toFixed(0);
-  return x.toFixed(2);
 }
 
 async function main(): Promise<number> {
