@@ -60,7 +60,7 @@ export interface FlowRecord {
   name: string | null;
   /** The protocol parsing recognised ("dns", "quic"), or null. */
   parsed: string | null;
-  /** The policy rule that decided the flow (null: no policy yet). */
+  /** The policy rule that decided the flow ("default": none matched; null: unknown). */
   rule: string | null;
   /** Where the flow went ("direct": to its original destination). */
   outbound: string;
