@@ -81,7 +81,7 @@ Exit status: 0 stopped by a signal; 1 could not start (a listener or the metrics
 in use, another relay on the control socket, the helper not built, descriptors, the
 host rules failed); 2 bad arguments or configuration; 70 the data path failed (a bug:
 final metrics line, then exit, so a service manager restarts it); 77 missing privilege
-(CAP_NET_ADMIN).`;
+(CAP_NET_ADMIN; CAP_NET_RAW when a rule rejects UDP).`;
 
 /** sysexits.h: the codes service managers and scripts already know. */
 const EXIT = {
