@@ -71,6 +71,23 @@ function dnsperf(lab: Lab, file: string, port: number, seconds: number): DnsSamp
   };
 }
 
+/**
+ * The names the DNS benchmarks ask: dnsmasq's --host-record options (n<i>.bench.test
+ * answers 198.18.1.<100+i> and 2001:2:0:2::<100+i>; n0 is what the readiness checks ask)
+ * and dnsperf's query file (A and AAAA of each), written into `dir`.
+ */
+export function benchNames(dir: string): { records: string[]; queryFile: string } {
+  const records: string[] = [];
+  const questions: string[] = [];
+  for (let i = 0; i < NAMES; i++) {
+    records.push(`--host-record=n${i}.bench.test,198.18.1.${100 + i},2001:2:0:2::${100 + i}`);
+    questions.push(`n${i}.bench.test A`, `n${i}.bench.test AAAA`);
+  }
+  const queryFile = join(dir, "queries.txt");
+  writeFileSync(queryFile, `${questions.join("\n")}\n`);
+  return { records, queryFile };
+}
+
 async function waitReady(lab: Lab, port: number): Promise<void> {
   const deadline = performance.now() + READY_TIMEOUT_MS;
   while (performance.now() < deadline) {
@@ -101,14 +118,7 @@ export async function runDns(quick: boolean, reps: number,
     lab.installRules(nftRuleset(config), policyRoutingCommands(config));
     const configPath = join(tmp, "relay.json");
     writeFileSync(configPath, JSON.stringify(raw));
-    const records: string[] = [];
-    const questions: string[] = [];
-    for (let i = 0; i < NAMES; i++) {
-      records.push(`--host-record=n${i}.bench.test,198.18.1.${100 + i},2001:2:0:2::${100 + i}`);
-      questions.push(`n${i}.bench.test A`, `n${i}.bench.test AAAA`);
-    }
-    const queryFile = join(tmp, "queries.txt");
-    writeFileSync(queryFile, questions.join("\n") + "\n");
+    const { records, queryFile } = benchNames(tmp);
     for (const path of ["kernel", "relay"] as DnsPath[]) {
       children.push(lab.spawn(lab.server, ["dnsmasq", "--keep-in-foreground", "--no-resolv",
         "--no-hosts", "--bind-interfaces", `--listen-address=${LAB.server4}`,

@@ -28,6 +28,7 @@ import { parseConfig } from "../src/config/load.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 import { LAB, Lab, labUnavailableReason } from "../test/lab/netns.ts";
 import { RelayProcess } from "../test/lab/relay_process.ts";
+import { benchNames } from "./dns.ts";
 import { fmt, median } from "./report.ts";
 
 const RESULTS = join(import.meta.dir, "results", "dns-forced-latest.md");
@@ -54,7 +55,6 @@ const DNSPERF_CLIENTS = 16;
 const DNSPERF_OUTSTANDING = 200;
 const SECONDS = { full: 5, quick: 1 };
 const REPS = { full: 3, quick: 1, max: 20 };
-const NAMES = 64;
 const READY_TIMEOUT_MS = 10_000;
 
 interface Args {
@@ -195,14 +195,7 @@ async function main(): Promise<number> {
     const configPath = join(dir, "relay.json");
     writeFileSync(configPath, JSON.stringify(raw));
 
-    const records: string[] = [];
-    const questions: string[] = [];
-    for (let i = 0; i < NAMES; i++) {
-      records.push(`--host-record=n${i}.bench.test,198.18.1.${100 + i},2001:2:0:2::${100 + i}`);
-      questions.push(`n${i}.bench.test A`, `n${i}.bench.test AAAA`);
-    }
-    const queryFile = join(dir, "queries.txt");
-    writeFileSync(queryFile, `${questions.join("\n")}\n`);
+    const { records, queryFile } = benchNames(dir);
     children.push(
       lab.spawn(lab.server, [
         ...["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces"],

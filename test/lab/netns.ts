@@ -70,24 +70,42 @@ export function labUnavailableReason(): string | null {
 }
 
 /**
- * dnsmasq as the lab's DNS server: on the server's addresses, port 53, no upstream and no
- * /etc/hosts, answering `name` with the given IPv4 and IPv6 addresses.
+ * dnsmasq on one IPv4 and one IPv6 address, port 53, no upstream and no /etc/hosts,
+ * answering each record's name with its addresses ([name, address4, address6]); `extra`:
+ * more dnsmasq options.
  */
-export function dnsmasqArgv(name: string, address4: string, address6: string): string[] {
+export function dnsmasqOn(
+  address4: string,
+  address6: string,
+  records: string[][],
+  extra: string[] = [],
+): string[] {
   return [
     "dnsmasq",
     "--keep-in-foreground",
     "--no-resolv",
     "--no-hosts",
     "--bind-interfaces",
-    `--listen-address=${LAB.server4}`,
-    `--listen-address=${LAB.server6}`,
+    `--listen-address=${address4}`,
+    `--listen-address=${address6}`,
     "--port=53",
     "--user=root",
     "--pid-file",
     "--log-facility=-",
-    `--host-record=${name},${address4},${address6}`,
+    ...extra,
+    ...records.map((r) => `--host-record=${r.join(",")}`),
   ];
+}
+
+/** dnsmasq as the lab's DNS server, on the server's addresses, answering `name`. */
+export function dnsmasqArgv(name: string, address4: string, address6: string): string[] {
+  return dnsmasqOn(LAB.server4, LAB.server6, [[name, address4, address6]]);
+}
+
+/** kdig @server name type over UDP from the client namespace: its output (never throws). */
+export function kdigUdp(lab: Lab, server: string, name: string, type: string, timeoutS: number) {
+  const argv = ["kdig", `@${server}`, name, type, "+notcp", `+timeout=${timeoutS}`, "+retry=0"];
+  return lab.exec(lab.client, argv, undefined, true).stdout;
 }
 
 /**

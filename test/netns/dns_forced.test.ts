@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { LAB } from "../lab/netns.ts";
+import { dnsmasqOn, kdigUdp, LAB } from "../lab/netns.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
@@ -24,23 +24,12 @@ const QUERIES = 50_000;
 /** A TXT record of 3 strings of 200 bytes: more than 512 bytes of answer. */
 const BIG_TXT = ["a", "b", "c"].map((c) => `"${c.repeat(200)}"`).join(",");
 
+/** The lab's dnsmasq with room for many queries and a TXT answer too big for 512 bytes. */
 function dnsmasq(address4: string, address6: string, records: string[][]): string[] {
-  return [
-    "dnsmasq",
-    "--keep-in-foreground",
-    "--no-resolv",
-    "--no-hosts",
-    "--bind-interfaces",
-    `--listen-address=${address4}`,
-    `--listen-address=${address6}`,
-    "--port=53",
-    "--user=root",
-    "--pid-file",
-    "--log-facility=-",
+  return dnsmasqOn(address4, address6, records, [
     "--dns-forward-max=10000",
     `--txt-record=big.test,${BIG_TXT}`,
-    ...records.map((r) => `--host-record=${r.join(",")}`),
-  ];
+  ]);
 }
 
 const forward = (name: string, targets: string[], healthCheck = {}) => ({
@@ -141,8 +130,7 @@ function relayLog(dir: string, path: string, args: string[]): string[] {
 }
 
 function kdig(env: RelayLab, server: string, name: string, type: string, timeoutS = 2) {
-  const argv = ["kdig", `@${server}`, name, type, "+notcp", `+timeout=${timeoutS}`, "+retry=0"];
-  return env.lab.exec(env.lab.client, argv, undefined, true).stdout;
+  return kdigUdp(env.lab, server, name, type, timeoutS);
 }
 
 async function udp(env: RelayLab) {

@@ -21,7 +21,7 @@ import type { Subprocess } from "bun";
 import { clientHello, hex, multiInitial, QUIC_V1, toHex } from "../fixtures/classify/build.ts";
 import { JsonLinesProcess } from "../lab/json_lines.ts";
 import { type Dante, danteUnavailableReason, startDante } from "../lab/dante.ts";
-import { dnsmasqArgv, LAB, labUnavailableReason, run } from "../lab/netns.ts";
+import { dnsmasqArgv, dnsmasqOn, kdigUdp, LAB, labUnavailableReason, run } from "../lab/netns.ts";
 import { QUIC_BODY, QuicPeers } from "../lab/quic_peers.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { RELAY_MAIN, withControlSocket } from "../lab/relay_process.ts";
@@ -38,24 +38,6 @@ const FAILURES_MAX = 2;
 const PINNED4 = "198.18.1.250";
 const PINNED6 = "2001:2:0:2::250";
 const PINNED_MARK = 0x77;
-
-/** dnsmasq on one server address pair, answering each name with its own addresses. */
-function dnsmasq(address4: string, address6: string, records: string[][]): string[] {
-  return [
-    "dnsmasq",
-    "--keep-in-foreground",
-    "--no-resolv",
-    "--no-hosts",
-    "--bind-interfaces",
-    `--listen-address=${address4}`,
-    `--listen-address=${address6}`,
-    "--port=53",
-    "--user=root",
-    "--pid-file",
-    "--log-facility=-",
-    ...records.map((r) => `--host-record=${r.join(",")}`),
-  ];
-}
 
 const forward = (name: string, targets: string[], healthCheck = {}) => ({
   name,
@@ -155,8 +137,7 @@ function waitForUdp(env: RelayLab, what: string, done: (udp: any) => boolean) {
 
 /** kdig @server name type from the client namespace: its output (never throws). */
 function kdig(env: RelayLab, server: string, name: string, type: string): string {
-  const argv = ["kdig", `@${server}`, name, type, "+notcp", "+timeout=1", "+retry=0"];
-  return env.lab.exec(env.lab.client, argv, undefined, true).stdout;
+  return kdigUdp(env.lab, server, name, type, 1);
 }
 
 /**
@@ -204,7 +185,7 @@ for (const dataPlane of skip ? [] : ["worker", "callback"]) {
       const { lab } = env;
       env.spawn(
         lab.server,
-        dnsmasq(A4, A6, [
+        dnsmasqOn(A4, A6, [
           ["a.test", "198.18.1.101", "2001:2:0:2::101"],
           ["b.test", "198.18.1.102", "2001:2:0:2::102"],
           ["f.test", "198.18.1.103", "2001:2:0:2::103"],
@@ -212,7 +193,7 @@ for (const dataPlane of skip ? [] : ["worker", "callback"]) {
       );
       env.spawn(
         lab.server,
-        dnsmasq(B4, B6, [
+        dnsmasqOn(B4, B6, [
           ["a.test", "198.18.1.201", "2001:2:0:2::201"],
           ["b.test", "198.18.1.202", "2001:2:0:2::202"],
           ["f.test", "198.18.1.203", "2001:2:0:2::203"],
