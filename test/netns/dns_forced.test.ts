@@ -342,10 +342,13 @@ for (const _ of skip === null ? [1] : []) {
       env.python(
         env.lab.client,
         `import socket
+sockets = []
 for datagram in [b"\\x01\\x02not dns at all", b"\\x00"]:
-    # One socket each: a second datagram of the same flow would be its session's.
+    # One socket each, all kept open: a second datagram of the same flow (a closed
+    # socket's port given to the next one) would be its session's.
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.sendto(datagram, ("${LAB.server4}", 53))
+    sockets.append(s)
 `,
       );
       await waitFor(
