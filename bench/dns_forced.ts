@@ -1,8 +1,16 @@
-// bun bench/dns_forced.ts [--quick] [--reps N]
+// bun bench/dns_forced.ts [--quick] [--reps N] [--responder fast|dnsmasq] [--no-pin]
 //
 // The forced resolver (issue 12) beside kernel forwarding and beside dnsdist, in one lab
-// and one run: dnsperf in the client namespace, one dnsmasq on E3:5300 in the server
+// and one run: dnsperf in the client namespace, one responder on E3:5300 in the server
 // namespace behind all three paths.
+//
+// The responder is build/bench/dns_responder by default (bench/dns_responder.c: C,
+// recvmmsg/sendmmsg, every name answered): dnsmasq answers about 40k queries/s on one
+// core here, below what kernel forwarding carries, so with it behind every path the run
+// measures dnsmasq (--responder dnsmasq shows that). Pinning (default; --no-pin: the
+// scheduler's choice): dnsperf and the responder on cpu0, the proxy under test (the relay,
+// all its threads, or dnsdist, all its threads) alone on cpu1, so each proxy gets one
+// core and the same generator.
 //
 //   kernel    dnsperf -s E3 -p 5300: the router forwards, nothing intercepts (the ceiling)
 //   relay     dnsperf -s E5 -p 53 (nothing listens there): nft TPROXY hands udp/53 to the
@@ -20,7 +28,7 @@
 // dnsperf some CPU, the same on every path. Queries/s is dnsperf's own figure; lost %
 // its lost/sent. Paths run back to back in an order that rotates per repetition. Results
 // to bench/results/dns-forced-latest.md. Never run beside other work (2 vCPUs).
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
@@ -32,7 +40,8 @@ import { benchNames } from "./dns.ts";
 import { fmt, median } from "./report.ts";
 
 const RESULTS = join(import.meta.dir, "results", "dns-forced-latest.md");
-const USAGE = "usage: bun bench/dns_forced.ts [--quick] [--reps N]";
+const USAGE =
+  "usage: bun bench/dns_forced.ts [--quick] [--reps N] [--responder fast|dnsmasq] [--no-pin]";
 
 type PathName = "kernel" | "relay" | "dnsdist";
 const PATHS: PathName[] = ["kernel", "relay", "dnsdist"];
@@ -51,19 +60,28 @@ const SERVER: Record<PathName, { address: string; port: number }> = {
   dnsdist: DNSDIST,
 };
 const LISTENER_PORT = 12354;
+/** Offered load of the latency runs: below what every path carries here. */
+const LATENCY_QPS = 20_000;
+/** sysconf(_SC_CLK_TCK) on Linux: /proc's CPU times are in these. */
+const CLOCK_TICKS_PER_S = 100;
+const RESPONDER_BIN = join(import.meta.dir, "..", "build", "bench", "dns_responder");
 const DNSPERF_CLIENTS = 16;
 const DNSPERF_OUTSTANDING = 200;
 const SECONDS = { full: 5, quick: 1 };
 const REPS = { full: 3, quick: 1, max: 20 };
 const READY_TIMEOUT_MS = 10_000;
 
+type Responder = "fast" | "dnsmasq";
+
 interface Args {
   quick: boolean;
   reps: number;
+  responder: Responder;
+  pin: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, reps: REPS.full };
+  const args: Args = { quick: false, reps: REPS.full, responder: "fast", pin: true };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--quick") {
@@ -73,6 +91,12 @@ function parseArgs(argv: string[]): Args {
       const n = Number(argv[++i]);
       if (!Number.isInteger(n) || n < 1 || n > REPS.max) throw new Error(`--reps 1-${REPS.max}`);
       args.reps = n;
+    } else if (a === "--responder") {
+      const r = argv[++i];
+      if (r !== "fast" && r !== "dnsmasq") throw new Error(`--responder fast|dnsmasq\n${USAGE}`);
+      args.responder = r;
+    } else if (a === "--no-pin") {
+      args.pin = false;
     } else if (a === "--help" || a === "-h") {
       console.log(USAGE);
       process.exit(0);
@@ -89,6 +113,8 @@ interface Sample {
   p50Ms: number;
   p99Ms: number;
   averageMs: number;
+  /** The proxy's CPU time (all threads) per answered query, µs; NaN for kernel. */
+  cpuUsPerQuery: number;
 }
 
 function percentile(sorted: number[], q: number): number {
@@ -96,12 +122,41 @@ function percentile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
-function dnsperf(lab: Lab, file: string, path: PathName, seconds: number): Sample {
+/** taskset's prefix for a command on `cpu`, or nothing when not pinning. */
+function onCpu(pin: boolean, cpu: 0 | 1): string[] {
+  return pin ? ["taskset", "-c", `${cpu}`] : [];
+}
+
+interface DnsperfRun {
+  qps: number;
+  lostFraction: number;
+  averageMs: number;
+  /** Per answered query, in ms (-v only), sorted. */
+  latenciesMs: number[];
+}
+
+/**
+ * One dnsperf run. verbose: -v, one line per query with its latency (costs dnsperf CPU:
+ * used only for the latency runs, at a fixed rate). qpsMax: -Q, or 0 for as fast as the
+ * DNSPERF_OUTSTANDING window allows.
+ */
+function dnsperf(
+  lab: Lab,
+  file: string,
+  path: PathName,
+  seconds: number,
+  pin: boolean,
+  verbose: boolean,
+  qpsMax: number,
+): DnsperfRun {
   const { address, port } = SERVER[path];
   const argv = [
-    ...["ip", "netns", "exec", lab.client, "dnsperf", "-s", address, "-p", `${port}`],
+    ...["ip", "netns", "exec", lab.client, ...onCpu(pin, 0)],
+    ...["dnsperf", "-s", address, "-p", `${port}`],
     ...["-d", file, "-l", `${seconds}`, "-c", `${DNSPERF_CLIENTS}`],
-    ...["-q", `${DNSPERF_OUTSTANDING}`, "-T", "1", "-t", "2", "-v"],
+    ...["-q", `${DNSPERF_OUTSTANDING}`, "-T", "1", "-t", "2"],
+    ...(verbose ? ["-v"] : []),
+    ...(qpsMax > 0 ? ["-Q", `${qpsMax}`] : []),
   ];
   const r = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe", timeout: (seconds + 15) * 1000 });
   const out = r.stdout.toString();
@@ -114,19 +169,58 @@ function dnsperf(lab: Lab, file: string, path: PathName, seconds: number): Sampl
     return Number(m[1]);
   };
   // -v: "> NOERROR n0.bench.test A 0.000253" per answered query ("> T ..." when lost).
-  const latencies: number[] = [];
+  const latenciesMs: number[] = [];
   for (const m of out.matchAll(/^> [A-Z]+ \S+ \S+ ([\d.]+)$/gm)) {
-    latencies.push(Number(m[1]) * 1000);
+    latenciesMs.push(Number(m[1]) * 1000);
   }
-  latencies.sort((a, b) => a - b);
+  latenciesMs.sort((a, b) => a - b);
   const sent = num(/Queries sent:\s+(\d+)/);
   const lost = num(/Queries lost:\s+(\d+)/);
   return {
     qps: num(/Queries per second:\s+([\d.]+)/),
     lostFraction: sent > 0 ? lost / sent : 1,
-    p50Ms: percentile(latencies, 0.5),
-    p99Ms: percentile(latencies, 0.99),
     averageMs: num(/Average Latency \(s\):\s+([\d.]+)/) * 1000,
+    latenciesMs,
+  };
+}
+
+/** User + system CPU time of a whole process (all its threads), in ms; NaN if gone. */
+function cpuMs(pid: number): number {
+  try {
+    // /proc/PID/stat: "pid (comm) state ..." - fields after the comm's ")" start at 3.
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_S;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/**
+ * A path's sample: queries/s, lost share and the proxy's CPU per query from a run at full
+ * speed without -v; p50/p99 from a second run at LATENCY_QPS with -v, so latency is read
+ * at the same offered load on every path (at saturation it measures queue depth).
+ */
+function measure(
+  lab: Lab,
+  file: string,
+  path: PathName,
+  seconds: number,
+  pin: boolean,
+  proxyPid: number | null,
+): Sample {
+  const cpuBefore = proxyPid === null ? Number.NaN : cpuMs(proxyPid);
+  const full = dnsperf(lab, file, path, seconds, pin, false, 0);
+  const cpuUsed = proxyPid === null ? Number.NaN : cpuMs(proxyPid) - cpuBefore;
+  const answered = full.qps * seconds * (1 - full.lostFraction);
+  const paced = dnsperf(lab, file, path, seconds, pin, true, LATENCY_QPS);
+  return {
+    qps: full.qps,
+    lostFraction: full.lostFraction,
+    cpuUsPerQuery: answered > 0 ? (cpuUsed * 1000) / answered : Number.NaN,
+    p50Ms: percentile(paced.latenciesMs, 0.5),
+    p99Ms: percentile(paced.latenciesMs, 0.99),
+    averageMs: paced.averageMs,
   };
 }
 
@@ -166,6 +260,8 @@ async function main(): Promise<number> {
   const reason = labUnavailableReason();
   if (reason) throw new Error(`bench/dns_forced.ts: ${reason}`);
   const seconds = args.quick ? SECONDS.quick : SECONDS.full;
+  const make = Bun.spawnSync(["make", "-s", "-C", import.meta.dir], { stderr: "pipe" });
+  if (make.exitCode !== 0) throw new Error(`make -C bench: ${make.stderr}`);
   const dir = mkdtempSync(join(tmpdir(), "relay-bench-dns-forced-"));
   const lab = Lab.create();
   const onSignal = () => {
@@ -196,19 +292,24 @@ async function main(): Promise<number> {
     writeFileSync(configPath, JSON.stringify(raw));
 
     const { records, queryFile } = benchNames(dir);
-    children.push(
-      lab.spawn(lab.server, [
-        ...["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces"],
-        ...[`--listen-address=${RESOLVER.address}`, `--port=${RESOLVER.port}`, "--user=root"],
-        ...["--pid-file", "--log-facility=-", "--dns-forward-max=10000", ...records],
-      ]),
-    );
+    const responder =
+      args.responder === "fast"
+        ? [RESPONDER_BIN, "--bind", `${RESOLVER.address}:${RESOLVER.port}`]
+        : [
+            ...["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts"],
+            ...["--bind-interfaces", `--listen-address=${RESOLVER.address}`],
+            ...[`--port=${RESOLVER.port}`, "--user=root", "--pid-file", "--log-facility=-"],
+            ...["--dns-forward-max=10000", ...records],
+          ];
+    children.push(lab.spawn(lab.server, [...onCpu(args.pin, 0), ...responder]));
     const dnsdistConf = join(dir, "dnsdist.conf");
     writeFileSync(dnsdistConf, dnsdistConfig());
-    children.push(
-      lab.spawn(lab.router, ["dnsdist", "--supervised", "--disable-syslog", "-C", dnsdistConf]),
-    );
-    relay = await RelayProcess.start(lab, configPath);
+    const dnsdist = lab.spawn(lab.router, [
+        ...onCpu(args.pin, 1),
+        ...["dnsdist", "--supervised", "--disable-syslog", "-C", dnsdistConf],
+    ]);
+    children.push(dnsdist);
+    relay = await RelayProcess.start(lab, configPath, undefined, onCpu(args.pin, 1));
     lab.warmNeighbours();
     for (const path of PATHS) await waitAnswers(lab, path);
 
@@ -216,11 +317,14 @@ async function main(): Promise<number> {
     for (let rep = 0; rep < args.reps; rep++) {
       // Rotate the order per repetition: no path always runs first (or last).
       for (const path of PATHS.map((_, k) => PATHS[(k + rep) % PATHS.length])) {
-        const s = dnsperf(lab, queryFile, path, seconds);
+        // `ip netns exec` and taskset exec: the child's pid is the proxy's.
+        const pid = path === "relay" ? relay.proc.pid : path === "dnsdist" ? dnsdist.pid : null;
+        const s = measure(lab, queryFile, path, seconds, args.pin, pid);
         samples[path].push(s);
         process.stderr.write(
           `[dns-forced] rep ${rep + 1}/${args.reps} ${path.padEnd(7)} ${fmt(s.qps)} q/s, ` +
-            `p50/p99 ${fmt(s.p50Ms)}/${fmt(s.p99Ms)} ms, lost ` +
+            `p50/p99 ${fmt(s.p50Ms)}/${fmt(s.p99Ms)} ms at ${fmt(LATENCY_QPS)} q/s, ` +
+            `${fmt(s.cpuUsPerQuery)} µs CPU/query, lost ` +
             `${(s.lostFraction * 100).toFixed(2)}%\n`,
         );
       }
@@ -237,21 +341,33 @@ async function main(): Promise<number> {
     lines.push("");
     lines.push(
       `\`bun bench/dns_forced.ts${args.quick ? " --quick" : ""}` +
-        `${args.reps !== REPS.full && !args.quick ? ` --reps ${args.reps}` : ""}\`, ` +
+        `${args.reps !== REPS.full && !args.quick ? ` --reps ${args.reps}` : ""}` +
+        `${args.responder !== "fast" ? ` --responder ${args.responder}` : ""}` +
+        `${args.pin ? "" : " --no-pin"}\`, ` +
         `${new Date().toISOString()}, ${cpus().length} vCPUs (${cpus()[0]?.model ?? "?"}), ` +
         `kernel ${release()}, load average ${load.toFixed(2)} at start, ` +
-        `${((performance.now() - started) / 1000).toFixed(0)} s. dnsperf -c ` +
-        `${DNSPERF_CLIENTS} -q ${DNSPERF_OUTSTANDING} -l ${seconds} -v, medians of ` +
-        `${args.reps} repetition(s) [min-max]; p50/p99 from dnsperf's per-query latencies ` +
-        "(answered queries), average from dnsperf's summary; ratios of medians.",
+        `${((performance.now() - started) / 1000).toFixed(0)} s. Queries/s: dnsperf -c ` +
+        `${DNSPERF_CLIENTS} -q ${DNSPERF_OUTSTANDING} -l ${seconds}, as fast as it goes; ` +
+        `latency: a second run with -Q ${LATENCY_QPS} -v (the same offered load on every ` +
+        "path), p50/p99 of its per-query latencies (answered queries) and dnsperf's " +
+        "average; CPU/query: the proxy's user + system time (all threads, /proc) over the " +
+        "first run's answered queries. Medians of " +
+        `${args.reps} repetition(s) [min-max]; ratios of medians. ` +
+        `Responder: ${args.responder === "fast" ? "bench/dns_responder.c" : "dnsmasq"}. ` +
+        (args.pin
+          ? "Pinned: dnsperf and the responder on cpu0, the relay or dnsdist alone on cpu1."
+          : "Not pinned."),
     );
     lines.push("");
-    lines.push("| path | queries/s | p50 ms | p99 ms | average ms | lost % |");
-    lines.push("|---|---|---|---|---|---|");
+    lines.push(
+      "| path | queries/s | proxy CPU µs/query | p50 ms | p99 ms | average ms | lost % |",
+    );
+    lines.push("|---|---|---|---|---|---|---|");
     for (const p of PATHS) {
       const xs = samples[p];
       lines.push(
-        `| ${LABEL[p]} | ${range(xs.map((s) => s.qps))} | ${fmt(med(p, (s) => s.p50Ms))} | ` +
+        `| ${LABEL[p]} | ${range(xs.map((s) => s.qps))} | ` +
+          `${fmt(med(p, (s) => s.cpuUsPerQuery))} | ${fmt(med(p, (s) => s.p50Ms))} | ` +
           `${fmt(med(p, (s) => s.p99Ms))} | ${fmt(med(p, (s) => s.averageMs))} | ` +
           `${(med(p, (s) => s.lostFraction) * 100).toFixed(2)} |`,
       );
@@ -261,7 +377,9 @@ async function main(): Promise<number> {
     const p99 = (p: PathName) => med(p, (s) => s.p99Ms);
     lines.push(
       `queries/s relay/dnsdist ${ratio(qps("relay"), qps("dnsdist"))}, relay/kernel ` +
-        `${ratio(qps("relay"), qps("kernel"))}; p99 relay/dnsdist ` +
+        `${ratio(qps("relay"), qps("kernel"))}; CPU/query relay/dnsdist ` +
+        `${ratio(med("relay", (s) => s.cpuUsPerQuery), med("dnsdist", (s) => s.cpuUsPerQuery))}` +
+        `; p99 relay/dnsdist ` +
         `${ratio(p99("relay"), p99("dnsdist"))}, relay/kernel ` +
         `${ratio(p99("relay"), p99("kernel"))}.`,
     );

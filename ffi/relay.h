@@ -119,11 +119,12 @@ int32_t rl_recv_batch(int32_t fd, uint8_t *slab, int32_t slot_bytes, int32_t cou
  * into meta[i].length. Returns the number drained. */
 int32_t rl_recv_errors(int32_t fd, int32_t count, struct rl_meta *meta);
 
-/* Sends sends[0..count): runs of consecutive entries with the same fd go out in one
- * sendmmsg. A datagram that fails gets result = -errno and the rest still go. An entry
- * whose payload [offset, offset + length) is not inside slab[0..slab_bytes) is not sent
- * (result -EFAULT), nor is one with fd < 0 (-EBADF). Returns the number of datagrams
- * sent successfully. */
+/* Sends sends[0..count): the entries of each fd go out together, in their order, in
+ * one sendmmsg (entries of different fds are not ordered between them). A datagram
+ * that fails gets result = -errno and the rest still go. An entry whose payload
+ * [offset, offset + length) is not inside slab[0..slab_bytes) is not sent (result
+ * -EFAULT), nor is one with fd < 0 (-EBADF). Returns the number of datagrams sent
+ * successfully. */
 int32_t rl_send_batch(uint8_t *slab, uint32_t slab_bytes, struct rl_send *sends, int32_t count);
 
 /* ICMP port unreachable for the policy's UDP `reject` (icmp.c). rl_icmp_open(ipv6)

@@ -1,7 +1,7 @@
 /*
  * udp_batch.c: datagrams in and out in batches. rl_recv_batch (recvmmsg into caller
- * memory plus one rl_meta per datagram), rl_send_batch (sendmmsg per run of one
- * socket), rl_recv_errors (the MSG_ERRQUEUE drain). Bounded by RL_BATCH_COUNT_MAX and
+ * memory plus one rl_meta per datagram), rl_send_batch (one sendmmsg per socket
+ * in the batch), rl_recv_errors (the MSG_ERRQUEUE drain). Bounded by RL_BATCH_COUNT_MAX and
  * the caller's count; nothing allocates.
  */
 #include "internal.h"
@@ -174,22 +174,72 @@ static int send_in_bounds(const struct rl_send *s, uint32_t slab_bytes) {
   return (uint64_t)s->offset + (uint64_t)s->length <= (uint64_t)slab_bytes;
 }
 
+/* Groups the entries of one rl_send_batch by socket: order[] lists the entry indexes
+ * socket by socket (sockets in order of first appearance, entries of one socket in
+ * their queued order) and group_end[g] is where group g ends in order[]. Datagrams on
+ * different sockets have no order between them on the wire, so sending each socket's
+ * entries together costs nothing in meaning and makes one sendmmsg per socket instead of
+ * one per run: the DNS forwarder's queries alternate between its upstream sockets.
+ * Linear: an open-addressing table from fd to its group, reset by a generation stamp. */
+#define GROUP_SLOTS 512 /* a power of two, at least 2 x RL_BATCH_COUNT_MAX */
+_Static_assert(GROUP_SLOTS >= 2 * RL_BATCH_COUNT_MAX, "the fd table must stay half empty");
+static __thread uint32_t group_stamp[GROUP_SLOTS];
+static __thread int32_t group_fd[GROUP_SLOTS];
+static __thread int32_t group_of_slot[GROUP_SLOTS];
+static __thread uint32_t group_generation;
+
+static int group_by_socket(const struct rl_send *sends, int32_t count, int32_t *order,
+                           int32_t *group_end) {
+  int32_t group_size[RL_BATCH_COUNT_MAX];
+  int32_t group_of_entry[RL_BATCH_COUNT_MAX];
+  int groups = 0;
+  if (++group_generation == 0) { /* wrapped: old stamps could match again */
+    memset(group_stamp, 0, sizeof(group_stamp));
+    group_generation = 1;
+  }
+  for (int i = 0; i < count; i++) {
+    const int32_t fd = sends[i].fd;
+    uint32_t h = ((uint32_t)fd * 2654435761u) & (GROUP_SLOTS - 1);
+    while (group_stamp[h] == group_generation && group_fd[h] != fd)
+      h = (h + 1) & (GROUP_SLOTS - 1);
+    if (group_stamp[h] != group_generation) {
+      group_stamp[h] = group_generation;
+      group_fd[h] = fd;
+      group_of_slot[h] = groups;
+      group_size[groups++] = 0;
+    }
+    group_of_entry[i] = group_of_slot[h];
+    group_size[group_of_slot[h]]++;
+  }
+  /* group_end as running sums, then each entry placed at its group's next place. */
+  int32_t next[RL_BATCH_COUNT_MAX];
+  int32_t at = 0;
+  for (int g = 0; g < groups; g++) {
+    next[g] = at;
+    at += group_size[g];
+    group_end[g] = at;
+  }
+  for (int i = 0; i < count; i++) order[next[group_of_entry[i]]++] = i;
+  return groups;
+}
+
 int32_t rl_send_batch(uint8_t *slab, uint32_t slab_bytes, struct rl_send *sends, int32_t count) {
   if (count < 0 || count > RL_BATCH_COUNT_MAX) return -EINVAL;
+  int32_t order[RL_BATCH_COUNT_MAX];
+  int32_t group_end[RL_BATCH_COUNT_MAX];
+  const int groups = group_by_socket(sends, count, order, group_end);
   /* entry[j]: the index in sends of send_msgs[j] (entries refused up front are left out
-   * of the run's messages). */
+   * of the group's messages). */
   int32_t entry[RL_BATCH_COUNT_MAX];
   int32_t sent = 0;
-  int run_start = 0;
-  while (run_start < count) {
-    /* A run: consecutive entries on the same socket, one sendmmsg each try. */
-    const int fd = sends[run_start].fd;
-    int run_end = run_start + 1;
-    while (run_end < count && sends[run_end].fd == fd) run_end++;
+  int32_t group_start = 0;
+  for (int g = 0; g < groups; g++) {
+    const int32_t fd = sends[order[group_start]].fd;
     /* Never trust the records: an entry outside the slab is a bookkeeping bug of the
      * caller (-EFAULT, which TypeScript treats as one), and it is not sent. */
     int prepared = 0;
-    for (int i = run_start; i < run_end; i++) {
+    for (int32_t o = group_start; o < group_end[g]; o++) {
+      const int32_t i = order[o];
       struct rl_send *s = &sends[i];
       if (fd < 0) {
         s->result = -EBADF;
@@ -217,7 +267,7 @@ int32_t rl_send_batch(uint8_t *slab, uint32_t slab_bytes, struct rl_send *sends,
         done += 1;
       }
     }
-    run_start = run_end;
+    group_start = group_end[g];
   }
   return sent;
 }

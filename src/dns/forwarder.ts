@@ -66,10 +66,19 @@ export interface QueryDecision {
   name: string | null;
 }
 
-/** The upstream sockets of one resolver, and the next one to use (round robin). */
+/**
+ * Queries a socket takes in a row before the next socket of its resolver takes over.
+ * Not one each: a receive batch's queries then leave in one sendmmsg and their answers
+ * come back on one socket (fewer system calls per query); over time every socket, and
+ * so every ID space and source port, is still used.
+ */
+const QUERIES_PER_SOCKET_TURN = 64;
+
+/** The upstream sockets of one resolver: whose turn it is, and how long it has had it. */
 interface SocketGroup {
   sockets: number[];
   next: number;
+  turnQueries: number;
 }
 
 /** A parsed query: its question's hash, where its question ends, and its name. */
@@ -665,7 +674,8 @@ export class DnsForwarder {
   }
 
   /**
-   * A socket to target t of f with a free ID: the group's next (round robin), opened on
+   * A socket to target t of f with a free ID: the one whose turn it is (each takes
+   * QUERIES_PER_SOCKET_TURN in a row; one without a free ID is passed over), opened on
    * first use. -1 when none can be had (counted).
    */
   private socketFor(f: ForwardTargets, t: number, ipv6: boolean): number {
@@ -680,7 +690,7 @@ export class DnsForwarder {
       const w = t * 4;
       const words = f.words;
       const name = `${words[w]},${words[w + 1]},${words[w + 2]},${words[w + 3]}|${f.ports[t]}`;
-      group = this.groups.get(name) ?? { sockets: [], next: 0 };
+      group = this.groups.get(name) ?? { sockets: [], next: 0, turnQueries: 0 };
       this.groups.set(name, group);
       byTarget[t] = group;
     }
@@ -694,11 +704,18 @@ export class DnsForwarder {
       }
       if (sockets.length === 0) return -1;
     }
+    if (++group.turnQueries > QUERIES_PER_SOCKET_TURN) {
+      group.turnQueries = 1;
+      group.next = (group.next + 1) % sockets.length;
+    }
     const start = group.next;
     for (let k = 0; k < sockets.length; k++) {
       const s = sockets[(start + k) % sockets.length];
       if (this.ringFree[s] > 0) {
-        group.next = (start + k + 1) % sockets.length;
+        if (k !== 0) {
+          group.next = (start + k) % sockets.length;
+          group.turnQueries = 1;
+        }
         return s;
       }
     }

@@ -1,8 +1,9 @@
 // The send queue: the one writer of send entries (struct rl_send), for both directions.
 // Datagrams received this round are queued as entries that point into the receive slab
-// (no copy) and go out together in one rl_send_batch: runs of entries on one socket
-// become one sendmmsg each, so 256 flows' replies through one listener leave in a
-// handful of system calls.
+// (no copy) and go out together in one rl_send_batch: the entries of each socket become
+// one sendmmsg (in their order; sockets are not ordered between them), so 256 flows'
+// replies through one listener leave in a handful of system calls, and so do queries
+// spread over the DNS forwarder's upstream sockets.
 //
 // Invariants, asserted before each write (a typed-array write past the end is silently
 // dropped in JS and then read past by C): count < capacity; every entry's payload lies

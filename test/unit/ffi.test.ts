@@ -154,6 +154,39 @@ describe("C helper", () => {
     }
   });
 
+  test("send batch: interleaved sockets go out one sendmmsg per socket, each in order", () => {
+    const receiver = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const senders = [0, 1, 2].map(() => lib.rl_socket(0, loopback4, 0, 0, 0, 0));
+    const port = lib.rl_local_port(receiver, new Uint8Array(16));
+    const count = 12;
+    const slab = new Uint8Array(new ArrayBuffer(count));
+    const sends = new Uint8Array(new ArrayBuffer(SEND_BYTES * count));
+    const s32 = new Uint32Array(sends.buffer);
+    const s16 = new Uint16Array(sends.buffer);
+    const sI32 = new Int32Array(sends.buffer);
+    for (let i = 0; i < count; i++) {
+      slab[i] = i; // each datagram is one byte: its entry's index
+      sends.set(loopback4, i * SEND_BYTES);
+      s16[(i * SEND_BYTES) / 2 + SEND.targetPortHalf] = port;
+      sI32[i * SEND_WORDS + SEND.fdWord] = senders[i % 3]; // 0 1 2 0 1 2 ...
+      s32[i * SEND_WORDS + SEND.offsetWord] = i;
+      s32[i * SEND_WORDS + SEND.lengthWord] = 1;
+    }
+    try {
+      expect(lib.rl_send_batch(ptr(slab), slab.byteLength, ptr(sends), count)).toBe(count);
+      for (let i = 0; i < count; i++) expect(sI32[i * SEND_WORDS + SEND.resultWord]).toBe(1);
+      // Loopback delivers during sendmmsg: socket by socket, each socket's in its order.
+      const meta = new Uint8Array(new ArrayBuffer(META_BYTES * count));
+      const got = new Uint8Array(64 * count);
+      expect(lib.rl_recv_batch(receiver, ptr(got), 64, count, ptr(meta))).toBe(count);
+      const order = Array.from({ length: count }, (_, i) => got[i * 64]);
+      expect(order).toEqual([0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]);
+    } finally {
+      for (const fd of senders) lib.rl_close(fd);
+      lib.rl_close(receiver);
+    }
+  });
+
   test("socket failures come back as values naming the refused step", () => {
     const fd = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
     const port = lib.rl_local_port(fd, new Uint8Array(16));
