@@ -66,6 +66,9 @@ struct rl_meta {
 
 /* rl_send.flags */
 #define RL_SEND_SOURCE        0x0001 /* set the source address with IP_PKTINFO/IPV6_PKTINFO */
+/* The fd is connected (rl_udp_connect) to the entry's target: sent without a name, so
+ * the kernel uses the route cached on the socket instead of a lookup per datagram. */
+#define RL_SEND_CONNECTED     0x0002
 
 /* One datagram to send, read (and result written) by rl_send_batch() (64 bytes). */
 struct rl_send {
@@ -103,6 +106,10 @@ int32_t rl_raise_nofile(int32_t want);
 int32_t rl_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark,
                   int32_t receive_bytes, int32_t send_bytes);
 int32_t rl_close(int32_t fd);
+/* connect() of a UDP socket to addr (16 bytes, v4-mapped for IPv4):port%scope. The
+ * kernel then keeps the route and delivers only that peer's datagrams; send to it with
+ * RL_SEND_CONNECTED. 0 or -errno. */
+int32_t rl_udp_connect(int32_t fd, const uint8_t *addr, int32_t port, int32_t scope);
 /* listen(2) for a TCP listener made by rl_socket(RL_SOCK_STREAM ...). */
 int32_t rl_listen(int32_t fd, int32_t backlog);
 /* Writes the bound address (16 bytes) into addr_out and returns the bound port. */

@@ -131,6 +131,13 @@ int32_t rl_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark
 
 int32_t rl_close(int32_t fd) { return close(fd) == 0 ? 0 : -errno; }
 
+int32_t rl_udp_connect(int32_t fd, const uint8_t *addr, int32_t port, int32_t scope) {
+  if (port <= 0 || port > 65535) return -EINVAL;
+  struct sockaddr_storage ss;
+  socklen_t len = addr_to_sockaddr(addr, (uint16_t)port, (uint32_t)scope, &ss);
+  return connect(fd, (struct sockaddr *)&ss, len) == 0 ? 0 : -errno;
+}
+
 int32_t rl_listen(int32_t fd, int32_t backlog) {
   return listen(fd, backlog) == 0 ? 0 : -errno;
 }

@@ -137,6 +137,10 @@ static void send_prepare(uint8_t *slab, struct rl_send *s, int j) {
   h->msg_name = &send_names[j];
   h->msg_namelen = addr_to_sockaddr(s->target_addr, s->target_port, s->target_scope,
                                     &send_names[j]);
+  if (s->flags & RL_SEND_CONNECTED) {
+    h->msg_name = NULL;
+    h->msg_namelen = 0;
+  }
   h->msg_iov = &send_iovs[j];
   h->msg_iovlen = 1;
   h->msg_flags = 0;

@@ -19,7 +19,7 @@ import { type FlowRecords, REPLY_PKTINFO, REPLY_SOCKET } from "../flow/flow_reco
 import { EndReason, PROTOCOL_DNS } from "../flow/table.ts";
 import type { UdpCounters } from "../metrics.ts";
 import type { DnsAnswerConfig } from "../policy/config.ts";
-import { decodeSocketError, describeSocketError } from "../sys/errno.ts";
+import { decodeSocketError, describeSocketError, errnoName } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { META, META_WORDS, SOCK } from "../sys/layout.ts";
 import { Direction, type SendQueue } from "../udp/send_queue.ts";
@@ -532,15 +532,14 @@ export class DnsForwarder {
   ) {
     const f = this.eTargets[e]!;
     const w = t * 4;
-    queue.push(
-      Direction.ToTarget,
+    // The socket is connected to this resolver (open): no name, the cached route.
+    queue.toConnected(
       this.sockFd[this.eSocket[e]],
       f.words[w],
       f.words[w + 1],
       f.words[w + 2],
       f.words[w + 3],
       f.ports[t],
-      0,
       offset,
       length,
     );
@@ -744,6 +743,17 @@ export class DnsForwarder {
         "dns-socket",
         `DNS upstream socket: ${describeSocketError(decodeSocketError(fd), ipv6)}`,
       );
+      return -1;
+    }
+    // Connected to its resolver: sends skip a route lookup each, and the kernel drops
+    // datagrams from any other address before they cost a wake-up (an off-path spoofer
+    // must now also forge the resolver's address and port).
+    const address = new Uint8Array(Uint32Array.from(f.words.subarray(t * 4, t * 4 + 4)).buffer);
+    const connected = plane.lib.rl_udp_connect(fd, address, f.ports[t], 0);
+    if (connected < 0) {
+      plane.lib.rl_close(fd);
+      c.dnsUpstreamSocketFailed++;
+      plane.log("dns-connect", `DNS upstream socket: connect: ${errnoName(-connected)}`);
       return -1;
     }
     const s = this.socketCount;

@@ -13,6 +13,7 @@ const symbols = {
   rl_raise_nofile: { args: [i32], returns: i32 },
   rl_socket: { args: [i32, ptr, i32, i32, i32, i32], returns: i32 },
   rl_close: { args: [i32], returns: i32 },
+  rl_udp_connect: { args: [i32, ptr, i32, i32], returns: i32 },
   rl_listen: { args: [i32, i32], returns: i32 },
   rl_local_port: { args: [i32, ptr], returns: i32 },
   rl_icmp_open: { args: [i32], returns: i32 },

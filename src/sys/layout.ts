@@ -132,6 +132,8 @@ export const SEND = {
   targetScopeWord: fieldIndex(s.target_scope, 4),
 } as const;
 export const SEND_FLAG_SOURCE = 0x0001;
+/** The entry's fd is connected to its target (rl_udp_connect): sent without a name. */
+export const SEND_FLAG_CONNECTED = 0x0002;
 
 /** Tuples rl_layout_describe() may report at most (room for the buffer). */
 export const LAYOUT_TUPLES_MAX = 64;

@@ -14,7 +14,7 @@ import type { UdpCounters } from "../metrics.ts";
 import { assert, assertionFailed } from "../sys/assert.ts";
 import { classifyIoErrno, errnoName, IoOutcome } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
-import { SEND, SEND_FLAG_SOURCE, SEND_WORDS } from "../sys/layout.ts";
+import { SEND, SEND_FLAG_CONNECTED, SEND_FLAG_SOURCE, SEND_WORDS } from "../sys/layout.ts";
 
 export const enum Direction {
   ToClient = 0,
@@ -92,6 +92,21 @@ export class SendQueue {
     send32[d + SEND.lengthWord] = length;
     send32[d + SEND.targetScopeWord] = scope;
     return d;
+  }
+
+  /** A datagram to a target on a socket connected to it (rl_udp_connect): no name. */
+  toConnected(
+    fd: number,
+    w0: number,
+    w1: number,
+    w2: number,
+    w3: number,
+    port: number,
+    offset: number,
+    length: number,
+  ): void {
+    const d = this.push(Direction.ToTarget, fd, w0, w1, w2, w3, port, 0, offset, length);
+    this.send16[d * 2 + SEND.flagsHalf] = SEND_FLAG_CONNECTED;
   }
 
   /**

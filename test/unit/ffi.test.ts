@@ -14,6 +14,7 @@ import {
   RECORDS,
   SEND,
   SEND_BYTES,
+  SEND_FLAG_CONNECTED,
   SEND_RECORD,
   SEND_WORDS,
   SOCK,
@@ -183,6 +184,31 @@ describe("C helper", () => {
       expect(order).toEqual([0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]);
     } finally {
       for (const fd of senders) lib.rl_close(fd);
+      lib.rl_close(receiver);
+    }
+  });
+
+  test("send batch: a connected entry goes to the socket's peer, without a name", () => {
+    const receiver = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const sender = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const port = lib.rl_local_port(receiver, new Uint8Array(16));
+    expect(lib.rl_udp_connect(sender, loopback4, 0, 0)).toBe(-E.EINVAL);
+    expect(lib.rl_udp_connect(sender, loopback4, port, 0)).toBe(0);
+    const slab = new Uint8Array(new ArrayBuffer(8)).fill(9);
+    const sends = new Uint8Array(new ArrayBuffer(SEND_BYTES));
+    const s16 = new Uint16Array(sends.buffer);
+    const sI32 = new Int32Array(sends.buffer);
+    // The entry's own address and port are left zero: only the connection says where.
+    sI32[SEND.fdWord] = sender;
+    sI32[SEND.lengthWord] = 8;
+    s16[SEND.flagsHalf] = SEND_FLAG_CONNECTED;
+    try {
+      expect(lib.rl_send_batch(ptr(slab), slab.byteLength, ptr(sends), 1)).toBe(1);
+      expect(sI32[SEND.resultWord]).toBe(8);
+      const meta = new Uint8Array(new ArrayBuffer(META_BYTES));
+      expect(lib.rl_recv_batch(receiver, ptr(new Uint8Array(64)), 64, 1, ptr(meta))).toBe(1);
+    } finally {
+      lib.rl_close(sender);
       lib.rl_close(receiver);
     }
   });
