@@ -1,6 +1,6 @@
 // The UDP data path in a Worker (src/udp/plane.ts): this thread may block, so it
 // waits in epoll_wait itself (Poller inline mode). Messages from the main thread are
-// handled between waits (at most every 20 ms when idle).
+// handled between the poller's slices (at most 20 ms late, idle or busy).
 import type { Config } from "../config/load.ts";
 import { configureLog } from "../control/log.ts";
 import type { SessionQuery } from "../control/query.ts";
