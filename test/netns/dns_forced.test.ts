@@ -1,7 +1,7 @@
 // End-to-end: the forced DNS resolver on UDP (src/dns/forwarder.ts), real peers.
 //
 //   client ns ── router ns (relay) ── server ns
-//   kdig / dnsperf @198.18.1.2:53 (nothing listens there)
+//   kdig / dnsperf @198.18.1.2:53 or @[2001:2:0:2::2]:53 (nothing listens there)
 //     x.test  -> forward "resolver" ─► dnsmasq A on .3 / ::3 (answers .101 / ::101)
 //     f.test  -> forward "failover" ─► .5:54 (nobody: ICMP) then dnsmasq B on .4 / ::4
 //     s.test  -> forward "spoofer"  ─► a python fake resolver on .5:53 / ::5 that answers
