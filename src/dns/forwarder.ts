@@ -474,7 +474,7 @@ export class DnsForwarder {
       if (plane.flows !== null) {
         this.record(e, EndReason.DnsAnswered, length, now, bytes[at + 3] & 0x0f);
       }
-      this.free(e, now);
+      this.free(e, now, false);
     }
   }
 
@@ -496,7 +496,7 @@ export class DnsForwarder {
       if (sock < 0) {
         c.dnsQueriesTimedOut++;
         if (this.plane.flows !== null) this.record(e, EndReason.DnsTimedOut, 0, now, -1);
-        this.free(e, now);
+        this.free(e, now, true); // its ID remembers it: an answer now is late, not spoofed
         continue;
       }
       this.unbindId(e, true);
@@ -641,8 +641,9 @@ export class DnsForwarder {
     return -1;
   }
 
-  private free(e: number, now: number): void {
-    this.unbindId(e, false);
+  /** Frees entry e (timedOut: it was given up, so its answer, if any, will be late). */
+  private free(e: number, now: number, timedOut: boolean): void {
+    this.unbindId(e, timedOut);
     if (this.eReply[e] >= 0) this.plane.replies.release(this.eReply[e], now);
     this.eTargets[e] = null;
     this.eName[e] = null;
