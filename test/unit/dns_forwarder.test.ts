@@ -105,12 +105,17 @@ function forwarderLab() {
       const offset = args[7];
       if (direction === Direction.ToTarget) sent.push((bytes[offset] << 8) | bytes[offset + 1]);
     },
+    // fd, address (4 words), port, then the datagram's slab offset: to the resolver.
+    toConnected(...args: number[]) {
+      const offset = args[6];
+      sent.push((bytes[offset] << 8) | bytes[offset + 1]);
+    },
     toClientFrom() {},
     flush() {},
   };
   const counters = new UdpCounters();
   const plane = {
-    lib: { rl_socket: () => 100, rl_close: () => 0 },
+    lib: { rl_socket: () => 100, rl_udp_connect: () => 0, rl_close: () => 0 },
     counters,
     bytes,
     slabAt: 0,
