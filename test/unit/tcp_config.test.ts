@@ -41,6 +41,9 @@ describe("TCP config", () => {
       sniffPorts: [443],
       sniffTimeoutMs: 1000,
       sniffBytesMax: 16_384,
+      dnsPorts: [53],
+      dnsConnectionsMax: 1024,
+      dnsIdleTimeoutMs: 10_000,
     });
     // UDP listeners keep their defaults (and the built-in config has no TCP listener).
     expect(parseConfig({}).listeners.every((l) => l.protocol === "udp")).toBe(true);
