@@ -416,8 +416,10 @@ export class DnsTcpStreams {
       }
       if (nowMs - s.lastProgressMs < idleMs) continue;
       // Nothing moved for tcp.dnsIdleTimeoutMs: say why in the counters.
-      if (s.input.pending > 0) c.dnsTcpIncomplete++;
-      else if (s.output.pending > 0) c.dnsTcpStalled++;
+      // Answers the client does not take come first: its input may end mid-message only
+      // because the relay stopped reading it.
+      if (s.output.pending > 0) c.dnsTcpStalled++;
+      else if (s.input.pending > 0) c.dnsTcpIncomplete++;
       else if (s.pending.length > 0) c.dnsTcpTimedOut++;
       else {
         c.dnsTcpIdleClosed++;
