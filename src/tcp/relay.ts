@@ -1751,7 +1751,9 @@ export class TcpRelay {
     if (r < 0) return;
     const flows = this.flows!;
     const name = this.connNames[id];
-    flows.parsed[r] = name !== null ? TCP_PARSED_TLS : 0;
+    // A name on a DNS port is a query's (a connection its first query sent to socks5).
+    const dns = this.dnsPort[this.connPorts[id] & 0xffff] === 1;
+    flows.parsed[r] = name === null ? 0 : dns ? TCP_PARSED_DNS : TCP_PARSED_TLS;
     flows.names[r] = name;
     const gen = this.connGen[id];
     // Undecided: the row's defaults (no rule, direct).

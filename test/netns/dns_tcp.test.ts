@@ -21,6 +21,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { danteUnavailableReason, startDante } from "../lab/dante.ts";
 import { JsonLinesProcess } from "../lab/json_lines.ts";
 import { LAB, labUnavailableReason } from "../lab/netns.ts";
 import { waitFor } from "../lab/wait_for.ts";
@@ -39,6 +40,9 @@ const BLOCKED = "ads.blocked.relay.test";
 /** The "pin" rule's name: the sinkhole's address from the relay itself. */
 const PINNED = { name: "pinned.relay.test", a: "198.18.1.66", aaaa: "2001:2:0:2::66" };
 const FAILOVER = { name: "failover.relay.test", a: "198.18.1.88", aaaa: "2001:2:0:2::88" };
+/** The "socks" rule's name: the whole connection through Dante (on server4:1080). */
+const SOCKS = { name: "socks.relay.test", a: "198.18.1.44", aaaa: "2001:2:0:2::44" };
+const SOCKS_PORT = 1080;
 
 const forward = (name: string, targets: string[]) => ({
   name,
@@ -61,6 +65,7 @@ const relayConfig = (flowLogPath: string) => ({
     { name: "resolver6", type: "forward", targets: [`[${E3v6}]:53`] },
     forward("failover4", [`${E4}:53`, `${E3}:53`]),
     forward("failover6", [`[${E4v6}]:53`, `[${E3v6}]:53`]),
+    { name: "dante", type: "socks5", server: `${LAB.server4}:${SOCKS_PORT}` },
     { name: "blocked", type: "dnsAnswer", rcode: "NXDOMAIN" },
     {
       name: "sinkhole",
@@ -82,6 +87,7 @@ const relayConfig = (flowLogPath: string) => ({
       action: "failover6",
     },
     { name: "failover4", protocol: "tcp", names: { exact: [FAILOVER.name] }, action: "failover4" },
+    { name: "socks", protocol: "tcp", names: { exact: [SOCKS.name] }, action: "dante" },
     // The fake resolver of the truncation test answers at its own address.
     {
       name: "tc-pass",
@@ -136,7 +142,7 @@ function flowRecords(dir: string, path: string): any[] {
     .map((l) => JSON.parse(l));
 }
 
-const unavailable = labUnavailableReason();
+const unavailable = labUnavailableReason() ?? danteUnavailableReason();
 const skip = labSkipReason(unavailable);
 if (!skip) {
   describe("DNS over TCP through the relay", () => {
@@ -177,6 +183,7 @@ if (!skip) {
       const records = [
         `--host-record=${FORCED.name},${FORCED.a},${FORCED.aaaa}`,
         `--host-record=${FAILOVER.name},${FAILOVER.a},${FAILOVER.aaaa}`,
+        `--host-record=${SOCKS.name},${SOCKS.a},${SOCKS.aaaa}`,
       ];
       for (const [i, name] of PIPELINED.entries()) {
         records.push(`--host-record=${name},198.18.1.${81 + i},2001:2:0:2::${81 + i}`);
@@ -197,6 +204,14 @@ if (!skip) {
         env.spawn(lab.server, ["python3", PEERS, "resolver", LAB.server4, LAB.server6]),
       );
       await fake.waitFor((l) => l.event === "ready", 10_000);
+      const dante = await startDante(lab, lab.server, dir, {
+        listen: [LAB.server4],
+        port: SOCKS_PORT,
+        externalInterface: LAB.serverIf,
+        clients: ["198.18.0.0/15", "2001:2::/48"],
+        logPath: join(dir, "danted.log"),
+      });
+      env.track(dante.proc);
       await waitFor(
         () => lab.exec(lab.server, ["ss", "-Htln"], undefined, true).stdout,
         (out) => out.includes(`${E3}:53`) && out.includes(`[${E3v6}]:53`),
@@ -279,6 +294,26 @@ if (!skip) {
           expect(after.accepted - kept.accepted).toBe(1);
           expect(after.dnsTcpForwarded - kept.dnsTcpForwarded).toBe(3);
           expect(after.dnsTcpAnsweredLocally - kept.dnsTcpAnsweredLocally).toBe(2);
+        });
+
+        test("a first query sent to socks5: the whole connection through it, bytes kept", async () => {
+          // The resolver is the original destination here: Dante connects to it.
+          const resolver = f.v6 ? E3v6 : E3;
+          const before = await tcp();
+          const out = kdig(["+tcp", `@${resolver}`, SOCKS.name, f.type]);
+          expect(out).toContain(f.v6 ? SOCKS.aaaa : SOCKS.a);
+          expect(out).toContain(`;; From ${resolver}@53(TCP)`);
+          // Pipelined: the queries read with the first one reach the resolver too.
+          const r = peer(["pipeline", resolver, SOCKS.name, PIPELINED[0], PIPELINED[1]]);
+          expect(r.answers.map((a: any) => a.addresses[0]).sort()).toEqual([
+            "198.18.1.44",
+            "198.18.1.81",
+            "198.18.1.82",
+          ]);
+          const after = await settle();
+          expect(after.dnsTcpSocks5 - before.dnsTcpSocks5).toBe(2);
+          expect(after.socks5Connected - before.socks5Connected).toBe(2);
+          expect(after.dnsTcpForwarded - before.dnsTcpForwarded).toBe(0);
         });
 
         test("a truncated UDP answer makes kdig retry over TCP through the relay", async () => {
