@@ -546,7 +546,9 @@ export class DnsTcpStreams {
         return false;
       }
       c.dnsTcpSocks5++;
-      const early = s.input.bytes.slice(at, s.input.end);
+      // A copy on its own ArrayBuffer: C reads it (send) after this stream is gone.
+      const early = new Uint8Array(new ArrayBuffer(s.input.end - at));
+      early.set(s.input.bytes.subarray(at, s.input.end));
       const id = s.id;
       const fd = s.clientFd;
       this.detach(s);
