@@ -410,7 +410,8 @@ export class DnsTcpStreams {
         }
       }
       if (ended) continue;
-      if (this.stopping && s.pending.length === 0 && s.output.pending === 0) {
+      const waiting = awaited(s);
+      if (this.stopping && !waiting && s.output.pending === 0) {
         this.end(s, Close.Fin);
         continue;
       }
@@ -420,7 +421,7 @@ export class DnsTcpStreams {
       // because the relay stopped reading it.
       if (s.output.pending > 0) c.dnsTcpStalled++;
       else if (s.input.pending > 0) c.dnsTcpIncomplete++;
-      else if (s.pending.length > 0) c.dnsTcpTimedOut++;
+      else if (waiting) c.dnsTcpTimedOut++;
       else {
         c.dnsTcpIdleClosed++;
         this.end(s, Close.Fin);
@@ -555,10 +556,10 @@ export class DnsTcpStreams {
       host.handToSocks(id, fd, action, early);
       return false;
     }
-    const u = this.upstreamFor(s, action, nowMs);
-    if (u < 0) return false;
+    // In the table before its upstream exists: if none can be had, the stream ends and
+    // records this query as unanswered with the rest.
     const p = new Pending();
-    p.upstream = u;
+    p.upstream = -1;
     p.id = (bytes[m] << 8) | bytes[m + 1];
     p.hash = q.hash;
     p.type = q.type;
@@ -568,6 +569,9 @@ export class DnsTcpStreams {
     p.bytes = length;
     p.startMs = nowMs;
     s.pending.push(p);
+    const u = this.upstreamFor(s, action, nowMs);
+    if (u < 0) return false;
+    p.upstream = u;
     if (o.type === "forward") c.dnsTcpForwarded++;
     else c.dnsTcpDirect++;
     const up = s.upstreams[u];
@@ -820,10 +824,15 @@ export class DnsTcpStreams {
    * get their answers (reset, counted: it asks again); otherwise it just closes.
    */
   private upstreamLost(s: Stream, u: number): boolean {
-    if (s.pending.some((p) => p.upstream === u) || s.upstreams[u].output.pending > 0) {
+    const unanswered = s.pending.some((p) => p.upstream === u && !p.answered);
+    if (unanswered || s.upstreams[u].output.pending > 0) {
       this.host.counters.dnsTcpUpstreamFailed++;
       this.end(s, Close.Reset);
       return false;
+    }
+    // A zone transfer the upstream ended by closing: its query goes with it.
+    for (let k = s.pending.length - 1; k >= 0; k--) {
+      if (s.pending[k].upstream === u) s.pending.splice(k, 1);
     }
     this.closeUpstream(s.upstreams[u], false);
     return true;
@@ -925,6 +934,12 @@ export class DnsTcpStreams {
     s.armed = 0;
     this.freeSlots[this.freeCount++] = slot;
   }
+}
+
+/** Whether stream s has queries whose answer has not come (a zone transfer's first did). */
+function awaited(s: Stream): boolean {
+  for (const p of s.pending) if (!p.answered) return true;
+  return false;
 }
 
 /** Arms a registered socket for ARM_IN, ARM_OUT or both (one-shot). */

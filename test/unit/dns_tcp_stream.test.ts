@@ -23,10 +23,10 @@ const UPSTREAM_FD = 20;
 const TOKEN_BASE = 1000;
 
 /** A query for `name` (type A) with its 2-byte length prefix. */
-function framed(id: number, name: string, flags = 0x0100): Uint8Array {
+function framed(id: number, name: string, flags = 0x0100, type = 1): Uint8Array {
   const labels = name.split(".").flatMap((l) => [l.length, ...Buffer.from(l)]);
   const m = [id >> 8, id & 0xff, flags >> 8, flags & 0xff, 0, 1, 0, 0, 0, 0, 0, 0];
-  m.push(...labels, 0, 0, 1, 0, 1);
+  m.push(...labels, 0, type >> 8, type & 0xff, 0, 1);
   return Uint8Array.from([m.length >> 8, m.length & 0xff, ...m]);
 }
 
@@ -348,6 +348,26 @@ describe("DNS over TCP streams", () => {
     second.wake(CLIENT_TOKEN, 4); // its FIN
     expect(second.host.client.closed).toBe("fin");
     expect(second.host.upstream.closed).toBe("fin");
+  });
+
+  test("a zone transfer: every message of its answer; the upstream's close ends it", () => {
+    const { host, streams, wake } = setUp();
+    const q = framed(7, "zone.test", 0x0100, 252); // AXFR
+    host.client.incoming.push(q);
+    wake(CLIENT_TOKEN, 1);
+    wake(UPSTREAM_TOKEN, 2);
+    host.upstream.incoming.push(Uint8Array.from([...answerTo(q, 1), ...answerTo(q, 2)]));
+    wake(UPSTREAM_TOKEN, 3);
+    expect(messages(host.client.sentBytes)).toHaveLength(2);
+    expect(host.records).toHaveLength(1); // one record per query
+    host.upstream.eof = true;
+    wake(UPSTREAM_TOKEN, 4);
+    expect(host.upstream.closed).toBe("fin");
+    expect(host.client.closed).toBe("");
+    // Nothing awaited: at the idle deadline it closes as idle, not as a timeout.
+    streams.tick(4 + host.idleMs);
+    expect(host.counters.dnsTcpIdleClosed).toBe(1);
+    expect(host.client.closed).toBe("fin");
   });
 
   test("past UPSTREAMS_MAX upstreams the connection is reset", () => {
