@@ -107,6 +107,10 @@ int32_t rl_poll_arm_out(int32_t poller, int32_t fd, int32_t token, int32_t add) 
   return poll_ctl_events(poller, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, token, EPOLLOUT);
 }
 
+int32_t rl_poll_arm_both(int32_t poller, int32_t fd, int32_t token) {
+  return poll_ctl_events(poller, EPOLL_CTL_MOD, fd, token, EPOLLIN | EPOLLOUT);
+}
+
 int32_t rl_poll_level_triggered(int32_t handle) {
   struct poller *p = poller_get(handle);
   if (p == NULL) return -EBADF;

@@ -177,6 +177,9 @@ int32_t rl_poll_del(int32_t poller, int32_t fd);
  * and hang-ups are reported whatever is armed. add: 1 to register fd (EPOLL_CTL_ADD), 0 to
  * re-arm a registered one. rl_poll_rearm() arms it for reading again. */
 int32_t rl_poll_arm_out(int32_t poller, int32_t fd, int32_t token, int32_t add);
+/* Re-arms fd for reading and writing at once (a stream with output pending that must
+ * keep reading, so neither side can wait on the other forever). */
+int32_t rl_poll_arm_both(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_start(int32_t poller, rl_wake_fn wake);
 int32_t rl_poll_take(int32_t poller, uint32_t *out, int32_t count);
 int32_t rl_poll_sleep(int32_t poller);

@@ -188,6 +188,21 @@ export const TcpSchema = Type.Object(
     sniffTimeoutMs: Type.Integer({ minimum: 10, maximum: 60_000, default: 1000 }),
     /** Bytes of a ClientHello read at most; a larger one is relayed without a name. */
     sniffBytesMax: Type.Integer({ minimum: 512, maximum: 65_536, default: 16_384 }),
+    /**
+     * Destination ports whose connections carry DNS (docs/dns_tcp.md): read per message,
+     * each query decided by the policy on its name. []: relayed as bytes, undecoded.
+     */
+    dnsPorts: Type.Array(Port, { default: [53], maxItems: 64 }),
+    /**
+     * Connections read per DNS message at once (each holds buffers as it uses them, and
+     * up to 3 descriptors); past it, a new one is relayed as bytes, decided without a name.
+     */
+    dnsConnectionsMax: Type.Integer({ minimum: 1, maximum: 65_536, default: 1024 }),
+    /**
+     * A DNS connection with no progress for this long is closed: no byte from the client
+     * and none delivered to it (RFC 7766 6.2.3 suggests seconds, not minutes).
+     */
+    dnsIdleTimeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 10_000 }),
   },
   { additionalProperties: false },
 );
@@ -259,8 +274,8 @@ export const Socks5OutboundSchema = Type.Object(
 );
 
 /**
- * Answers a DNS query in place (docs/dns.md), never upstream: for a rule with
- * protocol "udp" that matches queries on udp.dnsPorts (e.g. blocked names).
+ * Answers a DNS query in place (docs/dns.md), never upstream: for a rule that matches
+ * queries on udp.dnsPorts or tcp.dnsPorts (e.g. blocked names).
  */
 export const DnsAnswerOutboundSchema = Type.Object(
   {

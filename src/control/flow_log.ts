@@ -27,7 +27,7 @@ import {
 } from "../flow/flow_records.ts";
 import { formatAddress, formatEndpoint } from "../sys/addr.ts";
 import { ACTION_DROP } from "../policy/config.ts";
-import { TCP_END_NAMES, TCP_PARSED_TLS } from "../tcp/layout.ts";
+import { TCP_END_NAMES, TCP_PARSED_DNS, TCP_PARSED_TLS } from "../tcp/layout.ts";
 import { frameBytes, writeFrame } from "./flow_frame.ts";
 import { FIELD, FLOW_RECORD_FIELDS, FLOW_RECORD_VERSION } from "./flow_record.ts";
 import { RateLimitedLog } from "./log.ts";
@@ -115,7 +115,9 @@ export class FlowLog {
           : null
         : parsed === TCP_PARSED_TLS
           ? "tls"
-          : null;
+          : parsed === TCP_PARSED_DNS
+            ? "dns"
+            : null;
       const rule = batch.rule[i];
       const action = batch.outbound[i];
       row[FIELD.rule] = rule >= 0 ? (batch.ruleNames[rule] ?? "?") : null;

@@ -216,6 +216,20 @@ const F = {
     "forward outbounds: target_failures (a connect to a target failed), " +
       "targets_marked_down (healthCheck.failuresMax failures in a row).",
   ),
+  tcpDns: family(
+    "relay_tcp_dns_total",
+    "counter",
+    "DNS over TCP read per message (tcp.dnsPorts), by event: connections, over_limit " +
+      "(tcp.dnsConnectionsMax open: relayed as bytes), queries, forwarded, direct, " +
+      "answered, answered_locally (dnsAnswer), dropped, rejected, socks5 (tunnelled " +
+      "whole), socks5_not_first, upstreams_exceeded, upstream_failed, answers_unmatched, " +
+      "malformed, incomplete, stalled, timed_out, idle_closed, client_resets.",
+  ),
+  tcpDnsConnections: family(
+    "relay_tcp_dns_connections",
+    "gauge",
+    "DNS over TCP connections read per message now (at most tcp.dnsConnectionsMax).",
+  ),
   udpQuicIds: family(
     "relay_udp_quic_connection_ids_learned_total",
     "counter",
@@ -454,8 +468,14 @@ const TCP_BY_PREFIX: readonly ByPrefix[] = [
   { prefix: "sniff", family: F.tcpSniff, label: "result" },
   { prefix: "socks5", family: F.tcpSocks5, label: "result" },
   { prefix: "forward", family: F.tcpForward, label: "event" },
+  { prefix: "dnsTcp", family: F.tcpDns, label: "event" },
 ];
-type TcpByPrefix = `dropped${string}` | `sniff${string}` | `socks5${string}` | `forward${string}`;
+type TcpByPrefix =
+  | `dropped${string}`
+  | `sniff${string}`
+  | `socks5${string}`
+  | `forward${string}`
+  | `dnsTcp${string}`;
 
 const ended = (reason: string): Place => ({ family: F.tcpEnded, labels: { reason } });
 
@@ -484,6 +504,7 @@ const TCP_PLACED: Record<Exclude<keyof TcpValues, TcpByPrefix>, Place> = {
   wakes: { family: F.readyHandled, labels: tcp() },
   connectionsActive: { family: F.sessionsActive, labels: tcp() },
   connectionsMax: { family: F.sessionsLimit, labels: tcp() },
+  dnsConnectionsActive: { family: F.tcpDnsConnections },
   bytesToTargets: { family: F.bytes, labels: tcp({ direction: "to_targets" }) },
   bytesToClients: { family: F.bytes, labels: tcp({ direction: "to_clients" }) },
   pipesInUse: { family: F.tcpPipes, labels: { state: "in_use" } },

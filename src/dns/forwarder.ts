@@ -82,7 +82,7 @@ interface SocketGroup {
 }
 
 /** A parsed query: its question's hash, where its question ends, and its name. */
-class Question {
+export class Question {
   hash = 0;
   end = 0;
   type = 0;
@@ -138,6 +138,48 @@ export function questionName(bytes: Uint8Array, at: number): string {
   }
   return name;
 }
+
+/**
+ * Turns the query at `at` (parsed into q) into a dnsAnswer outbound's answer, in place:
+ * same ID, question and RD; QR, RA and the rcode; an A/AAAA record when configured for
+ * the query's type; no EDNS OPT (cut off). The bytes must have room for q.end + 28 (the
+ * record). Returns the answer's length. Shared by UDP (this file) and TCP (tcp_stream.ts).
+ */
+export function writeLocalAnswer(
+  bytes: Uint8Array,
+  at: number,
+  q: Question,
+  a: DnsAnswerConfig,
+): number {
+  bytes[at + 2] = 0x80 | (bytes[at + 2] & 0x01);
+  bytes[at + 3] = 0x80 | a.rcode;
+  const record = a.rcode !== 0 ? null : q.type === 1 ? a.addr4 : q.type === 28 ? a.addr6 : null;
+  // QDCOUNT 1, ANCOUNT 0 or 1, NSCOUNT 0, ARCOUNT 0 (the query's OPT is cut off).
+  bytes.fill(0, at + 6, at + 12);
+  let p = at + q.end;
+  if (record !== null) {
+    bytes[at + 7] = 1;
+    const data = q.type === 1 ? record.subarray(12) : record;
+    bytes[p++] = 0xc0; // the name: a pointer to the question's
+    bytes[p++] = HEADER_BYTES;
+    bytes[p++] = 0;
+    bytes[p++] = q.type;
+    bytes[p++] = 0;
+    bytes[p++] = 1; // class IN
+    bytes[p++] = a.ttlS >>> 24;
+    bytes[p++] = (a.ttlS >>> 16) & 0xff;
+    bytes[p++] = (a.ttlS >>> 8) & 0xff;
+    bytes[p++] = a.ttlS & 0xff;
+    bytes[p++] = 0;
+    bytes[p++] = data.length;
+    bytes.set(data, p);
+    p += data.length;
+  }
+  return p - at;
+}
+
+/** Bytes a local answer may add past its query's question (one AAAA record). */
+export const LOCAL_ANSWER_RECORD_BYTES = 28;
 
 export class DnsForwarder {
   readonly question = new Question();
@@ -334,30 +376,7 @@ export class DnsForwarder {
     const bytes = plane.bytes;
     const at = plane.slabAt + slot * plane.slotBytes;
     const q = this.question;
-    bytes[at + 2] = 0x80 | (bytes[at + 2] & 0x01);
-    bytes[at + 3] = 0x80 | a.rcode;
-    const record = a.rcode !== 0 ? null : q.type === 1 ? a.addr4 : q.type === 28 ? a.addr6 : null;
-    // QDCOUNT 1, ANCOUNT 0 or 1, NSCOUNT 0, ARCOUNT 0 (the query's OPT is cut off).
-    bytes.fill(0, at + 6, at + 12);
-    let p = at + q.end;
-    if (record !== null) {
-      bytes[at + 7] = 1;
-      const data = q.type === 1 ? record.subarray(12) : record;
-      bytes[p++] = 0xc0; // the name: a pointer to the question's
-      bytes[p++] = HEADER_BYTES;
-      bytes[p++] = 0;
-      bytes[p++] = q.type;
-      bytes[p++] = 0;
-      bytes[p++] = 1; // class IN
-      bytes[p++] = a.ttlS >>> 24;
-      bytes[p++] = (a.ttlS >>> 16) & 0xff;
-      bytes[p++] = (a.ttlS >>> 8) & 0xff;
-      bytes[p++] = a.ttlS & 0xff;
-      bytes[p++] = 0;
-      bytes[p++] = data.length;
-      bytes.set(data, p);
-      p += data.length;
-    }
+    const length = writeLocalAnswer(bytes, at, q, a);
     let reply = -1;
     if (!replyPktinfo) {
       plane.replies.setKey(key[4], key[5], key[6], key[7], key[8] & 0xffff);
@@ -365,7 +384,6 @@ export class DnsForwarder {
       if (reply < 0) return; // counted by the pool
     }
     const offset = slot * plane.slotBytes;
-    const length = p - at;
     const clientPort = key[8] >>> 16;
     const flows = plane.flows;
     const r = flows === null ? -1 : flows.reserve();

@@ -83,7 +83,7 @@ export interface RuleConfig {
 
 export interface PolicyConfig {
   outbounds: OutboundConfig[];
-  /** dnsAnswer outbounds: rule actions ACTION_DNS_ANSWER - k, UDP rules only. */
+  /** dnsAnswer outbounds: rule actions ACTION_DNS_ANSWER - k (DNS queries, UDP and TCP). */
   answers: DnsAnswerConfig[];
   rules: RuleConfig[];
   defaultAction: number;
@@ -382,12 +382,6 @@ export function resolvePolicy(
       names: nameSets,
       action: resolveAction(r.action, outbounds, answers, `${field}.action`, problems),
     });
-    if (rules[rules.length - 1].action <= ACTION_DNS_ANSWER && r.protocol !== "udp") {
-      problems.push(
-        `${field}.protocol: action ${quote(r.action)} is a dnsAnswer outbound (it answers ` +
-          `DNS queries on UDP): set protocol "udp"`,
-      );
-    }
   });
   const defaultAction = resolveAction(
     c.defaultAction,
@@ -398,8 +392,8 @@ export function resolvePolicy(
   );
   if (defaultAction <= ACTION_DNS_ANSWER) {
     problems.push(
-      `config.defaultAction: ${quote(c.defaultAction)} is a dnsAnswer outbound: ` +
-        `only a rule with protocol "udp" can use it`,
+      `config.defaultAction: ${quote(c.defaultAction)} is a dnsAnswer outbound (it ` +
+        `answers DNS queries only): only a rule can use it`,
     );
   }
   return { outbounds, answers, rules, defaultAction };

@@ -32,6 +32,7 @@ const symbols = {
   rl_poll_rearm: { args: [i32, i32, i32], returns: i32 },
   rl_poll_del: { args: [i32, i32], returns: i32 },
   rl_poll_arm_out: { args: [i32, i32, i32, i32], returns: i32 },
+  rl_poll_arm_both: { args: [i32, i32, i32], returns: i32 },
   rl_poll_start: { args: [i32, FFIType.function], returns: i32 },
   rl_poll_take: { args: [i32, ptr, i32], returns: i32 },
   rl_poll_sleep: { args: [i32], returns: i32 },

@@ -119,6 +119,11 @@ export class Poller {
     return this.lib.rl_poll_arm_out(this.handle, fd, token, add ? 1 : 0);
   }
 
+  /** Arms fd (registered) for reading and writing at once; one-shot like the rest. */
+  armBoth(fd: number, token: number): number {
+    return this.lib.rl_poll_arm_both(this.handle, fd, token);
+  }
+
   /** Back to reads only after armOut(), in either mode (level-triggered too). */
   readsOnly(fd: number, token: number): number {
     return this.lib.rl_poll_rearm(this.handle, fd, token);

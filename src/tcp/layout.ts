@@ -52,11 +52,20 @@ export const enum TcpEnd {
   Rejected = 11,
   /** A SOCKS5 outbound's server failed (refused, closed, garbage, REP, timeout): reset. */
   ProxyFailed = 12,
+  // DNS over TCP read per message (src/dns/tcp_stream.ts): one record per query.
+  /** Its answer came from the upstream (a forward target or the original destination). */
+  DnsAnswered = 13,
+  /** Answered in place by a dnsAnswer outbound. */
+  DnsAnsweredLocally = 14,
+  /** The connection ended before its answer (closed, reset, idle, upstream lost). */
+  DnsUnanswered = 15,
 }
 
 /** TcpEnd names by value (the flow log's end reasons; 0 is not a reason). */
 /** A TCP flow record's `parsed` code: its first bytes were a TLS ClientHello. */
 export const TCP_PARSED_TLS = 1;
+/** A TCP flow record's `parsed` code: one DNS query of a connection on tcp.dnsPorts. */
+export const TCP_PARSED_DNS = 2;
 
 export const TCP_END_NAMES = [
   "unknown",
@@ -72,6 +81,9 @@ export const TCP_END_NAMES = [
   "dropped",
   "rejected",
   "proxy-failed",
+  "dns-answered",
+  "dns-local",
+  "dns-unanswered",
 ] as const;
 
 /** rl_tcp_connect() flags. */

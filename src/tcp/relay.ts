@@ -41,6 +41,11 @@
 // runs here, non-blocking, with the server's socket in the same Poller armed for
 // writability while it connects; then both sockets go to the splice engine as usual).
 // The client always talks to its original destination's address: only the upstream differs.
+//
+// DNS (tcp.dnsPorts, 53 by default): such a connection is not spliced; its messages are
+// read in JavaScript on this Poller and each query is decided on its name
+// (src/dns/tcp_stream.ts, docs/dns_tcp.md). This file lends it the policy, the upstream
+// connects, the forward targets' health and the flow log (dnsHost).
 
 import { type Pointer, ptr, toArrayBuffer } from "bun:ffi";
 import { readFileSync } from "node:fs";
@@ -68,8 +73,21 @@ import {
   StartError,
 } from "../sys/errno.ts";
 import { ForwardTargets, flowHash } from "../egress/forward_targets.ts";
+import {
+  DNS_TCP_TOKENS_PER_STREAM,
+  type DnsTcpHost,
+  DnsTcpStreams,
+  type QueryRecord,
+  RESOLVER_ORIGINAL,
+} from "../dns/tcp_stream.ts";
 import { CMD_CONNECT, Socks5Handshake } from "../egress/socks5.ts";
-import { ACTION_DROP, ACTION_REJECT, type OutboundConfig } from "../policy/config.ts";
+import {
+  ACTION_DNS_ANSWER,
+  ACTION_DROP,
+  ACTION_REJECT,
+  type DnsAnswerConfig,
+  type OutboundConfig,
+} from "../policy/config.ts";
 import { compilePolicy, FLOW_TCP, NEED_NAME, type Policy, PolicyFlow } from "../policy/policy.ts";
 import { Code } from "../classify/layout.ts";
 import { TlsParser } from "../classify/tls.ts";
@@ -87,6 +105,7 @@ import {
   TCP_EVENT_HALVES,
   TCP_EVENT_WORDS,
   TCP_NEVER_CONNECTED,
+  TCP_PARSED_DNS,
   TCP_PARSED_TLS,
   TCP_STATS,
   TCP_STEP_CONNECT,
@@ -121,6 +140,8 @@ const enum ConnState {
   Sniffing = 2,
   /** A socks5 outbound: connecting to the server or in its handshake (no engine yet). */
   Socks = 3,
+  /** On tcp.dnsPorts: read per DNS message (src/dns/tcp_stream.ts), never spliced. */
+  Dns = 4,
 }
 
 /**
@@ -130,6 +151,8 @@ const enum ConnState {
 interface PolicyGeneration {
   policy: Policy;
   outbounds: OutboundConfig[];
+  /** dnsAnswer outbounds (action ACTION_DNS_ANSWER - k): DNS over TCP answers with them. */
+  answers: DnsAnswerConfig[];
   /** Per outbound: the forward targets' health, else null. */
   forward: Array<ForwardTargets | null>;
   /** Per outbound: SOCKS5 handshakes in progress (bounded by its associationsMax). */
@@ -241,6 +264,47 @@ export class TcpCounters {
    * or the client half-closed first; relayed unnamed.
    */
   sniffIncomplete = 0;
+
+  // DNS over TCP read per message (tcp.dnsPorts; src/dns/tcp_stream.ts).
+  /** Connections read per message. */
+  dnsTcpConnections = 0;
+  /** tcp.dnsConnectionsMax were open: the connection was relayed as bytes, unnamed. */
+  dnsTcpOverLimit = 0;
+  /** Queries read (whole, parsed). */
+  dnsTcpQueries = 0;
+  /** Queries sent to a forward outbound's target, or to the original destination. */
+  dnsTcpForwarded = 0;
+  dnsTcpDirect = 0;
+  /** Answers relayed from an upstream to the client. */
+  dnsTcpAnswered = 0;
+  /** Queries answered in place by a dnsAnswer outbound. */
+  dnsTcpAnsweredLocally = 0;
+  /** Queries a rule dropped (ignored; the connection goes on). */
+  dnsTcpDropped = 0;
+  /** Connections reset because a query's rule said reject. */
+  dnsTcpRejected = 0;
+  /** Connections whose first query went to a socks5 outbound: tunnelled whole from there. */
+  dnsTcpSocks5 = 0;
+  /** A later query of a connection decided socks5: the connection reset. */
+  dnsTcpSocks5NotFirst = 0;
+  /** A query needed a third upstream connection (UPSTREAMS_MAX): the connection reset. */
+  dnsTcpUpstreamsExceeded = 0;
+  /** No upstream (connect failed, retry included) or it closed with queries: reset. */
+  dnsTcpUpstreamFailed = 0;
+  /** Messages from an upstream matching no query in flight (ID, question): dropped. */
+  dnsTcpAnswersUnmatched = 0;
+  /** Length under 12, QR set, QDCOUNT not 1, a name that does not parse: reset. */
+  dnsTcpMalformed = 0;
+  /** Part of a message, then nothing for tcp.dnsIdleTimeoutMs (or a FIN): closed. */
+  dnsTcpIncomplete = 0;
+  /** Answers the client did not read for tcp.dnsIdleTimeoutMs: reset. */
+  dnsTcpStalled = 0;
+  /** Queries unanswered by the upstream for tcp.dnsIdleTimeoutMs: reset. */
+  dnsTcpTimedOut = 0;
+  /** Nothing asked for tcp.dnsIdleTimeoutMs: closed (FIN), as RFC 7766 6.2.3 suggests. */
+  dnsTcpIdleClosed = 0;
+  /** The client reset the connection or vanished. */
+  dnsTcpClientResets = 0;
 
   /** Bytes of connections that ended, each way (live totals: see snapshot()). */
   bytesToTargetsClosed = 0;
@@ -390,6 +454,12 @@ export class TcpRelay {
   private sniffPtr: Pointer | null = null;
   private sniffOffset = 0;
   private active = 0;
+  /** DNS over TCP (tcp.dnsPorts): per port, 1 when read per message. */
+  private readonly dnsPort = new Uint8Array(65_536);
+  private readonly dnsTokenBase: number;
+  private readonly dns: DnsTcpStreams;
+  /** socks5 decided by a DNS connection's first query: the bytes already read from it. */
+  private readonly connEarly: Array<Uint8Array | null>;
   /** The control plane's selection (`relay sessions`), built once. */
   private readonly selected = new TopK(SESSIONS_LIMIT_MAX);
 
@@ -471,6 +541,9 @@ export class TcpRelay {
     this.handshakes = new Array<Socks5Handshake | null>(n).fill(null);
     this.socksRecvPtr = ptr(this.socksRecv);
     this.forwardAddrPtr = ptr(this.forwardAddr);
+    this.connEarly = new Array<Uint8Array | null>(n).fill(null);
+    for (const port of config.tcp.dnsPorts) this.dnsPort[port] = 1;
+    this.dnsTokenBase = this.socksTokenBase + n;
     if (config.tcp.sniffPorts.length > 0 || this.gen.policy.usesNames) this.openParser();
     this.onFlows = options.onFlows ?? (() => {});
     this.flows =
@@ -484,9 +557,11 @@ export class TcpRelay {
         : null;
 
     // Listeners, the engine event fd, the address watch, one token per connection id for
-    // a client whose ClientHello is being read, and one for its SOCKS5 server's socket.
+    // a client whose ClientHello is being read, one for its SOCKS5 server's socket, and
+    // DNS_TCP_TOKENS_PER_STREAM per DNS stream (its client and upstreams).
+    const dnsMax = config.tcp.dnsConnectionsMax;
     this.poller = new Poller(lib, (token) => this.onWake(token), {
-      tokensMax: this.socksTokenBase + n,
+      tokensMax: this.dnsTokenBase + dnsMax * DNS_TCP_TOKENS_PER_STREAM,
       // A bug on the accept path, or the epoll thread gone: never limp on half alive.
       onError: (err) => {
         if (this.fatal) return;
@@ -494,6 +569,7 @@ export class TcpRelay {
         this.onFatal(`TCP accept path failed: ${(err as Error).stack ?? err}`);
       },
     });
+    this.dns = new DnsTcpStreams(this.dnsHost(), dnsMax, n, this.dnsTokenBase);
   }
 
   /** The TLS parser for names (tcp.sniffPorts, or a policy rule on names). */
@@ -526,6 +602,7 @@ export class TcpRelay {
     return {
       policy: compilePolicy(config),
       outbounds,
+      answers: config.policy.answers,
       forward: outbounds.map((o) => {
         if (o.type !== "forward") return null;
         const k = previous?.outbounds.findIndex(
@@ -591,6 +668,7 @@ export class TcpRelay {
     if (this.stopping) return;
     this.stopping = true;
     this.closeListeners();
+    this.dns.stop();
     if (this.engine < 0) return this.close();
     const graceEnd = performance.now() + graceMs;
     while (this.active > 0 && performance.now() < graceEnd) {
@@ -600,6 +678,7 @@ export class TcpRelay {
     if (this.active > 0) {
       this.abortSniffing();
       this.abortSocks();
+      this.abortDns();
       this.lib.rl_tcp_engine_abort_all(this.engine);
       const abortEnd = performance.now() + ABORT_WAIT_MS;
       while (this.active > 0 && performance.now() < abortEnd) {
@@ -625,6 +704,8 @@ export class TcpRelay {
     }
     this.config = config;
     this.connectionsLimit = tcp.connectionsMax;
+    this.dnsPort.fill(0);
+    for (const port of tcp.dnsPorts) this.dnsPort[port] = 1;
     // New connections follow the new policy; open ones keep the generation they were
     // decided under (their rule and outbound names, a forward target's health).
     this.gen = this.makeGeneration(config, this.gen);
@@ -658,6 +739,7 @@ export class TcpRelay {
     this.pollWakesFinal = this.poller.wakes;
     this.abortSniffing();
     this.abortSocks();
+    this.abortDns();
     this.poller.stop();
     this.closeWatch();
     if (this.engine >= 0) {
@@ -677,6 +759,7 @@ export class TcpRelay {
       ...this.counters,
       connectionsActive: this.active,
       connectionsMax: this.connectionsLimit,
+      dnsConnectionsActive: this.dns.active,
       // Delivered bytes of all connections, open ones included (engine totals).
       bytesToTargets: this.stats[TCP_STATS.bytesUp],
       bytesToClients: this.stats[TCP_STATS.bytesDown],
@@ -824,6 +907,10 @@ export class TcpRelay {
       }
       return;
     }
+    if (token >= this.dnsTokenBase) {
+      this.dns.onWake(token - this.dnsTokenBase, performance.now());
+      return;
+    }
     if (token >= this.socksTokenBase) {
       this.onSocksReady(token - this.socksTokenBase);
       return;
@@ -848,6 +935,7 @@ export class TcpRelay {
     if (!this.poller.check()) return;
     this.expireSniffing(performance.now());
     this.expireSocks(performance.now());
+    this.dns.tick(performance.now());
     this.drainEvents();
     this.flushFlows();
     this.checkEngine();
@@ -948,6 +1036,12 @@ export class TcpRelay {
     this.connGen[id] = this.gen;
     this.connTarget[id] = -1;
     this.active++;
+    // DNS is read per message (decided per query); past tcp.dnsConnectionsMax, as bytes.
+    if (this.dnsPort[targetPort] === 1) {
+      this.connState[id] = ConnState.Dns;
+      if (this.dns.start(id, clientFd, this.connStartMs[id])) return;
+      this.connState[id] = ConnState.Busy;
+    }
     if (this.tls !== null && this.sniffPort[targetPort] === 1) {
       this.startSniffing(id, clientFd);
       return;
@@ -982,7 +1076,8 @@ export class TcpRelay {
     const action = gen.policy.actions[rule];
     this.connRule[id] = rule;
     this.connAction[id] = action;
-    if (action === ACTION_DROP) {
+    // A dnsAnswer outbound answers DNS queries only: any other connection is dropped.
+    if (action === ACTION_DROP || action <= ACTION_DNS_ANSWER) {
       // Closed, not reset: the client sees the end of the stream, the target nothing.
       this.counters.droppedByRule++;
       this.lib.rl_close(clientFd);
@@ -998,31 +1093,29 @@ export class TcpRelay {
       return;
     }
     const o = gen.outbounds[action];
-    const at = id * 32 + 16;
-    const port = this.connPorts[id] & 0xffff;
     if (o.type === "direct") {
-      const v6 = !isV4Mapped(this.connAddrs, at);
-      const bind = v6 ? gen.bind6[action] : gen.bind4[action];
-      const [flags, source] =
-        bind !== null ? [TCP_CONNECT.sourceBind, ptr(bind)] : this.upstreamSource(id, v6, true);
-      this.connectUpstream(id, clientFd, {
-        target: (this.connAddrsPtr + at) as Pointer,
-        port,
-        scope: this.connScope[id],
-        flags,
-        source,
-        mark: o.mark ?? this.config.mark,
-        device: gen.devices[action],
-      });
+      this.connectUpstream(id, clientFd, this.upstreamHow(id, action, -1));
     } else if (o.type === "forward") {
-      const health = gen.forward[action]!;
-      const words = this.flow.words;
-      const k = health.choose(flowHash(words, id * 8, this.connPorts[id]), performance.now());
-      const t = o.targets[k];
+      const k = this.chooseTarget(id, action, -1);
       this.connTarget[id] = k;
+      this.connectUpstream(id, clientFd, this.upstreamHow(id, action, k));
+    } else {
+      this.startSocks(id, clientFd, action, o);
+    }
+  }
+
+  /**
+   * How connection `id` reaches the upstream of `action`: a direct outbound's original
+   * destination (target -1), or a forward outbound's target `target`.
+   */
+  private upstreamHow(id: number, action: number, target: number): UpstreamConnect {
+    const gen = this.connGen[id]!;
+    const o = gen.outbounds[action];
+    if (o.type === "forward") {
+      const t = o.targets[target];
       this.forwardAddr.set(t.addr);
       const [flags, source] = this.upstreamSource(id, !isV4Mapped(t.addr), true);
-      this.connectUpstream(id, clientFd, {
+      return {
         target: this.forwardAddrPtr,
         port: t.port,
         scope: 0,
@@ -1030,10 +1123,41 @@ export class TcpRelay {
         source,
         mark: this.config.mark,
         device: null,
-      });
-    } else {
-      this.startSocks(id, clientFd, action, o);
+      };
     }
+    assert(o.type === "direct", "upstreamHow: a direct or forward outbound");
+    const at = id * 32 + 16;
+    const v6 = !isV4Mapped(this.connAddrs, at);
+    const bind = v6 ? gen.bind6[action] : gen.bind4[action];
+    const [flags, source] =
+      bind !== null ? [TCP_CONNECT.sourceBind, ptr(bind)] : this.upstreamSource(id, v6, true);
+    return {
+      target: (this.connAddrsPtr + at) as Pointer,
+      port: this.connPorts[id] & 0xffff,
+      scope: this.connScope[id],
+      flags,
+      source,
+      mark: o.mark ?? this.config.mark,
+      device: gen.devices[action],
+    };
+  }
+
+  /**
+   * A forward outbound's target for connection `id`: its choice by health (after < 0),
+   * or the next target that is up after `after` (-1: none). Not forward: -1.
+   */
+  private chooseTarget(id: number, action: number, after: number): number {
+    const gen = this.connGen[id]!;
+    const health = gen.forward[action];
+    if (health === null) return -1;
+    const now = performance.now();
+    if (after < 0) return health.choose(flowHash(this.flow.words, id * 8, this.connPorts[id]), now);
+    const count = health.targets.length;
+    for (let k = 1; k < count; k++) {
+      const t = (after + k) % count;
+      if (!health.isDown(t, now)) return t;
+    }
+    return -1;
   }
 
   /**
@@ -1094,16 +1218,19 @@ export class TcpRelay {
   /** A forward connection's connect failed: it counts against its target. */
   private targetFailed(id: number): void {
     const k = this.connTarget[id];
-    if (k < 0) return;
-    const gen = this.connGen[id]!;
-    const health = gen.forward[this.connAction[id]]!;
+    if (k >= 0) this.forwardTargetFailed(this.connGen[id]!, this.connAction[id], k);
+  }
+
+  /** A connect to target k of forward outbound `action` failed. */
+  private forwardTargetFailed(gen: PolicyGeneration, action: number, k: number): void {
+    const health = gen.forward[action]!;
     this.counters.forwardTargetFailures++;
     if (health.failed(k, performance.now())) {
       this.counters.forwardTargetsMarkedDown++;
       const t = health.targets[k];
       this.log(
         `forward-down-${t.address}-${t.port}`,
-        `forward outbound "${gen.outbounds[this.connAction[id]].name}": target ` +
+        `forward outbound "${gen.outbounds[action].name}": target ` +
           `${formatEndpoint(t.addr, 0, t.port)} marked down after failed connects`,
       );
     }
@@ -1248,6 +1375,21 @@ export class TcpRelay {
         return;
       }
     }
+    const early = this.connEarly[id];
+    if (early !== null) {
+      // A DNS connection's first query (and what followed it), read before its decision.
+      this.connEarly[id] = null;
+      const w = this.lib.rl_tcp_send(fd, ptr(early), early.length);
+      if (w !== early.length) {
+        this.counters.resourceFailures++;
+        this.log("socks5-early", `socks5: ${early.length} DNS bytes did not fit the server`);
+        this.lib.rl_tcp_abort(fd);
+        this.lib.rl_tcp_abort(clientFd);
+        if (this.flows !== null) this.recordFlow(id, TcpEnd.Resources, 0, 0);
+        this.release(id);
+        return;
+      }
+    }
     this.counters.socks5Connected++;
     const rc = this.lib.rl_tcp_engine_add(this.engine, id, clientFd, fd);
     if (rc < 0) {
@@ -1303,6 +1445,80 @@ export class TcpRelay {
       if (this.flows !== null) this.recordFlow(id, TcpEnd.Aborted, 0, 0);
       this.release(id);
     }
+  }
+
+  // ---- DNS over TCP: what the streams (src/dns/tcp_stream.ts) borrow from here ----
+
+  private dnsHost(): DnsTcpHost {
+    return {
+      lib: this.lib,
+      poller: this.poller,
+      counters: this.counters,
+      idleTimeoutMs: () => this.config.tcp.dnsIdleTimeoutMs,
+      connectTimeoutMs: () => this.config.tcp.connectTimeoutMs,
+      decide: (id, name) => {
+        this.connNames[id] = name;
+        const rule = this.decide(id, false);
+        this.connRule[id] = rule;
+        this.connAction[id] = this.connGen[id]!.policy.actions[rule];
+        return rule;
+      },
+      actionOf: (id, rule) => this.connGen[id]!.policy.actions[rule],
+      answerOf: (id, action) => this.connGen[id]!.answers[ACTION_DNS_ANSWER - action],
+      outboundOf: (id, action) => this.connGen[id]!.outbounds[action],
+      chooseTarget: (id, action, after) => this.chooseTarget(id, action, after),
+      connect: (id, action, target) => this.dnsConnect(id, action, target),
+      targetFailed: (id, action, target) => {
+        if (target >= 0) this.forwardTargetFailed(this.connGen[id]!, action, target);
+      },
+      targetSucceeded: (id, action, target, connectMs) => {
+        this.counters.connectMsTotal += connectMs;
+        if (target >= 0) this.connGen[id]!.forward[action]!.succeeded(target);
+      },
+      handToSocks: (id, clientFd, action, early) => {
+        this.connState[id] = ConnState.Busy;
+        this.connEarly[id] = early;
+        const o = this.connGen[id]!.outbounds[action];
+        assert(o.type === "socks5", "handToSocks: a socks5 outbound");
+        this.startSocks(id, clientFd, action, o);
+      },
+      release: (id) => this.release(id),
+      recording: () => this.flows !== null,
+      record: (id, q) => this.recordQuery(id, q),
+    };
+  }
+
+  /** A DNS stream's upstream socket, connecting: the fd, -1 (descriptors) or -2 (failed). */
+  private dnsConnect(id: number, action: number, target: number): number {
+    const how = this.upstreamHow(id, action, target);
+    const fd = this.lib.rl_tcp_connect_via(
+      how.target,
+      how.port,
+      how.scope,
+      how.source,
+      how.flags,
+      how.mark,
+      how.device,
+    );
+    if (fd >= 0) return fd;
+    const err = decodeSocketError(fd);
+    const step = fd === -((TCP_STEP_CONNECT << 16) | err.errno) ? "connect()" : err.step;
+    this.log(
+      `dns-upstream-${step}-${err.errno}`,
+      `DNS upstream to ${describeUpstream(how)}: ${step}: ${errnoName(err.errno)}`,
+    );
+    if (isResourceErrno(err.errno)) {
+      this.counters.upstreamNoDescriptors++;
+      return -1;
+    }
+    this.counters.upstreamSocketFailed++;
+    if (target >= 0) this.forwardTargetFailed(this.connGen[id]!, action, target);
+    return -2;
+  }
+
+  /** At shutdown, past the grace period: DNS streams still open are reset. */
+  private abortDns(): void {
+    this.dns.abortAll(() => this.counters.abortedAtShutdown++);
   }
 
   // ---- names: the ClientHello, peeked before the upstream connect ----
@@ -1431,6 +1647,7 @@ export class TcpRelay {
   private release(id: number): void {
     this.connState[id] = ConnState.Free;
     this.connNames[id] = null;
+    this.connEarly[id] = null;
     this.connGen[id] = null;
     this.connTarget[id] = -1;
     this.connListener[id] = -1;
@@ -1530,15 +1747,59 @@ export class TcpRelay {
 
   /** Connection `id`'s row in the flow log buffer; dropped and counted when full. */
   private recordFlow(id: number, reason: TcpEnd, bytesUp: number, bytesDown: number): void {
+    const r = this.flowRow(id, reason, bytesUp, bytesDown, this.connStartMs[id]);
+    if (r < 0) return;
+    const flows = this.flows!;
+    const name = this.connNames[id];
+    // A name on a DNS port is a query's (a connection its first query sent to socks5).
+    const dns = this.dnsPort[this.connPorts[id] & 0xffff] === 1;
+    flows.parsed[r] = name === null ? 0 : dns ? TCP_PARSED_DNS : TCP_PARSED_TLS;
+    flows.names[r] = name;
+    const gen = this.connGen[id];
+    // Undecided: the row's defaults (no rule, direct).
+    if (this.connRule[id] >= 0 && gen !== null) {
+      this.rowPolicy(r, gen, this.connRule[id], this.connAction[id]);
+    }
+  }
+
+  /** One DNS query of connection `id` (src/dns/tcp_stream.ts): its own row. */
+  private recordQuery(id: number, q: QueryRecord): void {
+    const r = this.flowRow(id, q.reason, q.bytesUp, q.bytesDown, q.startMs);
+    if (r < 0) return;
+    const flows = this.flows!;
+    const gen = this.connGen[id]!;
+    flows.parsed[r] = TCP_PARSED_DNS;
+    flows.names[r] = q.name;
+    this.rowPolicy(r, gen, q.rule, q.action);
+    flows.qtype[r] = q.qtype;
+    flows.rcode[r] = q.rcode;
+    if (q.resolver === RESOLVER_ORIGINAL) {
+      flows.resolverAddrs.set(this.connAddrs.subarray(id * 32 + 16, id * 32 + 32), r * 16);
+      flows.resolverPort[r] = this.connPorts[id] & 0xffff;
+    } else if (q.resolver >= 0) {
+      const t = gen.forward[q.action]!.targets[q.resolver];
+      flows.resolverAddrs.set(t.addr, r * 16);
+      flows.resolverPort[r] = t.port;
+    }
+  }
+
+  /** A row with connection `id`'s endpoints, ending now (-1: the buffer is full, counted). */
+  private flowRow(
+    id: number,
+    reason: TcpEnd,
+    bytesUp: number,
+    bytesDown: number,
+    startPerfMs: number,
+  ): number {
     const flows = this.flows!;
     const r = flows.reserve();
     if (r < 0) {
       this.counters.flowLogDropped++;
-      return;
+      return -1;
     }
     const endMs = Date.now();
     flows.endMs[r] = endMs;
-    flows.startMs[r] = endMs - (performance.now() - this.connStartMs[id]);
+    flows.startMs[r] = endMs - (performance.now() - startPerfMs);
     flows.addrs.set(this.connAddrs.subarray(id * 32, id * 32 + 32), r * FLOW_ADDR_BYTES);
     flows.ports[r] = this.connPorts[id];
     flows.listener[r] = this.connListener[id];
@@ -1546,27 +1807,32 @@ export class TcpRelay {
     flows.bytesToTarget[r] = bytesUp;
     flows.packetsToClient[r] = Number.NaN;
     flows.bytesToClient[r] = bytesDown;
-    const name = this.connNames[id];
-    flows.parsed[r] = name !== null ? TCP_PARSED_TLS : 0;
-    flows.names[r] = name;
     flows.reason[r] = reason;
     flows.reply[r] = REPLY_NONE;
-    let rule = this.connRule[id];
-    let action = this.connAction[id];
-    const gen = this.connGen[id];
-    if (rule < 0 || gen === null) return; // undecided: the row's defaults (no rule, direct)
+    return r;
+  }
+
+  /**
+   * Row r's rule and outbound columns: `rule` and `action` of `gen`, as indexes into the
+   * names of the policy now in force (flowPolicyNames: outbounds, then dnsAnswer ones).
+   */
+  private rowPolicy(r: number, gen: PolicyGeneration, rule: number, action: number): void {
+    const flows = this.flows!;
+    let column = action; // drop and reject keep their own values
+    if (action <= ACTION_DNS_ANSWER) column = gen.outbounds.length + ACTION_DNS_ANSWER - action;
     if (gen !== this.gen) {
       // Decided under a policy since reloaded: the rows index the new names.
       rule = this.gen.policy.ruleNames.indexOf(gen.policy.ruleNames[rule]);
       if (rule < 0) rule = this.gen.policy.ruleNames.length; // gone: the log shows "?"
-      if (action >= 0) {
-        const name = gen.outbounds[action].name;
-        action = this.gen.outbounds.findIndex((o) => o.name === name);
-        if (action < 0) action = this.gen.outbounds.length; // gone: the log shows "?"
+      if (action >= 0 || action <= ACTION_DNS_ANSWER) {
+        const name = actionName(gen, action);
+        const names = [...this.gen.outbounds, ...this.gen.answers];
+        column = names.findIndex((o) => o.name === name);
+        if (column < 0) column = names.length; // gone: the log shows "?"
       }
     }
     flows.rule[r] = rule;
-    flows.outbound[r] = action;
+    flows.outbound[r] = column;
   }
 
   /** Hands the ended connections to the flow log (from the timer, and at close). */
@@ -1597,9 +1863,10 @@ function describeUpstream(how: UpstreamConnect): string {
   return formatEndpoint(addr, 0, how.port);
 }
 
-/** An action's name: its outbound's, or "drop" / "reject". */
+/** An action's name: its outbound's (dnsAnswer ones too), or "drop" / "reject". */
 function actionName(gen: PolicyGeneration, action: number): string {
   if (action === ACTION_DROP) return "drop";
   if (action === ACTION_REJECT) return "reject";
+  if (action <= ACTION_DNS_ANSWER) return gen.answers[ACTION_DNS_ANSWER - action]?.name ?? "?";
   return gen.outbounds[action]?.name ?? "?";
 }

@@ -6,11 +6,15 @@
                           several messages per connection. Prints {"event": "ready"}.
   pipeline HOST NAME...   one TCP connection to HOST:53, every query (type A) sent back to
                           back in one write, then reads as many answers; prints
-                          {"answers": [{"id", "name", "addresses"}...]}.
+                          {"answers": [{"id", "name", "rcode", "addresses"}...]}.
   stall HOST              sends a 2-byte length prefix and nothing more; reports how the
                           connection ended ({"ended": "closed"|"reset"|"open"}) within 30 s.
-  malformed HOST          sends a length-prefixed message of garbage; reports what came
-                          back before the connection ended.
+  malformed HOST [KIND]   sends a length-prefixed message that is no query (KIND: short,
+                          5 bytes of garbage; answer, QR set; noquestion, QDCOUNT 0;
+                          badname, a label length of 64); reports what came back before
+                          the connection ended.
+  unread HOST NAME COUNT  pipelines COUNT queries for NAME (64 a write), never reads the
+                          answers; reports how the connection ended (the relay gives up).
 """
 import json
 import random
@@ -129,7 +133,7 @@ def connect(host):
 
 
 def parse_answer(msg):
-    qid, _, qd, an = struct.unpack("!HHHH", msg[:8])
+    qid, flags, qd, an = struct.unpack("!HHHH", msg[:8])
     name = read_name(msg, 12)
     offset = qname_end(msg, 12) + 4
     addresses = []
@@ -142,7 +146,7 @@ def parse_answer(msg):
         elif rtype == 28:
             addresses.append(socket.inet_ntop(socket.AF_INET6, rdata))
         offset += 10 + rdlen
-    return {"id": qid, "name": name, "addresses": addresses}
+    return {"id": qid, "name": name, "rcode": flags & 0x0F, "addresses": addresses}
 
 
 def pipeline(host, names):
@@ -189,12 +193,60 @@ def stall(host):
     out({"ended": ended, "received": len(received), "ms": (time.monotonic() - started) * 1000})
 
 
-def malformed(host):
+def malformed(host, kind):
     s = connect(host)
-    garbage = bytes([0xFF] * 5)
+    q = bytearray(query("bad.relay.test", 4242))
+    if kind == "short":
+        garbage = bytes([0xFF] * 5)
+    elif kind == "answer":
+        q[2] |= 0x80
+        garbage = bytes(q)
+    elif kind == "noquestion":
+        q[5] = 0
+        garbage = bytes(q)
+    elif kind == "badname":
+        q[12] = 64
+        garbage = bytes(q)
+    else:
+        sys.exit(f"unknown malformed kind {kind}")
     s.sendall(struct.pack("!H", len(garbage)) + garbage)
     ended, received = wait_end(s, 30)
     out({"ended": ended, "received": len(received)})
+
+
+def unread(host, name, count):
+    s = connect(host)
+    # The default receive buffer: a tiny one makes the kernel drop the relay's ACKs while
+    # this socket is busy sending (its backlog is bounded by its buffers), a stall of its
+    # own making.
+    q = query(name, 1)
+    # 64 queries a write: full segments (a stream of tiny ones stalls in the kernel on
+    # its own, their buffer overhead filling the receive memory).
+    wire = (struct.pack("!H", len(q)) + q) * 64
+    s.setblocking(False)
+    sent = 0
+    pending = b""
+    deadline = time.monotonic() + 30
+    ended = "open"
+    while time.monotonic() < deadline:
+        if not pending and sent < count:
+            pending = wire
+            sent += 64
+        if pending:
+            try:
+                pending = pending[s.send(pending) :]
+                continue
+            except BlockingIOError:
+                pass
+            except (ConnectionResetError, BrokenPipeError):
+                ended = "reset"
+                break
+        # Never read: the relay's reset shows as the socket's pending error.
+        select.select([], [], [], 0.05)
+        if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+            ended = "reset"
+            break
+    out({"ended": ended, "sent": sent})
 
 
 if __name__ == "__main__":
@@ -206,6 +258,8 @@ if __name__ == "__main__":
     elif mode == "stall":
         stall(args[0])
     elif mode == "malformed":
-        malformed(args[0])
+        malformed(args[0], args[1] if len(args) > 1 else "short")
+    elif mode == "unread":
+        unread(args[0], args[1], int(args[2]))
     else:
         sys.exit(f"unknown mode {mode}")

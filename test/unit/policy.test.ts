@@ -165,7 +165,7 @@ describe("policy config", () => {
     ]);
   });
 
-  test("dnsAnswer: addresses of their family with NOERROR, rules with protocol udp", () => {
+  test("dnsAnswer: addresses of their family with NOERROR, any rule, not the default", () => {
     const block = { name: "b", type: "dnsAnswer" };
     expect(
       problems({
@@ -173,16 +173,19 @@ describe("policy config", () => {
           { ...block, address4: "1.2.3.4" },
           { name: "c", type: "dnsAnswer", rcode: "NOERROR", address6: "1.2.3.4" },
         ],
-        rules: [{ names: { exact: ["x.test"] }, action: "b" }],
+        // Both protocols (none given), TCP only, UDP only: DNS is answered on each.
+        rules: [
+          { names: { exact: ["x.test"] }, action: "b" },
+          { protocol: "tcp", names: { exact: ["y.test"] }, action: "b" },
+          { protocol: "udp", names: { exact: ["z.test"] }, action: "c" },
+        ],
         defaultAction: "c",
       }),
     ).toEqual([
       'config.outbounds[0].address4: an address needs rcode "NOERROR" (got "NXDOMAIN")',
       'config.outbounds[1].address6: not an IPv6 address (got "1.2.3.4")',
-      'config.rules[0].protocol: action "b" is a dnsAnswer outbound (it answers DNS queries ' +
-        'on UDP): set protocol "udp"',
-      'config.defaultAction: "c" is a dnsAnswer outbound: only a rule with protocol "udp" ' +
-        "can use it",
+      'config.defaultAction: "c" is a dnsAnswer outbound (it answers DNS queries only): ' +
+        "only a rule can use it",
     ]);
   });
 

@@ -61,6 +61,7 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
     ...new TcpCounters(),
     connectionsActive: 0,
     connectionsMax: 0,
+    dnsConnectionsActive: 0,
     bytesToTargets: 0,
     bytesToClients: 0,
     pipesInUse: 0,
@@ -113,7 +114,7 @@ describe("Prometheus text format", () => {
       ...Object.entries(input.udp.udp).filter(([k]) => !(k in new UdpCounters())),
       ...Object.entries(input.tcp!).filter(([k]) => !(k in new TcpCounters())),
     ];
-    expect(gauges.length).toBe(13 + 8);
+    expect(gauges.length).toBe(13 + 9);
     expect(gauges.filter(([, v]) => !values.has(`${v}`))).toEqual([]);
   });
 

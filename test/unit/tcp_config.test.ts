@@ -41,6 +41,9 @@ describe("TCP config", () => {
       sniffPorts: [443],
       sniffTimeoutMs: 1000,
       sniffBytesMax: 16_384,
+      dnsPorts: [53],
+      dnsConnectionsMax: 1024,
+      dnsIdleTimeoutMs: 10_000,
     });
     // UDP listeners keep their defaults (and the built-in config has no TCP listener).
     expect(parseConfig({}).listeners.every((l) => l.protocol === "udp")).toBe(true);
@@ -53,6 +56,11 @@ describe("TCP config", () => {
     expect(problems({ tcp: { bufferBytesMax: 100_000 } })).toEqual([
       "config.tcp.bufferBytesMax: must be a power of two, as pipe sizes are (got 100000)",
     ]);
+    expect(problems({ tcp: { dnsConnectionsMax: 0, dnsIdleTimeoutMs: 50 } })).toEqual([
+      "config.tcp.dnsConnectionsMax: Expected integer to be greater or equal to 1 (got 0)",
+      "config.tcp.dnsIdleTimeoutMs: Expected integer to be greater or equal to 100 (got 50)",
+    ]);
+    expect(problems({ tcp: { dnsPorts: [0] } })[0]).toStartWith("config.tcp.dnsPorts[0]:");
     expect(problems({ tcp: { idleTimeout: 5 } })).toEqual([
       "config.tcp.idleTimeout: Unexpected property (got 5)",
     ]);
