@@ -231,6 +231,13 @@ export class UdpRelay {
   private readonly dns: DnsForwarder;
   private readonly dnsPort = new Uint8Array(65536);
   private readonly dnsDecision: QueryDecision = { rule: -1, outbound: -1, name: null };
+  /**
+   * The rule forcedDns() chose, on the query's name, for the datagram being handled when
+   * its action takes a session (direct, socks5, drop, reject); -1 otherwise. A query is
+   * decided once: openSession() uses it instead of deciding again without the name (and
+   * holding the flow while the sniffer reads the same name again).
+   */
+  private dnsDecidedRule = -1;
   /** Sends the held datagrams (its slab is the hold arena). */
   private readonly holdQueue: SendQueue;
   /** The WASM memory as words: held datagrams are copied from the slab through it. */
@@ -936,6 +943,7 @@ export class UdpRelay {
       key[7] = meta32[w + 7];
       key[8] = (sourcePort << 16) | targetPort;
       let s = sessions.find();
+      this.dnsDecidedRule = -1;
       if (s < 0 && this.dnsPort[targetPort] === 1 && this.forcedDns(listener, i, length, now)) {
         continue;
       }
@@ -949,7 +957,13 @@ export class UdpRelay {
         );
       }
       if (s < 0) {
-        s = this.openSession(listener, targetPort, meta32[w + META.sourceScopeWord], now);
+        s = this.openSession(
+          listener,
+          targetPort,
+          meta32[w + META.sourceScopeWord],
+          now,
+          this.dnsDecidedRule,
+        );
         if (s < 0) continue;
       } else if (sessions.lastSeenMs[s] !== now) {
         sessions.touch(s, now);
@@ -1169,7 +1183,10 @@ export class UdpRelay {
     const answer =
       action <= ACTION_DNS_ANSWER ? this.config.policy.answers[ACTION_DNS_ANSWER - action] : null;
     const f = action >= 0 ? this.outbounds.forward(this.outbounds.ofPolicy(action)) : null;
-    if (f === null && answer === null) return false;
+    if (f === null && answer === null) {
+      this.dnsDecidedRule = rule; // openSession() takes this decision, not a second one
+      return false;
+    }
     if (!this.admissible(listener, targetPort)) return true;
     const ipv6 = this.listenerIpv6[listener] === 1;
     const mode = this.config.listeners[listener].reply;
@@ -1278,11 +1295,16 @@ export class UdpRelay {
    *
    * clientScope: the IPv6 scope id of a link-local client (0 otherwise).
    */
+  /**
+   * decidedRule: the rule forcedDns() already chose for this datagram, on its question's
+   * name (a DNS query whose action takes a session), or -1: decided here.
+   */
   private openSession(
     listener: number,
     targetPort: number,
     clientScope: number,
     now: number,
+    decidedRule: number,
   ): number {
     const sessions = this.sessions;
     const key = sessions.key;
@@ -1290,8 +1312,9 @@ export class UdpRelay {
     if (!this.admissible(listener, targetPort)) return -1;
     // The policy, once per flow: on its addresses and port now, or (NEED_NAME) when its
     // name is known; a dropped or rejected flow needs no reply path nor upstream socket.
-    const pending = this.policy.usesNames && this.sniffer.parses(targetPort);
-    const rule = this.decide(listener, null, pending);
+    // A DNS query was decided on its name already: never held for the name it carries.
+    const pending = decidedRule < 0 && this.policy.usesNames && this.sniffer.parses(targetPort);
+    const rule = decidedRule >= 0 ? decidedRule : this.decide(listener, null, pending);
     const action = rule === NEED_NAME ? OUTBOUND_PENDING : sessionAction(this.policy.actions[rule]);
     if (action === ACTION_DROP || action === ACTION_REJECT) {
       return this.openDecidedSession(listener, targetPort, rule, action, now);

@@ -325,5 +325,18 @@ for datagram in [b"\\x01\\x02not dns at all", b"\\x00"]:
       );
       expect(kdig(env, LAB.server4, "x.test", "A")).toContain("198.18.1.101");
     });
+
+    test("a query whose name rule takes a session is decided once: never held", async () => {
+      const before = await udp(env);
+      // "pass" (direct, by name) goes to the resolver the client asked: A4's dnsmasq.
+      const out = kdig(env, A4, "pass.test", "A");
+      expect(out).toMatch(/status: (NOERROR|NXDOMAIN|REFUSED)/);
+      expect(out).toContain(`;; From ${A4}@53(UDP)`);
+      const u = await udp(env);
+      expect(u.sessionsCreated - before.sessionsCreated).toBe(1);
+      // The name was read once, by the forced-DNS check: the session was not held for it.
+      expect(u.sessionsHeld).toBe(before.sessionsHeld);
+      expect(u.dnsQueriesForwarded).toBe(before.dnsQueriesForwarded);
+    });
   });
 }

@@ -69,6 +69,8 @@ export const config = (inFlightMax: number, flowLogPath = "") => ({
     { name: "t", names: { exact: ["t.test"] }, action: "dead" },
     { name: "block", protocol: "udp", names: { suffix: ["blocked.test"] }, action: "blocked" },
     { name: "pin", protocol: "udp", names: { exact: ["pinned.test"] }, action: "pinned" },
+    // Passed to the resolver asked, through a session (not forced).
+    { name: "pass", names: { exact: ["pass.test"] }, action: "direct" },
     { name: "dns", ports: [53], action: "resolver" },
   ],
 });
