@@ -1354,6 +1354,32 @@ export class TcpRelay {
     else this.poller.rearm(fd, token);
   }
 
+  /**
+   * Sends bytes a socks5 connection (upstreamFd, clientFd: endSocks() has let go of them)
+   * owes one side (toFd) before the engine takes it over, in one send. A fresh
+   * connection's send buffer takes a few KiB and losing bytes is never an option: if it
+   * does not take them all, both sides are aborted (counted, logged): false.
+   */
+  private sendWhole(
+    id: number,
+    upstreamFd: number,
+    clientFd: number,
+    toFd: number,
+    bytes: Uint8Array,
+    reason: string,
+    side: string,
+  ): boolean {
+    const w = this.lib.rl_tcp_send(toFd, ptr(bytes), bytes.length);
+    if (w === bytes.length) return true;
+    this.counters.resourceFailures++;
+    this.log(reason, `socks5: ${bytes.length} bytes owed to ${side} did not fit`);
+    this.lib.rl_tcp_abort(upstreamFd);
+    this.lib.rl_tcp_abort(clientFd);
+    if (this.flows !== null) this.recordFlow(id, TcpEnd.Resources, 0, 0);
+    this.release(id);
+    return false;
+  }
+
   /** The server said yes: whatever it sent past its reply goes to the client first. */
   private socksConnected(id: number): void {
     const fd = this.connUpstreamFd[id];
@@ -1363,32 +1389,13 @@ export class TcpRelay {
     if (rest.length > 0) {
       const copy = new Uint8Array(new ArrayBuffer(rest.length));
       copy.set(rest);
-      const w = this.lib.rl_tcp_send(clientFd, ptr(copy), copy.length);
-      if (w !== copy.length) {
-        // A fresh connection's send buffer takes a few KiB; losing bytes is never an option.
-        this.counters.resourceFailures++;
-        this.log("socks5-rest", `socks5: ${rest.length} early bytes did not fit the client`);
-        this.lib.rl_tcp_abort(fd);
-        this.lib.rl_tcp_abort(clientFd);
-        if (this.flows !== null) this.recordFlow(id, TcpEnd.Resources, 0, 0);
-        this.release(id);
-        return;
-      }
+      if (!this.sendWhole(id, fd, clientFd, clientFd, copy, "socks5-rest", "the client")) return;
     }
     const early = this.connEarly[id];
     if (early !== null) {
       // A DNS connection's first query (and what followed it), read before its decision.
       this.connEarly[id] = null;
-      const w = this.lib.rl_tcp_send(fd, ptr(early), early.length);
-      if (w !== early.length) {
-        this.counters.resourceFailures++;
-        this.log("socks5-early", `socks5: ${early.length} DNS bytes did not fit the server`);
-        this.lib.rl_tcp_abort(fd);
-        this.lib.rl_tcp_abort(clientFd);
-        if (this.flows !== null) this.recordFlow(id, TcpEnd.Resources, 0, 0);
-        this.release(id);
-        return;
-      }
+      if (!this.sendWhole(id, fd, clientFd, fd, early, "socks5-early", "the server")) return;
     }
     this.counters.socks5Connected++;
     const rc = this.lib.rl_tcp_engine_add(this.engine, id, clientFd, fd);

@@ -28,7 +28,7 @@ import {
   udp,
   waitForResolvers,
 } from "./dns_forced_lab.ts";
-import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
+import { flowRecords, labSkipReason, RelayLab, relayLog } from "./harness.ts";
 
 const QUERIES = 50_000;
 
@@ -71,23 +71,6 @@ while True:
     s.sendto(wrong_question, peer)
     s.sendto(good, peer)
 `;
-
-/** `bun run relay log --json` of the flow log at `path`: its records. */
-function flowRecords(dir: string, path: string): any[] {
-  return relayLog(dir, path, ["--json"]).map((l) => JSON.parse(l));
-}
-
-/** `bun run relay log` of the flow log at `path` with `args`: its lines. */
-function relayLog(dir: string, path: string, args: string[]): string[] {
-  const reader = join(dir, "reader.json");
-  writeFileSync(reader, JSON.stringify({ flowLog: { path } }));
-  const main = join(ROOT, "src/main.ts");
-  const r = Bun.spawnSync([BUN, main, "log", "--config", reader, ...args]);
-  return r.stdout
-    .toString()
-    .split("\n")
-    .filter((l) => l !== "");
-}
 
 const skip = labSkipReason();
 for (const _ of skip === null ? [1] : []) {

@@ -18,14 +18,14 @@
 //     dns_tcp_peers.py resolver on server4:53 / server6:53 (UDP: TC=1, TCP: the answer)
 //     nothing on E4 / E4v6 (a dead resolver) nor E5 / E5v6 (the original destination)
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { danteUnavailableReason, startDante } from "../lab/dante.ts";
 import { JsonLinesProcess } from "../lab/json_lines.ts";
 import { LAB, labUnavailableReason } from "../lab/netns.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
+import { flowRecords, labSkipReason, RelayLab } from "./harness.ts";
 
 const PEERS = join(import.meta.dir, "dns_tcp_peers.py");
 const [E3, E4, E5] = LAB.serverExtra4;
@@ -129,18 +129,6 @@ const FAMILIES = [
     v6: true,
   },
 ] as const;
-
-/** `bun run relay log --json` of the flow log at `path`: its records. */
-function flowRecords(dir: string, path: string): any[] {
-  const reader = join(dir, "reader.json");
-  writeFileSync(reader, JSON.stringify({ flowLog: { path } }));
-  const r = Bun.spawnSync([BUN, join(ROOT, "src/main.ts"), "log", "--config", reader, "--json"]);
-  return r.stdout
-    .toString()
-    .split("\n")
-    .filter((l) => l !== "")
-    .map((l) => JSON.parse(l));
-}
 
 const unavailable = labUnavailableReason() ?? danteUnavailableReason();
 const skip = labSkipReason(unavailable);

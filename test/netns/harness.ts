@@ -12,6 +12,23 @@ import { nftRuleset, policyRoutingCommands } from "../../src/rules/nft.ts";
 export { BUN };
 export const ROOT = join(import.meta.dir, "..", "..");
 
+/** `bun run relay log` of the flow log at `path` with `args`: its lines. */
+export function relayLog(dir: string, path: string, args: string[]): string[] {
+  const reader = join(dir, "reader.json");
+  writeFileSync(reader, JSON.stringify({ flowLog: { path } }));
+  const main = join(ROOT, "src/main.ts");
+  const r = Bun.spawnSync([BUN, main, "log", "--config", reader, ...args]);
+  return r.stdout
+    .toString()
+    .split("\n")
+    .filter((l) => l !== "");
+}
+
+/** `bun run relay log --json` of the flow log at `path`: its records. */
+export function flowRecords(dir: string, path: string): any[] {
+  return relayLog(dir, path, ["--json"]).map((l) => JSON.parse(l));
+}
+
 /**
  * Null when the end-to-end tests are to be registered. Outside CI, when the lab cannot
  * run, the reason (printed here): the caller registers no tests. In CI (CI=true) always

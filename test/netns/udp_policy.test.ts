@@ -25,7 +25,7 @@ import { dnsmasqArgv, dnsmasqOn, kdigUdp, LAB, labUnavailableReason, run } from 
 import { QUIC_BODY, QuicPeers } from "../lab/quic_peers.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { RELAY_MAIN, withControlSocket } from "../lab/relay_process.ts";
-import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
+import { BUN, flowRecords, labSkipReason, RelayLab } from "./harness.ts";
 
 const [A4, B4, DEAD4] = LAB.serverExtra4;
 const [A6, B6, DEAD6] = LAB.serverExtra6;
@@ -99,18 +99,6 @@ const config = (dataPlane: string, flowLogPath: string) => ({
     { name: "echo", ports: [7001], action: "pinned" },
   ],
 });
-
-/** `bun run relay log --json` of the flow log at `path`: its records. */
-function flowRecords(dir: string, path: string): any[] {
-  const reader = join(dir, "reader.json");
-  writeFileSync(reader, JSON.stringify({ flowLog: { path } }));
-  const r = Bun.spawnSync([BUN, join(ROOT, "src/main.ts"), "log", "--config", reader, "--json"]);
-  return r.stdout
-    .toString()
-    .split("\n")
-    .filter((l) => l !== "")
-    .map((l) => JSON.parse(l));
-}
 
 /**
  * One UDP socket to target:port in the client namespace that sends a datagram per line
