@@ -36,6 +36,7 @@ describe("TCP config", () => {
       idleTimeoutMs: 300_000,
       connectionsMax: 4096,
       bufferBytesMax: 262_144,
+      spliceMode: "auto",
       shutdownGraceMs: 5000,
       listenBacklog: 1024,
       sniffPorts: [443],
@@ -52,6 +53,9 @@ describe("TCP config", () => {
     ]);
     expect(problems({ tcp: { bufferBytesMax: 100_000 } })).toEqual([
       "config.tcp.bufferBytesMax: must be a power of two, as pipe sizes are (got 100000)",
+    ]);
+    expect(problems({ tcp: { spliceMode: "never" } })).toEqual([
+      'config.tcp.spliceMode: Expected union value (got "never")',
     ]);
     expect(problems({ tcp: { idleTimeout: 5 } })).toEqual([
       "config.tcp.idleTimeout: Unexpected property (got 5)",
