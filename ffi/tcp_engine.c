@@ -432,8 +432,13 @@ static void conn_event(struct tcp_engine *e, uint64_t token, uint32_t events, in
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->writable[side] = 1;
   if (c->state == TCP_CONNECTING) {
     if (side != 1 || !(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
-    int err = socket_error(c->fd[1]);
-    if (err == 0 && (events & (EPOLLERR | EPOLLHUP))) err = ECONNREFUSED;
+    /* EPOLLOUT alone: connected (epoll computes the mask when it reports it, and a
+     * failed connect always adds EPOLLERR), so SO_ERROR is read only on a failure. */
+    int err = 0;
+    if (events & (EPOLLERR | EPOLLHUP)) {
+      err = socket_error(c->fd[1]);
+      if (err == 0) err = ECONNREFUSED;
+    }
     if (err != 0) {
       uint16_t reason = err == ECONNREFUSED ? RL_TCP_END_CONNECT_REFUSED
                         : err == ETIMEDOUT  ? RL_TCP_END_CONNECT_TIMEOUT
