@@ -338,8 +338,11 @@ static int dir_step(struct tcp_engine *e, int32_t id, int d, int64_t now) {
     if (r < 0) return -1;
     progress |= r;
   }
-  if (dir->spliced && !dir->src_eof && dir->used < dir->pipe.cap && c->readable[d]) {
-    ssize_t n = splice(src, NULL, dir->pipe.fd_w, NULL, dir->pipe.cap - dir->used,
+  /* Held per direction: the pipe's bytes plus those still in the copy buffer after the
+   * switch, together within the pipe's capacity (the tcp.bufferBytesMax bound). */
+  const uint32_t held = dir->used + dir->copy_used;
+  if (dir->spliced && !dir->src_eof && held < dir->pipe.cap && c->readable[d]) {
+    ssize_t n = splice(src, NULL, dir->pipe.fd_w, NULL, dir->pipe.cap - held,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       dir->used += (uint32_t)n;
