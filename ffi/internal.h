@@ -9,6 +9,7 @@
  *   tcp.c         accept, connect, abort, SO_ORIGINAL_DST
  *   tcp_engine.c  the splice engine thread
  *   pipe_pool.c   the engine's pipes, kept for reuse
+ *   copy_pool.c   the engine's copy buffers (a connection's first bytes, spliceMode auto)
  *   handles.c     the one handle table behind poller and engine handles; RL_ASSERT
  *   icmp.c        ICMP port unreachable for UDP reject; SO_BINDTODEVICE
  *   stream.c      a SOCKS5 UDP association's control connection I/O, wrapped sends
@@ -168,6 +169,27 @@ int pipe_acquire(struct pipe_pool *pool, struct rl_pipe *p);
 /* Gives p back (pooled when empty and there is room, else closed); p->fd_r < 0 after.
  * A pipe never acquired (fd_r < 0) is left alone. */
 void pipe_release(struct pipe_pool *pool, struct rl_pipe *p, int empty);
+
+/* ---- copy_pool.c ---- */
+
+/* Invariant: 0 <= free_count <= count; a buffer is either on the free stack or held by
+ * exactly one direction. Only the engine thread takes and gives; in_use (count -
+ * free_count) is read by JS as a gauge. count 0: no pool (spliceMode always). */
+struct copy_pool {
+  uint8_t *slab; /* count * buffer_bytes, mmap'd at engine open */
+  uint8_t **free; /* stack of free buffers, most recently given on top */
+  int32_t count;
+  int32_t free_count;
+  uint32_t buffer_bytes;
+  atomic_int in_use;
+};
+
+/* Makes the slab (count buffers of buffer_bytes; count 0: none). 0 or -errno. */
+int copy_pool_init(struct copy_pool *pool, int32_t count, uint32_t buffer_bytes);
+void copy_pool_free(struct copy_pool *pool);
+/* A free buffer, or NULL when every one is held. */
+uint8_t *copy_take(struct copy_pool *pool);
+void copy_give(struct copy_pool *pool, uint8_t *buffer);
 
 /* Test-only (rl_test_*_break): makes the next epoll_wait on epfd fail with EINVAL. */
 int epoll_break(int epfd);

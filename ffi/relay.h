@@ -20,7 +20,7 @@
 
 #include <stdint.h>
 
-#define RL_ABI_VERSION 3
+#define RL_ABI_VERSION 4
 
 /* Largest batch one recv/send call handles: the static mmsghdr/iovec/cmsg arrays are
  * sized by it. 256 follows the kernel selftest's drain budget. */
@@ -209,8 +209,10 @@ int32_t rl_poll_failed(int32_t poller);
  * source address). A connected pair is then handed to a splice engine: one thread
  * with its own epoll that moves bytes socket -> pipe -> socket (splice(2), no copy
  * through user space), forwards half-closes and resets, and enforces the connect and
- * idle timeouts. It reports to TypeScript through an event ring and an eventfd that
- * JS watches with its own poller. */
+ * idle timeouts. With a copy buffer size (tcp.spliceMode "auto"), each direction first
+ * copies through a small buffer (recv + send: one call each way per message, no pipe)
+ * and takes its pipe only once it proves bulk (HAProxy's splice-auto). It reports to
+ * TypeScript through an event ring and an eventfd that JS watches with its own poller. */
 
 /* rl_tcp_connect() flags */
 #define RL_TCP_SOURCE_BIND    0x0001 /* bind source_addr (port 0) before connecting */
@@ -244,7 +246,8 @@ struct rl_tcp_event {
 #define RL_TCP_END_CONNECT_FAILED  6 /* other connect error (unreachable...); RST to the client */
 #define RL_TCP_END_IDLE_TIMEOUT    7 /* no byte either way for idle_timeout_ms; RST both */
 #define RL_TCP_END_ABORTED         8 /* rl_tcp_engine_abort_all() (end of shutdown grace) */
-#define RL_TCP_END_RESOURCES       9 /* no pipe could be made (EMFILE/ENFILE/ENOMEM) */
+#define RL_TCP_END_RESOURCES       9 /* no pipe could be made (EMFILE/ENFILE/ENOMEM), at the
+                                         hand-off or (copy mode) when a direction proved bulk */
 
 /* Accepts one connection (non-blocking, close-on-exec, TCP_NODELAY). Fills
  * meta->source_* with the peer and meta->target_* with the local address, which is
@@ -286,9 +289,16 @@ int32_t rl_tcp_peek(int32_t fd, uint8_t *buf, int32_t cap);
 int32_t rl_tcp_rcvlowat(int32_t fd, int32_t bytes);
 
 /* Starts an engine for ids 0..slots-1 with pipes of pipe_bytes per direction (the
- * bound on what the relay holds per direction). Returns a handle >= 0. */
+ * bound on what the relay holds per direction). Returns a handle >= 0.
+ * copy_bytes 0: every direction splices from its first byte (two pipes per connection,
+ * taken at the hand-off). Else (RL_TCP_COPY_BYTES_MIN..pipe_bytes): each direction
+ * starts by copying through a buffer of copy_bytes, and switches to splice for good once
+ * one read fills that buffer (the source had that much waiting: bulk); bytes buffered
+ * are sent before any spliced byte. The buffers come from a pool of min(slots, 1024)
+ * made at open; a direction finding it empty splices at once. */
+#define RL_TCP_COPY_BYTES_MIN 1024
 int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_timeout_ms,
-                           int32_t idle_timeout_ms);
+                           int32_t idle_timeout_ms, int32_t copy_bytes);
 /* New timeouts for every connection, open ones included, from the engine's next sweep
  * (a reload): a connection already idle past the new idle timeout ends at that sweep.
  * The sweep period follows them (the next period is the old one). */
@@ -317,7 +327,12 @@ int32_t rl_tcp_engine_abort_all(int32_t engine);
 #define RL_TCP_STAT_PIPES_IN_USE 3 /* gauge */
 #define RL_TCP_STAT_PIPES_POOLED 4 /* gauge */
 #define RL_TCP_STAT_EVENTS_LOST  5 /* counter, must stay 0 */
-#define RL_TCP_STATS_COUNT       6
+#define RL_TCP_STAT_SPLICE_SWITCHES  6 /* counter: directions that proved bulk and spliced */
+#define RL_TCP_STAT_COPY_ONLY        7 /* counter: connections ended without taking a pipe */
+#define RL_TCP_STAT_COPY_IN_USE      8 /* gauge: copy buffers holding bytes */
+#define RL_TCP_STAT_COPY_POOL_EMPTY  9 /* counter: directions that found no copy buffer
+                                          free and spliced at once */
+#define RL_TCP_STATS_COUNT           10
 int32_t rl_tcp_engine_stats(int32_t engine, double *out);
 /* Joins the thread and closes every fd it still holds (RST to open peers). */
 int32_t rl_tcp_engine_close(int32_t engine);
@@ -353,7 +368,8 @@ int32_t rl_test_poll_stat_set(int32_t poller, int32_t which, double value);
 /* Breaks the poller's epoll descriptor (an eventfd takes its number): after the next
  * event, the thread's epoll_wait fails with EINVAL, as on any epoll_wait error. */
 int32_t rl_test_poll_break(int32_t poller);
-/* Sets an engine counter (RL_TCP_STAT_BYTES_UP, _BYTES_DOWN, _EVENTS_LOST). */
+/* Sets an engine counter (RL_TCP_STAT_BYTES_UP, _BYTES_DOWN, _EVENTS_LOST,
+ * _SPLICE_SWITCHES, _COPY_ONLY, _COPY_POOL_EMPTY). */
 int32_t rl_test_tcp_engine_stat_set(int32_t engine, int32_t which, double value);
 /* Makes the engine thread pause delay_us (0..100000) after each epoll event it handles:
  * JS then reuses an ended connection's id while the engine is still in that batch. */

@@ -4,6 +4,12 @@
  * user space), forwards half-closes and resets, and enforces the connect and idle
  * timeouts. TypeScript hands connections in through a command ring (cmdfd wakes the
  * thread) and reads one event per ended connection from an event ring (evfd wakes JS).
+ *
+ * Copy mode (copy_bytes > 0, tcp.spliceMode "auto"; HAProxy's splice-auto): a message
+ * of a few bytes costs one recv and one send through a small buffer, where splice
+ * costs a call into the pipe, one out of it and a pipe per direction. So each direction
+ * starts copying, and splices for good once a read fills its buffer (bulk): a short
+ * connection never touches a pipe, a long transfer runs zero-copy as before.
  */
 #include "internal.h"
 
@@ -26,6 +32,11 @@
 #define TCP_SWEEP_MS_MAX 250
 #define TCP_SWEEP_MS_MIN 10
 #define TCP_CMD_TOKEN UINT64_MAX
+/* Copy buffers per engine at most (min(slots, this)): a direction holds one only while
+ * it has bytes the target has not taken, so this many stalled directions at once before
+ * the next ones splice at once. 1024 x 16 KiB = 16 MiB of address space, committed only
+ * as buffers are used. */
+#define TCP_COPY_BUFFERS_MAX 1024
 
 /* epoll data of a connection's socket: id, side and the connection's generation. An
  * event read in the batch in which its connection ended (and its id was reused) then
@@ -36,11 +47,19 @@ static uint64_t conn_token(int32_t id, int side, uint32_t generation) {
 
 enum tcp_state { TCP_FREE = 0, TCP_CONNECTING = 1, TCP_OPEN = 2 };
 
-/* One direction: source socket -> pipe -> target socket.
- * Invariant: 0 <= used <= pipe.cap; dst_shut implies src_eof and used == 0. */
+/* One direction: source socket -> copy buffer -> target socket while it copies, then
+ * source socket -> pipe -> target socket once spliced (for good).
+ * Invariants: 0 <= used <= pipe.cap; copy != NULL exactly while copy_used > 0 (a buffer
+ * is held only while it holds bytes); !spliced implies no pipe and used == 0; dst_shut
+ * implies src_eof, copy_used == 0 and used == 0. Bytes in the buffer were read before
+ * any byte in the pipe, so they go out first. */
 struct tcp_dir {
   struct rl_pipe pipe;
   uint32_t used; /* bytes in the pipe: read from the source, not yet delivered */
+  uint8_t *copy; /* copy buffer holding copy_used bytes from copy_offset */
+  uint32_t copy_offset;
+  uint32_t copy_used;
+  uint8_t spliced;
   uint8_t src_eof;
   uint8_t dst_shut;
   uint64_t bytes; /* delivered to the target */
@@ -57,6 +76,9 @@ struct tcp_conn {
    * a pump does not spend syscalls on a side that has nothing to give or take. */
   uint8_t readable[2];
   uint8_t writable[2];
+  /* An event said EOF or an error is pending (EPOLLRDHUP, EPOLLHUP, EPOLLERR): no new
+   * edge comes for it, so a short read does not clear readable (copy mode). */
+  uint8_t eof_pending[2];
   uint8_t queued; /* in the ready queue exactly once while set */
   uint32_t generation; /* moves on with every connection that takes this id */
 };
@@ -75,6 +97,7 @@ struct tcp_engine {
   int started;
   int32_t slots;
   int32_t pipe_bytes;
+  uint32_t copy_bytes; /* 0: splice from the first byte */
   /* Written by JS on a reload (rl_tcp_engine_set_timeouts), read by the engine thread
    * at its next sweep: each value is one atomic word, so the thread sees the old or the
    * new one, never a torn mix within a value. */
@@ -98,6 +121,7 @@ struct tcp_engine {
   atomic_int failed;
   /* Engine thread only. */
   struct pipe_pool pipes;
+  struct copy_pool copies;
   int32_t *ready; /* ring of ids */
   int32_t ready_head;
   int32_t ready_count;
@@ -106,6 +130,9 @@ struct tcp_engine {
   _Atomic uint64_t bytes_down;
   atomic_int open_count;
   _Atomic uint64_t events_lost;
+  _Atomic uint64_t splice_switches;
+  _Atomic uint64_t copy_only;
+  _Atomic uint64_t copy_pool_empty;
   /* Test-only (rl_test_tcp_engine_event_delay): a pause after each epoll event, which
    * widens the window in which JS reuses an id within one of the engine's batches. */
   atomic_int test_event_delay_us;
@@ -176,8 +203,16 @@ static void conn_end(struct tcp_engine *e, int32_t id, uint16_t reason, int32_t 
   if (reset_upstream) close_with_reset(c->fd[1]);
   else close(c->fd[1]);
   c->fd[0] = c->fd[1] = -1;
-  pipe_release(&e->pipes, &c->dir[0].pipe, c->dir[0].used == 0);
-  pipe_release(&e->pipes, &c->dir[1].pipe, c->dir[1].used == 0);
+  for (int d = 0; d < 2; d++) {
+    struct tcp_dir *dir = &c->dir[d];
+    pipe_release(&e->pipes, &dir->pipe, dir->used == 0);
+    if (dir->copy != NULL) copy_give(&e->copies, dir->copy); /* a reset's bytes: dropped */
+    dir->copy = NULL;
+    dir->copy_used = 0;
+  }
+  if (e->copy_bytes > 0 && !c->dir[0].spliced && !c->dir[1].spliced) {
+    atomic_fetch_add_explicit(&e->copy_only, 1, memory_order_relaxed);
+  }
   c->state = TCP_FREE;
   atomic_fetch_sub(&e->open_count, 1);
   engine_push_event(e, (uint32_t)id, RL_TCP_EVENT_CLOSED, reason, error, now - c->start_ms,
@@ -192,6 +227,104 @@ static void conn_queue(struct tcp_engine *e, int32_t id) {
   e->ready_count++;
 }
 
+/* A read or write error on one side ends the connection: that side reset or vanished,
+ * and the other side gets the RST. */
+static void conn_side_failed(struct tcp_engine *e, int32_t id, int side, int err, int64_t now) {
+  conn_end(e, id, side == 0 ? RL_TCP_END_CLIENT_RESET : RL_TCP_END_UPSTREAM_RESET, err, now);
+}
+
+/* From now on the direction splices: its pipe, taken here. Returns 0, or -1 when no pipe
+ * could be made (the connection ended, as a hand-off without pipes does). */
+static int dir_splice_from_now(struct tcp_engine *e, int32_t id, int d, int64_t now) {
+  struct tcp_dir *dir = &e->conns[id].dir[d];
+  int rc = pipe_acquire(&e->pipes, &dir->pipe);
+  if (rc < 0) {
+    conn_end(e, id, RL_TCP_END_RESOURCES, -rc, now);
+    return -1;
+  }
+  dir->used = 0;
+  dir->spliced = 1;
+  return 0;
+}
+
+/* Copy mode's read: only into an empty buffer (back-pressure: while the target has not
+ * taken the last read, the source's bytes wait in its socket, under TCP flow control).
+ * Returns 1 on progress, 0 without, -1 when the connection ended. */
+static int copy_in(struct tcp_engine *e, int32_t id, int d, int64_t now) {
+  struct tcp_conn *c = &e->conns[id];
+  struct tcp_dir *dir = &c->dir[d];
+  if (dir->src_eof || dir->copy_used > 0 || !c->readable[d]) return 0;
+  uint8_t *buffer = copy_take(&e->copies);
+  if (buffer == NULL) {
+    /* Every buffer is held by a stalled direction: this one splices, bounded by its
+     * pipe as without copy mode. */
+    atomic_fetch_add_explicit(&e->copy_pool_empty, 1, memory_order_relaxed);
+    return dir_splice_from_now(e, id, d, now);
+  }
+  ssize_t n = recv(c->fd[d], buffer, e->copy_bytes, MSG_DONTWAIT);
+  if (n > 0) {
+    dir->copy = buffer;
+    dir->copy_offset = 0;
+    dir->copy_used = (uint32_t)n;
+    if ((uint32_t)n == e->copy_bytes) {
+      /* A whole buffer was waiting: the source outpaces a turn of this loop, so this is
+       * bulk. The next read splices (into the pipe, behind the buffered bytes). */
+      atomic_fetch_add_explicit(&e->splice_switches, 1, memory_order_relaxed);
+      if (dir_splice_from_now(e, id, d, now) < 0) return -1;
+    } else if (!c->eof_pending[d]) {
+      /* A short read emptied the receive queue, and the next byte brings an edge
+       * (EPOLLET): no EAGAIN try until then (nginx's rule, with its pending_eof). TCP
+       * urgent data also ends a read early, at its mark; the next segment resumes. */
+      c->readable[d] = 0;
+    }
+    return 1;
+  }
+  copy_give(&e->copies, buffer);
+  if (n == 0) {
+    dir->src_eof = 1;
+    return 1;
+  }
+  if (errno == EAGAIN) {
+    c->readable[d] = 0;
+  } else if (errno != EINTR) {
+    conn_side_failed(e, id, d, errno, now);
+    return -1;
+  }
+  return 0;
+}
+
+/* Copy mode's write: the buffered bytes to the target. Returns 1 on progress, 0 without,
+ * -1 when the connection ended. */
+static int copy_out(struct tcp_engine *e, int32_t id, int d, int64_t now) {
+  struct tcp_conn *c = &e->conns[id];
+  struct tcp_dir *dir = &c->dir[d];
+  if (dir->copy_used == 0 || !c->writable[1 - d]) return 0;
+  ssize_t n = send(c->fd[1 - d], dir->copy + dir->copy_offset, dir->copy_used,
+                   MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n > 0) {
+    dir->copy_offset += (uint32_t)n;
+    dir->copy_used -= (uint32_t)n;
+    dir->bytes += (uint64_t)n;
+    atomic_fetch_add_explicit(d == 0 ? &e->bytes_up : &e->bytes_down, (uint64_t)n,
+                              memory_order_relaxed);
+    if (dir->copy_used == 0) {
+      copy_give(&e->copies, dir->copy);
+      dir->copy = NULL;
+    } else {
+      /* A short send filled the socket's send buffer; EPOLLOUT says when it has room. */
+      c->writable[1 - d] = 0;
+    }
+    return 1;
+  }
+  if (n < 0 && errno == EAGAIN) {
+    c->writable[1 - d] = 0;
+  } else if (n < 0 && errno != EINTR) {
+    conn_side_failed(e, id, 1 - d, errno, now);
+    return -1;
+  }
+  return 0;
+}
+
 /* One step of one direction. Returns 1 on progress, 0 without, -1 when the connection
  * ended (the failing side decides the reason). */
 static int dir_step(struct tcp_engine *e, int32_t id, int d, int64_t now) {
@@ -200,8 +333,16 @@ static int dir_step(struct tcp_engine *e, int32_t id, int d, int64_t now) {
   const int src = c->fd[d];
   const int dst = c->fd[1 - d];
   int progress = 0;
-  if (!dir->src_eof && dir->used < dir->pipe.cap && c->readable[d]) {
-    ssize_t n = splice(src, NULL, dir->pipe.fd_w, NULL, dir->pipe.cap - dir->used,
+  if (!dir->spliced) {
+    int r = copy_in(e, id, d, now);
+    if (r < 0) return -1;
+    progress |= r;
+  }
+  /* Held per direction: the pipe's bytes plus those still in the copy buffer after the
+   * switch, together within the pipe's capacity (the tcp.bufferBytesMax bound). */
+  const uint32_t held = dir->used + dir->copy_used;
+  if (dir->spliced && !dir->src_eof && held < dir->pipe.cap && c->readable[d]) {
+    ssize_t n = splice(src, NULL, dir->pipe.fd_w, NULL, dir->pipe.cap - held,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       dir->used += (uint32_t)n;
@@ -214,12 +355,14 @@ static int dir_step(struct tcp_engine *e, int32_t id, int d, int64_t now) {
        * empty": keep the flag, the next round retries once the pipe drained. */
       if (dir->used == 0) c->readable[d] = 0;
     } else if (errno != EINTR) {
-      int err = errno;
-      conn_end(e, id, d == 0 ? RL_TCP_END_CLIENT_RESET : RL_TCP_END_UPSTREAM_RESET, err, now);
+      conn_side_failed(e, id, d, errno, now);
       return -1;
     }
   }
-  if (dir->used > 0 && c->writable[1 - d]) {
+  int r = copy_out(e, id, d, now);
+  if (r < 0) return -1;
+  progress |= r;
+  if (dir->copy_used == 0 && dir->used > 0 && c->writable[1 - d]) {
     ssize_t n =
         splice(dir->pipe.fd_r, NULL, dst, NULL, dir->used, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
@@ -231,16 +374,17 @@ static int dir_step(struct tcp_engine *e, int32_t id, int d, int64_t now) {
     } else if (n < 0 && errno == EAGAIN) {
       c->writable[1 - d] = 0;
     } else if (n < 0 && errno != EINTR) {
-      int err = errno;
-      conn_end(e, id, d == 0 ? RL_TCP_END_UPSTREAM_RESET : RL_TCP_END_CLIENT_RESET, err, now);
+      conn_side_failed(e, id, 1 - d, errno, now);
       return -1;
     }
   }
-  if (dir->src_eof && dir->used == 0 && !dir->dst_shut) {
-    /* Half-close: the source's FIN goes on once every byte before it has. */
-    if (shutdown(dst, SHUT_WR) != 0 && errno != ENOTCONN) {
-      int err = errno;
-      conn_end(e, id, d == 0 ? RL_TCP_END_UPSTREAM_RESET : RL_TCP_END_CLIENT_RESET, err, now);
+  if (dir->src_eof && dir->copy_used == 0 && dir->used == 0 && !dir->dst_shut) {
+    /* Half-close: the source's FIN goes on once every byte before it has. When the other
+     * direction is already done, the connection ends right after this and close() sends
+     * the same FIN (nothing is unread on dst: its own direction read it to its EOF), so
+     * the shutdown call is saved. */
+    if (!c->dir[1 - d].dst_shut && shutdown(dst, SHUT_WR) != 0 && errno != ENOTCONN) {
+      conn_side_failed(e, id, 1 - d, errno, now);
       return -1;
     }
     dir->dst_shut = 1;
@@ -287,11 +431,17 @@ static void conn_event(struct tcp_engine *e, uint64_t token, uint32_t events, in
    * so the second does not arise today; the generation keeps it so in any order. */
   if (c->state == TCP_FREE || (uint32_t)(token >> 32) != c->generation) return;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->readable[side] = 1;
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->eof_pending[side] = 1;
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->writable[side] = 1;
   if (c->state == TCP_CONNECTING) {
     if (side != 1 || !(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
-    int err = socket_error(c->fd[1]);
-    if (err == 0 && (events & (EPOLLERR | EPOLLHUP))) err = ECONNREFUSED;
+    /* EPOLLOUT alone: connected (epoll computes the mask when it reports it, and a
+     * failed connect always adds EPOLLERR), so SO_ERROR is read only on a failure. */
+    int err = 0;
+    if (events & (EPOLLERR | EPOLLHUP)) {
+      err = socket_error(c->fd[1]);
+      if (err == 0) err = ECONNREFUSED;
+    }
     if (err != 0) {
       uint16_t reason = err == ECONNREFUSED ? RL_TCP_END_CONNECT_REFUSED
                         : err == ETIMEDOUT  ? RL_TCP_END_CONNECT_TIMEOUT
@@ -327,16 +477,19 @@ static void conn_add(struct tcp_engine *e, const struct tcp_cmd *cmd, int64_t no
   c->fd[1] = cmd->upstream_fd;
   c->start_ms = c->active_ms = now;
   c->connect_ms = UINT32_MAX;
-  /* epoll reports the current state on ADD (edge-triggered too); start optimistic. */
-  c->readable[0] = c->readable[1] = 1;
+  /* epoll reports the current state on ADD (edge-triggered too), as an event. Splice
+   * mode starts optimistic; copy mode waits for that event: a socket with nothing to
+   * read costs no EAGAIN try. */
+  const uint8_t copying = e->copy_bytes > 0;
+  c->readable[0] = c->readable[1] = !copying;
   c->writable[0] = c->writable[1] = 1;
+  c->eof_pending[0] = c->eof_pending[1] = 0;
   for (int d = 0; d < 2; d++) {
-    c->dir[d] = (struct tcp_dir){.pipe = {.fd_r = -1, .fd_w = -1}};
+    c->dir[d] = (struct tcp_dir){.pipe = {.fd_r = -1, .fd_w = -1}, .spliced = !copying};
   }
   atomic_fetch_add(&e->open_count, 1);
-  for (int d = 0; d < 2; d++) {
+  for (int d = 0; d < 2 && !copying; d++) {
     int rc = pipe_acquire(&e->pipes, &c->dir[d].pipe);
-    if (rc == 0) c->dir[d].used = 0;
     if (rc < 0) {
       conn_end(e, cmd->id, RL_TCP_END_RESOURCES, -rc, now);
       return;
@@ -452,6 +605,7 @@ static void engine_free(struct tcp_engine *e) {
   if (e->cmdfd >= 0) close(e->cmdfd);
   if (e->evfd >= 0) close(e->evfd);
   pipe_pool_free(&e->pipes);
+  copy_pool_free(&e->copies);
   pthread_mutex_destroy(&e->lock);
   free(e->conns);
   free(e->cmds);
@@ -461,9 +615,11 @@ static void engine_free(struct tcp_engine *e) {
 }
 
 int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_timeout_ms,
-                           int32_t idle_timeout_ms) {
+                           int32_t idle_timeout_ms, int32_t copy_bytes) {
   if (slots <= 0 || slots > (1 << 24) || pipe_bytes < 4096 || connect_timeout_ms <= 0 ||
       idle_timeout_ms < 0)
+    return -EINVAL;
+  if (copy_bytes != 0 && (copy_bytes < RL_TCP_COPY_BYTES_MIN || copy_bytes > pipe_bytes))
     return -EINVAL;
   struct tcp_engine *e = calloc(1, sizeof(*e));
   if (e == NULL) return -ENOMEM;
@@ -471,6 +627,7 @@ int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_ti
   pthread_mutex_init(&e->lock, NULL);
   e->slots = slots;
   e->pipe_bytes = pipe_bytes;
+  e->copy_bytes = (uint32_t)copy_bytes;
   engine_store_timeouts(e, connect_timeout_ms, idle_timeout_ms);
   e->ev_cap = slots;
   e->conns = calloc((size_t)slots, sizeof(*e->conns));
@@ -480,6 +637,14 @@ int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_ti
   int err = ENOMEM;
   if (!e->conns || !e->cmds || !e->events || !e->ready) goto fail;
   if (pipe_pool_init(&e->pipes, pipe_bytes) != 0) goto fail;
+  const int32_t copies = copy_bytes == 0             ? 0
+                         : slots < TCP_COPY_BUFFERS_MAX ? slots
+                                                        : TCP_COPY_BUFFERS_MAX;
+  int rc = copy_pool_init(&e->copies, copies, (uint32_t)copy_bytes);
+  if (rc < 0) {
+    err = -rc;
+    goto fail;
+  }
   for (int32_t i = 0; i < slots; i++) e->conns[i].fd[0] = e->conns[i].fd[1] = -1;
   e->epfd = epoll_create1(EPOLL_CLOEXEC);
   if (e->epfd < 0) goto fail_errno;
@@ -496,7 +661,7 @@ int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_ti
     err = -handle;
     goto fail;
   }
-  int rc = pthread_create(&e->thread, NULL, engine_main, e);
+  rc = pthread_create(&e->thread, NULL, engine_main, e);
   if (rc != 0) {
     const struct tcp_engine *taken = handles_take(&tcp_engines, handle);
     RL_ASSERT(taken == e);
@@ -504,6 +669,8 @@ int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_ti
     goto fail;
   }
   e->started = 1;
+  /* Named for top -H and perf --per-thread; best effort (15 characters at most). */
+  (void)pthread_setname_np(e->thread, "rl-tcp-engine");
   return handle;
 
 fail_errno:
@@ -597,6 +764,13 @@ int32_t rl_tcp_engine_stats(int32_t engine, double *out) {
   out[RL_TCP_STAT_PIPES_POOLED] =
       (double)atomic_load_explicit(&e->pipes.count, memory_order_relaxed);
   out[RL_TCP_STAT_EVENTS_LOST] = (double)atomic_load(&e->events_lost);
+  out[RL_TCP_STAT_SPLICE_SWITCHES] =
+      (double)atomic_load_explicit(&e->splice_switches, memory_order_relaxed);
+  out[RL_TCP_STAT_COPY_ONLY] = (double)atomic_load_explicit(&e->copy_only, memory_order_relaxed);
+  out[RL_TCP_STAT_COPY_IN_USE] =
+      (double)atomic_load_explicit(&e->copies.in_use, memory_order_relaxed);
+  out[RL_TCP_STAT_COPY_POOL_EMPTY] =
+      (double)atomic_load_explicit(&e->copy_pool_empty, memory_order_relaxed);
   return RL_TCP_STATS_COUNT;
 }
 
@@ -632,6 +806,9 @@ int32_t rl_test_tcp_engine_stat_set(int32_t engine, int32_t which, double value)
   case RL_TCP_STAT_BYTES_UP: atomic_store(&e->bytes_up, (uint64_t)value); break;
   case RL_TCP_STAT_BYTES_DOWN: atomic_store(&e->bytes_down, (uint64_t)value); break;
   case RL_TCP_STAT_EVENTS_LOST: atomic_store(&e->events_lost, (uint64_t)value); break;
+  case RL_TCP_STAT_SPLICE_SWITCHES: atomic_store(&e->splice_switches, (uint64_t)value); break;
+  case RL_TCP_STAT_COPY_ONLY: atomic_store(&e->copy_only, (uint64_t)value); break;
+  case RL_TCP_STAT_COPY_POOL_EMPTY: atomic_store(&e->copy_pool_empty, (uint64_t)value); break;
   default: return -EINVAL; /* the others are gauges */
   }
   return 0;

@@ -171,6 +171,14 @@ export const TcpSchema = Type.Object(
      * two): a slow reader stalls its writer instead of growing a buffer.
      */
     bufferBytesMax: Type.Integer({ minimum: 4096, maximum: 16 << 20, default: 256 << 10 }),
+    /**
+     * How the splice engine moves bytes: "auto" copies each direction's first bytes
+     * through a 16 KiB buffer (one recv and one send per message, no pipe) and splices
+     * once a direction proves bulk (a read fills the buffer); "always" splices every byte
+     * through two pipes per connection taken at the hand-off (the behaviour before
+     * "auto", kept for comparison).
+     */
+    spliceMode: Type.Union([Type.Literal("auto"), Type.Literal("always")], { default: "auto" }),
     /** On SIGTERM: open connections get this long to finish, then they are reset. */
     shutdownGraceMs: Type.Integer({ minimum: 0, maximum: 600_000, default: 5_000 }),
     /** listen(2) backlog of TCP listeners. */

@@ -333,6 +333,29 @@ const F = {
     "gauge",
     "Splice pipes: in_use by connections, pooled for reuse.",
   ),
+  tcpSpliceSwitches: family(
+    "relay_tcp_splice_switches_total",
+    "counter",
+    "Connection directions that copied their first bytes through a buffer, proved bulk " +
+      "(a read filled it) and splice from then on (tcp.spliceMode auto).",
+  ),
+  tcpCopyOnly: family(
+    "relay_tcp_copy_only_connections_total",
+    "counter",
+    "TCP connections that ended without taking a splice pipe: every byte copied " +
+      "(tcp.spliceMode auto).",
+  ),
+  tcpCopyBuffers: family(
+    "relay_tcp_copy_buffers_in_use",
+    "gauge",
+    "Copy buffers holding bytes a target has not taken yet (tcp.spliceMode auto).",
+  ),
+  tcpCopyPoolEmpty: family(
+    "relay_tcp_copy_pool_empty_total",
+    "counter",
+    "Connection directions that found every copy buffer held and spliced from their " +
+      "first byte.",
+  ),
   tcpEventsLost: family(
     "relay_tcp_engine_events_lost_total",
     "counter",
@@ -510,6 +533,10 @@ const TCP_PLACED: Record<Exclude<keyof TcpValues, TcpByPrefix>, Place> = {
   pipesInUse: { family: F.tcpPipes, labels: { state: "in_use" } },
   pipesPooled: { family: F.tcpPipes, labels: { state: "pooled" } },
   eventsLost: { family: F.tcpEventsLost },
+  spliceSwitches: { family: F.tcpSpliceSwitches },
+  copyOnlyConnections: { family: F.tcpCopyOnly },
+  copyBuffersInUse: { family: F.tcpCopyBuffers },
+  copyPoolEmpty: { family: F.tcpCopyPoolEmpty },
   pollWakes: { family: F.pollWakes, labels: tcp() },
 };
 

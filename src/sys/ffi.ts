@@ -51,7 +51,7 @@ const symbols = {
   rl_tcp_abort: { args: [i32], returns: i32 },
   rl_tcp_peek: { args: [i32, ptr, i32], returns: i32 },
   rl_tcp_rcvlowat: { args: [i32, i32], returns: i32 },
-  rl_tcp_engine_open: { args: [i32, i32, i32, i32], returns: i32 },
+  rl_tcp_engine_open: { args: [i32, i32, i32, i32, i32], returns: i32 },
   rl_tcp_engine_set_timeouts: { args: [i32, i32, i32], returns: i32 },
   rl_tcp_engine_event_fd: { args: [i32], returns: i32 },
   rl_tcp_engine_failed: { args: [i32], returns: i32 },

@@ -205,4 +205,4 @@ export const SOCK = {
 
 /** Largest batch per call: RL_BATCH_COUNT_MAX in relay.h. */
 export const BATCH_COUNT_MAX = 256;
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;

@@ -103,5 +103,18 @@ export const TCP_STATS = {
   pipesInUse: 3,
   pipesPooled: 4,
   eventsLost: 5,
-  count: 6,
+  spliceSwitches: 6,
+  copyOnly: 7,
+  copyBuffersInUse: 8,
+  copyPoolEmpty: 9,
+  count: 10,
 } as const;
+
+/**
+ * Copy buffer per direction of tcp.spliceMode "auto" (rl_tcp_engine_open's copy_bytes):
+ * a read that fills it proves a direction bulk, which then splices. 16 KiB holds any
+ * request or response of a short exchange in one read (a TLS record is at most 16 KiB
+ * plus its header, so a full record stream switches), and is HAProxy's default
+ * tune.bufsize.
+ */
+export const TCP_COPY_BYTES = 16 << 10;

@@ -9,7 +9,9 @@
 // it stays here where policy lives; the bytes never enter JavaScript: the engine in
 // ffi/tcp_engine.c moves them with splice(2) through one pipe per direction, which is
 // also the per-direction bound (tcp.bufferBytesMax): a slow reader stalls its writer
-// through TCP flow control instead of growing a buffer.
+// through TCP flow control instead of growing a buffer. With tcp.spliceMode "auto" (the
+// default) a direction first copies through a 16 KiB buffer (recv + send, no pipe) and
+// takes its pipe only once a read fills that buffer: short exchanges never splice.
 //
 // Why not Bun sockets for the bytes (bench/tcp_bun_stream.ts, measured by
 // bench/tcp.ts beside this relay): a pure-Bun stream relay reaches similar single-
@@ -107,6 +109,7 @@ import {
   TCP_NEVER_CONNECTED,
   TCP_PARSED_DNS,
   TCP_PARSED_TLS,
+  TCP_COPY_BYTES,
   TCP_STATS,
   TCP_STEP_CONNECT,
   TcpEnd,
@@ -632,6 +635,8 @@ export class TcpRelay {
       tcp.bufferBytesMax,
       tcp.connectTimeoutMs,
       tcp.idleTimeoutMs,
+      // The copy buffer counts against the per-direction bound like the pipe does.
+      tcp.spliceMode === "auto" ? Math.min(TCP_COPY_BYTES, tcp.bufferBytesMax) : 0,
     );
     if (engine < 0) throw new Error(`TCP splice engine did not start: ${errnoName(-engine)}`);
     this.engine = engine;
@@ -766,6 +771,10 @@ export class TcpRelay {
       pipesInUse: this.stats[TCP_STATS.pipesInUse],
       pipesPooled: this.stats[TCP_STATS.pipesPooled],
       eventsLost: this.stats[TCP_STATS.eventsLost],
+      spliceSwitches: this.stats[TCP_STATS.spliceSwitches],
+      copyOnlyConnections: this.stats[TCP_STATS.copyOnly],
+      copyBuffersInUse: this.stats[TCP_STATS.copyBuffersInUse],
+      copyPoolEmpty: this.stats[TCP_STATS.copyPoolEmpty],
       pollWakes: this.closed ? this.pollWakesFinal : this.poller.wakes,
     };
   }

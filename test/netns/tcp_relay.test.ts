@@ -243,6 +243,8 @@ if (!skip) {
         expect(after.bytesToTargets - before.bytesToTargets).toBeGreaterThanOrEqual(
           report.end.sum_received.bytes,
         );
+        // tcp.spliceMode auto: the data stream filled a copy buffer and spliced from then on.
+        expect(after.spliceSwitches - before.spliceSwitches).toBeGreaterThanOrEqual(1);
       });
 
       test(`${f.name}: default source: the server sees the relay, the original destination is kept`, () => {
@@ -475,6 +477,9 @@ if (!skip) {
       expect(t.bytesToTargets).toBe(t.bytesToTargetsClosed);
       expect(t.bytesToClients).toBe(t.bytesToClientsClosed);
       expect(t.pipesInUse).toBe(0);
+      // Short exchanges of the file never took a pipe; no copy buffer outlived its bytes.
+      expect(t.copyOnlyConnections).toBeGreaterThan(0);
+      expect(t.copyBuffersInUse).toBe(0);
       env.relay = null;
     });
   });

@@ -67,6 +67,10 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
     pipesInUse: 0,
     pipesPooled: 0,
     eventsLost: 0,
+    spliceSwitches: 0,
+    copyOnlyConnections: 0,
+    copyBuffersInUse: 0,
+    copyPoolEmpty: 0,
     pollWakes: 0,
   };
   for (const k of numericFields(tcp)) (tcp as any)[k] = distinct(i++);
@@ -114,7 +118,7 @@ describe("Prometheus text format", () => {
       ...Object.entries(input.udp.udp).filter(([k]) => !(k in new UdpCounters())),
       ...Object.entries(input.tcp!).filter(([k]) => !(k in new TcpCounters())),
     ];
-    expect(gauges.length).toBe(13 + 9);
+    expect(gauges.length).toBe(13 + 13);
     expect(gauges.filter(([, v]) => !values.has(`${v}`))).toEqual([]);
   });
 
@@ -189,6 +193,10 @@ describe("Prometheus text format", () => {
     );
     expect(value(s, "relay_tcp_connect_seconds_count")).toBe(`${t.connected}`);
     expect(value(s, "relay_tcp_connect_seconds_sum")).toBe(`${t.connectMsTotal / 1000}`);
+    expect(value(s, "relay_tcp_splice_switches_total")).toBe(`${t.spliceSwitches}`);
+    expect(value(s, "relay_tcp_copy_only_connections_total")).toBe(`${t.copyOnlyConnections}`);
+    expect(value(s, "relay_tcp_copy_buffers_in_use")).toBe(`${t.copyBuffersInUse}`);
+    expect(value(s, "relay_tcp_copy_pool_empty_total")).toBe(`${t.copyPoolEmpty}`);
     expect(value(s, "relay_uptime_seconds")).toBe("90.5");
     expect(value(s, "relay_event_loop_lag_seconds")).toBe("0.0015");
     expect(value(s, "relay_event_loop_lag_max_seconds")).toBe("0.25");

@@ -36,6 +36,7 @@ describe("TCP config", () => {
       idleTimeoutMs: 300_000,
       connectionsMax: 4096,
       bufferBytesMax: 262_144,
+      spliceMode: "auto",
       shutdownGraceMs: 5000,
       listenBacklog: 1024,
       sniffPorts: [443],
@@ -61,6 +62,9 @@ describe("TCP config", () => {
       "config.tcp.dnsIdleTimeoutMs: Expected integer to be greater or equal to 100 (got 50)",
     ]);
     expect(problems({ tcp: { dnsPorts: [0] } })[0]).toStartWith("config.tcp.dnsPorts[0]:");
+    expect(problems({ tcp: { spliceMode: "never" } })).toEqual([
+      'config.tcp.spliceMode: Expected union value (got "never")',
+    ]);
     expect(problems({ tcp: { idleTimeout: 5 } })).toEqual([
       "config.tcp.idleTimeout: Unexpected property (got 5)",
     ]);
