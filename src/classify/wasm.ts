@@ -3,6 +3,7 @@
 // pass numbers in, get a code back, and read fields out of preallocated Uint32Array views.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { PROJECT_ROOT } from "../sys/runtime.ts";
 import { ALPN_BYTES_MAX, DESCRIPTOR_WORDS, NAME_BYTES_MAX, RESULT_WORDS } from "./layout.ts";
 
 export interface ParsersExports {
@@ -32,7 +33,7 @@ export interface ParsersExports {
   batch_parse(count: number): number;
 }
 
-export const WASM_PATH_DEFAULT = join(import.meta.dir, "../../build/wasm/bin/parsers.wasm");
+export const WASM_PATH_DEFAULT = join(PROJECT_ROOT, "build", "wasm", "bin", "parsers.wasm");
 
 function assert(condition: boolean, message: string): asserts condition {
   if (!condition) throw new Error(`classify/wasm: ${message}`);

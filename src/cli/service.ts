@@ -11,6 +11,7 @@ import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { type Config, ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
 import { descriptorsWanted } from "../config/limits.ts";
+import { PROJECT_ROOT } from "../sys/runtime.ts";
 
 const USAGE =
   "usage: bun run relay service print [--config FILE] [--user NAME] [--group NAME]\n" +
@@ -21,7 +22,7 @@ const USAGE =
   "                 (and CAP_NET_BIND_SERVICE when the config binds a port below 1024)\n" +
   "  --group NAME   its group (default: the user's name)";
 
-const CHECKOUT = resolve(import.meta.dir, "..", "..");
+const CHECKOUT = PROJECT_ROOT;
 const CONFIG_PATH_DEFAULT = "/etc/transparent-relay/config.json";
 const USER_DEFAULT = "transparent-relay";
 /** fs.nr_open's default: a higher LimitNOFILE makes the start fail (EPERM). */

@@ -42,8 +42,9 @@
 // writability while it connects; then both sockets go to the splice engine as usual).
 // The client always talks to its original destination's address: only the upstream differs.
 
-import { type Pointer, ptr, toArrayBuffer } from "bun:ffi";
+import { type Pointer, ptr, readBytes, type RelayLib } from "../sys/ffi.ts";
 import { readFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Config, ListenerConfig } from "../config/load.ts";
 import { log, RateLimitedLog } from "../control/log.ts";
 import {
@@ -75,7 +76,6 @@ import { Code } from "../classify/layout.ts";
 import { TlsParser } from "../classify/tls.ts";
 import { Parsers, WASM_PATH_DEFAULT } from "../classify/wasm.ts";
 import { assert } from "../sys/assert.ts";
-import type { RelayLib } from "../sys/ffi.ts";
 import { META, META_WORDS, SOCK } from "../sys/layout.ts";
 import { Poller, WAKE_TOKEN_MASK } from "../sys/poller.ts";
 import {
@@ -595,7 +595,7 @@ export class TcpRelay {
     const graceEnd = performance.now() + graceMs;
     while (this.active > 0 && performance.now() < graceEnd) {
       this.drainEvents();
-      await Bun.sleep(Math.min(20, Math.max(1, graceEnd - performance.now())));
+      await sleep(Math.min(20, Math.max(1, graceEnd - performance.now())));
     }
     if (this.active > 0) {
       this.abortSniffing();
@@ -604,7 +604,7 @@ export class TcpRelay {
       const abortEnd = performance.now() + ABORT_WAIT_MS;
       while (this.active > 0 && performance.now() < abortEnd) {
         this.drainEvents();
-        await Bun.sleep(5);
+        await sleep(5);
       }
     }
     this.close();
@@ -1593,7 +1593,7 @@ interface UpstreamConnect {
 
 function describeUpstream(how: UpstreamConnect): string {
   const addr = new Uint8Array(16);
-  addr.set(new Uint8Array(toArrayBuffer(how.target, 0, 16)));
+  addr.set(readBytes(how.target, 16));
   return formatEndpoint(addr, 0, how.port);
 }
 
