@@ -25,6 +25,7 @@ import { rulesScript } from "./rules/nft.ts";
 import { runCommand } from "./sys/command.ts";
 import { StartError } from "./sys/errno.ts";
 import { loadFfi } from "./sys/ffi.ts";
+import { RUNTIME } from "./sys/runtime.ts";
 import {
   CAP,
   effectiveCapabilities,
@@ -375,7 +376,7 @@ async function main(): Promise<void> {
   try {
     await udp.start();
     tcp?.start();
-    metrics = startMetricsServer(
+    metrics = await startMetricsServer(
       config.metrics,
       udp,
       tcp,
@@ -458,7 +459,8 @@ async function main(): Promise<void> {
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGTERM", () => stop("SIGTERM"));
   // Ready marker for scripts and tests: printed once every listener is bound.
-  process.stdout.write(JSON.stringify({ event: "ready", pid: process.pid }) + "\n");
+  const ready = { event: "ready", pid: process.pid, runtime: RUNTIME };
+  process.stdout.write(JSON.stringify(ready) + "\n");
 }
 
 // `relay log ...` only reads the flow log: no privileges, no sockets (src/cli/log.ts).

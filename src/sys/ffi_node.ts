@@ -28,7 +28,7 @@ interface Koffi {
 }
 
 /** Thrown when koffi is not installed: src/main_node.ts checks first, with a clear line. */
-export class KoffiMissingError extends Error {}
+class KoffiMissingError extends Error {}
 
 let koffi: Koffi | null = null;
 

@@ -11,6 +11,7 @@ import type { FlowBatch } from "../flow/flow_records.ts";
 import type { SessionQuery } from "../control/query.ts";
 import { StartError } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
+import { type DataThread, startDataThread } from "../sys/thread.ts";
 import { UdpRelay, type UdpSnapshot } from "./relay.ts";
 
 export interface UdpPlane {
@@ -76,7 +77,7 @@ type WorkerReply =
   | { type: "reconfigured"; id: number };
 
 class WorkerPlane implements UdpPlane {
-  private readonly worker: Worker;
+  private readonly worker: DataThread;
   private nextId = 1;
   private readonly waiting = new Map<number, (r: WorkerReply) => void>();
   private startWaiter: ((r: WorkerReply) => void) | null = null;
@@ -88,9 +89,9 @@ class WorkerPlane implements UdpPlane {
     private readonly onFatal: OnFatal,
     private readonly onFlows: OnFlows | null,
   ) {
-    this.worker = new Worker(new URL("./worker.ts", import.meta.url).href);
-    this.worker.onmessage = (event: MessageEvent<WorkerReply>) => {
-      const reply = event.data;
+    this.worker = startDataThread();
+    this.worker.onMessage((message) => {
+      const reply = message as WorkerReply;
       if (reply.type === "flows") {
         // Messages keep their order: a stop's last batches arrive before "stopped".
         this.onFlows?.(reply.batch);
@@ -106,16 +107,16 @@ class WorkerPlane implements UdpPlane {
       }
       this.waiting.get(reply.id)?.(reply);
       this.waiting.delete(reply.id);
-    };
-    this.worker.onerror = (event) => {
-      const message = `UDP worker failed: ${event.message}`;
+    });
+    this.worker.onError((why) => {
+      const message = `UDP worker failed: ${why}`;
       this.startWaiter?.({ type: "error", message, privilege: false });
       for (const [, w] of this.waiting) w({ type: "error", message, privilege: false });
       this.waiting.clear();
       if (this.started && !this.stopping) this.onFatal(message, null);
-    };
+    });
     // A worker that ends without an error event (its thread exited) is just as dead.
-    this.worker.addEventListener("close", () => {
+    this.worker.onExit(() => {
       if (this.started && !this.stopping) this.onFatal("UDP worker exited", null);
     });
   }
@@ -131,7 +132,7 @@ class WorkerPlane implements UdpPlane {
           reject(new StartError(reply.message, reply.privilege));
         } else reject(new Error("unexpected reply"));
       };
-      this.worker.postMessage({ type: "start", config: this.config });
+      this.worker.post({ type: "start", config: this.config });
     });
   }
 
@@ -161,7 +162,7 @@ class WorkerPlane implements UdpPlane {
         if (reply.type === "error") reject(new Error(reply.message));
         else resolve(reply);
       });
-      this.worker.postMessage({ type, id, ...fields });
+      this.worker.post({ type, id, ...fields });
     });
   }
 
