@@ -2,7 +2,7 @@
 // lines on stdout (ready, metrics on SIGUSR1, final on SIGTERM).
 import type { Subprocess } from "bun";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { JsonLinesProcess } from "./json_lines.ts";
@@ -10,7 +10,26 @@ import type { Lab } from "./netns.ts";
 
 const ROOT = join(import.meta.dir, "..", "..");
 export const BUN = join(ROOT, "node_modules", ".bin", "bun");
-export const RELAY_MAIN = join(ROOT, "src", "main.ts");
+
+/**
+ * The runtime the relay under test runs on: RELAY_RUNTIME=node runs it on Node.js (the
+ * bundle scripts/build_node.ts writes, with $RELAY_NODE or the node on PATH), else Bun.
+ * Only the relay: peers, probes and tools stay on Bun.
+ */
+export const RELAY_RUNTIME: "bun" | "node" = process.env.RELAY_RUNTIME === "node" ? "node" : "bun";
+
+function nodeBinary(): string {
+  const fromEnv = process.env.RELAY_NODE;
+  if (fromEnv) return fromEnv;
+  const found = Bun.which("node");
+  if (found === null) throw new Error("RELAY_RUNTIME=node: no node on PATH (set RELAY_NODE)");
+  return found;
+}
+
+/** The relay's command: RELAY_BIN RELAY_MAIN args... */
+export const RELAY_BIN = RELAY_RUNTIME === "node" ? nodeBinary() : BUN;
+export const RELAY_MAIN =
+  RELAY_RUNTIME === "node" ? join(ROOT, "dist", "node", "main.js") : join(ROOT, "src", "main.ts");
 
 /**
  * RELAY_SANITIZE=1 runs the relay (and only the relay: peers are not instrumented) with
@@ -61,18 +80,26 @@ export class RelayProcess extends JsonLinesProcess {
     timeoutMs = 10_000,
     prefix: string[] = [],
   ): Promise<RelayProcess> {
+    if (!existsSync(RELAY_MAIN)) {
+      throw new Error(`${RELAY_MAIN} is missing: build it (bash scripts/build.sh)`);
+    }
     const config = ["--config", labConfigPath(configPath)];
     const proc = lab.spawn(lab.router, [
       ...prefix,
       ...sanitizerPrefix(),
-      BUN,
+      RELAY_BIN,
       RELAY_MAIN,
       ...config,
       "--sessions",
       "1000",
     ]);
     const relay = new RelayProcess("relay", proc as Subprocess<"ignore", "pipe", "pipe">);
-    await relay.waitFor((l) => l.event === "ready", timeoutMs);
+    const ready = await relay.waitFor((l) => l.event === "ready", timeoutMs);
+    // The runtime asked for is the one that runs it (RELAY_RUNTIME).
+    if (ready.runtime !== RELAY_RUNTIME) {
+      relay.proc.kill("SIGKILL");
+      throw new Error(`relay runs on ${ready.runtime}, not on ${RELAY_RUNTIME} as asked`);
+    }
     return relay;
   }
 
