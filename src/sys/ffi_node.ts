@@ -55,24 +55,110 @@ function address(value: PointerArg): number {
   return addrOf!(value);
 }
 
+/**
+ * The last array passed by value. V8 frees an unreachable array's memory on a background
+ * thread, and optimized code may drop an argument once its address was taken: a store
+ * after the call keeps each array reachable until C returned (a store to a module
+ * variable cannot be optimized away). A pointer number alone never keeps its array alive.
+ */
+let _held: unknown = null;
+
 /** The function with its pointer arguments turned into addresses (no rest arrays). */
 function withAddresses(raw: Raw, spec: readonly ArgType[]): Raw {
   const at = spec.map((t) => t === "ptr");
   if (!at.includes(true)) return raw;
   const a = (v: unknown, i: number) => (at[i] ? address(v as PointerArg) : v);
+  const h = (v: unknown) => {
+    if (typeof v === "object" && v !== null) _held = v;
+  };
   switch (spec.length) {
     case 1:
-      return (x0) => raw(a(x0, 0));
+      return (x0) => {
+        const r = raw(a(x0, 0));
+        h(x0);
+        return r;
+      };
     case 2:
-      return (x0, x1) => raw(a(x0, 0), a(x1, 1));
+      return (x0, x1) => {
+        const r = raw(a(x0, 0), a(x1, 1));
+        h(x0);
+        h(x1);
+        return r;
+      };
     case 3:
-      return (x0, x1, x2) => raw(a(x0, 0), a(x1, 1), a(x2, 2));
+      return (x0, x1, x2) => {
+        const r = raw(a(x0, 0), a(x1, 1), a(x2, 2));
+        h(x0);
+        h(x1);
+        h(x2);
+        return r;
+      };
     case 4:
-      return (x0, x1, x2, x3) => raw(a(x0, 0), a(x1, 1), a(x2, 2), a(x3, 3));
+      return (x0, x1, x2, x3) => {
+        const r = raw(a(x0, 0), a(x1, 1), a(x2, 2), a(x3, 3));
+        h(x0);
+        h(x1);
+        h(x2);
+        h(x3);
+        return r;
+      };
     case 5:
-      return (x0, x1, x2, x3, x4) => raw(a(x0, 0), a(x1, 1), a(x2, 2), a(x3, 3), a(x4, 4));
+      return (x0, x1, x2, x3, x4) => {
+        const r = raw(a(x0, 0), a(x1, 1), a(x2, 2), a(x3, 3), a(x4, 4));
+        h(x0);
+        h(x1);
+        h(x2);
+        h(x3);
+        h(x4);
+        return r;
+      };
+    case 6:
+      return (x0, x1, x2, x3, x4, x5) => {
+        const r = raw(a(x0, 0), a(x1, 1), a(x2, 2), a(x3, 3), a(x4, 4), a(x5, 5));
+        h(x0);
+        h(x1);
+        h(x2);
+        h(x3);
+        h(x4);
+        h(x5);
+        return r;
+      };
+    case 7:
+      return (x0, x1, x2, x3, x4, x5, x6) => {
+        const r = raw(a(x0, 0), a(x1, 1), a(x2, 2), a(x3, 3), a(x4, 4), a(x5, 5), a(x6, 6));
+        h(x0);
+        h(x1);
+        h(x2);
+        h(x3);
+        h(x4);
+        h(x5);
+        h(x6);
+        return r;
+      };
+    case 8:
+      return (x0, x1, x2, x3, x4, x5, x6, x7) => {
+        const r = raw(
+          a(x0, 0),
+          a(x1, 1),
+          a(x2, 2),
+          a(x3, 3),
+          a(x4, 4),
+          a(x5, 5),
+          a(x6, 6),
+          a(x7, 7),
+        );
+        h(x0);
+        h(x1);
+        h(x2);
+        h(x3);
+        h(x4);
+        h(x5);
+        h(x6);
+        h(x7);
+        return r;
+      };
     default:
-      return (...xs) => raw(...xs.map(a));
+      throw new Error("ffi_node: a symbol with more than 8 parameters");
   }
 }
 

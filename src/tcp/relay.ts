@@ -1214,7 +1214,7 @@ export class TcpRelay {
     if (out.length > 0) {
       const copy = new Uint8Array(new ArrayBuffer(out.length));
       copy.set(out);
-      const w = this.lib.rl_tcp_send(fd, ptr(copy), copy.length);
+      const w = this.lib.rl_tcp_send(fd, copy, copy.length);
       if (w < 0 && w !== -E.EAGAIN) {
         this.socksFail(id, "socks5Closed", `send: ${errnoName(-w)}`);
         return;
@@ -1236,7 +1236,7 @@ export class TcpRelay {
     if (rest.length > 0) {
       const copy = new Uint8Array(new ArrayBuffer(rest.length));
       copy.set(rest);
-      const w = this.lib.rl_tcp_send(clientFd, ptr(copy), copy.length);
+      const w = this.lib.rl_tcp_send(clientFd, copy, copy.length);
       if (w !== copy.length) {
         // A fresh connection's send buffer takes a few KiB; losing bytes is never an option.
         this.counters.resourceFailures++;
