@@ -16,8 +16,6 @@ export const BUN = join(ROOT, "node_modules", ".bin", "bun");
  * bundle scripts/build_node.ts writes, with $RELAY_NODE or the node on PATH), else Bun.
  * Only the relay: peers, probes and tools stay on Bun.
  */
-export const RELAY_RUNTIME: "bun" | "node" = process.env.RELAY_RUNTIME === "node" ? "node" : "bun";
-
 function nodeBinary(): string {
   const fromEnv = process.env.RELAY_NODE;
   if (fromEnv) return fromEnv;
@@ -26,10 +24,15 @@ function nodeBinary(): string {
   return found;
 }
 
-/** The relay's command: RELAY_BIN RELAY_MAIN args... */
-export const RELAY_BIN = RELAY_RUNTIME === "node" ? nodeBinary() : BUN;
-export const RELAY_MAIN =
-  RELAY_RUNTIME === "node" ? join(ROOT, "dist", "node", "main.js") : join(ROOT, "src", "main.ts");
+/** The relay's command now: [runtime, entry], as RELAY_RUNTIME says (bench --runtime sets it). */
+export function relayCommand(): [string, string] {
+  return process.env.RELAY_RUNTIME === "node"
+    ? [nodeBinary(), join(ROOT, "dist", "node", "main.js")]
+    : [BUN, join(ROOT, "src", "main.ts")];
+}
+
+/** The relay's command at start: RELAY_BIN RELAY_MAIN args... */
+export const [RELAY_BIN, RELAY_MAIN] = relayCommand();
 
 /**
  * RELAY_SANITIZE=1 runs the relay (and only the relay: peers are not instrumented) with
@@ -80,15 +83,14 @@ export class RelayProcess extends JsonLinesProcess {
     timeoutMs = 10_000,
     prefix: string[] = [],
   ): Promise<RelayProcess> {
-    if (!existsSync(RELAY_MAIN)) {
-      throw new Error(`${RELAY_MAIN} is missing: build it (bash scripts/build.sh)`);
-    }
+    const [runtime, main] = relayCommand();
+    if (!existsSync(main)) throw new Error(`${main} is missing: build it (bash scripts/build.sh)`);
     const config = ["--config", labConfigPath(configPath)];
     const proc = lab.spawn(lab.router, [
       ...prefix,
       ...sanitizerPrefix(),
-      RELAY_BIN,
-      RELAY_MAIN,
+      runtime,
+      main,
       ...config,
       "--sessions",
       "1000",
@@ -96,9 +98,10 @@ export class RelayProcess extends JsonLinesProcess {
     const relay = new RelayProcess("relay", proc as Subprocess<"ignore", "pipe", "pipe">);
     const ready = await relay.waitFor((l) => l.event === "ready", timeoutMs);
     // The runtime asked for is the one that runs it (RELAY_RUNTIME).
-    if (ready.runtime !== RELAY_RUNTIME) {
+    const asked = process.env.RELAY_RUNTIME === "node" ? "node" : "bun";
+    if (ready.runtime !== asked) {
       relay.proc.kill("SIGKILL");
-      throw new Error(`relay runs on ${ready.runtime}, not on ${RELAY_RUNTIME} as asked`);
+      throw new Error(`relay runs on ${ready.runtime}, not on ${asked} as asked`);
     }
     return relay;
   }
