@@ -51,6 +51,9 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
 
 Metrics: GET /metrics on config.metrics.address:port (Prometheus text; port 0: none).
 
+On Node.js (20.15+, 22.2+, 23+; docs/node.md): npm run relay:node -- ARGS, or
+node dist/node/main.js ARGS (bash scripts/build.sh writes dist/node; koffi is the FFI).
+
 bun run relay log --help: reading the flow log (flowLog.path).
 
 doctor checks kernel support (TPROXY, socket match, policy routing), CAP_NET_ADMIN, the

@@ -36,7 +36,8 @@ if (!skip) {
     };
     const inNs = (argv: string[], allowFail = false) =>
       run(["ip", "netns", "exec", ns, ...argv], undefined, allowFail);
-    const applyRules = () => inNs([RELAY_BIN, RELAY_MAIN, "rules", "apply", "--config", configPath]);
+    const applyRules = () =>
+      inNs([RELAY_BIN, RELAY_MAIN, "rules", "apply", "--config", configPath]);
     /** Runs doctor in the namespace (prefix: e.g. prlimit); its exit status and checks. */
     const doctor = (options: { selfTest?: boolean; prefix?: string[] } = {}) => {
       const argv = [RELAY_BIN, RELAY_MAIN, "doctor", "--config", configPath, "--json"];
