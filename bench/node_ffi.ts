@@ -1,7 +1,10 @@
 // FFI and wake-up costs of the koffi binding on Node.js (issue 15; the numbers are in
 // docs/node.md). Bundled for Node and run there:
 //
-//   node_modules/.bin/bun bench/node_ffi.ts            (bundles itself, then runs on node)
+//   node_modules/.bin/bun bench/node_ffi.ts [PARTS]    (bundles itself, then runs on node)
+//   node_modules/.bin/bun bench/node_ffi.ts --bun      (the same on Bun, for comparison:
+//                                                       bun:ffi, and a threadsafe JSCallback
+//                                                       where Node has its pipe; no koffi)
 //
 // Calls: ns per call of an i32-only function, a pointer passed as a number (uintptr_t), a
 // pointer passed as a typed array (the binding asks rl_addr for its address first), and
@@ -21,7 +24,8 @@ import { isMainThread, parentPort, Worker, workerData } from "node:worker_thread
 const ROUND_TRIPS = 5000;
 const CALLS = 2_000_000;
 
-if (process.versions.bun) {
+const onBun = process.argv.includes("--bun");
+if (process.versions.bun && !onBun && isMainThread) {
   // Under Bun: bundle for Node next to the relay's bundle (two levels below the root).
   const { bundleForNode } = await import("../scripts/node_bundle.ts");
   const root = join(import.meta.dirname, "..");
@@ -92,7 +96,7 @@ async function roundTrips(
 }
 
 /** Only the parts named on the command line (calls pipe koffi-cb worker dgram), or all. */
-const only = new Set(process.argv.slice(2));
+const only = new Set(process.argv.slice(2).filter((a) => a !== "--bun"));
 const wanted = (part: string) => only.size === 0 || only.has(part);
 
 async function main(): Promise<void> {
@@ -122,15 +126,16 @@ async function main(): Promise<void> {
     );
     poller.start();
     poller.add(fd, 1);
-    await roundTrips("pipe (the relay's way)", port, (a) => {
+    const how = onBun ? "JSCallback (the relay's way on Bun)" : "pipe (the relay's way)";
+    await roundTrips(how, port, (a) => {
       arrived = a;
     });
     poller.stop();
     lib.rl_close(fd);
   }
 
-  // koffi-cb: the same C thread calling a koffi-registered callback.
-  if (wanted("koffi-cb")) {
+  // koffi-cb: the same C thread calling a koffi-registered callback (never koffi on Bun).
+  if (wanted("koffi-cb") && !onBun) {
     const koffi = createRequire(import.meta.url)("koffi");
     const so = koffi.load(join(import.meta.dirname, "..", "..", "build", "librelay.so"));
     const WakeFn = koffi.proto("void rl_wake_fn(int32_t count)");
