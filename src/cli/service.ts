@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { type Config, ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
 import { descriptorsWanted } from "../config/limits.ts";
-import { PROJECT_ROOT } from "../sys/runtime.ts";
+import { PROJECT_ROOT, RUNTIME } from "../sys/runtime.ts";
 
 const USAGE =
   "usage: bun run relay service print [--config FILE] [--user NAME] [--group NAME]\n" +
@@ -42,6 +42,11 @@ export interface UnitOptions {
   config: Config;
   user: string;
   group: string;
+  /**
+   * The node binary when the unit runs the relay on Node.js (dist/node/main.js,
+   * docs/node.md): `service print` run on Node sets it to its own; else the unit runs Bun.
+   */
+  node?: string;
 }
 
 /**
@@ -73,6 +78,7 @@ function unitProblems(o: UnitOptions): string[] {
   const problems: string[] = [];
   const paths: Array<[string, string]> = [
     ["the checkout", o.checkout],
+    ["the node binary", o.node ?? ""],
     ["--config", o.configPath],
     ["config.control.socketPath", o.config.control.socketPath],
     ["config.flowLog.path", o.config.flowLog.path],
@@ -95,7 +101,10 @@ export function serviceUnit(o: UnitOptions): string {
   const problems = unitProblems(o);
   if (problems.length > 0) throw new ConfigError(problems);
   const bun = join(o.checkout, "node_modules", ".bin", "bun");
-  const relay = `${bun} ${join(o.checkout, "src", "main.ts")}`;
+  const relay =
+    o.node === undefined
+      ? `${bun} ${join(o.checkout, "src", "main.ts")}`
+      : `${o.node} ${join(o.checkout, "dist", "node", "main.js")}`;
   const config = `--config ${o.configPath}`;
   const wanted = descriptorsWanted(o.config);
   const nofile = Math.min(Math.ceil(wanted / NOFILE_STEP) * NOFILE_STEP, NOFILE_MAX);
@@ -216,7 +225,14 @@ export function serviceCommand(argv: string[]): number {
       console.error(`relay service: ${configPath} does not exist yet: sized for the defaults`);
       config = parseConfig({});
     }
-    const options = { checkout: CHECKOUT, configPath, config, user, group: group ?? user };
+    const options = {
+      checkout: CHECKOUT,
+      configPath,
+      config,
+      user,
+      group: group ?? user,
+      node: RUNTIME === "node" ? process.execPath : undefined,
+    };
     process.stdout.write(serviceUnit(options));
     return 0;
   } catch (err) {
