@@ -1,7 +1,8 @@
-// Where the UDP data path runs. "worker" (default): a Bun Worker whose thread blocks in
-// epoll_wait itself, so a datagram costs one thread wake-up, as in a C relay. "callback":
-// the main thread, woken by the C epoll thread through a threadsafe JSCallback (two
-// wake-ups per burst; under load one wake carries many sockets). bench/udp.ts measures
+// Where the UDP data path runs. "worker" (default): a thread of its own (a Bun Worker, or
+// worker_threads on Node: src/sys/thread.ts) that blocks in epoll_wait itself, so a
+// datagram costs one thread wake-up, as in a C relay. "callback": the main thread, woken
+// by the C epoll thread (a threadsafe JSCallback on Bun, a pipe on Node; two wake-ups per
+// burst; under load one wake carries many sockets). bench/udp.ts measures
 // both; docs/performance.md has the numbers behind the default.
 //
 // Either way a failure of the data path is never silent: onFatal gets the message (and
