@@ -28,6 +28,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, totalmem } from "node:os";
 import { join } from "node:path";
 import { labUnavailableReason, run } from "../test/lab/netns.ts";
+import { relayCommand } from "../test/lab/relay_process.ts";
 import { type DnsResult, runDns } from "./dns.ts";
 import { FANOUT, type MemoryRep, runMemory } from "./memory.ts";
 import { type MicroResult, microLines, runMicro } from "./micro.bench.ts";
@@ -42,7 +43,7 @@ const STEPS = ["micro", "udp", "dns", "quic", "tcp", "memory"] as const;
 type Step = (typeof STEPS)[number];
 const REPS = { full: 3, quick: 1, max: 20 };
 const USAGE = "usage: bun run bench [--quick] [--reps N] [--pin] [--no-wait] " +
-  "[--only micro,udp,dns,quic,tcp,memory]";
+  "[--only micro,udp,dns,quic,tcp,memory] [--runtime bun|node]";
 
 interface Args {
   quick: boolean;
@@ -50,10 +51,19 @@ interface Args {
   pin: boolean;
   wait: boolean;
   only: Step[];
+  /** The runtime the relay under test runs on (RELAY_RUNTIME, test/lab/relay_process.ts). */
+  runtime: "bun" | "node";
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, reps: REPS.full, pin: false, wait: true, only: [...STEPS] };
+  const args: Args = {
+    quick: false,
+    reps: REPS.full,
+    pin: false,
+    wait: true,
+    only: [...STEPS],
+    runtime: "bun",
+  };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -73,6 +83,10 @@ function parseArgs(argv: string[]): Args {
         }
       }
       args.only = names as Step[];
+    } else if (a === "--runtime") {
+      const r = argv[++i];
+      if (r !== "bun" && r !== "node") throw new Error(`--runtime: bun or node\n${USAGE}`);
+      args.runtime = r;
     } else if (a === "--help" || a === "-h") {
       console.log(USAGE);
       process.exit(0);
@@ -244,6 +258,12 @@ async function main(): Promise<number> {
   log(`[bench] ${args.quick ? "quick" : "full"} run, ${args.reps} repetition(s), steps ` +
     `${args.only.join(", ")}`);
   run(["make", "-s", "-C", import.meta.dir]);
+  if (args.runtime === "node") {
+    // Every relay the steps start runs on Node.js, from a fresh bundle (docs/node.md).
+    run([process.execPath, join(import.meta.dir, "..", "scripts", "build_node.ts")]);
+    process.env.RELAY_RUNTIME = "node";
+    log(`[bench] the relay runs on Node.js (${relayCommand()[0]})`);
+  }
 
   const failures: string[] = [];
   const cells: Cell[] = [];

@@ -92,6 +92,8 @@ static void layout_invariants(void) {
 
 int32_t rl_abi_version(void) { return RL_ABI_VERSION; }
 
+uintptr_t rl_addr(const void *p) { return (uintptr_t)p; }
+
 int32_t rl_layout_describe(int32_t *out, int32_t count) {
   layout_invariants();
   if (count < LAYOUT_COUNT) return -ENOSPC;

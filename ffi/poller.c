@@ -30,6 +30,7 @@ struct poller {
   int started;
   pthread_t thread;
   rl_wake_fn wake;
+  int wake_pipe; /* rl_poll_start_pipe: the write end, else -1 */
   uint32_t *ring;
   uint32_t ring_mask;
   _Atomic uint32_t head; /* next to take (JS) */
@@ -47,6 +48,7 @@ struct poller {
 static struct rl_handles pollers = RL_HANDLES_INIT(POLLERS_MAX);
 
 static void poller_free(struct poller *p) {
+  if (p->wake_pipe >= 0) close(p->wake_pipe);
   if (p->stopfd >= 0) close(p->stopfd);
   if (p->epfd >= 0) close(p->epfd);
   free(p->ring);
@@ -57,7 +59,7 @@ int32_t rl_poll_open(int32_t tokens_max) {
   if (tokens_max <= 0 || tokens_max > (1 << 24)) return -EINVAL;
   struct poller *p = calloc(1, sizeof(*p));
   if (p == NULL) return -ENOMEM;
-  p->epfd = p->stopfd = -1;
+  p->epfd = p->stopfd = p->wake_pipe = -1;
   /* Room for every registered socket once, plus the stray duplicates a direct drain
    * (the JS timer's) can add, rounded to a power of two. */
   uint32_t ring_size = 1024;
@@ -151,6 +153,18 @@ static int poll_push(struct poller *p, const struct epoll_event *events, int n) 
   return pushed;
 }
 
+/* Wakes JS: its callback, or a byte into its pipe (EAGAIN: a byte waits there already). */
+static void poll_wake(struct poller *p, int32_t count) {
+  if (p->wake != NULL) {
+    p->wake(count);
+    return;
+  }
+  const char byte = 1;
+  ssize_t rc;
+  do rc = write(p->wake_pipe, &byte, 1);
+  while (rc < 0 && errno == EINTR);
+}
+
 static void *poll_main(void *arg) {
   struct poller *p = arg;
   struct epoll_event events[POLL_EVENTS_MAX];
@@ -161,14 +175,14 @@ static void *poll_main(void *arg) {
       /* Never silent: record why, and wake JS (count 0) so it asks rl_poll_failed.
        * A normal stop comes through the stop token below, not here. */
       atomic_store(&p->failed, -errno);
-      if (atomic_exchange(&p->sleeping, 0) == 1) p->wake(0);
+      if (atomic_exchange(&p->sleeping, 0) == 1) poll_wake(p, 0);
       return NULL;
     }
     int pushed = poll_push(p, events, n);
     if (pushed < 0) return NULL;
     if (pushed > 0 && atomic_exchange(&p->sleeping, 0) == 1) {
       atomic_fetch_add_explicit(&p->wakes, 1, memory_order_relaxed);
-      p->wake(pushed);
+      poll_wake(p, pushed);
     }
   }
 }
@@ -218,6 +232,25 @@ int32_t rl_poll_start(int32_t handle, rl_wake_fn wake) {
   if (rc != 0) return -rc;
   p->started = 1;
   return 0;
+}
+
+int32_t rl_poll_start_pipe(int32_t handle) {
+  struct poller *p = poller_get(handle);
+  if (p == NULL) return -EINVAL;
+  if (p->started) return -EALREADY;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return -errno;
+  p->wake = NULL;
+  p->wake_pipe = fds[1];
+  int rc = pthread_create(&p->thread, NULL, poll_main, p);
+  if (rc != 0) {
+    close(fds[0]);
+    close(fds[1]);
+    p->wake_pipe = -1;
+    return -rc;
+  }
+  p->started = 1;
+  return fds[0];
 }
 
 int32_t rl_poll_stop(int32_t handle) {

@@ -85,6 +85,9 @@ struct rl_send {
 };
 
 int32_t rl_abi_version(void);
+/* The address of p, as a number: how the koffi binding (Node) learns where a typed
+ * array's memory is, to pass it later as a plain uintptr_t (as bun:ffi's ptr() does). */
+uintptr_t rl_addr(const void *p);
 
 /* Records rl_layout_describe() reports (struct rl_tcp_event is defined further down). */
 #define RL_RECORD_META      1
@@ -181,6 +184,12 @@ int32_t rl_poll_arm_out(int32_t poller, int32_t fd, int32_t token, int32_t add);
  * keep reading, so neither side can wait on the other forever). */
 int32_t rl_poll_arm_both(int32_t poller, int32_t fd, int32_t token);
 int32_t rl_poll_start(int32_t poller, rl_wake_fn wake);
+/* The same thread, for a runtime whose callbacks cannot be called from another thread
+ * without blocking it (koffi under Node): instead of calling wake(), the thread writes one
+ * byte to a pipe whose read end (returned, >= 0) the caller watches on its event loop and
+ * owns (closes after rl_poll_stop). The write end is non-blocking and closed by
+ * rl_poll_stop: a full pipe already holds a wake-up. */
+int32_t rl_poll_start_pipe(int32_t poller);
 int32_t rl_poll_take(int32_t poller, uint32_t *out, int32_t count);
 int32_t rl_poll_sleep(int32_t poller);
 /* Inline mode, for a thread that may block (a Worker's): no epoll thread is started;

@@ -25,6 +25,7 @@ import { rulesScript } from "./rules/nft.ts";
 import { runCommand } from "./sys/command.ts";
 import { StartError } from "./sys/errno.ts";
 import { loadFfi } from "./sys/ffi.ts";
+import { RUNTIME } from "./sys/runtime.ts";
 import {
   CAP,
   effectiveCapabilities,
@@ -49,6 +50,9 @@ const USAGE = `usage: bun run relay [--config FILE] [--print-rules] [--check-con
   --sessions N     with SIGUSR1: how many sessions to list (default 32)
 
 Metrics: GET /metrics on config.metrics.address:port (Prometheus text; port 0: none).
+
+On Node.js (20.15+, 22.2+, 23+; docs/node.md): npm run relay:node -- ARGS, or
+node dist/node/main.js ARGS (bash scripts/build.sh writes dist/node; koffi is the FFI).
 
 bun run relay log --help: reading the flow log (flowLog.path).
 
@@ -375,7 +379,7 @@ async function main(): Promise<void> {
   try {
     await udp.start();
     tcp?.start();
-    metrics = startMetricsServer(
+    metrics = await startMetricsServer(
       config.metrics,
       udp,
       tcp,
@@ -458,7 +462,8 @@ async function main(): Promise<void> {
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGTERM", () => stop("SIGTERM"));
   // Ready marker for scripts and tests: printed once every listener is bound.
-  process.stdout.write(JSON.stringify({ event: "ready", pid: process.pid }) + "\n");
+  const ready = { event: "ready", pid: process.pid, runtime: RUNTIME };
+  process.stdout.write(JSON.stringify(ready) + "\n");
 }
 
 // `relay log ...` only reads the flow log: no privileges, no sockets (src/cli/log.ts).

@@ -3,6 +3,7 @@
 // pass numbers in, get a code back, and read fields out of preallocated Uint32Array views.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { PROJECT_ROOT } from "../sys/runtime.ts";
 import { ALPN_BYTES_MAX, DESCRIPTOR_WORDS, NAME_BYTES_MAX, RESULT_WORDS } from "./layout.ts";
 
 export interface ParsersExports {
@@ -32,10 +33,24 @@ export interface ParsersExports {
   batch_parse(count: number): number;
 }
 
-export const WASM_PATH_DEFAULT = join(import.meta.dir, "../../build/wasm/bin/parsers.wasm");
+export const WASM_PATH_DEFAULT = join(PROJECT_ROOT, "build", "wasm", "bin", "parsers.wasm");
 
 function assert(condition: boolean, message: string): asserts condition {
   if (!condition) throw new Error(`classify/wasm: ${message}`);
+}
+
+/**
+ * C writes packets straight into the linear memory at addresses taken once (ptr() of
+ * its buffer, on Bun and on Node): a memory that could grow would move and detach them.
+ * The module is built with initial == max memory, so growing by a page must fail.
+ */
+function assertFixedMemory(memory: WebAssembly.Memory): void {
+  try {
+    memory.grow(1);
+  } catch {
+    return; // at its maximum: fixed, as built
+  }
+  throw new Error("classify/wasm: parsers.wasm memory can grow (build it with initial == max)");
 }
 
 /** The module's memory and layout. One per process (see parsersLoad). */
@@ -62,6 +77,7 @@ export class Parsers {
     this.exports = instance.exports as unknown as ParsersExports;
     const e = this.exports;
     this.memory = e.memory;
+    assertFixedMemory(this.memory);
     this.bytes = new Uint8Array(this.memory.buffer);
     this.packetArea = { offset: e.packet_area_offset(), bytesMax: e.packet_area_size() };
     this.batchCountMax = e.batch_count_limit();

@@ -1,8 +1,8 @@
 // The client side of the control socket (src/control/socket.ts): connect, send one
 // request frame, await one reply frame. Used by `relay stats`, `sessions` and `top`.
-import type { Socket } from "bun";
 import type { Packr } from "msgpackr";
 import { encodeFrame, FrameReader, REPLY_FRAME_BYTES_MAX } from "../control/frame.ts";
+import { connectUnix, type StreamSocket } from "../sys/net.ts";
 
 /** A relay answers between two waits of its data path: seconds mean it is stuck. */
 const REPLY_TIMEOUT_MS = 15_000;
@@ -20,7 +20,7 @@ export class ControlClient {
   private waiter: { resolve: (r: Reply) => void; reject: (e: Error) => void } | null = null;
   private unsent: Uint8Array | null = null;
   private ended: string | null = null;
-  private socket: Socket<undefined> | null = null;
+  private socket: StreamSocket<undefined> | null = null;
 
   private constructor(
     readonly path: string,
@@ -31,14 +31,11 @@ export class ControlClient {
   static async connect(path: string, packr: Packr): Promise<ControlClient> {
     const client = new ControlClient(path, packr);
     try {
-      client.socket = await Bun.connect({
-        unix: path,
-        socket: {
-          data: (_socket, chunk) => client.onData(chunk),
-          drain: (socket) => client.flush(socket),
-          close: () => client.onEnd("the relay closed the control connection"),
-          error: (_socket, err) => client.onEnd(`control connection: ${err.message}`),
-        },
+      client.socket = await connectUnix<undefined>(path, {
+        data: (_socket, chunk) => client.onData(chunk),
+        drain: (socket) => client.flush(socket),
+        close: () => client.onEnd("the relay closed the control connection"),
+        error: (_socket, err) => client.onEnd(`control connection: ${err.message}`),
       });
     } catch (err) {
       throw new ControlClientError(connectError(path, err as NodeJS.ErrnoException));
@@ -82,7 +79,7 @@ export class ControlClient {
     this.socket?.end();
   }
 
-  private flush(socket: Socket<undefined>): void {
+  private flush(socket: StreamSocket<undefined>): void {
     if (this.unsent === null) return;
     const written = socket.write(this.unsent);
     this.unsent = written >= this.unsent.length ? null : this.unsent.subarray(Math.max(0, written));

@@ -3,6 +3,7 @@
 // --follow then waits for new records, across rotations. A torn or corrupt record
 // (a relay killed mid-write) is skipped and reported on stderr, never fatal: every
 // complete record around it is printed.
+import { setTimeout as sleep } from "node:timers/promises";
 import { closeSync, existsSync, fstatSync, openSync, readSync, statSync } from "node:fs";
 import { Unpackr } from "msgpackr";
 import { ConfigError, loadConfigFile } from "../config/load.ts";
@@ -369,7 +370,7 @@ async function follow(path: string, printer: Printer, current: OpenFile | null):
       current = OpenFile.open(path, printer);
       continue;
     }
-    await Bun.sleep(FOLLOW_POLL_MS);
+    await sleep(FOLLOW_POLL_MS);
   }
 }
 

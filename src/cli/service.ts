@@ -11,6 +11,7 @@ import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { type Config, ConfigError, loadConfigFile, parseConfig } from "../config/load.ts";
 import { descriptorsWanted } from "../config/limits.ts";
+import { PROJECT_ROOT, RUNTIME } from "../sys/runtime.ts";
 
 const USAGE =
   "usage: bun run relay service print [--config FILE] [--user NAME] [--group NAME]\n" +
@@ -21,7 +22,7 @@ const USAGE =
   "                 (and CAP_NET_BIND_SERVICE when the config binds a port below 1024)\n" +
   "  --group NAME   its group (default: the user's name)";
 
-const CHECKOUT = resolve(import.meta.dir, "..", "..");
+const CHECKOUT = PROJECT_ROOT;
 const CONFIG_PATH_DEFAULT = "/etc/transparent-relay/config.json";
 const USER_DEFAULT = "transparent-relay";
 /** fs.nr_open's default: a higher LimitNOFILE makes the start fail (EPERM). */
@@ -41,6 +42,11 @@ export interface UnitOptions {
   config: Config;
   user: string;
   group: string;
+  /**
+   * The node binary when the unit runs the relay on Node.js (dist/node/main.js,
+   * docs/node.md): `service print` run on Node sets it to its own; else the unit runs Bun.
+   */
+  node?: string;
 }
 
 /**
@@ -72,6 +78,7 @@ function unitProblems(o: UnitOptions): string[] {
   const problems: string[] = [];
   const paths: Array<[string, string]> = [
     ["the checkout", o.checkout],
+    ["the node binary", o.node ?? ""],
     ["--config", o.configPath],
     ["config.control.socketPath", o.config.control.socketPath],
     ["config.flowLog.path", o.config.flowLog.path],
@@ -94,7 +101,10 @@ export function serviceUnit(o: UnitOptions): string {
   const problems = unitProblems(o);
   if (problems.length > 0) throw new ConfigError(problems);
   const bun = join(o.checkout, "node_modules", ".bin", "bun");
-  const relay = `${bun} ${join(o.checkout, "src", "main.ts")}`;
+  const relay =
+    o.node === undefined
+      ? `${bun} ${join(o.checkout, "src", "main.ts")}`
+      : `${o.node} ${join(o.checkout, "dist", "node", "main.js")}`;
   const config = `--config ${o.configPath}`;
   const wanted = descriptorsWanted(o.config);
   const nofile = Math.min(Math.ceil(wanted / NOFILE_STEP) * NOFILE_STEP, NOFILE_MAX);
@@ -215,7 +225,14 @@ export function serviceCommand(argv: string[]): number {
       console.error(`relay service: ${configPath} does not exist yet: sized for the defaults`);
       config = parseConfig({});
     }
-    const options = { checkout: CHECKOUT, configPath, config, user, group: group ?? user };
+    const options = {
+      checkout: CHECKOUT,
+      configPath,
+      config,
+      user,
+      group: group ?? user,
+      node: RUNTIME === "node" ? process.execPath : undefined,
+    };
     process.stdout.write(serviceUnit(options));
     return 0;
   } catch (err) {

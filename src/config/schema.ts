@@ -147,9 +147,9 @@ export const UdpSchema = Type.Object(
     /** ICMP port unreachable messages sent per second at most for the `reject` action. */
     rejectIcmpPerSecondMax: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 100 }),
     /**
-     * Where the UDP data path runs: "worker", a Bun Worker blocking in epoll_wait (one
-     * thread wake-up per burst, lowest latency); "callback", the main thread woken by
-     * the C epoll thread through a threadsafe JSCallback.
+     * Where the UDP data path runs: "worker", a thread of its own (Bun Worker or Node
+     * worker_threads) blocking in epoll_wait (one thread wake-up per burst, lowest
+     * latency); "callback", the main thread woken by the C epoll thread.
      */
     dataPlane: Type.Union([Type.Literal("worker"), Type.Literal("callback")], {
       default: "worker",

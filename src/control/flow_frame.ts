@@ -10,6 +10,7 @@
 // appended after) is skipped by scanning forward for the next offset where a length,
 // a payload that starts like a record, and its CRC all check out.
 
+import { crc32 as zlibCrc32 } from "node:zlib";
 import { assertionFailed } from "../sys/assert.ts";
 
 export const FRAME_HEAD_BYTES = 4;
@@ -34,7 +35,8 @@ export const RESYNC_BYTES_MAX = 16 << 20;
 export const READ_CHUNK_BYTES_MAX = 1 << 20;
 
 export function crc32(bytes: Uint8Array): number {
-  return Bun.hash.crc32(bytes) >>> 0;
+  // node:zlib's, so that Bun and Node.js write and read the same flow log.
+  return zlibCrc32(bytes) >>> 0;
 }
 
 /** Frame bytes of a payload of `payloadBytes`. */

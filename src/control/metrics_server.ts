@@ -5,6 +5,7 @@
 import type { FlowLogCounters } from "./flow_log.ts";
 import type { Config } from "../config/load.ts";
 import { StartError } from "../sys/errno.ts";
+import { type HttpServer, serveHttp } from "../sys/http.ts";
 import type { TcpRelay } from "../tcp/relay.ts";
 import type { UdpPlane } from "../udp/plane.ts";
 import { RateLimitedLog } from "./log.ts";
@@ -26,7 +27,7 @@ export interface MetricsServer {
  * Listens on config.metrics.address:port, or returns null for port 0 (no endpoint).
  * Throws a StartError naming config.metrics.port when it cannot listen.
  */
-export function startMetricsServer(
+export async function startMetricsServer(
   settings: Config["metrics"],
   udp: UdpPlane,
   tcp: TcpRelay | null,
@@ -34,7 +35,7 @@ export function startMetricsServer(
   flowLog: () => FlowLogCounters | null,
   /** The config's generation and reload results. */
   config: () => ReloadState | null = () => null,
-): MetricsServer | null {
+): Promise<MetricsServer | null> {
   if (settings.port === 0) return null;
   const lag = new LoopLag();
   const logger = new RateLimitedLog();
@@ -61,30 +62,20 @@ export function startMetricsServer(
   };
 
   const where = settings.address.includes(":") ? `[${settings.address}]` : settings.address;
-  let server: ReturnType<typeof Bun.serve>;
+  let server: HttpServer;
   try {
-    server = Bun.serve({
-      hostname: settings.address,
-      port: settings.port,
-      // No stack traces or source in error pages.
-      development: false,
-      // Explicit: with development off, Bun 1.4.5 sets SO_REUSEPORT unless told not to
-      // (oven-sh/bun#1443), and a second relay would then share the port silently
-      // instead of failing its start. test/netns/metrics.test.ts checks the refusal.
-      reusePort: false,
-      async fetch(request) {
-        if (request.method !== "GET" || new URL(request.url).pathname !== METRICS_PATH) {
-          return new Response("not found: the metrics are at GET /metrics\n", { status: 404 });
-        }
-        try {
-          const text = await scrape();
-          return new Response(text, { headers: { "content-type": PROMETHEUS_CONTENT_TYPE } });
-        } catch (err) {
-          const message = (err as Error).message;
-          logger.log("metrics-scrape", `metrics: a scrape failed: ${message}`);
-          return new Response(`metrics unavailable: ${message}\n`, { status: 503 });
-        }
-      },
+    server = await serveHttp(settings.address, settings.port, async (method, path) => {
+      if (method !== "GET" || path !== METRICS_PATH) {
+        return { status: 404, body: "not found: the metrics are at GET /metrics\n" };
+      }
+      try {
+        const text = await scrape();
+        return { status: 200, contentType: PROMETHEUS_CONTENT_TYPE, body: text };
+      } catch (err) {
+        const message = (err as Error).message;
+        logger.log("metrics-scrape", `metrics: a scrape failed: ${message}`);
+        return { status: 503, body: `metrics unavailable: ${message}\n` };
+      }
     });
   } catch (err) {
     lag.stop();
@@ -105,7 +96,7 @@ export function startMetricsServer(
     url: `http://${where}:${server.port}${METRICS_PATH}`,
     stop() {
       lag.stop();
-      server.stop(true);
+      server.stop();
     },
   };
 }

@@ -12,10 +12,10 @@
 // The socket is the relay's own: created mode 0600 (its directory 0750 when missing), a
 // file left by a relay that died (nobody answers a connect) is replaced, one a running
 // relay answers on is refused (two relays never share it), and it is removed at exit.
-import type { Socket, TCPSocketListener, UnixSocketListener } from "bun";
 import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Packr } from "msgpackr";
+import { connectUnix, listenUnix, type StreamListener, type StreamSocket } from "../sys/net.ts";
 import type { ControlHandler, ControlReply } from "./commands.ts";
 import {
   createPackr,
@@ -70,12 +70,11 @@ interface Client {
   tokensAtMs: number;
 }
 
-type ClientSocket = Socket<Client | null>;
+type ClientSocket = StreamSocket<Client | null>;
 
 export class ControlSocket {
   private readonly packr: Packr = createPackr();
-  private listener: UnixSocketListener<Client | null> | TCPSocketListener<Client | null> | null =
-    null;
+  private listener: StreamListener | null = null;
   private readonly clients = new Set<ClientSocket>();
   /** Requests run one at a time, whoever sent them. */
   private chain: Promise<void> = Promise.resolve();
@@ -102,7 +101,7 @@ export class ControlSocket {
     const log = options.log ?? ((line: string) => console.error(line));
     const control = new ControlSocket(path, handler, options.limits ?? CONTROL_LIMITS, log);
     await control.prepare();
-    control.listen();
+    await control.listen();
     return control;
   }
 
@@ -114,7 +113,7 @@ export class ControlSocket {
   /** Stops listening, closes every client and removes the socket file. */
   stop(): void {
     if (this.listener === null) return;
-    this.listener.stop(true);
+    this.listener.stop();
     this.listener = null;
     for (const socket of this.clients) socket.terminate();
     this.clients.clear();
@@ -165,22 +164,19 @@ export class ControlSocket {
     );
   }
 
-  private listen(): void {
+  private async listen(): Promise<void> {
     const path = this.path;
     // The socket file must never exist with a wider mode, not even until a chmod: the
     // umask covers its creation (the process has no other thread creating files now).
     const umaskBefore = process.umask(0o777 & ~SOCKET_MODE);
     try {
-      this.listener = Bun.listen<Client | null>({
-        unix: path,
-        socket: {
-          open: (socket) => this.onOpen(socket),
-          data: (socket, chunk) => this.onData(socket, chunk),
-          drain: (socket) => this.onDrain(socket),
-          close: (socket) => this.onClose(socket),
-          error: (socket) => this.onClose(socket),
-          timeout: (socket) => socket.terminate(),
-        },
+      this.listener = await listenUnix<Client | null>(path, {
+        open: (socket) => this.onOpen(socket),
+        data: (socket, chunk) => this.onData(socket, chunk),
+        drain: (socket) => this.onDrain(socket),
+        close: (socket) => this.onClose(socket),
+        error: (socket) => this.onClose(socket),
+        timeout: (socket) => socket.terminate(),
       });
     } catch (err) {
       throw new ControlSocketError(`control socket ${path}: listen: ${describe(err)}`);
@@ -204,7 +200,7 @@ export class ControlSocket {
     try {
       if (statSync(this.path).ino === this.inode) unlinkSync(this.path);
     } catch {
-      // Already gone (Bun's listener may remove it on stop): nothing to do.
+      // Already gone (the listener may remove it on stop): nothing to do.
     }
   }
 
@@ -356,7 +352,7 @@ async function probe(path: string): Promise<"stale" | string> {
     const message = `no answer to a connect within ${PROBE_TIMEOUT_MS} ms`;
     timer = setTimeout(() => resolve(message), PROBE_TIMEOUT_MS);
   });
-  const connect = Bun.connect({ unix: path, socket: { data() {} } }).then(
+  const connect = connectUnix(path, { data() {} }).then(
     (socket) => {
       socket.end();
       return "a connect succeeded";

@@ -10,7 +10,7 @@
 // entries, each with a copy of its query for the retry) and, per upstream socket, an
 // ID -> entry map and a ring of free IDs (shuffled once; freed IDs go to the back, so an
 // ID is reused as late as possible and a late answer rarely meets a new query).
-import { type Pointer, ptr } from "bun:ffi";
+import { type Pointer, ptr, type RelayLib } from "../sys/ffi.ts";
 import { randomFillSync } from "node:crypto";
 import type { ForwardTargets } from "../egress/outbounds.ts";
 import { V4_MAPPED_WORD } from "../flow/local_targets.ts";
@@ -20,7 +20,6 @@ import { EndReason, PROTOCOL_DNS } from "../flow/table.ts";
 import type { UdpCounters } from "../metrics.ts";
 import type { DnsAnswerConfig } from "../policy/config.ts";
 import { decodeSocketError, describeSocketError, errnoName } from "../sys/errno.ts";
-import type { RelayLib } from "../sys/ffi.ts";
 import { META, META_WORDS, SOCK } from "../sys/layout.ts";
 import { Direction, type SendQueue } from "../udp/send_queue.ts";
 

@@ -19,7 +19,7 @@
 // be sent stops reading the side that produces them (back-pressure); buffers grow with
 // use (one message is at most 65537 bytes; all of a stream's under 512 KiB at worst) and
 // are dropped when empty; a stream with no progress for tcp.dnsIdleTimeoutMs is closed.
-import { type Pointer, ptr } from "bun:ffi";
+import { type Pointer, ptr } from "../sys/ffi.ts";
 import type { DnsAnswerConfig, OutboundConfig } from "../policy/config.ts";
 import { ACTION_DNS_ANSWER, ACTION_DROP, ACTION_REJECT } from "../policy/config.ts";
 import { E } from "../sys/errno.ts";

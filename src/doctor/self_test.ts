@@ -9,20 +9,22 @@
 // a UDP echo; the client sends a datagram to the server's address and must get the echo
 // back from that address (the original destination), not from the relay's. Bounded
 // (SELF_TEST_MS); namespaces, processes and files are removed in `finally`.
-import type { Subprocess } from "bun";
+import { type ChildProcess, spawn as spawnChild } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Config, parseConfig } from "../config/load.ts";
 import { applyRules, type Runner, RulesError } from "../rules/apply.ts";
+import { PROJECT_ROOT } from "../sys/runtime.ts";
 import { type Check, complaint, type Host } from "./check.ts";
 
 /** Set-up, the relay's start and the exchange stay within this (clean-up follows). */
 const SELF_TEST_MS = 15_000;
 /** The client resends its datagram this often until the echo arrives (loss is not failure). */
 const RESEND_MS = 250;
-const MAIN = join(import.meta.dir, "..", "main.ts");
+/** The relay's entry as this process runs it: src/main.ts (Bun), dist/node/main.js (Node). */
+const MAIN = process.argv[1] ?? join(PROJECT_ROOT, "src", "main.ts");
 const NET = {
   client: "198.18.0.2",
   routerClient: "198.18.0.1",
@@ -75,40 +77,47 @@ export function selfTestConfig(config: Config, controlPath: string): object {
   };
 }
 
+/** A child process, with what it wrote on stderr so far. */
+interface Proc {
+  child: ChildProcess;
+  stderr: string;
+  /** Resolves once it exited and its pipes closed (all of its stderr is in). */
+  closed: Promise<void>;
+}
+
 /** Lines of a process's stdout, until one satisfies `done`, it exits, or the deadline. */
-async function waitForLine(
-  proc: Subprocess<"ignore", "pipe", "pipe">,
+function waitForLine(
+  proc: Proc,
   done: (line: string) => boolean,
   deadline: number,
 ): Promise<string | null> {
-  const reader = proc.stdout.getReader();
-  const decoder = new TextDecoder();
-  let text = "";
-  try {
-    while (performance.now() < deadline) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const late = new Promise<null>((resolve) => {
-        timer = setTimeout(() => resolve(null), Math.max(0, deadline - performance.now()));
-      });
-      const chunk = await Promise.race([reader.read(), late]);
+  const stdout = proc.child.stdout!;
+  return new Promise((resolve) => {
+    let text = "";
+    const finish = (found: string | null) => {
       clearTimeout(timer);
-      if (chunk === null || chunk.done) return null;
-      text += decoder.decode(chunk.value, { stream: true });
+      stdout.off("data", onData);
+      proc.child.off("exit", onExit);
+      resolve(found);
+    };
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString("utf8");
       const lines = text.split("\n");
       text = lines.pop() ?? "";
       const found = lines.find(done);
-      if (found !== undefined) return found;
-    }
-    return null;
-  } finally {
-    reader.releaseLock();
-  }
+      if (found !== undefined) finish(found);
+    };
+    const onExit = () => finish(null);
+    const timer = setTimeout(() => finish(null), Math.max(0, deadline - performance.now()));
+    stdout.on("data", onData);
+    proc.child.once("exit", onExit);
+  });
 }
 
-async function stderrTail(proc: Subprocess<"ignore", "pipe", "pipe">): Promise<string> {
-  proc.kill("SIGKILL");
-  const text = await new Response(proc.stderr).text().catch(() => "");
-  return text.trim().split("\n").slice(-3).join(" | ");
+async function stderrTail(proc: Proc): Promise<string> {
+  proc.child.kill("SIGKILL");
+  await proc.closed;
+  return proc.stderr.trim().split("\n").slice(-3).join(" | ");
 }
 
 export async function selfTest(config: Config, host: Host): Promise<Check> {
@@ -118,7 +127,7 @@ export async function selfTest(config: Config, host: Host): Promise<Check> {
   const id = randomBytes(4).toString("hex");
   const ns = { client: `trl-doc-${id}-c`, router: `trl-doc-${id}-r`, server: `trl-doc-${id}-s` };
   const made: string[] = [];
-  const procs: Array<Subprocess<"ignore", "pipe", "pipe">> = [];
+  const procs: Proc[] = [];
   const dir = mkdtempSync(join(tmpdir(), "relay-doctor-"));
   const step = (what: string, argv: string[], input?: string) => {
     const r = host.run(argv, input);
@@ -126,17 +135,24 @@ export async function selfTest(config: Config, host: Host): Promise<Check> {
   };
   const exec = (n: string, argv: string[]) => step("set-up", ["ip", "netns", "exec", n, ...argv]);
   const spawn = (n: string, argv: string[]) => {
-    const proc = Bun.spawn(["ip", "netns", "exec", n, ...argv], {
-      stdin: "ignore",
-      stdout: "pipe",
-      stderr: "pipe",
+    const child = spawnChild("ip", ["netns", "exec", n, ...argv], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const closed = new Promise<void>((resolve) => child.once("close", () => resolve()));
+    const proc: Proc = { child, stderr: "", closed };
+    child.stderr!.on("data", (chunk: Buffer) => {
+      proc.stderr += chunk.toString("utf8");
+    });
+    // A process that cannot start reports through its stderr text, not an exception.
+    child.on("error", (err) => {
+      proc.stderr += err.message;
     });
     procs.push(proc);
     return proc;
   };
   /** Synchronous, so that an interrupt (Ctrl-C) can run it too before exiting. */
   const cleanUp = () => {
-    for (const p of procs) p.kill("SIGKILL");
+    for (const p of procs) p.child.kill("SIGKILL");
     for (const n of made.splice(0)) {
       const pids = host.run(["ip", "netns", "pids", n]).stdout.trim();
       if (pids) host.run(["kill", "-9", ...pids.split(/\s+/)]);
@@ -263,6 +279,6 @@ export async function selfTest(config: Config, host: Host): Promise<Check> {
     process.off("SIGINT", interrupted);
     process.off("SIGTERM", interrupted);
     cleanUp();
-    await Promise.all(procs.map((p) => p.exited));
+    await Promise.all(procs.map((p) => p.closed));
   }
 }

@@ -10,12 +10,11 @@
 //
 // Indexed by the upstream socket's index (src/egress/upstream_pool.ts): at most one
 // association per upstream socket.
-import { type Pointer, ptr } from "bun:ffi";
+import { type Pointer, ptr, type RelayLib } from "../sys/ffi.ts";
 import type { UdpCounters } from "../metrics.ts";
 import type { OutboundConfig } from "../policy/config.ts";
 import { assert } from "../sys/assert.ts";
 import { E, errnoName } from "../sys/errno.ts";
-import type { RelayLib } from "../sys/ffi.ts";
 import { CMD_UDP_ASSOCIATE, Socks5Handshake } from "./socks5.ts";
 
 export const enum AssociationState {

@@ -32,9 +32,8 @@ import {
   errnoName,
   isResourceErrno,
 } from "../sys/errno.ts";
-import type { RelayLib } from "../sys/ffi.ts";
 import { SOCK } from "../sys/layout.ts";
-import { type Pointer, ptr } from "bun:ffi";
+import { type Pointer, ptr, type RelayLib } from "../sys/ffi.ts";
 
 /**
  * Key: client address (4 words), client port, session slot (or ALL_DESTINATIONS), and

@@ -16,8 +16,7 @@
 // Lookup: one hash index per distinct prefix length (a host has two or three: /32 and
 // /128 addresses, 127.0.0.0/8), so a check is a few probes and allocates nothing.
 
-import { type Pointer, ptr } from "bun:ffi";
-import type { RelayLib } from "../sys/ffi.ts";
+import { type Pointer, ptr, type RelayLib } from "../sys/ffi.ts";
 import { errnoName } from "../sys/errno.ts";
 import { parseAddress } from "../sys/addr.ts";
 import { HashIndex } from "./hash_index.ts";

@@ -1,15 +1,14 @@
 // The epoll thread's bridge to JavaScript (ffi/poller.c).
 //
 // C runs epoll_wait on every data socket (EPOLLONESHOT), pushes each ready socket's
-// token into a ring, and calls one threadsafe JSCallback only when we said we are
-// idle. run() then takes tokens in rounds: for each, onToken() drains the socket and
-// re-arms it (in its own `finally`: a socket not re-armed would stall forever);
-// onRoundEnd() lets the caller send what the round produced in one batch. When the
-// ring is empty we tell C we are going idle (rl_poll_sleep), closing the race with a
-// token pushed meanwhile.
-import { FFIType, JSCallback, type Pointer, ptr } from "bun:ffi";
+// token into a ring, and wakes us (a threadsafe JSCallback under Bun, a byte in a pipe
+// under Node: src/sys/ffi.ts startPollThread) only when we said we are idle. run() then
+// takes tokens in rounds: for each, onToken() drains the socket and re-arms it (in its
+// own `finally`: a socket not re-armed would stall forever); onRoundEnd() lets the
+// caller send what the round produced in one batch. When the ring is empty we tell C
+// we are going idle (rl_poll_sleep), closing the race with a token pushed meanwhile.
 import { errnoName } from "./errno.ts";
-import type { RelayLib } from "./ffi.ts";
+import { type PollThread, type Pointer, ptr, type RelayLib, startPollThread } from "./ffi.ts";
 
 /** rl_poll_stats() output slots (RL_POLL_STAT_* in ffi/relay.h). */
 export const POLL_STATS = { wakes: 0, events: 1, overflows: 2, count: 3 } as const;
@@ -54,7 +53,7 @@ export interface PollerOptions {
 export class Poller {
   private readonly lib: RelayLib;
   private readonly handle: number;
-  private readonly callback: JSCallback | null;
+  private thread: PollThread | null = null;
   private readonly inline: boolean;
   private readonly inlineBound = () => this.inlineLoop();
   // On its own ArrayBuffer so the cached pointer stays valid (see UdpRelay's buffers).
@@ -92,13 +91,6 @@ export class Poller {
       const rc = lib.rl_poll_level_triggered(handle);
       if (rc < 0) throw new Error(`rl_poll_level_triggered: ${-rc}`);
     }
-    this.callback = this.inline
-      ? null
-      : new JSCallback(this.runBound, {
-          args: [FFIType.i32],
-          returns: FFIType.void,
-          threadsafe: true,
-        });
   }
 
   add(fd: number, token: number): number {
@@ -160,13 +152,14 @@ export class Poller {
   }
 
   start(): void {
-    if (this.callback === null) {
+    if (this.inline) {
       this.running = true;
       setImmediate(this.inlineBound);
       return;
     }
-    const rc = this.lib.rl_poll_start(this.handle, this.callback.ptr!);
-    if (rc < 0) throw new Error(`poll thread did not start: ${-rc}`);
+    const thread = startPollThread(this.lib, this.handle, this.runBound);
+    if (typeof thread === "number") throw new Error(`poll thread did not start: ${-thread}`);
+    this.thread = thread;
     this.running = true;
   }
 
@@ -245,7 +238,7 @@ export class Poller {
     return false;
   }
 
-  /** Joins the thread, then closes the callback (calling it after close() segfaults). */
+  /** Joins the thread, then closes what woke us (calling a closed callback segfaults). */
   stop(): void {
     if (this.closed) return;
     this.readStats(); // the counters' final values outlive the C poller
@@ -253,7 +246,8 @@ export class Poller {
     const rc = this.lib.rl_poll_stop(this.handle);
     if (rc < 0) throw new Error(`poll thread did not stop: ${-rc}`);
     this.running = false;
-    this.callback?.close();
+    this.thread?.close();
+    this.thread = null;
   }
 
   get isRunning(): boolean {

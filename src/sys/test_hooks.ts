@@ -1,20 +1,18 @@
 // Test-only bindings: the rl_test_* hooks of ffi/relay.h, which put the C side into
 // states a test cannot reach in reasonable time (a counter past 2^32, a dead engine).
 // The relay never imports this file; src/sys/ffi.ts does not bind these symbols.
-import { dlopen, FFIType } from "bun:ffi";
-import { libraryPath, loadFfi } from "./ffi.ts";
-
-const { i32, f64 } = FFIType;
+import { libraryPath, loadFfi, openLibrary } from "./ffi.ts";
+import type { Library } from "./ffi_symbols.ts";
 
 const testSymbols = {
-  rl_test_poll_stat_set: { args: [i32, i32, f64], returns: i32 },
-  rl_test_poll_break: { args: [i32], returns: i32 },
-  rl_test_tcp_engine_stat_set: { args: [i32, i32, f64], returns: i32 },
-  rl_test_tcp_engine_event_delay: { args: [i32, i32], returns: i32 },
-  rl_test_tcp_engine_break: { args: [i32], returns: i32 },
+  rl_test_poll_stat_set: { args: ["i32", "i32", "f64"], returns: "i32" },
+  rl_test_poll_break: { args: ["i32"], returns: "i32" },
+  rl_test_tcp_engine_stat_set: { args: ["i32", "i32", "f64"], returns: "i32" },
+  rl_test_tcp_engine_event_delay: { args: ["i32", "i32"], returns: "i32" },
+  rl_test_tcp_engine_break: { args: ["i32"], returns: "i32" },
 } as const;
 
-export type TestHooks = ReturnType<typeof dlopen<typeof testSymbols>>["symbols"];
+export type TestHooks = Library<typeof testSymbols>;
 
 let loaded: TestHooks | null = null;
 
@@ -22,6 +20,6 @@ let loaded: TestHooks | null = null;
 export function loadTestHooks(): TestHooks {
   if (loaded) return loaded;
   loadFfi(); // the ABI and layout checks first
-  loaded = dlopen(libraryPath(), testSymbols).symbols;
+  loaded = openLibrary(libraryPath(), testSymbols);
   return loaded;
 }

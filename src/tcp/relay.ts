@@ -49,8 +49,9 @@
 // (src/dns/tcp_stream.ts, docs/dns_tcp.md). This file lends it the policy, the upstream
 // connects, the forward targets' health and the flow log (dnsHost).
 
-import { type Pointer, ptr, toArrayBuffer } from "bun:ffi";
+import { type Pointer, ptr, readBytes, type RelayLib } from "../sys/ffi.ts";
 import { readFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Config, ListenerConfig } from "../config/load.ts";
 import { log, RateLimitedLog } from "../control/log.ts";
 import {
@@ -95,7 +96,6 @@ import { Code } from "../classify/layout.ts";
 import { TlsParser } from "../classify/tls.ts";
 import { Parsers, WASM_PATH_DEFAULT } from "../classify/wasm.ts";
 import { assert } from "../sys/assert.ts";
-import type { RelayLib } from "../sys/ffi.ts";
 import { META, META_WORDS, SOCK } from "../sys/layout.ts";
 import { Poller, WAKE_TOKEN_MASK } from "../sys/poller.ts";
 import {
@@ -678,7 +678,7 @@ export class TcpRelay {
     const graceEnd = performance.now() + graceMs;
     while (this.active > 0 && performance.now() < graceEnd) {
       this.drainEvents();
-      await Bun.sleep(Math.min(20, Math.max(1, graceEnd - performance.now())));
+      await sleep(Math.min(20, Math.max(1, graceEnd - performance.now())));
     }
     if (this.active > 0) {
       this.abortSniffing();
@@ -688,7 +688,7 @@ export class TcpRelay {
       const abortEnd = performance.now() + ABORT_WAIT_MS;
       while (this.active > 0 && performance.now() < abortEnd) {
         this.drainEvents();
-        await Bun.sleep(5);
+        await sleep(5);
       }
     }
     this.close();
@@ -1350,7 +1350,7 @@ export class TcpRelay {
     if (out.length > 0) {
       const copy = new Uint8Array(new ArrayBuffer(out.length));
       copy.set(out);
-      const w = this.lib.rl_tcp_send(fd, ptr(copy), copy.length);
+      const w = this.lib.rl_tcp_send(fd, copy, copy.length);
       if (w < 0 && w !== -E.EAGAIN) {
         this.socksFail(id, "socks5Closed", `send: ${errnoName(-w)}`);
         return;
@@ -1378,7 +1378,8 @@ export class TcpRelay {
     reason: string,
     side: string,
   ): boolean {
-    const w = this.lib.rl_tcp_send(toFd, ptr(bytes), bytes.length);
+    // The array itself, not its address: the binding keeps it alive through the call.
+    const w = this.lib.rl_tcp_send(toFd, bytes, bytes.length);
     if (w === bytes.length) return true;
     this.counters.resourceFailures++;
     this.log(reason, `socks5: ${bytes.length} bytes owed to ${side} did not fit`);
@@ -1875,7 +1876,7 @@ interface UpstreamConnect {
 
 function describeUpstream(how: UpstreamConnect): string {
   const addr = new Uint8Array(16);
-  addr.set(new Uint8Array(toArrayBuffer(how.target, 0, 16)));
+  addr.set(readBytes(how.target, 16));
   return formatEndpoint(addr, 0, how.port);
 }
 

@@ -10,7 +10,7 @@
 //
 // Held sessions are also kept in a list by when they began holding (the oldest first):
 // the holding timeout (udp.holdTimeoutMs, one value for all) releases from its head.
-import { type Pointer, ptr } from "bun:ffi";
+import { type Pointer, ptr } from "../sys/ffi.ts";
 import { assert } from "../sys/assert.ts";
 
 export const enum HoldResult {

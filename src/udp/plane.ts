@@ -1,7 +1,8 @@
-// Where the UDP data path runs. "worker" (default): a Bun Worker whose thread blocks in
-// epoll_wait itself, so a datagram costs one thread wake-up, as in a C relay. "callback":
-// the main thread, woken by the C epoll thread through a threadsafe JSCallback (two
-// wake-ups per burst; under load one wake carries many sockets). bench/udp.ts measures
+// Where the UDP data path runs. "worker" (default): a thread of its own (a Bun Worker, or
+// worker_threads on Node: src/sys/thread.ts) that blocks in epoll_wait itself, so a
+// datagram costs one thread wake-up, as in a C relay. "callback": the main thread, woken
+// by the C epoll thread (a threadsafe JSCallback on Bun, a pipe on Node; two wake-ups per
+// burst; under load one wake carries many sockets). bench/udp.ts measures
 // both; docs/performance.md has the numbers behind the default.
 //
 // Either way a failure of the data path is never silent: onFatal gets the message (and
@@ -11,6 +12,7 @@ import type { FlowBatch } from "../flow/flow_records.ts";
 import type { SessionQuery } from "../control/query.ts";
 import { StartError } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
+import { type DataThread, startDataThread } from "../sys/thread.ts";
 import { UdpRelay, type UdpSnapshot } from "./relay.ts";
 
 export interface UdpPlane {
@@ -76,7 +78,7 @@ type WorkerReply =
   | { type: "reconfigured"; id: number };
 
 class WorkerPlane implements UdpPlane {
-  private readonly worker: Worker;
+  private readonly worker: DataThread;
   private nextId = 1;
   private readonly waiting = new Map<number, (r: WorkerReply) => void>();
   private startWaiter: ((r: WorkerReply) => void) | null = null;
@@ -88,9 +90,9 @@ class WorkerPlane implements UdpPlane {
     private readonly onFatal: OnFatal,
     private readonly onFlows: OnFlows | null,
   ) {
-    this.worker = new Worker(new URL("./worker.ts", import.meta.url).href);
-    this.worker.onmessage = (event: MessageEvent<WorkerReply>) => {
-      const reply = event.data;
+    this.worker = startDataThread();
+    this.worker.onMessage((message) => {
+      const reply = message as WorkerReply;
       if (reply.type === "flows") {
         // Messages keep their order: a stop's last batches arrive before "stopped".
         this.onFlows?.(reply.batch);
@@ -106,16 +108,16 @@ class WorkerPlane implements UdpPlane {
       }
       this.waiting.get(reply.id)?.(reply);
       this.waiting.delete(reply.id);
-    };
-    this.worker.onerror = (event) => {
-      const message = `UDP worker failed: ${event.message}`;
+    });
+    this.worker.onError((why) => {
+      const message = `UDP worker failed: ${why}`;
       this.startWaiter?.({ type: "error", message, privilege: false });
       for (const [, w] of this.waiting) w({ type: "error", message, privilege: false });
       this.waiting.clear();
       if (this.started && !this.stopping) this.onFatal(message, null);
-    };
+    });
     // A worker that ends without an error event (its thread exited) is just as dead.
-    this.worker.addEventListener("close", () => {
+    this.worker.onExit(() => {
       if (this.started && !this.stopping) this.onFatal("UDP worker exited", null);
     });
   }
@@ -131,7 +133,7 @@ class WorkerPlane implements UdpPlane {
           reject(new StartError(reply.message, reply.privilege));
         } else reject(new Error("unexpected reply"));
       };
-      this.worker.postMessage({ type: "start", config: this.config });
+      this.worker.post({ type: "start", config: this.config });
     });
   }
 
@@ -161,7 +163,7 @@ class WorkerPlane implements UdpPlane {
         if (reply.type === "error") reject(new Error(reply.message));
         else resolve(reply);
       });
-      this.worker.postMessage({ type, id, ...fields });
+      this.worker.post({ type, id, ...fields });
     });
   }
 

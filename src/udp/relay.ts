@@ -35,7 +35,7 @@
 // allocated here once. Payloads are never copied: send entries point into the slab,
 // and slots are reused only after their sends went out.
 
-import { type Pointer, ptr } from "bun:ffi";
+import { type Pointer, ptr, type RelayLib } from "../sys/ffi.ts";
 import { Sniffer } from "../classify/sniffer.ts";
 import { parsersLoad } from "../classify/wasm.ts";
 import { QuicConnectionIds } from "../flow/quic_ids.ts";
@@ -83,7 +83,6 @@ import {
   StartError,
   unexpectedErrno,
 } from "../sys/errno.ts";
-import type { RelayLib } from "../sys/ffi.ts";
 import {
   META,
   META_BYTES,

@@ -9,11 +9,10 @@
 // dropped in JS and then read past by C): count < capacity; every entry's payload lies
 // inside the slab; its fd is a real descriptor. rl_send_batch checks the slab bounds
 // again on the C side and never trusts an entry.
-import { type Pointer, ptr } from "bun:ffi";
+import { type Pointer, ptr, type RelayLib } from "../sys/ffi.ts";
 import type { UdpCounters } from "../metrics.ts";
 import { assert, assertionFailed } from "../sys/assert.ts";
 import { classifyIoErrno, errnoName, IoOutcome } from "../sys/errno.ts";
-import type { RelayLib } from "../sys/ffi.ts";
 import { SEND, SEND_FLAG_CONNECTED, SEND_FLAG_SOURCE, SEND_WORDS } from "../sys/layout.ts";
 
 export const enum Direction {

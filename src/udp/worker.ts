@@ -6,10 +6,11 @@ import { configureLog } from "../control/log.ts";
 import type { SessionQuery } from "../control/query.ts";
 import { StartError } from "../sys/errno.ts";
 import { loadFfi } from "../sys/ffi.ts";
+import { parentPort } from "../sys/thread.ts";
 import { faultWorkerCrash } from "../sys/test_faults.ts";
 import { UdpRelay } from "./relay.ts";
 
-declare const self: Worker;
+const parent = parentPort();
 
 type Request =
   | { type: "start"; config: Config }
@@ -30,7 +31,7 @@ function fatal(message: string): void {
   } catch {
     // The counters are plain numbers; if even they fail, report without them.
   }
-  self.postMessage({ type: "fatal", message, data });
+  parent.post({ type: "fatal", message, data });
   try {
     relay?.stop();
   } catch {
@@ -39,8 +40,8 @@ function fatal(message: string): void {
   relay = null;
 }
 
-self.onmessage = (event: MessageEvent<Request>) => {
-  const m = event.data;
+parent.onMessage((message) => {
+  const m = message as Request;
   if (m.type === "start") {
     configureLog(m.config.log); // this thread's own logger: same level and format
     try {
@@ -49,35 +50,35 @@ self.onmessage = (event: MessageEvent<Request>) => {
         onFatal: fatal,
         // Ended sessions, one batch per timer tick (or more at stop), for the flow log
         // the main thread writes. Never per session.
-        onFlows: (batch) => self.postMessage({ type: "flows", batch }),
+        onFlows: (batch) => parent.post({ type: "flows", batch }),
       });
       relay.start();
-      self.postMessage({ type: "started" });
+      parent.post({ type: "started" });
       faultWorkerCrash();
     } catch (err) {
       relay = null;
       const privilege = err instanceof StartError && err.privilege;
-      self.postMessage({ type: "error", message: (err as Error).message, privilege });
+      parent.post({ type: "error", message: (err as Error).message, privilege });
     }
     return;
   }
   if (relay === null) {
-    self.postMessage({ type: "error", message: "UDP worker not started", privilege: false });
+    parent.post({ type: "error", message: "UDP worker not started", privilege: false });
     return;
   }
   if (m.type === "reconfigure") {
     configureLog(m.config.log);
     relay.reconfigure(m.config);
-    self.postMessage({ type: "reconfigured", id: m.id });
+    parent.post({ type: "reconfigured", id: m.id });
     return;
   }
   if (m.type === "snapshot") {
     const data = relay.snapshot(m.sessionsListed, m.query);
-    self.postMessage({ type: "snapshot", id: m.id, data });
+    parent.post({ type: "snapshot", id: m.id, data });
     return;
   }
   const data = relay.snapshot(m.sessionsListed);
   relay.stop();
   relay = null;
-  self.postMessage({ type: "stopped", id: m.id, data });
-};
+  parent.post({ type: "stopped", id: m.id, data });
+});

@@ -2,7 +2,7 @@
 // lines on stdout (ready, metrics on SIGUSR1, final on SIGTERM).
 import type { Subprocess } from "bun";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { JsonLinesProcess } from "./json_lines.ts";
@@ -10,7 +10,29 @@ import type { Lab } from "./netns.ts";
 
 const ROOT = join(import.meta.dir, "..", "..");
 export const BUN = join(ROOT, "node_modules", ".bin", "bun");
-export const RELAY_MAIN = join(ROOT, "src", "main.ts");
+
+/**
+ * The runtime the relay under test runs on: RELAY_RUNTIME=node runs it on Node.js (the
+ * bundle scripts/build_node.ts writes, with $RELAY_NODE or the node on PATH), else Bun.
+ * Only the relay: peers, probes and tools stay on Bun.
+ */
+function nodeBinary(): string {
+  const fromEnv = process.env.RELAY_NODE;
+  if (fromEnv) return fromEnv;
+  const found = Bun.which("node");
+  if (found === null) throw new Error("RELAY_RUNTIME=node: no node on PATH (set RELAY_NODE)");
+  return found;
+}
+
+/** The relay's command now: [runtime, entry], as RELAY_RUNTIME says (bench --runtime sets it). */
+export function relayCommand(): [string, string] {
+  return process.env.RELAY_RUNTIME === "node"
+    ? [nodeBinary(), join(ROOT, "dist", "node", "main.js")]
+    : [BUN, join(ROOT, "src", "main.ts")];
+}
+
+/** The relay's command at start: RELAY_BIN RELAY_MAIN args... */
+export const [RELAY_BIN, RELAY_MAIN] = relayCommand();
 
 /**
  * RELAY_SANITIZE=1 runs the relay (and only the relay: peers are not instrumented) with
@@ -61,18 +83,26 @@ export class RelayProcess extends JsonLinesProcess {
     timeoutMs = 10_000,
     prefix: string[] = [],
   ): Promise<RelayProcess> {
+    const [runtime, main] = relayCommand();
+    if (!existsSync(main)) throw new Error(`${main} is missing: build it (bash scripts/build.sh)`);
     const config = ["--config", labConfigPath(configPath)];
     const proc = lab.spawn(lab.router, [
       ...prefix,
       ...sanitizerPrefix(),
-      BUN,
-      RELAY_MAIN,
+      runtime,
+      main,
       ...config,
       "--sessions",
       "1000",
     ]);
     const relay = new RelayProcess("relay", proc as Subprocess<"ignore", "pipe", "pipe">);
-    await relay.waitFor((l) => l.event === "ready", timeoutMs);
+    const ready = await relay.waitFor((l) => l.event === "ready", timeoutMs);
+    // The runtime asked for is the one that runs it (RELAY_RUNTIME).
+    const asked = process.env.RELAY_RUNTIME === "node" ? "node" : "bun";
+    if (ready.runtime !== asked) {
+      relay.proc.kill("SIGKILL");
+      throw new Error(`relay runs on ${ready.runtime}, not on ${asked} as asked`);
+    }
     return relay;
   }
 

@@ -11,9 +11,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { LAB, run } from "../lab/netns.ts";
-import { RELAY_MAIN } from "../lab/relay_process.ts";
+import { RELAY_MAIN, RELAY_BIN } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { BUN, labSkipReason, RelayLab } from "./harness.ts";
+import { labSkipReason, RelayLab } from "./harness.ts";
 
 const S4 = LAB.server4;
 const CONFIG = {
@@ -49,7 +49,7 @@ if (!skip) {
     const cli = (args: string[], allowFail = false) =>
       env.lab.exec(
         env.lab.router,
-        [BUN, RELAY_MAIN, ...args, "--control", env.controlPath],
+        [RELAY_BIN, RELAY_MAIN, ...args, "--control", env.controlPath],
         undefined,
         allowFail,
       );
@@ -148,7 +148,12 @@ if (!skip) {
         control: { socketPath: env.controlPath },
       };
       writeFileSync(path, JSON.stringify(second));
-      const r = env.lab.exec(env.lab.router, [BUN, RELAY_MAIN, "--config", path], undefined, true);
+      const r = env.lab.exec(
+        env.lab.router,
+        [RELAY_BIN, RELAY_MAIN, "--config", path],
+        undefined,
+        true,
+      );
       expect(r.status).toBe(1);
       expect(r.stderr).toContain(
         `control socket ${env.controlPath}: another relay answers on it (a connect succeeded)`,
@@ -178,7 +183,7 @@ if (!skip) {
         const tmux = ["tmux", "-S", join(env.controlPath, "..", `tmux-${key}.sock`)];
         const capture = () => run([...tmux, "capture-pane", "-p", "-t", "top"]).stdout;
         const command =
-          `ip netns exec ${env.lab.router} ${BUN} ${RELAY_MAIN} top --control ` +
+          `ip netns exec ${env.lab.router} ${RELAY_BIN} ${RELAY_MAIN} top --control ` +
           `${env.controlPath} --interval-ms 250; echo "top exited with $?"; exec sleep 600`;
         try {
           run([...tmux, "new-session", "-d", "-s", "top", "-x", "120", "-y", "40", command]);

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import type { Check } from "../../src/doctor/check.ts";
 import { JsonLinesProcess } from "../lab/json_lines.ts";
 import { labUnavailableReason, run } from "../lab/netns.ts";
-import { BUN, RELAY_MAIN } from "../lab/relay_process.ts";
+import { RELAY_BIN, RELAY_MAIN } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason } from "./harness.ts";
 
@@ -36,10 +36,11 @@ if (!skip) {
     };
     const inNs = (argv: string[], allowFail = false) =>
       run(["ip", "netns", "exec", ns, ...argv], undefined, allowFail);
-    const applyRules = () => inNs([BUN, RELAY_MAIN, "rules", "apply", "--config", configPath]);
+    const applyRules = () =>
+      inNs([RELAY_BIN, RELAY_MAIN, "rules", "apply", "--config", configPath]);
     /** Runs doctor in the namespace (prefix: e.g. prlimit); its exit status and checks. */
     const doctor = (options: { selfTest?: boolean; prefix?: string[] } = {}) => {
-      const argv = [BUN, RELAY_MAIN, "doctor", "--config", configPath, "--json"];
+      const argv = [RELAY_BIN, RELAY_MAIN, "doctor", "--config", configPath, "--json"];
       if (!options.selfTest) argv.push("--no-self-test");
       const r = inNs([...(options.prefix ?? []), ...argv], true);
       let checks: Check[];
@@ -116,7 +117,7 @@ if (!skip) {
     });
 
     test("the text report: one line per check and the summary", () => {
-      const r = inNs([BUN, RELAY_MAIN, "doctor", "--config", configPath, "--no-self-test"]);
+      const r = inNs([RELAY_BIN, RELAY_MAIN, "doctor", "--config", configPath, "--no-self-test"]);
       const lines = r.stdout.trimEnd().split("\n");
       expect(lines[0]).toStartWith("PASS  kernel: nft tproxy + socket: ");
       expect(lines.at(-1)).toBe(`${lines.length - 1} passed, 0 failed, 0 warnings`);
@@ -221,7 +222,7 @@ if (!skip) {
         holder.proc.kill("SIGKILL");
         await holder.proc.exited;
       }
-      const relay = spawn([BUN, RELAY_MAIN, "--config", configPath]);
+      const relay = spawn([RELAY_BIN, RELAY_MAIN, "--config", configPath]);
       try {
         await relay.waitFor((l) => l.event === "ready", 30_000);
         // Polled: the relay is ready, but a loaded machine may be slow to answer doctor.
@@ -243,13 +244,13 @@ if (!skip) {
       writeFileSync(ipt, JSON.stringify({ ...CONFIG, firewall: { backend: "iptables" } }));
       const ipDoctor = () => {
         const r = inNs(
-          [BUN, RELAY_MAIN, "doctor", "--config", ipt, "--json", "--no-self-test"],
+          [RELAY_BIN, RELAY_MAIN, "doctor", "--config", ipt, "--json", "--no-self-test"],
           true,
         );
         return { status: r.status, checks: JSON.parse(r.stdout) as Check[] };
       };
-      inNs([BUN, RELAY_MAIN, "rules", "remove", "--config", configPath]);
-      inNs([BUN, RELAY_MAIN, "rules", "apply", "--config", ipt]);
+      inNs([RELAY_BIN, RELAY_MAIN, "rules", "remove", "--config", configPath]);
+      inNs([RELAY_BIN, RELAY_MAIN, "rules", "apply", "--config", ipt]);
       try {
         const good = ipDoctor();
         expect(notPassing(good.checks)).toEqual([]);
@@ -264,15 +265,15 @@ if (!skip) {
         ]);
         expect(bad.status).toBe(1);
       } finally {
-        inNs([BUN, RELAY_MAIN, "rules", "remove", "--config", ipt]);
+        inNs([RELAY_BIN, RELAY_MAIN, "rules", "remove", "--config", ipt]);
       }
     });
 
     test("bad arguments or configuration: exit 2", () => {
-      expect(inNs([BUN, RELAY_MAIN, "doctor", "--bogus"], true).status).toBe(2);
+      expect(inNs([RELAY_BIN, RELAY_MAIN, "doctor", "--bogus"], true).status).toBe(2);
       const bad = join(dir, "bad.json");
       writeFileSync(bad, JSON.stringify({ udp: { sessionsMax: 3 } }));
-      const r = inNs([BUN, RELAY_MAIN, "doctor", "--config", bad], true);
+      const r = inNs([RELAY_BIN, RELAY_MAIN, "doctor", "--config", bad], true);
       expect([r.status, r.stderr]).toEqual([2, expect.stringContaining("udp.sessionsMax")]);
     });
   });

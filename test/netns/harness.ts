@@ -5,7 +5,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../../src/config/load.ts";
 import { Lab, labUnavailableReason } from "../lab/netns.ts";
-import { BUN, RELAY_MAIN, RelayProcess, withControlSocket } from "../lab/relay_process.ts";
+import {
+  BUN,
+  RELAY_BIN,
+  RELAY_MAIN,
+  RelayProcess,
+  withControlSocket,
+} from "../lab/relay_process.ts";
 import { skipReason } from "../lab/skip_policy.ts";
 import { nftRuleset, policyRoutingCommands } from "../../src/rules/nft.ts";
 
@@ -94,7 +100,14 @@ export class RelayLab {
 
   /** `relay rules ACTION --config PATH` in the router namespace; throws unless it exits 0. */
   rulesCli(action: "apply" | "remove" | "print", path: string) {
-    return this.lab.exec(this.lab.router, [BUN, RELAY_MAIN, "rules", action, "--config", path]);
+    return this.lab.exec(this.lab.router, [
+      RELAY_BIN,
+      RELAY_MAIN,
+      "rules",
+      action,
+      "--config",
+      path,
+    ]);
   }
 
   /**

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { parseSamples, type Sample, sampleValue } from "../lab/exposition.ts";
 import { LAB } from "../lab/netns.ts";
 import { promtoolCheck, promtoolMissing } from "../lab/promtool.ts";
-import { BUN, RELAY_MAIN, RelayProcess } from "../lab/relay_process.ts";
+import { RELAY_BIN, RELAY_MAIN, RelayProcess } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason, RelayLab } from "./harness.ts";
 
@@ -317,7 +317,12 @@ except OSError:
         path,
         JSON.stringify({ listeners: [{ name: "other", address: "127.0.0.1", port: 22345 }] }),
       );
-      const r = env.lab.exec(env.lab.router, [BUN, RELAY_MAIN, "--config", path], undefined, true);
+      const r = env.lab.exec(
+        env.lab.router,
+        [RELAY_BIN, RELAY_MAIN, "--config", path],
+        undefined,
+        true,
+      );
       expect(r.status).toBe(1);
       expect(r.stderr).toContain(
         `relay: metrics endpoint 127.0.0.1 port ${METRICS_PORT} (config.metrics.port; 0 turns ` +

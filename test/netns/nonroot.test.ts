@@ -26,7 +26,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { LAB, labUnavailableReason, run } from "../lab/netns.ts";
-import { RELAY_MAIN } from "../lab/relay_process.ts";
+import { RELAY_MAIN, RELAY_BIN } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { BUN, labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
@@ -135,7 +135,7 @@ if (!skip) {
       const r = env.probe([`${S4}:7001`], { flows: 2, packets: 4, stamped: true });
       expect(r).toMatchObject({ received: 8, lost: 0, wrongSource: 0, wrongFlow: 0 });
       const sessions = env.lab.exec(env.lab.router, [
-        BUN,
+        RELAY_BIN,
         RELAY_MAIN,
         "sessions",
         "--control",
@@ -165,7 +165,7 @@ if (!skip) {
       writeFileSync(path, JSON.stringify({ ...config, control: { socketPath: "" } }));
       const r = env.lab.exec(
         env.lab.router,
-        [...NO_CAPS, BUN, RELAY_MAIN, "--config", path],
+        [...NO_CAPS, RELAY_BIN, RELAY_MAIN, "--config", path],
         "",
         true,
       );
@@ -201,7 +201,7 @@ if (!skip) {
     const path = join(dir, "config.json");
     const inNs = (argv: string[]) => run(["ip", "netns", "exec", ns, ...argv], undefined, true);
     const rules = (prefix: string[], action: string) =>
-      inNs([...prefix, BUN, RELAY_MAIN, "rules", action, "--config", path]);
+      inNs([...prefix, RELAY_BIN, RELAY_MAIN, "rules", action, "--config", path]);
 
     beforeAll(() => {
       const reason = labUnavailableReason();

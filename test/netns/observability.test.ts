@@ -11,7 +11,7 @@ import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { parseSamples, sampleValue } from "../lab/exposition.ts";
 import { LAB } from "../lab/netns.ts";
-import { BUN, RELAY_MAIN } from "../lab/relay_process.ts";
+import { BUN, RELAY_BIN, RELAY_MAIN } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason, RelayLab, ROOT } from "./harness.ts";
 
@@ -32,7 +32,14 @@ if (!skip) {
     /** A CLI command with --json: its output's JSON lines. */
     const cli = (args: string[]): any[] =>
       env.lab
-        .exec(env.lab.router, [BUN, RELAY_MAIN, ...args, "--control", env.controlPath, "--json"])
+        .exec(env.lab.router, [
+          RELAY_BIN,
+          RELAY_MAIN,
+          ...args,
+          "--control",
+          env.controlPath,
+          "--json",
+        ])
         .stdout.split("\n")
         .filter((l) => l !== "")
         .map((l) => JSON.parse(l));

@@ -8,7 +8,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { labUnavailableReason, run } from "../lab/netns.ts";
-import { BUN, RELAY_MAIN } from "../lab/relay_process.ts";
+import { RELAY_BIN, RELAY_MAIN } from "../lab/relay_process.ts";
 import { withControlSocket } from "../lab/relay_process.ts";
 import { labSkipReason } from "./harness.ts";
 
@@ -33,7 +33,7 @@ if (!skip) {
       });
       return { status: r.status, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
     };
-    const relayArgv = [BUN, RELAY_MAIN, "--config", configPath];
+    const relayArgv = [RELAY_BIN, RELAY_MAIN, "--config", configPath];
 
     // Every relay here has its control socket in this test's directory, never on the
     // default path (a relay of another test, or of the machine, may be on that).
@@ -89,7 +89,7 @@ if (!skip) {
         );
         // TCP alone too: the kernel refuses a second listening socket.
         writeFileSync(join(dir, "tcp.json"), config({ listeners: [CONFIG.listeners[1]] }, "tcp"));
-        const tcp = inNs([BUN, RELAY_MAIN, "--config", join(dir, "tcp.json")]);
+        const tcp = inNs([RELAY_BIN, RELAY_MAIN, "--config", join(dir, "tcp.json")]);
         expect(tcp.status).toBe(1);
         expect(tcp.stderr).toContain('listener "t4" (tcp 127.0.0.1 port 12346)');
         expect(tcp.stderr).toContain("EADDRINUSE");
@@ -136,7 +136,7 @@ if (!skip) {
       const r = inNs([
         "env",
         "PATH=/nonexistent",
-        BUN,
+        RELAY_BIN,
         RELAY_MAIN,
         "--config",
         join(dir, "managed.json"),
@@ -158,7 +158,7 @@ if (!skip) {
         "r = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=30)",
         "print(r.returncode); print(r.stderr)",
       ].join("\n");
-      const r = inNs(["python3", "-c", code, BUN, RELAY_MAIN, "--config", managed]);
+      const r = inNs(["python3", "-c", code, RELAY_BIN, RELAY_MAIN, "--config", managed]);
       expect(r.stdout.split("\n")[0]).toBe("1");
       expect(r.stdout).toContain("EADDRINUSE");
       expect(r.stdout).toContain("firewall.manage: removed nft table inet transparent_relay");
@@ -177,7 +177,7 @@ if (!skip) {
         "--clear-groups",
         "--inh-caps=+net_admin",
         "--ambient-caps=+net_admin",
-        BUN,
+        RELAY_BIN,
         RELAY_MAIN,
         "--config",
         join(dir, "dns.json"),

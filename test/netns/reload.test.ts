@@ -13,9 +13,9 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { JsonLinesProcess } from "../lab/json_lines.ts";
 import { LAB } from "../lab/netns.ts";
-import { RELAY_MAIN, RelayProcess } from "../lab/relay_process.ts";
+import { RELAY_MAIN, RelayProcess, RELAY_BIN } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { BUN, labSkipReason, ROOT, RelayLab } from "./harness.ts";
+import { labSkipReason, ROOT, RelayLab } from "./harness.ts";
 
 const FLOWS = join(import.meta.dir, "reload_flows.py");
 const PEERS = join(import.meta.dir, "tcp_peers.py");
@@ -216,7 +216,7 @@ for (const dataPlane of skip ? [] : (["worker", "callback"] as const)) {
       moved.udp.idleTimeoutMs = 5_000; // would be live, but nothing is applied
       moved.listeners[0].port = 12355;
       writeConfig(moved);
-      const cli = spawnSync(BUN, [RELAY_MAIN, "reload", "--control", env.controlPath], {
+      const cli = spawnSync(RELAY_BIN, [RELAY_MAIN, "reload", "--control", env.controlPath], {
         cwd: ROOT,
         encoding: "utf8",
         timeout: 30_000,

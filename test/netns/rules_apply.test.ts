@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { parseConfig } from "../../src/config/load.ts";
 import { applyRules, type Runner } from "../../src/rules/apply.ts";
 import { labUnavailableReason, run } from "../lab/netns.ts";
-import { BUN, RELAY_MAIN } from "../lab/relay_process.ts";
+import { RELAY_BIN, RELAY_MAIN } from "../lab/relay_process.ts";
 import { labSkipReason } from "./harness.ts";
 
 const BASE = {
@@ -83,7 +83,7 @@ for (const backend of ["nft", "iptables"] as const) {
         })
         .join("\n--\n");
     const cli = (action: string) =>
-      inNs([BUN, RELAY_MAIN, "rules", action, "--config", configPath]);
+      inNs([RELAY_BIN, RELAY_MAIN, "rules", action, "--config", configPath]);
 
     beforeAll(() => {
       const reason = labUnavailableReason();
@@ -197,7 +197,7 @@ for (const backend of ["nft", "iptables"] as const) {
       const printed = cli("print");
       expect(printed.status).toBe(0);
       expect(printed.stdout).toBe(
-        inNs([BUN, RELAY_MAIN, "--config", configPath, "--print-rules"]).stdout,
+        inNs([RELAY_BIN, RELAY_MAIN, "--config", configPath, "--print-rules"]).stdout,
       );
     });
 

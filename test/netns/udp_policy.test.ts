@@ -24,8 +24,8 @@ import { type Dante, danteUnavailableReason, startDante } from "../lab/dante.ts"
 import { dnsmasqArgv, dnsmasqOn, kdigUdp, LAB, labUnavailableReason, run } from "../lab/netns.ts";
 import { QUIC_BODY, QuicPeers } from "../lab/quic_peers.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { RELAY_MAIN, withControlSocket } from "../lab/relay_process.ts";
-import { BUN, flowRecords, labSkipReason, RelayLab } from "./harness.ts";
+import { RELAY_BIN, RELAY_MAIN, withControlSocket } from "../lab/relay_process.ts";
+import { flowRecords, labSkipReason, RelayLab } from "./harness.ts";
 
 const [A4, B4, DEAD4] = LAB.serverExtra4;
 const [A6, B6, DEAD6] = LAB.serverExtra6;
@@ -470,14 +470,14 @@ if (!skip) {
     });
 
     test("a reject rule without CAP_NET_RAW fails the start (exit 77), naming it", () => {
-      const r = inNs([...withoutNetRaw, BUN, RELAY_MAIN, "--config", configFile("reject")]);
+      const r = inNs([...withoutNetRaw, RELAY_BIN, RELAY_MAIN, "--config", configFile("reject")]);
       expect(r.stderr).toContain("It needs CAP_NET_RAW besides CAP_NET_ADMIN");
       expect(r.status).toBe(77);
     });
 
     test("without a reject rule CAP_NET_RAW is not needed", () => {
       const driver = join(import.meta.dir, "relay_driver.py");
-      const relay = [...withoutNetRaw, BUN, RELAY_MAIN, "--config", configFile("drop")];
+      const relay = [...withoutNetRaw, RELAY_BIN, RELAY_MAIN, "--config", configFile("drop")];
       const r = JSON.parse(inNs(["python3", driver, "sighup", "--", ...relay]).stdout);
       expect(r.ready).toContain('"event":"ready"');
       expect(r.exitCode).toBe(0);

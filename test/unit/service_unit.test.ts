@@ -19,7 +19,13 @@ const ROOT = join(import.meta.dir, "..", "..");
 const dir = mkdtempSync(join(tmpdir(), "relay-service-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const base = {
+const base: {
+  checkout: string;
+  configPath: string;
+  user: string;
+  group: string;
+  node?: string;
+} = {
   checkout: ROOT,
   configPath: "/etc/transparent-relay/config.json",
   user: "transparent-relay",
@@ -120,6 +126,15 @@ describe("relay service print: the systemd unit", () => {
     expect(values(unit, "Restart")).toEqual(["on-failure"]);
     expect(values(unit, "RestartPreventExitStatus")).toEqual(["2 77"]);
     expect(values(unit, "RuntimeDirectory")).toEqual(["transparent-relay"]);
+  });
+
+  test("rendered on Node.js: every command runs node with the bundle (docs/node.md)", () => {
+    const unit = render(HIGH, { node: "/usr/bin/node" });
+    const relay = `/usr/bin/node ${join(ROOT, "dist/node/main.js")}`;
+    const config = "--config /etc/transparent-relay/config.json";
+    expect(values(unit, "ExecStart")).toEqual([`${relay} ${config}`]);
+    expect(values(unit, "ExecStopPost")).toEqual([`${relay} rules remove ${config}`]);
+    expect(() => render(HIGH, { node: "relative/node" })).toThrow("the node binary");
   });
 
   test("LimitNOFILE is what the configuration's bounds want, rounded up, capped", () => {

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The test command (npm test runs it after scripts/setup.sh): every test with the relay on
+# Bun, then the end-to-end files that start a relay once more with the relay on Node.js
+# (RELAY_RUNTIME=node, docs/node.md), against a fresh build of dist/node. Ends with the
+# two runs' sum in bun test's own summary form (" N pass" / " N fail"), which .ci/run reads.
+#   scripts/test.sh               both runs
+#   scripts/test.sh FILES...      only these files, on Bun
+#   RELAY_RUNTIME=node scripts/test.sh FILES...   only these files, the relay on Node.js
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUN=node_modules/.bin/bun
+TEST=("$BUN" test --timeout 120000)
+
+if [[ $# -gt 0 ]]; then
+  [[ ${RELAY_RUNTIME:-bun} == node ]] && "$BUN" scripts/build_node.ts
+  exec "${TEST[@]}" "$@"
+fi
+
+# Every end-to-end file that starts the relay (RelayLab, RelayProcess or RELAY_BIN).
+mapfile -t NODE_FILES < <(grep -lE 'RelayLab|RelayProcess|RELAY_BIN' test/netns/*.test.ts)
+
+bun_log=$(mktemp)
+node_log=$(mktemp)
+trap 'rm -f "$bun_log" "$node_log"' EXIT
+
+"${TEST[@]}" 2>&1 | tee "$bun_log"
+bun_status=${PIPESTATUS[0]}
+
+echo
+echo "[test] ${#NODE_FILES[@]} end-to-end files again, the relay on Node.js $(node --version)"
+node_status=0
+if ! "$BUN" scripts/build_node.ts; then
+  echo "[test] the Node.js bundle did not build (scripts/build_node.ts)" >&2
+  node_status=1
+else
+  RELAY_RUNTIME=node "${TEST[@]}" "${NODE_FILES[@]}" 2>&1 | tee "$node_log"
+  node_status=${PIPESTATUS[0]}
+fi
+
+# A run that printed no summary (it crashed) counts as one failure.
+count() { grep -E "^ *[0-9]+ $1\$" "$2" | tail -1 | tr -dc '0-9'; }
+passed=0
+failed=0
+for log in "$bun_log" "$node_log"; do
+  p=$(count pass "$log")
+  f=$(count fail "$log")
+  [[ -z $p ]] && f=$((${f:-0} + 1))
+  passed=$((passed + ${p:-0}))
+  failed=$((failed + ${f:-0}))
+done
+status=0
+[[ $bun_status -ne 0 || $node_status -ne 0 || $failed -gt 0 ]] && status=1
+echo
+echo "[test] both runs: Bun (every test), Node.js (${#NODE_FILES[@]} end-to-end files)"
+printf ' %d pass\n %d fail\n' "$passed" "$failed"
+exit "$status"
