@@ -1,5 +1,8 @@
-// bun bench/dns_forced.ts [--quick] [--reps N] [--responder fast|dnsmasq] [--no-pin]
+// bun bench/dns_forced.ts [--quick] [--reps N] [--responder fast|dnsmasq] [--no-pin] [--node]
 //
+// --node: a fourth path, the same relay on Node.js (dist/node: bash scripts/build.sh) with
+// the same rule on port 5354 (TPROXY tells the relays apart by port only), pinned like
+// the Bun one; the report adds Node / Bun (issue 15).
 // The forced resolver (issue 12) beside kernel forwarding and beside dnsdist, in one lab
 // and one run: dnsperf in the client namespace, one responder on E3:5300 in the server
 // namespace behind all three paths.
@@ -41,14 +44,15 @@ import { fmt, median } from "./report.ts";
 
 const RESULTS = join(import.meta.dir, "results", "dns-forced-latest.md");
 const USAGE =
-  "usage: bun bench/dns_forced.ts [--quick] [--reps N] [--responder fast|dnsmasq] [--no-pin]";
+  "usage: bun bench/dns_forced.ts [--quick] [--reps N] [--responder fast|dnsmasq] [--no-pin] " +
+  "[--node]";
 
-type PathName = "kernel" | "relay" | "dnsdist";
-const PATHS: PathName[] = ["kernel", "relay", "dnsdist"];
+type PathName = "kernel" | "relay" | "dnsdist" | "node";
 const LABEL: Record<PathName, string> = {
   kernel: "kernel forwarding",
   relay: "relay, forced mode",
   dnsdist: "dnsdist",
+  node: "relay on Node.js, forced mode",
 };
 const [E3, , E5] = LAB.serverExtra4;
 const RESOLVER = { address: E3, port: 5300 };
@@ -58,8 +62,10 @@ const SERVER: Record<PathName, { address: string; port: number }> = {
   kernel: RESOLVER,
   relay: { address: E5, port: 53 },
   dnsdist: DNSDIST,
+  node: { address: E5, port: 5354 },
 };
 const LISTENER_PORT = 12354;
+const NODE_LISTENER_PORT = 12355;
 /** Offered load of the latency runs: below what every path carries here. */
 const LATENCY_QPS = 20_000;
 /** sysconf(_SC_CLK_TCK) on Linux: /proc's CPU times are in these. */
@@ -78,10 +84,11 @@ interface Args {
   reps: number;
   responder: Responder;
   pin: boolean;
+  node: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, reps: REPS.full, responder: "fast", pin: true };
+  const args: Args = { quick: false, reps: REPS.full, responder: "fast", pin: true, node: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--quick") {
@@ -97,6 +104,8 @@ function parseArgs(argv: string[]): Args {
       args.responder = r;
     } else if (a === "--no-pin") {
       args.pin = false;
+    } else if (a === "--node") {
+      args.node = true;
     } else if (a === "--help" || a === "-h") {
       console.log(USAGE);
       process.exit(0);
@@ -273,23 +282,35 @@ async function main(): Promise<number> {
   process.on("SIGTERM", onSignal);
   const children: Subprocess[] = [];
   let relay: RelayProcess | null = null;
+  let onNode: RelayProcess | null = null;
+  const paths: PathName[] = ["kernel", "relay", "dnsdist", ...(args.node ? ["node" as const] : [])];
   const started = performance.now();
   const load = loadavg()[0];
   try {
-    const raw = {
-      listeners: [{ name: "dns4", address: "127.0.0.1", port: LISTENER_PORT }],
-      intercept: [{ listener: "dns4", ports: [53], interfaces: [LAB.routerClientIf] }],
+    const relayConfig = (name: string, listenerPort: number, port: number) => ({
+      listeners: [{ name, address: "127.0.0.1", port: listenerPort }],
+      intercept: [{ listener: name, ports: [port], interfaces: [LAB.routerClientIf] }],
       outbounds: [
         { name: "resolver", type: "forward", targets: [`${RESOLVER.address}:${RESOLVER.port}`] },
       ],
-      rules: [{ name: "forced", protocol: "udp", ports: [53], action: "resolver" }],
+      rules: [{ name: "forced", protocol: "udp", ports: [port], action: "resolver" }],
+      udp: { dnsPorts: [port] },
       metrics: { port: 0 },
-      control: { socketPath: join(dir, "relay.sock") },
-    };
-    const config = parseConfig(raw);
+      control: { socketPath: join(dir, `${name}.sock`) },
+    });
+    const raw = relayConfig("dns4", LISTENER_PORT, SERVER.relay.port);
+    const rawNode = relayConfig("node4", NODE_LISTENER_PORT, SERVER.node.port);
+    // One rule set for both relays: each intercepts its own port.
+    const config = parseConfig({
+      ...raw,
+      listeners: [...raw.listeners, ...(args.node ? rawNode.listeners : [])],
+      intercept: [...raw.intercept, ...(args.node ? rawNode.intercept : [])],
+    });
     lab.installRules(nftRuleset(config), policyRoutingCommands(config));
     const configPath = join(dir, "relay.json");
     writeFileSync(configPath, JSON.stringify(raw));
+    const nodeConfigPath = join(dir, "node.json");
+    writeFileSync(nodeConfigPath, JSON.stringify(rawNode));
 
     const { records, queryFile } = benchNames(dir);
     const responder =
@@ -310,15 +331,24 @@ async function main(): Promise<number> {
     ]);
     children.push(dnsdist);
     relay = await RelayProcess.start(lab, configPath, undefined, onCpu(args.pin, 1));
+    if (args.node) {
+      onNode = await RelayProcess.start(lab, nodeConfigPath, undefined, onCpu(args.pin, 1), "node");
+    }
     lab.warmNeighbours();
-    for (const path of PATHS) await waitAnswers(lab, path);
+    for (const path of paths) await waitAnswers(lab, path);
 
-    const samples: Record<PathName, Sample[]> = { kernel: [], relay: [], dnsdist: [] };
+    const samples: Record<PathName, Sample[]> = { kernel: [], relay: [], dnsdist: [], node: [] };
+    // `ip netns exec` and taskset exec: the child's pid is the proxy's.
+    const pids: Record<PathName, number | null> = {
+      kernel: null,
+      relay: relay.proc.pid,
+      dnsdist: dnsdist.pid,
+      node: onNode?.proc.pid ?? null,
+    };
     for (let rep = 0; rep < args.reps; rep++) {
       // Rotate the order per repetition: no path always runs first (or last).
-      for (const path of PATHS.map((_, k) => PATHS[(k + rep) % PATHS.length])) {
-        // `ip netns exec` and taskset exec: the child's pid is the proxy's.
-        const pid = path === "relay" ? relay.proc.pid : path === "dnsdist" ? dnsdist.pid : null;
+      for (const path of paths.map((_, k) => paths[(k + rep) % paths.length])) {
+        const pid = pids[path];
         const s = measure(lab, queryFile, path, seconds, args.pin, pid);
         samples[path].push(s);
         process.stderr.write(
@@ -343,7 +373,7 @@ async function main(): Promise<number> {
       `\`bun bench/dns_forced.ts${args.quick ? " --quick" : ""}` +
         `${args.reps !== REPS.full && !args.quick ? ` --reps ${args.reps}` : ""}` +
         `${args.responder !== "fast" ? ` --responder ${args.responder}` : ""}` +
-        `${args.pin ? "" : " --no-pin"}\`, ` +
+        `${args.pin ? "" : " --no-pin"}${args.node ? " --node" : ""}\`, ` +
         `${new Date().toISOString()}, ${cpus().length} vCPUs (${cpus()[0]?.model ?? "?"}), ` +
         `kernel ${release()}, load average ${load.toFixed(2)} at start, ` +
         `${((performance.now() - started) / 1000).toFixed(0)} s. Queries/s: dnsperf -c ` +
@@ -355,7 +385,7 @@ async function main(): Promise<number> {
         `${args.reps} repetition(s) [min-max]; ratios of medians. ` +
         `Responder: ${args.responder === "fast" ? "bench/dns_responder.c" : "dnsmasq"}. ` +
         (args.pin
-          ? "Pinned: dnsperf and the responder on cpu0, the relay or dnsdist alone on cpu1."
+          ? "Pinned: dnsperf and the responder on cpu0, the relay or dnsdist on cpu1."
           : "Not pinned."),
     );
     lines.push("");
@@ -363,7 +393,7 @@ async function main(): Promise<number> {
       "| path | queries/s | proxy CPU µs/query | p50 ms | p99 ms | average ms | lost % |",
     );
     lines.push("|---|---|---|---|---|---|---|");
-    for (const p of PATHS) {
+    for (const p of paths) {
       const xs = samples[p];
       lines.push(
         `| ${LABEL[p]} | ${range(xs.map((s) => s.qps))} | ` +
@@ -383,6 +413,14 @@ async function main(): Promise<number> {
         `${ratio(p99("relay"), p99("dnsdist"))}, relay/kernel ` +
         `${ratio(p99("relay"), p99("kernel"))}.`,
     );
+    if (args.node) {
+      lines.push("");
+      lines.push(
+        `Node.js / Bun (issue 15): queries/s ${ratio(qps("node"), qps("relay"))}, CPU/query ` +
+          `${ratio(med("node", (s) => s.cpuUsPerQuery), med("relay", (s) => s.cpuUsPerQuery))}` +
+          `, p99 ${ratio(p99("node"), p99("relay"))}.`,
+      );
+    }
     lines.push("");
     const counters = Object.entries(udp).filter(
       ([k, v]) => typeof v === "number" && v > 0 && /^(dropped|sessionsCreated|dns)/.test(k),
@@ -395,6 +433,7 @@ async function main(): Promise<number> {
     return 0;
   } finally {
     if (relay) await relay.stop().catch(() => undefined);
+    if (onNode) await onNode.stop().catch(() => undefined);
     for (const c of children) c.kill("SIGKILL");
     lab.destroy();
     rmSync(dir, { recursive: true, force: true });

@@ -3,6 +3,7 @@
 // through plain kernel forwarding, in one lab run.
 //
 //   node_modules/.bin/bun bench/tcp.ts [--quick] [--reps N] [--no-haproxy] [--no-bun-stream]
+//       [--node]
 //
 //   client ns (iperf3 -c | tcp_load client) ── router ns ── server ns (iperf3 -s | tcp_load server)
 //
@@ -12,6 +13,8 @@
 //   HAProxy 2.6        5203 / 7203                  nft TPROXY -> haproxy `bind ... transparent`
 //   pure-Bun relay     5204 / 7204                  nft TPROXY -> bench/tcp_bun_stream.ts (the
 //                                                   baseline the C splice engine replaced)
+//   relay on Node.js   5205 / 7205                  --node: the same relay on Node.js (issue 15),
+//                                                   listener 127.0.0.1:12352
 // Both proxies connect upstream from the router's address (the default source) and
 // HAProxy runs with its default settings (no splice options, nbthread = CPUs).
 //
@@ -40,15 +43,29 @@ const LOAD_SOURCE = join(import.meta.dir, "tcp_load.c");
 const LOAD = join(ROOT, "build", "bench", "tcp_load");
 const RESULTS = join(import.meta.dir, "results", "tcp-latest.md");
 
-type PathName = "kernel" | "relay" | "haproxy" | "bunstream";
+type PathName = "kernel" | "relay" | "haproxy" | "bunstream" | "node";
 const PATH_LABEL: Record<PathName, string> = {
   kernel: "kernel",
   relay: "relay",
   haproxy: "HAProxy 2.6",
   bunstream: "pure-Bun relay",
+  node: "relay on Node.js",
 };
-const IPERF_PORT: Record<PathName, number> = { kernel: 5201, relay: 5202, haproxy: 5203, bunstream: 5204 };
-const CPS_PORT: Record<PathName, number> = { kernel: 7201, relay: 7202, haproxy: 7203, bunstream: 7204 };
+const IPERF_PORT: Record<PathName, number> = {
+  kernel: 5201,
+  relay: 5202,
+  haproxy: 5203,
+  bunstream: 5204,
+  node: 5205,
+};
+const CPS_PORT: Record<PathName, number> = {
+  kernel: 7201,
+  relay: 7202,
+  haproxy: 7203,
+  bunstream: 7204,
+  node: 7205,
+};
+const NODE_LISTENER_PORT = 12352;
 const RELAY_LISTENER_PORT = 12346;
 const HAPROXY_LISTENER_PORT = 12350;
 const BUN_STREAM_LISTENER_PORT = 12351;
@@ -67,16 +84,19 @@ export interface Args {
   reps: number;
   haproxy: boolean;
   bunStream: boolean;
+  /** The same relay on Node.js as a path of its own (issue 15). */
+  node: boolean;
 }
 
 export function parseArgs(argv: string[]): Args {
-  const args: Args = { argv, quick: false, reps: 3, haproxy: true, bunStream: true };
+  const args: Args = { argv, quick: false, reps: 3, haproxy: true, bunStream: true, node: false };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--quick") args.quick = true;
     else if (a === "--no-haproxy") args.haproxy = false;
     else if (a === "--no-bun-stream") args.bunStream = false;
+    else if (a === "--node") args.node = true;
     else if (a === "--reps") {
       const n = Number(argv[++i]);
       if (!Number.isInteger(n) || n < 1 || n > REPS_MAX) throw new Error(`--reps: 1-${REPS_MAX}`);
@@ -84,7 +104,7 @@ export function parseArgs(argv: string[]): Args {
       repsGiven = true;
     } else {
       throw new Error(`unknown argument ${a}\nusage: bun bench/tcp.ts [--quick] [--reps N] ` +
-        `[--no-haproxy] [--no-bun-stream]`);
+        `[--no-haproxy] [--no-bun-stream] [--node]`);
     }
   }
   if (args.quick && !repsGiven) args.reps = 1;
@@ -211,11 +231,13 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
   const paths: PathName[] = ["kernel", "relay"];
   if (args.haproxy) paths.push("haproxy");
   if (args.bunStream) paths.push("bunstream");
-  const others = paths.filter((p) => p !== "kernel" && p !== "relay");
+  if (args.node) paths.push("node");
+  const others = paths.filter((p) => p !== "kernel" && p !== "relay" && p !== "node");
 
   const dir = mkdtempSync(join(tmpdir(), "relay-bench-tcp-"));
   const lab = Lab.create();
   let relay: RelayProcess | null = null;
+  let onNode: RelayProcess | null = null;
   const started = performance.now();
   try {
     // Short-lived connections: ports from the whole range, TIME_WAIT reuse on connect.
@@ -227,7 +249,15 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
       listeners: [{ name: "tcp4", protocol: "tcp", address: "127.0.0.1", port: RELAY_LISTENER_PORT }],
       intercept: [{ listener: "tcp4", ports: [IPERF_PORT.relay, CPS_PORT.relay] }],
     };
-    const config = parseConfig(raw);
+    const rawNode = {
+      listeners: [{ name: "node4", protocol: "tcp", address: "127.0.0.1", port: NODE_LISTENER_PORT }],
+      intercept: [{ listener: "node4", ports: [IPERF_PORT.node, CPS_PORT.node] }],
+    };
+    // One rule set for both relays (each listener intercepts its own ports).
+    const config = parseConfig({
+      listeners: [...raw.listeners, ...(args.node ? rawNode.listeners : [])],
+      intercept: [...raw.intercept, ...(args.node ? rawNode.intercept : [])],
+    });
     lab.installRules(nftRuleset(config), policyRoutingCommands(config));
     // The other proxies' interception in their own table; the relay's table already
     // delivers packets of established transparent sockets (theirs included) locally.
@@ -253,6 +283,12 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
     relay = await RelayProcess.start(lab, configPath);
     // `ip netns exec` execs its command: each spawned pid is the proxy's own.
     const proxyPid: Partial<Record<PathName, number>> = { relay: relay.proc.pid };
+    if (args.node) {
+      const nodePath = join(dir, "node.json");
+      writeFileSync(nodePath, JSON.stringify(rawNode));
+      onNode = await RelayProcess.start(lab, nodePath, undefined, [], "node");
+      proxyPid.node = onNode.proc.pid;
+    }
     if (args.haproxy) {
       const haproxyPath = join(dir, "haproxy.cfg");
       writeFileSync(haproxyPath, HAPROXY_CONFIG);
@@ -319,6 +355,7 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
     };
   } finally {
     if (relay) await relay.stop().catch(() => {});
+    if (onNode) await onNode.stop().catch(() => {});
     lab.destroy();
     rmSync(dir, { recursive: true, force: true });
   }
@@ -329,6 +366,7 @@ export function renderTcpReport(r: TcpResult): string {
   const { args, paths, iperfSeconds, cpsWarmupMs, cpsMeasureMs, relayMetrics, failures } = r;
   const command = `node_modules/.bin/bun bench/tcp.ts${args.argv.map((a) => ` ${a}`).join("")}`;
   const others = paths.filter((p) => p !== "kernel" && p !== "relay");
+  const node = paths.includes("node");
   const gbps = r.gbps;
   const rate = r.cps;
   const cpuPerGb = r.cpuPerGb;
@@ -341,7 +379,7 @@ export function renderTcpReport(r: TcpResult): string {
   };
   const header = ["metric", ...paths.map((p) => `${PATH_LABEL[p]} median [min-max]`),
     "relay/kernel", ...others.map((p) => `${PATH_LABEL[p]}/kernel`),
-    ...(args.haproxy ? ["relay/HAProxy"] : []), "gen-bound"];
+    ...(args.haproxy ? ["relay/HAProxy"] : []), ...(node ? ["Node.js/Bun"] : []), "gen-bound"];
   const bound = (b: Record<string, boolean[]>) => {
     const parts = paths.filter((p) => b[p].some((x) => x))
       .map((p) => `${PATH_LABEL[p]} ${b[p].filter((x) => x).length}/${b[p].length}`);
@@ -351,7 +389,8 @@ export function renderTcpReport(r: TcpResult): string {
     b: Record<string, boolean[]>) => [
     name, ...paths.map((p) => fmtRange(v[p], digits)), ratio("relay", v, target),
     ...others.map((p) => ratio(p, v, target)),
-    ...(args.haproxy ? [(median(v.relay) / median(v.haproxy)).toFixed(2)] : []), bound(b),
+    ...(args.haproxy ? [(median(v.relay) / median(v.haproxy)).toFixed(2)] : []),
+    ...(node ? [`**${(median(v.node) / median(v.relay)).toFixed(2)}**`] : []), bound(b),
   ];
   const table = [
     `| ${header.join(" | ")} |`,

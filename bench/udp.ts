@@ -2,8 +2,10 @@
 // throughput through the relay and through plain kernel forwarding, in the same run.
 //
 //   node_modules/.bin/bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-wait] [--no-c-relay]
-//       [--data-plane worker|callback] [--observe]
+//       [--data-plane worker|callback] [--observe] [--node]
 //
+// --node: the same relay on Node.js (ports 7307/7308, dist/node: bash scripts/build.sh),
+// beside the one on Bun in the same run, with Node / Bun per cell (issue 15).
 // --observe: a second Bun relay (ports 7207/7208) with the flow log on and its Prometheus
 // endpoint scraped once a second, beside the first (no endpoint, no flow log): what
 // watching the relay costs, in the same run (issue 13).
@@ -46,22 +48,30 @@ const C_RELAY = join(TOOLS, "c_relay");
 const RESULTS = join(import.meta.dir, "results", "udp-latest.md");
 const USAGE =
   "usage: bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-wait] [--no-c-relay] " +
-  "[--data-plane worker|callback] [--observe]";
+  "[--data-plane worker|callback] [--observe] [--node]";
 
 export type Mode = "rr" | "oneway";
-export type PathName = "kernel" | "bun" | "c" | "obs";
+export type PathName = "kernel" | "bun" | "c" | "obs" | "node";
 const PATH_LABEL: Record<PathName, string> = {
   kernel: "kernel",
   bun: "Bun relay",
   c: "C relay",
   obs: "Bun relay observed",
+  node: "Node.js relay",
 };
-const PATH_SHORT: Record<PathName, string> = { kernel: "k", bun: "bun", c: "C", obs: "obs" };
+const PATH_SHORT: Record<PathName, string> = {
+  kernel: "k",
+  bun: "bun",
+  c: "C",
+  obs: "obs",
+  node: "node",
+};
 const PORTS: Record<PathName, Record<Mode, number>> = {
   kernel: { rr: 7507, oneway: 7508 },
   bun: { rr: 7007, oneway: 7008 },
   c: { rr: 7107, oneway: 7108 },
   obs: { rr: 7207, oneway: 7208 },
+  node: { rr: 7307, oneway: 7308 },
 };
 /** The observed relay's Prometheus port (in the router namespace), scraped once a second. */
 const OBS_METRICS_PORT = 9478;
@@ -109,6 +119,8 @@ export interface Args {
   dataPlane: "worker" | "callback";
   /** A second Bun relay with the flow log on and its metrics scraped every second. */
   observe: boolean;
+  /** The same relay on Node.js beside the one on Bun (issue 15). */
+  node: boolean;
 }
 
 export function parseArgs(argv: string[]): Args {
@@ -120,6 +132,7 @@ export function parseArgs(argv: string[]): Args {
     cRelay: true,
     dataPlane: "worker",
     observe: false,
+    node: false,
   };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
@@ -132,6 +145,8 @@ export function parseArgs(argv: string[]): Args {
       args.wait = false;
     } else if (a === "--observe") {
       args.observe = true;
+    } else if (a === "--node") {
+      args.node = true;
     } else if (a === "--no-c-relay") {
       args.cRelay = false;
     } else if (a === "--data-plane") {
@@ -384,6 +399,7 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
   const cRelay = args.cRelay && (await Bun.file(C_RELAY).exists());
   const paths: PathName[] = ["kernel", "bun", ...(cRelay ? ["c" as const] : [])];
   if (args.observe) paths.push("obs");
+  if (args.node) paths.push("node");
 
   const tmp = mkdtempSync(join(tmpdir(), "udp-bench-"));
   const lab = Lab.create();
@@ -398,6 +414,7 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
   const tools: ToolProcess[] = [];
   let relay: RelayProcess | null = null;
   let observed: RelayProcess | null = null;
+  let onNode: RelayProcess | null = null;
   let scraper: Subprocess | null = null;
   try {
     // Listener port == original port for every relayed path: replies use IP_PKTINFO.
@@ -431,6 +448,19 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
       control: { socketPath: join(tmp, "obs.sock") },
       flowLog: { path: join(tmp, "flows.log") },
     };
+    const nodeRelay = {
+      listeners: [
+        { name: "node_rr4", address: "127.0.0.1", port: PORTS.node.rr, reply: "pktinfo" },
+        { name: "node_oneway4", address: "127.0.0.1", port: PORTS.node.oneway, reply: "pktinfo" },
+      ],
+      intercept: [
+        { listener: "node_rr4", ports: [PORTS.node.rr], interfaces: iface },
+        { listener: "node_oneway4", ports: [PORTS.node.oneway], interfaces: iface },
+      ],
+      udp: bunRelay.udp,
+      metrics: { port: 0 },
+      control: { socketPath: join(tmp, "node.sock") },
+    };
     // Rules for both relays in one table; the Bun relay only gets its own listeners.
     const rules = parseConfig({
       listeners: [
@@ -438,12 +468,14 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
         { name: "c_rr4", address: "127.0.0.1", port: PORTS.c.rr },
         { name: "c_oneway4", address: "127.0.0.1", port: PORTS.c.oneway },
         ...(args.observe ? observedRelay.listeners : []),
+        ...(args.node ? nodeRelay.listeners : []),
       ],
       intercept: [
         ...bunRelay.intercept,
         { listener: "c_rr4", ports: [PORTS.c.rr], interfaces: iface },
         { listener: "c_oneway4", ports: [PORTS.c.oneway], interfaces: iface },
         ...(args.observe ? observedRelay.intercept : []),
+        ...(args.node ? nodeRelay.intercept : []),
       ],
     });
     lab.installRules(nftRuleset(rules), policyRoutingCommands(rules));
@@ -470,6 +502,11 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
         `curl -sf -o /dev/null http://127.0.0.1:${OBS_METRICS_PORT}/metrics; ` +
         `i=$((i+1)); sleep 1; done`]);
     }
+    if (args.node) {
+      const nodePath = join(tmp, "node.json");
+      writeFileSync(nodePath, JSON.stringify(nodeRelay));
+      onNode = await RelayProcess.start(lab, nodePath, undefined, [], "node");
+    }
     let cTool: ToolProcess | null = null;
     if (cRelay) {
       cTool = startTool(lab, lab.router, "c_relay", [C_RELAY, "--mark", `${rules.mark}`,
@@ -481,6 +518,7 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
       relay.proc.pid,
       ...(cTool ? [cTool.proc.pid] : []),
       ...(observed ? [observed.proc.pid] : []),
+      ...(onNode ? [onNode.proc.pid] : []),
     ];
     const pinning = args.pin ? pinRelays(relayPids) : "none (scheduler's choice)";
 
@@ -525,6 +563,7 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
   } finally {
     scraper?.kill("SIGKILL");
     if (observed) await observed.stop().catch(() => undefined);
+    if (onNode) await onNode.stop().catch(() => undefined);
     if (relay) await relay.stop().catch(() => undefined);
     for (const t of tools) await t.stop().catch(() => undefined);
     lab.destroy();
@@ -571,6 +610,18 @@ function counterLine(label: string, counters: any, dropPattern: RegExp, extra: s
     ` (${context}).`;
 }
 
+/** Per cell: path a / path b, ratio of medians and [min-max] of per-repetition ratios. */
+function ratioRows(r: UdpResult, a: PathName, b: PathName): string[] {
+  return r.cells.map((cell) => {
+    const name = cellName(cell);
+    const values = (p: PathName) => (r.samples.get(`${name}|${p}`) ?? []).map((s) => s.value);
+    const paired = values(a).map((v, i) => v / values(b)[i]);
+    const ratio = median(values(a)) / median(values(b));
+    return `| ${name} | **${ratio.toFixed(2)}** ` +
+      `[${Math.min(...paired).toFixed(2)}-${Math.max(...paired).toFixed(2)}] |`;
+  });
+}
+
 /** The markdown report of one runUdp() result (also bench/results/udp-latest.md). */
 export function renderUdpReport(r: UdpResult): string {
   const { paths } = r;
@@ -578,7 +629,7 @@ export function renderUdpReport(r: UdpResult): string {
   const flags = [r.args.quick ? "--quick" : "", `--reps ${r.args.reps}`, r.args.pin ? "--pin" : "",
     r.args.wait ? "" : "--no-wait", r.paths.includes("c") ? "" : "--no-c-relay",
     r.args.dataPlane === "worker" ? "" : `--data-plane ${r.args.dataPlane}`,
-    r.args.observe ? "--observe" : ""];
+    r.args.observe ? "--observe" : "", r.args.node ? "--node" : ""];
   const command = ["node_modules/.bin/bun bench/udp.ts", ...flags.filter((f) => f)].join(" ");
   const lines: string[] = [
     "## UDP relay benchmark",
@@ -650,19 +701,18 @@ export function renderUdpReport(r: UdpResult): string {
     row.push(countByPath(paths, all, (s) => !isClean(s)));
     lines.push(`| ${row.join(" | ")} |`);
   }
+  if (paths.includes("node")) {
+    lines.push("", "The relay on Node.js beside the relay on Bun (issue 15), in the same run; " +
+      "ratio of medians, then [min-max] of the per-repetition ratios. Goal: >= 0.80.", "",
+      "| cell | Node.js / Bun |", "|---|---|");
+    lines.push(...ratioRows(r, "node", "bun"));
+  }
   if (paths.includes("obs")) {
     lines.push("", "What watching costs (issue 13): the observed Bun relay (flow log on, " +
       "Prometheus endpoint scraped once a second) beside the same relay unobserved, in the " +
       "same run; ratio of medians, then [min-max] of the per-repetition ratios.", "",
       "| cell | observed / unobserved |", "|---|---|");
-    for (const cell of r.cells) {
-      const name = cellName(cell);
-      const values = (p: PathName) => (r.samples.get(`${name}|${p}`) ?? []).map((s) => s.value);
-      const paired = values("obs").map((v, i) => v / values("bun")[i]);
-      const ratio = median(values("obs")) / median(values("bun"));
-      lines.push(`| ${name} | **${ratio.toFixed(2)}** ` +
-        `[${Math.min(...paired).toFixed(2)}-${Math.max(...paired).toFixed(2)}] |`);
-    }
+    lines.push(...ratioRows(r, "obs", "bun"));
   }
   lines.push("",
     `† the kernel runs of this cell include generator-bound ones: the kernel number is then ` +

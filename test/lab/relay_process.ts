@@ -24,9 +24,16 @@ function nodeBinary(): string {
   return found;
 }
 
-/** The relay's command now: [runtime, entry], as RELAY_RUNTIME says (bench --runtime sets it). */
-export function relayCommand(): [string, string] {
-  return process.env.RELAY_RUNTIME === "node"
+export type Runtime = "bun" | "node";
+
+/** The runtime RELAY_RUNTIME names (bench --runtime sets it): node, else bun. */
+export function envRuntime(): Runtime {
+  return process.env.RELAY_RUNTIME === "node" ? "node" : "bun";
+}
+
+/** The relay's command on `runtime` (RELAY_RUNTIME's by default): [runtime, entry]. */
+export function relayCommand(runtime: Runtime = envRuntime()): [string, string] {
+  return runtime === "node"
     ? [nodeBinary(), join(ROOT, "dist", "node", "main.js")]
     : [BUN, join(ROOT, "src", "main.ts")];
 }
@@ -77,13 +84,15 @@ function labConfigPath(configPath: string | null): string {
 export class RelayProcess extends JsonLinesProcess {
   /** Starts the relay in the router namespace (configPath null: the built-in default). */
   /** prefix: a command the relay runs under (e.g. prlimit --nofile=N --). */
+  /** asked: the runtime it runs on (RELAY_RUNTIME's by default; benches run both). */
   static async start(
     lab: Lab,
     configPath: string | null,
     timeoutMs = 10_000,
     prefix: string[] = [],
+    asked: Runtime = envRuntime(),
   ): Promise<RelayProcess> {
-    const [runtime, main] = relayCommand();
+    const [runtime, main] = relayCommand(asked);
     if (!existsSync(main)) throw new Error(`${main} is missing: build it (bash scripts/build.sh)`);
     const config = ["--config", labConfigPath(configPath)];
     const proc = lab.spawn(lab.router, [
@@ -97,8 +106,7 @@ export class RelayProcess extends JsonLinesProcess {
     ]);
     const relay = new RelayProcess("relay", proc as Subprocess<"ignore", "pipe", "pipe">);
     const ready = await relay.waitFor((l) => l.event === "ready", timeoutMs);
-    // The runtime asked for is the one that runs it (RELAY_RUNTIME).
-    const asked = process.env.RELAY_RUNTIME === "node" ? "node" : "bun";
+    // The runtime asked for is the one that runs it.
     if (ready.runtime !== asked) {
       relay.proc.kill("SIGKILL");
       throw new Error(`relay runs on ${ready.runtime}, not on ${asked} as asked`);
