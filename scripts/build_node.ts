@@ -10,8 +10,14 @@ const ROOT = join(import.meta.dirname, "..");
 // Two levels below the root, as src/sys/runtime.ts expects.
 const OUT = join(ROOT, "dist", "node");
 
-const ENTRIES = [join(ROOT, "src", "main_node.ts"), join(ROOT, "src", "udp", "worker.ts")];
+const ENTRIES = [
+  join(ROOT, "src", "main_node.ts"),
+  join(ROOT, "src", "main.ts"),
+  join(ROOT, "src", "udp", "worker.ts"),
+];
 await bundleForNode(ENTRIES, OUT);
+// The relay itself (src/main.ts) is relay.js, loaded by the entry once its checks pass;
 // main_node.js is the CLI's entry: named main.js, as `npm run relay:node` and bin call it.
+renameSync(join(OUT, "main.js"), join(OUT, "relay.js"));
 renameSync(join(OUT, "main_node.js"), join(OUT, "main.js"));
 chmodSync(join(OUT, "main.js"), 0o755);

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command (npm test runs it after scripts/setup.sh): every test with the relay on
 # Bun, then the end-to-end files that start a relay once more with the relay on Node.js
-# (RELAY_RUNTIME=node, docs/node.md), against a fresh build of dist/node. Ends with the
-# two runs' sum in bun test's own summary form (" N pass" / " N fail"), which .ci/run reads.
+# (RELAY_RUNTIME=node, docs/node.md), against a fresh build of dist/node: on the
+# distribution's node, and again on the current LTS from npm (scripts/node_lts.sh) when
+# that is another version. Ends with the runs' sum in bun test's own summary form
+# (" N pass" / " N fail"), which .ci/run reads.
 #   scripts/test.sh               both runs
 #   scripts/test.sh FILES...      only these files, on Bun
 #   RELAY_RUNTIME=node scripts/test.sh FILES...   only these files, the relay on Node.js
@@ -21,27 +23,40 @@ mapfile -t NODE_FILES < <(grep -lE 'RelayLab|RelayProcess|RELAY_BIN' test/netns/
 
 bun_log=$(mktemp)
 node_log=$(mktemp)
-trap 'rm -f "$bun_log" "$node_log"' EXIT
+lts_log=$(mktemp)
+trap 'rm -f "$bun_log" "$node_log" "$lts_log"' EXIT
 
 "${TEST[@]}" 2>&1 | tee "$bun_log"
 bun_status=${PIPESTATUS[0]}
 
-echo
-echo "[test] ${#NODE_FILES[@]} end-to-end files again, the relay on Node.js $(node --version)"
+# The end-to-end files with the relay on the node binary $1, into log $2.
+node_pass() {
+  echo
+  echo "[test] ${#NODE_FILES[@]} end-to-end files again, the relay on Node.js $("$1" --version)"
+  RELAY_RUNTIME=node RELAY_NODE="$1" "${TEST[@]}" "${NODE_FILES[@]}" 2>&1 | tee "$2"
+  return "${PIPESTATUS[0]}"
+}
 node_status=0
+logs=("$bun_log" "$node_log")
 if ! "$BUN" scripts/build_node.ts; then
   echo "[test] the Node.js bundle did not build (scripts/build_node.ts)" >&2
   node_status=1
 else
-  RELAY_RUNTIME=node "${TEST[@]}" "${NODE_FILES[@]}" 2>&1 | tee "$node_log"
-  node_status=${PIPESTATUS[0]}
+  node_pass "$(command -v node)" "$node_log" || node_status=1
+  if ! lts=$(bash scripts/node_lts.sh); then
+    echo "[test] the current Node.js LTS could not be installed (scripts/node_lts.sh)" >&2
+    node_status=1
+  elif [[ $("$lts" --version) != $(node --version) ]]; then
+    logs+=("$lts_log")
+    node_pass "$lts" "$lts_log" || node_status=1
+  fi
 fi
 
 # A run that printed no summary (it crashed) counts as one failure.
 count() { grep -E "^ *[0-9]+ $1\$" "$2" | tail -1 | tr -dc '0-9'; }
 passed=0
 failed=0
-for log in "$bun_log" "$node_log"; do
+for log in "${logs[@]}"; do
   p=$(count pass "$log")
   f=$(count fail "$log")
   [[ -z $p ]] && f=$((${f:-0} + 1))
@@ -51,6 +66,7 @@ done
 status=0
 [[ $bun_status -ne 0 || $node_status -ne 0 || $failed -gt 0 ]] && status=1
 echo
-echo "[test] both runs: Bun (every test), Node.js (${#NODE_FILES[@]} end-to-end files)"
+echo "[test] all runs: Bun (every test), Node.js (${#NODE_FILES[@]} end-to-end files on" \
+  "$((${#logs[@]} - 1)) version(s))"
 printf ' %d pass\n %d fail\n' "$passed" "$failed"
 exit "$status"

@@ -1,6 +1,9 @@
 // The relay's entry on Node.js (dist/node/main.js, bundled by scripts/build_node.ts):
 // checks the Node version and that koffi is installed, each failure one clear line and
-// exit 2, before anything that could fail on them with a stack trace; then runs main.ts.
+// exit 2, before anything that could fail on them with a stack trace; then runs the relay
+// (src/main.ts, bundled apart as dist/node/relay.js). Apart, not in this file: an ESM
+// bundle's imports are linked before any of its code runs, so one import an old Node
+// lacks (node:zlib's crc32 on Node 18) would fail with a SyntaxError before the check.
 import { createRequire } from "node:module";
 
 /** Node versions the relay runs on: import.meta.dirname and zlib.crc32 are needed. */
@@ -31,4 +34,6 @@ try {
       "checkout (docs/node.md)",
   );
 }
-await import("./main.ts");
+// A computed specifier: the bundler leaves it alone, so relay.js stays a file of its own.
+const relay = new URL("./relay.js", import.meta.url).href;
+await import(relay);
