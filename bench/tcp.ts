@@ -252,9 +252,12 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
     const rawNode = {
       listeners: [{ name: "node4", protocol: "tcp", address: "127.0.0.1", port: NODE_LISTENER_PORT }],
       intercept: [{ listener: "node4", ports: [IPERF_PORT.node, CPS_PORT.node] }],
+      // Beside the other relay: no metrics endpoint (both would want port 9477).
+      metrics: { port: 0 },
     };
     // One rule set for both relays (each listener intercepts its own ports).
     const config = parseConfig({
+      metrics: { port: 0 },
       listeners: [...raw.listeners, ...(args.node ? rawNode.listeners : [])],
       intercept: [...raw.intercept, ...(args.node ? rawNode.intercept : [])],
     });
