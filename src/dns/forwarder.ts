@@ -27,6 +27,8 @@ import { Direction, type SendQueue } from "../udp/send_queue.ts";
 const QUERY_COPY_BYTES = 512;
 const IDS = 65536;
 const HEADER_BYTES = 12;
+/** acquireReply(): no reply socket could be had. */
+const NO_REPLY = -2;
 /** Retries sent per flush of the retry queue. */
 const RETRY_BATCH = 256;
 
@@ -309,15 +311,8 @@ export class DnsForwarder {
     }
     const sock = this.socketFor(f, t, ipv6);
     if (sock < 0) return; // counted
-    let reply = -1;
-    if (!replyPktinfo) {
-      plane.replies.setKey(key[4], key[5], key[6], key[7], key[8] & 0xffff);
-      reply = plane.replies.acquire(listener, ipv6, now);
-      if (reply < 0) {
-        plane.log("dns-reply", `no reply socket: ${plane.replies.describeFailure()}`);
-        return; // counted by the pool
-      }
-    }
+    const reply = replyPktinfo ? -1 : this.acquireReply(key, listener, ipv6, now);
+    if (reply === NO_REPLY) return; // counted by the pool
     const e = this.freeEntries[--this.freeCount];
     const at = plane.slabAt + slot * plane.slotBytes;
     const bytes = plane.bytes;
@@ -376,12 +371,8 @@ export class DnsForwarder {
     const at = plane.slabAt + slot * plane.slotBytes;
     const q = this.question;
     const length = writeLocalAnswer(bytes, at, q, a);
-    let reply = -1;
-    if (!replyPktinfo) {
-      plane.replies.setKey(key[4], key[5], key[6], key[7], key[8] & 0xffff);
-      reply = plane.replies.acquire(listener, ipv6, now);
-      if (reply < 0) return; // counted by the pool
-    }
+    const reply = replyPktinfo ? -1 : this.acquireReply(key, listener, ipv6, now);
+    if (reply === NO_REPLY) return; // counted by the pool
     const offset = slot * plane.slotBytes;
     const clientPort = key[8] >>> 16;
     const flows = plane.flows;
@@ -406,39 +397,9 @@ export class DnsForwarder {
       row.qtype[r] = q.type;
       row.rcode[r] = a.rcode; // no resolver: answered here
     }
-    if (reply >= 0) {
-      const fd = plane.replies.fdOf(reply);
-      plane.queue.push(
-        Direction.ToClient,
-        fd,
-        key[0],
-        key[1],
-        key[2],
-        key[3],
-        clientPort,
-        clientScope,
-        offset,
-        length,
-      );
-      // Idle in the pool from now on; it is closed only by a sweep, after this round's sends.
-      plane.replies.release(reply, now);
-    } else {
-      plane.queue.toClientFrom(
-        plane.listenerFd[listener],
-        key[0],
-        key[1],
-        key[2],
-        key[3],
-        clientPort,
-        clientScope,
-        key[4],
-        key[5],
-        key[6],
-        key[7],
-        offset,
-        length,
-      );
-    }
+    this.sendToClient(reply, listener, key, 0, clientPort, clientScope, key, 4, offset, length);
+    // Idle in the pool from now on; it is closed only by a sweep, after this round's sends.
+    if (reply >= 0) plane.replies.release(reply, now);
     plane.counters.dnsQueriesAnsweredLocally++;
   }
 
@@ -568,40 +529,77 @@ export class DnsForwarder {
   }
 
   private toClient(e: number, offset: number, length: number): void {
+    this.sendToClient(
+      this.eReply[e],
+      this.eListener[e],
+      this.eClient,
+      e * 4,
+      this.eClientPort[e],
+      this.eClientScope[e],
+      this.eDest,
+      e * 5,
+      offset,
+      length,
+    );
+  }
+
+  /**
+   * Queues an answer to the client at client[c..c+4), port, scope: on reply socket
+   * `reply`, bound to the original destination, or (reply < 0) on the listener, sent from
+   * the original destination dest[d..d+4) with IP_PKTINFO.
+   */
+  private sendToClient(
+    reply: number,
+    listener: number,
+    client: Uint32Array,
+    c: number,
+    port: number,
+    scope: number,
+    dest: Uint32Array,
+    d: number,
+    offset: number,
+    length: number,
+  ): void {
     const plane = this.plane;
-    const cw = e * 4;
-    const dw = e * 5;
-    const reply = this.eReply[e];
+    const c0 = client[c];
+    const c1 = client[c + 1];
+    const c2 = client[c + 2];
+    const c3 = client[c + 3];
     if (reply >= 0) {
-      plane.queue.push(
-        Direction.ToClient,
-        plane.replies.fdOf(reply),
-        this.eClient[cw],
-        this.eClient[cw + 1],
-        this.eClient[cw + 2],
-        this.eClient[cw + 3],
-        this.eClientPort[e],
-        this.eClientScope[e],
-        offset,
-        length,
-      );
-    } else {
-      plane.queue.toClientFrom(
-        plane.listenerFd[this.eListener[e]],
-        this.eClient[cw],
-        this.eClient[cw + 1],
-        this.eClient[cw + 2],
-        this.eClient[cw + 3],
-        this.eClientPort[e],
-        this.eClientScope[e],
-        this.eDest[dw],
-        this.eDest[dw + 1],
-        this.eDest[dw + 2],
-        this.eDest[dw + 3],
-        offset,
-        length,
-      );
+      const fd = plane.replies.fdOf(reply);
+      plane.queue.push(Direction.ToClient, fd, c0, c1, c2, c3, port, scope, offset, length);
+      return;
     }
+    plane.queue.toClientFrom(
+      plane.listenerFd[listener],
+      c0,
+      c1,
+      c2,
+      c3,
+      port,
+      scope,
+      dest[d],
+      dest[d + 1],
+      dest[d + 2],
+      dest[d + 3],
+      offset,
+      length,
+    );
+  }
+
+  /**
+   * A reply socket bound to the original destination in `key` (words 4-7, port in word
+   * 8's low half), for an answer: its index, or NO_REPLY (counted by the pool, logged).
+   */
+  private acquireReply(key: Uint32Array, listener: number, ipv6: boolean, now: number): number {
+    const replies = this.plane.replies;
+    replies.setKey(key[4], key[5], key[6], key[7], key[8] & 0xffff);
+    const reply = replies.acquire(listener, ipv6, now);
+    if (reply < 0) {
+      this.plane.log("dns-reply", `no reply socket: ${replies.describeFailure()}`);
+      return NO_REPLY;
+    }
+    return reply;
   }
 
   /**
