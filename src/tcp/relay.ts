@@ -1189,15 +1189,7 @@ export class TcpRelay {
   /** Connects connection `id` upstream as `how` says and hands it to the engine. */
   private connectUpstream(id: number, clientFd: number, how: UpstreamConnect): void {
     const l = this.listeners[this.connListener[id]];
-    const upstreamFd = this.lib.rl_tcp_connect_via(
-      how.target,
-      how.port,
-      how.scope,
-      how.source,
-      how.flags,
-      how.mark,
-      how.device,
-    );
+    const upstreamFd = this.connectVia(how);
     if (upstreamFd < 0) {
       const err = decodeSocketError(upstreamFd);
       if (isResourceErrno(err.errno)) {
@@ -1505,10 +1497,9 @@ export class TcpRelay {
     };
   }
 
-  /** A DNS stream's upstream socket, connecting: the fd, -1 (descriptors) or -2 (failed). */
-  private dnsConnect(id: number, action: number, target: number): number {
-    const how = this.upstreamHow(id, action, target);
-    const fd = this.lib.rl_tcp_connect_via(
+  /** A non-blocking connect as `how` says: the fd, or -(step << 16 | errno). */
+  private connectVia(how: UpstreamConnect): number {
+    return this.lib.rl_tcp_connect_via(
       how.target,
       how.port,
       how.scope,
@@ -1517,6 +1508,12 @@ export class TcpRelay {
       how.mark,
       how.device,
     );
+  }
+
+  /** A DNS stream's upstream socket, connecting: the fd, -1 (descriptors) or -2 (failed). */
+  private dnsConnect(id: number, action: number, target: number): number {
+    const how = this.upstreamHow(id, action, target);
+    const fd = this.connectVia(how);
     if (fd >= 0) return fd;
     const err = decodeSocketError(fd);
     const step = fd === -((TCP_STEP_CONNECT << 16) | err.errno) ? "connect()" : err.step;
