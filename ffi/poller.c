@@ -22,11 +22,16 @@
 #define POLLERS_MAX 8
 #define POLL_EVENTS_MAX 64
 #define POLL_STOP_TOKEN UINT64_MAX
+#define POLL_NOTIFY_TOKEN (UINT64_MAX - 1)
 #define POLL_ERROR_FLAG 0x40000000u
 
 struct poller {
   int epfd;
   int stopfd;
+  /* Inline mode: another thread's "a message is on its way" (rl_poll_notify), so the
+   * owner's loop turns its event loop only when there is something to deliver. */
+  int notifyfd;
+  _Atomic uint64_t notified;
   int started;
   pthread_t thread;
   rl_wake_fn wake;
@@ -50,6 +55,7 @@ static struct rl_handles pollers = RL_HANDLES_INIT(POLLERS_MAX);
 static void poller_free(struct poller *p) {
   if (p->wake_pipe >= 0) close(p->wake_pipe);
   if (p->stopfd >= 0) close(p->stopfd);
+  if (p->notifyfd >= 0) close(p->notifyfd);
   if (p->epfd >= 0) close(p->epfd);
   free(p->ring);
   free(p);
@@ -59,7 +65,7 @@ int32_t rl_poll_open(int32_t tokens_max) {
   if (tokens_max <= 0 || tokens_max > (1 << 24)) return -EINVAL;
   struct poller *p = calloc(1, sizeof(*p));
   if (p == NULL) return -ENOMEM;
-  p->epfd = p->stopfd = p->wake_pipe = -1;
+  p->epfd = p->stopfd = p->notifyfd = p->wake_pipe = -1;
   /* Room for every registered socket once, plus the stray duplicates a direct drain
    * (the JS timer's) can add, rounded to a power of two. */
   uint32_t ring_size = 1024;
@@ -80,6 +86,14 @@ int32_t rl_poll_open(int32_t tokens_max) {
   if (err == 0) {
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = POLL_STOP_TOKEN};
     if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->stopfd, &ev) != 0) err = errno;
+  }
+  if (err == 0) {
+    p->notifyfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->notifyfd < 0) err = errno;
+  }
+  if (err == 0) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = POLL_NOTIFY_TOKEN};
+    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->notifyfd, &ev) != 0) err = errno;
   }
   if (err != 0) {
     poller_free(p);
@@ -136,8 +150,17 @@ static int poll_push(struct poller *p, const struct epoll_event *events, int n) 
   const uint32_t head = atomic_load_explicit(&p->head, memory_order_acquire);
   for (int i = 0; i < n; i++) {
     if (events[i].data.u64 == POLL_STOP_TOKEN) return -1;
-    /* Bit 30 tells JS that EPOLLERR is set (an ICMP error is queued). */
     uint32_t token = (uint32_t)events[i].data.u64;
+    if (events[i].data.u64 == POLL_NOTIFY_TOKEN) {
+      /* Take the count now (the eventfd is level-triggered: unread, it would report again
+       * at once); JS reads it with rl_poll_notified when it meets the ring token. */
+      uint64_t count = 0;
+      if (read(p->notifyfd, &count, sizeof(count)) == sizeof(count)) {
+        atomic_fetch_add_explicit(&p->notified, count, memory_order_relaxed);
+      }
+      token = RL_POLL_NOTIFY_RING_TOKEN;
+    }
+    /* Bit 30 tells JS that EPOLLERR is set (an ICMP error is queued). */
     if (events[i].events & EPOLLERR) token |= POLL_ERROR_FLAG;
     if (tail - head > p->ring_mask) {
       /* Cannot happen while the ring holds 2x the sockets; counted, never silent. */
@@ -197,6 +220,23 @@ int32_t rl_poll_wait(int32_t handle, int32_t timeout_ms) {
   atomic_fetch_add_explicit(&p->wakes, 1, memory_order_relaxed);
   int pushed = poll_push(p, events, n);
   return pushed < 0 ? -ECANCELED : pushed;
+}
+
+int32_t rl_poll_notify(int32_t handle) {
+  struct poller *p = poller_get(handle);
+  if (p == NULL) return -EBADF;
+  const uint64_t one = 1;
+  ssize_t rc;
+  do rc = write(p->notifyfd, &one, sizeof(one));
+  while (rc < 0 && errno == EINTR);
+  return rc == sizeof(one) ? 0 : -errno;
+}
+
+int32_t rl_poll_notified(int32_t handle) {
+  struct poller *p = poller_get(handle);
+  if (p == NULL) return -EBADF;
+  const uint64_t n = atomic_exchange_explicit(&p->notified, 0, memory_order_relaxed);
+  return n > INT32_MAX ? INT32_MAX : (int32_t)n;
 }
 
 int32_t rl_poll_take(int32_t handle, uint32_t *out, int32_t count) {

@@ -200,6 +200,14 @@ int32_t rl_poll_wait(int32_t poller, int32_t timeout_ms);
  * EPOLLONESHOT. One thread both waits and drains, so a socket cannot be reported twice
  * at once, and the re-arm syscall per socket per round goes away. */
 int32_t rl_poll_level_triggered(int32_t poller);
+/* Inline mode: a message for the thread that owns the poller is on its way. Another
+ * thread calls rl_poll_notify (an eventfd in the poller's epoll set) BEFORE it posts the
+ * message; the owner's rl_poll_wait then returns with the ring token
+ * RL_POLL_NOTIFY_RING_TOKEN, and rl_poll_notified takes how many notifications arrived
+ * since the last call (it resets the count). */
+#define RL_POLL_NOTIFY_RING_TOKEN 0x3fffffffu
+int32_t rl_poll_notify(int32_t poller);
+int32_t rl_poll_notified(int32_t poller);
 int32_t rl_poll_stop(int32_t poller);
 /* Counters, 64-bit, written to out[0..RL_POLL_STATS_COUNT) as doubles (exact to 2^53).
  * Returns RL_POLL_STATS_COUNT. */

@@ -94,6 +94,9 @@ export const SYMBOLS = {
   rl_local_routes: { args: ["ptr", "i32"], returns: "i32" },
   rl_addr_watch_open: { args: [], returns: "i32" },
   rl_addr_watch_drain: { args: ["i32"], returns: "i32" },
+  // Inline pollers: another thread's notice that a message is on its way (ffi/poller.c).
+  rl_poll_notify: { args: ["i32"], returns: "i32" },
+  rl_poll_notified: { args: ["i32"], returns: "i32" },
 } as const satisfies SymbolTable;
 
 export type RelayLib = Library<typeof SYMBOLS>;

@@ -7,6 +7,7 @@
 // own `finally`: a socket not re-armed would stall forever); onRoundEnd() lets the
 // caller send what the round produced in one batch. When the ring is empty we tell C
 // we are going idle (rl_poll_sleep), closing the race with a token pushed meanwhile.
+import { assert } from "./assert.ts";
 import { errnoName } from "./errno.ts";
 import { type PollThread, type Pointer, ptr, type RelayLib, startPollThread } from "./ffi.ts";
 
@@ -23,14 +24,32 @@ const TAKE_COUNT_MAX = 256;
 const ROUNDS_MAX = 64;
 
 /**
- * Inline mode: the thread's slice. It waits in epoll_wait and handles what is ready,
- * again and again, for up to this long, and only then lets its event loop turn once
- * (messages from the main thread, timers). Turning it after every wake-up cost a second
- * poll (Bun's own epoll_pwait2) and the loop's bookkeeping per round: under load that is
- * a system call per round that a C relay does not make. Also the longest a message or a
- * timer waits, idle or busy.
+ * Inline mode: the longest the loop runs without letting its event loop turn. It does
+ * not need to turn it at all while traffic flows: its timers run from the loop
+ * (every()/after()) and a message from the main thread comes with a notice in the same
+ * epoll set (notify(), RL_POLL_NOTIFY_RING_TOKEN), after which the loop turns the event
+ * loop until the message was handled. Turning it after every wake-up, as this loop first
+ * did, cost a second poll (Bun's own epoll_pwait2) and the loop's bookkeeping per round:
+ * a system call per round that a C relay does not make. This bound is only a safety net
+ * for an event-loop task nobody announced (none is known).
  */
-const INLINE_SLICE_MS = 20;
+const INLINE_TURN_INTERVAL_MS = 1000;
+
+/** Ring token of a notice (RL_POLL_NOTIFY_RING_TOKEN in ffi/relay.h); never a socket's. */
+const NOTIFY_RING_TOKEN = 0x3fffffff;
+
+/** Inline timers at most (the UDP relay uses two: its tick and the hold timer). */
+const INLINE_TIMERS_MAX = 16;
+
+/** Cancels a timer of every()/after(); calling it twice, or after it fired, is harmless. */
+export type CancelTimer = () => void;
+
+interface InlineTimer {
+  dueMs: number;
+  /** 0: once (after()). */
+  periodMs: number;
+  fn: () => void;
+}
 
 export interface PollerOptions {
   /**
@@ -68,6 +87,10 @@ export class Poller {
   private readonly runBound = () => this.run();
   private running = false;
   private closed = false;
+  /** Inline mode: timers the loop runs itself (no event-loop turn), due first or not. */
+  private readonly timers: InlineTimer[] = [];
+  /** Inline mode: messages announced (notify) and not yet handled (messageHandled). */
+  private messagesPending = 0;
   /** The epoll thread died (check()): no more rounds; stop() still joins and closes. */
   private dead = false;
 
@@ -164,28 +187,117 @@ export class Poller {
   }
 
   /**
-   * Inline mode: wait and handle what is ready until the slice (INLINE_SLICE_MS) is
-   * over or a wait finds nothing, then let the event loop turn once, and repeat.
+   * Inline mode: wait and handle what is ready, run the timers that are due, and go on,
+   * without turning the event loop, until a message was announced (it needs the event
+   * loop to be delivered) or INLINE_TURN_INTERVAL_MS passed; then let the event loop turn
+   * once, and repeat. While a message is pending the waits do not block.
    */
   private inlineLoop(): void {
     if (this.closed) return;
-    const sliceEnd = performance.now() + INLINE_SLICE_MS;
-    let waitMs = INLINE_SLICE_MS;
-    // Bounded: each pass waits or handles, and the slice's end stops it.
+    const turnAtMs = performance.now() + INLINE_TURN_INTERVAL_MS;
+    // Bounded: each pass waits at most until the next timer or turnAtMs.
     for (;;) {
+      let now = performance.now();
+      if (this.timers.length > 0 && this.runTimers(now)) now = performance.now();
+      if (this.closed) return; // a timer stopped the data path
+      const waitMs =
+        this.messagesPending > 0 ? 0 : Math.max(0, Math.ceil(this.nextDueMs(turnAtMs) - now));
       const n = this.lib.rl_poll_wait(this.handle, waitMs);
       if (n < 0) {
         // epoll_wait itself failed: the data path cannot go on. Never spin on it silently.
         this.onError(new Error(`epoll_wait: ${errnoName(-n)}`));
         return;
       }
-      if (n === 0) break; // nothing for the rest of the slice
-      this.rounds();
+      if (n > 0) this.rounds();
       if (this.closed) return; // a handler stopped the data path
-      waitMs = Math.ceil(sliceEnd - performance.now());
-      if (waitMs <= 0) break;
+      if (this.messagesPending > 0 || performance.now() >= turnAtMs) break;
     }
     setImmediate(this.inlineBound);
+  }
+
+  /** The earliest timer's due time, or `otherwise` when that is sooner. */
+  private nextDueMs(otherwise: number): number {
+    let due = otherwise;
+    for (const t of this.timers) if (t.dueMs < due) due = t.dueMs;
+    return due;
+  }
+
+  /** Runs the timers due at `now`; true when one ran. */
+  private runTimers(now: number): boolean {
+    let ran = false;
+    // Index loop over a list a callback may change (after()/cancel): each timer is
+    // looked at once per call; one added meanwhile waits for the next pass.
+    const count = this.timers.length;
+    const due: InlineTimer[] = [];
+    for (let i = 0; i < count; i++) if (this.timers[i].dueMs <= now) due.push(this.timers[i]);
+    for (const t of due) {
+      const index = this.timers.indexOf(t);
+      if (index < 0) continue; // cancelled by an earlier callback of this pass
+      if (t.periodMs > 0) {
+        // No catch-up burst after a long round: the next one is a period from now.
+        t.dueMs = Math.max(t.dueMs + t.periodMs, now + 1);
+      } else {
+        this.timers.splice(index, 1);
+      }
+      ran = true;
+      try {
+        t.fn();
+      } catch (err) {
+        this.onError(err);
+      }
+      if (this.closed) return ran;
+    }
+    return ran;
+  }
+
+  /**
+   * Runs fn every periodMs: inline, from the loop (no event-loop turn); threaded, on a
+   * setInterval (the event loop runs between rounds there anyway).
+   */
+  every(periodMs: number, fn: () => void): CancelTimer {
+    if (!this.inline) {
+      const timer = setInterval(fn, periodMs);
+      return () => clearInterval(timer);
+    }
+    return this.addTimer({ dueMs: performance.now() + periodMs, periodMs, fn });
+  }
+
+  /** Runs fn once, delayMs from now; inline from the loop, else a setTimeout. */
+  after(delayMs: number, fn: () => void): CancelTimer {
+    if (!this.inline) {
+      const timer = setTimeout(fn, delayMs);
+      return () => clearTimeout(timer);
+    }
+    return this.addTimer({ dueMs: performance.now() + delayMs, periodMs: 0, fn });
+  }
+
+  private addTimer(t: InlineTimer): CancelTimer {
+    assert(this.timers.length < INLINE_TIMERS_MAX, "inline timers bounded");
+    this.timers.push(t);
+    return () => {
+      const index = this.timers.indexOf(t);
+      if (index >= 0) this.timers.splice(index, 1);
+    };
+  }
+
+  /**
+   * Inline mode, from another thread: a message for this poller's thread is on its way.
+   * Call it BEFORE posting the message: the loop then turns its event loop until the
+   * message was handled (messageHandled()), and the poller cannot have been stopped by a
+   * message that was not posted yet. -errno when the poller is gone.
+   */
+  static notify(lib: RelayLib, handle: number): number {
+    return lib.rl_poll_notify(handle);
+  }
+
+  /** The handle another thread passes to Poller.notify(). */
+  get notifyHandle(): number {
+    return this.handle;
+  }
+
+  /** Inline mode: a message announced by notify() was handled on this thread. */
+  messageHandled(): void {
+    if (this.messagesPending > 0) this.messagesPending--;
   }
 
   /** Threaded mode: takes ready tokens in rounds until the ring is empty, then goes idle. */
@@ -208,6 +320,10 @@ export class Poller {
         continue;
       }
       for (let k = 0; k < n; k++) {
+        if (this.ready[k] === NOTIFY_RING_TOKEN) {
+          this.messagesPending += this.lib.rl_poll_notified(this.handle);
+          continue;
+        }
         try {
           this.onToken(this.ready[k]);
         } catch (err) {

@@ -10,7 +10,8 @@
 import type { Config } from "../config/load.ts";
 import type { FlowBatch } from "../flow/flow_records.ts";
 import type { SessionQuery } from "../control/query.ts";
-import { StartError } from "../sys/errno.ts";
+import { errnoName, StartError } from "../sys/errno.ts";
+import { Poller } from "../sys/poller.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { type DataThread, startDataThread } from "../sys/thread.ts";
 import { UdpRelay, type UdpSnapshot } from "./relay.ts";
@@ -69,7 +70,7 @@ class InThreadPlane implements UdpPlane {
 }
 
 type WorkerReply =
-  | { type: "started" }
+  | { type: "started"; notifyHandle: number }
   | { type: "error"; message: string; privilege: boolean }
   | { type: "fatal"; message: string; data: UdpSnapshot | null }
   | { type: "flows"; batch: FlowBatch }
@@ -84,8 +85,11 @@ class WorkerPlane implements UdpPlane {
   private startWaiter: ((r: WorkerReply) => void) | null = null;
   private started = false;
   private stopping = false;
+  /** The Worker's poller (Poller.notify before each post); -1 until it started. */
+  private notifyHandle = -1;
 
   constructor(
+    private readonly lib: RelayLib,
     private readonly config: Config,
     private readonly onFatal: OnFatal,
     private readonly onFlows: OnFlows | null,
@@ -128,6 +132,7 @@ class WorkerPlane implements UdpPlane {
         this.startWaiter = null;
         if (reply.type === "started") {
           this.started = true;
+          this.notifyHandle = reply.notifyHandle;
           resolve();
         } else if (reply.type === "error") {
           reject(new StartError(reply.message, reply.privilege));
@@ -163,6 +168,15 @@ class WorkerPlane implements UdpPlane {
         if (reply.type === "error") reject(new Error(reply.message));
         else resolve(reply);
       });
+      // Announced first: the Worker's loop then turns its event loop to take it. The
+      // poller is alive: only a message posted after this one could stop it.
+      const rc = Poller.notify(this.lib, this.notifyHandle);
+      if (rc < 0) {
+        this.waiting.delete(id);
+        clearTimeout(timer);
+        reject(new Error(`UDP worker's poller: ${errnoName(-rc)}`));
+        return;
+      }
       this.worker.post({ type, id, ...fields });
     });
   }
@@ -192,7 +206,7 @@ export function createUdpPlane(
   onFlows: OnFlows | null = null,
 ): UdpPlane {
   return config.udp.dataPlane === "worker"
-    ? new WorkerPlane(config, onFatal, onFlows)
+    ? new WorkerPlane(lib, config, onFatal, onFlows)
     : new InThreadPlane(lib, config, onFatal, onFlows);
 }
 

@@ -92,7 +92,7 @@ import {
   META_WORDS,
   SOCK,
 } from "../sys/layout.ts";
-import { Poller, WAKE_ERROR_FLAG, WAKE_TOKEN_MASK } from "../sys/poller.ts";
+import { type CancelTimer, Poller, WAKE_ERROR_FLAG, WAKE_TOKEN_MASK } from "../sys/poller.ts";
 import { faultDataPath } from "../sys/test_faults.ts";
 import { HoldBuffer, HoldResult } from "./hold_buffer.ts";
 import { SocketKind, SocketRegistry } from "./registry.ts";
@@ -241,7 +241,8 @@ export class UdpRelay {
   private readonly holdQueue: SendQueue;
   /** The WASM memory as words: held datagrams are copied from the slab through it. */
   private readonly wasm32: Uint32Array;
-  private holdTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The hold timer (Poller.after: run from the Worker's loop itself, inline mode). */
+  private holdTimer: CancelTimer | null = null;
   private readonly holdTimerBound = () => {
     this.holdTimer = null;
     this.releaseExpiredHolds(performance.now());
@@ -278,7 +279,7 @@ export class UdpRelay {
 
   private localsRefreshedMs = 0;
   private watchToken = -1;
-  private timer: ReturnType<typeof setInterval> | null = null;
+  private cancelTick: CancelTimer | null = null;
   private readonly logger = new RateLimitedLog();
   private stopped = false;
   /** Start time of the relay's monotonic clock (performance.now()). */
@@ -539,17 +540,30 @@ export class UdpRelay {
       throw err;
     }
     this.poller.start();
-    // The timer expires sessions, closes idle reply sockets, and keeps the process
-    // alive (a threadsafe JSCallback does not). Its listener drain also recovers from
-    // a wake-up that never came.
-    this.timer = setInterval(() => this.tick(), TICK_MS);
+    // The tick expires sessions, closes idle reply sockets, and keeps the process alive
+    // (a threadsafe JSCallback does not; inline, the loop does). Its listener drain also
+    // recovers from a wake-up that never came.
+    this.cancelTick = this.poller.every(TICK_MS, () => this.tick());
+  }
+
+  /**
+   * Inline mode: the handle the main thread passes to Poller.notify() before it posts a
+   * message to this thread (src/udp/plane.ts), so the loop lets the event loop deliver it.
+   */
+  get notifyHandle(): number {
+    return this.poller.notifyHandle;
+  }
+
+  /** Inline mode: a message announced through notifyHandle was handled. */
+  messageHandled(): void {
+    this.poller.messageHandled();
   }
 
   /** Joins the poll thread, closes the callback, then every socket. */
   stop(): void {
     if (this.stopped) return;
     this.stopped = true;
-    if (this.timer) clearInterval(this.timer);
+    this.cancelTick?.();
     this.poller.stop();
     const ended: number[] = [];
     this.sessions.forEach((slot) => {
@@ -566,7 +580,8 @@ export class UdpRelay {
     this.closeListeners();
     this.closeWatch();
     this.closeRejectSockets();
-    if (this.holdTimer !== null) clearTimeout(this.holdTimer);
+    this.holdTimer?.();
+    this.holdTimer = null;
   }
 
   /**
@@ -1408,7 +1423,7 @@ export class UdpRelay {
       c.sessionsHeld++;
       this.hold.begin(s, now);
       if (this.holdTimer === null) {
-        this.holdTimer = setTimeout(this.holdTimerBound, this.config.udp.holdTimeoutMs);
+        this.holdTimer = this.poller.after(this.config.udp.holdTimeoutMs, this.holdTimerBound);
       }
       return s;
     }
@@ -1783,7 +1798,7 @@ export class UdpRelay {
       if (hold.sinceMs[s] + timeoutMs > now) {
         if (this.holdTimer === null) {
           const wait = Math.max(1, hold.sinceMs[s] + timeoutMs - now);
-          this.holdTimer = setTimeout(this.holdTimerBound, wait);
+          this.holdTimer = this.poller.after(wait, this.holdTimerBound);
         }
         return;
       }

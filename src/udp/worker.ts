@@ -1,6 +1,8 @@
 // The UDP data path in a Worker (src/udp/plane.ts): this thread may block, so it
-// waits in epoll_wait itself (Poller inline mode). Messages from the main thread are
-// handled between the poller's slices (at most 20 ms late, idle or busy).
+// waits in epoll_wait itself (Poller inline mode) and runs its timers from that loop.
+// The main thread announces each message through the poller's notice eventfd
+// (Poller.notify on the handle "started" gives it) before posting it, so the loop lets
+// the event loop turn only to deliver a message, never per round.
 import type { Config } from "../config/load.ts";
 import { configureLog } from "../control/log.ts";
 import type { SessionQuery } from "../control/query.ts";
@@ -53,7 +55,7 @@ parent.onMessage((message) => {
         onFlows: (batch) => parent.post({ type: "flows", batch }),
       });
       relay.start();
-      parent.post({ type: "started" });
+      parent.post({ type: "started", notifyHandle: relay.notifyHandle });
       faultWorkerCrash();
     } catch (err) {
       relay = null;
@@ -66,6 +68,7 @@ parent.onMessage((message) => {
     parent.post({ type: "error", message: "UDP worker not started", privilege: false });
     return;
   }
+  relay.messageHandled(); // every message after "start" was announced (Poller.notify)
   if (m.type === "reconfigure") {
     configureLog(m.config.log);
     relay.reconfigure(m.config);

@@ -25,6 +25,7 @@ import { mapIPv4, parseAddress } from "../../src/sys/addr.ts";
 import { skipped } from "../lab/skip_policy.ts";
 import { POLL_STATS } from "../../src/sys/poller.ts";
 import { loadTestHooks } from "../../src/sys/test_hooks.ts";
+import { waitFor } from "../lab/wait_for.ts";
 
 const lib = loadFfi();
 const loopback4 = mapIPv4(new Uint8Array([127, 0, 0, 1]));
@@ -331,6 +332,57 @@ describe("C helper", () => {
       expect(lib.rl_poll_stop(handle)).toBe(0);
     }
     expect(lib.rl_poll_stats(handle, ptr(stats))).toBe(-E.EBADF);
+  });
+
+  test("a notice from another thread wakes an inline poller with its ring token and count", () => {
+    const handle = lib.rl_poll_open(16);
+    expect(lib.rl_poll_level_triggered(handle)).toBe(0);
+    const ready = new Uint32Array(new ArrayBuffer(16 * 4));
+    try {
+      expect(lib.rl_poll_wait(handle, 0)).toBe(0);
+      expect(lib.rl_poll_notify(handle)).toBe(0);
+      expect(lib.rl_poll_notify(handle)).toBe(0);
+      expect(lib.rl_poll_wait(handle, 5000)).toBe(1); // one token for both notices
+      expect(lib.rl_poll_take(handle, ptr(ready), 16)).toBe(1);
+      expect(ready[0]).toBe(0x3fffffff); // RL_POLL_NOTIFY_RING_TOKEN
+      expect(lib.rl_poll_notified(handle)).toBe(2);
+      expect(lib.rl_poll_notified(handle)).toBe(0); // taken
+      expect(lib.rl_poll_wait(handle, 0)).toBe(0); // the eventfd was read: no repeat
+    } finally {
+      expect(lib.rl_poll_stop(handle)).toBe(0);
+    }
+    expect(lib.rl_poll_notify(handle)).toBe(-E.EBADF);
+  });
+
+  test("an inline poller runs its timers from its loop; cancelled ones stop", async () => {
+    const { Poller } = require("../../src/sys/poller.ts");
+    const poller = new Poller(lib, () => {}, { tokensMax: 16, inline: true });
+    let ticks = 0;
+    let once = 0;
+    let cancelled = 0;
+    const cancelTick = poller.every(5, () => ticks++);
+    poller.after(5, () => once++);
+    const cancel = poller.after(5, () => cancelled++);
+    cancel();
+    cancel(); // twice is harmless
+    poller.start();
+    try {
+      // The loop runs the timers without turning the event loop; it turns it for a
+      // notice (as the UDP plane does before each message): announce, then look.
+      await waitFor(
+        () => {
+          expect(Poller.notify(lib, poller.notifyHandle)).toBe(0);
+          return { ticks, once };
+        },
+        (v) => v.ticks >= 3 && v.once === 1,
+        { what: "3 ticks and the one-shot timer", timeoutMs: 10_000 },
+      );
+      cancelTick();
+      expect(once).toBe(1);
+      expect(cancelled).toBe(0);
+    } finally {
+      poller.stop();
+    }
   });
 
   test("the epoll poller opens, starts, stops and closes its callback", () => {
