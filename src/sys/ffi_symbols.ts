@@ -94,6 +94,13 @@ export const SYMBOLS = {
   rl_local_routes: { args: ["ptr", "i32"], returns: "i32" },
   rl_addr_watch_open: { args: [], returns: "i32" },
   rl_addr_watch_drain: { args: ["i32"], returns: "i32" },
+  // UDP offload (ffi/udp_gso.c): GSO runs in rl_send_batch, GRO receive and split.
+  rl_udp_offload_probe: { args: [], returns: "i32" },
+  rl_udp_gso_enable: { args: ["i32"], returns: "i32" },
+  rl_udp_gro: { args: ["i32", "i32"], returns: "i32" },
+  rl_gro_span_slots: { args: ["i32"], returns: "i32" },
+  rl_recv_batch_gro: { args: ["i32", "ptr", "i32", "i32", "ptr"], returns: "i32" },
+  rl_udp_offload_stats: { args: ["ptr"], returns: "i32" },
 } as const satisfies SymbolTable;
 
 export type RelayLib = Library<typeof SYMBOLS>;
