@@ -5,7 +5,14 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { ptr } from "bun:ffi";
 import { loadFfi } from "../../src/sys/ffi.ts";
-import { META, META_BYTES, SEND, SEND_BYTES, SEND_WORDS } from "../../src/sys/layout.ts";
+import {
+  META,
+  META_BYTES,
+  META_FLAG_TRUNCATED,
+  SEND,
+  SEND_BYTES,
+  SEND_WORDS,
+} from "../../src/sys/layout.ts";
 import { mapIPv4 } from "../../src/sys/addr.ts";
 import { loadTestHooks } from "../../src/sys/test_hooks.ts";
 import { waitFor } from "../lab/wait_for.ts";
@@ -25,7 +32,7 @@ function stats(): number[] {
 
 /** Sends datagrams of `sizes` from sender to port (datagram i filled with byte i & 255,
  * its index in the first two bytes); returns rl_send_batch's count and each result. */
-function sendRun(sender: number, port: number, sizes: number[]): [number, number[]] {
+function sendRun(sender: number, port: number | number[], sizes: number[]): [number, number[]] {
   const slab = new Uint8Array(new ArrayBuffer(SLOT_BYTES * sizes.length));
   const sends = new Uint8Array(new ArrayBuffer(SEND_BYTES * sizes.length));
   const s32 = new Uint32Array(sends.buffer);
@@ -39,7 +46,7 @@ function sendRun(sender: number, port: number, sizes: number[]): [number, number
       slab[at + 1] = i & 255;
     }
     sends.set(loopback4, i * SEND_BYTES);
-    s16[(i * SEND_BYTES) / 2 + SEND.targetPortHalf] = port;
+    s16[(i * SEND_BYTES) / 2 + SEND.targetPortHalf] = typeof port === "number" ? port : port[i]!;
     sI32[i * SEND_WORDS + SEND.fdWord] = sender;
     s32[i * SEND_WORDS + SEND.offsetWord] = at;
     s32[i * SEND_WORDS + SEND.lengthWord] = size;
@@ -135,6 +142,20 @@ describeGso("UDP GSO and GRO on loopback", () => {
     expect(got.indexes).toEqual(sizes.map((_, i) => i));
   });
 
+  test("runs are per destination: A A B B A A is three messages, each receiver in order", async () => {
+    const other = lib.rl_socket(0, loopback4, 0, 0, 8 << 20, 0);
+    try {
+      const otherPort = lib.rl_local_port(other, new Uint8Array(16));
+      const ports = [port, port, otherPort, otherPort, port, port];
+      expect(sendRun(sender, ports, new Array<number>(6).fill(400))[0]).toBe(6);
+      expect(stats().slice(0, 3)).toEqual([3, 6, 0]);
+      expect((await receive(receiver, 4, false)).indexes).toEqual([0, 1, 4, 5]);
+      expect((await receive(other, 2, false)).indexes).toEqual([2, 3]);
+    } finally {
+      lib.rl_close(other);
+    }
+  });
+
   test("more than 64 datagrams: runs of at most 64, all in order", async () => {
     const sizes = new Array<number>(150).fill(100);
     expect(sendRun(sender, port, sizes)[0]).toBe(150);
@@ -190,6 +211,28 @@ describeGso("UDP GSO and GRO on loopback", () => {
     const [, , , groBuffers, groDatagrams] = stats();
     expect(groBuffers).toBe(2); // loopback hands each GSO message over whole
     expect(groDatagrams).toBe(100);
+  });
+
+  test("GRO: datagrams larger than a slot come out as truncated records, one each", async () => {
+    expect(lib.rl_udp_gro(receiver, 1)).toBe(0);
+    expect(sendRun(sender, port, new Array<number>(10).fill(1200))[0]).toBe(10);
+    const slotBytes = 1024;
+    const span = lib.rl_gro_span_slots(slotBytes);
+    const slab = new Uint8Array(new ArrayBuffer(slotBytes * span));
+    const meta = new Uint8Array(new ArrayBuffer(META_BYTES * span));
+    const m32 = new Uint32Array(meta.buffer);
+    const m16 = new Uint16Array(meta.buffer);
+    const n = await waitFor(
+      () => lib.rl_recv_batch_gro(receiver, ptr(slab), slotBytes, span, ptr(meta)),
+      (got) => got !== 0,
+      { what: "the coalesced buffer", timeoutMs: 10_000, intervalMs: 5 },
+    );
+    expect(n).toBe(10);
+    for (let i = 0; i < n; i++) {
+      const w = (i * META_BYTES) / 4;
+      expect(m16[w * 2 + META.flagsHalf]! & META_FLAG_TRUNCATED).toBe(META_FLAG_TRUNCATED);
+      expect(m32[w + META.lengthWord]).toBe(slotBytes);
+    }
   });
 
   test("GRO receive: -ENOBUFS when the batch cannot hold one 64-datagram span", () => {
