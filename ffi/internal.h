@@ -5,6 +5,7 @@
  *   abi.c         ABI version and the record layouts TypeScript checks at start-up
  *   sock.c        socket set-up, address helpers (sockaddr <-> 16 bytes), fd limit
  *   udp_batch.c   rl_recv_batch, rl_send_batch, rl_recv_errors (recvmmsg/sendmmsg)
+ *   udp_gso.c     UDP_SEGMENT runs inside rl_send_batch, UDP_GRO receive and split
  *   poller.c      the epoll thread that wakes JavaScript (and its inline mode)
  *   tcp.c         accept, connect, abort, SO_ORIGINAL_DST
  *   tcp_engine.c  the splice engine thread
@@ -193,6 +194,13 @@ void copy_give(struct copy_pool *pool, uint8_t *buffer);
 
 /* Test-only (rl_test_*_break): makes the next epoll_wait on epfd fail with EINVAL. */
 int epoll_break(int epfd);
+
+/* udp_gso.c: sends one socket's prepared messages msgs[0..prepared) (entry[j]: the index
+ * in sends of message j), folding runs of one flow into GSO messages when enabled; writes
+ * each entry's result and returns how many went. udp_gso_forget: rl_close's hook. */
+int32_t udp_send_group(int32_t fd, struct mmsghdr *msgs, struct rl_send *sends,
+                       const int32_t *entry, int prepared);
+void udp_gso_forget(int32_t fd);
 
 #pragma GCC visibility pop
 

@@ -395,4 +395,27 @@ int32_t rl_test_tcp_engine_event_delay(int32_t engine, int32_t delay_us);
  * ends with EINVAL, as it would on any epoll_wait error. */
 int32_t rl_test_tcp_engine_break(int32_t engine);
 
+/* UDP offload (udp_gso.c). rl_udp_offload_probe: which of UDP_SEGMENT (1) and UDP_GRO (2)
+ * this kernel accepts on a test socket, or -errno. rl_udp_gso_enable: whether this
+ * thread's rl_send_batch folds runs of equal-size datagrams of one flow (same socket,
+ * destination and source) into one UDP_SEGMENT message (up to 64 datagrams, 65507 bytes);
+ * a socket whose GSO send the kernel refuses (EIO, EINVAL, ENOTSUP) gets its datagrams
+ * one by one and is not tried again until rl_close. rl_udp_gro: UDP_GRO on fd.
+ * rl_recv_batch_gro: rl_recv_batch for a socket with UDP_GRO: receives into spans of
+ * rl_gro_span_slots(slot_bytes) slots (count / span buffers; -ENOBUFS when count < span)
+ * and splits each coalesced buffer into its datagrams, one slot and rl_meta each; returns
+ * the datagrams (at most count). rl_udp_offload_stats: writes this thread's counters
+ * since the last call (GSO messages, datagrams in them, GSO fallbacks, GRO buffers,
+ * datagrams split from them) as 5 doubles; returns 5. */
+int32_t rl_udp_offload_probe(void);
+int32_t rl_udp_gso_enable(int32_t enabled);
+int32_t rl_udp_gro(int32_t fd, int32_t enabled);
+int32_t rl_gro_span_slots(int32_t slot_bytes);
+int32_t rl_recv_batch_gro(int32_t fd, uint8_t *slab, int32_t slot_bytes, int32_t count,
+                          struct rl_meta *meta);
+int32_t rl_udp_offload_stats(double *out);
+
+/* Sets SO_NO_CHECK on fd: the kernel then refuses GSO sends (EINVAL), to test the fallback. */
+int32_t rl_test_udp_no_check(int32_t fd);
+
 #endif

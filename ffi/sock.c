@@ -129,7 +129,10 @@ int32_t rl_socket(int32_t flags, const uint8_t *addr, int32_t port, int32_t mark
   return fd;
 }
 
-int32_t rl_close(int32_t fd) { return close(fd) == 0 ? 0 : -errno; }
+int32_t rl_close(int32_t fd) {
+  udp_gso_forget(fd); /* the next socket on this number may do GSO again */
+  return close(fd) == 0 ? 0 : -errno;
+}
 
 int32_t rl_udp_connect(int32_t fd, const uint8_t *addr, int32_t port, int32_t scope) {
   if (port <= 0 || port > 65535) return -EINVAL;

@@ -15,8 +15,9 @@
  * (MSG_CTRUNC); should the original destination be the part lost, the datagram comes
  * without RL_META_HAS_ORIGDST and is counted as such. */
 #define RECV_CMSG_BYTES (CMSG_SPACE(sizeof(struct sockaddr_in6)) + CMSG_SPACE(sizeof(uint32_t)))
-/* Control space for one sent datagram: the larger pktinfo. */
-#define SEND_CMSG_BYTES CMSG_SPACE(sizeof(struct in6_pktinfo))
+/* Control space for one sent datagram: the larger pktinfo, and a UDP_SEGMENT size for
+ * the first of a GSO run (udp_gso.c). */
+#define SEND_CMSG_BYTES (CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(uint16_t)))
 
 /* The JS thread (or each worker thread) owns one set; __thread keeps scale-out by
  * Workers safe without locks. Sized once: RL_BATCH_COUNT_MAX entries. */
@@ -144,10 +145,10 @@ static void send_prepare(uint8_t *slab, struct rl_send *s, int j) {
   h->msg_iov = &send_iovs[j];
   h->msg_iovlen = 1;
   h->msg_flags = 0;
-  h->msg_control = NULL;
+  /* Set even without a pktinfo: udp_gso.c may append its UDP_SEGMENT here. */
+  h->msg_control = send_cmsgs[j];
   h->msg_controllen = 0;
   if (s->flags & RL_SEND_SOURCE) {
-    h->msg_control = send_cmsgs[j];
     struct cmsghdr *c = (struct cmsghdr *)send_cmsgs[j];
     if (send_names[j].ss_family == AF_INET) {
       struct in_pktinfo info;
@@ -255,22 +256,7 @@ int32_t rl_send_batch(uint8_t *slab, uint32_t slab_bytes, struct rl_send *sends,
         prepared++;
       }
     }
-    /* Each pass sends at least one datagram or fails exactly one, so the loop ends
-     * after at most `prepared` passes. */
-    int done = 0;
-    while (done < prepared) {
-      int k = sendmmsg(fd, send_msgs + done, (unsigned)(prepared - done), MSG_DONTWAIT);
-      if (k > 0) {
-        for (int j = done; j < done + k; j++)
-          sends[entry[j]].result = (int32_t)send_msgs[j].msg_len;
-        sent += k;
-        done += k;
-      } else {
-        /* The first datagram of the rest failed: record it, skip it, go on. */
-        sends[entry[done]].result = k < 0 ? -errno : -EIO;
-        done += 1;
-      }
-    }
+    sent += udp_send_group(fd, send_msgs, sends, entry, prepared);
     group_start = group_end[g];
   }
   return sent;

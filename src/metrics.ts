@@ -188,6 +188,18 @@ export class UdpCounters {
   receiveErrors = 0;
   wakes = 0;
   batches = 0;
+
+  // Segmentation offload (src/udp/offload.ts, docs/udp_gso.md).
+  /** UDP_SEGMENT messages sent, each carrying 2 to 64 datagrams. */
+  gsoMessages = 0;
+  /** Datagrams sent inside those messages (also counted in packetsTo*). */
+  gsoDatagrams = 0;
+  /** GSO messages the kernel refused (EIO, EINVAL, ENOTSUP): sent one by one instead. */
+  gsoFallbacks = 0;
+  /** Coalesced buffers received with UDP_GRO on upstream sockets. */
+  groBuffers = 0;
+  /** Datagrams split out of them (also counted in packetsFromTargets). */
+  groDatagrams = 0;
   /**
    * Batches by datagrams read, one bucket per BATCH_BUCKET_UPPER entry (1, 2-3, 4-7, ...,
    * 128-256): how full recvmmsg batches run. Allocated once; bumped once per batch.

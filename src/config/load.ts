@@ -7,6 +7,7 @@ import { formatAddress, isV4Mapped, parseAddress } from "../sys/addr.ts";
 import { type Cidr, parseCidr } from "./cidr.ts";
 import { type ConfigInput, ConfigSchema, OutboundSchema } from "./schema.ts";
 import { TIMEOUT_CLASS_COUNT_MAX } from "../flow/table.ts";
+import { groSpanSlots } from "../udp/gro_span.ts";
 import { type PolicyConfig, resolvePolicy } from "../policy/config.ts";
 
 /** Size of the WASM packet area (wasm/src/main.zig packet_area_bytes); UdpRelay asserts it. */
@@ -416,6 +417,13 @@ export function parseConfig(input: unknown): Config {
     problems.push(
       `config.udp.datagramBytesMax: times udp.batchCountMax (${slabBytes} bytes with ` +
         `64-byte slots) must fit the ${PACKET_AREA_BYTES}-byte packet area; lower one of them`,
+    );
+  }
+  const slotBytes = Math.ceil(c.udp.datagramBytesMax / 64) * 64;
+  if (c.udp.gro && c.udp.batchCountMax < groSpanSlots(slotBytes)) {
+    problems.push(
+      `config.udp.gro: a coalesced buffer needs ${groSpanSlots(slotBytes)} slots (64 ` +
+        `datagrams and 64 KiB) but udp.batchCountMax is ${c.udp.batchCountMax}; raise it`,
     );
   }
   const warnings: string[] = [];

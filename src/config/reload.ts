@@ -43,6 +43,8 @@ export const RELOAD_POLICY: Readonly<Record<string, ReloadRule>> = {
   "udp.idleTimeoutMsByPort": live("existing sessions move to their port's new timeout"),
   "udp.datagramBytesMax": restart("the receive slab is sized at start"),
   "udp.batchCountMax": restart("the receive slab and send tables are sized at start"),
+  "udp.gso": restart("switched in the data-path thread at start"),
+  "udp.gro": restart("set on upstream sockets when made; their receive path is fixed at start"),
   "udp.drainBatchesMax": restart("a batch-size setting of the data path, fixed at start"),
   "udp.replySocketsMax": restart("the reply socket pool is preallocated"),
   "udp.replySocketIdleMs": live("idle reply sockets are closed by the next sweep past it"),

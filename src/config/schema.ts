@@ -99,6 +99,17 @@ export const UdpSchema = Type.Object(
     datagramBytesMax: Type.Integer({ minimum: 512, maximum: 65_535, default: 4096 }),
     /** Datagrams per recvmmsg/sendmmsg call. */
     batchCountMax: Type.Integer({ minimum: 1, maximum: 256, default: 64 }),
+    /**
+     * UDP GSO (docs/udp_gso.md): a round's run of equal-size datagrams of one flow leaves
+     * as one UDP_SEGMENT message. Off by itself where the kernel lacks it.
+     */
+    gso: Type.Boolean({ default: true }),
+    /**
+     * UDP GRO on upstream sockets: coalesced replies are split back into datagrams. An
+     * upstream read then takes 64-slot spans, fewer datagrams per call when nothing
+     * coalesces; needs udp.batchCountMax >= 64 (and >= 64 KiB of slots).
+     */
+    gro: Type.Boolean({ default: false }),
     /** Batches drained per wake-up before yielding to other sockets. */
     drainBatchesMax: Type.Integer({ minimum: 1, maximum: 1024, default: 16 }),
     /** Reply sockets (one per original destination ip:port, when "socket" replies). */

@@ -187,6 +187,37 @@ const F = {
     "counter",
     "recvmmsg errors other than ICMP reports.",
   ),
+  udpGsoMessages: family(
+    "relay_udp_gso_messages_total",
+    "counter",
+    "UDP_SEGMENT messages sent, each a run of 2 to 64 datagrams of one flow (udp.gso).",
+  ),
+  udpGsoDatagrams: family(
+    "relay_udp_gso_datagrams_total",
+    "counter",
+    "Datagrams sent inside UDP_SEGMENT messages (also in relay_packets_total).",
+  ),
+  udpGsoFallbacks: family(
+    "relay_udp_gso_fallbacks_total",
+    "counter",
+    "UDP_SEGMENT messages the kernel refused, sent one datagram each instead; " +
+      "that socket does not try again.",
+  ),
+  udpGroBuffers: family(
+    "relay_udp_gro_buffers_total",
+    "counter",
+    "Coalesced buffers received with UDP_GRO on upstream sockets (udp.gro).",
+  ),
+  udpGroDatagrams: family(
+    "relay_udp_gro_datagrams_total",
+    "counter",
+    "Datagrams split out of coalesced UDP_GRO buffers (also in relay_packets_total).",
+  ),
+  udpOffload: family(
+    "relay_udp_offload_enabled",
+    "gauge",
+    "1 when the UDP offload runs: udp.gso (and the kernel has UDP_SEGMENT), udp.gro.",
+  ),
   udpSniff: family(
     "relay_udp_sniff_total",
     "counter",
@@ -482,6 +513,13 @@ const UDP_PLACED: Record<
   pollWakes: { family: F.pollWakes, labels: udp() },
   pollEvents: { family: F.pollEvents, labels: udp() },
   pollRingOverflows: { family: F.pollOverflows, labels: udp() },
+  gsoMessages: { family: F.udpGsoMessages },
+  gsoDatagrams: { family: F.udpGsoDatagrams },
+  gsoFallbacks: { family: F.udpGsoFallbacks },
+  groBuffers: { family: F.udpGroBuffers },
+  groDatagrams: { family: F.udpGroDatagrams },
+  gsoEnabled: { family: F.udpOffload, labels: { offload: "gso" } },
+  groEnabled: { family: F.udpOffload, labels: { offload: "gro" } },
 };
 
 const TCP_BY_PREFIX: readonly ByPrefix[] = [

@@ -97,6 +97,13 @@ export const SYMBOLS = {
   // Inline pollers: another thread's notice that a message is on its way (ffi/poller.c).
   rl_poll_notify: { args: ["i32"], returns: "i32" },
   rl_poll_notified: { args: ["i32"], returns: "i32" },
+  // UDP offload (ffi/udp_gso.c): GSO runs in rl_send_batch, GRO receive and split.
+  rl_udp_offload_probe: { args: [], returns: "i32" },
+  rl_udp_gso_enable: { args: ["i32"], returns: "i32" },
+  rl_udp_gro: { args: ["i32", "i32"], returns: "i32" },
+  rl_gro_span_slots: { args: ["i32"], returns: "i32" },
+  rl_recv_batch_gro: { args: ["i32", "ptr", "i32", "i32", "ptr"], returns: "i32" },
+  rl_udp_offload_stats: { args: ["ptr"], returns: "i32" },
 } as const satisfies SymbolTable;
 
 export type RelayLib = Library<typeof SYMBOLS>;

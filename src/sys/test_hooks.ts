@@ -10,6 +10,7 @@ const testSymbols = {
   rl_test_tcp_engine_stat_set: { args: ["i32", "i32", "f64"], returns: "i32" },
   rl_test_tcp_engine_event_delay: { args: ["i32", "i32"], returns: "i32" },
   rl_test_tcp_engine_break: { args: ["i32"], returns: "i32" },
+  rl_test_udp_no_check: { args: ["i32"], returns: "i32" },
 } as const;
 
 export type TestHooks = Library<typeof testSymbols>;

@@ -97,6 +97,7 @@ import { faultDataPath } from "../sys/test_faults.ts";
 import { HoldBuffer, HoldResult } from "./hold_buffer.ts";
 import { SocketKind, SocketRegistry } from "./registry.ts";
 import { Direction, SendQueue } from "./send_queue.ts";
+import { OffloadCounters, setUpOffload, type UdpOffload } from "./offload.ts";
 
 /**
  * A policy action as a session takes it: a dnsAnswer outbound answers DNS queries only
@@ -177,6 +178,9 @@ export class UdpRelay {
   /** Memory offset of slot 0 inside the WASM memory (what the parsers take). */
   private readonly slabWasmOffset: number;
   private readonly slotBytes: number;
+  /** GSO and GRO as switched on at start (src/udp/offload.ts). */
+  private readonly offload: UdpOffload;
+  private readonly offloadCounters: OffloadCounters;
   private readonly batchCount: number;
   private readonly slabPtr: Pointer;
   private readonly meta: Uint8Array;
@@ -313,6 +317,8 @@ export class UdpRelay {
     // One slot per datagram of a batch; 64-byte aligned slots keep payloads on their
     // own cache lines.
     this.slotBytes = Math.ceil(udp.datagramBytesMax / 64) * 64;
+    this.offload = setUpOffload(lib, udp, this.slotBytes);
+    this.offloadCounters = new OffloadCounters(lib);
     const parsers = parsersLoad();
     if (parsers.packetArea.bytesMax !== PACKET_AREA_BYTES) {
       throw new Error(
@@ -448,7 +454,11 @@ export class UdpRelay {
       lib,
       config,
       udp.sessionsMax,
-      (fd, upstream) => registry.register(SocketKind.Upstream, fd, upstream),
+      (fd, upstream) => {
+        // Where the servers' bulk replies arrive; failing, the socket just gets no GRO.
+        if (this.offload.groSpanSlots > 0) lib.rl_udp_gro(fd, 1);
+        return registry.register(SocketKind.Upstream, fd, upstream);
+      },
       (token) => registry.unregister(token),
       () => registry.lastErrno,
     );
@@ -540,6 +550,7 @@ export class UdpRelay {
       throw err;
     }
     this.poller.start();
+    if (this.offload.note !== null) this.log("udp-offload", this.offload.note);
     // The tick expires sessions, closes idle reply sockets, and keeps the process alive
     // (a threadsafe JSCallback does not; inline, the loop does). Its listener drain also
     // recovers from a wake-up that never came.
@@ -710,6 +721,7 @@ export class UdpRelay {
   /** Counters (the batch histogram as a plain array: it crosses postMessage and JSON) and
    * gauges. */
   values() {
+    this.offloadCounters.fold(this.counters);
     const { batchDatagrams, ...counters } = this.counters;
     return {
       ...counters,
@@ -728,6 +740,8 @@ export class UdpRelay {
       pollWakes: this.poller.wakes,
       pollEvents: this.poller.events,
       pollRingOverflows: this.poller.overflows,
+      gsoEnabled: this.offload.gso ? 1 : 0,
+      groEnabled: this.offload.groSpanSlots > 0 ? 1 : 0,
     };
   }
 
@@ -876,11 +890,14 @@ export class UdpRelay {
   private drain(token: number, kind: SocketKind, fd: number): void {
     const now = performance.now();
     const ref = this.registry.ref(token);
+    // GRO (upstream sockets): each buffer may hold 64 datagrams, split into a span's slots.
+    const span = kind === SocketKind.Upstream ? this.offload.groSpanSlots : 0;
     for (let batch = 0; batch < this.config.udp.drainBatchesMax; batch++) {
-      if (this.slotsUsed === this.batchCount) this.endRound();
+      if (this.batchCount - this.slotsUsed < Math.max(1, span)) this.endRound();
       const first = this.slotsUsed;
       const room = this.batchCount - first;
-      const n = this.lib.rl_recv_batch(
+      const receive = span > 0 ? this.lib.rl_recv_batch_gro : this.lib.rl_recv_batch;
+      const n = receive(
         fd,
         (this.slabPtr + first * this.slotBytes) as Pointer,
         this.slotBytes,
@@ -903,7 +920,8 @@ export class UdpRelay {
         const listener = kind === SocketKind.Listener ? ref : this.replies.listenerOf(ref);
         this.fromClients(listener, first, n, now);
       }
-      if (n < room) return; // drained: the socket had no more
+      // Drained: the socket had no more (with GRO: fewer datagrams than buffers offered).
+      if (n < (span > 0 ? Math.floor(room / span) : room)) return;
       // A new flow may have closed this very socket (reply pool full): stop reading it.
       if (this.registry.fd(token) !== fd || this.registry.kind(token) !== kind) return;
     }

@@ -63,6 +63,21 @@ describe("config", () => {
     expect(problems([])).toEqual(["config: must be a JSON object"]);
   });
 
+  test("udp.gso on and udp.gro off by default; gro needs a batch that holds a 64-slot span", () => {
+    const c = parseConfig({});
+    expect([c.udp.gso, c.udp.gro]).toEqual([true, false]);
+    expect(parseConfig({ udp: { gro: true } }).udp.gro).toBe(true); // 64 slots of 4096
+    expect(problems({ udp: { gro: true, batchCountMax: 32 } })).toEqual([
+      "config.udp.gro: a coalesced buffer needs 64 slots (64 datagrams and 64 KiB) but " +
+        "udp.batchCountMax is 32; raise it",
+    ]);
+    // 512-byte slots: 64 KiB takes 128 of them.
+    expect(
+      problems({ udp: { gro: true, datagramBytesMax: 512, batchCountMax: 64 } })[0],
+    ).toStartWith("config.udp.gro: a coalesced buffer needs 128 slots");
+    expect(problems({ udp: { gso: "yes" } })[0]).toStartWith("config.udp.gso:");
+  });
+
   test("duplicate listeners are refused", () => {
     const p = problems({
       listeners: [

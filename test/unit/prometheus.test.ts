@@ -53,6 +53,8 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
     pollWakes: 0,
     pollEvents: 0,
     pollRingOverflows: 0,
+    gsoEnabled: 0,
+    groEnabled: 0,
   };
   let i = 0;
   for (const k of numericFields(udp)) (udp as any)[k] = distinct(i++);
@@ -118,7 +120,7 @@ describe("Prometheus text format", () => {
       ...Object.entries(input.udp.udp).filter(([k]) => !(k in new UdpCounters())),
       ...Object.entries(input.tcp!).filter(([k]) => !(k in new TcpCounters())),
     ];
-    expect(gauges.length).toBe(13 + 13);
+    expect(gauges.length).toBe(15 + 13);
     expect(gauges.filter(([, v]) => !values.has(`${v}`))).toEqual([]);
   });
 
