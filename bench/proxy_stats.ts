@@ -82,15 +82,14 @@ export function extraPathArgs(variants: Variant[], baseline: string | null): str
  * `patch` replace what `base` has (a listener list is replaced whole, not merged by index).
  * Neither argument is changed.
  */
-export function deepMerge<T extends Record<string, unknown>>(base: T,
-  patch: Record<string, unknown>): T {
+export function deepMerge(base: Record<string, unknown>,
+  patch: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = { ...base };
   for (const [k, v] of Object.entries(patch)) {
-    out[k] = isObject(v) && isObject(out[k])
-      ? deepMerge(out[k] as Record<string, unknown>, v)
-      : v;
+    const old = out[k];
+    out[k] = isObject(v) && isObject(old) ? deepMerge(old, v) : v;
   }
-  return out as T;
+  return out;
 }
 
 /** count / units, NaN when either is not a finite count (no data is not zero). */

@@ -198,8 +198,8 @@ export async function waitForTcpPort(lab: Lab, ns: string, port: number, timeout
 const onCpu0 = (pin: boolean) => (pin ? ["taskset", "-c", "0"] : []);
 
 export function iperf(lab: Lab, port: number, seconds: number, pin = false) {
-  const r = lab.exec(lab.client, [...onCpu0(pin), "iperf3", "-c", LAB.server4, "-p", `${port}`, "-t", `${seconds}`,
-    "-O", "1", "-J"]);
+  const r = lab.exec(lab.client, [...onCpu0(pin), "iperf3", "-c", LAB.server4, "-p", `${port}`,
+    "-t", `${seconds}`, "-O", "1", "-J"]);
   const report = JSON.parse(r.stdout);
   // The whole run's bytes (the omitted first second included), for CPU per byte.
   const bytes = report.end.sum_sent.bytes + (report.intervals as any[])
@@ -209,8 +209,8 @@ export function iperf(lab: Lab, port: number, seconds: number, pin = false) {
 }
 
 export function cps(lab: Lab, port: number, warmupMs: number, measureMs: number, pin = false) {
-  const argv = ["ip", "netns", "exec", lab.client, ...onCpu0(pin), LOAD, "client", LAB.server4, `${port}`,
-    `${CPS_CONCURRENCY}`, `${warmupMs}`, `${measureMs}`];
+  const argv = ["ip", "netns", "exec", lab.client, ...onCpu0(pin), LOAD, "client", LAB.server4,
+    `${port}`, `${CPS_CONCURRENCY}`, `${warmupMs}`, `${measureMs}`];
   const started = performance.now();
   // Bun.spawnSync for the child's rusage (`ip netns exec` execs tcp_load: same process).
   const r = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe", timeout: 30_000 });
@@ -467,7 +467,8 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
     const relayMetrics = (await relay.metrics()).tcp;
     return {
       args, paths, iperfSeconds, cpsWarmupMs, cpsMeasureMs, gbps, cps: rate, cpuPerGb,
-      cpuPerConnUs, costPerGb, costPerConn, perf, pinning, iperfGeneratorBound, cpsGeneratorBound, failures, relayMetrics,
+      cpuPerConnUs, costPerGb, costPerConn, perf, pinning, iperfGeneratorBound,
+      cpsGeneratorBound, failures, relayMetrics,
       bufferBytesMax: config.tcp.bufferBytesMax, elapsedS: (performance.now() - started) / 1000,
     };
   } finally {

@@ -740,7 +740,8 @@ export function renderUdpReport(r: UdpResult): string {
     r.args.wait ? "" : "--no-wait", r.paths.includes("c") ? "" : "--no-c-relay",
     r.args.dataPlane === "worker" ? "" : `--data-plane ${r.args.dataPlane}`,
     r.args.observe ? "--observe" : "", r.args.node ? "--node" : "",
-    ...extraPathArgs(r.args.variants, r.args.baseline).map((a) => a.startsWith("--") ? a : `'${a}'`)];
+    ...extraPathArgs(r.args.variants, r.args.baseline)
+      .map((a) => (a.startsWith("--") ? a : `'${a}'`))];
   const command = ["node_modules/.bin/bun bench/udp.ts", ...flags.filter((f) => f)].join(" ");
   const lines: string[] = [
     "## UDP relay benchmark",
