@@ -6,7 +6,8 @@
 // CPU: utime+stime of every thread (/proc/PID/task/*/stat). Context switches:
 // voluntary + nonvoluntary of every thread (/proc/PID/task/*/status). System calls:
 // `perf stat -e raw_syscalls:sys_enter -p PID` (all threads), stopped with SIGINT at the
-// end of the window. perf is a measurement, not a test: when it is missing or fails the
+// end of the window, scaled to the whole window by perf's own running time (it attaches a
+// little late). perf is a measurement, not a test: when it is missing or fails the
 // count is NaN (the report prints "-") and the bench goes on.
 import type { Subprocess } from "bun";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
@@ -98,17 +99,38 @@ export function perUnit(count: number, units: number): number {
   return count / units;
 }
 
-/** The counts of `perf stat -x,` (its stderr): event name -> count, NaN when not counted. */
-export function parsePerfCsv(text: string): Record<string, number> {
-  const counts: Record<string, number> = {};
+/** One event of `perf stat -x,`: its count and how long it counted (NaN: not counted). */
+export interface PerfCount {
+  count: number;
+  runningS: number;
+}
+
+/** The events of `perf stat -x,` (its stderr) by name. */
+export function parsePerfCsv(text: string): Record<string, PerfCount> {
+  const counts: Record<string, PerfCount> = {};
   for (const line of text.split("\n")) {
-    // count,unit,event,running-time,percent,...
+    // count,unit,event,running-time-ns,percent,...
     const f = line.split(",");
-    if (f.length < 3 || f[2] === "") continue;
+    if (f.length < 4 || f[2] === "") continue;
     const n = Number(f[0]);
-    counts[f[2]] = f[0] !== "" && Number.isFinite(n) ? n : Number.NaN;
+    const ns = Number(f[3]);
+    counts[f[2]] = {
+      count: f[0] !== "" && Number.isFinite(n) ? n : Number.NaN,
+      runningS: f[3] !== "" && Number.isFinite(ns) ? ns / 1e9 : Number.NaN,
+    };
   }
   return counts;
+}
+
+/**
+ * A count over the whole window: perf attaches some tens of ms after the window starts
+ * (it is spawned then), so its count is scaled by window / perf's own running time, at the
+ * rate it saw. NaN when it did not count.
+ */
+export function scaleToWindow(c: PerfCount | undefined, windowS: number): number {
+  if (!c || !Number.isFinite(c.count)) return Number.NaN;
+  if (!(c.runningS > 0) || !(windowS > 0)) return Number.NaN;
+  return c.count * Math.max(1, windowS / c.runningS);
 }
 
 function threads(pid: number): string[] {
@@ -181,6 +203,7 @@ export function costPerUnit(w: WindowCounts, units: number): UnitCost {
 export class ProcessWindow {
   private cpu0 = 0;
   private ctx0 = 0;
+  private startMs = 0;
   private perf: Subprocess<"ignore", "ignore", "pipe"> | null = null;
 
   constructor(readonly pid: number, private readonly usePerf: boolean) {}
@@ -188,6 +211,7 @@ export class ProcessWindow {
   start(): void {
     this.cpu0 = cpuSecondsOf(this.pid);
     this.ctx0 = contextSwitchesOf(this.pid);
+    this.startMs = performance.now();
     if (!this.usePerf) return;
     try {
       this.perf = Bun.spawn(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter",
@@ -200,6 +224,7 @@ export class ProcessWindow {
   async stop(): Promise<WindowCounts> {
     const cpuSeconds = cpuSecondsOf(this.pid) - this.cpu0;
     const contextSwitches = contextSwitchesOf(this.pid) - this.ctx0;
+    const windowS = (performance.now() - this.startMs) / 1000;
     let syscalls = Number.NaN;
     const perf = this.perf;
     this.perf = null;
@@ -208,8 +233,10 @@ export class ProcessWindow {
       const code = await Promise.race([perf.exited,
         Bun.sleep(PERF_STOP_TIMEOUT_MS).then(() => null)]);
       if (code === null) perf.kill("SIGKILL");
-      else syscalls = parsePerfCsv(await new Response(perf.stderr).text())
-        ["raw_syscalls:sys_enter"] ?? Number.NaN;
+      else {
+        const counts = parsePerfCsv(await new Response(perf.stderr).text());
+        syscalls = scaleToWindow(counts["raw_syscalls:sys_enter"], windowS);
+      }
     }
     return { cpuSeconds, syscalls, contextSwitches };
   }
@@ -220,8 +247,8 @@ export function perfAvailable(): boolean {
   try {
     const r = Bun.spawnSync(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "true"],
       { stdout: "ignore", stderr: "pipe", timeout: 10_000 });
-    return r.exitCode === 0 &&
-      Number.isFinite(parsePerfCsv(r.stderr.toString())["raw_syscalls:sys_enter"]);
+    const c = parsePerfCsv(r.stderr.toString())["raw_syscalls:sys_enter"];
+    return r.exitCode === 0 && c !== undefined && Number.isFinite(c.count);
   } catch {
     return false;
   }
