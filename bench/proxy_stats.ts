@@ -3,7 +3,7 @@
 // extra relay paths `--variant NAME=<JSON>` and `--baseline DIR` that bench/udp.ts,
 // bench/tcp.ts and bench/run.ts share.
 //
-// CPU: utime+stime of every thread (/proc/PID/task/*/stat). Context switches:
+// CPU: utime+stime of all threads (/proc/PID/stat). Context switches:
 // voluntary + nonvoluntary of every thread (/proc/PID/task/*/status). System calls:
 // `perf stat -e raw_syscalls:sys_enter -p PID` (all threads), stopped with SIGINT at the
 // end of the window, scaled to the whole window by perf's own running time (it attaches a
@@ -141,20 +141,18 @@ function threads(pid: number): string[] {
   }
 }
 
-/** utime + stime of every thread of `pid`, in seconds (NaN once it is gone). */
+/**
+ * utime + stime of `pid` in seconds: /proc/PID/stat sums every thread, those that have
+ * ended included (NaN once the process is gone).
+ */
 export function cpuSecondsOf(pid: number): number {
-  let ticks = 0;
-  const tids = threads(pid);
-  for (const tid of tids) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
-      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      ticks += Number(f[11]) + Number(f[12]); // utime, stime (proc(5) fields 14, 15)
-    } catch {
-      // the thread ended meanwhile
-    }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) / TICKS_PER_SECOND; // proc(5) fields 14, 15
+  } catch {
+    return Number.NaN;
   }
-  return tids.length ? ticks / TICKS_PER_SECOND : Number.NaN;
 }
 
 /** Voluntary + nonvoluntary context switches of every thread of `pid`. */

@@ -438,7 +438,7 @@ async function main(): Promise<number> {
     const perf = (udp?.perf ?? true) && (tcp?.perf ?? true);
     lines.push("## What each proxy costs per unit of work", "",
       "Per proxy process (all threads), over the measured window, medians over repetitions: " +
-        "CPU us = utime+stime (/proc/PID/task/*/stat); system calls = `perf stat -e " +
+        "CPU us = utime+stime (/proc/PID/stat); system calls = `perf stat -e " +
         "raw_syscalls:sys_enter -p PID`, started after the warmup (UDP) or with the " +
         "generator (TCP) and stopped with SIGINT at the end, scaled to the whole window by " +
         "perf's own running time as it attaches late (perf counts a tracepoint, cheap " +

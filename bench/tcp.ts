@@ -40,7 +40,7 @@
 // iperf3 sender used >= 90% of a CPU (its cpu_utilization_percent.host_total; one
 // stream is one thread), or tcp_load's user+sys CPU was >= 90% of its wall time (one
 // thread that hardly ever waited in epoll). Same threshold as bench/udp_gen.c.
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../src/config/load.ts";
