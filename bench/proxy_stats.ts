@@ -5,18 +5,33 @@
 //
 // CPU: utime+stime of all threads (/proc/PID/stat). Context switches:
 // voluntary + nonvoluntary of every thread (/proc/PID/task/*/status). System calls:
-// `perf stat -e raw_syscalls:sys_enter -p PID` (all threads), stopped with SIGINT at the
-// end of the window, scaled to the whole window by perf's own running time (it attaches a
-// little late). perf is a measurement, not a test: when it is missing or fails the
-// count is NaN (the report prints "-") and the bench goes on.
+// `perf stat -e raw_syscalls:sys_enter -p PID` (all threads), attached before the window
+// with its counters off, switched on and off at the window's edges through its control
+// FIFO (--delay -1 --control). perf is a measurement, not a test: when it is missing or
+// fails the count is NaN (the report prints "-") and the bench goes on.
 import type { Subprocess } from "bun";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import {
+  closeSync,
+  constants,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 /** USER_HZ: /proc/PID/stat counts in 1/100 s on Linux. */
 const TICKS_PER_SECOND = 100;
 /** perf gets this long to print its counts after SIGINT before it is killed. */
 const PERF_STOP_TIMEOUT_MS = 3000;
+/** perf acknowledges enable/disable on its control FIFO within this (it attaches first). */
+const PERF_ACK_TIMEOUT_MS = 1000;
+const PERF_ACK_POLL_MS = 2;
 /** At most this many --variant paths (each needs its own ports). */
 export const VARIANTS_MAX = 8;
 const VARIANT_NAME = /^[a-z][a-z0-9_-]{0,23}$/;
@@ -99,38 +114,17 @@ export function perUnit(count: number, units: number): number {
   return count / units;
 }
 
-/** One event of `perf stat -x,`: its count and how long it counted (NaN: not counted). */
-export interface PerfCount {
-  count: number;
-  runningS: number;
-}
-
-/** The events of `perf stat -x,` (its stderr) by name. */
-export function parsePerfCsv(text: string): Record<string, PerfCount> {
-  const counts: Record<string, PerfCount> = {};
+/** The counts of `perf stat -x,` (its stderr): event name -> count, NaN when not counted. */
+export function parsePerfCsv(text: string): Record<string, number> {
+  const counts: Record<string, number> = {};
   for (const line of text.split("\n")) {
-    // count,unit,event,running-time-ns,percent,...
+    // count,unit,event,running-time,percent,...
     const f = line.split(",");
-    if (f.length < 4 || f[2] === "") continue;
+    if (f.length < 3 || f[2] === "") continue;
     const n = Number(f[0]);
-    const ns = Number(f[3]);
-    counts[f[2]] = {
-      count: f[0] !== "" && Number.isFinite(n) ? n : Number.NaN,
-      runningS: f[3] !== "" && Number.isFinite(ns) ? ns / 1e9 : Number.NaN,
-    };
+    counts[f[2]] = f[0] !== "" && Number.isFinite(n) ? n : Number.NaN;
   }
   return counts;
-}
-
-/**
- * A count over the whole window: perf attaches some tens of ms after the window starts
- * (it is spawned then), so its count is scaled by window / perf's own running time, at the
- * rate it saw. NaN when it did not count.
- */
-export function scaleToWindow(c: PerfCount | undefined, windowS: number): number {
-  if (!c || !Number.isFinite(c.count)) return Number.NaN;
-  if (!(c.runningS > 0) || !(windowS > 0)) return Number.NaN;
-  return c.count * Math.max(1, windowS / c.runningS);
 }
 
 function threads(pid: number): string[] {
@@ -195,48 +189,116 @@ export function costPerUnit(w: WindowCounts, units: number): UnitCost {
 }
 
 /**
- * Counts one process over a window: start() at the window's start, stop() at its end.
- * `perf`: false (or perf missing) leaves the system calls NaN.
+ * Counts one process over a window. prepare() early (perf attaches with its counters
+ * disabled, which takes tens of ms), start() at the window's start (perf's counters are
+ * enabled through its control FIFO and acknowledged, so the window is exact), stop() at
+ * its end. `perf` false (or perf failing) leaves the system calls NaN.
  */
 export class ProcessWindow {
   private cpu0 = 0;
   private ctx0 = 0;
-  private startMs = 0;
   private perf: Subprocess<"ignore", "ignore", "pipe"> | null = null;
+  private dir: string | null = null;
+  private ctl = -1;
+  private ack = -1;
+  /** perf acknowledged "enable": its count covers the window. */
+  private counting = false;
 
-  constructor(readonly pid: number, private readonly usePerf: boolean) {}
+  constructor(
+    readonly pid: number,
+    private readonly usePerf: boolean,
+  ) {}
 
-  start(): void {
-    this.cpu0 = cpuSecondsOf(this.pid);
-    this.ctx0 = contextSwitchesOf(this.pid);
-    this.startMs = performance.now();
-    if (!this.usePerf) return;
+  prepare(): void {
+    if (!this.usePerf || this.perf) return;
     try {
+      this.dir = mkdtempSync(join(tmpdir(), "bench-perf-"));
+      const ctl = join(this.dir, "ctl");
+      const ack = join(this.dir, "ack");
+      const made = Bun.spawnSync(["mkfifo", ctl, ack], { stdout: "ignore", stderr: "ignore" });
+      if (made.exitCode !== 0) throw new Error("mkfifo failed");
+      // O_RDWR: opening either end never blocks, whether perf has opened it yet or not.
+      const mode = constants.O_RDWR | constants.O_NONBLOCK;
+      this.ctl = openSync(ctl, mode);
+      this.ack = openSync(ack, mode);
       this.perf = Bun.spawn(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter",
-        "-p", `${this.pid}`], { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+        "--delay", "-1", "--control", `fifo:${ctl},${ack}`, "-p", `${this.pid}`],
+        { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
     } catch {
-      this.perf = null; // no perf: the column says "-"
+      this.cleanup(); // no perf: the column says "-"
     }
   }
 
+  /** Sends `command` to perf and waits (bounded) for its "ack". */
+  private async control(command: string): Promise<boolean> {
+    if (this.ctl < 0 || this.ack < 0) return false;
+    const buf = Buffer.alloc(64);
+    while (readAck(this.ack, buf) > 0) {
+      // a stale acknowledgement: drop it
+    }
+    try {
+      writeSync(this.ctl, `${command}\n`);
+    } catch {
+      return false;
+    }
+    const deadline = performance.now() + PERF_ACK_TIMEOUT_MS;
+    let got = "";
+    while (performance.now() < deadline) {
+      const n = readAck(this.ack, buf);
+      if (n > 0) got += buf.toString("utf8", 0, n);
+      if (got.includes("ack")) return true;
+      await Bun.sleep(PERF_ACK_POLL_MS);
+    }
+    return false;
+  }
+
+  /** The window starts now (CPU, switches); perf's count once it acknowledges (~1 ms). */
+  async start(): Promise<void> {
+    this.prepare();
+    this.cpu0 = cpuSecondsOf(this.pid);
+    this.ctx0 = contextSwitchesOf(this.pid);
+    this.counting = this.perf !== null && (await this.control("enable"));
+  }
+
   async stop(): Promise<WindowCounts> {
+    const counted = this.counting && (await this.control("disable"));
     const cpuSeconds = cpuSecondsOf(this.pid) - this.cpu0;
     const contextSwitches = contextSwitchesOf(this.pid) - this.ctx0;
-    const windowS = (performance.now() - this.startMs) / 1000;
     let syscalls = Number.NaN;
     const perf = this.perf;
-    this.perf = null;
     if (perf) {
       perf.kill("SIGINT");
       const code = await Promise.race([perf.exited,
         Bun.sleep(PERF_STOP_TIMEOUT_MS).then(() => null)]);
       if (code === null) perf.kill("SIGKILL");
-      else {
-        const counts = parsePerfCsv(await new Response(perf.stderr).text());
-        syscalls = scaleToWindow(counts["raw_syscalls:sys_enter"], windowS);
+      else if (counted) {
+        syscalls = parsePerfCsv(await new Response(perf.stderr).text())["raw_syscalls:sys_enter"] ??
+          Number.NaN;
       }
     }
+    this.cleanup();
     return { cpuSeconds, syscalls, contextSwitches };
+  }
+
+  private cleanup(): void {
+    for (const fd of [this.ctl, this.ack]) {
+      if (fd >= 0) closeSync(fd);
+    }
+    this.ctl = -1;
+    this.ack = -1;
+    this.perf = null;
+    this.counting = false;
+    if (this.dir) rmSync(this.dir, { recursive: true, force: true });
+    this.dir = null;
+  }
+}
+
+/** Non-blocking read of perf's acknowledgement FIFO: bytes read, 0 when nothing is there. */
+function readAck(fd: number, buf: Buffer): number {
+  try {
+    return readSync(fd, buf, 0, buf.length, null);
+  } catch {
+    return 0; // EAGAIN: nothing yet
   }
 }
 
@@ -245,8 +307,8 @@ export function perfAvailable(): boolean {
   try {
     const r = Bun.spawnSync(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "true"],
       { stdout: "ignore", stderr: "pipe", timeout: 10_000 });
-    const c = parsePerfCsv(r.stderr.toString())["raw_syscalls:sys_enter"];
-    return r.exitCode === 0 && c !== undefined && Number.isFinite(c.count);
+    return r.exitCode === 0 &&
+      Number.isFinite(parsePerfCsv(r.stderr.toString())["raw_syscalls:sys_enter"]);
   } catch {
     return false;
   }

@@ -439,9 +439,9 @@ async function main(): Promise<number> {
     lines.push("## What each proxy costs per unit of work", "",
       "Per proxy process (all threads), over the measured window, medians over repetitions: " +
         "CPU us = utime+stime (/proc/PID/stat); system calls = `perf stat -e " +
-        "raw_syscalls:sys_enter -p PID`, started after the warmup (UDP) or with the " +
-        "generator (TCP) and stopped with SIGINT at the end, scaled to the whole window by " +
-        "perf's own running time as it attaches late (perf counts a tracepoint, cheap " +
+        "raw_syscalls:sys_enter -p PID`, attached with its counters off, switched on " +
+        "through its control FIFO after the warmup (UDP) or as the generator starts (TCP) " +
+        "and off at the end (perf counts a tracepoint, cheap " +
         "but not free, and is attached the same way to every proxy path" +
         (perf ? "" : "; perf was unavailable here: \"-\"") + "); context switches = " +
         "voluntary + nonvoluntary (/proc/PID/task/*/status). Units: UDP per relayed " +

@@ -435,7 +435,7 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
         // The proxy's counters cover each generator's whole run (iperf3's omitted first
         // second and tcp_load's warmup included): the units are counted the same way.
         const iperfWindow = windowOf(p);
-        iperfWindow?.start();
+        await iperfWindow?.start();
         const t = iperf(lab, IPERF_PORT(p), iperfSeconds, args.pin);
         const iperfCounts = await iperfWindow?.stop();
         gbps[p].push(t.gbps);
@@ -445,7 +445,7 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
           cpuPerGb[p].push(cost.cpuUs / 1e6);
         }
         const cpsWindow = windowOf(p);
-        cpsWindow?.start();
+        await cpsWindow?.start();
         const c = cps(lab, CPS_PORT(p), cpsWarmupMs, cpsMeasureMs, args.pin);
         const cpsCounts = await cpsWindow?.stop();
         rate[p].push(c.cps);

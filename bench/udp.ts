@@ -366,12 +366,14 @@ async function runOnce(ctx: RunContext, cell: Cell, path: PathName, runId: numbe
   const limitMs = ctx.warmupMs + ctx.durationMs + GEN_GRACE_MS;
   // The proxy's counters cover udp_gen's measured window: from the end of its warmup to
   // its exit (it exits when the window ends).
+  // perf attaches during the warmup, its counters off until the window starts.
   const pid = ctx.proxyPid[path];
   const window = pid === undefined ? null : new ProcessWindow(pid, ctx.perf);
+  window?.prepare();
   let windowStartMs = 0;
-  const windowStarted = Bun.sleep(ctx.warmupMs).then(() => {
-    window?.start();
+  const windowStarted = Bun.sleep(ctx.warmupMs).then(async () => {
     windowStartMs = performance.now();
+    await window?.start();
   });
   const code = await Promise.race([proc.exited, Bun.sleep(limitMs).then(() => null)]);
   await windowStarted;
