@@ -14,6 +14,7 @@ import {
   extraPathArgs,
   parsePerfCsv,
   parseVariant,
+  ProcessWindow,
   perUnit,
   type Variant,
   VARIANTS_MAX,
@@ -132,6 +133,19 @@ describe("per-unit arithmetic", () => {
     expect(Number.isNaN(counts["context-switches"])).toBe(true);
     expect(Object.keys(counts).length).toBe(2);
     expect(parsePerfCsv("perf: command not found")).toEqual({});
+  });
+
+  test("without perf the window still counts CPU and switches, system calls are NaN", async () => {
+    const w = new ProcessWindow(process.pid, false);
+    w.prepare();
+    await w.start();
+    let x = 0;
+    for (let i = 0; i < 1e6; i++) x += i;
+    const counts = await w.stop();
+    expect(x).toBeGreaterThan(0);
+    expect(counts.cpuSeconds).toBeGreaterThanOrEqual(0);
+    expect(counts.contextSwitches).toBeGreaterThanOrEqual(0);
+    expect(Number.isNaN(counts.syscalls)).toBe(true);
   });
 
   test("this process's CPU time and context switches are readable, a gone one's NaN", () => {
