@@ -45,7 +45,7 @@ import { cpus, loadavg, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../src/config/load.ts";
 import { LAB, Lab, labUnavailableReason, run } from "../test/lab/netns.ts";
-import { RelayProcess } from "../test/lab/relay_process.ts";
+import { envRuntime, RelayProcess } from "../test/lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 import {
   addVariant,
@@ -386,8 +386,8 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
     for (const [p, c] of extraConfigs) {
       const path = join(dir, `${p}.json`);
       writeFileSync(path, JSON.stringify(c));
-      const r = await RelayProcess.start(lab, path, undefined, [], "bun",
-        p === "before" ? args.baseline : null);
+      const r = await RelayProcess.start(lab, path, undefined, [],
+        p === "before" ? "bun" : envRuntime(), p === "before" ? args.baseline : null);
       extraRelays.set(p, r);
       proxyPid[p] = r.proc.pid;
     }

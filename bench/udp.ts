@@ -45,7 +45,7 @@ import type { Subprocess } from "bun";
 import { parseConfig } from "../src/config/load.ts";
 import { LAB, Lab, labUnavailableReason, run } from "../test/lab/netns.ts";
 import { JsonLinesProcess } from "../test/lab/json_lines.ts";
-import { RelayProcess } from "../test/lab/relay_process.ts";
+import { envRuntime, RelayProcess } from "../test/lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
 import {
   addVariant,
@@ -608,8 +608,8 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
     for (const [p, config] of extraConfigs) {
       const path = join(tmp, `${p}.json`);
       writeFileSync(path, JSON.stringify(config));
-      extraRelays.set(p, await RelayProcess.start(lab, path, undefined, [], "bun",
-        p === "before" ? args.baseline : null));
+      extraRelays.set(p, await RelayProcess.start(lab, path, undefined, [],
+        p === "before" ? "bun" : envRuntime(), p === "before" ? args.baseline : null));
     }
     let cTool: ToolProcess | null = null;
     if (cRelay) {
