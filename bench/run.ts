@@ -197,7 +197,9 @@ function udpCells(r: UdpResult): Cell[] {
       kernel: k.map((s) => s.value),
       relay: b.map((s) => s.value),
       generatorBound: countBound({ kernel: k.map((s) => s.generatorBound),
-        relay: b.map((s) => s.generatorBound) }),
+        relay: b.map((s) => s.generatorBound),
+        ...Object.fromEntries(extra.others.map(([p, l]) =>
+          [l, get(p).map((s) => s.generatorBound)])) }),
       note: note + (contended > 0 ? `; ${contended} run(s) contended by other load` : ""),
       others: Object.fromEntries(extra.others.map(([p, l]) => [l, get(p).map((s) => s.value)])),
       ratios: extra.ratios,
@@ -247,8 +249,9 @@ function quicCells(r: QuicResult): Cell[] {
 }
 
 function tcpCells(r: TcpResult): Cell[] {
-  const pick = (b: Record<string, boolean[]>) => ({ kernel: b.kernel, relay: b.relay });
   const extra = extraColumns(r.paths, TCP_LABELS, "HAProxy", r.args.variants);
+  const pick = (b: Record<string, boolean[]>) => ({ kernel: b.kernel, relay: b.relay,
+    ...Object.fromEntries(extra.others.map(([p, l]) => [l, b[p]])) });
   const others = (v: Record<string, number[]>) =>
     Object.fromEntries(extra.others.map(([p, l]) => [l, v[p]]));
   const costs = (v: Record<string, UnitCost[]>) =>
