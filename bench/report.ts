@@ -13,6 +13,24 @@ export interface Cell {
   generatorBound: string;
   /** Extra context for the table (latency, loss, CPU). */
   note: string;
+  /**
+   * More paths of the same runs, one value per repetition, by label: "C relay", "HAProxy",
+   * "before" (--baseline), a --variant's name.
+   */
+  others?: Record<string, number[]>;
+  /** Ratio columns beside relay/kernel: [numerator, denominator], "relay" or an others label. */
+  ratios?: Array<[string, string]>;
+  /** What one unit of work cost each proxy path, by label ("relay" too). */
+  costs?: Record<string, CostSamples>;
+  /** The unit of the costs: "relayed datagram", "connection", "GB". */
+  costUnit?: string;
+}
+
+/** One value per repetition (NaN where not measured, e.g. no perf). */
+export interface CostSamples {
+  cpuUs: number[];
+  syscalls: number[];
+  contextSwitches: number[];
 }
 
 export function median(xs: number[]): number {
@@ -51,26 +69,88 @@ export function pairedRatios(c: Cell): number[] {
   return out;
 }
 
-/** A cell produced a number when both sides have only finite, positive values. */
+/** A cell produced a number when every path has only finite, positive values. */
 export function cellComplete(c: Cell): boolean {
   const ok = (xs: number[]) => xs.length > 0 && xs.every((x) => Number.isFinite(x) && x > 0);
-  return ok(c.kernel) && ok(c.relay);
+  return ok(c.kernel) && ok(c.relay) && Object.values(c.others ?? {}).every(ok);
 }
 
+/** The values of path `label` in cell `c` ("kernel", "relay" or one of its others). */
+export function pathValues(c: Cell, label: string): number[] {
+  if (label === "kernel") return c.kernel;
+  if (label === "relay") return c.relay;
+  return c.others?.[label] ?? [];
+}
+
+/** `**a/b**` as a ratio of medians, then [min-max] of the per-repetition ratios. */
+export function ratioText(a: number[], b: number[]): string {
+  const r = median(a) / median(b);
+  if (!Number.isFinite(r)) return "-";
+  const per: number[] = [];
+  for (let i = 0; i < Math.min(a.length, b.length); i++) per.push(a[i] / b[i]);
+  const range = per.length > 1
+    ? ` [${Math.min(...per).toFixed(2)}-${Math.max(...per).toFixed(2)}]`
+    : "";
+  return `**${r.toFixed(2)}**${range}`;
+}
+
+/** Ordered union of the cells' extra path labels and ratio columns. */
+function columnsOf(cells: Cell[]): { others: string[]; ratios: Array<[string, string]> } {
+  const others: string[] = [];
+  const ratios: Array<[string, string]> = [];
+  for (const c of cells) {
+    for (const o of Object.keys(c.others ?? {})) if (!others.includes(o)) others.push(o);
+    for (const [a, b] of c.ratios ?? []) {
+      if (!ratios.some(([x, y]) => x === a && y === b)) ratios.push([a, b]);
+    }
+  }
+  return { others, ratios };
+}
+
+/**
+ * One table: a row per cell, the kernel and relay medians, those of the other paths, then
+ * relay/kernel and the cells' other ratio columns (ratio of medians, [per-repetition
+ * min-max]). Give it the cells of one step for a readable table.
+ */
 export function cellTable(cells: Cell[]): string[] {
+  const { others, ratios } = columnsOf(cells);
+  const header = ["cell", "unit", "kernel median [min-max]", "relay median [min-max]",
+    ...others.map((o) => `${o} median [min-max]`), "relay/kernel [per-rep min-max]",
+    ...ratios.map(([a, b]) => `${a}/${b}`), "gen-bound", "notes"];
+  const lines = [`| ${header.join(" | ")} |`, `|${header.map(() => "---").join("|")}|`];
+  for (const c of cells) {
+    const row = [`${c.section}: ${c.name}`, c.unit, spread(c.kernel), spread(c.relay),
+      ...others.map((o) => spread(pathValues(c, o))),
+      ratioText(c.relay, c.kernel),
+      ...ratios.map(([a, b]) => ratioText(pathValues(c, a), pathValues(c, b))),
+      c.generatorBound, c.note];
+    lines.push(`| ${row.join(" | ")} |`);
+  }
+  return lines;
+}
+
+/** Median of the finite values, with 2-3 significant digits; "-" when there are none. */
+function costText(xs: number[]): string {
+  const v = median(xs.filter((x) => Number.isFinite(x)));
+  if (!Number.isFinite(v)) return "-";
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+}
+
+/**
+ * What each proxy path cost per unit of work: a row per cell and path, with CPU us,
+ * system calls and context switches per unit (medians over repetitions).
+ */
+export function costTable(cells: Cell[]): string[] {
   const lines = [
-    "| cell | unit | kernel median [min-max] | relay median [min-max] | " +
-      "relay/kernel [per-rep min-max] | gen-bound | notes |",
-    "|---|---|---|---|---|---|---|",
+    "| cell | per | path | CPU us | system calls | context switches |",
+    "|---|---|---|---|---|---|",
   ];
   for (const c of cells) {
-    const paired = pairedRatios(c);
-    const range = paired.length > 1
-      ? ` [${Math.min(...paired).toFixed(2)}-${Math.max(...paired).toFixed(2)}]`
-      : "";
-    lines.push(`| ${c.section}: ${c.name} | ${c.unit} | ${spread(c.kernel)} | ` +
-      `${spread(c.relay)} | ` +
-      `**${ratio(c).toFixed(2)}**${range} | ${c.generatorBound} | ${c.note} |`);
+    for (const [path, cost] of Object.entries(c.costs ?? {})) {
+      lines.push(`| ${c.section}: ${c.name} | ${c.costUnit ?? "-"} | ${path} | ` +
+        `${costText(cost.cpuUs)} | ${costText(cost.syscalls)} | ` +
+        `${costText(cost.contextSwitches)} |`);
+    }
   }
   return lines;
 }

@@ -1,8 +1,18 @@
 // `bun run bench`: the relay side by side with kernel forwarding (issue 5).
 //
-//   node_modules/.bin/bun run bench [--quick] [--reps N] [--pin] [--no-wait] [--only STEP,...]
+//   node_modules/.bin/bun run bench [--quick] [--reps N] [--no-pin] [--no-wait] [--only STEP,...]
+//       [--variant NAME=<JSON>]... [--baseline DIR]
 //
-// --pin: UDP cells with udp_gen on cpu0 and the relay on cpu1 (bench/udp.ts --pin).
+// UDP cells run the C relay beside the relay, TCP cells HAProxy (issue 14), quick runs too.
+// Pinned by default (--no-pin: the scheduler's choice): UDP and TCP load generators on cpu0,
+// every proxy under test (relay, C relay, HAProxy, variants, before) on cpu1; the other
+// steps are not pinned. --pin is accepted and changes nothing.
+// --variant NAME=<JSON> (repeatable): one more relay path NAME in the UDP and TCP steps, this
+// checkout with the JSON deep-merged over the bench's relay config (bench/proxy_stats.ts).
+// --baseline DIR: one more path "before", the relay of another built checkout DIR, so
+// before and after are measured in one run (after/before columns).
+// UDP and TCP cells also get each proxy's CPU us, system calls (perf stat) and context
+// switches per relayed datagram / per connection / per GB (bench/proxy_stats.ts).
 // --chart FILE.json: only redraw the chart FILE.svg from a run's FILE.json.
 // --no-wait: UDP runs start without waiting for a quiet machine (bench/udp.ts --no-wait).
 //
@@ -33,7 +43,19 @@ import { type DnsResult, runDns } from "./dns.ts";
 import { FANOUT, type MemoryRep, runMemory } from "./memory.ts";
 import { type MicroResult, microLines, runMicro } from "./micro.bench.ts";
 import { type QuicResult, runQuic } from "./quic.ts";
-import { type Cell, cellComplete, cellTable, fmt, median, ratioChart, spread } from "./report.ts";
+import { addVariant, checkBaseline, extraPathArgs, type UnitCost, type Variant }
+  from "./proxy_stats.ts";
+import {
+  type Cell,
+  type CostSamples,
+  cellComplete,
+  cellTable,
+  costTable,
+  fmt,
+  median,
+  ratioChart,
+  spread,
+} from "./report.ts";
 import { parseArgs as tcpArgs, runTcp, type TcpResult } from "./tcp.ts";
 import { cellName, type Sample, parseArgs as udpArgs, runUdp, type UdpResult } from "./udp.ts";
 
@@ -42,8 +64,9 @@ const QUICK_RESULTS = join(import.meta.dir, "..", "build", "bench");
 const STEPS = ["micro", "udp", "dns", "quic", "tcp", "memory"] as const;
 type Step = (typeof STEPS)[number];
 const REPS = { full: 3, quick: 1, max: 20 };
-const USAGE = "usage: bun run bench [--quick] [--reps N] [--pin] [--no-wait] " +
-  "[--only micro,udp,dns,quic,tcp,memory] [--runtime bun|node]";
+const USAGE = "usage: bun run bench [--quick] [--reps N] [--no-pin] [--no-wait] " +
+  "[--only micro,udp,dns,quic,tcp,memory] [--runtime bun|node] [--variant NAME=<JSON>]... " +
+  "[--baseline DIR]";
 
 interface Args {
   quick: boolean;
@@ -53,22 +76,30 @@ interface Args {
   only: Step[];
   /** The runtime the relay under test runs on (RELAY_RUNTIME, test/lab/relay_process.ts). */
   runtime: "bun" | "node";
+  /** Passed to the UDP and TCP steps (bench/proxy_stats.ts). */
+  variants: Variant[];
+  baseline: string | null;
 }
 
 function parseArgs(argv: string[]): Args {
   const args: Args = {
     quick: false,
     reps: REPS.full,
-    pin: false,
+    pin: true,
     wait: true,
     only: [...STEPS],
     runtime: "bun",
+    variants: [],
+    baseline: null,
   };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--quick") args.quick = true;
     else if (a === "--pin") args.pin = true;
+    else if (a === "--no-pin") args.pin = false;
+    else if (a === "--variant") addVariant(args.variants, argv[++i]);
+    else if (a === "--baseline") args.baseline = checkBaseline(argv[++i]);
     else if (a === "--no-wait") args.wait = false;
     else if (a === "--reps") {
       const n = Number(argv[++i]);
@@ -114,7 +145,38 @@ function countBound(flags: Record<string, boolean[]>): string {
   return parts.join(", ") || "no";
 }
 
+/** Per-repetition costs as columns (NaN where a run had none). */
+function costSamples(costs: Array<UnitCost | null>): CostSamples {
+  const f = (g: (c: UnitCost) => number) => costs.map((c) => (c ? g(c) : Number.NaN));
+  return { cpuUs: f((c) => c.cpuUs), syscalls: f((c) => c.syscalls),
+    contextSwitches: f((c) => c.contextSwitches) };
+}
+
+/**
+ * The extra paths of a step (label by path name) and the ratio columns beside
+ * relay/kernel: relay/comparator (C relay or HAProxy), after/before, each variant to the
+ * relay and to the comparator.
+ */
+function extraColumns(paths: string[], labels: Record<string, string>, comparator: string,
+  variants: Variant[]): { others: Array<[string, string]>; ratios: Array<[string, string]> } {
+  const others = paths.filter((p) => labels[p] !== undefined || variants.some((v) => v.name === p))
+    .map((p) => [p, labels[p] ?? p] as [string, string]);
+  const has = (label: string) => others.some(([, l]) => l === label);
+  const ratios: Array<[string, string]> = [];
+  if (has(comparator)) ratios.push(["relay", comparator]);
+  if (has("before")) ratios.push(["relay", "before"]);
+  for (const v of variants) {
+    ratios.push([v.name, "relay"]);
+    if (has(comparator)) ratios.push([v.name, comparator]);
+  }
+  return { others, ratios };
+}
+
+const UDP_LABELS: Record<string, string> = { c: "C relay", before: "before" };
+const TCP_LABELS: Record<string, string> = { haproxy: "HAProxy", before: "before" };
+
 function udpCells(r: UdpResult): Cell[] {
+  const extra = extraColumns(r.paths, UDP_LABELS, "C relay", r.args.variants);
   return r.cells.map((cell) => {
     const get = (p: string) => r.samples.get(`${cellName(cell)}|${p}`) ?? [];
     const k = get("kernel");
@@ -135,8 +197,15 @@ function udpCells(r: UdpResult): Cell[] {
       kernel: k.map((s) => s.value),
       relay: b.map((s) => s.value),
       generatorBound: countBound({ kernel: k.map((s) => s.generatorBound),
-        relay: b.map((s) => s.generatorBound) }),
+        relay: b.map((s) => s.generatorBound),
+        ...Object.fromEntries(extra.others.map(([p, l]) =>
+          [l, get(p).map((s) => s.generatorBound)])) }),
       note: note + (contended > 0 ? `; ${contended} run(s) contended by other load` : ""),
+      others: Object.fromEntries(extra.others.map(([p, l]) => [l, get(p).map((s) => s.value)])),
+      ratios: extra.ratios,
+      costs: Object.fromEntries([["relay", "bun"], ...extra.others.map(([p, l]) => [l, p])]
+        .map(([l, p]) => [l, costSamples(get(p).map((s) => s.cost))])),
+      costUnit: "relayed datagram",
     };
   });
 }
@@ -180,7 +249,14 @@ function quicCells(r: QuicResult): Cell[] {
 }
 
 function tcpCells(r: TcpResult): Cell[] {
-  const pick = (b: Record<string, boolean[]>) => ({ kernel: b.kernel, relay: b.relay });
+  const extra = extraColumns(r.paths, TCP_LABELS, "HAProxy", r.args.variants);
+  const pick = (b: Record<string, boolean[]>) => ({ kernel: b.kernel, relay: b.relay,
+    ...Object.fromEntries(extra.others.map(([p, l]) => [l, b[p]])) });
+  const others = (v: Record<string, number[]>) =>
+    Object.fromEntries(extra.others.map(([p, l]) => [l, v[p]]));
+  const costs = (v: Record<string, UnitCost[]>) =>
+    Object.fromEntries([["relay", "relay"], ...extra.others.map(([p, l]) => [l, p])]
+      .map(([l, p]) => [l, costSamples(v[p] ?? [])]));
   return [{
     section: "TCP",
     name: "iperf3 1 stream",
@@ -189,6 +265,10 @@ function tcpCells(r: TcpResult): Cell[] {
     relay: r.gbps.relay,
     generatorBound: countBound(pick(r.iperfGeneratorBound)),
     note: `relay CPU ${fmt(median(r.cpuPerGb.relay))} s/GB`,
+    others: others(r.gbps),
+    ratios: extra.ratios,
+    costs: costs(r.costPerGb),
+    costUnit: "GB",
   }, {
     section: "TCP",
     name: "connections/s, 64 in flight",
@@ -197,7 +277,11 @@ function tcpCells(r: TcpResult): Cell[] {
     relay: r.cps.relay,
     generatorBound: countBound(pick(r.cpsGeneratorBound)),
     note: `relay CPU ${fmt(median(r.cpuPerConnUs.relay))} us/connection; failed: ` +
-      `kernel ${r.failures.kernel}, relay ${r.failures.relay}`,
+      `${r.paths.map((p) => `${TCP_LABELS[p] ?? p} ${r.failures[p]}`).join(", ")}`,
+    others: others(r.cps),
+    ratios: extra.ratios,
+    costs: costs(r.costPerConn),
+    costUnit: "connection",
   }];
 }
 
@@ -282,8 +366,8 @@ async function main(): Promise<number> {
         micro = await runMicro({ small: args.quick, reps: args.reps });
       } else if (step === "udp") {
         const a = udpArgs([...(args.quick ? ["--quick"] : []), "--reps", `${args.reps}`,
-          "--no-c-relay", ...(args.pin ? ["--pin"] : []),
-          ...(args.wait && !args.quick ? [] : ["--no-wait"])]);
+          ...(args.pin ? [] : ["--no-pin"]), ...(args.wait && !args.quick ? [] : ["--no-wait"]),
+          ...extraPathArgs(args.variants, args.baseline)]);
         udp = await runUdp(a, log);
         cells.push(...udpCells(udp));
       } else if (step === "dns") {
@@ -294,7 +378,8 @@ async function main(): Promise<number> {
         cells.push(...quicCells(quic));
       } else if (step === "tcp") {
         const a = tcpArgs([...(args.quick ? ["--quick"] : []), "--reps", `${args.reps}`,
-          "--no-haproxy", "--no-bun-stream"]);
+          "--no-bun-stream", ...(args.pin ? [] : ["--no-pin"]),
+          ...extraPathArgs(args.variants, args.baseline)]);
         tcp = await runTcp(a, log);
         cells.push(...tcpCells(tcp));
       } else if (step === "memory") {
@@ -325,12 +410,20 @@ async function main(): Promise<number> {
       `${loadavg().map((x) => x.toFixed(2)).join(" ")} (the machine is shared: other ` +
       `engineers' tests run on the same CPUs)`,
     args.pin
-      ? `- CPU pinning: ${udp?.pinning ?? "udp_gen on cpu0, relay on cpu1"} (UDP cells only; ` +
-        "the other steps are not pinned)"
-      : "- CPU pinning: none, every step (the scheduler's choice)",
+      ? `- CPU pinning (UDP and TCP steps; the other steps are not pinned): UDP: ` +
+        `${udp?.pinning ?? "udp_gen on cpu0, the relays on cpu1"}; TCP: ` +
+        `${tcp?.pinning ?? "generators on cpu0, the proxies on cpu1"}`
+      : "- CPU pinning: none, every step (--no-pin: the scheduler's choice)",
     "- every cell: kernel forwarding and the relay in the same lab and run, back to back " +
-      "per repetition (the order rotates); median [min-max] over repetitions; relay/kernel = " +
-      "relay median / kernel median, [min-max] of the per-repetition ratios",
+      "per repetition (the order rotates); UDP cells also run the C relay (bench/c_relay.c, " +
+      "epoll + recvmmsg/sendmmsg), TCP cells HAProxy 2.6" +
+      (args.baseline ? `, and "before": the relay of ${args.baseline} (--baseline)` : "") +
+      (args.variants.length
+        ? `, and the variants ${args.variants.map((v) => `${v.name} = this relay with ` +
+          `\`${JSON.stringify(v.patch)}\` merged over its config`).join("; ")}`
+        : "") +
+      "; median [min-max] over repetitions; every ratio a/b = a's median / b's median " +
+      "(ratio of medians), then [min-max] of the per-repetition ratios",
     "- gen-bound: runs in which the load generator was saturated, so the number may describe " +
       "the generator rather than the path (UDP: rule in bench/udp_gen.c; DNS: dnsperf >= 90% of " +
       "a CPU; QUIC: gtlsclient or gtlsserver >= 90% of a CPU; TCP: iperf3 sender or tcp_load " +
@@ -338,11 +431,28 @@ async function main(): Promise<number> {
     "",
     "## End-to-end: relay / kernel forwarding",
     "",
-    ...cellTable(cells),
-    "",
+    ...[...new Set(cells.map((c) => c.section))].flatMap((section) => [
+      `### ${section}`, "", ...cellTable(cells.filter((c) => c.section === section)), ""]),
     "![relay/kernel per cell](latest.svg)",
     "",
   ];
+  const costed = cells.filter((c) => c.costs && Object.keys(c.costs).length);
+  if (costed.length) {
+    const perf = (udp?.perf ?? true) && (tcp?.perf ?? true);
+    lines.push("## What each proxy costs per unit of work", "",
+      "Per proxy process (all threads), over the measured window, medians over repetitions: " +
+        "CPU us = utime+stime (/proc/PID/stat); system calls = `perf stat -e " +
+        "raw_syscalls:sys_enter -p PID`, attached with its counters off, switched on " +
+        "through its control FIFO after the warmup (UDP) or as the generator starts (TCP) " +
+        "and off at the end (perf counts a tracepoint, cheap " +
+        "but not free, and is attached the same way to every proxy path" +
+        (perf ? "" : "; perf was unavailable here: \"-\"") + "); context switches = " +
+        "voluntary + nonvoluntary (/proc/PID/task/*/status). Units: UDP per relayed " +
+        "datagram (a request/response transaction is 2, one-way counts what the sink " +
+        "received), rate x the counters' window; TCP iperf3 per GB the sender sent " +
+        "(its omitted first second included), conn/s per connection (tcp_load's warmup " +
+        "included).", "", ...costTable(costed), "");
+  }
   if (args.only.includes("memory")) {
     const m = memoryTable(memory);
     if (!m.complete) failures.push("memory: some step produced no number");
@@ -386,7 +496,7 @@ async function main(): Promise<number> {
   if (tcp) {
     lines.push(`TCP: iperf3 -t ${tcp.iperfSeconds} (first second omitted); connections/s: ` +
       `tcp_load, ${tcp.cpsWarmupMs} ms warmup + ${tcp.cpsMeasureMs} ms, connect, 64 B each way, ` +
-      "close. HAProxy and the pure-Bun relay: `bun bench/tcp.ts`.", "");
+      "close. The pure-Bun relay: `bun bench/tcp.ts`.", "");
   }
   if (dns) {
     lines.push(`DNS: dnsperf -l ${dns.seconds} -c ${dns.clients} -q ${dns.outstanding} -T 1, ` +

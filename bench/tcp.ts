@@ -3,7 +3,7 @@
 // through plain kernel forwarding, in one lab run.
 //
 //   node_modules/.bin/bun bench/tcp.ts [--quick] [--reps N] [--no-haproxy] [--no-bun-stream]
-//       [--node]
+//       [--node] [--no-pin] [--variant NAME=<JSON>]... [--baseline DIR]
 //
 //   client ns (iperf3 -c | tcp_load client) ── router ns ── server ns (iperf3 -s | tcp_load server)
 //
@@ -15,6 +15,16 @@
 //                                                   baseline the C splice engine replaced)
 //   relay on Node.js   5205 / 7205                  --node: the same relay on Node.js (issue 15),
 //                                                   listener 127.0.0.1:12352
+//   relay before       5206 / 7206                  --baseline DIR: the relay of another built
+//                                                   checkout (its src/main.ts, build/, wasm),
+//                                                   same config, listener 127.0.0.1:12353
+//   variant i          5210+i / 7210+i              --variant NAME=<JSON>: this checkout's relay
+//                                                   with the JSON deep-merged over its config,
+//                                                   listener 127.0.0.1:12360+i
+// Pinned by default (--no-pin: the scheduler's choice): the load generators (iperf3 client
+// and server, tcp_load client and server) on cpu0, every proxy (all threads) on cpu1.
+// Per proxy path and run: CPU, system calls (perf stat) and context switches per GB
+// (iperf3) and per connection (tcp_load), bench/proxy_stats.ts.
 // Both proxies connect upstream from the router's address (the default source) and
 // HAProxy runs with its default settings (no splice options, nbthread = CPUs).
 //
@@ -30,41 +40,71 @@
 // iperf3 sender used >= 90% of a CPU (its cpu_utilization_percent.host_total; one
 // stream is one thread), or tcp_load's user+sys CPU was >= 90% of its wall time (one
 // thread that hardly ever waited in epoll). Same threshold as bench/udp_gen.c.
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../src/config/load.ts";
 import { LAB, Lab, labUnavailableReason, run } from "../test/lab/netns.ts";
-import { RelayProcess } from "../test/lab/relay_process.ts";
+import { envRuntime, RelayProcess } from "../test/lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
+import {
+  addVariant,
+  checkBaseline,
+  costPerUnit,
+  deepMerge,
+  ProcessWindow,
+  perfAvailable,
+  type UnitCost,
+  type Variant,
+} from "./proxy_stats.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const LOAD_SOURCE = join(import.meta.dir, "tcp_load.c");
 const LOAD = join(ROOT, "build", "bench", "tcp_load");
 const RESULTS = join(import.meta.dir, "results", "tcp-latest.md");
 
-type PathName = "kernel" | "relay" | "haproxy" | "bunstream" | "node";
-const PATH_LABEL: Record<PathName, string> = {
+/** The fixed paths, "before" (--baseline) or a --variant's name. */
+type PathName = string;
+const FIXED_LABEL: Record<string, string> = {
   kernel: "kernel",
   relay: "relay",
   haproxy: "HAProxy 2.6",
   bunstream: "pure-Bun relay",
   node: "relay on Node.js",
+  before: "relay before",
 };
-const IPERF_PORT: Record<PathName, number> = {
+const PATH_LABEL = (p: PathName) => FIXED_LABEL[p] ?? `variant ${p}`;
+const FIXED_IPERF_PORT: Record<string, number> = {
   kernel: 5201,
   relay: 5202,
   haproxy: 5203,
   bunstream: 5204,
   node: 5205,
+  before: 5206,
 };
-const CPS_PORT: Record<PathName, number> = {
+const FIXED_CPS_PORT: Record<string, number> = {
   kernel: 7201,
   relay: 7202,
   haproxy: 7203,
   bunstream: 7204,
   node: 7205,
+  before: 7206,
 };
+/** --variant i (0-based): iperf3 5210+i, tcp_load 7210+i, relay listener 12360+i. */
+const VARIANT_PORT_OFFSET = 10;
+const VARIANT_LISTENER_PORT = 12360;
+const BEFORE_LISTENER_PORT = 12353;
+/** Variant names in --variant order, so each gets its own ports. */
+let variantOrder: string[] = [];
+function variantIndex(p: PathName): number {
+  const i = variantOrder.indexOf(p);
+  if (i < 0) throw new Error(`unknown path ${p}`);
+  return i;
+}
+const IPERF_PORT = (p: PathName) =>
+  FIXED_IPERF_PORT[p] ?? FIXED_IPERF_PORT.kernel - 1 + VARIANT_PORT_OFFSET + variantIndex(p);
+const CPS_PORT = (p: PathName) =>
+  FIXED_CPS_PORT[p] ?? FIXED_CPS_PORT.kernel - 1 + VARIANT_PORT_OFFSET + variantIndex(p);
 const NODE_LISTENER_PORT = 12352;
 const RELAY_LISTENER_PORT = 12346;
 const HAPROXY_LISTENER_PORT = 12350;
@@ -86,10 +126,17 @@ export interface Args {
   bunStream: boolean;
   /** The same relay on Node.js as a path of its own (issue 15). */
   node: boolean;
+  /** Generators on cpu0, proxies on cpu1 (the default; --no-pin). */
+  pin: boolean;
+  /** --variant NAME=<JSON>: more relays of this checkout with their config patched. */
+  variants: Variant[];
+  /** --baseline DIR: the relay of another checkout, path "before". */
+  baseline: string | null;
 }
 
 export function parseArgs(argv: string[]): Args {
-  const args: Args = { argv, quick: false, reps: 3, haproxy: true, bunStream: true, node: false };
+  const args: Args = { argv, quick: false, reps: 3, haproxy: true, bunStream: true, node: false,
+    pin: true, variants: [], baseline: null };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -97,6 +144,10 @@ export function parseArgs(argv: string[]): Args {
     else if (a === "--no-haproxy") args.haproxy = false;
     else if (a === "--no-bun-stream") args.bunStream = false;
     else if (a === "--node") args.node = true;
+    else if (a === "--pin") args.pin = true;
+    else if (a === "--no-pin") args.pin = false;
+    else if (a === "--variant") addVariant(args.variants, argv[++i]);
+    else if (a === "--baseline") args.baseline = checkBaseline(argv[++i]);
     else if (a === "--reps") {
       const n = Number(argv[++i]);
       if (!Number.isInteger(n) || n < 1 || n > REPS_MAX) throw new Error(`--reps: 1-${REPS_MAX}`);
@@ -104,7 +155,8 @@ export function parseArgs(argv: string[]): Args {
       repsGiven = true;
     } else {
       throw new Error(`unknown argument ${a}\nusage: bun bench/tcp.ts [--quick] [--reps N] ` +
-        `[--no-haproxy] [--no-bun-stream] [--node]`);
+        `[--no-haproxy] [--no-bun-stream] [--node] [--no-pin] [--variant NAME=<JSON>]... ` +
+        `[--baseline DIR]`);
     }
   }
   if (args.quick && !repsGiven) args.reps = 1;
@@ -126,6 +178,7 @@ export function buildLoad(): void {
 }
 
 function median(values: number[]): number {
+  if (values.length === 0) return Number.NaN;
   const s = [...values].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
@@ -141,20 +194,12 @@ export async function waitForTcpPort(lab: Lab, ns: string, port: number, timeout
   throw new Error(`nothing listens on tcp port ${port} in ${ns} within ${timeoutMs} ms`);
 }
 
-/** User + system CPU seconds of a process, all threads (/proc/PID/task/TID/stat). */
-function cpuSeconds(pid: number, ticksPerSecond: number): number {
-  let ticks = 0;
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    ticks += Number(fields[11]) + Number(fields[12]); // utime, stime (man 5 proc: 14, 15)
-  }
-  return ticks / ticksPerSecond;
-}
+/** taskset prefix that keeps a load generator on cpu0 (pinned runs), else nothing. */
+const onCpu0 = (pin: boolean) => (pin ? ["taskset", "-c", "0"] : []);
 
-export function iperf(lab: Lab, port: number, seconds: number) {
-  const r = lab.exec(lab.client, ["iperf3", "-c", LAB.server4, "-p", `${port}`, "-t", `${seconds}`,
-    "-O", "1", "-J"]);
+export function iperf(lab: Lab, port: number, seconds: number, pin = false) {
+  const r = lab.exec(lab.client, [...onCpu0(pin), "iperf3", "-c", LAB.server4, "-p", `${port}`,
+    "-t", `${seconds}`, "-O", "1", "-J"]);
   const report = JSON.parse(r.stdout);
   // The whole run's bytes (the omitted first second included), for CPU per byte.
   const bytes = report.end.sum_sent.bytes + (report.intervals as any[])
@@ -163,9 +208,9 @@ export function iperf(lab: Lab, port: number, seconds: number) {
   return { gbps: report.end.sum_received.bits_per_second / 1e9, bytes, senderCpu };
 }
 
-export function cps(lab: Lab, port: number, warmupMs: number, measureMs: number) {
-  const argv = ["ip", "netns", "exec", lab.client, LOAD, "client", LAB.server4, `${port}`,
-    `${CPS_CONCURRENCY}`, `${warmupMs}`, `${measureMs}`];
+export function cps(lab: Lab, port: number, warmupMs: number, measureMs: number, pin = false) {
+  const argv = ["ip", "netns", "exec", lab.client, ...onCpu0(pin), LOAD, "client", LAB.server4,
+    `${port}`, `${CPS_CONCURRENCY}`, `${warmupMs}`, `${measureMs}`];
   const started = performance.now();
   // Bun.spawnSync for the child's rusage (`ip netns exec` execs tcp_load: same process).
   const r = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe", timeout: 30_000 });
@@ -208,6 +253,13 @@ export interface TcpResult {
   cps: Record<string, number[]>;
   cpuPerGb: Record<string, number[]>;
   cpuPerConnUs: Record<string, number[]>;
+  /** Per proxy path, one per repetition: CPU us, system calls, context switches per GB. */
+  costPerGb: Record<string, UnitCost[]>;
+  /** The same per connection (tcp_load; warmup included, like cpuPerConnUs). */
+  costPerConn: Record<string, UnitCost[]>;
+  /** Whether system calls were counted (perf stat). */
+  perf: boolean;
+  pinning: string;
   /** Per path and repetition: was the generator saturated (rule at the top)? */
   iperfGeneratorBound: Record<string, boolean[]>;
   cpsGeneratorBound: Record<string, boolean[]>;
@@ -232,12 +284,20 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
   if (args.haproxy) paths.push("haproxy");
   if (args.bunStream) paths.push("bunstream");
   if (args.node) paths.push("node");
-  const others = paths.filter((p) => p !== "kernel" && p !== "relay" && p !== "node");
+  if (args.baseline) paths.push("before");
+  variantOrder = args.variants.map((v) => v.name);
+  paths.push(...variantOrder);
+  /** The proxies intercepted by bench_others (the relays are in the relay's own rules). */
+  const others = paths.filter((p) => p === "haproxy" || p === "bunstream");
+  const perf = perfAvailable();
+  if (!perf) log("[bench] tcp: perf stat cannot count raw_syscalls here: no system call counts");
 
   const dir = mkdtempSync(join(tmpdir(), "relay-bench-tcp-"));
   const lab = Lab.create();
   let relay: RelayProcess | null = null;
   let onNode: RelayProcess | null = null;
+  /** The "before" relay and the variants, by path name. */
+  const extraRelays = new Map<PathName, RelayProcess>();
   const started = performance.now();
   try {
     // Short-lived connections: ports from the whole range, TIME_WAIT reuse on connect.
@@ -247,19 +307,35 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
     }
     const raw = {
       listeners: [{ name: "tcp4", protocol: "tcp", address: "127.0.0.1", port: RELAY_LISTENER_PORT }],
-      intercept: [{ listener: "tcp4", ports: [IPERF_PORT.relay, CPS_PORT.relay] }],
+      intercept: [{ listener: "tcp4", ports: [FIXED_IPERF_PORT.relay, FIXED_CPS_PORT.relay] }],
     };
     const rawNode = {
       listeners: [{ name: "node4", protocol: "tcp", address: "127.0.0.1", port: NODE_LISTENER_PORT }],
-      intercept: [{ listener: "node4", ports: [IPERF_PORT.node, CPS_PORT.node] }],
+      intercept: [{ listener: "node4", ports: [FIXED_IPERF_PORT.node, FIXED_CPS_PORT.node] }],
       // Beside the other relay: no metrics endpoint (both would want port 9477).
       metrics: { port: 0 },
     };
-    // One rule set for both relays (each listener intercepts its own ports).
+    /** The relay's config on path `p`'s own listener and ports (before and the variants). */
+    const relayOn = (p: PathName, port: number) => ({
+      ...raw,
+      listeners: [{ name: `${p}_tcp4`, protocol: "tcp", address: "127.0.0.1", port }],
+      intercept: [{ listener: `${p}_tcp4`, ports: [IPERF_PORT(p), CPS_PORT(p)] }],
+      // Beside the relay: no metrics endpoint (both would want port 9477).
+      metrics: { port: 0 },
+    });
+    const extraConfigs = new Map<PathName, Record<string, any>>();
+    if (args.baseline) extraConfigs.set("before", relayOn("before", BEFORE_LISTENER_PORT));
+    for (const [i, v] of args.variants.entries()) {
+      extraConfigs.set(v.name, deepMerge(relayOn(v.name, VARIANT_LISTENER_PORT + i), v.patch));
+    }
+    const extras = [...extraConfigs.values()];
+    // One rule set for every relay (each listener intercepts its own ports).
     const config = parseConfig({
       metrics: { port: 0 },
-      listeners: [...raw.listeners, ...(args.node ? rawNode.listeners : [])],
-      intercept: [...raw.intercept, ...(args.node ? rawNode.intercept : [])],
+      listeners: [...raw.listeners, ...(args.node ? rawNode.listeners : []),
+        ...extras.flatMap((c) => c.listeners)],
+      intercept: [...raw.intercept, ...(args.node ? rawNode.intercept : []),
+        ...extras.flatMap((c) => c.intercept)],
     });
     lab.installRules(nftRuleset(config), policyRoutingCommands(config));
     // The other proxies' interception in their own table; the relay's table already
@@ -273,14 +349,18 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
       "  chain prerouting {",
       "    type filter hook prerouting priority mangle; policy accept;",
       ...others.map((p) => `    iifname "${LAB.routerClientIf}" meta nfproto ipv4 tcp dport ` +
-        `{ ${IPERF_PORT[p]}, ${CPS_PORT[p]} } tproxy ip to 127.0.0.1:${listenerOf[p]} ` +
+        `{ ${IPERF_PORT(p)}, ${CPS_PORT(p)} } tproxy ip to 127.0.0.1:${listenerOf[p]} ` +
         `meta mark set ${config.tproxyMark} accept`),
       "  }",
       "}",
     ].join("\n") + "\n");
 
-    for (const p of paths) lab.spawn(lab.server, ["iperf3", "-s", "-p", `${IPERF_PORT[p]}`]);
-    lab.spawn(lab.server, [LOAD, "server", ...paths.map((p) => `${CPS_PORT[p]}`)]);
+    // The generators' server halves share cpu0 with their clients when pinned.
+    const gen = onCpu0(args.pin);
+    for (const p of paths) {
+      lab.spawn(lab.server, [...gen, "iperf3", "-s", "-p", `${IPERF_PORT(p)}`]);
+    }
+    lab.spawn(lab.server, [...gen, LOAD, "server", ...paths.map((p) => `${CPS_PORT(p)}`)]);
     const configPath = join(dir, "relay.json");
     writeFileSync(configPath, JSON.stringify(raw));
     relay = await RelayProcess.start(lab, configPath);
@@ -303,11 +383,28 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
         `${BUN_STREAM_LISTENER_PORT}`]).pid;
       await waitForTcpPort(lab, lab.router, BUN_STREAM_LISTENER_PORT);
     }
-    const ticksPerSecond = Number(run(["getconf", "CLK_TCK"]).stdout.trim()) || 100;
-    const cpuOf = (p: PathName) => (proxyPid[p] ? cpuSeconds(proxyPid[p]!, ticksPerSecond) : 0);
+    for (const [p, c] of extraConfigs) {
+      const path = join(dir, `${p}.json`);
+      writeFileSync(path, JSON.stringify(c));
+      const r = await RelayProcess.start(lab, path, undefined, [],
+        p === "before" ? "bun" : envRuntime(), p === "before" ? args.baseline : null);
+      extraRelays.set(p, r);
+      proxyPid[p] = r.proc.pid;
+    }
+    if (args.pin) {
+      for (const pid of Object.values(proxyPid)) {
+        run(["taskset", "-a", "-p", "-c", "1", `${pid}`]);
+      }
+    }
+    const pinning = args.pin
+      ? "iperf3 client and server, tcp_load client and server on cpu0; every proxy (all " +
+        "threads) on cpu1 (taskset)"
+      : "none (scheduler's choice)";
+    const windowOf = (p: PathName) =>
+      proxyPid[p] === undefined ? null : new ProcessWindow(proxyPid[p]!, perf);
     for (const p of paths) {
-      await waitForTcpPort(lab, lab.server, IPERF_PORT[p]);
-      await waitForTcpPort(lab, lab.server, CPS_PORT[p]);
+      await waitForTcpPort(lab, lab.server, IPERF_PORT(p));
+      await waitForTcpPort(lab, lab.server, CPS_PORT(p));
     }
     lab.warmNeighbours();
 
@@ -316,6 +413,8 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
     /** Proxy CPU seconds per GB relayed (iperf3) and CPU microseconds per connection. */
     const cpuPerGb: Record<string, number[]> = {};
     const cpuPerConnUs: Record<string, number[]> = {};
+    const costPerGb: Record<string, UnitCost[]> = {};
+    const costPerConn: Record<string, UnitCost[]> = {};
     const failures: Record<string, number> = {};
     const iperfGeneratorBound: Record<string, boolean[]> = {};
     const cpsGeneratorBound: Record<string, boolean[]> = {};
@@ -324,6 +423,8 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
       rate[p] = [];
       cpuPerGb[p] = [];
       cpuPerConnUs[p] = [];
+      costPerGb[p] = [];
+      costPerConn[p] = [];
       failures[p] = 0;
       iperfGeneratorBound[p] = [];
       cpsGeneratorBound[p] = [];
@@ -331,21 +432,34 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
     for (let rep = 0; rep < args.reps; rep++) {
       const order = paths.map((_, i) => paths[(i + rep) % paths.length]);
       for (const p of order) {
-        const cpu0 = cpuOf(p);
-        const t = iperf(lab, IPERF_PORT[p], iperfSeconds);
-        const cpu1 = cpuOf(p);
+        // The proxy's counters cover each generator's whole run (iperf3's omitted first
+        // second and tcp_load's warmup included): the units are counted the same way.
+        const iperfWindow = windowOf(p);
+        await iperfWindow?.start();
+        const t = iperf(lab, IPERF_PORT(p), iperfSeconds, args.pin);
+        const iperfCounts = await iperfWindow?.stop();
         gbps[p].push(t.gbps);
-        cpuPerGb[p].push((cpu1 - cpu0) / (t.bytes / 1e9));
-        const c = cps(lab, CPS_PORT[p], cpsWarmupMs, cpsMeasureMs);
-        const cpu2 = cpuOf(p);
+        if (iperfCounts) {
+          const cost = costPerUnit(iperfCounts, t.bytes / 1e9);
+          costPerGb[p].push(cost);
+          cpuPerGb[p].push(cost.cpuUs / 1e6);
+        }
+        const cpsWindow = windowOf(p);
+        await cpsWindow?.start();
+        const c = cps(lab, CPS_PORT(p), cpsWarmupMs, cpsMeasureMs, args.pin);
+        const cpsCounts = await cpsWindow?.stop();
         rate[p].push(c.cps);
-        // Warmup connections included: CPU over the whole run / every connection in it.
+        // Warmup connections included: counts over the whole run / every connection in it.
         const conns = c.completed * (cpsWarmupMs + cpsMeasureMs) / cpsMeasureMs;
-        cpuPerConnUs[p].push((cpu2 - cpu1) * 1e6 / conns);
+        if (cpsCounts) {
+          const cost = costPerUnit(cpsCounts, conns);
+          costPerConn[p].push(cost);
+          cpuPerConnUs[p].push(cost.cpuUs);
+        }
         failures[p] += c.failedSocket + c.failedReset + c.failedShort;
         iperfGeneratorBound[p].push(t.senderCpu >= GENERATOR_BUSY_FRACTION);
         cpsGeneratorBound[p].push(c.cpuFraction >= GENERATOR_BUSY_FRACTION);
-        log(`[bench] tcp rep ${rep + 1}/${args.reps} ${PATH_LABEL[p]}: ` +
+        log(`[bench] tcp rep ${rep + 1}/${args.reps} ${PATH_LABEL(p)}: ` +
           `${gbps[p].at(-1)!.toFixed(2)} Gbit/s (iperf3 sender cpu ${t.senderCpu.toFixed(2)}), ` +
           `${Math.round(c.cps)} conn/s (tcp_load cpu ${c.cpuFraction.toFixed(2)})`);
       }
@@ -353,12 +467,14 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
     const relayMetrics = (await relay.metrics()).tcp;
     return {
       args, paths, iperfSeconds, cpsWarmupMs, cpsMeasureMs, gbps, cps: rate, cpuPerGb,
-      cpuPerConnUs, iperfGeneratorBound, cpsGeneratorBound, failures, relayMetrics,
+      cpuPerConnUs, costPerGb, costPerConn, perf, pinning, iperfGeneratorBound,
+      cpsGeneratorBound, failures, relayMetrics,
       bufferBytesMax: config.tcp.bufferBytesMax, elapsedS: (performance.now() - started) / 1000,
     };
   } finally {
     if (relay) await relay.stop().catch(() => {});
     if (onNode) await onNode.stop().catch(() => {});
+    for (const r of extraRelays.values()) await r.stop().catch(() => {});
     lab.destroy();
     rmSync(dir, { recursive: true, force: true });
   }
@@ -380,19 +496,36 @@ export function renderTcpReport(r: TcpResult): string {
     const r = median(v[p]) / median(v.kernel);
     return `**${r.toFixed(2)}** (${r >= target ? ">=" : "<"} ${target})`;
   };
-  const header = ["metric", ...paths.map((p) => `${PATH_LABEL[p]} median [min-max]`),
-    "relay/kernel", ...others.map((p) => `${PATH_LABEL[p]}/kernel`),
-    ...(args.haproxy ? ["relay/HAProxy"] : []), ...(node ? ["Node.js/Bun"] : []), "gen-bound"];
+  /** a / b: ratio of medians, then [min-max] of the per-repetition ratios. */
+  const paired = (a: PathName, b: PathName, v: Record<string, number[]>) => {
+    const per = v[a].map((x, i) => x / v[b][i]);
+    const range = per.length > 1
+      ? ` [${Math.min(...per).toFixed(2)}-${Math.max(...per).toFixed(2)}]`
+      : "";
+    return `**${(median(v[a]) / median(v[b])).toFixed(2)}**${range}`;
+  };
+  // Beside relay/kernel: relay/HAProxy, after/before, and each variant to the relay and
+  // to HAProxy.
+  const pairs: Array<[PathName, PathName, string]> = [];
+  if (args.haproxy) pairs.push(["relay", "haproxy", "relay/HAProxy"]);
+  if (paths.includes("before")) pairs.push(["relay", "before", "after/before"]);
+  for (const v of variantOrder.filter((p) => paths.includes(p))) {
+    pairs.push([v, "relay", `${v}/relay`]);
+    if (args.haproxy) pairs.push([v, "haproxy", `${v}/HAProxy`]);
+  }
+  const header = ["metric", ...paths.map((p) => `${PATH_LABEL(p)} median [min-max]`),
+    "relay/kernel", ...others.map((p) => `${PATH_LABEL(p)}/kernel`),
+    ...pairs.map(([, , label]) => label), ...(node ? ["Node.js/Bun"] : []), "gen-bound"];
   const bound = (b: Record<string, boolean[]>) => {
     const parts = paths.filter((p) => b[p].some((x) => x))
-      .map((p) => `${PATH_LABEL[p]} ${b[p].filter((x) => x).length}/${b[p].length}`);
+      .map((p) => `${PATH_LABEL(p)} ${b[p].filter((x) => x).length}/${b[p].length}`);
     return parts.join(", ") || "no";
   };
   const row = (name: string, v: Record<string, number[]>, digits: number, target: number,
     b: Record<string, boolean[]>) => [
     name, ...paths.map((p) => fmtRange(v[p], digits)), ratio("relay", v, target),
     ...others.map((p) => ratio(p, v, target)),
-    ...(args.haproxy ? [(median(v.relay) / median(v.haproxy)).toFixed(2)] : []),
+    ...pairs.map(([a, b]) => paired(a, b, v)),
     ...(node ? [`**${(median(v.node) / median(v.relay)).toFixed(2)}**`] : []), bound(b),
   ];
   const table = [
@@ -406,10 +539,25 @@ export function renderTcpReport(r: TcpResult): string {
   const cpuRow = (name: string, v: Record<string, number[]>, digits: number) =>
     `| ${name} | ${paths.map((p) => (p === "kernel" ? "-" : fmtRange(v[p], digits))).join(" | ")} |`;
   const cpuTable = [
-    `| proxy CPU (user+sys, all threads) | ${paths.map((p) => PATH_LABEL[p]).join(" | ")} |`,
+    `| proxy CPU (user+sys, all threads) | ${paths.map((p) => PATH_LABEL(p)).join(" | ")} |`,
     `|${["", ...paths].map(() => "---").join("|")}|`,
     cpuRow("iperf3: CPU s per GB relayed", cpuPerGb, 3),
     cpuRow("conn/s: CPU us per connection", cpuPerConnUs, 0),
+  ];
+  const proxies = paths.filter((p) => p !== "kernel");
+  const costCell = (costs: UnitCost[], f: (c: UnitCost) => number, digits: number) => {
+    const v = median(costs.map(f));
+    return Number.isFinite(v) ? v.toFixed(digits) : "-";
+  };
+  const costRow = (name: string, costs: Record<string, UnitCost[]>, digits: number[]) =>
+    `| ${name} | ${proxies.map((p) => [costCell(costs[p], (c) => c.cpuUs, digits[0]),
+      costCell(costs[p], (c) => c.syscalls, digits[1]),
+      costCell(costs[p], (c) => c.contextSwitches, digits[2])].join(" / ")).join(" | ")} |`;
+  const costTable = [
+    `| CPU us / system calls / context switches | ${proxies.map(PATH_LABEL).join(" | ")} |`,
+    `|${["", ...proxies].map(() => "---").join("|")}|`,
+    costRow("iperf3: per GB relayed", r.costPerGb, [0, 0, 0]),
+    costRow("conn/s: per connection", r.costPerConn, [1, 1, 2]),
   ];
   const report = [
     "## TCP relay benchmark",
@@ -420,6 +568,9 @@ export function renderTcpReport(r: TcpResult): string {
     `- ${args.reps} repetition(s); iperf3 -t ${iperfSeconds} (-O 1 omitted), cps warmup ${cpsWarmupMs} ms ` +
       `+ measured ${cpsMeasureMs} ms; paths rotate per repetition; total ` +
       `${Math.round(r.elapsedS)} s`,
+    `- CPU pinning: ${r.pinning}`,
+    "- ratios: ratio of medians, then [min-max] of the per-repetition ratios (the paths of a " +
+      "repetition ran back to back)",
     `- targets (ratio to kernel forwarding): iperf3 >= ${TARGET_RATIO.iperf}, conn/s >= ${TARGET_RATIO.cps}`,
     `- gen-bound: runs (count/reps) where iperf3's sender or tcp_load used >= ` +
       `${GENERATOR_BUSY_FRACTION * 100}% of a CPU (rule at the top of bench/tcp.ts)`,
@@ -434,8 +585,16 @@ export function renderTcpReport(r: TcpResult): string {
     "",
     ...cpuTable,
     "",
+    "Per unit of work, each proxy process (all threads), medians over repetitions: CPU us " +
+      "(utime+stime), system calls (`perf stat -e raw_syscalls:sys_enter -p PID`, attached " +
+      `the same way to every path${r.perf ? "" : "; perf unavailable: \"-\""}) and ` +
+      "context switches (voluntary + nonvoluntary, /proc/PID/task/*/status). Counted over " +
+      "each generator's whole run (iperf3's omitted second, tcp_load's warmup included).",
+    "",
+    ...costTable,
+    "",
     `Failed transactions (socket/reset/short, all reps): ` +
-      paths.map((p) => `${PATH_LABEL[p]} ${failures[p]}`).join(", "),
+      paths.map((p) => `${PATH_LABEL(p)} ${failures[p]}`).join(", "),
     "",
     `Relay counters at the end: accepted ${relayMetrics.accepted}, connected ${relayMetrics.connected}, ` +
       `closed ${relayMetrics.closed}, clientResets ${relayMetrics.clientResets}, upstreamResets ` +

@@ -1,16 +1,24 @@
 // End-to-end UDP benchmark (issue 2, acceptance point 4): request/response and one-way
 // throughput through the relay and through plain kernel forwarding, in the same run.
 //
-//   node_modules/.bin/bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-wait] [--no-c-relay]
-//       [--data-plane worker|callback] [--observe] [--node]
+//   node_modules/.bin/bun bench/udp.ts [--quick] [--reps N] [--no-pin] [--no-wait] [--no-c-relay]
+//       [--data-plane worker|callback] [--observe] [--node] [--variant NAME=<JSON>]...
+//       [--baseline DIR]
 //
 // --node: the same relay on Node.js (ports 7307/7308, dist/node: bash scripts/build.sh),
 // beside the one on Bun in the same run, with Node / Bun per cell (issue 15).
 // --observe: a second Bun relay (ports 7207/7208) with the flow log on and its Prometheus
 // endpoint scraped once a second, beside the first (no endpoint, no flow log): what
 // watching the relay costs, in the same run (issue 13).
-// --pin: udp_gen on cpu0, the relays on cpu1. --no-wait: no waiting for a quiet machine and
+// Pinned by default: udp_gen on cpu0, the relays on cpu1 (--no-pin: the scheduler's choice;
+// --pin is accepted and changes nothing). --no-wait: no waiting for a quiet machine and
 // no retries of contended runs (they are still measured and marked).
+// --variant NAME=<JSON> (repeatable): one more Bun relay, the current checkout with the JSON
+// deep-merged over the relay's config (bench/proxy_stats.ts deepMerge), ports 7600+2i/7601+2i.
+// --baseline DIR: one more relay, "before", from another built checkout (its src/main.ts,
+// build/ and wasm), same config, ports 7407/7408: before and after in one run.
+// Per proxy path and run: CPU us, system calls (perf stat) and context switches per relayed
+// datagram over the measured window (bench/proxy_stats.ts).
 //
 //   client ns            router ns                                   server ns
 //   udp_gen  ── c0/r0 ── kernel forwarding | Bun relay | C relay ── r1/s0 ── udp_sink_echo
@@ -37,8 +45,19 @@ import type { Subprocess } from "bun";
 import { parseConfig } from "../src/config/load.ts";
 import { LAB, Lab, labUnavailableReason, run } from "../test/lab/netns.ts";
 import { JsonLinesProcess } from "../test/lab/json_lines.ts";
-import { RelayProcess } from "../test/lab/relay_process.ts";
+import { envRuntime, RelayProcess } from "../test/lab/relay_process.ts";
 import { nftRuleset, policyRoutingCommands } from "../src/rules/nft.ts";
+import {
+  addVariant,
+  checkBaseline,
+  costPerUnit,
+  deepMerge,
+  extraPathArgs,
+  ProcessWindow,
+  perfAvailable,
+  type UnitCost,
+  type Variant,
+} from "./proxy_stats.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const TOOLS = join(ROOT, "build", "bench");
@@ -47,32 +66,50 @@ const SINK_ECHO = join(TOOLS, "udp_sink_echo");
 const C_RELAY = join(TOOLS, "c_relay");
 const RESULTS = join(import.meta.dir, "results", "udp-latest.md");
 const USAGE =
-  "usage: bun bench/udp.ts [--quick] [--reps N] [--pin] [--no-wait] [--no-c-relay] " +
-  "[--data-plane worker|callback] [--observe] [--node]";
+  "usage: bun bench/udp.ts [--quick] [--reps N] [--no-pin] [--no-wait] [--no-c-relay] " +
+  "[--data-plane worker|callback] [--observe] [--node] [--variant NAME=<JSON>]... " +
+  "[--baseline DIR]";
 
 export type Mode = "rr" | "oneway";
-export type PathName = "kernel" | "bun" | "c" | "obs" | "node";
-const PATH_LABEL: Record<PathName, string> = {
+/** The fixed paths, "before" (--baseline) or a --variant's name. */
+export type PathName = string;
+const FIXED_LABEL: Record<string, string> = {
   kernel: "kernel",
   bun: "Bun relay",
   c: "C relay",
   obs: "Bun relay observed",
   node: "Node.js relay",
+  before: "relay before",
 };
-const PATH_SHORT: Record<PathName, string> = {
+const FIXED_SHORT: Record<string, string> = {
   kernel: "k",
   bun: "bun",
   c: "C",
   obs: "obs",
   node: "node",
+  before: "before",
 };
-const PORTS: Record<PathName, Record<Mode, number>> = {
+const FIXED_PORTS: Record<string, Record<Mode, number>> = {
   kernel: { rr: 7507, oneway: 7508 },
   bun: { rr: 7007, oneway: 7008 },
   c: { rr: 7107, oneway: 7108 },
   obs: { rr: 7207, oneway: 7208 },
   node: { rr: 7307, oneway: 7308 },
+  before: { rr: 7407, oneway: 7408 },
 };
+/** --variant i (0-based) listens on and intercepts VARIANT_PORT_BASE + 2i (rr) and + 1. */
+const VARIANT_PORT_BASE = 7600;
+const PATH_LABEL = (p: PathName) => FIXED_LABEL[p] ?? `variant ${p}`;
+const PATH_SHORT = (p: PathName) => FIXED_SHORT[p] ?? p;
+/** Variant names in --variant order, so each gets its own ports. */
+let variantOrder: string[] = [];
+function portsOf(p: PathName): Record<Mode, number> {
+  const fixed = FIXED_PORTS[p];
+  if (fixed) return fixed;
+  const i = variantOrder.indexOf(p);
+  if (i < 0) throw new Error(`unknown path ${p}`);
+  return { rr: VARIANT_PORT_BASE + 2 * i, oneway: VARIANT_PORT_BASE + 2 * i + 1 };
+}
 /** The observed relay's Prometheus port (in the router namespace), scraped once a second. */
 const OBS_METRICS_PORT = 9478;
 /** Scrapes at most (the scraper is killed at the end of the step anyway). */
@@ -121,18 +158,24 @@ export interface Args {
   observe: boolean;
   /** The same relay on Node.js beside the one on Bun (issue 15). */
   node: boolean;
+  /** --variant NAME=<JSON>: more Bun relays of this checkout with their config patched. */
+  variants: Variant[];
+  /** --baseline DIR: the relay of another checkout, path "before". */
+  baseline: string | null;
 }
 
 export function parseArgs(argv: string[]): Args {
   const args: Args = {
     quick: false,
     reps: REPS.full,
-    pin: false,
+    pin: true,
     wait: true,
     cRelay: true,
     dataPlane: "worker",
     observe: false,
     node: false,
+    variants: [],
+    baseline: null,
   };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
@@ -141,6 +184,12 @@ export function parseArgs(argv: string[]): Args {
       args.quick = true;
     } else if (a === "--pin") {
       args.pin = true;
+    } else if (a === "--no-pin") {
+      args.pin = false;
+    } else if (a === "--variant") {
+      addVariant(args.variants, argv[++i]);
+    } else if (a === "--baseline") {
+      args.baseline = checkBaseline(argv[++i]);
     } else if (a === "--no-wait") {
       args.wait = false;
     } else if (a === "--observe") {
@@ -282,6 +331,8 @@ export interface Sample {
   otherCpus: number; // CPUs used by others during the run
   tries: number;
   gen: any; // udp_gen's JSON line
+  /** The proxy's CPU, system calls and context switches per relayed datagram; null: kernel. */
+  cost: UnitCost | null;
 }
 
 interface RunContext {
@@ -293,6 +344,10 @@ interface RunContext {
   echo: ToolProcess;
   sink: ToolProcess;
   watch: CpuWatch;
+  /** The process of each proxy path (kernel forwarding has none). */
+  proxyPid: Record<PathName, number>;
+  /** Count system calls with perf stat (perfAvailable()). */
+  perf: boolean;
 }
 
 export function cellName(c: Cell): string {
@@ -301,7 +356,7 @@ export function cellName(c: Cell): string {
 
 async function runOnce(ctx: RunContext, cell: Cell, path: PathName, runId: number,
   tries: number): Promise<Sample> {
-  const port = PORTS[path][cell.mode];
+  const port = portsOf(path)[cell.mode];
   const argv = [GEN, "--mode", cell.mode, ...TARGETS4.flatMap((a) => ["--target", `${a}:${port}`]),
     "--flows", `${cell.flows}`, "--size", `${cell.sizeBytes}`,
     "--duration-ms", `${ctx.durationMs}`, "--warmup-ms", `${ctx.warmupMs}`, "--run-id", `${runId}`];
@@ -309,7 +364,21 @@ async function runOnce(ctx: RunContext, cell: Cell, path: PathName, runId: numbe
   ctx.watch.start();
   const proc = ctx.lab.spawn(ctx.lab.client, ctx.pin ? ["taskset", "-c", "0", ...argv] : argv);
   const limitMs = ctx.warmupMs + ctx.durationMs + GEN_GRACE_MS;
+  // The proxy's counters cover udp_gen's measured window: from the end of its warmup to
+  // its exit (it exits when the window ends).
+  // perf attaches during the warmup, its counters off until the window starts.
+  const pid = ctx.proxyPid[path];
+  const window = pid === undefined ? null : new ProcessWindow(pid, ctx.perf);
+  window?.prepare();
+  let windowStartMs = 0;
+  const windowStarted = Bun.sleep(ctx.warmupMs).then(async () => {
+    windowStartMs = performance.now();
+    await window?.start();
+  });
   const code = await Promise.race([proc.exited, Bun.sleep(limitMs).then(() => null)]);
+  await windowStarted;
+  const counts = await window?.stop();
+  const windowS = (performance.now() - windowStartMs) / 1000;
   if (code === null) {
     proc.kill("SIGKILL");
     throw new Error(`udp_gen did not finish within ${limitMs} ms`);
@@ -320,16 +389,21 @@ async function runOnce(ctx: RunContext, cell: Cell, path: PathName, runId: numbe
   }
   const gen = JSON.parse(out.trim().split("\n").at(-1)!);
   const otherCpus = ctx.watch.otherCpus(gen.cpuSecondsTotal);
+  // Per relayed datagram: a transaction is two (request and response), a one-way datagram
+  // counts when the sink received it. The rate times the counters' own window.
+  const datagrams = (value: number) => value * windowS * (cell.mode === "rr" ? 2 : 1);
   if (cell.mode === "rr") {
     return { value: gen.tps, p50Us: gen.p50Us, p99Us: gen.p99Us, loss: gen.loss,
-      generatorBound: gen.generatorBound, otherCpus, tries, gen };
+      generatorBound: gen.generatorBound, otherCpus, tries, gen,
+      cost: counts ? costPerUnit(counts, datagrams(gen.tps)) : null };
   }
   await Bun.sleep(SINK_DRAIN_MS);
   const after = await ctx.sink.snapshot();
   const received = after.measuredPackets - before.measuredPackets;
   const delivered = gen.sent > 0 ? received / gen.sent : 0;
+  const value = received / gen.windowSeconds;
   return {
-    value: received / gen.windowSeconds,
+    value,
     p50Us: NaN,
     p99Us: NaN,
     loss: Math.max(0, 1 - delivered),
@@ -337,6 +411,7 @@ async function runOnce(ctx: RunContext, cell: Cell, path: PathName, runId: numbe
     otherCpus,
     tries,
     gen: { ...gen, received },
+    cost: counts ? costPerUnit(counts, datagrams(value)) : null,
   };
 }
 
@@ -364,11 +439,11 @@ function sampleLine(rep: number, reps: number, cell: Cell, path: PathName, s: Sa
     `${s.tries > 1 ? ` (try ${s.tries})` : ""}`;
 }
 
-/** --pin: generator on cpu0, both relays (all threads) on cpu1; echo and sink unpinned. */
+/** Pinned (the default): generator on cpu0, every relay (all threads) on cpu1. */
 function pinRelays(relayPids: number[]): string {
   for (const pid of relayPids) run(["taskset", "-a", "-p", "-c", "1", `${pid}`]);
-  return "udp_gen on cpu0; Bun relay (all threads) and C relay on cpu1; " +
-    "echo/sink unpinned (taskset)";
+  return "udp_gen on cpu0; every relay under test (all threads: Bun relay, C relay, " +
+    "variants, before) on cpu1; echo/sink unpinned (taskset)";
 }
 
 export interface UdpResult {
@@ -381,6 +456,8 @@ export interface UdpResult {
   warmupMs: number;
   durationMs: number;
   elapsedS: number;
+  /** Whether system calls were counted (perf stat). */
+  perf: boolean;
   bunMetrics: any;
   cMetrics: any;
   echoMetrics: any;
@@ -400,6 +477,11 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
   const paths: PathName[] = ["kernel", "bun", ...(cRelay ? ["c" as const] : [])];
   if (args.observe) paths.push("obs");
   if (args.node) paths.push("node");
+  if (args.baseline) paths.push("before");
+  variantOrder = args.variants.map((v) => v.name);
+  paths.push(...variantOrder);
+  const perf = perfAvailable();
+  if (!perf) log("[bench] udp: perf stat cannot count raw_syscalls here: no system call counts");
 
   const tmp = mkdtempSync(join(tmpdir(), "udp-bench-"));
   const lab = Lab.create();
@@ -415,18 +497,20 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
   let relay: RelayProcess | null = null;
   let observed: RelayProcess | null = null;
   let onNode: RelayProcess | null = null;
+  /** The "before" relay and the variants, by path name. */
+  const extraRelays = new Map<PathName, RelayProcess>();
   let scraper: Subprocess | null = null;
   try {
     // Listener port == original port for every relayed path: replies use IP_PKTINFO.
     const iface = [LAB.routerClientIf];
     const bunRelay = {
       listeners: [
-        { name: "rr4", address: "127.0.0.1", port: PORTS.bun.rr, reply: "pktinfo" },
-        { name: "oneway4", address: "127.0.0.1", port: PORTS.bun.oneway, reply: "pktinfo" },
+        { name: "rr4", address: "127.0.0.1", port: FIXED_PORTS.bun.rr, reply: "pktinfo" },
+        { name: "oneway4", address: "127.0.0.1", port: FIXED_PORTS.bun.oneway, reply: "pktinfo" },
       ],
       intercept: [
-        { listener: "rr4", ports: [PORTS.bun.rr], interfaces: iface },
-        { listener: "oneway4", ports: [PORTS.bun.oneway], interfaces: iface },
+        { listener: "rr4", ports: [FIXED_PORTS.bun.rr], interfaces: iface },
+        { listener: "oneway4", ports: [FIXED_PORTS.bun.oneway], interfaces: iface },
       ],
       // Each run uses fresh source ports (256 new sessions); let old ones go soon.
       udp: { idleTimeoutMs: 10_000, dataPlane: args.dataPlane },
@@ -436,12 +520,12 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
     };
     const observedRelay = {
       listeners: [
-        { name: "obs_rr4", address: "127.0.0.1", port: PORTS.obs.rr, reply: "pktinfo" },
-        { name: "obs_oneway4", address: "127.0.0.1", port: PORTS.obs.oneway, reply: "pktinfo" },
+        { name: "obs_rr4", address: "127.0.0.1", port: FIXED_PORTS.obs.rr, reply: "pktinfo" },
+        { name: "obs_oneway4", address: "127.0.0.1", port: FIXED_PORTS.obs.oneway, reply: "pktinfo" },
       ],
       intercept: [
-        { listener: "obs_rr4", ports: [PORTS.obs.rr], interfaces: iface },
-        { listener: "obs_oneway4", ports: [PORTS.obs.oneway], interfaces: iface },
+        { listener: "obs_rr4", ports: [FIXED_PORTS.obs.rr], interfaces: iface },
+        { listener: "obs_oneway4", ports: [FIXED_PORTS.obs.oneway], interfaces: iface },
       ],
       udp: bunRelay.udp,
       metrics: { port: OBS_METRICS_PORT },
@@ -450,32 +534,46 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
     };
     const nodeRelay = {
       listeners: [
-        { name: "node_rr4", address: "127.0.0.1", port: PORTS.node.rr, reply: "pktinfo" },
-        { name: "node_oneway4", address: "127.0.0.1", port: PORTS.node.oneway, reply: "pktinfo" },
+        { name: "node_rr4", address: "127.0.0.1", port: FIXED_PORTS.node.rr, reply: "pktinfo" },
+        { name: "node_oneway4", address: "127.0.0.1", port: FIXED_PORTS.node.oneway, reply: "pktinfo" },
       ],
       intercept: [
-        { listener: "node_rr4", ports: [PORTS.node.rr], interfaces: iface },
-        { listener: "node_oneway4", ports: [PORTS.node.oneway], interfaces: iface },
+        { listener: "node_rr4", ports: [FIXED_PORTS.node.rr], interfaces: iface },
+        { listener: "node_oneway4", ports: [FIXED_PORTS.node.oneway], interfaces: iface },
       ],
       udp: bunRelay.udp,
       metrics: { port: 0 },
       control: { socketPath: join(tmp, "node.sock") },
     };
-    // Rules for both relays in one table; the Bun relay only gets its own listeners.
+    /** The relay's config on path `p`'s own ports (the before relay and the variants). */
+    const relayOn = (p: PathName) => ({
+      ...bunRelay,
+      listeners: (["rr", "oneway"] as const).map((m) => ({ name: `${p}_${m}4`,
+        address: "127.0.0.1", port: portsOf(p)[m], reply: "pktinfo" })),
+      intercept: (["rr", "oneway"] as const).map((m) => ({ listener: `${p}_${m}4`,
+        ports: [portsOf(p)[m]], interfaces: iface })),
+      control: { socketPath: join(tmp, `${p}.sock`) },
+    });
+    const extraConfigs = new Map<PathName, Record<string, any>>();
+    if (args.baseline) extraConfigs.set("before", relayOn("before"));
+    for (const v of args.variants) extraConfigs.set(v.name, deepMerge(relayOn(v.name), v.patch));
+    // Rules for every relay in one table; each relay only gets its own listeners.
     const rules = parseConfig({
       listeners: [
         ...bunRelay.listeners,
-        { name: "c_rr4", address: "127.0.0.1", port: PORTS.c.rr },
-        { name: "c_oneway4", address: "127.0.0.1", port: PORTS.c.oneway },
+        { name: "c_rr4", address: "127.0.0.1", port: FIXED_PORTS.c.rr },
+        { name: "c_oneway4", address: "127.0.0.1", port: FIXED_PORTS.c.oneway },
         ...(args.observe ? observedRelay.listeners : []),
         ...(args.node ? nodeRelay.listeners : []),
+        ...[...extraConfigs.values()].flatMap((c) => c.listeners),
       ],
       intercept: [
         ...bunRelay.intercept,
-        { listener: "c_rr4", ports: [PORTS.c.rr], interfaces: iface },
-        { listener: "c_oneway4", ports: [PORTS.c.oneway], interfaces: iface },
+        { listener: "c_rr4", ports: [FIXED_PORTS.c.rr], interfaces: iface },
+        { listener: "c_oneway4", ports: [FIXED_PORTS.c.oneway], interfaces: iface },
         ...(args.observe ? observedRelay.intercept : []),
         ...(args.node ? nodeRelay.intercept : []),
+        ...[...extraConfigs.values()].flatMap((c) => c.intercept),
       ],
     });
     lab.installRules(nftRuleset(rules), policyRoutingCommands(rules));
@@ -483,7 +581,7 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
     writeFileSync(configPath, JSON.stringify(bunRelay));
 
     const binds = (mode: Mode) =>
-      TARGETS4.flatMap((a) => paths.flatMap((p) => ["--bind", `${a}:${PORTS[p][mode]}`]));
+      TARGETS4.flatMap((a) => paths.flatMap((p) => ["--bind", `${a}:${portsOf(p)[mode]}`]));
     const echo = startTool(lab, lab.server, "echo", [SINK_ECHO, "--mode", "echo", ...binds("rr")]);
     const sink = startTool(lab, lab.server, "sink",
       [SINK_ECHO, "--mode", "sink", ...binds("oneway")]);
@@ -507,19 +605,25 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
       writeFileSync(nodePath, JSON.stringify(nodeRelay));
       onNode = await RelayProcess.start(lab, nodePath, undefined, [], "node");
     }
+    for (const [p, config] of extraConfigs) {
+      const path = join(tmp, `${p}.json`);
+      writeFileSync(path, JSON.stringify(config));
+      extraRelays.set(p, await RelayProcess.start(lab, path, undefined, [],
+        p === "before" ? "bun" : envRuntime(), p === "before" ? args.baseline : null));
+    }
     let cTool: ToolProcess | null = null;
     if (cRelay) {
       cTool = startTool(lab, lab.router, "c_relay", [C_RELAY, "--mark", `${rules.mark}`,
-        "--listen", `127.0.0.1:${PORTS.c.rr}`, "--listen", `127.0.0.1:${PORTS.c.oneway}`]);
+        "--listen", `127.0.0.1:${FIXED_PORTS.c.rr}`, "--listen", `127.0.0.1:${FIXED_PORTS.c.oneway}`]);
       tools.push(cTool);
       await cTool.waitFor((l) => l.event === "ready", READY_TIMEOUT_MS);
     }
-    const relayPids = [
-      relay.proc.pid,
-      ...(cTool ? [cTool.proc.pid] : []),
-      ...(observed ? [observed.proc.pid] : []),
-      ...(onNode ? [onNode.proc.pid] : []),
-    ];
+    const proxyPid: Record<PathName, number> = { bun: relay.proc.pid };
+    if (cTool) proxyPid.c = cTool.proc.pid;
+    if (observed) proxyPid.obs = observed.proc.pid;
+    if (onNode) proxyPid.node = onNode.proc.pid;
+    for (const [p, r] of extraRelays) proxyPid[p] = r.proc.pid;
+    const relayPids = Object.values(proxyPid);
     const pinning = args.pin ? pinRelays(relayPids) : "none (scheduler's choice)";
 
     const cells: Cell[] = [];
@@ -530,7 +634,7 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
     }
     const daemonPids = [process.pid, ...relayPids, echo.proc.pid, sink.proc.pid];
     const ctx: RunContext = { lab, warmupMs, durationMs, pin: args.pin, wait: args.wait, echo,
-      sink, watch: new CpuWatch(ownPids(daemonPids)) };
+      sink, watch: new CpuWatch(ownPids(daemonPids)), proxyPid, perf };
     let runId = 0;
     const nextRunId = () => ++runId;
     const samples = new Map<string, Sample[]>();
@@ -550,7 +654,7 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
     const elapsedS = (performance.now() - started) / 1000;
 
     return {
-      args, cells, paths, samples, pinning, warmupMs, durationMs, elapsedS,
+      args, cells, paths, samples, pinning, warmupMs, durationMs, elapsedS, perf,
       bunMetrics: await relay.metrics().catch(() => null),
       cMetrics: cTool ? await cTool.snapshot().catch(() => null) : null,
       echoMetrics: await echo.snapshot().catch(() => null),
@@ -564,6 +668,7 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
     scraper?.kill("SIGKILL");
     if (observed) await observed.stop().catch(() => undefined);
     if (onNode) await onNode.stop().catch(() => undefined);
+    for (const r of extraRelays.values()) await r.stop().catch(() => undefined);
     if (relay) await relay.stop().catch(() => undefined);
     for (const t of tools) await t.stop().catch(() => undefined);
     lab.destroy();
@@ -576,6 +681,7 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
 // ---- Report ----------------------------------------------------------------------------
 
 function median(xs: number[]): number {
+  if (xs.length === 0) return Number.NaN;
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
@@ -596,7 +702,7 @@ function countByPath(paths: PathName[], all: (p: PathName) => Sample[],
   match: (s: Sample) => boolean): string {
   const parts = paths.map((p) => {
     const n = all(p).filter(match).length;
-    return n > 0 ? `${PATH_SHORT[p]} ${n}/${all(p).length}` : "";
+    return n > 0 ? `${PATH_SHORT(p)} ${n}/${all(p).length}` : "";
   });
   return parts.filter((x) => x).join(", ") || "no";
 }
@@ -611,25 +717,33 @@ function counterLine(label: string, counters: any, dropPattern: RegExp, extra: s
 }
 
 /** Per cell: path a / path b, ratio of medians and [min-max] of per-repetition ratios. */
-function ratioRows(r: UdpResult, a: PathName, b: PathName): string[] {
+function ratioCells(r: UdpResult, a: PathName, b: PathName): string[] {
   return r.cells.map((cell) => {
     const name = cellName(cell);
     const values = (p: PathName) => (r.samples.get(`${name}|${p}`) ?? []).map((s) => s.value);
     const paired = values(a).map((v, i) => v / values(b)[i]);
     const ratio = median(values(a)) / median(values(b));
-    return `| ${name} | **${ratio.toFixed(2)}** ` +
-      `[${Math.min(...paired).toFixed(2)}-${Math.max(...paired).toFixed(2)}] |`;
+    return `**${ratio.toFixed(2)}** ` +
+      `[${Math.min(...paired).toFixed(2)}-${Math.max(...paired).toFixed(2)}]`;
   });
+}
+
+function ratioRows(r: UdpResult, a: PathName, b: PathName): string[] {
+  const ratios = ratioCells(r, a, b);
+  return r.cells.map((cell, i) => `| ${cellName(cell)} | ${ratios[i]} |`);
 }
 
 /** The markdown report of one runUdp() result (also bench/results/udp-latest.md). */
 export function renderUdpReport(r: UdpResult): string {
   const { paths } = r;
-  const short = paths.map((p) => PATH_SHORT[p]).join(" / ");
-  const flags = [r.args.quick ? "--quick" : "", `--reps ${r.args.reps}`, r.args.pin ? "--pin" : "",
+  const short = paths.map((p) => PATH_SHORT(p)).join(" / ");
+  const flags = [r.args.quick ? "--quick" : "", `--reps ${r.args.reps}`,
+    r.args.pin ? "" : "--no-pin",
     r.args.wait ? "" : "--no-wait", r.paths.includes("c") ? "" : "--no-c-relay",
     r.args.dataPlane === "worker" ? "" : `--data-plane ${r.args.dataPlane}`,
-    r.args.observe ? "--observe" : "", r.args.node ? "--node" : ""];
+    r.args.observe ? "--observe" : "", r.args.node ? "--node" : "",
+    ...extraPathArgs(r.args.variants, r.args.baseline)
+      .map((a) => (a.startsWith("--") ? a : `'${a}'`))];
   const command = ["node_modules/.bin/bun bench/udp.ts", ...flags.filter((f) => f)].join(" ");
   const lines: string[] = [
     "## UDP relay benchmark",
@@ -662,7 +776,7 @@ export function renderUdpReport(r: UdpResult): string {
   ];
   const header = ["cell", "kernel median [min-max]"];
   for (const p of paths.slice(1)) {
-    header.push(`${PATH_LABEL[p]} median [min-max]`, `${PATH_LABEL[p]}/kernel`);
+    header.push(`${PATH_LABEL(p)} median [min-max]`, `${PATH_LABEL(p)}/kernel`);
   }
   header.push(`p50/p99 us (${short})`, `loss (${short})`, "gen-bound", "contended");
   lines.push(`| ${header.join(" | ")} |`, `|${header.map(() => "---").join("|")}|`);
@@ -707,6 +821,44 @@ export function renderUdpReport(r: UdpResult): string {
       "| cell | Node.js / Bun |", "|---|---|");
     lines.push(...ratioRows(r, "node", "bun"));
   }
+  const comparisons: Array<[PathName, PathName, string]> = [];
+  if (paths.includes("c")) comparisons.push(["bun", "c", "Bun relay / C relay"]);
+  if (paths.includes("before")) comparisons.push(["bun", "before", "after / before"]);
+  for (const v of variantOrder.filter((p) => paths.includes(p))) {
+    comparisons.push([v, "bun", `${v} / Bun relay`]);
+    if (paths.includes("c")) comparisons.push([v, "c", `${v} / C relay`]);
+  }
+  if (comparisons.length) {
+    lines.push("", "Relay paths beside each other, in the same run (after = this checkout's " +
+      "Bun relay, before = --baseline): ratio of medians, then [min-max] of the " +
+      "per-repetition ratios.", "",
+      `| cell | ${comparisons.map(([, , label]) => label).join(" | ")} |`,
+      `|---|${comparisons.map(() => "---").join("|")}|`);
+    const columns = comparisons.map(([a, b]) => ratioCells(r, a, b));
+    r.cells.forEach((cell, i) => {
+      lines.push(`| ${cellName(cell)} | ${columns.map((c) => c[i]).join(" | ")} |`);
+    });
+  }
+  const proxies = paths.filter((p) => p !== "kernel");
+  lines.push("", "Cost per relayed datagram of each relay process (all threads) over udp_gen's " +
+    "measured window (a request/response transaction is 2 datagrams; one-way: datagrams the " +
+    "sink received): CPU us (utime+stime), system calls (`perf stat -e raw_syscalls:sys_enter " +
+    "-p PID`, the same for every path; \"-\": perf unavailable) and context switches " +
+    "(voluntary + nonvoluntary); medians over repetitions.", "",
+    `| cell | ${proxies.map((p) => `${PATH_LABEL(p)} CPU us / syscalls / ctx sw`).join(" | ")} |`,
+    `|---|${proxies.map(() => "---").join("|")}|`);
+  for (const cell of r.cells) {
+    const cols = proxies.map((p) => {
+      const all = (r.samples.get(`${cellName(cell)}|${p}`) ?? []).filter((s) => s.cost);
+      const m = (f: (c: UnitCost) => number, digits: number) => {
+        const v = median(all.map((s) => f(s.cost!)));
+        return Number.isFinite(v) ? v.toFixed(digits) : "-";
+      };
+      return `${m((c) => c.cpuUs, 2)} / ${m((c) => c.syscalls, 2)} / ` +
+        `${m((c) => c.contextSwitches, 3)}`;
+    });
+    lines.push(`| ${cellName(cell)} | ${cols.join(" | ")} |`);
+  }
   if (paths.includes("obs")) {
     lines.push("", "What watching costs (issue 13): the observed Bun relay (flow log on, " +
       "Prometheus endpoint scraped once a second) beside the same relay unobserved, in the " +
@@ -723,7 +875,7 @@ export function renderUdpReport(r: UdpResult): string {
       `cpu = its user+sys CPU / wall; sent = datagrams/s it sent; other = CPUs used by other ` +
       `processes during the run, max over repetitions):`,
     "",
-    `| cell | ${paths.map((p) => `${PATH_LABEL[p]} busy / cpu / sent / other`).join(" | ")} |`,
+    `| cell | ${paths.map((p) => `${PATH_LABEL(p)} busy / cpu / sent / other`).join(" | ")} |`,
     `|---|${paths.map(() => "---").join("|")}|`);
   for (const cell of r.cells) {
     const cols = paths.map((p) => {

@@ -18,8 +18,9 @@ cd "$(dirname "$0")/.."
 # ASSOCIATE too) that test/lab/dante.ts runs in a lab namespace, never as the service.
 # dnsdist: the resolver proxy bench/dns_forced.ts compares the forced resolver with, run
 # in the lab's router namespace with its own config file, never as the service.
+# linux-perf: `perf stat` counts each proxy's system calls in `bun run bench` (issue 14).
 APT_PACKAGES=(iputils-ping dnsmasq-base knot-dnsutils dnsperf iperf3 ngtcp2-server ngtcp2-client
-  curl haproxy tmux iptables systemd dante-server dnsdist)
+  curl haproxy tmux iptables systemd dante-server dnsdist linux-perf)
 
 say() { printf '[setup] %s\n' "$*"; }
 

@@ -85,14 +85,17 @@ export class RelayProcess extends JsonLinesProcess {
   /** Starts the relay in the router namespace (configPath null: the built-in default). */
   /** prefix: a command the relay runs under (e.g. prlimit --nofile=N --). */
   /** asked: the runtime it runs on (RELAY_RUNTIME's by default; benches run both). */
+  /** checkout: run another checkout's src/main.ts on Bun (bench --baseline DIR). */
   static async start(
     lab: Lab,
     configPath: string | null,
     timeoutMs = 10_000,
     prefix: string[] = [],
     asked: Runtime = envRuntime(),
+    checkout: string | null = null,
   ): Promise<RelayProcess> {
-    const [runtime, main] = relayCommand(asked);
+    const [runtime, main] =
+      checkout === null ? relayCommand(asked) : [BUN, join(checkout, "src", "main.ts")];
     if (!existsSync(main)) throw new Error(`${main} is missing: build it (bash scripts/build.sh)`);
     const config = ["--config", labConfigPath(configPath)];
     const proc = lab.spawn(lab.router, [

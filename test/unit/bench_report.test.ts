@@ -4,10 +4,12 @@ import {
   type Cell,
   cellComplete,
   cellTable,
+  costTable,
   median,
   pairedRatios,
   ratio,
   ratioChart,
+  ratioText,
   spread,
 } from "../../bench/report.ts";
 
@@ -44,6 +46,52 @@ describe("bench report", () => {
     expect(header).toStartWith("| cell | unit |");
     expect(rule).toBe("|---|---|---|---|---|---|---|");
     expect(row).toContain("| **0.50** [0.50-0.80] | kernel 3/3 |");
+  });
+
+  test("other paths get their medians and ratio columns beside relay/kernel", () => {
+    const c: Cell = {
+      ...cell([100, 100], [60, 80]),
+      others: { "C relay": [50, 100], before: [40, 80] },
+      ratios: [
+        ["relay", "C relay"],
+        ["relay", "before"],
+      ],
+    };
+    const [header, rule, row] = cellTable([c]);
+    expect(header).toBe(
+      "| cell | unit | kernel median [min-max] | relay median [min-max] | " +
+        "C relay median [min-max] | before median [min-max] | relay/kernel [per-rep min-max] | " +
+        "relay/C relay | relay/before | gen-bound | notes |",
+    );
+    expect(rule.split("|").length - 2).toBe(11);
+    // relay 70 / C relay 75 (ratio of medians); per repetition 1.20 and 0.80.
+    expect(row).toContain("| **0.70** [0.60-0.80] | **0.93** [0.80-1.20] | **1.17** [1.00-1.50] |");
+    expect(ratioText([1], [2])).toBe("**0.50**");
+    expect(ratioText([1], [])).toBe("-");
+  });
+
+  test("a cell with another path's number missing is incomplete", () => {
+    expect(cellComplete({ ...cell([1], [2]), others: { "C relay": [3] } })).toBe(true);
+    expect(cellComplete({ ...cell([1], [2]), others: { "C relay": [] } })).toBe(false);
+  });
+
+  test("the cost table: a row per cell and path, '-' where nothing was counted", () => {
+    const c: Cell = {
+      ...cell([1], [1]),
+      costUnit: "relayed datagram",
+      costs: {
+        relay: { cpuUs: [16.1, 15.9, 30], syscalls: [2, 2.2, 2.1], contextSwitches: [0.5, 0.4, 1] },
+        "C relay": { cpuUs: [13.2], syscalls: [Number.NaN], contextSwitches: [0.01] },
+      },
+    };
+    const [header, , relay, cRelay] = costTable([c]);
+    expect(header).toBe("| cell | per | path | CPU us | system calls | context switches |");
+    expect(relay).toBe(
+      "| UDP: req/resp 64 B 1 flow | relayed datagram | relay | 16.1 | 2.10 | " + "0.50 |",
+    );
+    expect(cRelay).toBe(
+      "| UDP: req/resp 64 B 1 flow | relayed datagram | C relay | 13.2 | - | " + "0.01 |",
+    );
   });
 
   test("the chart is well-formed SVG with a bar per cell and the 1.0 line", () => {

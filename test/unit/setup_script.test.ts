@@ -60,6 +60,7 @@ const TEST_PEERS = [
   "tmux",
   "iptables",
   "systemd",
+  "linux-perf",
 ];
 /** What running the relay needs, and building it from source. */
 const RUNTIME = ["nftables", "iproute2", "gcc", "make", "libc6-dev", "python3-pip", "procps"];
