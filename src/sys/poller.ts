@@ -125,6 +125,21 @@ export class Poller {
     return this.lib.rl_poll_del(this.handle, fd);
   }
 
+  /** The epoll descriptor (the io_uring plane watches it: src/udp/uring_plane.ts). */
+  get fd(): number {
+    return this.lib.rl_poll_fd(this.handle);
+  }
+
+  /**
+   * Inline mode driven by another loop (the io_uring plane), never start()ed: handles
+   * what is ready now, without waiting.
+   */
+  pollNow(): void {
+    const n = this.lib.rl_poll_wait(this.handle, 0);
+    if (n < 0) throw new Error(`epoll_wait: ${errnoName(-n)}`);
+    if (n > 0) this.rounds();
+  }
+
   /** Wake calls from the C thread (each may carry many ready sockets). */
   get wakes(): number {
     return this.stat(POLL_STATS.wakes);

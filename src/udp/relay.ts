@@ -40,7 +40,7 @@ import { Sniffer } from "../classify/sniffer.ts";
 import { parsersLoad } from "../classify/wasm.ts";
 import { QuicConnectionIds } from "../flow/quic_ids.ts";
 import { type Config, type ListenerConfig, PACKET_AREA_BYTES } from "../config/load.ts";
-import { RateLimitedLog } from "../control/log.ts";
+import { log as startLog, RateLimitedLog } from "../control/log.ts";
 import { type SessionQuery, SESSIONS_LIMIT_MAX } from "../control/query.ts";
 import { TopK } from "../control/top_k.ts";
 import { DnsForwarder, parseQuestion, type QueryDecision, questionName } from "../dns/forwarder.ts";
@@ -97,6 +97,7 @@ import { faultDataPath } from "../sys/test_faults.ts";
 import { HoldBuffer, HoldResult } from "./hold_buffer.ts";
 import { SocketKind, SocketRegistry } from "./registry.ts";
 import { Direction, SendQueue } from "./send_queue.ts";
+import { chooseIoBackend, URING_STATS, type UdpIoBackend, UringPlane } from "./uring_plane.ts";
 
 /**
  * A policy action as a session takes it: a dnsAnswer outbound answers DNS queries only
@@ -119,6 +120,8 @@ const ERRORS_DRAIN_MAX = 64;
 const LOCAL_REFRESH_MS = 5_000;
 /** Tokens beyond listeners, upstream and reply sockets: the address watch. */
 const EXTRA_TOKENS = 1;
+/** io_uring send slots at least (datagrams in flight; more are sent at once). */
+const URING_SEND_SLOTS_MIN = 256;
 /** Timer period: expiry, idle reply sockets, lost wake-up recovery. */
 const TICK_MS = 250;
 /** udp.holdPacketsPerFlowMax's schema maximum (the hold send queue's capacity). */
@@ -167,6 +170,11 @@ export class UdpRelay {
   /** Replaced by reconfigure() (its live fields only differ; see src/config/reload.ts). */
   private config: Config;
   private readonly poller: Poller;
+  /** The io_uring plane (udp.ioBackend), or null: the poller's epoll does the I/O. */
+  private readonly uring: UringPlane | null;
+  readonly ioBackend: UdpIoBackend;
+  /** Why this backend (the start-up log line). */
+  readonly ioBackendReason: string;
   private readonly registry: SocketRegistry;
   private readonly queue: SendQueue;
   private readonly sniffer: Sniffer;
@@ -435,13 +443,27 @@ export class UdpRelay {
       onRoundEnd: () => this.endRound(),
       // Not logged and carried on: a data-path exception is a bug whose state cannot be
       // trusted (a half-written send entry could misdeliver). End the process loudly.
-      onError: (err) => {
-        const message = `UDP data path failed: ${(err as Error).stack ?? err}`;
-        if (options.onFatal) options.onFatal(message);
-        else throw err;
-      },
+      onError: (err) => this.onDataPathError(err, options.onFatal),
     });
-    const registry = new SocketRegistry(this.poller, tokensMax);
+    const choice = chooseIoBackend(lib, udp.ioBackend, options.inline === true);
+    this.ioBackend = choice.backend;
+    this.ioBackendReason = choice.reason;
+    this.uring =
+      choice.backend === "io_uring"
+        ? new UringPlane(lib, {
+            tokensMax,
+            slotBytes: this.slotBytes,
+            sendSlots: Math.max(URING_SEND_SLOTS_MIN, 4 * this.batchCount),
+            poller: this.poller,
+            onToken: (token) => this.onToken(token),
+            onRoundEnd: () => this.endRound(),
+            onError: (err) => this.onDataPathError(err, options.onFatal),
+            onSendResult: (toTarget, result) => this.queue.countResult(toTarget, result),
+          })
+        : null;
+    this.queue.uring = this.uring;
+    this.holdQueue.uring = this.uring;
+    const registry = new SocketRegistry(this.poller, tokensMax, this.uring);
     this.registry = registry;
     this.upstreams = new UpstreamPool(
       lib,
@@ -509,9 +531,20 @@ export class UdpRelay {
       udp.dnsQueriesInFlightMax,
       udp.dnsUpstreamSocketsPerTarget,
       dnsSocketsMax,
-      (arenaPtr, arenaBytes, capacity) =>
-        new SendQueue(lib, arenaPtr, arenaBytes, capacity, this.counters, log),
+      (arenaPtr, arenaBytes, capacity) => {
+        const queue = new SendQueue(lib, arenaPtr, arenaBytes, capacity, this.counters, log);
+        queue.uring = this.uring;
+        return queue;
+      },
     );
+  }
+
+  // Not logged and carried on: a data-path exception is a bug whose state cannot be
+  // trusted (a half-written send entry could misdeliver). End the process loudly.
+  private onDataPathError(err: unknown, onFatal: ((message: string) => void) | undefined): void {
+    const message = `UDP data path failed: ${(err as Error).stack ?? err}`;
+    if (onFatal) onFatal(message);
+    else throw err;
   }
 
   /** Opens the listeners and starts the poll thread. Throws with a clear message. */
@@ -538,7 +571,9 @@ export class UdpRelay {
       this.closeRejectSockets();
       throw err;
     }
-    this.poller.start();
+    if (this.uring !== null) this.uring.start();
+    else this.poller.start();
+    startLog.info(`udp io backend ${this.ioBackend} (${this.ioBackendReason})`);
     // The timer expires sessions, closes idle reply sockets, and keeps the process
     // alive (a threadsafe JSCallback does not). Its listener drain also recovers from
     // a wake-up that never came.
@@ -550,6 +585,7 @@ export class UdpRelay {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    this.uring?.stop();
     this.poller.stop();
     const ended: number[] = [];
     this.sessions.forEach((slot) => {
@@ -713,6 +749,14 @@ export class UdpRelay {
       pollWakes: this.poller.wakes,
       pollEvents: this.poller.events,
       pollRingOverflows: this.poller.overflows,
+      // udp.ioBackend as it runs (an info gauge per backend), and the ring's counters.
+      ioBackendEpoll: this.uring === null ? 1 : 0,
+      ioBackendUring: this.uring === null ? 0 : 1,
+      uringEnters: this.uring?.stat(URING_STATS.enters) ?? 0,
+      uringCompletions: this.uring?.stat(URING_STATS.completions) ?? 0,
+      uringNoBuffers: this.uring?.stat(URING_STATS.noBuffers) ?? 0,
+      uringSendsQueued: this.uring?.stat(URING_STATS.sendsQueued) ?? 0,
+      uringSendsDirect: this.uring?.stat(URING_STATS.sendsDirect) ?? 0,
     };
   }
 
@@ -865,13 +909,12 @@ export class UdpRelay {
       if (this.slotsUsed === this.batchCount) this.endRound();
       const first = this.slotsUsed;
       const room = this.batchCount - first;
-      const n = this.lib.rl_recv_batch(
-        fd,
-        (this.slabPtr + first * this.slotBytes) as Pointer,
-        this.slotBytes,
-        room,
-        (this.metaPtr + first * META_BYTES) as Pointer,
-      );
+      const slots = (this.slabPtr + first * this.slotBytes) as Pointer;
+      const meta = (this.metaPtr + first * META_BYTES) as Pointer;
+      const n =
+        this.uring === null
+          ? this.lib.rl_recv_batch(fd, slots, this.slotBytes, room, meta)
+          : this.uring.recv(token, slots, this.slotBytes, room, meta);
       if (n < 0) {
         this.onReceiveError(fd, -n);
         continue; // the error is consumed; datagrams may still wait behind it

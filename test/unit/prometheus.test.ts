@@ -53,6 +53,13 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
     pollWakes: 0,
     pollEvents: 0,
     pollRingOverflows: 0,
+    ioBackendEpoll: 0,
+    ioBackendUring: 0,
+    uringEnters: 0,
+    uringCompletions: 0,
+    uringNoBuffers: 0,
+    uringSendsQueued: 0,
+    uringSendsDirect: 0,
   };
   let i = 0;
   for (const k of numericFields(udp)) (udp as any)[k] = distinct(i++);
