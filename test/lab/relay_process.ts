@@ -74,11 +74,29 @@ export function withControlSocket(raw: object, path: string): object {
  */
 function labConfigPath(configPath: string | null): string {
   const raw = configPath === null ? {} : JSON.parse(readFileSync(configPath, "utf8"));
-  if (raw.control?.socketPath !== undefined) return configPath!;
+  const backend = envIoBackend(raw);
+  if (raw.control?.socketPath !== undefined && backend === null) return configPath!;
   const dir = mkdtempSync(join(tmpdir(), "relay-lab-"));
   const path = join(dir, "config.json");
-  writeFileSync(path, JSON.stringify(withControlSocket(raw, join(dir, "control.sock"))));
+  const withBackend = backend === null ? raw : { ...raw, udp: { ...raw.udp, ioBackend: backend } };
+  writeFileSync(path, JSON.stringify(withControlSocket(withBackend, join(dir, "control.sock"))));
   return path;
+}
+
+/**
+ * RELAY_UDP_IO_BACKEND (auto, epoll, io_uring): the UDP data plane the lab's relays run
+ * on, so that the end-to-end files run on either (scripts/test.sh runs them on both). A
+ * config that names udp.ioBackend, or runs UDP on the main thread (udp.dataPlane
+ * callback: epoll only), keeps its own. null: the config as it is.
+ */
+function envIoBackend(raw: { udp?: { ioBackend?: string; dataPlane?: string } }): string | null {
+  const backend = process.env.RELAY_UDP_IO_BACKEND;
+  if (backend === undefined || backend === "") return null;
+  if (!["auto", "epoll", "io_uring"].includes(backend)) {
+    throw new Error(`RELAY_UDP_IO_BACKEND=${backend}: auto, epoll or io_uring`);
+  }
+  if (raw.udp?.ioBackend !== undefined || raw.udp?.dataPlane === "callback") return null;
+  return backend;
 }
 
 export class RelayProcess extends JsonLinesProcess {
