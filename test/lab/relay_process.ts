@@ -60,11 +60,19 @@ function sanitizerPrefix(): string[] {
   ];
 }
 
-/** `raw` with control.socketPath set to `path`, unless it sets one itself. */
+/**
+ * `raw` with control.socketPath set to `path`, unless it sets one itself; and with
+ * RELAY_UDP_IO_BACKEND's udp.ioBackend (envIoBackend), here because every config a lab
+ * relay reads, at start or at a reload, goes through this function (a reload that
+ * changed udp.ioBackend would be refused).
+ */
 export function withControlSocket(raw: object, path: string): object {
-  const control = (raw as { control?: { socketPath?: string } }).control;
-  if (control?.socketPath !== undefined) return raw;
-  return { ...raw, control: { ...control, socketPath: path } };
+  const backend = envIoBackend(raw);
+  const udp = (raw as { udp?: object }).udp;
+  const lab = backend === null ? raw : { ...raw, udp: { ...udp, ioBackend: backend } };
+  const control = (lab as { control?: { socketPath?: string } }).control;
+  if (control?.socketPath !== undefined) return lab;
+  return { ...lab, control: { ...control, socketPath: path } };
 }
 
 /**
@@ -74,12 +82,10 @@ export function withControlSocket(raw: object, path: string): object {
  */
 function labConfigPath(configPath: string | null): string {
   const raw = configPath === null ? {} : JSON.parse(readFileSync(configPath, "utf8"));
-  const backend = envIoBackend(raw);
-  if (raw.control?.socketPath !== undefined && backend === null) return configPath!;
+  if (raw.control?.socketPath !== undefined && envIoBackend(raw) === null) return configPath!;
   const dir = mkdtempSync(join(tmpdir(), "relay-lab-"));
   const path = join(dir, "config.json");
-  const withBackend = backend === null ? raw : { ...raw, udp: { ...raw.udp, ioBackend: backend } };
-  writeFileSync(path, JSON.stringify(withControlSocket(withBackend, join(dir, "control.sock"))));
+  writeFileSync(path, JSON.stringify(withControlSocket(raw, join(dir, "control.sock"))));
   return path;
 }
 
