@@ -125,7 +125,7 @@ describe("Prometheus text format", () => {
       ...Object.entries(input.udp.udp).filter(([k]) => !(k in new UdpCounters())),
       ...Object.entries(input.tcp!).filter(([k]) => !(k in new TcpCounters())),
     ];
-    expect(gauges.length).toBe(13 + 13);
+    expect(gauges.length).toBe(20 + 13);
     expect(gauges.filter(([, v]) => !values.has(`${v}`))).toEqual([]);
   });
 
