@@ -255,6 +255,21 @@ static void on_send(struct uring *u, const struct io_uring_cqe *cqe, uint64_t da
   u->free_slots[u->free_count++] = slot;
 }
 
+static void on_cqe(struct uring *u, const struct io_uring_cqe *cqe, int32_t *completions) {
+  const uint64_t data = io_uring_cqe_get_data64(cqe);
+  /* liburing's own timeout (kernels without IORING_FEAT_EXT_ARG): not ours. */
+  if (data == LIBURING_UDATA_TIMEOUT) return;
+  const uint64_t kind = data >> UD_KIND_SHIFT;
+  if (kind == UD_RECV) {
+    on_recv(u, cqe, data);
+  } else if (kind == UD_SEND) {
+    on_send(u, cqe, data, completions);
+  } else if (kind == UD_WATCH) {
+    if (cqe->res >= 0) u->watch_fired = 1;
+    if (!(cqe->flags & IORING_CQE_F_MORE)) u->watch_need_arm = 1;
+  }
+}
+
 int32_t rl_uring_open(int32_t entries, int32_t tokens_max, int32_t buf_count,
                       int32_t slot_bytes, int32_t send_count) {
   /* buf_count: a power of two (the ring's mask); bounded so buffer ids fit 16 bits. */
@@ -421,14 +436,7 @@ int32_t rl_uring_wait(int32_t handle, int32_t timeout_ms, uint32_t *tokens, int3
   unsigned seen = 0;
   struct io_uring_cqe *cqe;
   io_uring_for_each_cqe(&u->ring, head, cqe) {
-    const uint64_t data = io_uring_cqe_get_data64(cqe);
-    const uint64_t kind = data >> UD_KIND_SHIFT;
-    if (kind == UD_RECV) on_recv(u, cqe, data);
-    else if (kind == UD_SEND) on_send(u, cqe, data, completions);
-    else if (kind == UD_WATCH) {
-      if (cqe->res >= 0) u->watch_fired = 1;
-      if (!(cqe->flags & IORING_CQE_F_MORE)) u->watch_need_arm = 1;
-    }
+    on_cqe(u, cqe, completions);
     seen++;
   }
   io_uring_cq_advance(&u->ring, seen);

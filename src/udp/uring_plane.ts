@@ -187,6 +187,8 @@ export class UringPlane {
 
   stop(): void {
     if (this.closed) return;
+    // The last round's sends, queued for a wait that will not come.
+    this.lib.rl_uring_submit(this.handle);
     this.readStats();
     this.closed = true;
     this.lib.rl_uring_close(this.handle);
