@@ -39,7 +39,9 @@ const SQ_ENTRIES = 1024;
 const BUFFERS_MIN = 256;
 const BUFFERS_MAX = 4096;
 /** Bytes of provided buffers at most (a 64 KiB datagramBytesMax gets fewer buffers). */
-const BUFFER_BYTES_MAX = 64 << 20;
+const BUFFER_BYTES_MAX = 16 << 20;
+/** A buffer's bytes before its payload: the recvmsg header, name, control data (rounded). */
+const BUFFER_HEADER_BYTES = 128;
 
 /** The plane chosen at start-up, and why (for the log). */
 export interface BackendChoice {
@@ -124,7 +126,8 @@ export class UringPlane {
     this.statsPtr = ptr(this.stats);
     this.slotToTarget = new Uint8Array(options.sendSlots);
     let buffers = BUFFERS_MIN;
-    while (buffers < BUFFERS_MAX && buffers * 2 * options.slotBytes <= BUFFER_BYTES_MAX) {
+    const bufferBytes = options.slotBytes + BUFFER_HEADER_BYTES;
+    while (buffers < BUFFERS_MAX && buffers * 2 * bufferBytes <= BUFFER_BYTES_MAX) {
       buffers *= 2;
     }
     const handle = lib.rl_uring_open(
