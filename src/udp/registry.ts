@@ -32,10 +32,10 @@ export class SocketRegistry {
   /** errno of the last failed register() (for the caller's message). */
   lastErrno = 0;
 
-  /** tokensMax: every socket the bounds allow, at once (running out is a bug). */
   /**
-   * uring: the io_uring plane, which receives on the UDP data sockets (listeners,
-   * upstream, reply and DNS upstream sockets); the rest stays on the poller. null: epoll.
+   * tokensMax: every socket the bounds allow, at once (running out is a bug). uring: the
+   * io_uring plane, which receives on the UDP data sockets (listeners, upstream, reply
+   * and DNS upstream sockets); the rest stays on the poller. null: epoll for all.
    */
   constructor(
     private readonly poller: Poller,

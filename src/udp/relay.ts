@@ -441,8 +441,6 @@ export class UdpRelay {
       tokensMax,
       inline: options.inline === true,
       onRoundEnd: () => this.endRound(),
-      // Not logged and carried on: a data-path exception is a bug whose state cannot be
-      // trusted (a half-written send entry could misdeliver). End the process loudly.
       onError: (err) => this.onDataPathError(err, options.onFatal),
     });
     const choice = chooseIoBackend(lib, udp.ioBackend, options.inline === true);
