@@ -7,7 +7,9 @@
 //   client ns ──veth── router ns (relay, nft TPROXY) ──veth── server ns (UDP echo)
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
+import { loadFfi } from "../../src/sys/ffi.ts";
 import { LAB } from "../lab/netns.ts";
+import { skipped } from "../lab/skip_policy.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason, RelayLab } from "./harness.ts";
 
@@ -26,6 +28,9 @@ const CONFIG = {
 };
 
 const skip = labSkipReason();
+/** The relay's own probe, here: a kernel or container without io_uring (seccomp). */
+const probe = loadFfi().rl_uring_probe();
+const uringUnavailable = probe === 0 ? null : `io_uring unavailable here (${probe})`;
 if (!skip) {
   describe("udp.ioBackend", () => {
     let env: RelayLab | null = null;
@@ -61,6 +66,7 @@ if (!skip) {
 
     for (const ioBackend of ["io_uring", "auto"]) {
       test(`${ioBackend}: relays both reply paths on the ring, and says so`, async () => {
+        if (skipped(uringUnavailable, "the io_uring plane")) return;
         const e = await lab(ioBackend);
         expect(ask(e, 7001, 3)).toBe(3); // a reply socket (bound to the original dst)
         expect(ask(e, 7007, 3)).toBe(3); // the listener, source set by IP_PKTINFO
