@@ -48,6 +48,9 @@ static struct rl_handles urings = RL_HANDLES_INIT(URINGS_MAX);
 #define UD_GEN_SHIFT 32
 #define UD_GEN_MASK 0x3fffffffu
 
+/* The name's room in a provided buffer: a sockaddr_in6, rounded up so the control data
+ * after it (and its struct cmsghdr) stays 8-byte aligned. */
+#define NAME_BYTES ((sizeof(struct sockaddr_in6) + 7) & ~(size_t)7)
 #define BUF_GROUP 0
 #define NONE (-1)
 
@@ -292,8 +295,7 @@ int32_t rl_uring_open(int32_t entries, int32_t tokens_max, int32_t buf_count,
   }
   u->buf_count = buf_count;
   /* A buffer: recvmsg's header, the name, the control data, then the payload. */
-  size_t header = sizeof(struct io_uring_recvmsg_out) + sizeof(struct sockaddr_in6) +
-                  RECV_CMSG_BYTES;
+  size_t header = sizeof(struct io_uring_recvmsg_out) + NAME_BYTES + RECV_CMSG_BYTES;
   u->buf_bytes = (int32_t)((header + (size_t)slot_bytes + 63) & ~(size_t)63);
   u->bufs_bytes = (size_t)buf_count * (size_t)u->buf_bytes;
   u->bufs = map_bytes(u->bufs_bytes);
@@ -334,7 +336,7 @@ int32_t rl_uring_open(int32_t entries, int32_t tokens_max, int32_t buf_count,
   }
   for (int32_t b = 0; b < buf_count; b++) buf_return(u, b);
   buf_publish(u);
-  u->recv_template.msg_namelen = sizeof(struct sockaddr_in6);
+  u->recv_template.msg_namelen = NAME_BYTES;
   u->recv_template.msg_controllen = RECV_CMSG_BYTES;
   for (int32_t i = 0; i < tokens_max; i++) {
     u->tokens[i].fd = -1;
