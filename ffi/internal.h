@@ -135,6 +135,23 @@ socklen_t addr_to_sockaddr(const uint8_t *addr, uint16_t port, uint32_t scope,
 int sockaddr_to_addr(const struct sockaddr *sa, uint8_t *addr, uint32_t *scope);
 int set_int(int fd, int level, int name, int value);
 
+/* ---- udp_batch.c: shared with uring.c ---- */
+
+/* Control space for one received datagram: the original destination (the larger, IPv6,
+ * form) and SO_RXQ_OVFL's counter. */
+#define RECV_CMSG_BYTES (CMSG_SPACE(sizeof(struct sockaddr_in6)) + CMSG_SPACE(sizeof(uint32_t)))
+/* Control space for one sent datagram: the larger pktinfo. */
+/* Control space for one sent datagram: the larger pktinfo, and a UDP_SEGMENT size for
+ * the first of a GSO run (udp_gso.c). */
+#define SEND_CMSG_BYTES (CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(uint16_t)))
+/* One received control message into *m (original destination, drop counter): the
+ * RL_META_* flag it sets, or 0. */
+uint16_t udp_meta_cmsg(struct rl_meta *m, const struct cmsghdr *c);
+/* A send entry into a msghdr (name, IP_PKTINFO source, connected), its payload at
+ * `payload`. cmsg: SEND_CMSG_BYTES, 8-byte aligned. */
+void udp_send_fill(struct msghdr *h, struct iovec *iov, struct sockaddr_storage *name,
+                   uint64_t *cmsg, uint8_t *payload, const struct rl_send *s);
+
 /* ---- tcp.c ---- */
 
 /* Closes with SO_LINGER 0: the peer gets a RST. */

@@ -358,3 +358,8 @@ int32_t rl_test_poll_stat_set(int32_t handle, int32_t which, double value) {
   return 0;
 }
 
+
+int32_t rl_poll_fd(int32_t handle) {
+  const struct poller *p = poller_get(handle);
+  return p == NULL ? -EBADF : p->epfd;
+}

@@ -418,4 +418,48 @@ int32_t rl_udp_offload_stats(double *out);
 /* Sets SO_NO_CHECK on fd: the kernel then refuses GSO sends (EINVAL), to test the fallback. */
 int32_t rl_test_udp_no_check(int32_t fd);
 
+/* ---- uring.c: the io_uring UDP data plane (issue 14) ---- */
+
+/* rl_uring_stats() slots. */
+#define RL_URING_STAT_ENTERS        0 /* rl_uring_wait calls (one io_uring_enter each) */
+#define RL_URING_STAT_COMPLETIONS   1 /* CQEs handled */
+#define RL_URING_STAT_NO_BUFFERS    2 /* multishot recvmsg ended: the buffer ring ran empty */
+#define RL_URING_STAT_SENDS_QUEUED  3 /* datagrams sent as sendmsg SQEs */
+#define RL_URING_STAT_SENDS_DIRECT  4 /* sent by sendmsg at once: no send slot free */
+#define RL_URING_STAT_COUNT         5
+/* The token rl_uring_wait reports when the watched epoll fd is readable. */
+#define RL_URING_WATCH_TOKEN 0x3fffffffu
+
+/* 0 when this kernel runs the plane (ring, buffer ring, multishot recvmsg), or -errno. */
+int32_t rl_uring_probe(void);
+/* A ring: SQ entries, tokens (0..tokens_max-1), provided buffers (a power of two) that
+ * hold a datagram of slot_bytes each, send slots of slot_bytes. A handle or -errno. */
+int32_t rl_uring_open(int32_t entries, int32_t tokens_max, int32_t buf_count,
+                      int32_t slot_bytes, int32_t send_count);
+int32_t rl_uring_close(int32_t handle);
+/* Arms a multishot recvmsg on fd under token. */
+int32_t rl_uring_add(int32_t handle, int32_t fd, int32_t token);
+/* Cancels the token's receive and gives its buffers back; submits now (before close). */
+int32_t rl_uring_del(int32_t handle, int32_t token);
+/* Watches an epoll fd (the sockets that stay on epoll): RL_URING_WATCH_TOKEN when ready. */
+int32_t rl_uring_watch(int32_t handle, int32_t fd);
+/* The round's one system call: submits what is queued, waits up to timeout_ms for a
+ * completion, writes the tokens with datagrams (or an error) waiting, returns their
+ * count. completions: [count, slot, result, ...], room for 1 + 2 x send slots. */
+int32_t rl_uring_wait(int32_t handle, int32_t timeout_ms, uint32_t *tokens, int32_t tokens_max,
+                      int32_t *completions);
+/* The token's waiting datagrams into slab slots and meta, as rl_recv_batch: the count,
+ * 0 when none, or once -errno for a receive error (the error queue has its detail). */
+int32_t rl_uring_recv(int32_t handle, int32_t token, uint8_t *slab, int32_t slot_bytes,
+                      int32_t count, struct rl_meta *meta);
+/* Queues the entries as sendmsg SQEs (payloads copied): slots_out[i] is the send slot
+ * whose completion carries entry i's result, or -1 when result holds it already. */
+int32_t rl_uring_send_batch(int32_t handle, uint8_t *slab, uint32_t slab_bytes,
+                            struct rl_send *sends, int32_t count, int32_t *slots_out);
+/* Submits what is queued now (no wait). */
+int32_t rl_uring_submit(int32_t handle);
+int32_t rl_uring_stats(int32_t handle, double *out);
+/* The poller's epoll descriptor (the io_uring plane watches it), or -EBADF. */
+int32_t rl_poll_fd(int32_t handle);
+
 #endif

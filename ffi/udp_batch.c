@@ -14,10 +14,7 @@
  * IPv6, form) and SO_RXQ_OVFL's counter. Anything else that arrives is cut off
  * (MSG_CTRUNC); should the original destination be the part lost, the datagram comes
  * without RL_META_HAS_ORIGDST and is counted as such. */
-#define RECV_CMSG_BYTES (CMSG_SPACE(sizeof(struct sockaddr_in6)) + CMSG_SPACE(sizeof(uint32_t)))
-/* Control space for one sent datagram: the larger pktinfo, and a UDP_SEGMENT size for
- * the first of a GSO run (udp_gso.c). */
-#define SEND_CMSG_BYTES (CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(uint16_t)))
+/* (RECV_CMSG_BYTES and SEND_CMSG_BYTES: internal.h, shared with uring.c.) */
 
 /* The JS thread (or each worker thread) owns one set; __thread keeps scale-out by
  * Workers safe without locks. Sized once: RL_BATCH_COUNT_MAX entries. */
@@ -30,6 +27,21 @@ static __thread struct mmsghdr send_msgs[RL_BATCH_COUNT_MAX];
 static __thread struct iovec send_iovs[RL_BATCH_COUNT_MAX];
 static __thread struct sockaddr_storage send_names[RL_BATCH_COUNT_MAX];
 static __thread uint64_t send_cmsgs[RL_BATCH_COUNT_MAX][(SEND_CMSG_BYTES + 7) / 8];
+
+uint16_t udp_meta_cmsg(struct rl_meta *m, const struct cmsghdr *c) {
+  if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+    memcpy(&m->queue_drops, CMSG_DATA(c), sizeof(m->queue_drops));
+    return RL_META_HAS_DROPS;
+  }
+  int v4 = c->cmsg_level == SOL_IP && c->cmsg_type == IP_ORIGDSTADDR;
+  int v6 = c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_ORIGDSTADDR;
+  if (!v4 && !v6) return 0;
+  int tport = sockaddr_to_addr((const struct sockaddr *)CMSG_DATA(c), m->target_addr,
+                               &m->target_scope);
+  if (tport < 0) return 0;
+  m->target_port = (uint16_t)tport;
+  return RL_META_HAS_ORIGDST;
+}
 
 int32_t rl_recv_batch(int32_t fd, uint8_t *slab, int32_t slot_bytes, int32_t count,
                       struct rl_meta *meta) {
@@ -65,22 +77,8 @@ int32_t rl_recv_batch(int32_t fd, uint8_t *slab, int32_t slot_bytes, int32_t cou
     m->target_port = 0;
     m->target_scope = 0;
     m->queue_drops = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
-        memcpy(&m->queue_drops, CMSG_DATA(c), sizeof(m->queue_drops));
-        flags |= RL_META_HAS_DROPS;
-        continue;
-      }
-      int v4 = c->cmsg_level == SOL_IP && c->cmsg_type == IP_ORIGDSTADDR;
-      int v6 = c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_ORIGDSTADDR;
-      if (!v4 && !v6) continue;
-      int tport = sockaddr_to_addr((struct sockaddr *)CMSG_DATA(c), m->target_addr,
-                                   &m->target_scope);
-      if (tport >= 0) {
-        m->target_port = (uint16_t)tport;
-        flags |= RL_META_HAS_ORIGDST;
-      }
-    }
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c))
+      flags |= udp_meta_cmsg(m, c);
     m->flags = flags;
     m->length = wire > (uint32_t)slot_bytes ? (uint32_t)slot_bytes : wire;
     m->length_wire = wire;
@@ -132,25 +130,30 @@ int32_t rl_recv_errors(int32_t fd, int32_t count, struct rl_meta *meta) {
 
 /* Fills send_msgs[j] from *s, whose payload was checked to lie inside the slab. */
 static void send_prepare(uint8_t *slab, struct rl_send *s, int j) {
-  struct msghdr *h = &send_msgs[j].msg_hdr;
-  send_iovs[j].iov_base = slab + s->offset;
-  send_iovs[j].iov_len = s->length;
-  h->msg_name = &send_names[j];
-  h->msg_namelen = addr_to_sockaddr(s->target_addr, s->target_port, s->target_scope,
-                                    &send_names[j]);
+  udp_send_fill(&send_msgs[j].msg_hdr, &send_iovs[j], &send_names[j], send_cmsgs[j],
+                slab + s->offset, s);
+  send_msgs[j].msg_len = 0;
+}
+
+void udp_send_fill(struct msghdr *h, struct iovec *iov, struct sockaddr_storage *name,
+                   uint64_t *cmsg, uint8_t *payload, const struct rl_send *s) {
+  iov->iov_base = payload;
+  iov->iov_len = s->length;
+  h->msg_name = name;
+  h->msg_namelen = addr_to_sockaddr(s->target_addr, s->target_port, s->target_scope, name);
   if (s->flags & RL_SEND_CONNECTED) {
     h->msg_name = NULL;
     h->msg_namelen = 0;
   }
-  h->msg_iov = &send_iovs[j];
+  h->msg_iov = iov;
   h->msg_iovlen = 1;
   h->msg_flags = 0;
   /* Set even without a pktinfo: udp_gso.c may append its UDP_SEGMENT here. */
-  h->msg_control = send_cmsgs[j];
+  h->msg_control = cmsg;
   h->msg_controllen = 0;
   if (s->flags & RL_SEND_SOURCE) {
-    struct cmsghdr *c = (struct cmsghdr *)send_cmsgs[j];
-    if (send_names[j].ss_family == AF_INET) {
+    struct cmsghdr *c = (struct cmsghdr *)cmsg;
+    if (name->ss_family == AF_INET) {
       struct in_pktinfo info;
       memset(&info, 0, sizeof(info));
       memcpy(&info.ipi_spec_dst, s->source_addr + 12, 4);
@@ -170,7 +173,6 @@ static void send_prepare(uint8_t *slab, struct rl_send *s, int j) {
       h->msg_controllen = CMSG_SPACE(sizeof(info));
     }
   }
-  send_msgs[j].msg_len = 0;
 }
 
 /* Whether [offset, offset + length) lies inside the slab. The sum is taken in 64 bits,

@@ -27,10 +27,11 @@ USAGE="usage: scripts/install.sh [--backend nft|iptables] [--config FILE]
 ZIG_VERSION="0.14.1"
 
 # Debian packages the relay needs to run and to be built: the nft and ip commands (relay
-# rules apply|remove), a C compiler for ffi/ (scripts/build.sh: make, cc, libc headers),
-# pip, which fetches Zig, and /bin/kill (procps; the unit's ExecReload). No package here
-# starts a service.
-RUNTIME_PACKAGES=(nftables iproute2 gcc make libc6-dev python3-pip procps)
+# rules apply|remove), a C compiler for ffi/ (scripts/build.sh: make, cc, libc headers,
+# liburing's static library and headers for the io_uring UDP plane, linked in: nothing of
+# it is needed at run time), pip, which fetches Zig, and /bin/kill (procps; the unit's
+# ExecReload). No package here starts a service.
+RUNTIME_PACKAGES=(nftables iproute2 gcc make libc6-dev liburing-dev python3-pip procps)
 
 say() { printf '[install] %s\n' "$*"; }
 die() {

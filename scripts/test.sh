@@ -4,7 +4,9 @@
 # (RELAY_RUNTIME=node, docs/node.md), against a fresh build of dist/node: on the
 # distribution's node, and again on the current LTS from npm (scripts/node_lts.sh) when
 # that is another version. Ends with the runs' sum in bun test's own summary form
-# (" N pass" / " N fail"), which .ci/run reads.
+# (" N pass" / " N fail"), which .ci/run reads. The UDP end-to-end files run once more on
+# the other UDP data plane: the main run's relays take udp.ioBackend auto (io_uring where
+# the kernel allows it), that run epoll (RELAY_UDP_IO_BACKEND, docs/io_uring.md).
 #   scripts/test.sh               both runs
 #   scripts/test.sh FILES...      only these files, on Bun
 #   RELAY_RUNTIME=node scripts/test.sh FILES...   only these files, the relay on Node.js
@@ -21,13 +23,24 @@ fi
 # Every end-to-end file that starts the relay (RelayLab, RelayProcess or RELAY_BIN).
 mapfile -t NODE_FILES < <(grep -lE 'RelayLab|RelayProcess|RELAY_BIN' test/netns/*.test.ts)
 
+# The UDP end-to-end files, run again with the relay's UDP I/O on epoll.
+UDP_FILES=(test/netns/udp_relay.test.ts test/netns/udp_client_source.test.ts
+  test/netns/udp_policy.test.ts test/netns/dns_forced.test.ts test/netns/quic_relay.test.ts
+  test/netns/failure_paths.test.ts test/netns/udp_io_backend.test.ts)
+
 bun_log=$(mktemp)
+epoll_log=$(mktemp)
 node_log=$(mktemp)
 lts_log=$(mktemp)
-trap 'rm -f "$bun_log" "$node_log" "$lts_log"' EXIT
+trap 'rm -f "$bun_log" "$epoll_log" "$node_log" "$lts_log"' EXIT
 
 "${TEST[@]}" 2>&1 | tee "$bun_log"
 bun_status=${PIPESTATUS[0]}
+
+echo
+echo "[test] ${#UDP_FILES[@]} UDP end-to-end files again, udp.ioBackend epoll"
+RELAY_UDP_IO_BACKEND=epoll "${TEST[@]}" "${UDP_FILES[@]}" 2>&1 | tee "$epoll_log"
+[[ ${PIPESTATUS[0]} -ne 0 ]] && bun_status=1
 
 # The end-to-end files with the relay on the node binary $1, into log $2.
 node_pass() {
@@ -37,7 +50,7 @@ node_pass() {
   return "${PIPESTATUS[0]}"
 }
 node_status=0
-logs=("$bun_log" "$node_log")
+logs=("$bun_log" "$epoll_log" "$node_log")
 if ! "$BUN" scripts/build_node.ts; then
   echo "[test] the Node.js bundle did not build (scripts/build_node.ts)" >&2
   node_status=1
@@ -66,7 +79,7 @@ done
 status=0
 [[ $bun_status -ne 0 || $node_status -ne 0 || $failed -gt 0 ]] && status=1
 echo
-echo "[test] all runs: Bun (every test), Node.js (${#NODE_FILES[@]} end-to-end files on" \
-  "$((${#logs[@]} - 1)) version(s))"
+echo "[test] all runs: Bun (every test; ${#UDP_FILES[@]} UDP files on epoll too), Node.js" \
+  "(${#NODE_FILES[@]} end-to-end files on $((${#logs[@]} - 2)) version(s))"
 printf ' %d pass\n %d fail\n' "$passed" "$failed"
 exit "$status"

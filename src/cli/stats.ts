@@ -36,6 +36,11 @@ export function statsText(reply: Record<string, any>, columns = COLUMNS_DEFAULT)
   });
   lines.push(...table(["UDP", "packets", "bytes"], rows));
   lines.push(...pairs(take(udp, UDP_SESSIONS, shown), columns, "  "));
+  if (udp.ioBackendUring !== undefined) {
+    // udp.ioBackend as it runs (auto may have fallen back to epoll).
+    shown.add("ioBackendUring").add("ioBackendEpoll");
+    lines.push(`  io backend ${udp.ioBackendUring === 1 ? "io_uring" : "epoll"}`);
+  }
   lines.push(...dropLines(drops(udp, null), shown, "  "));
   lines.push(...pairs(rest(udp, shown), columns, "  "));
   lines.push("");

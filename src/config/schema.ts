@@ -59,6 +59,11 @@ export const InterceptSchema = Type.Object(
   { additionalProperties: false },
 );
 
+const UdpIoBackendSchema = Type.Union(
+  [Type.Literal("auto"), Type.Literal("epoll"), Type.Literal("io_uring")],
+  { default: "auto" },
+);
+
 export const UdpSchema = Type.Object(
   {
     /**
@@ -165,9 +170,18 @@ export const UdpSchema = Type.Object(
     dataPlane: Type.Union([Type.Literal("worker"), Type.Literal("callback")], {
       default: "worker",
     }),
+    /**
+     * How the worker data plane does its I/O (docs/io_uring.md): "io_uring", one
+     * io_uring_enter per round (multishot receives, sends as SQEs); "epoll", epoll_wait,
+     * recvmmsg and sendmmsg; "auto", io_uring when the start-up probe succeeds, else
+     * epoll. "io_uring" that cannot run is a start-up error.
+     */
+    ioBackend: UdpIoBackendSchema,
   },
   { additionalProperties: false },
 );
+
+export type UdpIoBackendSetting = Static<typeof UdpIoBackendSchema>;
 
 export const TcpSchema = Type.Object(
   {

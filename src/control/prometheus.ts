@@ -310,6 +310,18 @@ const F = {
     "Sockets registered with the poller: listeners, the address watch, upstream and reply " +
       "sockets.",
   ),
+  udpIoBackend: family(
+    "relay_udp_io_backend",
+    "gauge",
+    "The UDP data plane's I/O as it runs (udp.ioBackend): 1 on the backend in use.",
+  ),
+  udpUring: family(
+    "relay_udp_uring_events_total",
+    "counter",
+    "The io_uring data plane: io_uring_enter calls (enter), completions handled, " +
+      "multishot receives ended by an empty buffer ring (no_buffers), sends queued as " +
+      "SQEs (send_queued) or sent at once with every send slot in flight (send_direct).",
+  ),
   pollWakes: family(
     "relay_poll_wakes_total",
     "counter",
@@ -520,6 +532,13 @@ const UDP_PLACED: Record<
   groDatagrams: { family: F.udpGroDatagrams },
   gsoEnabled: { family: F.udpOffload, labels: { offload: "gso" } },
   groEnabled: { family: F.udpOffload, labels: { offload: "gro" } },
+  ioBackendEpoll: { family: F.udpIoBackend, labels: { backend: "epoll" } },
+  ioBackendUring: { family: F.udpIoBackend, labels: { backend: "io_uring" } },
+  uringEnters: { family: F.udpUring, labels: { event: "enter" } },
+  uringCompletions: { family: F.udpUring, labels: { event: "completion" } },
+  uringNoBuffers: { family: F.udpUring, labels: { event: "no_buffers" } },
+  uringSendsQueued: { family: F.udpUring, labels: { event: "send_queued" } },
+  uringSendsDirect: { family: F.udpUring, labels: { event: "send_direct" } },
 };
 
 const TCP_BY_PREFIX: readonly ByPrefix[] = [

@@ -104,6 +104,19 @@ export const SYMBOLS = {
   rl_gro_span_slots: { args: ["i32"], returns: "i32" },
   rl_recv_batch_gro: { args: ["i32", "ptr", "i32", "i32", "ptr"], returns: "i32" },
   rl_udp_offload_stats: { args: ["ptr"], returns: "i32" },
+  // The io_uring UDP data plane (ffi/uring.c, src/udp/uring_plane.ts).
+  rl_uring_probe: { args: [], returns: "i32" },
+  rl_uring_open: { args: ["i32", "i32", "i32", "i32", "i32"], returns: "i32" },
+  rl_uring_close: { args: ["i32"], returns: "i32" },
+  rl_uring_add: { args: ["i32", "i32", "i32"], returns: "i32" },
+  rl_uring_del: { args: ["i32", "i32"], returns: "i32" },
+  rl_uring_watch: { args: ["i32", "i32"], returns: "i32" },
+  rl_uring_wait: { args: ["i32", "i32", "ptr", "i32", "ptr"], returns: "i32" },
+  rl_uring_recv: { args: ["i32", "i32", "ptr", "i32", "i32", "ptr"], returns: "i32" },
+  rl_uring_send_batch: { args: ["i32", "ptr", "u32", "ptr", "i32", "ptr"], returns: "i32" },
+  rl_uring_submit: { args: ["i32"], returns: "i32" },
+  rl_uring_stats: { args: ["i32", "ptr"], returns: "i32" },
+  rl_poll_fd: { args: ["i32"], returns: "i32" },
 } as const satisfies SymbolTable;
 
 export type RelayLib = Library<typeof SYMBOLS>;

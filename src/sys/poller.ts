@@ -91,6 +91,8 @@ export class Poller {
   private readonly timers: InlineTimer[] = [];
   /** Inline mode: messages announced (notify) and not yet handled (messageHandled). */
   private messagesPending = 0;
+  /** Inline mode: one wait and its rounds (epoll's, or startWith()'s). */
+  private inlinePass: (waitMs: number) => boolean = (waitMs) => this.epollPass(waitMs);
   /** The epoll thread died (check()): no more rounds; stop() still joins and closes. */
   private dead = false;
 
@@ -148,6 +150,21 @@ export class Poller {
     return this.lib.rl_poll_del(this.handle, fd);
   }
 
+  /** The epoll descriptor (the io_uring plane watches it: src/udp/uring_plane.ts). */
+  get fd(): number {
+    return this.lib.rl_poll_fd(this.handle);
+  }
+
+  /**
+   * Inline mode under startWith() (the io_uring plane): handles what is ready on this
+   * poller's own sockets now, without waiting.
+   */
+  pollNow(): void {
+    const n = this.lib.rl_poll_wait(this.handle, 0);
+    if (n < 0) throw new Error(`epoll_wait: ${errnoName(-n)}`);
+    if (n > 0) this.rounds();
+  }
+
   /** Wake calls from the C thread (each may carry many ready sockets). */
   get wakes(): number {
     return this.stat(POLL_STATS.wakes);
@@ -202,17 +219,35 @@ export class Poller {
       if (this.closed) return; // a timer stopped the data path
       const waitMs =
         this.messagesPending > 0 ? 0 : Math.max(0, Math.ceil(this.nextDueMs(turnAtMs) - now));
-      const n = this.lib.rl_poll_wait(this.handle, waitMs);
-      if (n < 0) {
-        // epoll_wait itself failed: the data path cannot go on. Never spin on it silently.
-        this.onError(new Error(`epoll_wait: ${errnoName(-n)}`));
-        return;
-      }
-      if (n > 0) this.rounds();
+      if (!this.inlinePass(waitMs)) return; // failed: reported through onError
       if (this.closed) return; // a handler stopped the data path
       if (this.messagesPending > 0 || performance.now() >= turnAtMs) break;
     }
     setImmediate(this.inlineBound);
+  }
+
+  /** Inline mode's wait by default: epoll_wait, then the rounds of what it found. */
+  private epollPass(waitMs: number): boolean {
+    const n = this.lib.rl_poll_wait(this.handle, waitMs);
+    if (n < 0) {
+      // epoll_wait itself failed: the data path cannot go on. Never spin on it silently.
+      this.onError(new Error(`epoll_wait: ${errnoName(-n)}`));
+      return false;
+    }
+    if (n > 0) this.rounds();
+    return true;
+  }
+
+  /**
+   * Inline mode with another wait in the loop (the io_uring plane: src/udp/uring_plane.ts):
+   * `pass(waitMs)` waits at most waitMs and handles what it finds (this poller's own
+   * sockets through pollNow()); false when it failed (reported through onError). The
+   * loop, its timers and the notices stay this poller's.
+   */
+  startWith(pass: (waitMs: number) => boolean): void {
+    assert(this.inline, "startWith needs inline mode");
+    this.inlinePass = pass;
+    this.start();
   }
 
   /** The earliest timer's due time, or `otherwise` when that is sooner. */

@@ -9,11 +9,15 @@
 //   RELAY_TEST_FAULTS="data_path_throw_after=5"
 //       the UDP data path throws on the 6th datagram from a client, as a bug would;
 //   RELAY_TEST_FAULTS="worker_crash_after_ms=200"
-//       the UDP Worker's thread dies of an uncaught exception outside the data path.
+//       the UDP Worker's thread dies of an uncaught exception outside the data path;
+//   RELAY_TEST_FAULTS="uring_probe_fail=1"
+//       the io_uring probe fails with EPERM, as with kernel.io_uring_disabled = 2 (a
+//       sysctl of the whole machine, which no test may write).
 //
 // Each check is one comparison with a plain number when the faults are off.
 
 const ENOSPC = 28;
+const EPERM = 1;
 
 function parse(text: string | undefined): Map<string, number> {
   const out = new Map<string, number>();
@@ -60,4 +64,9 @@ export function faultDataPath(count: number): void {
   if (datagramsLeft < 0) return;
   datagramsLeft -= count;
   if (datagramsLeft < 0) throw new Error("RELAY_TEST_FAULTS: injected data-path failure");
+}
+
+/** 0, or the -errno an injected io_uring probe failure returns. */
+export function faultUringProbe(): number {
+  return settings.get("uring_probe_fail") === 1 ? -EPERM : 0;
 }

@@ -8,6 +8,7 @@
 import { assert, assertionFailed } from "../sys/assert.ts";
 import type { Poller } from "../sys/poller.ts";
 import { faultEpollAdd } from "../sys/test_faults.ts";
+import type { UringPlane } from "./uring_plane.ts";
 
 export const enum SocketKind {
   Free = 0,
@@ -31,10 +32,15 @@ export class SocketRegistry {
   /** errno of the last failed register() (for the caller's message). */
   lastErrno = 0;
 
-  /** tokensMax: every socket the bounds allow, at once (running out is a bug). */
+  /**
+   * tokensMax: every socket the bounds allow, at once (running out is a bug). uring: the
+   * io_uring plane, which receives on the UDP data sockets (listeners, upstream, reply
+   * and DNS upstream sockets); the rest stays on the poller. null: epoll for all.
+   */
   constructor(
     private readonly poller: Poller,
     readonly tokensMax: number,
+    private readonly uring: UringPlane | null = null,
   ) {
     this.kinds = new Uint8Array(tokensMax);
     this.fds = new Int32Array(tokensMax).fill(-1);
@@ -54,7 +60,9 @@ export class SocketRegistry {
     assert(this.freeCount > 0, "socket registry full: tokens are sized for every socket");
     if (fd < 0) assertionFailed(`register: fd ${fd}`);
     const token = this.freeTokens[this.freeCount - 1];
-    const rc = faultEpollAdd() || this.poller.add(fd, token);
+    const rc =
+      faultEpollAdd() ||
+      (this.onRing(kind) ? (this.uring as UringPlane).add(fd, token) : this.poller.add(fd, token));
     if (rc < 0) {
       this.lastErrno = -rc;
       return -1;
@@ -70,11 +78,19 @@ export class SocketRegistry {
   unregister(token: number): void {
     if (this.kinds[token] === SocketKind.Free)
       assertionFailed(`unregister: token ${token} is free`);
-    this.poller.remove(this.fds[token]);
+    if (this.onRing(this.kinds[token] as SocketKind)) (this.uring as UringPlane).remove(token);
+    else this.poller.remove(this.fds[token]);
     this.kinds[token] = SocketKind.Free;
     this.fds[token] = -1;
     this.refs[token] = -1;
     this.freeTokens[this.freeCount++] = token;
+  }
+
+  /** Whether the socket's datagrams come through the io_uring plane. */
+  private onRing(kind: SocketKind): boolean {
+    return (
+      this.uring !== null && kind !== SocketKind.AddressWatch && kind !== SocketKind.Socks5Control
+    );
   }
 
   kind(token: number): SocketKind {

@@ -40,7 +40,7 @@ import { Sniffer } from "../classify/sniffer.ts";
 import { parsersLoad } from "../classify/wasm.ts";
 import { QuicConnectionIds } from "../flow/quic_ids.ts";
 import { type Config, type ListenerConfig, PACKET_AREA_BYTES } from "../config/load.ts";
-import { RateLimitedLog } from "../control/log.ts";
+import { log as startLog, RateLimitedLog } from "../control/log.ts";
 import { type SessionQuery, SESSIONS_LIMIT_MAX } from "../control/query.ts";
 import { TopK } from "../control/top_k.ts";
 import { DnsForwarder, parseQuestion, type QueryDecision, questionName } from "../dns/forwarder.ts";
@@ -98,6 +98,7 @@ import { HoldBuffer, HoldResult } from "./hold_buffer.ts";
 import { SocketKind, SocketRegistry } from "./registry.ts";
 import { Direction, SendQueue } from "./send_queue.ts";
 import { OffloadCounters, setUpOffload, type UdpOffload } from "./offload.ts";
+import { chooseIoBackend, URING_STATS, type UdpIoBackend, UringPlane } from "./uring_plane.ts";
 
 /**
  * A policy action as a session takes it: a dnsAnswer outbound answers DNS queries only
@@ -120,6 +121,8 @@ const ERRORS_DRAIN_MAX = 64;
 const LOCAL_REFRESH_MS = 5_000;
 /** Tokens beyond listeners, upstream and reply sockets: the address watch. */
 const EXTRA_TOKENS = 1;
+/** io_uring send slots at least (datagrams in flight; more are sent at once). */
+const URING_SEND_SLOTS_MIN = 256;
 /** Timer period: expiry, idle reply sockets, lost wake-up recovery. */
 const TICK_MS = 250;
 /** udp.holdPacketsPerFlowMax's schema maximum (the hold send queue's capacity). */
@@ -168,6 +171,11 @@ export class UdpRelay {
   /** Replaced by reconfigure() (its live fields only differ; see src/config/reload.ts). */
   private config: Config;
   private readonly poller: Poller;
+  /** The io_uring plane (udp.ioBackend), or null: the poller's epoll does the I/O. */
+  private readonly uring: UringPlane | null;
+  readonly ioBackend: UdpIoBackend;
+  /** Why this backend (the start-up log line). */
+  readonly ioBackendReason: string;
   private readonly registry: SocketRegistry;
   private readonly queue: SendQueue;
   private readonly sniffer: Sniffer;
@@ -317,7 +325,11 @@ export class UdpRelay {
     // One slot per datagram of a batch; 64-byte aligned slots keep payloads on their
     // own cache lines.
     this.slotBytes = Math.ceil(udp.datagramBytesMax / 64) * 64;
-    this.offload = setUpOffload(lib, udp, this.slotBytes);
+    const choice = chooseIoBackend(lib, udp.ioBackend, options.inline === true);
+    // The ring sends each datagram as its own SQE and does not split GRO buffers: with
+    // io_uring both offloads stay off (docs/udp_gso.md).
+    const offloads = choice.backend === "epoll" ? udp : { gso: false, gro: false };
+    this.offload = setUpOffload(lib, offloads, this.slotBytes);
     this.offloadCounters = new OffloadCounters(lib);
     const parsers = parsersLoad();
     if (parsers.packetArea.bytesMax !== PACKET_AREA_BYTES) {
@@ -440,15 +452,26 @@ export class UdpRelay {
       tokensMax,
       inline: options.inline === true,
       onRoundEnd: () => this.endRound(),
-      // Not logged and carried on: a data-path exception is a bug whose state cannot be
-      // trusted (a half-written send entry could misdeliver). End the process loudly.
-      onError: (err) => {
-        const message = `UDP data path failed: ${(err as Error).stack ?? err}`;
-        if (options.onFatal) options.onFatal(message);
-        else throw err;
-      },
+      onError: (err) => this.onDataPathError(err, options.onFatal),
     });
-    const registry = new SocketRegistry(this.poller, tokensMax);
+    this.ioBackend = choice.backend;
+    this.ioBackendReason = choice.reason;
+    this.uring =
+      choice.backend === "io_uring"
+        ? new UringPlane(lib, {
+            tokensMax,
+            slotBytes: this.slotBytes,
+            sendSlots: Math.max(URING_SEND_SLOTS_MIN, 4 * this.batchCount),
+            poller: this.poller,
+            onToken: (token) => this.onToken(token),
+            onRoundEnd: () => this.endRound(),
+            onError: (err) => this.onDataPathError(err, options.onFatal),
+            onSendResult: (toTarget, result) => this.queue.countResult(toTarget, result),
+          })
+        : null;
+    this.queue.uring = this.uring;
+    this.holdQueue.uring = this.uring;
+    const registry = new SocketRegistry(this.poller, tokensMax, this.uring);
     this.registry = registry;
     this.upstreams = new UpstreamPool(
       lib,
@@ -520,9 +543,20 @@ export class UdpRelay {
       udp.dnsQueriesInFlightMax,
       udp.dnsUpstreamSocketsPerTarget,
       dnsSocketsMax,
-      (arenaPtr, arenaBytes, capacity) =>
-        new SendQueue(lib, arenaPtr, arenaBytes, capacity, this.counters, log),
+      (arenaPtr, arenaBytes, capacity) => {
+        const queue = new SendQueue(lib, arenaPtr, arenaBytes, capacity, this.counters, log);
+        queue.uring = this.uring;
+        return queue;
+      },
     );
+  }
+
+  // Not logged and carried on: a data-path exception is a bug whose state cannot be
+  // trusted (a half-written send entry could misdeliver). End the process loudly.
+  private onDataPathError(err: unknown, onFatal: ((message: string) => void) | undefined): void {
+    const message = `UDP data path failed: ${(err as Error).stack ?? err}`;
+    if (onFatal) onFatal(message);
+    else throw err;
   }
 
   /** Opens the listeners and starts the poll thread. Throws with a clear message. */
@@ -549,7 +583,10 @@ export class UdpRelay {
       this.closeRejectSockets();
       throw err;
     }
-    this.poller.start();
+    if (this.uring !== null)
+      this.uring.start(); // the poller's loop, the ring's wait
+    else this.poller.start();
+    startLog.info(`udp io backend ${this.ioBackend} (${this.ioBackendReason})`);
     if (this.offload.note !== null) this.log("udp-offload", this.offload.note);
     // The tick expires sessions, closes idle reply sockets, and keeps the process alive
     // (a threadsafe JSCallback does not; inline, the loop does). Its listener drain also
@@ -575,6 +612,7 @@ export class UdpRelay {
     if (this.stopped) return;
     this.stopped = true;
     this.cancelTick?.();
+    this.uring?.stop();
     this.poller.stop();
     const ended: number[] = [];
     this.sessions.forEach((slot) => {
@@ -742,6 +780,14 @@ export class UdpRelay {
       pollRingOverflows: this.poller.overflows,
       gsoEnabled: this.offload.gso ? 1 : 0,
       groEnabled: this.offload.groSpanSlots > 0 ? 1 : 0,
+      // udp.ioBackend as it runs (an info gauge per backend), and the ring's counters.
+      ioBackendEpoll: this.uring === null ? 1 : 0,
+      ioBackendUring: this.uring === null ? 0 : 1,
+      uringEnters: this.uring?.stat(URING_STATS.enters) ?? 0,
+      uringCompletions: this.uring?.stat(URING_STATS.completions) ?? 0,
+      uringNoBuffers: this.uring?.stat(URING_STATS.noBuffers) ?? 0,
+      uringSendsQueued: this.uring?.stat(URING_STATS.sendsQueued) ?? 0,
+      uringSendsDirect: this.uring?.stat(URING_STATS.sendsDirect) ?? 0,
     };
   }
 
@@ -896,14 +942,14 @@ export class UdpRelay {
       if (this.batchCount - this.slotsUsed < Math.max(1, span)) this.endRound();
       const first = this.slotsUsed;
       const room = this.batchCount - first;
-      const receive = span > 0 ? this.lib.rl_recv_batch_gro : this.lib.rl_recv_batch;
-      const n = receive(
-        fd,
-        (this.slabPtr + first * this.slotBytes) as Pointer,
-        this.slotBytes,
-        room,
-        (this.metaPtr + first * META_BYTES) as Pointer,
-      );
+      const slots = (this.slabPtr + first * this.slotBytes) as Pointer;
+      const meta = (this.metaPtr + first * META_BYTES) as Pointer;
+      const n =
+        this.uring !== null
+          ? this.uring.recv(token, slots, this.slotBytes, room, meta)
+          : span > 0
+            ? this.lib.rl_recv_batch_gro(fd, slots, this.slotBytes, room, meta)
+            : this.lib.rl_recv_batch(fd, slots, this.slotBytes, room, meta);
       if (n < 0) {
         this.onReceiveError(fd, -n);
         continue; // the error is consumed; datagrams may still wait behind it

@@ -14,6 +14,7 @@ import type { UdpCounters } from "../metrics.ts";
 import { assert, assertionFailed } from "../sys/assert.ts";
 import { classifyIoErrno, errnoName, IoOutcome } from "../sys/errno.ts";
 import { SEND, SEND_FLAG_CONNECTED, SEND_FLAG_SOURCE, SEND_WORDS } from "../sys/layout.ts";
+import type { UringPlane } from "./uring_plane.ts";
 
 export const enum Direction {
   ToClient = 0,
@@ -29,6 +30,8 @@ export class SendQueue {
   /** Per queued entry: 1 to a target, 0 to a client (for the counters). */
   private readonly toTargetFlag: Uint8Array;
   private count = 0;
+  /** The io_uring plane (its sends complete later), or null: rl_send_batch. Set once. */
+  uring: UringPlane | null = null;
 
   constructor(
     private readonly lib: RelayLib,
@@ -141,19 +144,33 @@ export class SendQueue {
     const count = this.count;
     if (count === 0) return;
     this.count = 0;
-    this.lib.rl_send_batch(this.slabPtr, this.slabBytes, this.sendsPtr, count);
-    const c = this.counters;
+    const uring = this.uring;
+    if (uring === null) {
+      this.lib.rl_send_batch(this.slabPtr, this.slabBytes, this.sendsPtr, count);
+    } else {
+      uring.send(this.slabPtr, this.slabBytes, this.sendsPtr, count);
+    }
     for (let k = 0; k < count; k++) {
-      const result = this.sendI32[k * SEND_WORDS + SEND.resultWord];
-      if (result < 0) {
-        this.onError(k, -result);
-      } else if (this.toTargetFlag[k] === 1) {
-        c.packetsToTargets++;
-        c.bytesToTargets += result;
-      } else {
-        c.packetsToClients++;
-        c.bytesToClients += result;
-      }
+      // In flight in the ring: counted at its completion (countResult).
+      if (uring?.queued(k, this.toTargetFlag[k])) continue;
+      this.countResult(this.toTargetFlag[k], this.sendI32[k * SEND_WORDS + SEND.resultWord], k);
+    }
+  }
+
+  /**
+   * Counts one send's result (bytes or -errno), to a target (1) or to a client (0);
+   * entry: its index in the batch (-1: completed in the ring).
+   */
+  countResult(toTarget: number, result: number, entry = -1): void {
+    const c = this.counters;
+    if (result < 0) {
+      this.onError(entry, -result);
+    } else if (toTarget === 1) {
+      c.packetsToTargets++;
+      c.bytesToTargets += result;
+    } else {
+      c.packetsToClients++;
+      c.bytesToClients += result;
     }
   }
 

@@ -268,11 +268,21 @@ export class Lab {
   }
 
   /** Waits until a UDP socket is bound on `port` in `ns` (ss -uln), bounded by timeoutMs. */
-  async waitForUdpPort(ns: string, port: number, timeoutMs = 5000): Promise<void> {
+  /**
+   * address: a socket bound to exactly that address and port, when another one may hold
+   * the port on another address already.
+   */
+  async waitForUdpPort(
+    ns: string,
+    port: number,
+    timeoutMs = 5000,
+    address: string | null = null,
+  ): Promise<void> {
+    const filter = address === null ? `sport = :${port}` : `sport = :${port} and src ${address}`;
     await waitFor(
-      () => this.exec(ns, ["ss", "-Hulnp", `sport = :${port}`], undefined, true).stdout.trim(),
+      () => this.exec(ns, ["ss", "-Hulnp", filter], undefined, true).stdout.trim(),
       (bound) => bound.length > 0,
-      { what: `a socket bound to udp port ${port} in ${ns}`, timeoutMs },
+      { what: `a socket bound to udp ${address ?? "*"}:${port} in ${ns}`, timeoutMs },
     );
   }
 

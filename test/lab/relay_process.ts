@@ -60,11 +60,19 @@ function sanitizerPrefix(): string[] {
   ];
 }
 
-/** `raw` with control.socketPath set to `path`, unless it sets one itself. */
+/**
+ * `raw` with control.socketPath set to `path`, unless it sets one itself; and with
+ * RELAY_UDP_IO_BACKEND's udp.ioBackend (envIoBackend), here because every config a lab
+ * relay reads, at start or at a reload, goes through this function (a reload that
+ * changed udp.ioBackend would be refused).
+ */
 export function withControlSocket(raw: object, path: string): object {
-  const control = (raw as { control?: { socketPath?: string } }).control;
-  if (control?.socketPath !== undefined) return raw;
-  return { ...raw, control: { ...control, socketPath: path } };
+  const backend = envIoBackend(raw);
+  const udp = (raw as { udp?: object }).udp;
+  const lab = backend === null ? raw : { ...raw, udp: { ...udp, ioBackend: backend } };
+  const control = (lab as { control?: { socketPath?: string } }).control;
+  if (control?.socketPath !== undefined) return lab;
+  return { ...lab, control: { ...control, socketPath: path } };
 }
 
 /**
@@ -74,11 +82,27 @@ export function withControlSocket(raw: object, path: string): object {
  */
 function labConfigPath(configPath: string | null): string {
   const raw = configPath === null ? {} : JSON.parse(readFileSync(configPath, "utf8"));
-  if (raw.control?.socketPath !== undefined) return configPath!;
+  if (raw.control?.socketPath !== undefined && envIoBackend(raw) === null) return configPath!;
   const dir = mkdtempSync(join(tmpdir(), "relay-lab-"));
   const path = join(dir, "config.json");
   writeFileSync(path, JSON.stringify(withControlSocket(raw, join(dir, "control.sock"))));
   return path;
+}
+
+/**
+ * RELAY_UDP_IO_BACKEND (auto, epoll, io_uring): the UDP data plane the lab's relays run
+ * on, so that the end-to-end files run on either (scripts/test.sh runs them on both). A
+ * config that names udp.ioBackend, or runs UDP on the main thread (udp.dataPlane
+ * callback: epoll only), keeps its own. null: the config as it is.
+ */
+function envIoBackend(raw: { udp?: { ioBackend?: string; dataPlane?: string } }): string | null {
+  const backend = process.env.RELAY_UDP_IO_BACKEND;
+  if (backend === undefined || backend === "") return null;
+  if (!["auto", "epoll", "io_uring"].includes(backend)) {
+    throw new Error(`RELAY_UDP_IO_BACKEND=${backend}: auto, epoll or io_uring`);
+  }
+  if (raw.udp?.ioBackend !== undefined || raw.udp?.dataPlane === "callback") return null;
+  return backend;
 }
 
 export class RelayProcess extends JsonLinesProcess {

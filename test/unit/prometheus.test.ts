@@ -55,6 +55,13 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
     pollRingOverflows: 0,
     gsoEnabled: 0,
     groEnabled: 0,
+    ioBackendEpoll: 0,
+    ioBackendUring: 0,
+    uringEnters: 0,
+    uringCompletions: 0,
+    uringNoBuffers: 0,
+    uringSendsQueued: 0,
+    uringSendsDirect: 0,
   };
   let i = 0;
   for (const k of numericFields(udp)) (udp as any)[k] = distinct(i++);
@@ -120,7 +127,7 @@ describe("Prometheus text format", () => {
       ...Object.entries(input.udp.udp).filter(([k]) => !(k in new UdpCounters())),
       ...Object.entries(input.tcp!).filter(([k]) => !(k in new TcpCounters())),
     ];
-    expect(gauges.length).toBe(15 + 13);
+    expect(gauges.length).toBe(22 + 13);
     expect(gauges.filter(([, v]) => !values.has(`${v}`))).toEqual([]);
   });
 

@@ -63,7 +63,16 @@ const TEST_PEERS = [
   "linux-perf",
 ];
 /** What running the relay needs, and building it from source. */
-const RUNTIME = ["nftables", "iproute2", "gcc", "make", "libc6-dev", "python3-pip", "procps"];
+const RUNTIME = [
+  "nftables",
+  "iproute2",
+  "gcc",
+  "make",
+  "libc6-dev",
+  "liburing-dev",
+  "python3-pip",
+  "procps",
+];
 
 describe("install.sh: what running the relay needs; setup.sh: that and the test lab", () => {
   test("install.sh installs the runtime packages and no test peer", () => {

@@ -25,10 +25,11 @@ const FILES = testFiles(join(ROOT, "test"))
   .filter((f) => f !== import.meta.path)
   .map((f) => ({ path: relative(ROOT, f), text: readFileSync(f, "utf8") }));
 /**
- * Files that go through the policy for a tool any user can run, not for privileges: as
- * nobody they run (service_unit.test.ts: systemd-analyze).
+ * Files that go through the policy for a tool or kernel feature any user can use, not for
+ * privileges: as nobody they run (service_unit.test.ts: systemd-analyze; uring.test.ts:
+ * io_uring, which kernel.io_uring_disabled 0 allows every user).
  */
-const TOOL_GATED = ["test/unit/service_unit.test.ts"];
+const TOOL_GATED = ["test/unit/service_unit.test.ts", "test/unit/uring.test.ts"];
 /** Files that go through the policy: the ones that need privileges. */
 const PRIVILEGED = FILES.filter((f) => /\b(labSkipReason|skipReason|skipped)\(/.test(f.text))
   .map((f) => f.path)
