@@ -418,6 +418,12 @@ export function parseConfig(input: unknown): Config {
         `64-byte slots) must fit the ${PACKET_AREA_BYTES}-byte packet area; lower one of them`,
     );
   }
+  if (c.udp.workers > 1 && c.udp.dataPlane !== "worker") {
+    problems.push(
+      `config.udp.workers: ${c.udp.workers} needs udp.dataPlane "worker" (the "callback" ` +
+        `plane runs on the main thread, which is one)`,
+    );
+  }
   const warnings: string[] = [];
   // A client on this host lends no address (its own socket holds it: src/udp/relay.ts
   // falls back to the relay's); with only such clients the setting does nothing.

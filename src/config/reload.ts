@@ -58,6 +58,7 @@ export const RELOAD_POLICY: Readonly<Record<string, ReloadRule>> = {
   "udp.sniffPacketsMax": live(NEW_FLOWS),
   "udp.quicFollowConnectionIds": restart("the connection-ID index is allocated at start"),
   "udp.dataPlane": restart("the thread that runs the data path"),
+  "udp.workers": restart("each worker binds its own listener sockets and holds its sessions"),
   "udp.holdBytesMax": restart("the hold arena is allocated at start"),
   "udp.holdPacketsPerFlowMax": live(NEW_FLOWS),
   "udp.holdBytesPerFlowMax": live(NEW_FLOWS),

@@ -13,6 +13,7 @@ import type { SessionQuery } from "../control/query.ts";
 import { StartError } from "../sys/errno.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { type DataThread, startDataThread } from "../sys/thread.ts";
+import { MultiPlane } from "./multi_plane.ts";
 import { UdpRelay, type UdpSnapshot } from "./relay.ts";
 
 export interface UdpPlane {
@@ -191,9 +192,11 @@ export function createUdpPlane(
   onFatal: OnFatal,
   onFlows: OnFlows | null = null,
 ): UdpPlane {
-  return config.udp.dataPlane === "worker"
-    ? new WorkerPlane(config, onFatal, onFlows)
-    : new InThreadPlane(lib, config, onFatal, onFlows);
+  if (config.udp.dataPlane !== "worker") return new InThreadPlane(lib, config, onFatal, onFlows);
+  const workers = config.udp.workers;
+  if (workers === 1) return new WorkerPlane(config, onFatal, onFlows);
+  const makePlane = (mine: Config, fatal: OnFatal) => new WorkerPlane(mine, fatal, onFlows);
+  return new MultiPlane(config, workers, makePlane, onFatal);
 }
 
 /**
