@@ -168,6 +168,8 @@ async function snapshot(
     uptimeMs: udp.uptimeMs,
     udp: udp.udp,
     sessions: udp.sessions,
+    // udp.workers > 1: packets and sessions of each worker (absent with one).
+    workers: udp.workers,
     // null without TCP listeners; connections: the first `--sessions N` open ones.
     tcp: tcp ? { ...tcp.snapshot(), connections: tcp.connectionViews(sessionsListed) } : null,
     flowLog: flowLog ? { ...flowLog.counters } : null,

@@ -1,0 +1,220 @@
+// End-to-end: udp.workers 2, two data-path workers whose listeners share each address and
+// port through SO_REUSEPORT (docs/udp_workers.md), in the three-namespace lab.
+//
+//   client ns ──veth── router ns (relay: 2 workers; nft tproxy) ──veth── server ns
+//   198.18.0.2          r0 198.18.0.1 | r1 198.18.1.1                    198.18.1.2 echo
+//
+// What must hold: many client ports all get every reply from the address they sent to,
+// whichever worker the kernel picked; each flow lives in exactly one worker, which counted
+// all its datagrams; both workers bind reply sockets to the same original destination
+// without colliding; the control socket lists both workers' sessions; a reload reaches
+// both and keeps their sessions; a stop ends both.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readdirSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { LAB } from "../lab/netns.ts";
+import { RELAY_BIN, RELAY_MAIN } from "../lab/relay_process.ts";
+import { waitFor } from "../lab/wait_for.ts";
+import { labSkipReason, RelayLab } from "./harness.ts";
+
+const S4 = LAB.server4;
+const S6 = `[${LAB.server6}]`;
+const FLOWS = 64;
+const PACKETS = 8;
+const METRICS_PORT = 19477;
+
+const CONFIG = {
+  listeners: [
+    { name: "udp4", address: "127.0.0.1", port: 12345 },
+    { name: "udp6", address: "::1", port: 12345 },
+    // Listener port = original port: replies leave the listener with IP_PKTINFO.
+    { name: "echo4", address: "127.0.0.1", port: 7007 },
+  ],
+  intercept: [
+    { listener: "udp4", ports: [7001] },
+    { listener: "udp6", ports: [7001] },
+    { listener: "echo4", ports: [7007] },
+  ],
+  // Nothing expires while the test reads the sessions, however slow the machine.
+  udp: { workers: 2, sessionsMax: 2048, idleTimeoutMs: 600_000, idleTimeoutMsByPort: {} },
+  metrics: { port: METRICS_PORT },
+};
+
+/** Sessions of `target`, keyed by client endpoint: each must be in one worker only. */
+function byClient(sessions: any[], target: string): Map<string, any> {
+  const out = new Map<string, any>();
+  for (const s of sessions.filter((x) => x.target === target)) {
+    expect(out.has(s.client)).toBe(false); // no flow in two workers
+    out.set(s.client, s);
+  }
+  return out;
+}
+
+const skip = labSkipReason();
+if (!skip) {
+  describe("udp.workers 2: flows spread over two SO_REUSEPORT workers", () => {
+    let env: RelayLab;
+    let configPath = "";
+
+    /** UDP sockets in the router namespace whose local endpoint is `local`. */
+    const socketsOn = (local: string) =>
+      env.lab
+        .exec(env.lab.router, ["ss", "-Huan", "src", local])
+        .stdout.trim()
+        .split("\n")
+        .filter((l) => l.trim() !== "").length;
+
+    const scrape = () =>
+      env.lab.exec(env.lab.router, [
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        `http://127.0.0.1:${METRICS_PORT}/metrics`,
+      ]).stdout;
+
+    beforeAll(async () => {
+      env = new RelayLab();
+      env.spawnEcho("--stamp", `${S4}:7001`, `${S4}:7007`, `${S6}:7001`);
+      await env.startRelay(CONFIG);
+      // The harness wrote the config beside the control socket; a reload re-reads it.
+      const dir = dirname(env.controlPath);
+      configPath = join(dir, readdirSync(dir).find((f) => f.startsWith("config-"))!);
+      await env.lab.waitForUdpPort(env.lab.server, 7001);
+      env.lab.warmNeighbours();
+    }, 60_000);
+
+    afterAll(async () => {
+      await env?.close();
+    });
+
+    test("each listener address and port is bound once per worker (one reuseport group)", () => {
+      expect(socketsOn("127.0.0.1:12345")).toBe(2);
+      expect(socketsOn("[::1]:12345")).toBe(2);
+      expect(socketsOn("127.0.0.1:7007")).toBe(2);
+    });
+
+    for (const [family, target] of [
+      ["IPv4", `${S4}:7001`],
+      ["IPv6", `${S6}:7001`],
+      ["IPv4 IP_PKTINFO", `${S4}:7007`],
+    ] as const) {
+      test(`${FLOWS} ${family} client ports: replies from ${target}, one worker per flow`, async () => {
+        const r = env.probe([target], { flows: FLOWS, packets: PACKETS, stamped: true });
+        expect(r).toMatchObject({
+          received: FLOWS * PACKETS,
+          lost: 0,
+          wrongSource: 0,
+          wrongFlow: 0,
+        });
+        const m = await env.relay!.metrics();
+        const sessions = byClient(m.sessions, target);
+        expect(sessions.size).toBe(FLOWS);
+        const perWorker = [0, 0];
+        for (const s of sessions.values()) {
+          // All of a flow's datagrams, both ways, were counted by its one worker.
+          expect(s.packetsToTarget).toBe(PACKETS);
+          expect(s.packetsToClient).toBe(PACKETS);
+          perWorker[s.worker]++;
+        }
+        // 64 client ports on one worker: a chance of 2^-63 if the hash spreads at all.
+        expect(perWorker[0]).toBeGreaterThan(0);
+        expect(perWorker[1]).toBeGreaterThan(0);
+      });
+    }
+
+    test("workers' counters add up; both bind a reply socket to one destination", async () => {
+      const m = await env.relay!.metrics();
+      const flows = 3 * FLOWS;
+      expect(m.udp.sessionsActive).toBe(flows);
+      expect(
+        m.workers.map((w: any) => w.sessionsActive).reduce((a: number, b: number) => a + b),
+      ).toBe(flows);
+      // Each worker's datagrams from clients are exactly those of its own sessions.
+      m.workers.forEach((w: any, i: number) => {
+        const mine = m.sessions.filter((s: any) => s.worker === i);
+        expect(w.sessionsActive).toBe(mine.length);
+        expect(w.packetsFromClients).toBe(mine.length * PACKETS);
+      });
+      expect(m.udp.packetsFromClients).toBe(flows * PACKETS);
+      expect(m.udp.sessionsMax).toBe(2048); // 1024 per worker
+      // Both workers serve clients of S4:7001 (above): each holds a reply socket on it,
+      // beside the other's (SO_REUSEADDR), and the echo server's own socket elsewhere.
+      expect(socketsOn(`${S4}:7001`)).toBe(2);
+      const text = scrape();
+      for (const i of [0, 1]) {
+        expect(text).toContain(
+          `relay_udp_worker_packets_total{worker="${i}",direction="from_clients"} ` +
+            `${m.workers[i].packetsFromClients}`,
+        );
+        expect(text).toContain(
+          `relay_udp_worker_sessions_active{worker="${i}"} ${m.workers[i].sessionsActive}`,
+        );
+      }
+    });
+
+    test("the control socket's `sessions` lists both workers' sessions, sorted across them", () => {
+      const r = env.lab.exec(env.lab.router, [
+        RELAY_BIN,
+        RELAY_MAIN,
+        "sessions",
+        "--target",
+        `${S4}:7001`,
+        "--sort",
+        "age",
+        "--limit",
+        "1000",
+        "--json",
+        "--control",
+        env.controlPath,
+      ]);
+      const lines = r.stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l))
+        .filter((l) => l.transport === "udp");
+      expect(lines.length).toBe(FLOWS);
+      expect(new Set(lines.map((l) => l.worker))).toEqual(new Set([0, 1]));
+      expect(new Set(lines.map((l) => l.client)).size).toBe(FLOWS);
+      const ages = lines.map((l) => l.ageMs);
+      expect(ages).toEqual([...ages].sort((a, b) => b - a));
+    });
+
+    test("a reload reaches both workers; their sessions stay where they were", async () => {
+      const before = await env.relay!.metrics();
+      writeFileSync(
+        configPath,
+        JSON.stringify({
+          ...CONFIG,
+          udp: { ...CONFIG.udp, idleTimeoutMs: 500_000 },
+          control: { socketPath: env.controlPath },
+        }),
+      );
+      env.relay!.proc.kill("SIGHUP");
+      await waitFor(
+        async () => (await env.relay!.metrics()).config.reloads,
+        (r) => r.applied >= 1,
+        { what: "the reload applied", timeoutMs: 10_000 },
+      );
+      expect(env.relay!.stderr).toContain("udp.idleTimeoutMs 600000 -> 500000");
+      const r = env.probe([`${S4}:7001`], { flows: 8, packets: 4, stamped: true });
+      expect(r).toMatchObject({ received: 32, lost: 0, wrongSource: 0, wrongFlow: 0 });
+      const after = await env.relay!.metrics();
+      const old = byClient(before.sessions, `${S6}:7001`);
+      const kept = byClient(after.sessions, `${S6}:7001`);
+      expect(kept.size).toBe(FLOWS);
+      for (const [client, s] of old) expect(kept.get(client)?.worker).toBe(s.worker);
+      expect(after.udp.sessionsActive).toBe(3 * FLOWS + 8);
+    });
+
+    test("a stop ends both workers: one final report with every session", async () => {
+      const relay = env.relay!;
+      env.relay = null; // stopped here, not again in afterAll
+      const { final, exitCode } = await relay.stop();
+      expect(exitCode).toBe(0);
+      expect(final.udp.sessionsActive).toBe(3 * FLOWS + 8);
+      expect(new Set(final.sessions.map((s: any) => s.worker))).toEqual(new Set([0, 1]));
+      expect(socketsOn("127.0.0.1:12345")).toBe(0);
+    });
+  });
+}
