@@ -75,7 +75,8 @@ if (!skip) {
 
     beforeAll(async () => {
       env = new RelayLab();
-      env.spawnEcho("--stamp", `${S4}:7001`, `${S4}:7007`, `${S6}:7001`);
+      const extra = LAB.serverExtra4.map((a) => `${a}:7001`);
+      env.spawnEcho("--stamp", `${S4}:7001`, `${S4}:7007`, `${S6}:7001`, ...extra);
       await env.startRelay(CONFIG);
       // The harness wrote the config beside the control socket; a reload re-reads it.
       const dir = dirname(env.controlPath);
@@ -153,13 +154,51 @@ if (!skip) {
       }
     });
 
+    test("one client endpoint, four destinations: one worker, one upstream port", async () => {
+      // The reuseport hash takes the client's address and port and the listener's, not
+      // the original destination: every flow of one client socket meets the same worker,
+      // whose endpoint-independent mapping gives them one upstream socket.
+      const servers = [S4, ...LAB.serverExtra4];
+      const targets = servers.map((a) => `("${a}", 7001)`).join(", ");
+      const r = env.python(
+        env.lab.client,
+        `import socket
+out = []
+for _ in range(16):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+    s.bind(("${LAB.client4}", 0))
+    seen = set()
+    for target in (${targets},):
+        s.sendto(b"flow=0 seq=0 x", target)
+        data, src = s.recvfrom(2000)
+        assert src == target, (src, target)
+        seen.add(data.split(b"|")[0].decode())
+    out.append("%d=%s" % (s.getsockname()[1], ",".join(sorted(seen))))
+    s.close()
+print(" ".join(out))`,
+      );
+      const clients = r.stdout.trim().split(" ");
+      expect(clients.length).toBe(16);
+      const m = await env.relay!.metrics();
+      const workers = new Set<number>();
+      for (const line of clients) {
+        const [port, seen] = line.split("=");
+        expect(seen.split(",").length).toBe(1); // one relay port for all four servers
+        const mine = m.sessions.filter((x: any) => x.client === `${LAB.client4}:${port}`);
+        expect(mine.length).toBe(servers.length);
+        expect(new Set(mine.map((x: any) => x.worker)).size).toBe(1);
+        workers.add(mine[0].worker);
+      }
+      expect(workers).toEqual(new Set([0, 1]));
+    });
+
     test("the control socket's `sessions` lists both workers' sessions, sorted across them", () => {
       const r = env.lab.exec(env.lab.router, [
         RELAY_BIN,
         RELAY_MAIN,
         "sessions",
         "--target",
-        `${S4}:7001`,
+        `=${S6}:7001`,
         "--sort",
         "age",
         "--limit",
@@ -204,7 +243,7 @@ if (!skip) {
       const kept = byClient(after.sessions, `${S6}:7001`);
       expect(kept.size).toBe(FLOWS);
       for (const [client, s] of old) expect(kept.get(client)?.worker).toBe(s.worker);
-      expect(after.udp.sessionsActive).toBe(3 * FLOWS + 8);
+      expect(after.udp.sessionsActive).toBe(3 * FLOWS + 16 * 4 + 8);
     });
 
     test("a stop ends both workers: one final report with every session", async () => {
@@ -212,7 +251,7 @@ if (!skip) {
       env.relay = null; // stopped here, not again in afterAll
       const { final, exitCode } = await relay.stop();
       expect(exitCode).toBe(0);
-      expect(final.udp.sessionsActive).toBe(3 * FLOWS + 8);
+      expect(final.udp.sessionsActive).toBe(3 * FLOWS + 16 * 4 + 8);
       expect(new Set(final.sessions.map((s: any) => s.worker))).toEqual(new Set([0, 1]));
       expect(socketsOn("127.0.0.1:12345")).toBe(0);
     });
