@@ -257,3 +257,60 @@ print(" ".join(out))`,
     });
   });
 }
+
+if (!skip) {
+  // Source "client": each worker's upstream sockets are bound to its clients' own
+  // endpoints, and the server's replies come back through the `socket transparent` rule
+  // (src/rules/nft.ts), which finds the one connected socket of that 4-tuple: the worker
+  // that owns the client endpoint, never the other.
+  describe("udp.workers 2 with listeners of source client", () => {
+    let env: RelayLab;
+
+    beforeAll(async () => {
+      env = new RelayLab();
+      env.spawnEcho("--stamp", `${S4}:7001`, `${S6}:7001`);
+      await env.startRelay({
+        listeners: [
+          { name: "cs4", address: "127.0.0.1", port: 12345, source: "client" },
+          { name: "cs6", address: "::1", port: 12345, source: "client" },
+        ],
+        intercept: [
+          { listener: "cs4", ports: [7001] },
+          { listener: "cs6", ports: [7001] },
+        ],
+        udp: { workers: 2, idleTimeoutMs: 600_000, idleTimeoutMsByPort: {} },
+      });
+      await env.lab.waitForUdpPort(env.lab.server, 7001);
+      env.lab.warmNeighbours();
+    }, 60_000);
+
+    afterAll(async () => {
+      await env?.close();
+    });
+
+    for (const [target, client] of [
+      [`${S4}:7001`, LAB.client4],
+      [`${S6}:7001`, `[${LAB.client6}]`],
+    ] as const) {
+      test(`${FLOWS} client ports to ${target}: the server sees the client, replies return`, async () => {
+        const r = env.probe([target], { flows: FLOWS, packets: PACKETS, stamped: true });
+        expect(r).toMatchObject({
+          received: FLOWS * PACKETS,
+          lost: 0,
+          wrongSource: 0,
+          wrongFlow: 0,
+        });
+        expect(r.serverSaw).toEqual([client]);
+        const m = await env.relay!.metrics();
+        const sessions = byClient(m.sessions, target);
+        expect(sessions.size).toBe(FLOWS);
+        const workers = new Set<number>();
+        for (const s of sessions.values()) {
+          expect(s.packetsToClient).toBe(PACKETS);
+          workers.add(s.worker);
+        }
+        expect(workers).toEqual(new Set([0, 1]));
+      });
+    }
+  });
+}
