@@ -246,6 +246,41 @@ print(" ".join(out))`,
       expect(after.udp.sessionsActive).toBe(3 * FLOWS + 16 * 4 + 8);
     });
 
+    test("a listener port held without SO_REUSEPORT: no worker starts, one error, exit 1", async () => {
+      const port = 23456;
+      env.spawn(env.lab.router, [
+        "python3",
+        "-c",
+        "import socket, time\n" +
+          "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n" +
+          `s.bind(("127.0.0.1", ${port}))\n` +
+          "time.sleep(600)",
+      ]);
+      await env.lab.waitForUdpPort(env.lab.router, port);
+      const path = join(dirname(env.controlPath), "held.json");
+      writeFileSync(
+        path,
+        JSON.stringify({
+          listeners: [{ name: "held", address: "127.0.0.1", port }],
+          udp: { workers: 2 },
+          metrics: { port: 0 },
+          control: { socketPath: join(dirname(env.controlPath), "held.sock") },
+        }),
+      );
+      const r = env.lab.exec(
+        env.lab.router,
+        [RELAY_BIN, RELAY_MAIN, "--config", path],
+        undefined,
+        true,
+      );
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain(
+        `UDP worker 0 of 2: listener "held" (udp 127.0.0.1 port ${port}): bind(): EADDRINUSE`,
+      );
+      expect(r.stdout).not.toContain('"event":"ready"');
+      expect(socketsOn(`127.0.0.1:${port}`)).toBe(1); // the holder's only
+    }, 60_000);
+
     test("a stop ends both workers: one final report with every session", async () => {
       const relay = env.relay!;
       env.relay = null; // stopped here, not again in afterAll
