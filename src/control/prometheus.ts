@@ -138,17 +138,6 @@ const F = {
     "Bytes of the hold arena in use (whole slots of udp.datagramBytesMax).",
   ),
   udpSessionsHolding: family("relay_udp_sessions_holding", "gauge", "UDP sessions held now."),
-  udpWorkerPackets: family(
-    "relay_udp_worker_packets_total",
-    "counter",
-    "With udp.workers > 1: datagrams each worker read, by direction (from_clients, " +
-      "from_targets); the sums are relay_packets_total.",
-  ),
-  udpWorkerSessions: family(
-    "relay_udp_worker_sessions_active",
-    "gauge",
-    "With udp.workers > 1: UDP sessions each worker holds now.",
-  ),
   udpRejectIcmp: family(
     "relay_udp_reject_icmp_total",
     "counter",
@@ -610,13 +599,6 @@ export function renderPrometheus(input: ScrapeInput): string {
   e.add(F.udpBatch, u.batches, { le: "+Inf" }, "_bucket");
   e.add(F.udpBatch, u.packetsFromClients + u.packetsFromTargets, undefined, "_sum");
   e.add(F.udpBatch, u.batches, undefined, "_count");
-  // udp.workers > 1: how the kernel's reuseport hash spread the load (the rest is summed).
-  input.udp.workers?.forEach((w, i) => {
-    const worker = `${i}`;
-    e.add(F.udpWorkerPackets, w.packetsFromClients, { worker, direction: "from_clients" });
-    e.add(F.udpWorkerPackets, w.packetsFromTargets, { worker, direction: "from_targets" });
-    e.add(F.udpWorkerSessions, w.sessionsActive, { worker });
-  });
   if (input.tcp) e.placeAll(input.tcp, TCP_BY_PREFIX, TCP_PLACED);
   const flows = input.flowLog;
   if (flows) {

@@ -13,7 +13,7 @@ import { StartError } from "../sys/errno.ts";
 import type { OnFatal, UdpPlane } from "./plane.ts";
 import type { SessionView, UdpSnapshot, UdpValues } from "./relay.ts";
 
-/** The few per-worker values the metrics label with worker="i" (the rest are summed). */
+/** The few values the metrics line shows per worker (`workers`; the rest are summed). */
 export interface WorkerCounts {
   packetsFromClients: number;
   packetsFromTargets: number;

@@ -6,7 +6,6 @@ import { descriptorsWanted } from "../../src/config/limits.ts";
 import { parseConfig } from "../../src/config/load.ts";
 import type { SessionQuery } from "../../src/control/query.ts";
 import { UdpCounters } from "../../src/metrics.ts";
-import { renderPrometheus } from "../../src/control/prometheus.ts";
 import { StartError } from "../../src/sys/errno.ts";
 import { MultiPlane, mergeSnapshots, sumFields, workerConfig } from "../../src/udp/multi_plane.ts";
 import type { OnFatal, UdpPlane } from "../../src/udp/plane.ts";
@@ -156,23 +155,6 @@ describe("udp.workers: merged snapshots", () => {
     expect(byBytes.sessionsMatched).toBe(11);
     const byAge = mergeSnapshots(parts, 0, { ...QUERY, sort: "age", limit: 2 });
     expect(byAge.sessions.map((v) => v.client)).toEqual(["a:2", "b:1"]);
-  });
-
-  test("the metrics label a few families by worker; one worker adds none", () => {
-    const base = {
-      tcp: null,
-      process: { residentBytes: null, openFds: null, maxFds: null },
-      loopLag: { lastMs: 0, maxMs: 0 },
-      flowLog: null,
-    };
-    const merged = mergeSnapshots([snap(1, []), snap(2, [])], 0, null);
-    const text = renderPrometheus({ ...base, udp: merged });
-    expect(text).toContain(
-      `relay_udp_worker_packets_total{worker="1",direction="from_clients"} ` +
-        `${values(2).packetsFromClients}`,
-    );
-    expect(text).toContain(`relay_udp_worker_sessions_active{worker="0"} `);
-    expect(renderPrometheus({ ...base, udp: snap(1, []) })).not.toContain("relay_udp_worker_");
   });
 });
 
