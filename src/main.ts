@@ -406,7 +406,8 @@ async function main(): Promise<void> {
   }
   log.info(
     `sessions max ${config.udp.sessionsMax} (${config.udp.sessionsPerClientMax} per ` +
-      `client), mapping ${config.udp.mapping}, upstream mark 0x${config.mark.toString(16)}, ` +
+      `client), mapping ${config.udp.mapping}, udp workers ${config.udp.workers}, ` +
+      `upstream mark 0x${config.mark.toString(16)}, ` +
       `descriptors ${nofileLimit}, metrics ${metrics ? metrics.url : "off (metrics.port 0)"}`,
   );
 

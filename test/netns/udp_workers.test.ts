@@ -82,6 +82,7 @@ if (!skip) {
       expect(socketsOn("127.0.0.1:12345")).toBe(2);
       expect(socketsOn("[::1]:12345")).toBe(2);
       expect(socketsOn("127.0.0.1:7007")).toBe(2);
+      expect(env.relay!.stderr).toContain("udp workers 2,");
     });
 
     for (const [family, target] of [
@@ -326,5 +327,45 @@ if (!skip) {
         expect(workers).toEqual(new Set([0, 1]));
       });
     }
+  });
+}
+
+if (!skip) {
+  describe("udp.workers 2: one worker's failure", () => {
+    let env: RelayLab;
+
+    afterAll(async () => {
+      await env?.close();
+    });
+
+    test("a data-path exception in one worker ends the process: final line, exit 70", async () => {
+      env = new RelayLab();
+      env.spawnEcho(`${S4}:7001`);
+      // Each worker is a thread of its own: the fault counts each one's datagrams.
+      await env.startRelay(
+        {
+          listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
+          intercept: [{ listener: "udp4", ports: [7001] }],
+          udp: { workers: 2 },
+        },
+        ["env", "RELAY_TEST_FAULTS=data_path_throw_after=2"],
+      );
+      await env.lab.waitForUdpPort(env.lab.server, 7001);
+      // Three datagrams from one client socket: one worker reads them all.
+      env.lab.exec(env.lab.client, [
+        "python3",
+        join(import.meta.dir, "security_peers.py"),
+        "send",
+        S4,
+        "7001",
+        "3",
+      ]);
+      const final = await env.relay!.waitFor((l) => l.event === "final", 10_000);
+      expect(final.fatal).toMatch(/^UDP worker [01]: .*injected data-path failure/);
+      expect(typeof final.udp.packetsFromClients).toBe("number"); // that worker's counters
+      expect(await env.relay!.proc.exited).toBe(70);
+      expect(env.relay!.stderr).toMatch(/\[relay\] fatal: UDP worker [01]: /);
+      env.relay = null; // already gone: close() must not expect a clean stop
+    }, 60_000);
   });
 }
