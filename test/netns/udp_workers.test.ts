@@ -10,17 +10,22 @@
 // without colliding; the control socket lists both workers' sessions; a reload reaches
 // both and keeps their sessions; a stop ends both.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readdirSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { LAB } from "../lab/netns.ts";
 import { RELAY_BIN, RELAY_MAIN } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
-import { labSkipReason, RelayLab } from "./harness.ts";
+import { flowRecords, labSkipReason, RelayLab } from "./harness.ts";
 
 const S4 = LAB.server4;
 const S6 = `[${LAB.server6}]`;
 const FLOWS = 64;
 const PACKETS = 8;
+
+/** The flow log: every worker's ended flows, written by the main thread. */
+const FLOW_DIR = mkdtempSync(join(tmpdir(), "relay-workers-"));
+const FLOW_LOG = join(FLOW_DIR, "flows.log");
 
 const CONFIG = {
   listeners: [
@@ -36,6 +41,7 @@ const CONFIG = {
   ],
   // Nothing expires while the test reads the sessions, however slow the machine.
   udp: { workers: 2, sessionsMax: 2048, idleTimeoutMs: 600_000, idleTimeoutMsByPort: {} },
+  flowLog: { path: FLOW_LOG },
 };
 
 /** Sessions of `target`, keyed by client endpoint: each must be in one worker only. */
@@ -76,6 +82,7 @@ if (!skip) {
 
     afterAll(async () => {
       await env?.close();
+      rmSync(FLOW_DIR, { recursive: true, force: true });
     });
 
     test("each listener address and port is bound once per worker (one reuseport group)", () => {
@@ -268,6 +275,17 @@ print(" ".join(out))`,
       expect(exitCode).toBe(0);
       expect(final.udp.sessionsActive).toBe(3 * FLOWS + 16 * 4 + 8);
       expect(new Set(final.sessions.map((s: any) => s.worker))).toEqual(new Set([0, 1]));
+      // Every session of both workers ended with one record in the one flow log.
+      const records = flowRecords(FLOW_DIR, FLOW_LOG).filter((r) => r.protocol === "udp");
+      const endpoint = (a: string, port: number) =>
+        a.includes(":") ? `[${a}]:${port}` : `${a}:${port}`;
+      const flows = new Set(
+        records.map(
+          (r) => `${endpoint(r.client, r.clientPort)} ${endpoint(r.target, r.targetPort)}`,
+        ),
+      );
+      expect(records.length).toBe(3 * FLOWS + 16 * 4 + 8);
+      expect(flows).toEqual(new Set(final.sessions.map((s: any) => `${s.client} ${s.target}`)));
       expect(socketsOn("127.0.0.1:12345")).toBe(0);
     });
   });
