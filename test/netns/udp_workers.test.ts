@@ -59,6 +59,8 @@ if (!skip) {
   describe("udp.workers 2: flows spread over two SO_REUSEPORT workers", () => {
     let env: RelayLab;
     let configPath = "";
+    /** Sessions open after the reload's probe: all of them end at the stop. */
+    let sessionsAtEnd = 0;
 
     /** UDP sockets in the router namespace whose local endpoint is `local`. */
     const socketsOn = (local: string) =>
@@ -171,7 +173,11 @@ print(" ".join(out))`,
       for (const line of clients) {
         const [port, seen] = line.split("=");
         expect(seen.split(",").length).toBe(1); // one relay port for all four servers
-        const mine = m.sessions.filter((x: any) => x.client === `${LAB.client4}:${port}`);
+        // (Port 7001 only: the kernel may have given this port to an earlier probe's
+        // socket, whose flow to 7007 is another session.)
+        const mine = m.sessions.filter(
+          (x: any) => x.client === `${LAB.client4}:${port}` && x.target.endsWith(":7001"),
+        );
         expect(mine.length).toBe(servers.length);
         expect(new Set(mine.map((x: any) => x.worker)).size).toBe(1);
         workers.add(mine[0].worker);
@@ -230,7 +236,10 @@ print(" ".join(out))`,
       const kept = byClient(after.sessions, `${S6}:7001`);
       expect(kept.size).toBe(FLOWS);
       for (const [client, s] of old) expect(kept.get(client)?.worker).toBe(s.worker);
-      expect(after.udp.sessionsActive).toBe(3 * FLOWS + 16 * 4 + 8);
+      // Up to 8 new sessions: a probe port the kernel reused meets its earlier session.
+      expect(after.udp.sessionsActive).toBeGreaterThan(before.udp.sessionsActive);
+      expect(after.udp.sessionsActive).toBeLessThanOrEqual(before.udp.sessionsActive + 8);
+      sessionsAtEnd = after.udp.sessionsActive;
     });
 
     test("a listener port held without SO_REUSEPORT: no worker starts, one error, exit 1", async () => {
@@ -273,7 +282,8 @@ print(" ".join(out))`,
       env.relay = null; // stopped here, not again in afterAll
       const { final, exitCode } = await relay.stop();
       expect(exitCode).toBe(0);
-      expect(final.udp.sessionsActive).toBe(3 * FLOWS + 16 * 4 + 8);
+      expect(final.udp.sessionsActive).toBe(sessionsAtEnd);
+      expect(final.sessions.length).toBe(sessionsAtEnd);
       expect(new Set(final.sessions.map((s: any) => s.worker))).toEqual(new Set([0, 1]));
       // Every session of both workers ended with one record in the one flow log.
       const records = flowRecords(FLOW_DIR, FLOW_LOG).filter((r) => r.protocol === "udp");
@@ -284,7 +294,7 @@ print(" ".join(out))`,
           (r) => `${endpoint(r.client, r.clientPort)} ${endpoint(r.target, r.targetPort)}`,
         ),
       );
-      expect(records.length).toBe(3 * FLOWS + 16 * 4 + 8);
+      expect(records.length).toBe(sessionsAtEnd);
       expect(flows).toEqual(new Set(final.sessions.map((s: any) => `${s.client} ${s.target}`)));
       expect(socketsOn("127.0.0.1:12345")).toBe(0);
     });
