@@ -70,6 +70,7 @@ class InThreadPlane implements UdpPlane {
 }
 
 type WorkerReply =
+  | { type: "loaded" }
   | { type: "started" }
   | { type: "error"; message: string; privilege: boolean }
   | { type: "fatal"; message: string; data: UdpSnapshot | null }
@@ -85,15 +86,25 @@ class WorkerPlane implements UdpPlane {
   private startWaiter: ((r: WorkerReply) => void) | null = null;
   private started = false;
   private stopping = false;
+  /** Resolved by the thread's "loaded": from then on it hears messages (src/udp/worker.ts). */
+  private readonly loaded: Promise<void>;
+  private onLoaded: () => void = () => {};
 
   constructor(
     private readonly config: Config,
     private readonly onFatal: OnFatal,
     private readonly onFlows: OnFlows | null,
   ) {
+    this.loaded = new Promise((resolve) => {
+      this.onLoaded = resolve;
+    });
     this.worker = startDataThread();
     this.worker.onMessage((message) => {
       const reply = message as WorkerReply;
+      if (reply.type === "loaded") {
+        this.onLoaded();
+        return;
+      }
       if (reply.type === "flows") {
         // Messages keep their order: a stop's last batches arrive before "stopped".
         this.onFlows?.(reply.batch);
@@ -134,7 +145,7 @@ class WorkerPlane implements UdpPlane {
           reject(new StartError(reply.message, reply.privilege));
         } else reject(new Error("unexpected reply"));
       };
-      this.worker.post({ type: "start", config: this.config });
+      void this.loaded.then(() => this.worker.post({ type: "start", config: this.config }));
     });
   }
 
