@@ -144,10 +144,9 @@ export class MultiPlane implements UdpPlane {
   }
 
   /**
-   * All or none: a worker that fails to start stops the ones before it. One after the
-   * other, each thread made once the one before has started: with two Bun Workers made
-   * at once, one of them sometimes never saw its start message (about 1 start in 30 hung
-   * here; never with one Worker, nor in 150 starts made in turn).
+   * All or none, one worker after the other: the first that fails to start stops those
+   * before it, and its error is the one reported (not N copies of it). Each worker's
+   * start waits for its thread to hear messages (WorkerPlane: "loaded").
    */
   async start(): Promise<void> {
     for (let i = 0; i < this.workers; i++) {

@@ -215,7 +215,7 @@ describe("udp.workers: the plane of N workers", () => {
     expect(fakes.map((f) => f.stopped)).toEqual([true, true, true]);
   });
 
-  test("one worker fails to start: the others are stopped, one error names it", async () => {
+  test("one worker fails to start: those before it are stopped, no later one is made", async () => {
     const { plane, fakes } = multi(3, [1]);
     const err = await plane.start().then(
       () => null,
@@ -224,12 +224,13 @@ describe("udp.workers: the plane of N workers", () => {
     expect(err).toBeInstanceOf(StartError);
     expect((err as StartError).message).toBe("UDP worker 1 of 3: bind: EPERM 1");
     expect((err as StartError).privilege).toBe(true);
-    expect(fakes.map((f) => f.stopped)).toEqual([true, false, true]);
+    expect(fakes.map((f) => f.stopped)).toEqual([true, false]);
   });
 
-  test("a worker's fatal reaches the owner, naming the worker", () => {
+  test("a worker's fatal reaches the owner, naming the worker", async () => {
     const seen: string[] = [];
-    const { fatals } = multi(2, [], (message) => seen.push(message));
+    const { plane, fatals } = multi(2, [], (message) => seen.push(message));
+    await plane.start();
     fatals[1]("UDP worker exited", null);
     expect(seen).toEqual(["UDP worker 1: UDP worker exited"]);
   });
