@@ -168,6 +168,8 @@ async function snapshot(
     uptimeMs: udp.uptimeMs,
     udp: udp.udp,
     sessions: udp.sessions,
+    // udp.workers > 1: packets and sessions of each worker (absent with one).
+    workers: udp.workers,
     // null without TCP listeners; connections: the first `--sessions N` open ones.
     tcp: tcp ? { ...tcp.snapshot(), connections: tcp.connectionViews(sessionsListed) } : null,
     flowLog: flowLog ? { ...flowLog.counters } : null,
@@ -404,7 +406,8 @@ async function main(): Promise<void> {
   }
   log.info(
     `sessions max ${config.udp.sessionsMax} (${config.udp.sessionsPerClientMax} per ` +
-      `client), mapping ${config.udp.mapping}, upstream mark 0x${config.mark.toString(16)}, ` +
+      `client), mapping ${config.udp.mapping}, udp workers ${config.udp.workers}, ` +
+      `upstream mark 0x${config.mark.toString(16)}, ` +
       `descriptors ${nofileLimit}, metrics ${metrics ? metrics.url : "off (metrics.port 0)"}`,
   );
 

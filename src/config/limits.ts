@@ -16,6 +16,12 @@ export const RESERVED_DESCRIPTORS = 256;
 export const TCP_DESCRIPTORS_PER_CONNECTION = 6;
 /** The splice engine's pipe pool: 1024 pipes of two descriptors (ffi/relay.c). */
 export const TCP_PIPE_POOL_DESCRIPTORS = 2 * 1024;
+/**
+ * Each UDP worker past the first (udp.workers): its own listener sockets, plus its epoll
+ * and event fds, address watch, reject sockets, and the rounding up of its table share
+ * (src/udp/multi_plane.ts), with room to spare.
+ */
+const UDP_WORKER_DESCRIPTORS = 16;
 /** Schema minimums (src/config/schema.ts): below them the relay cannot run usefully. */
 const UDP_SESSIONS_MIN = 16;
 const UDP_REPLY_SOCKETS_MIN = 1;
@@ -29,7 +35,7 @@ export interface Fitted {
 
 /** Descriptors the configured bounds may need at most (what to ask RLIMIT_NOFILE for). */
 export function descriptorsWanted(config: Config): number {
-  let wanted = RESERVED_DESCRIPTORS + config.listeners.length;
+  let wanted = RESERVED_DESCRIPTORS + config.listeners.length + extraWorkerDescriptors(config);
   if (config.listeners.some((l) => l.protocol === "udp")) {
     wanted += config.udp.sessionsMax + config.udp.replySocketsMax;
   }
@@ -48,7 +54,8 @@ export function fitToDescriptors(config: Config, nofileLimit: number): Fitted {
   const notes: string[] = [];
   const hasUdp = config.listeners.some((l) => l.protocol === "udp");
   const hasTcp = config.listeners.some((l) => l.protocol === "tcp");
-  const available = nofileLimit - RESERVED_DESCRIPTORS - config.listeners.length;
+  const available =
+    nofileLimit - RESERVED_DESCRIPTORS - config.listeners.length - extraWorkerDescriptors(config);
   const udpShare = hasUdp ? (hasTcp ? Math.floor(available / 2) : available) : 0;
   const tcpShare = hasTcp ? available - udpShare : 0;
   const why = `RLIMIT_NOFILE is ${nofileLimit}`;
@@ -92,4 +99,11 @@ export function fitToDescriptors(config: Config, nofileLimit: number): Fitted {
     }
   }
   return { config: { ...config, udp, tcp }, notes };
+}
+
+/** What UDP workers past the first hold besides their share of the table bounds. */
+function extraWorkerDescriptors(config: Config): number {
+  const udpListeners = config.listeners.filter((l) => l.protocol === "udp").length;
+  if (udpListeners === 0) return 0;
+  return (config.udp.workers - 1) * (udpListeners + UDP_WORKER_DESCRIPTORS);
 }

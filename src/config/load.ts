@@ -426,6 +426,12 @@ export function parseConfig(input: unknown): Config {
         `datagrams and 64 KiB) but udp.batchCountMax is ${c.udp.batchCountMax}; raise it`,
     );
   }
+  if (c.udp.workers > 1 && c.udp.dataPlane !== "worker") {
+    problems.push(
+      `config.udp.workers: ${c.udp.workers} needs udp.dataPlane "worker" (the "callback" ` +
+        `plane runs on the main thread, which is one)`,
+    );
+  }
   const warnings: string[] = [];
   // A client on this host lends no address (its own socket holds it: src/udp/relay.ts
   // falls back to the relay's); with only such clients the setting does nothing.

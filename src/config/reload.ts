@@ -61,6 +61,7 @@ export const RELOAD_POLICY: Readonly<Record<string, ReloadRule>> = {
   "udp.quicFollowConnectionIds": restart("the connection-ID index is allocated at start"),
   "udp.dataPlane": restart("the thread that runs the data path"),
   "udp.ioBackend": restart("the data path's I/O (io_uring or epoll) is chosen at start"),
+  "udp.workers": restart("each worker binds its own listener sockets and holds its sessions"),
   "udp.holdBytesMax": restart("the hold arena is allocated at start"),
   "udp.holdPacketsPerFlowMax": live(NEW_FLOWS),
   "udp.holdBytesPerFlowMax": live(NEW_FLOWS),

@@ -177,6 +177,12 @@ export const UdpSchema = Type.Object(
      * epoll. "io_uring" that cannot run is a start-up error.
      */
     ioBackend: UdpIoBackendSchema,
+    /**
+     * Data-path workers (dataPlane "worker" only), each with its own listener sockets in
+     * one SO_REUSEPORT group, its own sessions and sockets: the kernel spreads client
+     * endpoints over them (docs/udp_workers.md). Table bounds are split between them.
+     */
+    workers: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
   },
   { additionalProperties: false },
 );

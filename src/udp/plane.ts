@@ -14,6 +14,7 @@ import { errnoName, StartError } from "../sys/errno.ts";
 import { Poller } from "../sys/poller.ts";
 import type { RelayLib } from "../sys/ffi.ts";
 import { type DataThread, startDataThread } from "../sys/thread.ts";
+import { MultiPlane } from "./multi_plane.ts";
 import { UdpRelay, type UdpSnapshot } from "./relay.ts";
 
 export interface UdpPlane {
@@ -70,6 +71,7 @@ class InThreadPlane implements UdpPlane {
 }
 
 type WorkerReply =
+  | { type: "loaded" }
   | { type: "started"; notifyHandle: number }
   | { type: "error"; message: string; privilege: boolean }
   | { type: "fatal"; message: string; data: UdpSnapshot | null }
@@ -87,6 +89,9 @@ class WorkerPlane implements UdpPlane {
   private stopping = false;
   /** The Worker's poller (Poller.notify before each post); -1 until it started. */
   private notifyHandle = -1;
+  /** Resolved by the thread's "loaded": from then on it hears messages (src/udp/worker.ts). */
+  private readonly loaded: Promise<void>;
+  private onLoaded: () => void = () => {};
 
   constructor(
     private readonly lib: RelayLib,
@@ -94,9 +99,16 @@ class WorkerPlane implements UdpPlane {
     private readonly onFatal: OnFatal,
     private readonly onFlows: OnFlows | null,
   ) {
+    this.loaded = new Promise((resolve) => {
+      this.onLoaded = resolve;
+    });
     this.worker = startDataThread();
     this.worker.onMessage((message) => {
       const reply = message as WorkerReply;
+      if (reply.type === "loaded") {
+        this.onLoaded();
+        return;
+      }
       if (reply.type === "flows") {
         // Messages keep their order: a stop's last batches arrive before "stopped".
         this.onFlows?.(reply.batch);
@@ -138,7 +150,7 @@ class WorkerPlane implements UdpPlane {
           reject(new StartError(reply.message, reply.privilege));
         } else reject(new Error("unexpected reply"));
       };
-      this.worker.post({ type: "start", config: this.config });
+      void this.loaded.then(() => this.worker.post({ type: "start", config: this.config }));
     });
   }
 
@@ -205,9 +217,11 @@ export function createUdpPlane(
   onFatal: OnFatal,
   onFlows: OnFlows | null = null,
 ): UdpPlane {
-  return config.udp.dataPlane === "worker"
-    ? new WorkerPlane(lib, config, onFatal, onFlows)
-    : new InThreadPlane(lib, config, onFatal, onFlows);
+  if (config.udp.dataPlane !== "worker") return new InThreadPlane(lib, config, onFatal, onFlows);
+  const workers = config.udp.workers;
+  if (workers === 1) return new WorkerPlane(lib, config, onFatal, onFlows);
+  const makePlane = (mine: Config, fatal: OnFatal) => new WorkerPlane(lib, mine, fatal, onFlows);
+  return new MultiPlane(config, workers, makePlane, onFatal);
 }
 
 /**

@@ -95,6 +95,7 @@ import {
 import { type CancelTimer, Poller, WAKE_ERROR_FLAG, WAKE_TOKEN_MASK } from "../sys/poller.ts";
 import { faultDataPath } from "../sys/test_faults.ts";
 import { HoldBuffer, HoldResult } from "./hold_buffer.ts";
+import type { WorkerCounts } from "./multi_plane.ts";
 import { SocketKind, SocketRegistry } from "./registry.ts";
 import { Direction, SendQueue } from "./send_queue.ts";
 import { OffloadCounters, setUpOffload, type UdpOffload } from "./offload.ts";
@@ -146,6 +147,8 @@ export interface SessionView {
   bytesToTarget: number;
   packetsToClient: number;
   bytesToClient: number;
+  /** With udp.workers > 1: the worker holding the session (src/udp/multi_plane.ts). */
+  worker?: number;
 }
 
 /** The `udp` object of the metrics line: every counter, then the gauges. */
@@ -157,6 +160,8 @@ export interface UdpSnapshot {
   sessions: SessionView[];
   /** With a query: how many sessions matched it (`sessions` holds at most its limit). */
   sessionsMatched?: number;
+  /** With udp.workers > 1: a few values of each worker (the rest are summed in `udp`). */
+  workers?: WorkerCounts[];
 }
 
 export class UdpRelay {

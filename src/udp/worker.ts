@@ -85,3 +85,8 @@ parent.onMessage((message) => {
   relay = null;
   parent.post({ type: "stopped", id: m.id, data });
 });
+
+// Only from here on is a message heard. Under Bun one that arrived while this module was
+// still loading could go to no handler and be lost (a start that never came: seen with
+// several workers), so the main thread posts "start" after this (src/udp/plane.ts).
+parent.post({ type: "loaded" });
