@@ -20,6 +20,9 @@ const RELAY_CONFIG = {
   listeners: [{ name: "udp4", address: "127.0.0.1", port: 12345 }],
   intercept: [{ listener: "udp4", ports: [PORT] }],
   udp: {
+    // The offloads belong to the epoll backend (the io_uring plane sends one SQE per
+    // datagram and keeps them off: docs/udp_gso.md).
+    ioBackend: "epoll",
     gso: true,
     gro: true,
     datagramBytesMax: 2048,
