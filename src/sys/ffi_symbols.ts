@@ -81,7 +81,7 @@ export const SYMBOLS = {
   rl_tcp_abort: { args: ["i32"], returns: "i32" },
   rl_tcp_peek: { args: ["i32", "ptr", "i32"], returns: "i32" },
   rl_tcp_rcvlowat: { args: ["i32", "i32"], returns: "i32" },
-  rl_tcp_engine_open: { args: ["i32", "i32", "i32", "i32", "i32"], returns: "i32" },
+  rl_tcp_engine_open: { args: ["i32", "i32", "i32", "i32", "i32", "i32"], returns: "i32" },
   rl_tcp_engine_set_timeouts: { args: ["i32", "i32", "i32"], returns: "i32" },
   rl_tcp_engine_event_fd: { args: ["i32"], returns: "i32" },
   rl_tcp_engine_failed: { args: ["i32"], returns: "i32" },
@@ -94,6 +94,8 @@ export const SYMBOLS = {
   rl_local_routes: { args: ["ptr", "i32"], returns: "i32" },
   rl_addr_watch_open: { args: [], returns: "i32" },
   rl_addr_watch_drain: { args: ["i32"], returns: "i32" },
+  rl_tcp_engine_epoll_fd: { args: ["i32"], returns: "i32" },
+  rl_tcp_engine_run: { args: ["i32", "i32"], returns: "i32" },
 } as const satisfies SymbolTable;
 
 export type RelayLib = Library<typeof SYMBOLS>;
