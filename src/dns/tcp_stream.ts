@@ -942,9 +942,12 @@ function awaited(s: Stream): boolean {
   return false;
 }
 
-/** Arms a registered socket for ARM_IN, ARM_OUT or both (one-shot). */
+/**
+ * Arms a registered socket for ARM_IN, ARM_OUT or both (one-shot; level-triggered in the
+ * TCP Worker, where ARM_IN must also take writability off: readsOnly does both).
+ */
 function arm(poller: Poller, fd: number, token: number, events: number): void {
-  if (events === ARM_IN) poller.rearm(fd, token);
+  if (events === ARM_IN) poller.readsOnly(fd, token);
   else if (events === ARM_OUT) poller.armOut(fd, token, false);
   else poller.armBoth(fd, token);
 }

@@ -60,11 +60,30 @@ function sanitizerPrefix(): string[] {
   ];
 }
 
-/** `raw` with control.socketPath set to `path`, unless it sets one itself. */
+/**
+ * `raw` with control.socketPath set to `path`, unless it sets one itself; and with
+ * tcp.dataPlane from RELAY_TCP_DATA_PLANE (withTcpDataPlane).
+ */
 export function withControlSocket(raw: object, path: string): object {
   const control = (raw as { control?: { socketPath?: string } }).control;
-  if (control?.socketPath !== undefined) return raw;
-  return { ...raw, control: { ...control, socketPath: path } };
+  if (control?.socketPath !== undefined) return withTcpDataPlane(raw);
+  return withTcpDataPlane({ ...raw, control: { ...control, socketPath: path } });
+}
+
+/**
+ * RELAY_TCP_DATA_PLANE ("worker" or "main"): the TCP plane of every lab relay whose
+ * config does not name one, so that the end-to-end files run on either (scripts/test.sh
+ * runs the TCP files again on the one that is not the default). Unset: the default.
+ */
+function withTcpDataPlane(raw: object): object {
+  const plane = process.env.RELAY_TCP_DATA_PLANE;
+  if (plane === undefined || plane === "") return raw;
+  if (plane !== "worker" && plane !== "main") {
+    throw new Error(`RELAY_TCP_DATA_PLANE=${plane}: "worker" or "main"`);
+  }
+  const tcp = (raw as { tcp?: { dataPlane?: string } }).tcp;
+  if (tcp?.dataPlane !== undefined) return raw;
+  return { ...raw, tcp: { ...tcp, dataPlane: plane } };
 }
 
 /**

@@ -53,6 +53,7 @@ describe("the reload policy table", () => {
       "udp.datagramBytesMax",
       "udp.batchCountMax",
       "udp.dataPlane",
+      "tcp.dataPlane",
       "mark",
       "metrics.port",
       "control.socketPath",
