@@ -1487,6 +1487,7 @@ export class TcpRelay {
     return {
       lib: this.lib,
       poller: this.poller,
+      levelTriggered: this.inline,
       counters: this.counters,
       idleTimeoutMs: () => this.config.tcp.dnsIdleTimeoutMs,
       connectTimeoutMs: () => this.config.tcp.connectTimeoutMs,

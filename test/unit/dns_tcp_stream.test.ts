@@ -67,6 +67,7 @@ class FakeSocket {
 /** The fake host: policy by name, one forward outbound (action 0) and one dnsAnswer. */
 class FakeHost implements DnsTcpHost {
   readonly counters = new TcpCounters();
+  readonly levelTriggered = false;
   readonly sockets = new Map<number, FakeSocket>();
   readonly armed = new Map<number, string>();
   readonly records: Array<{ name: string | null; reason: number; rcode: number }> = [];
