@@ -3,7 +3,9 @@
 # Bun, then the end-to-end files that start a relay once more with the relay on Node.js
 # (RELAY_RUNTIME=node, docs/node.md), against a fresh build of dist/node: on the
 # distribution's node, and again on the current LTS from npm (scripts/node_lts.sh) when
-# that is another version. Ends with the runs' sum in bun test's own summary form
+# that is another version; and the end-to-end files with TCP listeners once more on the
+# other TCP plane (RELAY_TCP_DATA_PLANE=main: tcp.dataPlane "main", where the first run
+# had the default "worker"; docs/tcp_single_thread.md). Ends with the runs' sum in bun test's own summary form
 # (" N pass" / " N fail"), which .ci/run reads.
 #   scripts/test.sh               both runs
 #   scripts/test.sh FILES...      only these files, on Bun
@@ -21,13 +23,22 @@ fi
 # Every end-to-end file that starts the relay (RelayLab, RelayProcess or RELAY_BIN).
 mapfile -t NODE_FILES < <(grep -lE 'RelayLab|RelayProcess|RELAY_BIN' test/netns/*.test.ts)
 
+# The end-to-end files whose relays have TCP listeners (both TCP planes must pass them).
+mapfile -t TCP_FILES < <(grep -lE 'protocol: "tcp"' "${NODE_FILES[@]}")
+
 bun_log=$(mktemp)
+tcp_log=$(mktemp)
 node_log=$(mktemp)
 lts_log=$(mktemp)
-trap 'rm -f "$bun_log" "$node_log" "$lts_log"' EXIT
+trap 'rm -f "$bun_log" "$tcp_log" "$node_log" "$lts_log"' EXIT
 
 "${TEST[@]}" 2>&1 | tee "$bun_log"
 bun_status=${PIPESTATUS[0]}
+
+echo
+echo "[test] ${#TCP_FILES[@]} end-to-end files with TCP again, tcp.dataPlane main"
+RELAY_TCP_DATA_PLANE=main "${TEST[@]}" "${TCP_FILES[@]}" 2>&1 | tee "$tcp_log"
+[[ ${PIPESTATUS[0]} -ne 0 ]] && bun_status=1
 
 # The end-to-end files with the relay on the node binary $1, into log $2.
 node_pass() {
@@ -37,7 +48,7 @@ node_pass() {
   return "${PIPESTATUS[0]}"
 }
 node_status=0
-logs=("$bun_log" "$node_log")
+logs=("$bun_log" "$tcp_log" "$node_log")
 if ! "$BUN" scripts/build_node.ts; then
   echo "[test] the Node.js bundle did not build (scripts/build_node.ts)" >&2
   node_status=1
@@ -66,7 +77,7 @@ done
 status=0
 [[ $bun_status -ne 0 || $node_status -ne 0 || $failed -gt 0 ]] && status=1
 echo
-echo "[test] all runs: Bun (every test), Node.js (${#NODE_FILES[@]} end-to-end files on" \
-  "$((${#logs[@]} - 1)) version(s))"
+echo "[test] all runs: Bun (every test; ${#TCP_FILES[@]} files with TCP on tcp.dataPlane main)," \
+  "Node.js (${#NODE_FILES[@]} end-to-end files on $((${#logs[@]} - 2)) version(s))"
 printf ' %d pass\n %d fail\n' "$passed" "$failed"
 exit "$status"
