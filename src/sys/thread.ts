@@ -22,7 +22,10 @@ export interface ParentPort {
   onMessage(handler: (message: unknown) => void): void;
 }
 
-/** Which plane's script: src/udp/worker.ts or src/tcp/tcp_worker.ts. */
+/**
+ * Which plane's script: src/udp/worker.ts or src/tcp/tcp_worker.ts (not worker.ts: the
+ * Node bundle names each output by its entry's base name, in one directory).
+ */
 export type DataThreadScript = "udp" | "tcp";
 
 const SCRIPTS = {

@@ -333,7 +333,7 @@ export interface TcpRelayOptions {
   /** With flowLog.path set: the connections that ended, a batch per timer tick. */
   onFlows?: (batch: FlowBatch) => void;
   /**
-   * One thread for everything (a Worker that may block: src/tcp/worker.ts): the Poller
+   * One thread for everything (a Worker that may block: src/tcp/tcp_worker.ts): the Poller
    * waits inline and the splice engine runs in its rounds, without a thread of its own.
    */
   inline?: boolean;
