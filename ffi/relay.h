@@ -312,10 +312,12 @@ int32_t rl_tcp_rcvlowat(int32_t fd, int32_t bytes);
  * starts by copying through a buffer of copy_bytes, and switches to splice for good once
  * one read fills that buffer (the source had that much waiting: bulk); bytes buffered
  * are sent before any spliced byte. The buffers come from a pool of min(slots, 1024)
- * made at open; a direction finding it empty splices at once. */
+ * made at open; a direction finding it empty splices at once.
+ * inline_mode 0: a thread of its own. 1: no thread; the caller runs the engine from its
+ * poller (rl_tcp_engine_epoll_fd, rl_tcp_engine_run), on one thread. */
 #define RL_TCP_COPY_BYTES_MIN 1024
 int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_timeout_ms,
-                           int32_t idle_timeout_ms, int32_t copy_bytes);
+                           int32_t idle_timeout_ms, int32_t copy_bytes, int32_t inline_mode);
 /* New timeouts for every connection, open ones included, from the engine's next sweep
  * (a reload): a connection already idle past the new idle timeout ends at that sweep.
  * The sweep period follows them (the next period is the old one). */
@@ -353,6 +355,15 @@ int32_t rl_tcp_engine_abort_all(int32_t engine);
 int32_t rl_tcp_engine_stats(int32_t engine, double *out);
 /* Joins the thread and closes every fd it still holds (RST to open peers). */
 int32_t rl_tcp_engine_close(int32_t engine);
+/* Inline mode: the engine's epoll fd. Readable (level-triggered) while the engine has
+ * work; register it in the caller's poller and call rl_tcp_engine_run then. */
+int32_t rl_tcp_engine_epoll_fd(int32_t engine);
+/* Inline mode: one round without waiting (up to max_events socket events, the queued
+ * connections' turns, the timeout sweep when due); ended connections' events wait for
+ * rl_tcp_engine_events (no eventfd write). Returns the events handled, or -errno when
+ * epoll_wait failed (fatal, as rl_tcp_engine_failed then says). -EINVAL for a threaded
+ * engine. Call it also from a timer (the timeouts run here, with no thread). */
+int32_t rl_tcp_engine_run(int32_t engine, int32_t max_events);
 
 /* ---- Local destinations (ffi/local_addr.c) ----
  * The kernel's local routing table (255): what `fib daddr type local` matches. The

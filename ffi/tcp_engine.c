@@ -10,6 +10,13 @@
  * costs a call into the pipe, one out of it and a pipe per direction. So each direction
  * starts copying, and splices for good once a read fills its buffer (bulk): a short
  * connection never touches a pipe, a long transfer runs zero-copy as before.
+ *
+ * Inline mode (rl_tcp_engine_open's inline_mode 1): no thread. The owner registers the
+ * engine's epoll fd (rl_tcp_engine_epoll_fd) in its own poller and calls
+ * rl_tcp_engine_run when it is readable (and from a timer, for the timeouts). Hand-offs
+ * register the pair at once, and end events wait in the ring without an eventfd write:
+ * the thread that accepts also moves the bytes and reads the ends, with no wake-up
+ * crossing threads. Both modes run the same round (engine_round).
  */
 #include "internal.h"
 
@@ -95,6 +102,8 @@ struct tcp_engine {
   int evfd;  /* engine -> JS: events wait */
   pthread_t thread;
   int started;
+  int inline_mode; /* no thread: the owner calls rl_tcp_engine_run (set at open) */
+  int64_t next_sweep_ms; /* the engine's loop only (thread or rl_tcp_engine_run) */
   int32_t slots;
   int32_t pipe_bytes;
   uint32_t copy_bytes; /* 0: splice from the first byte */
@@ -176,7 +185,7 @@ static void engine_push_event(struct tcp_engine *e, uint32_t id, uint16_t kind, 
   ev->bytes_down = (double)down;
   e->ev_count++;
   pthread_mutex_unlock(&e->lock);
-  if (was_empty) {
+  if (was_empty && !e->inline_mode) {
     uint64_t one = 1;
     (void)!write(e->evfd, &one, sizeof(one));
   }
@@ -541,49 +550,59 @@ static void engine_sweep(struct tcp_engine *e, int64_t now) {
   }
 }
 
+/* One pass of the engine's loop: waits up to timeout_ms for events, handles them, gives
+ * queued connections one more turn, takes the hand-offs and sweeps when due. Returns the
+ * number of events, or -errno when epoll_wait failed (nothing a retry mends). */
+static int engine_round(struct tcp_engine *e, struct epoll_event *events, int max,
+                        int timeout_ms) {
+  int n = epoll_wait(e->epfd, events, max, timeout_ms);
+  if (n < 0) return errno == EINTR ? 0 : -errno;
+  int64_t now = now_ms();
+  /* Commands (hand-offs) wait until the batch is done: a hand-off may reuse the id of
+   * a connection that ended in this batch, whose later events are still in it. */
+  int commands = 0;
+  for (int i = 0; i < n; i++) {
+    const uint64_t token = events[i].data.u64;
+    if (token == TCP_CMD_TOKEN) {
+      commands = 1;
+      continue;
+    }
+    conn_event(e, token, events[i].events, now);
+    const int delay_us = atomic_load_explicit(&e->test_event_delay_us, memory_order_relaxed);
+    if (delay_us > 0) usleep((useconds_t)delay_us);
+  }
+  /* Connections that used their rounds: one more turn each, in order. */
+  int32_t queued = e->ready_count;
+  for (int32_t k = 0; k < queued; k++) {
+    int32_t id = e->ready[e->ready_head];
+    e->ready_head = (e->ready_head + 1) % e->slots;
+    e->ready_count--;
+    e->conns[id].queued = 0;
+    conn_pump(e, id, now);
+  }
+  if (commands) engine_commands(e, now);
+  if (now >= e->next_sweep_ms) {
+    engine_sweep(e, now);
+    e->next_sweep_ms = now + atomic_load_explicit(&e->sweep_ms, memory_order_relaxed);
+  }
+  return n;
+}
+
 static void *engine_main(void *arg) {
   struct tcp_engine *e = arg;
   struct epoll_event events[TCP_EPOLL_EVENTS_MAX];
-  int64_t next_sweep = now_ms() + atomic_load(&e->sweep_ms);
   while (!atomic_load(&e->stop)) {
     int64_t before = now_ms();
+    int64_t next_sweep = e->next_sweep_ms;
     int timeout = e->ready_count > 0 ? 0 : (int)(next_sweep > before ? next_sweep - before : 0);
-    int n = epoll_wait(e->epfd, events, TCP_EPOLL_EVENTS_MAX, timeout);
-    if (n < 0 && errno != EINTR) {
+    int rc = engine_round(e, events, TCP_EPOLL_EVENTS_MAX, timeout);
+    if (rc < 0) {
       /* EBADF/EINVAL/EFAULT: nothing a retry mends. Say so and wake JS, which ends the
        * process (a service manager restarts it) rather than relay half-alive. */
-      atomic_store(&e->failed, -errno);
+      atomic_store(&e->failed, rc);
       uint64_t one = 1;
       (void)!write(e->evfd, &one, sizeof(one));
       break;
-    }
-    int64_t now = now_ms();
-    /* Commands (hand-offs) wait until the batch is done: a hand-off may reuse the id of
-     * a connection that ended in this batch, whose later events are still in it. */
-    int commands = 0;
-    for (int i = 0; i < n; i++) {
-      const uint64_t token = events[i].data.u64;
-      if (token == TCP_CMD_TOKEN) {
-        commands = 1;
-        continue;
-      }
-      conn_event(e, token, events[i].events, now);
-      const int delay_us = atomic_load_explicit(&e->test_event_delay_us, memory_order_relaxed);
-      if (delay_us > 0) usleep((useconds_t)delay_us);
-    }
-    /* Connections that used their rounds: one more turn each, in order. */
-    int32_t queued = e->ready_count;
-    for (int32_t k = 0; k < queued; k++) {
-      int32_t id = e->ready[e->ready_head];
-      e->ready_head = (e->ready_head + 1) % e->slots;
-      e->ready_count--;
-      e->conns[id].queued = 0;
-      conn_pump(e, id, now);
-    }
-    if (commands) engine_commands(e, now);
-    if (now >= next_sweep) {
-      engine_sweep(e, now);
-      next_sweep = now + atomic_load_explicit(&e->sweep_ms, memory_order_relaxed);
     }
   }
   return NULL;
@@ -615,9 +634,9 @@ static void engine_free(struct tcp_engine *e) {
 }
 
 int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_timeout_ms,
-                           int32_t idle_timeout_ms, int32_t copy_bytes) {
+                           int32_t idle_timeout_ms, int32_t copy_bytes, int32_t inline_mode) {
   if (slots <= 0 || slots > (1 << 24) || pipe_bytes < 4096 || connect_timeout_ms <= 0 ||
-      idle_timeout_ms < 0)
+      idle_timeout_ms < 0 || (inline_mode != 0 && inline_mode != 1))
     return -EINVAL;
   if (copy_bytes != 0 && (copy_bytes < RL_TCP_COPY_BYTES_MIN || copy_bytes > pipe_bytes))
     return -EINVAL;
@@ -628,7 +647,9 @@ int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_ti
   e->slots = slots;
   e->pipe_bytes = pipe_bytes;
   e->copy_bytes = (uint32_t)copy_bytes;
+  e->inline_mode = inline_mode;
   engine_store_timeouts(e, connect_timeout_ms, idle_timeout_ms);
+  e->next_sweep_ms = now_ms() + atomic_load(&e->sweep_ms);
   e->ev_cap = slots;
   e->conns = calloc((size_t)slots, sizeof(*e->conns));
   e->cmds = calloc((size_t)slots, sizeof(*e->cmds));
@@ -661,6 +682,7 @@ int32_t rl_tcp_engine_open(int32_t slots, int32_t pipe_bytes, int32_t connect_ti
     err = -handle;
     goto fail;
   }
+  if (inline_mode) return handle; /* no thread: the owner runs the rounds */
   rc = pthread_create(&e->thread, NULL, engine_main, e);
   if (rc != 0) {
     const struct tcp_engine *taken = handles_take(&tcp_engines, handle);
@@ -704,6 +726,13 @@ int32_t rl_tcp_engine_add(int32_t engine, int32_t id, int32_t client_fd, int32_t
   int32_t result = 0;
   if (e == NULL) result = -EBADF;
   else if (id < 0 || id >= e->slots || client_fd < 0 || upstream_fd < 0) result = -EINVAL;
+  if (result == 0 && e->inline_mode) {
+    /* The caller is the engine's loop: register the pair now (never inside a round, so
+     * no event of an earlier owner of the id is pending in a batch). */
+    conn_add(e, &(struct tcp_cmd){.id = id, .client_fd = client_fd, .upstream_fd = upstream_fd},
+             now_ms());
+    return 0;
+  }
   if (result == 0) {
     pthread_mutex_lock(&e->lock);
     if (e->cmd_count == e->slots) {
@@ -730,7 +759,8 @@ int32_t rl_tcp_engine_events(int32_t engine, struct rl_tcp_event *out, int32_t c
   if (e == NULL) return -EBADF;
   if (count <= 0) return -EINVAL;
   uint64_t value;
-  (void)!read(e->evfd, &value, sizeof(value)); /* reset before copying: no lost wake-up */
+  /* reset before copying: no lost wake-up (inline: nothing writes it) */
+  if (!e->inline_mode) (void)!read(e->evfd, &value, sizeof(value));
   pthread_mutex_lock(&e->lock);
   int32_t n = e->ev_count < count ? e->ev_count : count;
   for (int32_t i = 0; i < n; i++) out[i] = e->events[(e->ev_head + i) % e->ev_cap];
@@ -738,7 +768,7 @@ int32_t rl_tcp_engine_events(int32_t engine, struct rl_tcp_event *out, int32_t c
   e->ev_count -= n;
   int left = e->ev_count > 0;
   pthread_mutex_unlock(&e->lock);
-  if (left) {
+  if (left && !e->inline_mode) {
     uint64_t one = 1;
     (void)!write(e->evfd, &one, sizeof(one));
   }
@@ -748,6 +778,11 @@ int32_t rl_tcp_engine_events(int32_t engine, struct rl_tcp_event *out, int32_t c
 int32_t rl_tcp_engine_abort_all(int32_t engine) {
   struct tcp_engine *e = engine_get(engine);
   if (e == NULL) return -EBADF;
+  if (e->inline_mode) {
+    int64_t now = now_ms();
+    for (int32_t id = 0; id < e->slots; id++) conn_end(e, id, RL_TCP_END_ABORTED, 0, now);
+    return 0;
+  }
   atomic_store(&e->abort_all, 1);
   uint64_t one = 1;
   return write(e->cmdfd, &one, sizeof(one)) == sizeof(one) ? 0 : -errno;
@@ -794,6 +829,31 @@ int32_t rl_tcp_engine_close(int32_t engine) {
   for (int32_t id = 0; id < e->slots; id++) conn_end(e, id, RL_TCP_END_ABORTED, 0, now);
   engine_free(e);
   return 0;
+}
+
+int32_t rl_tcp_engine_epoll_fd(int32_t engine) {
+  struct tcp_engine *e = engine_get(engine);
+  return e == NULL ? -EBADF : e->epfd;
+}
+
+int32_t rl_tcp_engine_run(int32_t engine, int32_t max_events) {
+  struct tcp_engine *e = engine_get(engine);
+  if (e == NULL) return -EBADF;
+  if (!e->inline_mode || max_events <= 0) return -EINVAL;
+  struct epoll_event events[TCP_EPOLL_EVENTS_MAX];
+  const int max = max_events < TCP_EPOLL_EVENTS_MAX ? max_events : TCP_EPOLL_EVENTS_MAX;
+  const int rc = engine_round(e, events, max, 0);
+  if (rc < 0) {
+    atomic_store(&e->failed, rc);
+    return rc;
+  }
+  if (e->ready_count > 0) {
+    /* Connections wait for another turn with no event to come: the command eventfd
+     * keeps the engine's epoll fd readable, so the owner's poller calls again soon. */
+    uint64_t one = 1;
+    (void)!write(e->cmdfd, &one, sizeof(one));
+  }
+  return rc;
 }
 
 /* ---- Test-only hooks (relay.h: rl_test_*); the relay never calls them ---- */

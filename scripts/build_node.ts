@@ -1,6 +1,6 @@
 // Bundles the relay for Node.js (issue 15): dist/node/main.js (the CLI: src/main_node.ts,
 // which checks the Node version and koffi, then runs src/main.ts) and dist/node/worker.js
-// (the UDP data plane's thread). Node 20 cannot run TypeScript (type stripping came in
+// and dist/node/tcp_worker.js (the UDP and TCP data planes' threads). Node 20 cannot run TypeScript (type stripping came in
 // Node 22.6, and does not cover this code's parameter properties), so we emit JavaScript.
 import { chmodSync, renameSync } from "node:fs";
 import { join } from "node:path";
@@ -14,6 +14,7 @@ const ENTRIES = [
   join(ROOT, "src", "main_node.ts"),
   join(ROOT, "src", "main.ts"),
   join(ROOT, "src", "udp", "worker.ts"),
+  join(ROOT, "src", "tcp", "tcp_worker.ts"),
 ];
 await bundleForNode(ENTRIES, OUT);
 // The relay itself (src/main.ts) is relay.js, loaded by the entry once its checks pass;

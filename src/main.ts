@@ -17,7 +17,7 @@ import { type MetricsServer, startMetricsServer } from "./control/metrics_server
 import { ControlSocket } from "./control/socket.ts";
 import { guardOutput, outputErrors } from "./control/output.ts";
 import { type ReloadState, Reloader } from "./control/reloader.ts";
-import { TcpRelay } from "./tcp/relay.ts";
+import { createTcpPlane, type TcpPlane, type TcpSnapshot } from "./tcp/plane.ts";
 import type { UdpSnapshot } from "./udp/relay.ts";
 import { createUdpPlane, udpPlaneConfig } from "./udp/plane.ts";
 import { applyRules, RulesError, removeRules } from "./rules/apply.ts";
@@ -156,12 +156,13 @@ function parseArgs(argv: string[]): Args {
 
 async function snapshot(
   udp: UdpSnapshot,
-  tcp: TcpRelay | null,
+  tcp: TcpPlane | null,
   flowLog: FlowLog | null,
   sessionsListed: number,
   event: string,
   config: ReloadState | null,
 ) {
+  const tcpView = tcp ? await tcp.snapshot(sessionsListed) : null;
   return {
     event,
     timeMs: Date.now(),
@@ -171,7 +172,7 @@ async function snapshot(
     // udp.workers > 1: packets and sessions of each worker (absent with one).
     workers: udp.workers,
     // null without TCP listeners; connections: the first `--sessions N` open ones.
-    tcp: tcp ? { ...tcp.snapshot(), connections: tcp.connectionViews(sessionsListed) } : null,
+    tcp: tcpView ? { ...tcpView.tcp, connections: tcpView.connections } : null,
     flowLog: flowLog ? { ...flowLog.counters } : null,
     // The config generation and reload results (null until the relay runs).
     config,
@@ -311,16 +312,16 @@ async function main(): Promise<void> {
     log.info("firewall.manage: host rules applied (removed again at exit)");
   }
 
-  let tcp: TcpRelay | null = null;
+  let tcp: TcpPlane | null = null;
   let lastUdp: UdpSnapshot | null = null;
-  const onFatal = (message: string, last: UdpSnapshot | null) => {
+  const onFatal = (message: string, last: UdpSnapshot | null, lastTcp?: TcpSnapshot | null) => {
     // Never half alive: the last counters, the reason, a non-zero status.
     const final = {
       event: "final",
       fatal: message,
       timeMs: Date.now(),
       udp: (last ?? lastUdp)?.udp ?? null,
-      tcp: tcp ? tcp.snapshot() : null,
+      tcp: lastTcp ?? tcp?.latest() ?? null,
       outputErrors,
     };
     process.stdout.write(JSON.stringify(final) + "\n");
@@ -331,12 +332,7 @@ async function main(): Promise<void> {
   // Each relay gets the listeners of its protocol (listener indexes are per relay).
   const udpConfig = udpPlaneConfig;
   const udp = createUdpPlane(lib, udpConfig(config), onFatal, onFlows);
-  tcp = config.listeners.some((l) => l.protocol === "tcp")
-    ? new TcpRelay(lib, config, {
-        onFatal: (message) => onFatal(message, null),
-        onFlows: onFlows ?? undefined,
-      })
-    : null;
+  tcp = createTcpPlane(lib, config, (message, last) => onFatal(message, null, last), onFlows);
   let metrics: MetricsServer | null = null;
   let control: ControlSocket | null = null;
   let metricsTimer: ReturnType<typeof setInterval> | null = null;
@@ -369,7 +365,7 @@ async function main(): Promise<void> {
     },
     applyLive: async (next) => {
       await udp.reconfigure(udpConfig(next));
-      tcp?.reconfigure(next);
+      await tcp?.reconfigure(next);
       configureLog(next.log);
       flowLog?.setRotation(next.flowLog.fileBytesMax, next.flowLog.filesMax);
       if (next.metrics.logIntervalMs !== reloader.config.metrics.logIntervalMs) {
@@ -380,7 +376,7 @@ async function main(): Promise<void> {
   });
   try {
     await udp.start();
-    tcp?.start();
+    await tcp?.start();
     metrics = await startMetricsServer(
       config.metrics,
       udp,
@@ -403,6 +399,13 @@ async function main(): Promise<void> {
         ? `reply ${l.reply}, source ${l.source}`
         : `${l.mode}, source ${l.source}`;
     log.info(`listening ${l.protocol} ${where} (${l.name}, ${how})`);
+  }
+  if (tcp) {
+    const how =
+      config.tcp.dataPlane === "worker"
+        ? "one Worker thread: accept, decide, connect and the splice engine inline"
+        : "main thread, splice engine on its own thread";
+    log.info(`tcp data plane ${config.tcp.dataPlane} (${how})`);
   }
   log.info(
     `sessions max ${config.udp.sessionsMax} (${config.udp.sessionsPerClientMax} per ` +

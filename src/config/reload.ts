@@ -75,6 +75,7 @@ export const RELOAD_POLICY: Readonly<Record<string, ReloadRule>> = {
   },
   "tcp.bufferBytesMax": restart("the splice engine's pipe pool is sized at start"),
   "tcp.spliceMode": restart("the splice engine's copy buffers are made at start"),
+  "tcp.dataPlane": restart("the thread that runs the TCP path"),
   "tcp.shutdownGraceMs": live("read at stop"),
   "tcp.listenBacklog": restart("given to listen(2) when the listeners are bound"),
   "tcp.sniffPorts": restart("the TLS parser and its port set are made at start"),

@@ -210,6 +210,13 @@ export const TcpSchema = Type.Object(
      * "auto", kept for comparison).
      */
     spliceMode: Type.Union([Type.Literal("auto"), Type.Literal("always")], { default: "auto" }),
+    /**
+     * Where the TCP path runs: "worker", one thread (a Worker) that accepts, decides,
+     * connects and moves the bytes itself (the splice engine runs inline, no hand-off
+     * between threads: docs/tcp_single_thread.md); "main", the main thread woken by the C
+     * epoll thread, handing each connection to the splice engine's own thread.
+     */
+    dataPlane: Type.Union([Type.Literal("worker"), Type.Literal("main")], { default: "worker" }),
     /** On SIGTERM: open connections get this long to finish, then they are reset. */
     shutdownGraceMs: Type.Integer({ minimum: 0, maximum: 600_000, default: 5_000 }),
     /** listen(2) backlog of TCP listeners. */

@@ -8,7 +8,7 @@
 //                      -> {sort, limit, udp: [...], udpMatched, tcp: [...] | null,
 //                          tcpMatched}: UDP sessions and TCP connections that match
 //   {cmd: "reload"}    -> {result, generation, message}: as SIGHUP (src/control/reloader.ts)
-import type { TcpRelay } from "../tcp/relay.ts";
+import type { TcpPlane } from "../tcp/plane.ts";
 import type { UdpPlane } from "../udp/plane.ts";
 import { outputErrors } from "./output.ts";
 import { parseSessionQuery } from "./query.ts";
@@ -19,7 +19,7 @@ export const COMMANDS = ["stats", "sessions", "reload"] as const;
 export interface ControlSources {
   udp: UdpPlane;
   /** null without TCP listeners. */
-  tcp: TcpRelay | null;
+  tcp: TcpPlane | null;
   /** The config's generation and reloads (stats), and `reload`; null: not offered. */
   reloader: Reloader | null;
 }
@@ -54,7 +54,7 @@ async function stats(sources: ControlSources): Promise<ControlReply> {
     uptimeMs: udp.uptimeMs,
     timeMs: Date.now(),
     udp: udp.udp,
-    tcp: sources.tcp ? sources.tcp.snapshot() : null,
+    tcp: sources.tcp ? (await sources.tcp.snapshot(0)).tcp : null,
     config: sources.reloader ? sources.reloader.state() : null,
     outputErrors,
   };
@@ -67,7 +67,7 @@ async function sessions(
   const query = parseSessionQuery(fields);
   if (typeof query === "string") return { error: query };
   const udp = await sources.udp.snapshot(0, query);
-  const tcp = sources.tcp ? sources.tcp.queryConnections(query) : null;
+  const tcp = sources.tcp ? await sources.tcp.snapshot(0, query) : null;
   return {
     sort: query.sort,
     limit: query.limit,

@@ -6,7 +6,7 @@ import type { FlowLogCounters } from "./flow_log.ts";
 import type { Config } from "../config/load.ts";
 import { StartError } from "../sys/errno.ts";
 import { type HttpServer, serveHttp } from "../sys/http.ts";
-import type { TcpRelay } from "../tcp/relay.ts";
+import type { TcpPlane } from "../tcp/plane.ts";
 import type { UdpPlane } from "../udp/plane.ts";
 import { RateLimitedLog } from "./log.ts";
 import { LoopLag } from "./loop_lag.ts";
@@ -30,7 +30,7 @@ export interface MetricsServer {
 export async function startMetricsServer(
   settings: Config["metrics"],
   udp: UdpPlane,
-  tcp: TcpRelay | null,
+  tcp: TcpPlane | null,
   /** The flow log writer's counters, or null without a flow log. */
   flowLog: () => FlowLogCounters | null,
   /** The config's generation and reload results. */
@@ -46,9 +46,10 @@ export async function startMetricsServer(
     pending ??= (async () => {
       try {
         const snapshot = await udp.snapshot(0);
+        const tcpView = tcp ? await tcp.snapshot(0) : null;
         return renderPrometheus({
           udp: snapshot,
-          tcp: tcp ? tcp.snapshot() : null,
+          tcp: tcpView ? tcpView.tcp : null,
           process: readProcessStats(),
           loopLag: lag.take(),
           flowLog: flowLog(),

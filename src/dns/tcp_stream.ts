@@ -149,6 +149,11 @@ export class MessageBuffer {
 export interface DnsTcpHost {
   readonly lib: RelayLib;
   readonly poller: Poller;
+  /**
+   * The poller is level-triggered (the TCP Worker, tcp.dataPlane "worker"): a socket
+   * stays armed after a wake-up, and one wanted for nothing leaves the poller.
+   */
+  readonly levelTriggered: boolean;
   readonly counters: DnsTcpCounters;
   idleTimeoutMs(): number;
   connectTimeoutMs(): number;
@@ -374,14 +379,15 @@ export class DnsTcpStreams {
     const which = token - slot * DNS_TCP_TOKENS_PER_STREAM;
     const s = this.streams[slot];
     if (s === null || s.id < 0) return; // ended since the wake-up was queued
+    const oneShot = !this.host.levelTriggered;
     if (which === 0) {
-      s.armed = 0;
+      if (oneShot) s.armed = 0;
       if (s.output.pending > 0 && !this.flushClient(s, nowMs)) return;
       if (this.wantsClient(s) && !this.readClient(s, nowMs)) return;
     } else {
       const up = s.upstreams[which - 1];
       if (up.state === UpState.None) return;
-      up.armed = 0;
+      if (oneShot) up.armed = 0;
       if (!this.upstreamReady(s, which - 1, nowMs)) return;
     }
     // Whole queries held back by the in-flight bound go now that answers made room:
@@ -864,11 +870,12 @@ export class DnsTcpStreams {
       this.end(s, Close.Fin);
       return;
     }
-    const poller = this.host.poller;
     const base = this.tokenBase + slot * DNS_TCP_TOKENS_PER_STREAM;
+    // One-shot, a socket wanted for nothing is simply not re-armed.
+    const off = this.host.levelTriggered ? -1 : 0;
     const client = (this.wantsClient(s) ? ARM_IN : 0) | (s.output.pending > 0 ? ARM_OUT : 0);
-    if (client !== 0 && client !== s.armed) {
-      arm(poller, s.clientFd, base, client);
+    if (client !== off && client !== s.armed) {
+      this.arm(s.clientFd, base, client, s.armed);
       s.armed = client;
     }
     for (let u = 0; u < UPSTREAMS_MAX; u++) {
@@ -880,11 +887,38 @@ export class DnsTcpStreams {
           (s.output.pending < PENDING_BYTES_HIGH ? ARM_IN : 0) |
           (up.output.pending > 0 ? ARM_OUT : 0);
       }
-      if (want !== 0 && want !== up.armed) {
-        arm(poller, up.fd, base + 1 + u, want);
+      if (want !== off && want !== up.armed) {
+        this.arm(up.fd, base + 1 + u, want, up.armed);
         up.armed = want;
       }
     }
+  }
+
+  /**
+   * Arms a socket for ARM_IN, ARM_OUT or both (one-shot: registered, disarmed by its
+   * wake-up). Level-triggered, `had` is what it is armed for now, and 0 (wanted for
+   * nothing, which would wake us again and again: a client's EOF, bytes held back)
+   * takes it off the poller until it is wanted again.
+   */
+  private arm(fd: number, token: number, events: number, had: number): void {
+    const poller = this.host.poller;
+    if (this.host.levelTriggered) {
+      if (events === 0) {
+        poller.remove(fd);
+        return;
+      }
+      if (had === 0) {
+        poller.add(fd, token); // back on the poller, for reads
+        if (events === ARM_IN) return;
+      }
+      if (events === ARM_IN) {
+        poller.readsOnly(fd, token); // writability off again
+        return;
+      }
+    }
+    if (events === ARM_IN) poller.rearm(fd, token);
+    else if (events === ARM_OUT) poller.armOut(fd, token, false);
+    else poller.armBoth(fd, token);
   }
 
   private record(s: Stream, reason: TcpEnd): void {
@@ -940,11 +974,4 @@ export class DnsTcpStreams {
 function awaited(s: Stream): boolean {
   for (const p of s.pending) if (!p.answered) return true;
   return false;
-}
-
-/** Arms a registered socket for ARM_IN, ARM_OUT or both (one-shot). */
-function arm(poller: Poller, fd: number, token: number, events: number): void {
-  if (events === ARM_IN) poller.rearm(fd, token);
-  else if (events === ARM_OUT) poller.armOut(fd, token, false);
-  else poller.armBoth(fd, token);
 }

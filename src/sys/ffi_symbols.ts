@@ -81,7 +81,7 @@ export const SYMBOLS = {
   rl_tcp_abort: { args: ["i32"], returns: "i32" },
   rl_tcp_peek: { args: ["i32", "ptr", "i32"], returns: "i32" },
   rl_tcp_rcvlowat: { args: ["i32", "i32"], returns: "i32" },
-  rl_tcp_engine_open: { args: ["i32", "i32", "i32", "i32", "i32"], returns: "i32" },
+  rl_tcp_engine_open: { args: ["i32", "i32", "i32", "i32", "i32", "i32"], returns: "i32" },
   rl_tcp_engine_set_timeouts: { args: ["i32", "i32", "i32"], returns: "i32" },
   rl_tcp_engine_event_fd: { args: ["i32"], returns: "i32" },
   rl_tcp_engine_failed: { args: ["i32"], returns: "i32" },
@@ -117,6 +117,9 @@ export const SYMBOLS = {
   rl_uring_submit: { args: ["i32"], returns: "i32" },
   rl_uring_stats: { args: ["i32", "ptr"], returns: "i32" },
   rl_poll_fd: { args: ["i32"], returns: "i32" },
+  // The splice engine inline, in its owner's thread (ffi/tcp_engine.c, tcp.dataPlane worker).
+  rl_tcp_engine_epoll_fd: { args: ["i32"], returns: "i32" },
+  rl_tcp_engine_run: { args: ["i32", "i32"], returns: "i32" },
 } as const satisfies SymbolTable;
 
 export type RelayLib = Library<typeof SYMBOLS>;

@@ -35,6 +35,13 @@ const ROUNDS_MAX = 64;
  */
 const INLINE_TURN_INTERVAL_MS = 1000;
 
+/**
+ * Inline mode, while an announced message is not yet handled: the longest a wait blocks
+ * between two event-loop turns (a message being delivered, or a request that awaits
+ * timers, like the TCP stop's grace period).
+ */
+const PENDING_WAIT_MS = 1;
+
 /** Ring token of a notice (RL_POLL_NOTIFY_RING_TOKEN in ffi/relay.h); never a socket's. */
 const NOTIFY_RING_TOKEN = 0x3fffffff;
 
@@ -217,8 +224,8 @@ export class Poller {
       let now = performance.now();
       if (this.timers.length > 0 && this.runTimers(now)) now = performance.now();
       if (this.closed) return; // a timer stopped the data path
-      const waitMs =
-        this.messagesPending > 0 ? 0 : Math.max(0, Math.ceil(this.nextDueMs(turnAtMs) - now));
+      const dueMs = this.messagesPending > 0 ? now + PENDING_WAIT_MS : turnAtMs;
+      const waitMs = Math.max(0, Math.ceil(this.nextDueMs(dueMs) - now));
       if (!this.inlinePass(waitMs)) return; // failed: reported through onError
       if (this.closed) return; // a handler stopped the data path
       if (this.messagesPending > 0 || performance.now() >= turnAtMs) break;

@@ -1,6 +1,7 @@
-// The UDP data plane's thread: a Bun Worker under Bun, a worker_threads Worker under Node.
-// Both block in epoll_wait (Poller inline mode) and hear messages between waits. One
-// wrapper, so src/udp/plane.ts and src/udp/worker.ts do not know which runtime runs them.
+// A data plane's thread (UDP, or TCP with tcp.dataPlane "worker"): a Bun Worker under
+// Bun, a worker_threads Worker under Node. Both block in epoll_wait (Poller inline mode)
+// and hear messages between waits. One wrapper, so the planes (src/udp/plane.ts,
+// src/tcp/plane.ts) and their threads' scripts do not know which runtime runs them.
 import { Worker as NodeWorker, parentPort as nodeParentPort } from "node:worker_threads";
 import { RUNTIME } from "./runtime.ts";
 
@@ -22,12 +23,24 @@ export interface ParentPort {
 }
 
 /**
- * Starts src/udp/worker.ts on its own thread: the source under Bun, and under Node its
- * bundle beside the main one (scripts/build_node.ts writes dist/node/worker.js).
+ * Which plane's script: src/udp/worker.ts or src/tcp/tcp_worker.ts (not worker.ts: the
+ * Node bundle names each output by its entry's base name, in one directory).
  */
-export function startDataThread(): DataThread {
+export type DataThreadScript = "udp" | "tcp";
+
+const SCRIPTS = {
+  udp: { source: "../udp/worker.ts", bundle: "./worker.js" },
+  tcp: { source: "../tcp/tcp_worker.ts", bundle: "./tcp_worker.js" },
+} as const;
+
+/**
+ * Starts a plane's script on its own thread: the source under Bun, and under Node its
+ * bundle beside the main one (scripts/build_node.ts writes dist/node/worker.js and
+ * tcp_worker.js).
+ */
+export function startDataThread(script: DataThreadScript = "udp"): DataThread {
   if (RUNTIME === "bun") {
-    const worker = new Worker(new URL("../udp/worker.ts", import.meta.url).href);
+    const worker = new Worker(new URL(SCRIPTS[script].source, import.meta.url).href);
     return {
       post: (m) => worker.postMessage(m),
       onMessage: (h) => {
@@ -40,7 +53,7 @@ export function startDataThread(): DataThread {
       terminate: () => worker.terminate(),
     };
   }
-  const worker = new NodeWorker(new URL("./worker.js", import.meta.url));
+  const worker = new NodeWorker(new URL(SCRIPTS[script].bundle, import.meta.url));
   return {
     post: (m) => worker.postMessage(m),
     onMessage: (h) => worker.on("message", h),
@@ -62,7 +75,7 @@ export function parentPort(): ParentPort {
     };
   }
   const port = nodeParentPort;
-  if (port === null) throw new Error("src/udp/worker.ts runs only as a worker thread");
+  if (port === null) throw new Error("a data plane's script runs only as a worker thread");
   return {
     post: (m) => port.postMessage(m),
     onMessage: (h) => port.on("message", h),

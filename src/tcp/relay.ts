@@ -24,6 +24,11 @@
 //
 // Wake-ups: the listeners and the engine's event fd sit in one Poller (the C epoll
 // thread, EPOLLONESHOT); each is drained, bounded, and re-armed in a `finally`.
+// Inline (tcp.dataPlane "worker", src/tcp/plane.ts): this runs in a Worker whose Poller
+// waits in epoll_wait itself (level-triggered), and the engine has no thread: its epoll
+// fd sits in that Poller, and a wake-up on it runs the engine's round here
+// (rl_tcp_engine_run). One thread accepts, decides, connects, moves the bytes and reads
+// the ends: no wake-up crosses threads (docs/tcp_single_thread.md).
 //
 // Names (tcp.sniffPorts, 443 by default): before the upstream connect, the client's
 // first bytes are peeked (MSG_PEEK) into the WASM parsers' packet area and read as a TLS
@@ -97,7 +102,7 @@ import { TlsParser } from "../classify/tls.ts";
 import { Parsers, WASM_PATH_DEFAULT } from "../classify/wasm.ts";
 import { assert } from "../sys/assert.ts";
 import { META, META_WORDS, SOCK } from "../sys/layout.ts";
-import { Poller, WAKE_TOKEN_MASK } from "../sys/poller.ts";
+import { type CancelTimer, Poller, WAKE_TOKEN_MASK } from "../sys/poller.ts";
 import {
   TCP_CONNECT,
   TCP_EVENT,
@@ -117,6 +122,8 @@ import {
 
 /** Connections accepted per listener wake-up before yielding to other sockets. */
 const ACCEPT_BUDGET = 64;
+/** Inline engine: socket events handled per run (the Poller calls again while ready). */
+const ENGINE_EVENTS_PER_RUN = 256;
 /** Engine events read per call, and calls per wake-up. */
 const EVENTS_BATCH = 256;
 const EVENTS_BATCHES_MAX = 16;
@@ -325,6 +332,11 @@ export interface TcpRelayOptions {
   onFatal?: (message: string) => void;
   /** With flowLog.path set: the connections that ended, a batch per timer tick. */
   onFlows?: (batch: FlowBatch) => void;
+  /**
+   * One thread for everything (a Worker that may block: src/tcp/tcp_worker.ts): the Poller
+   * waits inline and the splice engine runs in its rounds, without a thread of its own.
+   */
+  inline?: boolean;
 }
 
 /** sysexits.h EX_SOFTWARE: an internal error. */
@@ -365,7 +377,9 @@ export class TcpRelay {
   /** One flow, refilled per decision; its words are connAddrs' (client at id*8). */
   private readonly flow = new PolicyFlow();
   private engine = -1;
+  /** What eventsToken watches: the engine's event fd, or inline its epoll fd. */
   private eventsFd = -1;
+  private readonly inline: boolean;
   private readonly eventsToken: number;
   /** The netlink address watch (LocalTargets), after the engine's event fd. */
   private readonly watchToken: number;
@@ -470,7 +484,8 @@ export class TcpRelay {
   private flows: FlowRecords | null;
   private readonly onFlows: (batch: FlowBatch) => void;
 
-  private timer: ReturnType<typeof setInterval> | null = null;
+  /** The tick (Poller.every: inline, run from the Worker's loop itself). */
+  private cancelTick: CancelTimer | null = null;
   private readonly logger = new RateLimitedLog();
   private stopping = false;
   private closed = false;
@@ -482,6 +497,7 @@ export class TcpRelay {
     this.lib = lib;
     this.config = config;
     this.onFatal = options.onFatal ?? exitOnFatal;
+    this.inline = options.inline === true;
     this.listeners = config.listeners.filter((l) => l.protocol === "tcp");
     this.listenerIndex = Int16Array.from(this.listeners.map((l) => config.listeners.indexOf(l)));
     this.gen = this.makeGeneration(config, null);
@@ -564,6 +580,7 @@ export class TcpRelay {
     // DNS_TCP_TOKENS_PER_STREAM per DNS stream (its client and upstreams).
     const dnsMax = config.tcp.dnsConnectionsMax;
     this.poller = new Poller(lib, (token) => this.onWake(token), {
+      inline: this.inline,
       tokensMax: this.dnsTokenBase + dnsMax * DNS_TCP_TOKENS_PER_STREAM,
       // A bug on the accept path, or the epoll thread gone: never limp on half alive.
       onError: (err) => {
@@ -637,10 +654,13 @@ export class TcpRelay {
       tcp.idleTimeoutMs,
       // The copy buffer counts against the per-direction bound like the pipe does.
       tcp.spliceMode === "auto" ? Math.min(TCP_COPY_BYTES, tcp.bufferBytesMax) : 0,
+      this.inline ? 1 : 0,
     );
     if (engine < 0) throw new Error(`TCP splice engine did not start: ${errnoName(-engine)}`);
     this.engine = engine;
-    this.eventsFd = this.lib.rl_tcp_engine_event_fd(engine);
+    this.eventsFd = this.inline
+      ? this.lib.rl_tcp_engine_epoll_fd(engine)
+      : this.lib.rl_tcp_engine_event_fd(engine);
     try {
       // The local set first: no connection is accepted before the loop guard can judge it.
       this.locals.refresh();
@@ -661,7 +681,20 @@ export class TcpRelay {
       throw err;
     }
     this.poller.start();
-    this.timer = setInterval(() => this.tick(), TICK_MS);
+    this.cancelTick = this.poller.every(TICK_MS, () => this.tick());
+  }
+
+  /**
+   * Inline mode: the handle the main thread passes to Poller.notify() before it posts a
+   * request to this thread (src/sys/worker_plane.ts).
+   */
+  get notifyHandle(): number {
+    return this.poller.notifyHandle;
+  }
+
+  /** Inline mode: a request announced through notifyHandle was handled. */
+  messageHandled(): void {
+    this.poller.messageHandled();
   }
 
   /**
@@ -740,7 +773,8 @@ export class TcpRelay {
   private close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.timer) clearInterval(this.timer);
+    this.cancelTick?.();
+    this.cancelTick = null;
     this.pollWakesFinal = this.poller.wakes;
     this.abortSniffing();
     this.abortSocks();
@@ -909,6 +943,7 @@ export class TcpRelay {
     }
     if (token === this.eventsToken) {
       try {
+        this.runEngine();
         this.drainEvents();
         this.checkEngine(); // a dying engine wakes us through the same event fd
       } finally {
@@ -945,6 +980,7 @@ export class TcpRelay {
     this.expireSniffing(performance.now());
     this.expireSocks(performance.now());
     this.dns.tick(performance.now());
+    this.runEngine(); // inline: the connect and idle timeouts have no thread of their own
     this.drainEvents();
     this.flushFlows();
     this.checkEngine();
@@ -952,7 +988,8 @@ export class TcpRelay {
     for (let i = 0; i < this.listenerFd.length; i++) {
       if (!this.listenerPaused[i] || this.listenerFd[i] < 0) continue;
       this.listenerPaused[i] = 0;
-      this.poller.rearm(this.listenerFd[i], i);
+      if (this.inline) this.poller.add(this.listenerFd[i], i);
+      else this.poller.rearm(this.listenerFd[i], i);
     }
   }
 
@@ -967,6 +1004,9 @@ export class TcpRelay {
         if (isResourceErrno(err)) {
           this.counters.acceptNoDescriptors++;
           this.listenerPaused[index] = 1;
+          // Level-triggered (inline), the pending client would wake us at once, again
+          // and again: off the Poller until the tick puts it back.
+          if (this.inline) this.poller.remove(listenerFd);
           this.log(
             "accept-fds",
             `accept(): ${errnoName(err)}: pausing listener ` +
@@ -1352,7 +1392,7 @@ export class TcpRelay {
     const token = this.socksTokenBase + id;
     // Bytes the socket did not take: wait until it can; else wait for the answer.
     if (hs.output().length > 0) this.poller.armOut(fd, token, false);
-    else this.poller.rearm(fd, token);
+    else this.poller.readsOnly(fd, token); // level-triggered too: writability off again
   }
 
   /**
@@ -1462,6 +1502,7 @@ export class TcpRelay {
     return {
       lib: this.lib,
       poller: this.poller,
+      levelTriggered: this.inline,
       counters: this.counters,
       idleTimeoutMs: () => this.config.tcp.dnsIdleTimeoutMs,
       connectTimeoutMs: () => this.config.tcp.connectTimeoutMs,
@@ -1671,13 +1712,23 @@ export class TcpRelay {
 
   // ---- engine events ----
 
+  /** Inline: one round of the engine (its sockets' events, turns, timeouts), here. */
+  private runEngine(): void {
+    if (!this.inline || this.engine < 0) return;
+    // A failure is recorded for checkEngine(), which reports it as fatal.
+    this.lib.rl_tcp_engine_run(this.engine, ENGINE_EVENTS_PER_RUN);
+  }
+
   /** A dead engine thread moves no byte again: report it once, as fatal. */
   private checkEngine(): void {
     if (this.engine < 0 || this.fatal) return;
     const rc = this.lib.rl_tcp_engine_failed(this.engine);
     if (rc === 0) return;
     this.fatal = true;
-    this.onFatal(`TCP splice engine thread stopped: epoll_wait: ${errnoName(-rc)}`);
+    const what = this.inline
+      ? "TCP splice engine (inline) failed"
+      : "TCP splice engine thread stopped";
+    this.onFatal(`${what}: epoll_wait: ${errnoName(-rc)}`);
   }
 
   private drainEvents(): void {

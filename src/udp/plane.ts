@@ -10,10 +10,8 @@
 import type { Config } from "../config/load.ts";
 import type { FlowBatch } from "../flow/flow_records.ts";
 import type { SessionQuery } from "../control/query.ts";
-import { errnoName, StartError } from "../sys/errno.ts";
-import { Poller } from "../sys/poller.ts";
 import type { RelayLib } from "../sys/ffi.ts";
-import { type DataThread, startDataThread } from "../sys/thread.ts";
+import { WorkerPlaneClient } from "../sys/worker_plane.ts";
 import { MultiPlane } from "./multi_plane.ts";
 import { UdpRelay, type UdpSnapshot } from "./relay.ts";
 
@@ -42,9 +40,6 @@ export type OnFatal = (message: string, last: UdpSnapshot | null) => void;
 /** Ended sessions for the flow log (src/control/flow_log.ts), on the main thread. */
 export type OnFlows = (batch: FlowBatch) => void;
 
-/** Replies from the worker are awaited at most this long (it answers between waits). */
-const WORKER_REPLY_TIMEOUT_MS = 10_000;
-
 class InThreadPlane implements UdpPlane {
   private readonly relay: UdpRelay;
   constructor(lib: RelayLib, config: Config, onFatal: OnFatal, onFlows: OnFlows | null) {
@@ -70,143 +65,37 @@ class InThreadPlane implements UdpPlane {
   }
 }
 
-type WorkerReply =
-  | { type: "loaded" }
-  | { type: "started"; notifyHandle: number }
-  | { type: "error"; message: string; privilege: boolean }
-  | { type: "fatal"; message: string; data: UdpSnapshot | null }
-  | { type: "flows"; batch: FlowBatch }
-  | { type: "snapshot"; id: number; data: UdpSnapshot }
-  | { type: "stopped"; id: number; data: UdpSnapshot }
-  | { type: "reconfigured"; id: number };
-
 class WorkerPlane implements UdpPlane {
-  private readonly worker: DataThread;
-  private nextId = 1;
-  private readonly waiting = new Map<number, (r: WorkerReply) => void>();
-  private startWaiter: ((r: WorkerReply) => void) | null = null;
-  private started = false;
-  private stopping = false;
-  /** The Worker's poller (Poller.notify before each post); -1 until it started. */
-  private notifyHandle = -1;
-  /** Resolved by the thread's "loaded": from then on it hears messages (src/udp/worker.ts). */
-  private readonly loaded: Promise<void>;
-  private onLoaded: () => void = () => {};
+  private readonly client: WorkerPlaneClient<UdpSnapshot>;
 
   constructor(
-    private readonly lib: RelayLib,
+    lib: RelayLib,
     private readonly config: Config,
-    private readonly onFatal: OnFatal,
-    private readonly onFlows: OnFlows | null,
+    onFatal: OnFatal,
+    onFlows: OnFlows | null,
   ) {
-    this.loaded = new Promise((resolve) => {
-      this.onLoaded = resolve;
-    });
-    this.worker = startDataThread();
-    this.worker.onMessage((message) => {
-      const reply = message as WorkerReply;
-      if (reply.type === "loaded") {
-        this.onLoaded();
-        return;
-      }
-      if (reply.type === "flows") {
-        // Messages keep their order: a stop's last batches arrive before "stopped".
-        this.onFlows?.(reply.batch);
-        return;
-      }
-      if (reply.type === "fatal") {
-        this.onFatal(reply.message, reply.data);
-        return;
-      }
-      if (reply.type === "started" || reply.type === "error") {
-        this.startWaiter?.(reply);
-        return;
-      }
-      this.waiting.get(reply.id)?.(reply);
-      this.waiting.delete(reply.id);
-    });
-    this.worker.onError((why) => {
-      const message = `UDP worker failed: ${why}`;
-      this.startWaiter?.({ type: "error", message, privilege: false });
-      for (const [, w] of this.waiting) w({ type: "error", message, privilege: false });
-      this.waiting.clear();
-      if (this.started && !this.stopping) this.onFatal(message, null);
-    });
-    // A worker that ends without an error event (its thread exited) is just as dead.
-    this.worker.onExit(() => {
-      if (this.started && !this.stopping) this.onFatal("UDP worker exited", null);
-    });
+    this.client = new WorkerPlaneClient(lib, "UDP", "udp", onFatal, onFlows);
   }
 
   start(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.startWaiter = (reply) => {
-        this.startWaiter = null;
-        if (reply.type === "started") {
-          this.started = true;
-          this.notifyHandle = reply.notifyHandle;
-          resolve();
-        } else if (reply.type === "error") {
-          reject(new StartError(reply.message, reply.privilege));
-        } else reject(new Error("unexpected reply"));
-      };
-      void this.loaded.then(() => this.worker.post({ type: "start", config: this.config }));
-    });
-  }
-
-  private request(
-    type: "snapshot" | "stop",
-    sessionsListed: number,
-    query: SessionQuery | null = null,
-  ): Promise<UdpSnapshot> {
-    return this.ask(type, { sessionsListed, query }).then((reply) => {
-      if (reply.type === "snapshot" || reply.type === "stopped") return reply.data;
-      throw new Error("unexpected reply");
-    });
-  }
-
-  /** Posts a request with a fresh id; resolves with the worker's reply to it. */
-  private ask(type: string, fields: Record<string, unknown>): Promise<WorkerReply> {
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiting.delete(id);
-        reject(
-          new Error(`UDP worker did not answer "${type}" within ${WORKER_REPLY_TIMEOUT_MS} ms`),
-        );
-      }, WORKER_REPLY_TIMEOUT_MS);
-      this.waiting.set(id, (reply) => {
-        clearTimeout(timer);
-        if (reply.type === "error") reject(new Error(reply.message));
-        else resolve(reply);
-      });
-      // Announced first: the Worker's loop then turns its event loop to take it. The
-      // poller is alive: only a message posted after this one could stop it.
-      const rc = Poller.notify(this.lib, this.notifyHandle);
-      if (rc < 0) {
-        this.waiting.delete(id);
-        clearTimeout(timer);
-        reject(new Error(`UDP worker's poller: ${errnoName(-rc)}`));
-        return;
-      }
-      this.worker.post({ type, id, ...fields });
-    });
+    return this.client.start(this.config);
   }
 
   async reconfigure(config: Config): Promise<void> {
-    const reply = await this.ask("reconfigure", { config });
+    const reply = await this.client.ask("reconfigure", { config });
     if (reply.type !== "reconfigured") throw new Error("unexpected reply");
   }
 
-  snapshot(sessionsListed: number, query?: SessionQuery): Promise<UdpSnapshot> {
-    return this.request("snapshot", sessionsListed, query ?? null);
+  async snapshot(sessionsListed: number, query?: SessionQuery): Promise<UdpSnapshot> {
+    const reply = await this.client.ask("snapshot", { sessionsListed, query: query ?? null });
+    if (reply.type !== "snapshot") throw new Error("unexpected reply");
+    return reply.data as UdpSnapshot;
   }
 
   async stop(sessionsListed: number): Promise<UdpSnapshot> {
-    this.stopping = true;
-    const final = await this.request("stop", sessionsListed);
-    this.worker.terminate();
-    return final;
+    const reply = await this.client.stop({ sessionsListed, query: null });
+    if (reply.type !== "stopped") throw new Error("unexpected reply");
+    return reply.data as UdpSnapshot;
   }
 }
 

@@ -62,17 +62,35 @@ function sanitizerPrefix(): string[] {
 
 /**
  * `raw` with control.socketPath set to `path`, unless it sets one itself; and with
- * RELAY_UDP_IO_BACKEND's udp.ioBackend (envIoBackend), here because every config a lab
- * relay reads, at start or at a reload, goes through this function (a reload that
- * changed udp.ioBackend would be refused).
+ * RELAY_UDP_IO_BACKEND's udp.ioBackend (envIoBackend) and RELAY_TCP_DATA_PLANE's
+ * tcp.dataPlane (withTcpDataPlane), here because every config a lab relay reads, at start
+ * or at a reload, goes through this function (a reload that changed either would be
+ * refused).
  */
 export function withControlSocket(raw: object, path: string): object {
   const backend = envIoBackend(raw);
   const udp = (raw as { udp?: object }).udp;
-  const lab = backend === null ? raw : { ...raw, udp: { ...udp, ioBackend: backend } };
+  const lab = withTcpDataPlane(
+    backend === null ? raw : { ...raw, udp: { ...udp, ioBackend: backend } },
+  );
   const control = (lab as { control?: { socketPath?: string } }).control;
   if (control?.socketPath !== undefined) return lab;
   return { ...lab, control: { ...control, socketPath: path } };
+}
+/**
+ * RELAY_TCP_DATA_PLANE ("worker" or "main"): the TCP plane of every lab relay whose
+ * config does not name one, so that the end-to-end files run on either (scripts/test.sh
+ * runs the TCP files again on the one that is not the default). Unset: the default.
+ */
+function withTcpDataPlane(raw: object): object {
+  const plane = process.env.RELAY_TCP_DATA_PLANE;
+  if (plane === undefined || plane === "") return raw;
+  if (plane !== "worker" && plane !== "main") {
+    throw new Error(`RELAY_TCP_DATA_PLANE=${plane}: "worker" or "main"`);
+  }
+  const tcp = (raw as { tcp?: { dataPlane?: string } }).tcp;
+  if (tcp?.dataPlane !== undefined) return raw;
+  return { ...raw, tcp: { ...tcp, dataPlane: plane } };
 }
 
 /**
@@ -82,7 +100,10 @@ export function withControlSocket(raw: object, path: string): object {
  */
 function labConfigPath(configPath: string | null): string {
   const raw = configPath === null ? {} : JSON.parse(readFileSync(configPath, "utf8"));
-  if (raw.control?.socketPath !== undefined && envIoBackend(raw) === null) return configPath!;
+  // A config that names its socket and that no RELAY_* data-plane variable changes is used
+  // as it is.
+  const unchanged = JSON.stringify(withControlSocket(raw, "")) === JSON.stringify(raw);
+  if (raw.control?.socketPath !== undefined && unchanged) return configPath!;
   const dir = mkdtempSync(join(tmpdir(), "relay-lab-"));
   const path = join(dir, "config.json");
   writeFileSync(path, JSON.stringify(withControlSocket(raw, join(dir, "control.sock"))));

@@ -81,7 +81,8 @@ class FakeHost implements DnsTcpHost {
     ttlS: 60,
   };
 
-  constructor() {
+  /** levelTriggered: the TCP Worker's poller (a socket stays armed after its wake-up). */
+  constructor(readonly levelTriggered = false) {
     this.sockets.set(CLIENT_FD, new FakeSocket());
   }
 
@@ -124,6 +125,7 @@ class FakeHost implements DnsTcpHost {
   readonly poller = {
     add: (fd: number) => this.arm(fd, "in"),
     rearm: (fd: number) => this.arm(fd, "in"),
+    readsOnly: (fd: number) => this.arm(fd, "in"),
     armOut: (fd: number) => this.arm(fd, "out"),
     armBoth: (fd: number) => this.arm(fd, "both"),
     remove: (fd: number) => {
@@ -386,5 +388,37 @@ describe("DNS over TCP streams", () => {
     wake(CLIENT_TOKEN, 1);
     expect(host.counters.dnsTcpUpstreamsExceeded).toBe(1);
     expect(host.client.closed).toBe("reset");
+  });
+});
+
+describe("DNS over TCP streams on a level-triggered poller (tcp.dataPlane worker)", () => {
+  test("armed across wake-ups; back to reads after a flush; off while wanted for nothing", () => {
+    const host = new FakeHost(true);
+    const streams = new DnsTcpStreams(host, 4, 16, TOKEN_BASE);
+    expect(streams.start(3, CLIENT_FD, 0)).toBe(true);
+    // Level-triggered: a wake-up leaves the socket armed (no delete, unlike setUp's).
+    const wake = (token: number, nowMs: number) => streams.onWake(token, nowMs);
+    const q1 = framed(0x1111, "a.test");
+    host.client.incoming.push(q1);
+    host.client.eof = true; // the client half-closes with its query awaited
+    wake(CLIENT_TOKEN, 1); // a short read: the query, not yet the EOF
+    expect(host.armed.get(CLIENT_FD)).toBe("in");
+    wake(CLIENT_TOKEN, 1); // still readable: the EOF
+    // Its EOF would be reported again and again: the client leaves the poller until an
+    // answer is to be written.
+    expect(host.armed.has(CLIENT_FD)).toBe(false);
+    expect(host.armed.get(UPSTREAM_FD)).toBe("out");
+    wake(UPSTREAM_TOKEN, 2); // connected: the query goes, the answer is awaited
+    expect(host.armed.get(UPSTREAM_FD)).toBe("in");
+    host.upstream.incoming.push(answerTo(q1, 1));
+    host.client.sendRoom = 10; // the client takes 10 bytes now, the rest later
+    wake(UPSTREAM_TOKEN, 3);
+    expect(host.armed.get(CLIENT_FD)).toBe("out"); // back on the poller, for the rest
+    host.client.sendRoom = Number.POSITIVE_INFINITY;
+    wake(CLIENT_TOKEN, 4);
+    expect(messages(host.client.sentBytes)).toEqual([answerTo(q1, 1).subarray(2)]);
+    // Every answer written and the client gone: the stream ends with a FIN.
+    expect(host.client.closed).toBe("fin");
+    expect(host.released).toEqual([3]);
   });
 });

@@ -280,10 +280,10 @@ describe("C helper", () => {
     expect(lib.rl_poll_stop(second)).toBe(0);
     lib.rl_close(fd);
 
-    const engine = lib.rl_tcp_engine_open(4, 65536, 1000, 0, 0);
+    const engine = lib.rl_tcp_engine_open(4, 65536, 1000, 0, 0, 0);
     expect(engine).toBeGreaterThanOrEqual(0);
     expect(lib.rl_tcp_engine_close(engine)).toBe(0);
-    const again = lib.rl_tcp_engine_open(4, 65536, 1000, 0, 0);
+    const again = lib.rl_tcp_engine_open(4, 65536, 1000, 0, 0, 0);
     expect(again).not.toBe(engine);
     expect(lib.rl_tcp_engine_event_fd(engine)).toBe(-E.EBADF);
     expect(lib.rl_tcp_engine_close(engine)).toBe(-E.EBADF);

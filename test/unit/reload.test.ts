@@ -54,6 +54,7 @@ describe("the reload policy table", () => {
       "udp.batchCountMax",
       "udp.dataPlane",
       "udp.workers",
+      "tcp.dataPlane",
       "mark",
       "metrics.port",
       "control.socketPath",

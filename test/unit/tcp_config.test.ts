@@ -37,6 +37,7 @@ describe("TCP config", () => {
       connectionsMax: 4096,
       bufferBytesMax: 262_144,
       spliceMode: "auto",
+      dataPlane: "worker",
       shutdownGraceMs: 5000,
       listenBacklog: 1024,
       sniffPorts: [443],

@@ -1,8 +1,10 @@
 // The C splice engine on loopback (no namespaces, no privileges): accept, connect,
 // hand-off, and what each ending looks like from both peers and from the event. The
 // contract runs once per mode (copy first, tcp.spliceMode "auto"; splice only,
-// "always"); then copy mode's own cases: small exchanges without a pipe, the switch to
-// splice (byte order across it), back-pressure, a full copy pool.
+// "always") and per engine kind (its own thread; inline, run by its owner: here a
+// timer stands for the TCP Worker's poller); then copy mode's own cases: small exchanges
+// without a pipe, the switch to splice (byte order across it), back-pressure, a full
+// copy pool; and inline mode's own: its epoll fd in a poller, no event fd writes.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { type Pointer, ptr } from "bun:ffi";
 import net from "node:net";
@@ -52,24 +54,27 @@ async function nextEvent(timeoutMs = 3000, which = engine): Promise<EndEvent> {
   const end = performance.now() + timeoutMs;
   while (performance.now() < end) {
     const n = lib.rl_tcp_engine_events(which, eventsPtr, 1);
-    if (n === 1) {
-      const w32 = new Uint32Array(events.buffer);
-      const i32 = new Int32Array(events.buffer);
-      const h16 = new Uint16Array(events.buffer);
-      const f64 = new Float64Array(events.buffer);
-      expect(h16[TCP_EVENT.kindHalf]).toBe(TCP_EVENT_CLOSED);
-      return {
-        id: w32[TCP_EVENT.idWord],
-        reason: h16[TCP_EVENT.reasonHalf],
-        error: i32[TCP_EVENT.errorWord],
-        connectMs: w32[TCP_EVENT.connectWord],
-        bytesUp: f64[TCP_EVENT.bytesUpDouble],
-        bytesDown: f64[TCP_EVENT.bytesDownDouble],
-      };
-    }
+    if (n === 1) return readEvent();
     await Bun.sleep(5);
   }
   throw new Error("no engine event in time");
+}
+
+/** The first event in `events` (rl_tcp_engine_events wrote it). */
+function readEvent(): EndEvent {
+  const w32 = new Uint32Array(events.buffer);
+  const i32 = new Int32Array(events.buffer);
+  const h16 = new Uint16Array(events.buffer);
+  const f64 = new Float64Array(events.buffer);
+  expect(h16[TCP_EVENT.kindHalf]).toBe(TCP_EVENT_CLOSED);
+  return {
+    id: w32[TCP_EVENT.idWord],
+    reason: h16[TCP_EVENT.reasonHalf],
+    error: i32[TCP_EVENT.errorWord],
+    connectMs: w32[TCP_EVENT.connectWord],
+    bytesUp: f64[TCP_EVENT.bytesUpDouble],
+    bytesDown: f64[TCP_EVENT.bytesDownDouble],
+  };
 }
 
 /** Reads the engine's stats until check() holds or the deadline passes (bounded). */
@@ -249,20 +254,34 @@ afterAll(() => {
   if (listenerFd >= 0) lib.rl_close(listenerFd);
 });
 
-/** Both modes keep one contract; only the pipes they take differ. */
+/** Both modes, threaded or inline, keep one contract; only the pipes they take differ. */
 const MODES = [
-  { name: "auto", copyBytes: TCP_COPY_BYTES },
-  { name: "always", copyBytes: 0 },
+  { name: "auto", copyBytes: TCP_COPY_BYTES, inline: 0 },
+  { name: "always", copyBytes: 0, inline: 0 },
+  { name: "auto, inline", copyBytes: TCP_COPY_BYTES, inline: 1 },
+  { name: "always, inline", copyBytes: 0, inline: 1 },
 ] as const;
+
+/** An inline engine's rounds: what the TCP Worker's poller does when its epoll fd is ready. */
+const INLINE_PUMP_MS = 1;
 
 for (const mode of MODES)
   describe(`TCP splice engine, spliceMode ${mode.name}`, () => {
+    let pump: ReturnType<typeof setInterval> | null = null;
     beforeAll(() => {
-      engine = lib.rl_tcp_engine_open(SLOTS, PIPE_BYTES, 1000, 400, mode.copyBytes);
+      engine = lib.rl_tcp_engine_open(SLOTS, PIPE_BYTES, 1000, 400, mode.copyBytes, mode.inline);
       expect(engine).toBeGreaterThanOrEqual(0);
+      if (mode.inline === 1) {
+        const which = engine;
+        pump = setInterval(
+          () => expect(lib.rl_tcp_engine_run(which, 64)).toBeGreaterThanOrEqual(0),
+          INLINE_PUMP_MS,
+        );
+      }
     });
 
     afterAll(() => {
+      if (pump) clearInterval(pump);
       if (engine >= 0) expect(lib.rl_tcp_engine_close(engine)).toBe(0);
       engine = -1;
     });
@@ -453,169 +472,180 @@ for (const mode of MODES)
       }
     });
 
-    test("connect/close churn: a connection is never hit by its id's previous owner", async () => {
-      // Ids are reused last-in-first-out as soon as their end is read, so an id can end
-      // and start again within one epoll batch of the engine. A late event of the old
-      // connection in that batch must not reach the new one: the upstream's reset of the
-      // old connection would make the new one, still connecting, "refused".
-      //
-      // Each round: an open connection X to a listener here moves one byte (the engine
-      // then pauses, EVENT_DELAY_US, after that event). Meanwhile its client resets, a
-      // connection to a refusing port is handed off, and its upstream resets: the
-      // engine's next batch holds X's client reset (ending X), the hand-off command and
-      // X's upstream reset (a late event of X). JS reads X's end during the pause after
-      // that first event and hands X's id to a new connection to the listener here, before
-      // the engine reaches the command. That connection must open, never be "refused".
-      const ROUNDS = 300;
-      const CHURN_SLOTS = 8;
-      const EVENT_DELAY_US = 2000;
-      const churn = lib.rl_tcp_engine_open(CHURN_SLOTS, PIPE_BYTES, 5000, 5000, mode.copyBytes);
-      expect(churn).toBeGreaterThanOrEqual(0);
-      expect(loadTestHooks().rl_test_tcp_engine_event_delay(churn, EVENT_DELAY_US)).toBe(0);
-      const scratchBytes = new Uint8Array(new ArrayBuffer(16)); // kept alive: C writes there
-      const scratch = ptr(scratchBytes);
-      const accepting = lib.rl_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
-      expect(lib.rl_listen(accepting, 64)).toBe(0);
-      const acceptingPort = lib.rl_local_port(accepting, scratch);
-      const refusing = lib.rl_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
-      const refusingPort = lib.rl_local_port(refusing, scratch);
-      lib.rl_close(refusing); // bound, never listening: nothing there now
-      const churnEvents = new Uint8Array(new ArrayBuffer(TCP_EVENT_BYTES * CHURN_SLOTS));
-      const churnPtr = ptr(churnEvents);
-      const e32 = new Uint32Array(churnEvents.buffer);
-      const e16 = new Uint16Array(churnEvents.buffer);
-      // One byte from the upstream through rl_send_batch (sendmmsg works on a connected
-      // TCP socket; the destination is ignored there); the client reads it with recvmmsg.
-      const byte = new Uint8Array(new ArrayBuffer(64));
-      const bytePtr = ptr(byte);
-      const send = new Uint8Array(new ArrayBuffer(SEND_BYTES));
-      const sendPtr = ptr(send);
-      const send32 = new Int32Array(send.buffer);
-      send.set(loopback);
-      new Uint16Array(send.buffer)[SEND.targetPortHalf] = acceptingPort;
-      send32[SEND.lengthWord] = 1;
+    // Threaded only: the race it provokes (a hand-off within the engine thread's batch)
+    // cannot arise inline, where hand-offs happen between rounds on the same thread.
+    if (mode.inline === 0)
+      test("connect/close churn: a connection is never hit by its id's previous owner", async () => {
+        // Ids are reused last-in-first-out as soon as their end is read, so an id can end
+        // and start again within one epoll batch of the engine. A late event of the old
+        // connection in that batch must not reach the new one: the upstream's reset of the
+        // old connection would make the new one, still connecting, "refused".
+        //
+        // Each round: an open connection X to a listener here moves one byte (the engine
+        // then pauses, EVENT_DELAY_US, after that event). Meanwhile its client resets, a
+        // connection to a refusing port is handed off, and its upstream resets: the
+        // engine's next batch holds X's client reset (ending X), the hand-off command and
+        // X's upstream reset (a late event of X). JS reads X's end during the pause after
+        // that first event and hands X's id to a new connection to the listener here, before
+        // the engine reaches the command. That connection must open, never be "refused".
+        const ROUNDS = 300;
+        const CHURN_SLOTS = 8;
+        const EVENT_DELAY_US = 2000;
+        const churn = lib.rl_tcp_engine_open(
+          CHURN_SLOTS,
+          PIPE_BYTES,
+          5000,
+          5000,
+          mode.copyBytes,
+          0,
+        );
+        expect(churn).toBeGreaterThanOrEqual(0);
+        expect(loadTestHooks().rl_test_tcp_engine_event_delay(churn, EVENT_DELAY_US)).toBe(0);
+        const scratchBytes = new Uint8Array(new ArrayBuffer(16)); // kept alive: C writes there
+        const scratch = ptr(scratchBytes);
+        const accepting = lib.rl_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
+        expect(lib.rl_listen(accepting, 64)).toBe(0);
+        const acceptingPort = lib.rl_local_port(accepting, scratch);
+        const refusing = lib.rl_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
+        const refusingPort = lib.rl_local_port(refusing, scratch);
+        lib.rl_close(refusing); // bound, never listening: nothing there now
+        const churnEvents = new Uint8Array(new ArrayBuffer(TCP_EVENT_BYTES * CHURN_SLOTS));
+        const churnPtr = ptr(churnEvents);
+        const e32 = new Uint32Array(churnEvents.buffer);
+        const e16 = new Uint16Array(churnEvents.buffer);
+        // One byte from the upstream through rl_send_batch (sendmmsg works on a connected
+        // TCP socket; the destination is ignored there); the client reads it with recvmmsg.
+        const byte = new Uint8Array(new ArrayBuffer(64));
+        const bytePtr = ptr(byte);
+        const send = new Uint8Array(new ArrayBuffer(SEND_BYTES));
+        const sendPtr = ptr(send);
+        const send32 = new Int32Array(send.buffer);
+        send.set(loopback);
+        new Uint16Array(send.buffer)[SEND.targetPortHalf] = acceptingPort;
+        send32[SEND.lengthWord] = 1;
 
-      const freeIds: number[] = [];
-      for (let id = CHURN_SLOTS - 1; id >= 0; id--) freeIds.push(id);
-      const live = new Uint8Array(CHURN_SLOTS);
-      const toAccepting = new Uint8Array(CHURN_SLOTS);
-      const clientFd = new Int32Array(CHURN_SLOTS).fill(-1);
-      const idByUpstreamPort = new Map<number, number>();
-      const reasons = new Map<string, number>();
-      const wrong: string[] = [];
-      let started = 0;
+        const freeIds: number[] = [];
+        for (let id = CHURN_SLOTS - 1; id >= 0; id--) freeIds.push(id);
+        const live = new Uint8Array(CHURN_SLOTS);
+        const toAccepting = new Uint8Array(CHURN_SLOTS);
+        const clientFd = new Int32Array(CHURN_SLOTS).fill(-1);
+        const idByUpstreamPort = new Map<number, number>();
+        const reasons = new Map<string, number>();
+        const wrong: string[] = [];
+        let started = 0;
 
-      /** A client through the relay listener, handed off with an upstream to port. */
-      const startOne = async (port: number): Promise<number> => {
-        const client = lib.rl_tcp_connect(loopback, listenerPort, 0, anyV4, 0, 0);
-        expect(client).toBeGreaterThanOrEqual(0);
-        let accepted = -E.EAGAIN;
-        for (let tries = 0; tries < 1000 && accepted === -E.EAGAIN; tries++) {
-          accepted = lib.rl_tcp_accept(listenerFd, metaPtr);
-          if (accepted === -E.EAGAIN) await Bun.sleep(1);
-        }
-        expect(accepted).toBeGreaterThanOrEqual(0);
-        expect(freeIds.length).toBeGreaterThan(0);
-        const id = freeIds.pop()!;
-        const upstream = connectUpstream(port);
-        idByUpstreamPort.set(lib.rl_local_port(upstream, scratch), id);
-        toAccepting[id] = port === acceptingPort ? 1 : 0;
-        clientFd[id] = client;
-        live[id] = 1;
-        expect(lib.rl_tcp_engine_add(churn, id, accepted, upstream)).toBe(0);
-        started++;
-        return id;
-      };
-
-      /** Reads the engine's events (ends), frees their ids; returns how many. */
-      const readEnds = (): number => {
-        const n = lib.rl_tcp_engine_events(churn, churnPtr, CHURN_SLOTS);
-        for (let i = 0; i < n; i++) {
-          const id = e32[i * (TCP_EVENT_BYTES / 4) + TCP_EVENT.idWord];
-          const reason = e16[i * (TCP_EVENT_BYTES / 2) + TCP_EVENT.reasonHalf];
-          const key = `${toAccepting[id] ? "accepting" : "refusing"}:${reason}`;
-          reasons.set(key, (reasons.get(key) ?? 0) + 1);
-          if (toAccepting[id] && reason === TcpEnd.ConnectRefused) {
-            wrong.push(`connection to the accepting port (id ${id}) reported refused`);
+        /** A client through the relay listener, handed off with an upstream to port. */
+        const startOne = async (port: number): Promise<number> => {
+          const client = lib.rl_tcp_connect(loopback, listenerPort, 0, anyV4, 0, 0);
+          expect(client).toBeGreaterThanOrEqual(0);
+          let accepted = -E.EAGAIN;
+          for (let tries = 0; tries < 1000 && accepted === -E.EAGAIN; tries++) {
+            accepted = lib.rl_tcp_accept(listenerFd, metaPtr);
+            if (accepted === -E.EAGAIN) await Bun.sleep(1);
           }
-          if (clientFd[id] >= 0) lib.rl_close(clientFd[id]);
-          clientFd[id] = -1;
-          live[id] = 0;
-          freeIds.push(id);
-        }
-        return Math.max(n, 0);
-      };
+          expect(accepted).toBeGreaterThanOrEqual(0);
+          expect(freeIds.length).toBeGreaterThan(0);
+          const id = freeIds.pop()!;
+          const upstream = connectUpstream(port);
+          idByUpstreamPort.set(lib.rl_local_port(upstream, scratch), id);
+          toAccepting[id] = port === acceptingPort ? 1 : 0;
+          clientFd[id] = client;
+          live[id] = 1;
+          expect(lib.rl_tcp_engine_add(churn, id, accepted, upstream)).toBe(0);
+          started++;
+          return id;
+        };
 
-      /** X's upstream, accepted here; -1 once X has ended instead. */
-      const acceptUpstreamOf = async (x: number): Promise<number> => {
-        for (let tries = 0; tries < 5000; tries++) {
-          const fd = lib.rl_tcp_accept(accepting, metaPtr);
-          if (fd >= 0) {
-            const port = new Uint16Array(meta.buffer)[META.sourcePortHalf];
-            if (idByUpstreamPort.get(port) === x && live[x]) return fd;
-            lib.rl_close(fd); // an upstream of a connection that has ended
-            continue;
+        /** Reads the engine's events (ends), frees their ids; returns how many. */
+        const readEnds = (): number => {
+          const n = lib.rl_tcp_engine_events(churn, churnPtr, CHURN_SLOTS);
+          for (let i = 0; i < n; i++) {
+            const id = e32[i * (TCP_EVENT_BYTES / 4) + TCP_EVENT.idWord];
+            const reason = e16[i * (TCP_EVENT_BYTES / 2) + TCP_EVENT.reasonHalf];
+            const key = `${toAccepting[id] ? "accepting" : "refusing"}:${reason}`;
+            reasons.set(key, (reasons.get(key) ?? 0) + 1);
+            if (toAccepting[id] && reason === TcpEnd.ConnectRefused) {
+              wrong.push(`connection to the accepting port (id ${id}) reported refused`);
+            }
+            if (clientFd[id] >= 0) lib.rl_close(clientFd[id]);
+            clientFd[id] = -1;
+            live[id] = 0;
+            freeIds.push(id);
           }
-          readEnds();
-          if (!live[x]) return -1;
-          await Bun.sleep(1);
-        }
-        throw new Error(`connection ${x}: no upstream accepted in time`);
-      };
+          return Math.max(n, 0);
+        };
 
-      const deadline = performance.now() + 60_000;
-      let x = -1;
-      try {
-        for (let round = 0; round < ROUNDS && performance.now() < deadline; round++) {
-          if (x < 0 || !live[x]) x = await startOne(acceptingPort);
-          const upstream = await acceptUpstreamOf(x);
-          if (upstream < 0) {
-            x = -1;
-            continue;
+        /** X's upstream, accepted here; -1 once X has ended instead. */
+        const acceptUpstreamOf = async (x: number): Promise<number> => {
+          for (let tries = 0; tries < 5000; tries++) {
+            const fd = lib.rl_tcp_accept(accepting, metaPtr);
+            if (fd >= 0) {
+              const port = new Uint16Array(meta.buffer)[META.sourcePortHalf];
+              if (idByUpstreamPort.get(port) === x && live[x]) return fd;
+              lib.rl_close(fd); // an upstream of a connection that has ended
+              continue;
+            }
+            readEnds();
+            if (!live[x]) return -1;
+            await Bun.sleep(1);
           }
-          send32[SEND.fdWord] = upstream;
-          expect(lib.rl_send_batch(bytePtr, byte.byteLength, sendPtr, 1)).toBe(1);
-          let got = 0;
-          for (let spins = 0; spins < 1_000_000 && got !== 1; spins++) {
-            got = lib.rl_recv_batch(clientFd[x], bytePtr, 64, 1, metaPtr);
+          throw new Error(`connection ${x}: no upstream accepted in time`);
+        };
+
+        const deadline = performance.now() + 60_000;
+        let x = -1;
+        try {
+          for (let round = 0; round < ROUNDS && performance.now() < deadline; round++) {
+            if (x < 0 || !live[x]) x = await startOne(acceptingPort);
+            const upstream = await acceptUpstreamOf(x);
+            if (upstream < 0) {
+              x = -1;
+              continue;
+            }
+            send32[SEND.fdWord] = upstream;
+            expect(lib.rl_send_batch(bytePtr, byte.byteLength, sendPtr, 1)).toBe(1);
+            let got = 0;
+            for (let spins = 0; spins < 1_000_000 && got !== 1; spins++) {
+              got = lib.rl_recv_batch(clientFd[x], bytePtr, 64, 1, metaPtr);
+            }
+            expect(got).toBe(1); // the engine moved it, and now pauses
+            lib.rl_tcp_abort(clientFd[x]);
+            clientFd[x] = -1;
+            await startOne(refusingPort);
+            lib.rl_tcp_abort(upstream);
+            // X's end, read as soon as it is out; its id goes to the next connection.
+            for (let spins = 0; spins < 1_000_000 && live[x]; spins++) readEnds();
+            expect(live[x]).toBe(0);
+            x = await startOne(acceptingPort);
           }
-          expect(got).toBe(1); // the engine moved it, and now pauses
-          lib.rl_tcp_abort(clientFd[x]);
-          clientFd[x] = -1;
-          await startOne(refusingPort);
-          lib.rl_tcp_abort(upstream);
-          // X's end, read as soon as it is out; its id goes to the next connection.
-          for (let spins = 0; spins < 1_000_000 && live[x]; spins++) readEnds();
-          expect(live[x]).toBe(0);
-          x = await startOne(acceptingPort);
+          // Every connection ends once its client and upstream are gone.
+          for (let id = 0; id < CHURN_SLOTS; id++)
+            if (clientFd[id] >= 0) lib.rl_close(clientFd[id]);
+          for (let k = 0; k < 5000; k++) {
+            const fd = lib.rl_tcp_accept(accepting, metaPtr);
+            if (fd >= 0) lib.rl_tcp_abort(fd);
+            readEnds();
+            if (freeIds.length === CHURN_SLOTS) break;
+            if (fd < 0) await Bun.sleep(1);
+          }
+        } finally {
+          expect(lib.rl_tcp_engine_close(churn)).toBe(0);
+          lib.rl_close(accepting);
+          for (const fd of clientFd) if (fd >= 0) lib.rl_close(fd);
         }
-        // Every connection ends once its client and upstream are gone.
-        for (let id = 0; id < CHURN_SLOTS; id++) if (clientFd[id] >= 0) lib.rl_close(clientFd[id]);
-        for (let k = 0; k < 5000; k++) {
-          const fd = lib.rl_tcp_accept(accepting, metaPtr);
-          if (fd >= 0) lib.rl_tcp_abort(fd);
-          readEnds();
-          if (freeIds.length === CHURN_SLOTS) break;
-          if (fd < 0) await Bun.sleep(1);
-        }
-      } finally {
-        expect(lib.rl_tcp_engine_close(churn)).toBe(0);
-        lib.rl_close(accepting);
-        for (const fd of clientFd) if (fd >= 0) lib.rl_close(fd);
-      }
-      expect(wrong).toEqual([]);
-      // The rounds did what they say: most opened connections ended by their client's
-      // reset (the first event of the batch), and every id came back.
-      expect(reasons.get(`accepting:${TcpEnd.ClientReset}`) ?? 0).toBeGreaterThan(ROUNDS / 2);
-      expect(started).toBeGreaterThan(ROUNDS);
-      expect(freeIds.length).toBe(CHURN_SLOTS);
-    }, 90_000);
+        expect(wrong).toEqual([]);
+        // The rounds did what they say: most opened connections ended by their client's
+        // reset (the first event of the batch), and every id came back.
+        expect(reasons.get(`accepting:${TcpEnd.ClientReset}`) ?? 0).toBeGreaterThan(ROUNDS / 2);
+        expect(started).toBeGreaterThan(ROUNDS);
+        expect(freeIds.length).toBe(CHURN_SLOTS);
+      }, 90_000);
   });
 
 describe("TCP splice engine: copy mode, handles, arguments", () => {
   beforeAll(() => {
     // No idle timeout: a stalled connection here waits for the test, not the sweep.
-    engine = lib.rl_tcp_engine_open(SLOTS, PIPE_BYTES, 1000, 0, TCP_COPY_BYTES);
+    engine = lib.rl_tcp_engine_open(SLOTS, PIPE_BYTES, 1000, 0, TCP_COPY_BYTES, 0);
     expect(engine).toBeGreaterThanOrEqual(0);
   });
 
@@ -760,7 +790,7 @@ describe("TCP splice engine: copy mode, handles, arguments", () => {
 
   test("every copy buffer held: the next direction splices from its first byte", async () => {
     // One slot, so a pool of one buffer: the stalled upload holds it.
-    const one = lib.rl_tcp_engine_open(1, PIPE_BYTES, 1000, 0, TCP_COPY_BYTES);
+    const one = lib.rl_tcp_engine_open(1, PIPE_BYTES, 1000, 0, TCP_COPY_BYTES, 0);
     expect(one).toBeGreaterThanOrEqual(0);
     const up = smallUpstream();
     let serverFd = -1;
@@ -794,7 +824,7 @@ describe("TCP splice engine: copy mode, handles, arguments", () => {
 
   test("a dead engine thread says so: rl_tcp_engine_failed, and a wake-up on its event fd", () => {
     const hooks = loadTestHooks();
-    const doomed = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0, 0);
+    const doomed = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0, 0, 0);
     expect(doomed).toBeGreaterThanOrEqual(0);
     const poller = lib.rl_poll_open(4);
     try {
@@ -815,7 +845,7 @@ describe("TCP splice engine: copy mode, handles, arguments", () => {
 
   test("engine counters are 64-bit end to end (set past 2^32 by a test hook)", () => {
     const hooks = loadTestHooks();
-    const other = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0, TCP_COPY_BYTES);
+    const other = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0, TCP_COPY_BYTES, 0);
     expect(other).toBeGreaterThanOrEqual(0);
     try {
       const past = 2 ** 32 + 5;
@@ -841,14 +871,14 @@ describe("TCP splice engine: copy mode, handles, arguments", () => {
   });
 
   test("bad arguments are refused, and the hand-off's fds are closed anyway", async () => {
-    expect(lib.rl_tcp_engine_open(0, PIPE_BYTES, 1000, 0, 0)).toBe(-E.EINVAL);
-    expect(lib.rl_tcp_engine_open(4, 100, 1000, 0, 0)).toBe(-E.EINVAL);
+    expect(lib.rl_tcp_engine_open(0, PIPE_BYTES, 1000, 0, 0, 0)).toBe(-E.EINVAL);
+    expect(lib.rl_tcp_engine_open(4, 100, 1000, 0, 0, 0)).toBe(-E.EINVAL);
     // A copy buffer is 1 KiB at least and no larger than the pipe (the direction's bound).
     for (const copyBytes of [-1, 1023, PIPE_BYTES + 1]) {
-      expect(lib.rl_tcp_engine_open(4, PIPE_BYTES, 1000, 0, copyBytes)).toBe(-E.EINVAL);
+      expect(lib.rl_tcp_engine_open(4, PIPE_BYTES, 1000, 0, copyBytes, 0)).toBe(-E.EINVAL);
     }
     for (const copyBytes of [1024, PIPE_BYTES]) {
-      const h = lib.rl_tcp_engine_open(4, PIPE_BYTES, 1000, 0, copyBytes);
+      const h = lib.rl_tcp_engine_open(4, PIPE_BYTES, 1000, 0, copyBytes, 0);
       expect(h).toBeGreaterThanOrEqual(0);
       expect(lib.rl_tcp_engine_close(h)).toBe(0);
     }
@@ -859,5 +889,152 @@ describe("TCP splice engine: copy mode, handles, arguments", () => {
     await seen.closed;
     expect(lib.rl_tcp_engine_events(99, eventsPtr, 1)).toBe(-E.EBADF);
     expect(lib.rl_tcp_connect(loopback, 0, 0, anyV4, 0, 0)).toBeLessThan(0);
+  });
+});
+
+describe("TCP splice engine: inline mode (run by its owner's poller, no thread)", () => {
+  /**
+   * Drives `which` as the TCP Worker does: its epoll fd in a level-triggered poller, a
+   * run whenever that fd is ready, and a run per `tickMs` for the timeouts. Until
+   * done() holds or the deadline passes (bounded); returns done().
+   */
+  async function driveInline(which: number, done: () => boolean, tickMs = 20): Promise<boolean> {
+    const poller = lib.rl_poll_open(4);
+    expect(poller).toBeGreaterThanOrEqual(0);
+    try {
+      expect(lib.rl_poll_level_triggered(poller)).toBe(0);
+      expect(lib.rl_poll_add(poller, lib.rl_tcp_engine_epoll_fd(which), 1)).toBe(0);
+      const end = performance.now() + 5000;
+      while (!done() && performance.now() < end) {
+        const ready = lib.rl_poll_wait(poller, 0);
+        expect(ready).toBeGreaterThanOrEqual(0);
+        expect(lib.rl_tcp_engine_run(which, 64)).toBeGreaterThanOrEqual(0);
+        await Bun.sleep(ready > 0 ? 0 : tickMs); // node's sockets run on this event loop
+      }
+      return done();
+    } finally {
+      expect(lib.rl_poll_stop(poller)).toBe(0);
+    }
+  }
+
+  /** Whether `fd` is readable now (a one-off level-triggered poll). */
+  function readableNow(fd: number): boolean {
+    const poller = lib.rl_poll_open(2);
+    try {
+      expect(lib.rl_poll_level_triggered(poller)).toBe(0);
+      expect(lib.rl_poll_add(poller, fd, 1)).toBe(0);
+      return lib.rl_poll_wait(poller, 0) > 0;
+    } finally {
+      expect(lib.rl_poll_stop(poller)).toBe(0);
+    }
+  }
+
+  test("epoll fd in a poller: echo, half-close, the end event without an event fd write", async () => {
+    const inline = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0, TCP_COPY_BYTES, 1);
+    expect(inline).toBeGreaterThanOrEqual(0);
+    const server = net.createServer({ allowHalfOpen: true }, (s) => {
+      s.on("data", (d) => s.write(d));
+      s.on("end", () => s.end("bye"));
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      expect(lib.rl_tcp_engine_run(inline, 0)).toBe(-E.EINVAL);
+      const { client, fd } = await acceptClient();
+      const seen = collect(client);
+      const port = (server.address() as net.AddressInfo).port;
+      // Registered at once: both sockets are in the engine's set before any run.
+      expect(lib.rl_tcp_engine_add(inline, 1, fd, connectUpstream(port))).toBe(0);
+      expect(readStats(inline)[TCP_STATS.open]).toBe(1);
+      client.write("hello");
+      client.end();
+      let closed = false;
+      void seen.closed.then(() => (closed = true));
+      let got = 0;
+      const ended = await driveInline(inline, () => {
+        if (closed && got === 0) got = lib.rl_tcp_engine_events(inline, eventsPtr, 1);
+        return got === 1;
+      });
+      expect(ended).toBe(true);
+      expect(seen.text()).toBe("hellobye");
+      expect(readEvent()).toMatchObject({ id: 1, reason: TcpEnd.Closed, bytesUp: 5, bytesDown: 8 });
+      // The event waited in the ring; the event fd (the threaded engine's wake-up) was
+      // never written.
+      expect(readableNow(lib.rl_tcp_engine_event_fd(inline))).toBe(false);
+      expect(lib.rl_tcp_engine_failed(inline)).toBe(0);
+      const s = readStats(inline);
+      expect(s[TCP_STATS.open]).toBe(0);
+      expect(s[TCP_STATS.bytesUp]).toBe(5);
+      expect(s[TCP_STATS.bytesDown]).toBe(8);
+    } finally {
+      server.close();
+      expect(lib.rl_tcp_engine_close(inline)).toBe(0);
+    }
+  });
+
+  test("connect timeout and idle timeout run from the owner's runs", async () => {
+    // An upstream that never answers the SYN: a listener whose accept queue is full
+    // (backlog 0 holds one; later SYNs are dropped until the queue has room).
+    const full = lib.rl_socket(SOCK.stream | SOCK.reuseAddr, loopback, 0, 0, 0, 0);
+    expect(lib.rl_listen(full, 0)).toBe(0);
+    const fullPort = lib.rl_local_port(full, ptr(new Uint8Array(new ArrayBuffer(16))));
+    const inline = lib.rl_tcp_engine_open(2, PIPE_BYTES, 150, 300, 0, 1);
+    let filler: net.Socket | null = null;
+    expect(inline).toBeGreaterThanOrEqual(0);
+    const server = net.createServer((s) => s.on("data", () => {}));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      // Its handshake complete, the filler holds the queue's one place.
+      filler = net.connect({ host: "127.0.0.1", port: fullPort });
+      filler.on("error", () => {});
+      await new Promise<void>((resolve) => filler?.once("connect", resolve));
+      const hanging = await acceptClient();
+      collect(hanging.client);
+      expect(lib.rl_tcp_engine_add(inline, 0, hanging.fd, connectUpstream(fullPort))).toBe(0);
+      const idle = await acceptClient();
+      collect(idle.client);
+      const port = (server.address() as net.AddressInfo).port;
+      expect(lib.rl_tcp_engine_add(inline, 1, idle.fd, connectUpstream(port))).toBe(0);
+      const seen: EndEvent[] = [];
+      const both = await driveInline(inline, () => {
+        while (lib.rl_tcp_engine_events(inline, eventsPtr, 1) === 1) seen.push(readEvent());
+        return seen.length === 2;
+      });
+      expect(both).toBe(true);
+      const byId = new Map(seen.map((e) => [e.id, e]));
+      expect(byId.get(0)?.reason).toBe(TcpEnd.ConnectTimeout);
+      expect(byId.get(0)?.connectMs).toBe(TCP_NEVER_CONNECTED);
+      expect(byId.get(1)?.reason).toBe(TcpEnd.IdleTimeout);
+    } finally {
+      server.close();
+      filler?.destroy();
+      lib.rl_close(full);
+      expect(lib.rl_tcp_engine_close(inline)).toBe(0);
+    }
+  });
+
+  test("abort_all ends every connection at once, inline; a threaded engine refuses run", async () => {
+    const inline = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0, 0, 1);
+    expect(inline).toBeGreaterThanOrEqual(0);
+    const threaded = lib.rl_tcp_engine_open(2, PIPE_BYTES, 1000, 0, 0, 0);
+    expect(threaded).toBeGreaterThanOrEqual(0);
+    const server = net.createServer((s) => s.on("data", () => {}));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      expect(lib.rl_tcp_engine_run(threaded, 64)).toBe(-E.EINVAL);
+      const { client, fd } = await acceptClient();
+      const seen = collect(client);
+      const port = (server.address() as net.AddressInfo).port;
+      expect(lib.rl_tcp_engine_add(inline, 0, fd, connectUpstream(port))).toBe(0);
+      expect(lib.rl_tcp_engine_abort_all(inline)).toBe(0);
+      // No run needed: the end is in the ring when abort_all returns.
+      expect(lib.rl_tcp_engine_events(inline, eventsPtr, 1)).toBe(1);
+      expect(readEvent().reason).toBe(TcpEnd.Aborted);
+      await seen.closed;
+      expect(seen.error()).toBe("ECONNRESET");
+    } finally {
+      server.close();
+      expect(lib.rl_tcp_engine_close(threaded)).toBe(0);
+      expect(lib.rl_tcp_engine_close(inline)).toBe(0);
+    }
   });
 });

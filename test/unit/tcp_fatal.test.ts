@@ -56,6 +56,24 @@ describe("TCP relay: a dead splice engine", () => {
     }
   });
 
+  test("inline (tcp.dataPlane worker): calls onFatal once, naming the error", async () => {
+    const messages: string[] = [];
+    const relay = new TcpRelay(lib, parseConfig(configInput()), {
+      inline: true,
+      onFatal: (m) => messages.push(m),
+    });
+    relay.start();
+    try {
+      expect(loadTestHooks().rl_test_tcp_engine_break(relay["engine"])).toBe(0);
+      // The next run (a wake-up, or the tick's) finds the broken epoll set.
+      expect(await waitFor(() => messages.length > 0, 10_000)).toBe(true);
+      expect(messages).toEqual(["TCP splice engine (inline) failed: epoll_wait: EINVAL"]);
+      expect(await waitFor(() => messages.length > 1, 300)).toBe(false);
+    } finally {
+      await relay.stop(0);
+    }
+  });
+
   test("by default ends the process with 70 and a message", async () => {
     const root = join(import.meta.dir, "..", "..");
     const script = `
