@@ -4,8 +4,8 @@
 # (RELAY_RUNTIME=node, docs/node.md), against a fresh build of dist/node: on the
 # distribution's node, and again on the current LTS from npm (scripts/node_lts.sh) when
 # that is another version. Two more runs cover the other data planes: the UDP end-to-end
-# files on epoll (the main run's relays take udp.ioBackend auto: io_uring where the kernel
-# allows it; RELAY_UDP_IO_BACKEND, docs/io_uring.md), and the end-to-end files with TCP
+# files on io_uring (the main run's relays take the default udp.ioBackend, epoll;
+# RELAY_UDP_IO_BACKEND, docs/io_uring.md), and the end-to-end files with TCP
 # listeners on tcp.dataPlane "main" (the main run has the default "worker";
 # RELAY_TCP_DATA_PLANE, docs/tcp_single_thread.md). Ends with the runs' sum in bun test's
 # own summary form (" N pass" / " N fail"), which .ci/run reads.
@@ -25,7 +25,7 @@ fi
 # Every end-to-end file that starts the relay (RelayLab, RelayProcess or RELAY_BIN).
 mapfile -t NODE_FILES < <(grep -lE 'RelayLab|RelayProcess|RELAY_BIN' test/netns/*.test.ts)
 
-# The UDP end-to-end files, run again with the relay's UDP I/O on epoll.
+# The UDP end-to-end files, run again with the relay's UDP I/O on io_uring.
 UDP_FILES=(test/netns/udp_relay.test.ts test/netns/udp_client_source.test.ts
   test/netns/udp_policy.test.ts test/netns/dns_forced.test.ts test/netns/quic_relay.test.ts
   test/netns/failure_paths.test.ts test/netns/udp_io_backend.test.ts
@@ -35,18 +35,18 @@ UDP_FILES=(test/netns/udp_relay.test.ts test/netns/udp_client_source.test.ts
 mapfile -t TCP_FILES < <(grep -lE 'protocol: "tcp"' "${NODE_FILES[@]}")
 
 bun_log=$(mktemp)
-epoll_log=$(mktemp)
+uring_log=$(mktemp)
 tcp_log=$(mktemp)
 node_log=$(mktemp)
 lts_log=$(mktemp)
-trap 'rm -f "$bun_log" "$epoll_log" "$tcp_log" "$node_log" "$lts_log"' EXIT
+trap 'rm -f "$bun_log" "$uring_log" "$tcp_log" "$node_log" "$lts_log"' EXIT
 
 "${TEST[@]}" 2>&1 | tee "$bun_log"
 bun_status=${PIPESTATUS[0]}
 
 echo
-echo "[test] ${#UDP_FILES[@]} UDP end-to-end files again, udp.ioBackend epoll"
-RELAY_UDP_IO_BACKEND=epoll "${TEST[@]}" "${UDP_FILES[@]}" 2>&1 | tee "$epoll_log"
+echo "[test] ${#UDP_FILES[@]} UDP end-to-end files again, udp.ioBackend io_uring"
+RELAY_UDP_IO_BACKEND=io_uring "${TEST[@]}" "${UDP_FILES[@]}" 2>&1 | tee "$uring_log"
 [[ ${PIPESTATUS[0]} -ne 0 ]] && bun_status=1
 echo "[test] ${#TCP_FILES[@]} end-to-end files with TCP again, tcp.dataPlane main"
 RELAY_TCP_DATA_PLANE=main "${TEST[@]}" "${TCP_FILES[@]}" 2>&1 | tee "$tcp_log"
@@ -60,7 +60,7 @@ node_pass() {
   return "${PIPESTATUS[0]}"
 }
 node_status=0
-logs=("$bun_log" "$epoll_log" "$tcp_log" "$node_log")
+logs=("$bun_log" "$uring_log" "$tcp_log" "$node_log")
 if ! "$BUN" scripts/build_node.ts; then
   echo "[test] the Node.js bundle did not build (scripts/build_node.ts)" >&2
   node_status=1
@@ -89,7 +89,7 @@ done
 status=0
 [[ $bun_status -ne 0 || $node_status -ne 0 || $failed -gt 0 ]] && status=1
 echo
-echo "[test] all runs: Bun (every test; ${#UDP_FILES[@]} UDP files on epoll and" \
+echo "[test] all runs: Bun (every test; ${#UDP_FILES[@]} UDP files on io_uring and" \
   "${#TCP_FILES[@]} files with TCP on tcp.dataPlane main too), Node.js" \
   "(${#NODE_FILES[@]} end-to-end files on $((${#logs[@]} - 3)) version(s))"
 printf ' %d pass\n %d fail\n' "$passed" "$failed"

@@ -61,7 +61,7 @@ export const InterceptSchema = Type.Object(
 
 const UdpIoBackendSchema = Type.Union(
   [Type.Literal("auto"), Type.Literal("epoll"), Type.Literal("io_uring")],
-  { default: "auto" },
+  { default: "epoll" },
 );
 
 export const UdpSchema = Type.Object(
