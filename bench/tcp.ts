@@ -305,6 +305,13 @@ export async function runTcp(args: Args, log: (line: string) => void): Promise<T
       lab.exec(ns, ["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
       lab.exec(ns, ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
     }
+    // The router namespace tracks every connection (a proxy's twice: client side and
+    // upstream side) and keeps a closed one 120 s in TIME_WAIT: with the C relay, HAProxy,
+    // "before" and variants each making ~45k connections a repetition, its 262144-entry
+    // conntrack table filled in the second repetition ("nf_conntrack: table full,
+    // dropping packet": SYNs lost, 0 connections/s, an iperf3 stuck in SYN-SENT). The
+    // table size is the host's; the timeout is this namespace's own.
+    lab.exec(lab.router, ["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1"]);
     const raw = {
       listeners: [{ name: "tcp4", protocol: "tcp", address: "127.0.0.1", port: RELAY_LISTENER_PORT }],
       intercept: [{ listener: "tcp4", ports: [FIXED_IPERF_PORT.relay, FIXED_CPS_PORT.relay] }],
