@@ -13,7 +13,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { JsonLinesProcess } from "../lab/json_lines.ts";
 import { LAB } from "../lab/netns.ts";
-import { RELAY_MAIN, RelayProcess, RELAY_BIN } from "../lab/relay_process.ts";
+import { RELAY_MAIN, RelayProcess, RELAY_BIN, withControlSocket } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { labSkipReason, ROOT, RelayLab } from "./harness.ts";
 
@@ -48,7 +48,10 @@ for (const dataPlane of skip ? [] : (["worker", "callback"] as const)) {
       metrics: { port: 0 },
       control: { socketPath: env.controlPath },
     });
-    const writeConfig = (raw: object) => writeFileSync(configPath, JSON.stringify(raw));
+    // Through withControlSocket, as every lab config: the RELAY_* data-plane variables
+    // reach this file too, so the relay reads it (not a copy) at start and at each reload.
+    const writeConfig = (raw: object) =>
+      writeFileSync(configPath, JSON.stringify(withControlSocket(raw, env.controlPath)));
     const startRelay = async (prefix: string[] = []) => {
       relay = await RelayProcess.start(env.lab, configPath, 20_000, prefix);
       env.relay = relay;

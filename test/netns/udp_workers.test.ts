@@ -14,7 +14,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { LAB } from "../lab/netns.ts";
-import { RELAY_BIN, RELAY_MAIN } from "../lab/relay_process.ts";
+import { RELAY_BIN, RELAY_MAIN, withControlSocket } from "../lab/relay_process.ts";
 import { waitFor } from "../lab/wait_for.ts";
 import { flowRecords, labSkipReason, RelayLab } from "./harness.ts";
 
@@ -216,11 +216,14 @@ print(" ".join(out))`,
       const before = await env.relay!.metrics();
       writeFileSync(
         configPath,
-        JSON.stringify({
-          ...CONFIG,
-          udp: { ...CONFIG.udp, idleTimeoutMs: 500_000 },
-          control: { socketPath: env.controlPath },
-        }),
+        // withControlSocket: the RELAY_* data-plane variables the start had (a reload
+        // that changed udp.ioBackend would be refused as needing a restart).
+        JSON.stringify(
+          withControlSocket(
+            { ...CONFIG, udp: { ...CONFIG.udp, idleTimeoutMs: 500_000 } },
+            env.controlPath,
+          ),
+        ),
       );
       env.relay!.proc.kill("SIGHUP");
       await waitFor(
