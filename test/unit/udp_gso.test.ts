@@ -15,6 +15,7 @@ import {
 } from "../../src/sys/layout.ts";
 import { mapIPv4 } from "../../src/sys/addr.ts";
 import { loadTestHooks } from "../../src/sys/test_hooks.ts";
+import { skipped } from "../lab/skip_policy.ts";
 import { waitFor } from "../lab/wait_for.ts";
 
 const lib = loadFfi();
@@ -91,9 +92,10 @@ async function receive(fd: number, expected: number, gro: boolean): Promise<Rece
   return got;
 }
 
-const describeGso = (probe & 1) !== 0 ? describe : describe.skip;
+// No UDP_SEGMENT here: skipped with the reason on a laptop, a failure in CI (one policy).
+const unavailable = (probe & 1) !== 0 ? null : `UDP_SEGMENT unavailable here (probe ${probe})`;
 
-describeGso("UDP GSO and GRO on loopback", () => {
+describe("UDP GSO and GRO on loopback", () => {
   let sender = -1;
   let receiver = -1;
   let port = 0;
@@ -113,6 +115,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("a run of equal sizes is one GSO message and arrives as N datagrams in order", async () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     const sizes = new Array<number>(20).fill(1200);
     const [sent, results] = sendRun(sender, port, sizes);
     expect(sent).toBe(20);
@@ -124,6 +127,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("a shorter last datagram ends the run and keeps its size", async () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     const sizes = [1000, 1000, 1000, 1000, 333];
     expect(sendRun(sender, port, sizes)[0]).toBe(5);
     expect(stats().slice(0, 3)).toEqual([1, 5, 0]);
@@ -133,6 +137,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("mixed sizes split into runs; a larger datagram starts a new one", async () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     // Runs: [500 500 200] [800 800 100] [100] [900 900 900]: a shorter one ends a run
     const sizes = [500, 500, 200, 800, 800, 100, 100, 900, 900, 900];
     expect(sendRun(sender, port, sizes)[0]).toBe(10);
@@ -143,6 +148,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("runs are per destination: A A B B A A is three messages, each receiver in order", async () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     const other = lib.rl_socket(0, loopback4, 0, 0, 8 << 20, 0);
     try {
       const otherPort = lib.rl_local_port(other, new Uint8Array(16));
@@ -157,6 +163,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("more than 64 datagrams: runs of at most 64, all in order", async () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     const sizes = new Array<number>(150).fill(100);
     expect(sendRun(sender, port, sizes)[0]).toBe(150);
     expect(stats().slice(0, 3)).toEqual([3, 150, 0]); // 64 + 64 + 22
@@ -166,6 +173,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("a run stops before 65507 bytes", async () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     const sizes = new Array<number>(40).fill(2000); // 32 x 2000 = 64000 fit, 33 do not
     expect(sendRun(sender, port, sizes)[0]).toBe(40);
     expect(stats().slice(0, 2)).toEqual([2, 40]);
@@ -175,6 +183,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("GSO disabled: one message each, no GSO counted", async () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     lib.rl_udp_gso_enable(0);
     const sizes = new Array<number>(10).fill(700);
     expect(sendRun(sender, port, sizes)[0]).toBe(10);
@@ -185,6 +194,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("a refused GSO send falls back to one message each, once per socket", async () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     expect(loadTestHooks().rl_test_udp_no_check(sender)).toBe(0);
     const sizes = [...new Array<number>(5).fill(300), 9, 9, 9];
     const [sent, results] = sendRun(sender, port, sizes);
@@ -200,6 +210,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("GRO: coalesced buffers are split exactly (count, sizes, bytes, order)", async () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     if ((probe & 2) === 0) throw new Error("UDP_GRO missing where UDP_SEGMENT works");
     expect(lib.rl_udp_gro(receiver, 1)).toBe(0);
     // Two GSO messages (64 + 36 datagrams, the last shorter) and one lone datagram.
@@ -214,6 +225,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("GRO: datagrams larger than a slot come out as truncated records, one each", async () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     expect(lib.rl_udp_gro(receiver, 1)).toBe(0);
     expect(sendRun(sender, port, new Array<number>(10).fill(1200))[0]).toBe(10);
     const slotBytes = 1024;
@@ -236,6 +248,7 @@ describeGso("UDP GSO and GRO on loopback", () => {
   });
 
   test("GRO receive: -ENOBUFS when the batch cannot hold one 64-datagram span", () => {
+    if (skipped(unavailable, "UDP GSO")) return;
     const span = lib.rl_gro_span_slots(SLOT_BYTES);
     expect(span).toBe(64);
     expect(lib.rl_gro_span_slots(512)).toBe(128); // 64 KiB in 512-byte slots
