@@ -266,6 +266,8 @@ export class Poller {
 
   /** Runs the timers due at `now`; true when one ran. */
   private runTimers(now: number): boolean {
+    // Every pass of the loop asks; nothing is allocated unless a timer is due.
+    if (this.nextDueMs(Number.POSITIVE_INFINITY) > now) return false;
     let ran = false;
     // Index loop over a list a callback may change (after()/cancel): each timer is
     // looked at once per call; one added meanwhile waits for the next pass.
