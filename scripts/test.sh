@@ -86,6 +86,14 @@ for log in "${logs[@]}"; do
   passed=$((passed + ${p:-0}))
   failed=$((failed + ${f:-0}))
 done
+# The names of the tests that failed, from every run (bun test marks them "(fail)"), so a
+# failure far up a long log is named beside the summary.
+fails=$(grep -h '^(fail)' "${logs[@]}")
+if [[ -n $fails ]]; then
+  echo
+  echo "[test] failed:"
+  echo "$fails"
+fi
 status=0
 [[ $bun_status -ne 0 || $node_status -ne 0 || $failed -gt 0 ]] && status=1
 echo
