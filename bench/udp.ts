@@ -3,8 +3,9 @@
 //
 //   node_modules/.bin/bun bench/udp.ts [--quick] [--reps N] [--no-pin] [--no-wait] [--no-c-relay]
 //       [--data-plane worker|callback] [--observe] [--node] [--variant NAME=<JSON>]...
-//       [--baseline DIR]
+//       [--baseline DIR] [--cell MODE:BYTES:FLOWS]...
 //
+// --cell rr:1200:256 (repeatable): only these cells (all eight without it), to bisect one.
 // --node: the same relay on Node.js (ports 7307/7308, dist/node: bash scripts/build.sh),
 // beside the one on Bun in the same run, with Node / Bun per cell (issue 15).
 // --observe: a second Bun relay (ports 7207/7208) with the flow log on and its Prometheus
@@ -68,7 +69,7 @@ const RESULTS = join(import.meta.dir, "results", "udp-latest.md");
 const USAGE =
   "usage: bun bench/udp.ts [--quick] [--reps N] [--no-pin] [--no-wait] [--no-c-relay] " +
   "[--data-plane worker|callback] [--observe] [--node] [--variant NAME=<JSON>]... " +
-  "[--baseline DIR]";
+  "[--baseline DIR] [--cell MODE:BYTES:FLOWS]...";
 
 export type Mode = "rr" | "oneway";
 /** The fixed paths, "before" (--baseline) or a --variant's name. */
@@ -162,6 +163,8 @@ export interface Args {
   variants: Variant[];
   /** --baseline DIR: the relay of another checkout, path "before". */
   baseline: string | null;
+  /** --cell MODE:BYTES:FLOWS: only these cells (empty: every cell). */
+  cellsOnly: Cell[];
 }
 
 export function parseArgs(argv: string[]): Args {
@@ -176,6 +179,7 @@ export function parseArgs(argv: string[]): Args {
     node: false,
     variants: [],
     baseline: null,
+    cellsOnly: [],
   };
   let repsGiven = false;
   for (let i = 0; i < argv.length; i++) {
@@ -190,6 +194,8 @@ export function parseArgs(argv: string[]): Args {
       addVariant(args.variants, argv[++i]);
     } else if (a === "--baseline") {
       args.baseline = checkBaseline(argv[++i]);
+    } else if (a === "--cell") {
+      args.cellsOnly.push(parseCell(argv[++i]));
     } else if (a === "--no-wait") {
       args.wait = false;
     } else if (a === "--observe") {
@@ -213,6 +219,19 @@ export function parseArgs(argv: string[]): Args {
   }
   if (args.quick && !repsGiven) args.reps = REPS.quick;
   return args;
+}
+
+/** "rr:1200:256" -> that cell; throws naming what is wrong. */
+function parseCell(text: string | undefined): Cell {
+  const [mode, bytes, flows] = (text ?? "").split(":");
+  const sizeBytes = Number(bytes);
+  const flowCount = Number(flows);
+  if (!MODES.includes(mode as Mode) || !SIZES_BYTES.includes(sizeBytes) ||
+    !FLOW_COUNTS.includes(flowCount)) {
+    throw new Error(`--cell ${text}: MODE:BYTES:FLOWS with MODE ${MODES.join("|")}, ` +
+      `BYTES ${SIZES_BYTES.join("|")}, FLOWS ${FLOW_COUNTS.join("|")}`);
+  }
+  return { mode: mode as Mode, sizeBytes, flows: flowCount };
 }
 
 /** A C tool in a namespace that prints JSON lines (ready, snapshot, final). */
@@ -629,7 +648,11 @@ export async function runUdp(args: Args, log: (line: string) => void): Promise<U
     const cells: Cell[] = [];
     for (const mode of MODES) {
       for (const sizeBytes of SIZES_BYTES) {
-        for (const flows of FLOW_COUNTS) cells.push({ mode, sizeBytes, flows });
+        for (const flows of FLOW_COUNTS) {
+          const wanted = args.cellsOnly.length === 0 || args.cellsOnly.some((c) =>
+            c.mode === mode && c.sizeBytes === sizeBytes && c.flows === flows);
+          if (wanted) cells.push({ mode, sizeBytes, flows });
+        }
       }
     }
     const daemonPids = [process.pid, ...relayPids, echo.proc.pid, sink.proc.pid];

@@ -165,6 +165,18 @@ describe("bench/udp.ts and bench/tcp.ts arguments", () => {
     expect(tcpArgs(["--no-pin"]).pin).toBe(false);
   });
 
+  test("--cell MODE:BYTES:FLOWS picks cells (repeatable); a wrong one names the form", () => {
+    expect(udpArgs([]).cellsOnly).toEqual([]);
+    expect(udpArgs(["--cell", "rr:1200:256", "--cell", "oneway:64:1"]).cellsOnly).toEqual([
+      { mode: "rr", sizeBytes: 1200, flows: 256 },
+      { mode: "oneway", sizeBytes: 64, flows: 1 },
+    ]);
+    for (const bad of ["rr:1000:256", "both:64:1", "rr:64", "rr:64:2"]) {
+      expect(() => udpArgs(["--cell", bad])).toThrow(`--cell ${bad}: MODE:BYTES:FLOWS`);
+    }
+    expect(() => udpArgs(["--cell"])).toThrow("MODE rr|oneway, BYTES 64|1200, FLOWS 1|256");
+  });
+
   test("--variant repeatable and --baseline DIR", () => {
     const dir = fakeCheckout();
     try {
