@@ -27,9 +27,14 @@ const FILES = testFiles(join(ROOT, "test"))
 /**
  * Files that go through the policy for a tool or kernel feature any user can use, not for
  * privileges: as nobody they run (service_unit.test.ts: systemd-analyze; uring.test.ts:
- * io_uring, which kernel.io_uring_disabled 0 allows every user).
+ * io_uring, which kernel.io_uring_disabled 0 allows every user; udp_gso.test.ts: the
+ * kernel's UDP_SEGMENT and UDP_GRO on loopback sockets).
  */
-const TOOL_GATED = ["test/unit/service_unit.test.ts", "test/unit/uring.test.ts"];
+const TOOL_GATED = [
+  "test/unit/service_unit.test.ts",
+  "test/unit/uring.test.ts",
+  "test/unit/udp_gso.test.ts",
+];
 /** Files that go through the policy: the ones that need privileges. */
 const PRIVILEGED = FILES.filter((f) => /\b(labSkipReason|skipReason|skipped)\(/.test(f.text))
   .map((f) => f.path)
