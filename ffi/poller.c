@@ -217,7 +217,9 @@ int32_t rl_poll_wait(int32_t handle, int32_t timeout_ms) {
   struct epoll_event events[POLL_EVENTS_MAX];
   int n = epoll_wait(p->epfd, events, POLL_EVENTS_MAX, timeout_ms);
   if (n < 0) return errno == EINTR ? 0 : -errno;
-  atomic_fetch_add_explicit(&p->wakes, 1, memory_order_relaxed);
+  /* A wake-up: a wait that may have slept. A look that did not wait and found nothing
+   * (busy polling's spins, the io_uring plane's epoll checks) is not one. */
+  if (n > 0 || timeout_ms != 0) atomic_fetch_add_explicit(&p->wakes, 1, memory_order_relaxed);
   int pushed = poll_push(p, events, n);
   return pushed < 0 ? -ECANCELED : pushed;
 }

@@ -426,6 +426,12 @@ export function parseConfig(input: unknown): Config {
         `datagrams and 64 KiB) but udp.batchCountMax is ${c.udp.batchCountMax}; raise it`,
     );
   }
+  if (c.udp.busyPollUs > 0 && c.udp.dataPlane !== "worker") {
+    problems.push(
+      `config.udp.busyPollUs: ${c.udp.busyPollUs} needs udp.dataPlane "worker" (the ` +
+        `"callback" plane waits on the epoll thread, not on a thread of the data path)`,
+    );
+  }
   if (c.udp.workers > 1 && c.udp.dataPlane !== "worker") {
     problems.push(
       `config.udp.workers: ${c.udp.workers} needs udp.dataPlane "worker" (the "callback" ` +

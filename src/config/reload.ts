@@ -44,6 +44,7 @@ export const RELOAD_POLICY: Readonly<Record<string, ReloadRule>> = {
   "udp.datagramBytesMax": restart("the receive slab is sized at start"),
   "udp.batchCountMax": restart("the receive slab and send tables are sized at start"),
   "udp.gso": restart("switched in the data-path thread at start"),
+  "udp.busyPollUs": live("the data path's next wait"),
   "udp.gro": restart("set on upstream sockets when made; their receive path is fixed at start"),
   "udp.drainBatchesMax": restart("a batch-size setting of the data path, fixed at start"),
   "udp.replySocketsMax": restart("the reply socket pool is preallocated"),

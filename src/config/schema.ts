@@ -183,6 +183,14 @@ export const UdpSchema = Type.Object(
      * endpoints over them (docs/udp_workers.md). Table bounds are split between them.
      */
     workers: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
+    /**
+     * Busy polling (dataPlane "worker" only; HAProxy's busy-polling): for this many µs
+     * after a wait found packets, the data path's waits do not block, so the next packet
+     * is seen without a wake-up. Lower latency and more request/response transactions
+     * per second, for a core kept busy while packets come less than this far apart.
+     * 0: off (docs/performance.md "Busy polling").
+     */
+    busyPollUs: Type.Integer({ minimum: 0, maximum: 100_000, default: 0 }),
   },
   { additionalProperties: false },
 );

@@ -337,6 +337,12 @@ const F = {
     "counter",
     "Ready events lost to a full ring (an invariant: always 0).",
   ),
+  udpBusyPolls: family(
+    "relay_udp_busy_polls_total",
+    "counter",
+    "Busy polling (udp.busyPollUs): waits that did not block, being within the window " +
+      "of the last packets, and found nothing (spins).",
+  ),
   readyHandled: family(
     "relay_ready_handled_total",
     "counter",
@@ -525,6 +531,7 @@ const UDP_PLACED: Record<
   pollWakes: { family: F.pollWakes, labels: udp() },
   pollEvents: { family: F.pollEvents, labels: udp() },
   pollRingOverflows: { family: F.pollOverflows, labels: udp() },
+  pollBusyPolls: { family: F.udpBusyPolls },
   gsoMessages: { family: F.udpGsoMessages },
   gsoDatagrams: { family: F.udpGsoDatagrams },
   gsoFallbacks: { family: F.udpGsoFallbacks },

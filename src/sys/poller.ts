@@ -70,6 +70,12 @@ export interface PollerOptions {
   /** Called after each round of tokens. */
   onRoundEnd?: () => void;
   /**
+   * Inline mode: busy polling (udp.busyPollUs). For this long after the last wait that
+   * found work, waits do not block: the thread stays on its core and sees the next
+   * packet without a wake-up. 0: every wait may block.
+   */
+  busyPollUs?: number;
+  /**
    * An exception from onToken/onRoundEnd: a bug on the data path. The owner ends the
    * process (default: rethrow, so it ends as an uncaught exception with its stack).
    */
@@ -98,8 +104,19 @@ export class Poller {
   private readonly timers: InlineTimer[] = [];
   /** Inline mode: messages announced (notify) and not yet handled (messageHandled). */
   private messagesPending = 0;
-  /** Inline mode: one wait and its rounds (epoll's, or startWith()'s). */
-  private inlinePass: (waitMs: number) => boolean = (waitMs) => this.epollPass(waitMs);
+  /**
+   * Inline mode: one wait and its rounds (epoll's, or startWith()'s): the events it
+   * found (0 when it timed out), or -1 when it failed (reported through onError).
+   */
+  private inlinePass: (waitMs: number) => number = (waitMs) => this.epollPass(waitMs);
+  /** Inline mode: busy polling's window (setBusyPoll), in ms; 0 when off. */
+  private busyPollMs = 0;
+  /** Inline mode: when the last wait found work (performance.now()). */
+  private busyAtMs = Number.NEGATIVE_INFINITY;
+  /** Inline mode: waits that did not block because of busy polling, and found nothing. */
+  private busyPollsEmpty = 0;
+  /** Socket tokens handled by rounds() (not notices): what a wait found to do. */
+  private tokensHandled = 0;
   /** The epoll thread died (check()): no more rounds; stop() still joins and closes. */
   private dead = false;
 
@@ -118,6 +135,7 @@ export class Poller {
     if (handle < 0) throw new Error(`epoll_create1/eventfd failed: ${-handle}`);
     this.handle = handle;
     this.inline = options.inline === true;
+    this.setBusyPoll(options.busyPollUs ?? 0);
     if (this.inline) {
       // One thread waits and drains: level-triggered, and rearm() costs nothing.
       const rc = lib.rl_poll_level_triggered(handle);
@@ -170,6 +188,21 @@ export class Poller {
     const n = this.lib.rl_poll_wait(this.handle, 0);
     if (n < 0) throw new Error(`epoll_wait: ${errnoName(-n)}`);
     if (n > 0) this.rounds();
+  }
+
+  /**
+   * Busy polling's window in µs (inline mode; a reload may change it). Threaded mode has
+   * no wait of its own to shorten: it must be 0 there.
+   */
+  setBusyPoll(us: number): void {
+    assert(Number.isInteger(us) && us >= 0, "busyPollUs is a non-negative integer");
+    assert(us === 0 || this.inline, "busy polling needs inline mode");
+    this.busyPollMs = us / 1000;
+  }
+
+  /** Waits that did not block because of busy polling and found nothing (spins). */
+  get busyPolls(): number {
+    return this.busyPollsEmpty;
   }
 
   /** Wake calls from the C thread (each may carry many ready sockets). */
@@ -225,8 +258,14 @@ export class Poller {
       if (this.timers.length > 0 && this.runTimers(now)) now = performance.now();
       if (this.closed) return; // a timer stopped the data path
       const dueMs = this.messagesPending > 0 ? now + PENDING_WAIT_MS : turnAtMs;
-      const waitMs = Math.max(0, Math.ceil(this.nextDueMs(dueMs) - now));
-      if (!this.inlinePass(waitMs)) return; // failed: reported through onError
+      // Busy polling: within its window of the last work, a wait does not block.
+      const spin = now - this.busyAtMs < this.busyPollMs;
+      const waitMs = spin ? 0 : Math.max(0, Math.ceil(this.nextDueMs(dueMs) - now));
+      const found = this.inlinePass(waitMs);
+      if (found < 0) return; // failed: reported through onError
+      if (found > 0) {
+        if (this.busyPollMs > 0) this.busyAtMs = performance.now();
+      } else if (spin) this.busyPollsEmpty++;
       if (this.closed) return; // a handler stopped the data path
       if (this.messagesPending > 0 || performance.now() >= turnAtMs) break;
     }
@@ -234,24 +273,27 @@ export class Poller {
   }
 
   /** Inline mode's wait by default: epoll_wait, then the rounds of what it found. */
-  private epollPass(waitMs: number): boolean {
+  private epollPass(waitMs: number): number {
     const n = this.lib.rl_poll_wait(this.handle, waitMs);
     if (n < 0) {
       // epoll_wait itself failed: the data path cannot go on. Never spin on it silently.
       this.onError(new Error(`epoll_wait: ${errnoName(-n)}`));
-      return false;
+      return -1;
     }
+    // Sockets handled, not notices: a control message is no sign of traffic to come.
+    const before = this.tokensHandled;
     if (n > 0) this.rounds();
-    return true;
+    return this.tokensHandled - before;
   }
 
   /**
    * Inline mode with another wait in the loop (the io_uring plane: src/udp/uring_plane.ts):
    * `pass(waitMs)` waits at most waitMs and handles what it finds (this poller's own
-   * sockets through pollNow()); false when it failed (reported through onError). The
-   * loop, its timers and the notices stay this poller's.
+   * sockets through pollNow()); it returns what it found (0: nothing), or -1 when it
+   * failed (reported through onError). The loop, its timers, the notices and busy
+   * polling stay this poller's.
    */
-  startWith(pass: (waitMs: number) => boolean): void {
+  startWith(pass: (waitMs: number) => number): void {
     assert(this.inline, "startWith needs inline mode");
     this.inlinePass = pass;
     this.start();
@@ -368,6 +410,7 @@ export class Poller {
           this.messagesPending += this.lib.rl_poll_notified(this.handle);
           continue;
         }
+        this.tokensHandled++;
         try {
           this.onToken(this.ready[k]);
         } catch (err) {

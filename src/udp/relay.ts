@@ -456,6 +456,7 @@ export class UdpRelay {
     this.poller = new Poller(lib, (token) => this.onToken(token), {
       tokensMax,
       inline: options.inline === true,
+      busyPollUs: udp.busyPollUs,
       onRoundEnd: () => this.endRound(),
       onError: (err) => this.onDataPathError(err, options.onFatal),
     });
@@ -721,6 +722,7 @@ export class UdpRelay {
       (slot) => classByPort[sessions.keyWord(slot, 8) & 0xffff],
     );
     this.clients.setLimits(udp.sessionsPerClientMax, udp.replySocketsPerClientMax);
+    this.poller.setBusyPoll(udp.busyPollUs);
     this.replies.setTimes(udp.replySocketIdleMs, udp.replyBindRetryMs);
     this.sniffer.configure(config);
     this.dnsPort.fill(0);
@@ -783,6 +785,7 @@ export class UdpRelay {
       pollWakes: this.poller.wakes,
       pollEvents: this.poller.events,
       pollRingOverflows: this.poller.overflows,
+      pollBusyPolls: this.poller.busyPolls,
       gsoEnabled: this.offload.gso ? 1 : 0,
       groEnabled: this.offload.groSpanSlots > 0 ? 1 : 0,
       // udp.ioBackend as it runs (an info gauge per backend), and the ring's counters.

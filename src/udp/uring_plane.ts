@@ -116,7 +116,7 @@ export class UringPlane {
   private readonly slotToTarget: Uint8Array;
   private readonly stats = new Float64Array(new ArrayBuffer(URING_STATS.count * 8));
   private readonly statsPtr: Pointer;
-  private readonly passBound = (waitMs: number) => this.pass(waitMs);
+  private readonly passBound = (waitMs: number): number => this.pass(waitMs);
   private closed = false;
   /** When the epoll set was last looked at (performance.now()). */
   private epollCheckedMs = 0;
@@ -217,9 +217,11 @@ export class UringPlane {
 
   /**
    * One pass of the Poller's inline loop: the round's one io_uring_enter (submits the last
-   * round's sends, waits up to waitMs), then the round. False when it failed (reported).
+   * round's sends, waits up to waitMs), then the round. The UDP sockets it found ready (0:
+   * nothing; send completions and the epoll set are not traffic), or -1 when it failed
+   * (reported).
    */
-  private pass(waitMs: number): boolean {
+  private pass(waitMs: number): number {
     const o = this.options;
     const n = this.lib.rl_uring_wait(
       this.handle,
@@ -230,18 +232,18 @@ export class UringPlane {
     );
     if (n < 0) {
       o.onError(new Error(`io_uring_enter: ${errnoName(-n)}`));
-      return false;
+      return -1;
     }
+    let epollSeen = false;
     try {
       this.completed();
-      let epollSeen = false;
       for (let k = 0; k < n; k++) {
         const token = this.ready[k];
         if (token === WATCH_TOKEN) {
           o.poller.pollNow();
           epollSeen = true;
         } else o.onToken(token);
-        if (this.closed) return true; // a handler stopped the data path
+        if (this.closed) return 0; // a handler stopped the data path
       }
       if (n > 0) o.onRoundEnd();
       const now = performance.now();
@@ -253,7 +255,8 @@ export class UringPlane {
     } catch (err) {
       o.onError(err);
     }
-    return true;
+    // The epoll set's token is not traffic (notices of messages come through it).
+    return epollSeen ? n - 1 : n;
   }
 
   /** Counts the send completions the last wait collected. */

@@ -78,6 +78,18 @@ describe("config", () => {
     expect(problems({ udp: { gso: "yes" } })[0]).toStartWith("config.udp.gso:");
   });
 
+  test("udp.busyPollUs: 0 (off) by default, 0-100000, worker data plane only", () => {
+    expect(parseConfig({}).udp.busyPollUs).toBe(0);
+    expect(parseConfig({ udp: { busyPollUs: 200 } }).udp.busyPollUs).toBe(200);
+    expect(problems({ udp: { busyPollUs: -1 } })[0]).toStartWith("config.udp.busyPollUs:");
+    expect(problems({ udp: { busyPollUs: 100_001 } })[0]).toStartWith("config.udp.busyPollUs:");
+    expect(problems({ udp: { busyPollUs: 1.5 } })[0]).toStartWith("config.udp.busyPollUs:");
+    expect(problems({ udp: { busyPollUs: 200, dataPlane: "callback" } })).toEqual([
+      'config.udp.busyPollUs: 200 needs udp.dataPlane "worker" (the "callback" plane ' +
+        "waits on the epoll thread, not on a thread of the data path)",
+    ]);
+  });
+
   test("duplicate listeners are refused", () => {
     const p = problems({
       listeners: [

@@ -385,6 +385,85 @@ describe("C helper", () => {
     }
   });
 
+  test("a wait that did not block and found nothing is not a wake-up; one that may block is", () => {
+    const handle = lib.rl_poll_open(16);
+    expect(lib.rl_poll_level_triggered(handle)).toBe(0);
+    const stats = new Float64Array(new ArrayBuffer(POLL_STATS.count * 8));
+    try {
+      expect(lib.rl_poll_wait(handle, 0)).toBe(0); // busy polling's spin: not counted
+      expect(lib.rl_poll_stats(handle, ptr(stats))).toBe(POLL_STATS.count);
+      expect(stats[POLL_STATS.wakes]).toBe(0);
+      expect(lib.rl_poll_wait(handle, 1)).toBe(0); // it may have slept: counted
+      expect(lib.rl_poll_stats(handle, ptr(stats))).toBe(POLL_STATS.count);
+      expect(stats[POLL_STATS.wakes]).toBe(1);
+    } finally {
+      expect(lib.rl_poll_stop(handle)).toBe(0);
+    }
+  });
+
+  test("busy polling: within busyPollUs of work the loop's waits do not block, then they do", async () => {
+    const { Poller } = require("../../src/sys/poller.ts");
+    const receiver = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const sender = lib.rl_socket(0, loopback4, 0, 0, 0, 0);
+    const slab = new Uint8Array(new ArrayBuffer(64 * 4));
+    const meta = new Uint8Array(new ArrayBuffer(META_BYTES * 4));
+    let received = 0;
+    const onToken = () => {
+      const n = lib.rl_recv_batch(receiver, ptr(slab), 64, 4, ptr(meta));
+      expect(n).toBeGreaterThanOrEqual(0);
+      received += n;
+    };
+    const poller = new Poller(lib, onToken, { tokensMax: 16, inline: true, busyPollUs: 20_000 });
+    expect(poller.add(receiver, 3)).toBe(0);
+    // Spins seen 100 ms and 200 ms after a datagram was handled: the 20 ms window is over.
+    const after: number[] = [];
+    const datagramHandled = async (what: string) => {
+      await waitFor(
+        () => {
+          // A notice lets the loop turn the event loop (where this probe runs).
+          expect(Poller.notify(lib, poller.notifyHandle)).toBe(0);
+          return received;
+        },
+        (n) => n === 1,
+        { what, timeoutMs: 10_000 },
+      );
+      received = 0;
+      after.length = 0;
+      poller.after(100, () => after.push(poller.busyPolls));
+      poller.after(200, () => after.push(poller.busyPolls));
+      await waitFor(
+        () => {
+          expect(Poller.notify(lib, poller.notifyHandle)).toBe(0);
+          return after.length;
+        },
+        (n) => n === 2,
+        { what: `${what}: the two timers`, timeoutMs: 10_000 },
+      );
+      return [...after];
+    };
+    poller.start();
+    try {
+      expect(poller.busyPolls).toBe(0); // nothing yet: the waits block
+      sendOne(sender, receiver);
+      const [spins, spinsLater] = await datagramHandled("one datagram, busy polling on");
+      expect(spins).toBeGreaterThan(0);
+      expect(spinsLater).toBe(spins); // the window ended: the waits block again
+      poller.setBusyPoll(0); // as a reload does
+      sendOne(sender, receiver);
+      expect(await datagramHandled("one datagram, busy polling off")).toEqual([spins, spins]);
+    } finally {
+      poller.stop();
+      lib.rl_close(sender);
+      lib.rl_close(receiver);
+    }
+    const threaded = new Poller(lib, () => {}, { tokensMax: 16 });
+    try {
+      expect(() => threaded.setBusyPoll(10)).toThrow("busy polling needs inline mode");
+    } finally {
+      threaded.stop();
+    }
+  });
+
   test("the epoll poller opens, starts, stops and closes its callback", () => {
     const { Poller } = require("../../src/sys/poller.ts");
     const poller = new Poller(lib, () => {}, { tokensMax: 16 });

@@ -66,6 +66,7 @@ describe("the reload policy table", () => {
       "intercept",
       "udp.idleTimeoutMs",
       "udp.sessionsPerClientMax",
+      "udp.busyPollUs",
       "tcp.idleTimeoutMs",
       "firewall.bypass.ports",
       "log.level",

@@ -34,6 +34,7 @@ function values(base: number): UdpValues {
     pollWakes: 0,
     pollEvents: 0,
     pollRingOverflows: 0,
+    pollBusyPolls: 0,
   } as UdpValues;
   Object.keys(v).forEach((k, i) => {
     if (k !== "batchDatagrams") (v as any)[k] = base + i;
