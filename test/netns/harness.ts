@@ -13,6 +13,7 @@ import {
   withControlSocket,
 } from "../lab/relay_process.ts";
 import { skipReason } from "../lab/skip_policy.ts";
+import { waitFor } from "../lab/wait_for.ts";
 import { nftRuleset, policyRoutingCommands } from "../../src/rules/nft.ts";
 
 export { BUN };
@@ -84,6 +85,7 @@ export class RelayLab {
     const config = parseConfig(raw);
     const path = join(this.dir, `config-${Date.now()}.json`);
     writeFileSync(path, JSON.stringify(raw));
+    this.configPath = path;
     if (options.rules === "cli") {
       this.rulesCli("apply", path);
     } else {
@@ -97,6 +99,27 @@ export class RelayLab {
     return this.relay;
   }
   private routingInstalled = false;
+  /** The file the running relay was started with (a reload re-reads it). */
+  private configPath = "";
+
+  /**
+   * Reloads the running relay with `raw` (through withControlSocket, as startRelay: the
+   * RELAY_* data-plane variables the start had, else a reload that changed
+   * udp.ioBackend would be refused as needing a restart): the file it started with is
+   * rewritten, then SIGHUP; resolves once the relay counts one more applied reload.
+   */
+  async reload(raw: object, timeoutMs = 10_000): Promise<void> {
+    const relay = this.relay;
+    if (relay === null) throw new Error("reload: no relay running");
+    const applied = (await relay.metrics()).config.reloads.applied;
+    writeFileSync(this.configPath, JSON.stringify(withControlSocket(raw, this.controlPath)));
+    relay.proc.kill("SIGHUP");
+    await waitFor(
+      async () => (await relay.metrics()).config.reloads.applied,
+      (n) => n > applied,
+      { what: "the reload applied", timeoutMs },
+    );
+  }
 
   /** `relay rules ACTION --config PATH` in the router namespace; throws unless it exits 0. */
   rulesCli(action: "apply" | "remove" | "print", path: string) {

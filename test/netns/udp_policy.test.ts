@@ -14,9 +14,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { clientHello, hex, multiInitial, QUIC_V1, toHex } from "../fixtures/classify/build.ts";
 import { JsonLinesProcess } from "../lab/json_lines.ts";
@@ -406,16 +406,7 @@ for packet in ${JSON.stringify(flows)}:
       const next: any = config(dataPlane, flowLogPath);
       next.rules = next.rules.filter((r: any) => r.name !== "blocked");
       next.rules[0].action = "resolverB";
-      const configDir = dirname(env.controlPath);
-      const configFile = readdirSync(configDir).find((f) => f.startsWith("config-"));
-      const configPath = join(configDir, configFile!);
-      writeFileSync(configPath, JSON.stringify(withControlSocket(next, env.controlPath)));
-      relay.proc.kill("SIGHUP");
-      await waitFor(
-        async () => (await relay.metrics()).config.reloads,
-        (r) => r.applied >= 1,
-        { what: "the reload applied", timeoutMs: 20_000 },
-      );
+      await env.reload(next, 20_000);
       const out = kdig(env, LAB.server4, "a.test", "A");
       expect(out).toContain("198.18.1.201");
       expect(out).toContain(`;; From ${LAB.server4}@53(UDP)`);
