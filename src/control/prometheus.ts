@@ -325,7 +325,8 @@ const F = {
   pollWakes: family(
     "relay_poll_wakes_total",
     "counter",
-    "Thread wake-ups of the poller (epoll waits that returned, or callbacks).",
+    "Thread wake-ups of the poller (epoll waits that returned, or callbacks; not a " +
+      "look that did not wait and found nothing, such as a busy-polling spin).",
   ),
   pollEvents: family(
     "relay_poll_events_total",
