@@ -105,8 +105,9 @@ export class Poller {
   /** Inline mode: messages announced (notify) and not yet handled (messageHandled). */
   private messagesPending = 0;
   /**
-   * Inline mode: one wait and its rounds (epoll's, or startWith()'s): the events it
-   * found (0 when it timed out), or -1 when it failed (reported through onError).
+   * Inline mode: one wait and its rounds (epoll's, or startWith()'s): the sockets it
+   * found ready (0: none; notices do not count), or -1 when it failed (reported
+   * through onError).
    */
   private inlinePass: (waitMs: number) => number = (waitMs) => this.epollPass(waitMs);
   /** Inline mode: busy polling's window (setBusyPoll), in ms; 0 when off. */
