@@ -338,6 +338,12 @@ const F = {
     "counter",
     "Ready events lost to a full ring (an invariant: always 0).",
   ),
+  udpPortsQuarantined: family(
+    "relay_udp_upstream_ports_quarantined_total",
+    "counter",
+    "Upstream sockets closed unused because the kernel gave them a local port whose " +
+      "socket closed under 2 s ago (a late reply to the ended flow would reach a new one).",
+  ),
   udpBusyPolls: family(
     "relay_udp_busy_polls_total",
     "counter",
@@ -533,6 +539,7 @@ const UDP_PLACED: Record<
   pollEvents: { family: F.pollEvents, labels: udp() },
   pollRingOverflows: { family: F.pollOverflows, labels: udp() },
   pollBusyPolls: { family: F.udpBusyPolls },
+  upstreamPortsQuarantined: { family: F.udpPortsQuarantined },
   gsoMessages: { family: F.udpGsoMessages },
   gsoDatagrams: { family: F.udpGsoDatagrams },
   gsoFallbacks: { family: F.udpGsoFallbacks },

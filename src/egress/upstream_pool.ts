@@ -46,6 +46,21 @@ const CLIENT_ENDPOINT = 0xfffffffe;
 /** Session word of an endpoint-independent socket: one socket for every destination. */
 const ALL_DESTINATIONS = 0xffffffff;
 
+/**
+ * A local port whose upstream socket closed less than this long ago is not taken again
+ * at once (the kernel's bind to port 0 may hand it straight back). A reply still on its
+ * way to the session that ended would reach the new socket and, coming from the same
+ * destination, be relayed to the new flow's client: another flow's datagram. (Seen when a
+ * flood evicts sessions whose echoes are in flight.) Longer than a reply is in flight.
+ */
+const PORT_QUARANTINE_MS = 2000;
+/**
+ * Sockets opened at most for one acquire while the kernel hands out quarantined ports
+ * (the earlier ones are held open meanwhile, so it cannot return them again); past it,
+ * the last one is taken anyway: with ports this short, reuse is the lesser harm.
+ */
+const PORT_TRIES_MAX = 4;
+
 export type UpstreamFailure = "descriptors" | "socket" | "register";
 
 /** How an outbound's sockets are made (a direct outbound's options; null: the defaults). */
@@ -89,6 +104,15 @@ export class UpstreamPool {
   /** 16 bytes for rl_local_port's address (own ArrayBuffer: see SendQueue). */
   private readonly scratchAddr = new Uint8Array(new ArrayBuffer(16));
   private readonly scratchAddrPtr: Pointer = ptr(this.scratchAddr);
+  /** Per local port: when an upstream socket of ours on it last closed (clock ms). */
+  private readonly portClosedAtMs = new Float64Array(65536).fill(Number.NEGATIVE_INFINITY);
+  /** Sockets held open while a fresh port is sought (PORT_TRIES_MAX), and their ports. */
+  private readonly heldFds = new Int32Array(PORT_TRIES_MAX);
+  private readonly heldPorts = new Uint16Array(PORT_TRIES_MAX);
+  /** The local port of the socket openSocket() made last. */
+  private openedPort = 0;
+  /** Sockets closed unused because the kernel gave them a quarantined port. */
+  portsQuarantined = 0;
   lastFailure: UpstreamFailure | null = null;
   lastMessage = "";
 
@@ -101,6 +125,8 @@ export class UpstreamPool {
     private readonly register: (fd: number, upstream: number) => number,
     private readonly unregister: (token: number) => void,
     private readonly registerErrno: () => number,
+    /** The clock of the port quarantine, in ms (tests pass their own). */
+    private readonly nowMs: () => number = () => performance.now(),
   ) {
     this.index = new HashIndex(KEY_WORDS, capacity);
     this.fds = new Int32Array(capacity).fill(-1);
@@ -143,7 +169,6 @@ export class UpstreamPool {
       return upstream;
     }
     let flags = SOCK.recvErr | (ipv6 ? SOCK.ipv6 | SOCK.v6Only : 0);
-    const udp = this.config.udp;
     let bind = ipv6
       ? (options.bindAddr6 ?? this.config.upstreamAddr6)
       : (options.bindAddr4 ?? this.config.upstreamAddr4);
@@ -159,6 +184,65 @@ export class UpstreamPool {
       bindPort = clientPort;
       flags |= SOCK.transparent | SOCK.reuseAddr;
     }
+    let fd = this.openSocket(flags, bind, bindPort, options, clientSource, ipv6);
+    if (fd < 0) return -1;
+    let port = this.openedPort;
+    if (!clientSource && this.quarantined(port)) {
+      // Bounded: PORT_TRIES_MAX sockets; the ones refused stay open until a port is found.
+      let held = 0;
+      while (held < PORT_TRIES_MAX && this.quarantined(port)) {
+        this.heldFds[held] = fd;
+        this.heldPorts[held++] = port;
+        fd = this.openSocket(flags, bind, bindPort, options, clientSource, ipv6);
+        if (fd < 0) break;
+        port = this.openedPort;
+      }
+      if (fd < 0) {
+        // No other socket to be had (descriptors, say): the last one will do.
+        held--;
+        fd = this.heldFds[held];
+        port = this.heldPorts[held];
+      }
+      for (let k = 0; k < held; k++) this.lib.rl_close(this.heldFds[k]);
+      this.portsQuarantined += held;
+      this.lastFailure = null;
+    }
+    upstream = this.index.insert();
+    assert(upstream >= 0, "upstream index full: it holds at most one socket per session");
+    const token = this.register(fd, upstream);
+    if (token < 0) {
+      this.index.remove(upstream);
+      this.lib.rl_close(fd);
+      return this.fail(
+        "register",
+        `upstream socket: epoll_ctl(ADD): ${errnoName(this.registerErrno())}`,
+      );
+    }
+    this.fds[upstream] = fd;
+    this.tokens[upstream] = token;
+    this.refs[upstream] = 1;
+    this.ports[upstream] = port;
+    this.clientScopes[upstream] = clientScope;
+    this.sessions[upstream] = perSession ? session : -1;
+    this.clientSourced[upstream] = clientSource ? 1 : 0;
+    // A client-source socket's port is the client's, not ours (nothing local sends from it).
+    if (!clientSource) this.portRefs[port]++;
+    return upstream;
+  }
+
+  /**
+   * A socket bound as acquire() asks, with its options: its fd (its local port in
+   * openedPort), or -1 with lastFailure and lastMessage set (nothing held).
+   */
+  private openSocket(
+    flags: number,
+    bind: Uint8Array,
+    bindPort: number,
+    options: UpstreamOptions,
+    clientSource: boolean,
+    ipv6: boolean,
+  ): number {
+    const udp = this.config.udp;
     const fd = this.lib.rl_socket(
       flags,
       bind,
@@ -191,27 +275,13 @@ export class UpstreamPool {
       this.lib.rl_close(fd);
       return this.fail("socket", `upstream socket: getsockname: ${errnoName(-port)}`);
     }
-    upstream = this.index.insert();
-    assert(upstream >= 0, "upstream index full: it holds at most one socket per session");
-    const token = this.register(fd, upstream);
-    if (token < 0) {
-      this.index.remove(upstream);
-      this.lib.rl_close(fd);
-      return this.fail(
-        "register",
-        `upstream socket: epoll_ctl(ADD): ${errnoName(this.registerErrno())}`,
-      );
-    }
-    this.fds[upstream] = fd;
-    this.tokens[upstream] = token;
-    this.refs[upstream] = 1;
-    this.ports[upstream] = port;
-    this.clientScopes[upstream] = clientScope;
-    this.sessions[upstream] = perSession ? session : -1;
-    this.clientSourced[upstream] = clientSource ? 1 : 0;
-    // A client-source socket's port is the client's, not ours (nothing local sends from it).
-    if (!clientSource) this.portRefs[port]++;
-    return upstream;
+    this.openedPort = port;
+    return fd;
+  }
+
+  /** Whether an upstream socket of ours on `port` closed within PORT_QUARANTINE_MS. */
+  private quarantined(port: number): boolean {
+    return this.nowMs() - this.portClosedAtMs[port] < PORT_QUARANTINE_MS;
   }
 
   /** The session a per-session socket carries, or -1 for a shared one. */
@@ -242,7 +312,11 @@ export class UpstreamPool {
     if (--this.refs[upstream] > 0) return;
     this.unregister(this.tokens[upstream]);
     this.lib.rl_close(this.fds[upstream]);
-    if (this.clientSourced[upstream] === 0) this.portRefs[this.ports[upstream]]--;
+    if (this.clientSourced[upstream] === 0) {
+      const port = this.ports[upstream];
+      this.portRefs[port]--;
+      this.portClosedAtMs[port] = this.nowMs(); // replies may still be on their way
+    }
     this.fds[upstream] = -1;
     this.tokens[upstream] = -1;
     this.index.remove(upstream);

@@ -774,6 +774,7 @@ export class UdpRelay {
       sessionsActive: this.sessions.count,
       sessionsMax: this.sessions.capacity,
       upstreamSockets: this.upstreams.count,
+      upstreamPortsQuarantined: this.upstreams.portsQuarantined,
       replySockets: this.replies.count,
       dnsUpstreamSockets: this.dns.sockets,
       dnsQueriesInFlight: this.dns.inFlight,

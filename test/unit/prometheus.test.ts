@@ -54,6 +54,7 @@ function synthetic(): { input: ScrapeInput; udpFields: string[]; tcpFields: stri
     pollEvents: 0,
     pollRingOverflows: 0,
     pollBusyPolls: 0,
+    upstreamPortsQuarantined: 0,
     gsoEnabled: 0,
     groEnabled: 0,
     ioBackendEpoll: 0,
@@ -128,7 +129,7 @@ describe("Prometheus text format", () => {
       ...Object.entries(input.udp.udp).filter(([k]) => !(k in new UdpCounters())),
       ...Object.entries(input.tcp!).filter(([k]) => !(k in new TcpCounters())),
     ];
-    expect(gauges.length).toBe(23 + 13);
+    expect(gauges.length).toBe(24 + 13);
     expect(gauges.filter(([, v]) => !values.has(`${v}`))).toEqual([]);
   });
 

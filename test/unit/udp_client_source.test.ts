@@ -240,3 +240,87 @@ describe("UDP client source: upstream pool", () => {
     expect(pool.holdsPort(40000 + 101)).toBe(true);
   });
 });
+
+describe("upstream pool: a port closed less than 2 s ago is not taken again at once", () => {
+  const config = parseConfig(PLAIN);
+  const RELAY = {
+    outbound: 0,
+    perSession: true,
+    bindAddr4: null,
+    bindAddr6: null,
+    mark: null,
+    interface: null,
+    clientSource: false,
+  };
+  const client = words("198.18.0.2");
+
+  /** A C helper whose bind to port 0 hands out `ports` in order (the kernel's choice). */
+  function scripted(ports: number[]) {
+    const closed: number[] = [];
+    const portOf = new Map<number, number>();
+    let next = 100;
+    const lib = {
+      rl_socket: () => {
+        if (ports.length === 0) return -24; // EMFILE
+        portOf.set(next, ports.shift()!);
+        return next++;
+      },
+      rl_local_port: (fd: number) => portOf.get(fd)!,
+      rl_close: (fd: number) => {
+        closed.push(fd);
+        return 0;
+      },
+    };
+    let nowMs = 0;
+    let token = 0;
+    const pool = new UpstreamPool(
+      lib as unknown as RelayLib,
+      config,
+      16,
+      () => token++,
+      () => {},
+      () => 0,
+      () => nowMs,
+    );
+    return { pool, closed, portOf, advance: (ms: number) => (nowMs += ms) };
+  }
+
+  test("the kernel hands the ended flow's port back: the relay takes another one", () => {
+    const { pool, closed, portOf } = scripted([40001, 40001, 40001, 40002]);
+    const a = pool.acquire(0, ...client, 5000, 0, false, RELAY);
+    pool.release(a); // fd 100 on 40001 closed: a reply to it may still be on its way
+    const b = pool.acquire(1, ...client, 5001, 0, false, RELAY);
+    expect(b).toBeGreaterThanOrEqual(0);
+    expect(pool.holdsPort(40002)).toBe(true);
+    expect(pool.holdsPort(40001)).toBe(false);
+    // The two refused sockets were held while looking (so 40001 could not come back),
+    // then closed.
+    expect(closed).toEqual([100, 101, 102]);
+    expect(portOf.get(103)).toBe(40002);
+    expect(pool.portsQuarantined).toBe(2);
+  });
+
+  test("past the quarantine the port is anyone's again", () => {
+    const { pool, closed, advance } = scripted([40001, 40001]);
+    pool.release(pool.acquire(0, ...client, 5000, 0, false, RELAY));
+    advance(2000);
+    expect(pool.acquire(1, ...client, 5001, 0, false, RELAY)).toBeGreaterThanOrEqual(0);
+    expect(pool.holdsPort(40001)).toBe(true);
+    expect(closed).toEqual([100]);
+    expect(pool.portsQuarantined).toBe(0);
+  });
+
+  test("bounded: 4 refusals, then the port is taken; no socket to be had: the last one", () => {
+    const many = scripted([40001, 40001, 40001, 40001, 40001, 40001]);
+    many.pool.release(many.pool.acquire(0, ...client, 5000, 0, false, RELAY));
+    expect(many.pool.acquire(1, ...client, 5001, 0, false, RELAY)).toBeGreaterThanOrEqual(0);
+    expect(many.closed).toEqual([100, 101, 102, 103, 104]); // fd 105 kept, on 40001
+    expect(many.pool.holdsPort(40001)).toBe(true);
+
+    const short = scripted([40001, 40001]); // then EMFILE
+    short.pool.release(short.pool.acquire(0, ...client, 5000, 0, false, RELAY));
+    expect(short.pool.acquire(1, ...client, 5001, 0, false, RELAY)).toBeGreaterThanOrEqual(0);
+    expect(short.closed).toEqual([100]); // fd 101 kept: better than no flow at all
+    expect(short.pool.lastFailure).toBe(null);
+  });
+});

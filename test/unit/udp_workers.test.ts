@@ -35,6 +35,7 @@ function values(base: number): UdpValues {
     pollEvents: 0,
     pollRingOverflows: 0,
     pollBusyPolls: 0,
+    upstreamPortsQuarantined: 0,
   } as UdpValues;
   Object.keys(v).forEach((k, i) => {
     if (k !== "batchDatagrams") (v as any)[k] = base + i;
