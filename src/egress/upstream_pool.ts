@@ -184,7 +184,7 @@ export class UpstreamPool {
       bindPort = clientPort;
       flags |= SOCK.transparent | SOCK.reuseAddr;
     }
-    let fd = this.openSocket(flags, bind, bindPort, options, clientSource, ipv6);
+    let fd = this.openSocket(flags, bind, bindPort, options, ipv6);
     if (fd < 0) return -1;
     let port = this.openedPort;
     if (!clientSource && this.quarantined(port)) {
@@ -193,7 +193,7 @@ export class UpstreamPool {
       while (held < PORT_TRIES_MAX && this.quarantined(port)) {
         this.heldFds[held] = fd;
         this.heldPorts[held++] = port;
-        fd = this.openSocket(flags, bind, bindPort, options, clientSource, ipv6);
+        fd = this.openSocket(flags, bind, bindPort, options, ipv6);
         if (fd < 0) break;
         port = this.openedPort;
       }
@@ -239,7 +239,6 @@ export class UpstreamPool {
     bind: Uint8Array,
     bindPort: number,
     options: UpstreamOptions,
-    clientSource: boolean,
     ipv6: boolean,
   ): number {
     const udp = this.config.udp;
@@ -255,7 +254,7 @@ export class UpstreamPool {
       const err = decodeSocketError(fd);
       return this.fail(
         isResourceErrno(err.errno) ? "descriptors" : "socket",
-        `${clientSource ? "client-source upstream socket" : "upstream socket"}: ` +
+        `${options.clientSource ? "client-source upstream socket" : "upstream socket"}: ` +
           describeSocketError(err, ipv6),
       );
     }

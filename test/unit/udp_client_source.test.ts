@@ -131,6 +131,17 @@ describe("UDP client source: doctor", () => {
   });
 });
 
+/** Upstream socket options of a relay-source listener (the relay's address, port 0). */
+const RELAY = {
+  outbound: 0,
+  perSession: false,
+  bindAddr4: null,
+  bindAddr6: null,
+  mark: null,
+  interface: null,
+  clientSource: false,
+};
+
 /** A stand-in for the C helper: records rl_socket calls, hands out fd numbers. */
 function fakeLib() {
   const calls: Array<{ flags: number; addr: string; port: number; mark: number }> = [];
@@ -176,15 +187,6 @@ describe("UDP client source: upstream pool", () => {
     return { pool, ...fake };
   };
 
-  const RELAY = {
-    outbound: 0,
-    perSession: false,
-    bindAddr4: null,
-    bindAddr6: null,
-    mark: null,
-    interface: null,
-    clientSource: false,
-  };
   const OWN = { ...RELAY, clientSource: true };
 
   test("bound to the client's ip:port, transparent, marked; one per client endpoint", () => {
@@ -243,15 +245,7 @@ describe("UDP client source: upstream pool", () => {
 
 describe("upstream pool: a port closed less than 2 s ago is not taken again at once", () => {
   const config = parseConfig(PLAIN);
-  const RELAY = {
-    outbound: 0,
-    perSession: true,
-    bindAddr4: null,
-    bindAddr6: null,
-    mark: null,
-    interface: null,
-    clientSource: false,
-  };
+  const PER_SESSION = { ...RELAY, perSession: true };
   const client = words("198.18.0.2");
 
   /** A C helper whose bind to port 0 hands out `ports` in order (the kernel's choice). */
@@ -287,9 +281,9 @@ describe("upstream pool: a port closed less than 2 s ago is not taken again at o
 
   test("the kernel hands the ended flow's port back: the relay takes another one", () => {
     const { pool, closed, portOf } = scripted([40001, 40001, 40001, 40002]);
-    const a = pool.acquire(0, ...client, 5000, 0, false, RELAY);
+    const a = pool.acquire(0, ...client, 5000, 0, false, PER_SESSION);
     pool.release(a); // fd 100 on 40001 closed: a reply to it may still be on its way
-    const b = pool.acquire(1, ...client, 5001, 0, false, RELAY);
+    const b = pool.acquire(1, ...client, 5001, 0, false, PER_SESSION);
     expect(b).toBeGreaterThanOrEqual(0);
     expect(pool.holdsPort(40002)).toBe(true);
     expect(pool.holdsPort(40001)).toBe(false);
@@ -302,9 +296,9 @@ describe("upstream pool: a port closed less than 2 s ago is not taken again at o
 
   test("past the quarantine the port is anyone's again", () => {
     const { pool, closed, advance } = scripted([40001, 40001]);
-    pool.release(pool.acquire(0, ...client, 5000, 0, false, RELAY));
+    pool.release(pool.acquire(0, ...client, 5000, 0, false, PER_SESSION));
     advance(2000);
-    expect(pool.acquire(1, ...client, 5001, 0, false, RELAY)).toBeGreaterThanOrEqual(0);
+    expect(pool.acquire(1, ...client, 5001, 0, false, PER_SESSION)).toBeGreaterThanOrEqual(0);
     expect(pool.holdsPort(40001)).toBe(true);
     expect(closed).toEqual([100]);
     expect(pool.portsQuarantined).toBe(0);
@@ -312,14 +306,14 @@ describe("upstream pool: a port closed less than 2 s ago is not taken again at o
 
   test("bounded: 4 refusals, then the port is taken; no socket to be had: the last one", () => {
     const many = scripted([40001, 40001, 40001, 40001, 40001, 40001]);
-    many.pool.release(many.pool.acquire(0, ...client, 5000, 0, false, RELAY));
-    expect(many.pool.acquire(1, ...client, 5001, 0, false, RELAY)).toBeGreaterThanOrEqual(0);
+    many.pool.release(many.pool.acquire(0, ...client, 5000, 0, false, PER_SESSION));
+    expect(many.pool.acquire(1, ...client, 5001, 0, false, PER_SESSION)).toBeGreaterThanOrEqual(0);
     expect(many.closed).toEqual([100, 101, 102, 103, 104]); // fd 105 kept, on 40001
     expect(many.pool.holdsPort(40001)).toBe(true);
 
     const short = scripted([40001, 40001]); // then EMFILE
-    short.pool.release(short.pool.acquire(0, ...client, 5000, 0, false, RELAY));
-    expect(short.pool.acquire(1, ...client, 5001, 0, false, RELAY)).toBeGreaterThanOrEqual(0);
+    short.pool.release(short.pool.acquire(0, ...client, 5000, 0, false, PER_SESSION));
+    expect(short.pool.acquire(1, ...client, 5001, 0, false, PER_SESSION)).toBeGreaterThanOrEqual(0);
     expect(short.closed).toEqual([100]); // fd 101 kept: better than no flow at all
     expect(short.pool.lastFailure).toBe(null);
   });
